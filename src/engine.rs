@@ -1,0 +1,480 @@
+//! The replay loop: one buffered request, tried route by route.
+//!
+//! Written as one `async fn` so the tower service and the other front ends
+//! share it; the tower service boxes it into its `ResponseFuture`.
+
+use crate::body::{collect_bounded, CollectError, ResponseBody};
+use crate::inspect::BodyFacts;
+use crate::json::{Edit, ReplayBody};
+use crate::policy::{self, Action, Observed, Policy, ResponseInfo};
+use crate::report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution};
+use crate::request::{index_request, BadRequest};
+use crate::{Attempt, BoxError, Chain};
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+use tracing::{field::Empty, Instrument};
+
+/// Response header naming the model that served.
+pub(crate) const X_FALLBACK_MODEL: HeaderName = HeaderName::from_static("x-fallback-model");
+/// Response header counting the attempts made.
+pub(crate) const X_FALLBACK_ATTEMPTS: HeaderName = HeaderName::from_static("x-fallback-attempts");
+/// Response header carrying the serving route's label.
+pub(crate) const X_FALLBACK_LABEL: HeaderName = HeaderName::from_static("x-fallback-label");
+
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Everything a request needs that does not change between requests.
+#[derive(Debug)]
+pub(crate) struct Shared<P> {
+    pub(crate) chain: Chain,
+    pub(crate) policy: Arc<P>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_response_bytes: usize,
+}
+
+/// An upstream response after the engine looked at it.
+enum Looked<RB> {
+    /// Buffered whole and inspected.
+    Full(Bytes),
+    /// Not read: an event stream.
+    Stream(RB),
+    /// Larger than `max_response_bytes`: the part read, then the rest.
+    Overflow(Bytes, RB),
+}
+
+struct Answer<RB> {
+    parts: http::response::Parts,
+    body: Looked<RB>,
+    facts: BodyFacts,
+}
+
+pub(crate) async fn run<S, B, P, RB>(
+    shared: Arc<Shared<P>>,
+    mut svc: S,
+    req: Request<B>,
+) -> Response<ResponseBody<RB>>
+where
+    S: Service<Request<ReplayBody>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    P: Policy,
+    B: Body,
+    B::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let started = Instant::now();
+    let span = tracing::info_span!(
+        "llm_fallback.request",
+        gen_ai.operation.name = "chat",
+        gen_ai.request.model = Empty,
+        gen_ai.response.model = Empty,
+        fallback.attempts = Empty,
+        fallback.resolution = Empty,
+    );
+    let work = async {
+        let (mut parts, body) = req.into_parts();
+
+        // Bound before buffering: a declared length over the limit is refused
+        // without reading a byte.
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > shared.max_body_bytes as u64) {
+            return too_large(shared.max_body_bytes, started);
+        }
+        let body = std::pin::pin!(body);
+        let mut body = body;
+        let body = match collect_bounded(&mut body, shared.max_body_bytes).await {
+            Ok(b) => b,
+            Err(CollectError::TooLarge { .. }) => return too_large(shared.max_body_bytes, started),
+            Err(CollectError::Body(e)) => {
+                let e: BoxError = e.into();
+                return reject(
+                    StatusCode::BAD_REQUEST,
+                    &BadRequest {
+                        code: "unreadable_body",
+                        param: None,
+                        message: format!("the request body could not be read: {e}"),
+                    },
+                    started,
+                );
+            }
+        };
+        let index = match index_request(&body) {
+            Ok(i) => i,
+            Err(bad) => return reject(StatusCode::BAD_REQUEST, &bad, started),
+        };
+        tracing::Span::current().record("gen_ai.request.model", index.requested_model.as_str());
+
+        // Each attempt gets its own Content-Length; a stale length or chunked
+        // framing from the caller must not reach the upstream.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::TRANSFER_ENCODING);
+        parts.headers.remove(header::EXPECT);
+
+        let mut report = FallbackReport {
+            requested_model: Some(index.requested_model),
+            served_model: None,
+            provider: None,
+            attempts: Vec::with_capacity(shared.chain.routes().len()),
+            resolution: Resolution::Exhausted,
+            elapsed: Duration::ZERO,
+        };
+        let deadline = shared.chain.get_deadline().map(|d| started + d);
+
+        for (i, route) in shared.chain.routes().iter().enumerate() {
+            let now = Instant::now();
+            let remaining = deadline.map(|d| d.saturating_duration_since(now));
+            if remaining == Some(Duration::ZERO) {
+                report.resolution = Resolution::DeadlineExceeded;
+                break;
+            }
+            let (limit, by_deadline) = match (route.get_timeout(), remaining) {
+                (Some(t), Some(r)) if r <= t => (Some(r), true),
+                (Some(t), _) => (Some(t), false),
+                (None, Some(r)) => (Some(r), true),
+                (None, None) => (None, false),
+            };
+            let attempt = Attempt {
+                index: i,
+                model: route.model_arc().clone(),
+                label: route.label_arc().cloned(),
+                timeout: limit,
+            };
+            let replay = ReplayBody::rewrite(
+                &body,
+                &[Edit {
+                    range: index.model.clone(),
+                    replacement: route.model_json().clone(),
+                }],
+            );
+            let request = attempt_request(&parts, replay, attempt.clone());
+            let attempt_span = tracing::info_span!(
+                "llm_fallback.attempt",
+                fallback.attempt = i,
+                fallback.label = attempt.label().unwrap_or(""),
+                gen_ai.request.model = attempt.model(),
+                gen_ai.response.model = Empty,
+                http.response.status_code = Empty,
+                fallback.outcome = Empty,
+                fallback.latency_ms = Empty,
+                error.type = Empty,
+            );
+
+            let call = send(&mut svc, i > 0, request, shared.max_response_bytes);
+            let result = async {
+                match limit {
+                    Some(l) => tokio::time::timeout(l, call).await.ok(),
+                    None => Some(call.await),
+                }
+            }
+            .instrument(attempt_span.clone())
+            .await;
+            let elapsed = now.elapsed();
+
+            let mut record = AttemptRecord {
+                index: i,
+                model: attempt.model.clone(),
+                label: attempt.label.clone(),
+                outcome: Outcome::Timeout,
+                status: None,
+                error: None,
+                transport: None,
+                retry_after: None,
+                elapsed,
+            };
+            let (action, answer) = match result {
+                None => {
+                    record.outcome = if by_deadline { Outcome::DeadlineExceeded } else { Outcome::Timeout };
+                    (shared.policy.classify(&attempt, &Observed::Timeout), None)
+                }
+                Some(Err(e)) => {
+                    record.outcome = Outcome::Transport;
+                    record.transport = Some(error_chain(&*e));
+                    (shared.policy.classify(&attempt, &Observed::Error(&*e)), None)
+                }
+                Some(Ok(answer)) => {
+                    let body = match &answer.body {
+                        Looked::Full(b) => Some(&b[..]),
+                        _ => None,
+                    };
+                    let info = ResponseInfo {
+                        status: answer.parts.status,
+                        headers: &answer.parts.headers,
+                        body,
+                        facts: &answer.facts,
+                    };
+                    let action = shared.policy.classify(&attempt, &Observed::Response(&info));
+                    record.status = Some(answer.parts.status);
+                    record.retry_after = info.retry_after();
+                    record.error = answer.facts.error.clone().or_else(|| {
+                        // A non-JSON error page still says something.
+                        (!answer.facts.json && !answer.parts.status.is_success())
+                            .then(|| body.and_then(BodyFacts::text_excerpt))
+                            .flatten()
+                            .map(|m| crate::report::UpstreamError {
+                                message: Some(m),
+                                ..Default::default()
+                            })
+                    });
+                    record.outcome = match action {
+                        Action::Accept => Outcome::Served,
+                        Action::Stop => Outcome::Stopped,
+                        Action::Fallback if answer.parts.status.is_success() => Outcome::ErrorInBody,
+                        Action::Fallback => Outcome::HttpError,
+                    };
+                    (action, Some(answer))
+                }
+            };
+            // The deadline ends the chain whatever the policy thinks of the timeout.
+            let action = if record.outcome == Outcome::DeadlineExceeded {
+                Action::Stop
+            } else {
+                action
+            };
+
+            attempt_span.record("fallback.outcome", record.outcome.as_str());
+            attempt_span.record("fallback.latency_ms", elapsed.as_secs_f64() * 1000.0);
+            if let Some(s) = record.status {
+                attempt_span.record("http.response.status_code", s.as_u16());
+            }
+            if let Some(t) = record.error_type() {
+                attempt_span.record("error.type", t);
+            }
+            if record.outcome.is_failure() {
+                tracing::warn!(parent: &attempt_span, attempt = %record, "llm fallback attempt failed");
+            }
+            report.attempts.push(record);
+
+            match (action, answer) {
+                (Action::Accept | Action::Stop, Some(answer)) => {
+                    report.resolution = if action == Action::Accept {
+                        Resolution::Served
+                    } else {
+                        Resolution::Stopped
+                    };
+                    report.served_model = Some(answer.facts.model.clone().unwrap_or_else(|| route.model().to_owned()));
+                    report.provider = answer.facts.provider.clone();
+                    attempt_span.record("gen_ai.response.model", report.served_model());
+                    let body = match answer.body {
+                        Looked::Full(b) => ResponseBody::full(b),
+                        Looked::Stream(rb) => ResponseBody::inner(None, rb),
+                        Looked::Overflow(head, rb) => ResponseBody::inner(Some(head), rb),
+                    };
+                    return finish(Response::from_parts(answer.parts, body), report, started);
+                }
+                // Accepting a timeout or an error makes no sense; stopping on
+                // one ends the chain with the exhaustion answer.
+                (Action::Stop, None) => {
+                    if report.attempts.last().map(AttemptRecord::outcome) == Some(Outcome::DeadlineExceeded) {
+                        report.resolution = Resolution::DeadlineExceeded;
+                    }
+                    break;
+                }
+                _ => {}
+            }
+        }
+        exhausted(report, started)
+    };
+    let resp = work.instrument(span.clone()).await;
+    if let Some(report) = resp.extensions().get::<FallbackReport>() {
+        span.record("fallback.attempts", report.attempts.len());
+        span.record("fallback.resolution", report.resolution.as_str());
+        if !report.served_model().is_empty() {
+            span.record("gen_ai.response.model", report.served_model());
+        }
+    }
+    resp
+}
+
+/// Sends one attempt and, unless it is an event stream, buffers its body so
+/// the policy can see an error hidden in an HTTP 200.
+async fn send<S, RB>(
+    svc: &mut S,
+    poll_ready: bool,
+    request: Request<ReplayBody>,
+    max_response_bytes: usize,
+) -> Result<Answer<RB>, BoxError>
+where
+    S: Service<Request<ReplayBody>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    // The service handed to the future was polled ready by our `poll_ready`;
+    // after a call it must be polled ready again before the next one.
+    if poll_ready {
+        svc.ready().await.map_err(Into::into)?;
+    }
+    let resp = svc.call(request).await.map_err(Into::into)?;
+    let (parts, mut rb) = resp.into_parts();
+    if parts.status.is_success() && policy::is_event_stream(&parts.headers) {
+        return Ok(Answer {
+            parts,
+            body: Looked::Stream(rb),
+            facts: BodyFacts::default(),
+        });
+    }
+    match collect_bounded(&mut rb, max_response_bytes).await {
+        Ok(bytes) => {
+            let facts = BodyFacts::inspect(&bytes);
+            Ok(Answer {
+                parts,
+                body: Looked::Full(bytes),
+                facts,
+            })
+        }
+        Err(CollectError::TooLarge { head }) => Ok(Answer {
+            parts,
+            body: Looked::Overflow(head, rb),
+            facts: BodyFacts::default(),
+        }),
+        Err(CollectError::Body(e)) => Err(e.into()),
+    }
+}
+
+fn attempt_request(parts: &http::request::Parts, body: ReplayBody, attempt: Attempt) -> Request<ReplayBody> {
+    let len = body.len();
+    let mut req = Request::new(body);
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    *req.extensions_mut() = parts.extensions.clone();
+    req.extensions_mut().insert(attempt);
+    req
+}
+
+/// `msg: source: source`, so "client error (Connect)" says what failed.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !text.contains(&msg) {
+            text.push_str(": ");
+            text.push_str(&msg);
+        }
+        source = s.source();
+    }
+    crate::inspect::truncate(text)
+}
+
+fn finish<B>(mut resp: Response<B>, mut report: FallbackReport, started: Instant) -> Response<B> {
+    report.elapsed = started.elapsed();
+    let headers = resp.headers_mut();
+    set_header(headers, X_FALLBACK_MODEL, report.served_model());
+    headers.insert(X_FALLBACK_ATTEMPTS, HeaderValue::from(report.attempts.len()));
+    match report.served_label() {
+        Some(l) => set_header(headers, X_FALLBACK_LABEL, l),
+        None => {
+            headers.remove(X_FALLBACK_LABEL);
+        }
+    }
+    resp.extensions_mut().insert(report);
+    resp
+}
+
+fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    match HeaderValue::from_str(value) {
+        Ok(v) if !value.is_empty() => {
+            headers.insert(name, v);
+        }
+        _ => {
+            headers.remove(name);
+        }
+    }
+}
+
+fn json_response<B>(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody<B>> {
+    let bytes = Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serializes"));
+    let mut resp = Response::new(ResponseBody::full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn reject<B>(status: StatusCode, bad: &BadRequest, started: Instant) -> Response<ResponseBody<B>> {
+    tracing::debug!(code = bad.code, "llm fallback rejected the request");
+    let resp = json_response(
+        status,
+        json!({"error": {
+            "message": bad.message,
+            "type": "invalid_request_error",
+            "param": bad.param,
+            "code": bad.code,
+        }}),
+    );
+    finish(resp, FallbackReport::rejected(Duration::ZERO), started)
+}
+
+fn too_large<B>(limit: usize, started: Instant) -> Response<ResponseBody<B>> {
+    reject(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &BadRequest {
+            code: "request_too_large",
+            param: None,
+            message: format!("the request body is larger than the fallback layer's limit of {limit} bytes"),
+        },
+        started,
+    )
+}
+
+/// The one answer a caller gets when no route served: `502` (or `504` when
+/// the deadline ended the chain) with every attempt named, whatever the last
+/// failure was.
+fn exhausted<B>(mut report: FallbackReport, started: Instant) -> Response<ResponseBody<B>> {
+    report.elapsed = started.elapsed();
+    let exhausted = Exhausted::new(report);
+    tracing::warn!(error = %exhausted, "llm fallback chain exhausted");
+    let attempts: Vec<_> = exhausted
+        .report()
+        .attempts()
+        .iter()
+        .map(|a| {
+            let e = a.upstream_error();
+            json!({
+                "model": a.model(),
+                "label": a.label(),
+                "outcome": a.outcome().as_str(),
+                "status": a.status().map(|s| s.as_u16()),
+                "error_type": a.error_type(),
+                "message": e.and_then(|e| e.message()).or(a.transport_error()),
+                "provider_name": e.and_then(|e| e.provider_name()),
+                "raw": e.and_then(|e| e.raw()),
+                "elapsed_ms": a.elapsed().as_millis() as u64,
+            })
+        })
+        .collect();
+    let status = exhausted.status();
+    let mut resp = json_response(
+        status,
+        json!({"error": {
+            "message": exhausted.to_string(),
+            "type": "upstream_error",
+            "param": null,
+            "code": match exhausted.report().resolution() {
+                Resolution::DeadlineExceeded => "fallback_deadline_exceeded",
+                _ => "fallback_exhausted",
+            },
+            "metadata": {"attempts": attempts},
+        }}),
+    );
+    if let Some(after) = exhausted.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+    }
+    let report = exhausted.report().clone();
+    finish(resp, report, started)
+}

@@ -1,0 +1,221 @@
+//! `FallbackLayer` and `FallbackService`.
+
+use crate::body::ResponseBody;
+use crate::engine::{self, Shared, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
+use crate::future::ResponseFuture;
+use crate::json::ReplayBody;
+use crate::policy::{DefaultPolicy, Policy};
+use crate::{BoxError, Chain};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use std::{
+    fmt,
+    sync::Arc,
+    task::{Context, Poll},
+};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Applies [`FallbackService`] to an inner HTTP client service.
+///
+/// See the [crate docs](crate) for what it does and a full example.
+///
+/// ```
+/// use llm_fallback::{Chain, FallbackLayer, Route};
+///
+/// let layer = FallbackLayer::new(Chain::new([Route::new("openai/gpt-4o"), Route::new("openai/gpt-4o-mini")]))
+///     .max_body_bytes(4 * 1024 * 1024);
+/// # let _ = layer;
+/// ```
+pub struct FallbackLayer<P = DefaultPolicy> {
+    chain: Chain,
+    policy: Arc<P>,
+    max_body_bytes: usize,
+    max_response_bytes: usize,
+}
+
+impl FallbackLayer {
+    /// A layer trying `chain` with the [`DefaultPolicy`].
+    pub fn new(chain: Chain) -> Self {
+        FallbackLayer {
+            chain,
+            policy: Arc::new(DefaultPolicy),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
+impl<P> FallbackLayer<P> {
+    /// Replaces the classification policy.
+    pub fn with_policy<Q: Policy>(self, policy: Q) -> FallbackLayer<Q> {
+        FallbackLayer {
+            chain: self.chain,
+            policy: Arc::new(policy),
+            max_body_bytes: self.max_body_bytes,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+
+    /// Largest request body buffered (default 32 MiB). A larger declared
+    /// `Content-Length` is refused before reading; a chunked body is refused
+    /// as soon as it passes the limit. Either way the caller gets `413` in
+    /// OpenAI error JSON and the upstream is never called.
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.max_body_bytes = limit;
+        self
+    }
+
+    /// Largest non-streaming response body buffered for inspection (default
+    /// 16 MiB). A larger body is passed through unread and judged on its
+    /// status alone.
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = limit;
+        self
+    }
+
+    /// The chain this layer tries.
+    pub fn chain(&self) -> &Chain {
+        &self.chain
+    }
+}
+
+impl<P> Clone for FallbackLayer<P> {
+    fn clone(&self) -> Self {
+        FallbackLayer {
+            chain: self.chain.clone(),
+            policy: self.policy.clone(),
+            max_body_bytes: self.max_body_bytes,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+}
+
+impl<P> fmt::Debug for FallbackLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackLayer")
+            .field("chain", &self.chain)
+            .field("policy", &std::any::type_name::<P>())
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .finish()
+    }
+}
+
+impl<S, P> Layer<S> for FallbackLayer<P> {
+    type Service = FallbackService<S, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        FallbackService {
+            inner,
+            shared: Arc::new(Shared {
+                chain: self.chain.clone(),
+                policy: self.policy.clone(),
+                max_body_bytes: self.max_body_bytes,
+                max_response_bytes: self.max_response_bytes,
+            }),
+        }
+    }
+}
+
+/// Replays a chat-completions request down a [`Chain`] of models.
+///
+/// The inner service receives `http::Request<`[`ReplayBody`]`>`: the
+/// caller's request with only the top-level `"model"` value rewritten, a
+/// correct `Content-Length`, and an [`Attempt`](crate::Attempt) extension.
+/// Responses carry a [`FallbackReport`](crate::FallbackReport) extension and
+/// `x-fallback-model` / `x-fallback-attempts` / `x-fallback-label` headers.
+///
+/// Failures become responses: a refused request is a `400`/`413`, an
+/// exhausted chain a `502` (`504` past the deadline), both in OpenAI error
+/// JSON. The service's error is the inner service's, and only comes from
+/// `poll_ready`.
+///
+/// # Clone
+///
+/// Clones share the chain and the policy (behind an `Arc`). Each call moves
+/// the service that was polled ready into its future and leaves a clone in
+/// its place, as tower's own middleware do.
+pub struct FallbackService<S, P = DefaultPolicy> {
+    inner: S,
+    shared: Arc<Shared<P>>,
+}
+
+impl<S> FallbackService<S> {
+    /// Wraps `inner` with `chain` and the [`DefaultPolicy`].
+    pub fn new(inner: S, chain: Chain) -> Self {
+        FallbackLayer::new(chain).layer(inner)
+    }
+
+    /// A [`FallbackLayer`] for `chain`, the shortcut tower's middleware offer.
+    pub fn layer(chain: Chain) -> FallbackLayer {
+        FallbackLayer::new(chain)
+    }
+}
+
+impl<S, P> FallbackService<S, P> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Clone, P> Clone for FallbackService<S, P> {
+    fn clone(&self) -> Self {
+        FallbackService {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, P> fmt::Debug for FallbackService<S, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackService")
+            .field("inner", &self.inner)
+            .field("chain", &self.shared.chain)
+            .field("policy", &std::any::type_name::<P>())
+            .finish()
+    }
+}
+
+impl<S, P, B, RB> Service<Request<B>> for FallbackService<S, P>
+where
+    S: Service<Request<ReplayBody>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError> + Send + 'static,
+    P: Policy,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Unpin + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody<RB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<RB, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // `self.inner` is the service that was polled ready: take it into the
+        // future for the first attempt and leave a clone (not yet ready) here.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let shared = self.shared.clone();
+        ResponseFuture::new(async move { Ok(engine::run(shared, inner, req).await) })
+    }
+}

@@ -1,0 +1,145 @@
+//! Keep LLM chat-completion calls alive when a model or provider fails.
+//!
+//! [`FallbackLayer`] wraps any HTTP client service that speaks the
+//! OpenAI/OpenRouter chat-completions JSON. It buffers the request body once,
+//! then replays it down an ordered [`Chain`] of models — rewriting only the
+//! top-level `"model"` value, never re-serializing the prompt — until one
+//! attempt gives an acceptable answer. Each response says which model served
+//! and why the earlier ones failed ([`FallbackReport`]).
+//!
+//! # Example
+//!
+//! ```
+//! use llm_fallback::testing::{MockUpstream, Reply};
+//! use llm_fallback::{Chain, FallbackLayer, FallbackReport, Route};
+//! use std::time::Duration;
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Any `Service<http::Request<ReplayBody>>` works: a hyper client, or here
+//! // the crate's OpenRouter mock, with a primary that is down.
+//! let upstream = MockUpstream::new()
+//!     .model("anthropic/claude-3.5-sonnet", Reply::status(503))
+//!     .model("openai/gpt-4o", Reply::ok());
+//!
+//! let chain = Chain::new([
+//!     Route::new("anthropic/claude-3.5-sonnet").label("primary").timeout(Duration::from_secs(30)),
+//!     Route::new("openai/gpt-4o").label("secondary").timeout(Duration::from_secs(25)),
+//! ])
+//! .deadline(Duration::from_secs(60));
+//!
+//! let svc = ServiceBuilder::new().layer(FallbackLayer::new(chain)).service(upstream);
+//! let request = http::Request::post("http://127.0.0.1/api/v1/chat/completions")
+//!     .header("content-type", "application/json")
+//!     .body(r#"{"model":"anthropic/claude-3.5-sonnet","messages":[{"role":"user","content":"hi"}]}"#.to_string())
+//!     .unwrap();
+//!
+//! let resp = svc.oneshot(request).await.unwrap();
+//! let report = resp.extensions().get::<FallbackReport>().unwrap();
+//! assert_eq!(report.served_model(), "openai/gpt-4o");
+//! assert_eq!(report.attempts().len(), 2);
+//! assert_eq!(resp.headers()["x-fallback-model"], "openai/gpt-4o");
+//! # }
+//! ```
+//!
+//! # What falls back and what stops
+//!
+//! The [`DefaultPolicy`](policy::DefaultPolicy):
+//!
+//! | the attempt got | the chain |
+//! |---|---|
+//! | a transport error (connect, reset, unreadable body) | falls back |
+//! | no answer within the route's `timeout` | falls back |
+//! | 408, 429, 500, 502, 503, 504, 524, 529 (any 5xx) | falls back |
+//! | 400 or 404 that names the model: unknown model, no endpoints, `context_length_exceeded` | falls back |
+//! | 403 moderation (`content_policy_violation`, moderation metadata) | falls back |
+//! | HTTP 2xx whose JSON has an `error` object, no `choices`, or `finish_reason: "error"`; or a 2xx body that is not JSON | falls back |
+//! | 401 (bad key), 402 (no credits), any other 400 (the caller's bug), other 4xx | stops: that response goes back as-is |
+//! | a 2xx completion | is served |
+//!
+//! Streaming (`text/event-stream`) responses are judged on their status.
+//! Write your own rules with a closure; see [`Policy`](policy::Policy).
+//!
+//! # When everything fails
+//!
+//! The caller gets **one synthesized answer**, whatever the last failure was
+//! (an error status, a transport error or a timeout): `502 Bad Gateway`, or
+//! `504 Gateway Timeout` when the chain's deadline ended it, with an
+//! OpenAI-style error body whose `message` names every model tried and why it
+//! failed, and whose `metadata.attempts` lists them as data (status,
+//! `error_type`, upstream message, `raw`, provider, elapsed). The shortest
+//! upstream `Retry-After` is passed on. The [`FallbackReport`] says the same
+//! in the response extensions ([`Resolution::Exhausted`]).
+//!
+//! A response the policy *stops* on (a `401`, a caller-fault `400`) is the
+//! upstream's own response, unchanged, with the report attached.
+//!
+//! # Bad input
+//!
+//! The body is refused with a `400` in OpenAI error JSON — and the upstream
+//! is never called — when it is not a JSON object, has no top-level `model`,
+//! has a `model` that is not a string, has a duplicate top-level `model`
+//! (also `models`, `provider`, `stream`), or is malformed around its
+//! top-level keys. A body larger than [`FallbackLayer::max_body_bytes`] is
+//! refused with `413`.
+//!
+//! # Composition
+//!
+//! Per-model retries go *inside* the fallback (`tower::retry` under it, so a
+//! model gets its retries before the chain moves on), overall timeouts and
+//! tracing *outside* (`tower_http::trace::TraceLayer` over it). Layers inside
+//! see an [`Attempt`] extension naming the hop they serve. [`ReplayBody`] is
+//! `Clone`, so an inner retry policy can clone requests cheaply.
+//!
+//! # Observability
+//!
+//! Each request runs in a `llm_fallback.request` span, each attempt in a
+//! `llm_fallback.attempt` span, with the OpenTelemetry GenAI attributes
+//! `gen_ai.request.model` and `gen_ai.response.model`, plus
+//! `fallback.attempt`, `fallback.label`, `fallback.outcome`,
+//! `fallback.latency_ms`, `http.response.status_code` and `error.type`.
+//! Headers, keys and bodies are never recorded. A failed attempt logs one
+//! `WARN` event.
+//!
+//! # How it differs from `tower::retry`
+//!
+//! `tower::retry` sends the same request again. This layer changes the
+//! request between attempts (the model), understands LLM error bodies
+//! (including errors inside HTTP 200), bounds the whole chain with a deadline
+//! and reports every hop. Use both: retry inside, fallback outside.
+//!
+//! # Features
+//!
+//! - `testing`: an OpenRouter-compatible mock upstream ([`testing`]).
+//! - `full`: every feature.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod body;
+mod engine;
+mod future;
+mod inspect;
+mod json;
+mod layer;
+pub mod policy;
+mod report;
+mod request;
+mod route;
+
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
+
+pub use body::ResponseBody;
+pub use future::ResponseFuture;
+pub use json::ReplayBody;
+pub use layer::{FallbackLayer, FallbackService};
+pub use policy::{DefaultPolicy, Policy};
+pub use report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution, UpstreamError};
+pub use route::{Attempt, Chain, Route};
+
+/// The boxed error type used where errors of different sources meet.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,262 @@
+//! Deciding, per attempt, whether to accept, fall back or stop.
+//!
+//! The engine observes each attempt (a response, a transport error or a
+//! timeout) and asks a [`Policy`] what to do. [`DefaultPolicy`] follows the
+//! table in the crate docs; a closure can be a policy, and can delegate to the
+//! default for the cases it does not care about.
+
+use crate::inspect::BodyFacts;
+use crate::report::UpstreamError;
+use crate::Attempt;
+use http::{HeaderMap, StatusCode};
+use std::time::Duration;
+
+/// What to do with an observed attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Return this response to the caller as the answer.
+    Accept,
+    /// Try the next route (if any is left and the deadline allows).
+    Fallback,
+    /// End the chain now and give the caller this response (or error) as-is:
+    /// falling back cannot help and would hide the problem (a bad key, no
+    /// credits, a malformed request).
+    Stop,
+}
+
+/// What an attempt produced, as shown to a [`Policy`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Observed<'a> {
+    /// The upstream answered.
+    Response(&'a ResponseInfo<'a>),
+    /// The inner service failed (connect error, reset, unreadable body).
+    Error(&'a (dyn std::error::Error + Send + Sync + 'static)),
+    /// The attempt ran out of time (route timeout or chain deadline).
+    Timeout,
+}
+
+/// An upstream response as the policy sees it: status, headers, and what the
+/// engine read from the body.
+///
+/// Non-streaming bodies are buffered (up to the layer's
+/// `max_response_bytes`) and inspected before the policy is asked, so an HTTP
+/// 200 that carries an error is visible here. `text/event-stream` bodies are
+/// not read: [`ResponseInfo::inspected`] is `false` for them.
+#[derive(Debug)]
+pub struct ResponseInfo<'a> {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) body: Option<&'a [u8]>,
+    pub(crate) facts: &'a BodyFacts,
+}
+
+impl<'a> ResponseInfo<'a> {
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.headers
+    }
+
+    /// The whole body, when it was buffered.
+    pub fn body(&self) -> Option<&[u8]> {
+        self.body
+    }
+
+    /// The body was buffered and inspected (false for event streams and for
+    /// bodies larger than `max_response_bytes`).
+    pub fn inspected(&self) -> bool {
+        self.body.is_some()
+    }
+
+    /// The body is a JSON object.
+    pub fn is_json(&self) -> bool {
+        self.facts.json
+    }
+
+    /// The response is a server-sent event stream.
+    pub fn is_event_stream(&self) -> bool {
+        is_event_stream(self.headers)
+    }
+
+    /// The error the body describes: a top-level `error` object, or the
+    /// `error` of a choice that finished with `finish_reason: "error"`.
+    pub fn error(&self) -> Option<&UpstreamError> {
+        self.facts.error.as_ref()
+    }
+
+    /// The body has a non-empty `choices` array.
+    pub fn has_choices(&self) -> bool {
+        self.facts.choices.is_some_and(|n| n > 0)
+    }
+
+    /// Some choice finished with `finish_reason: "error"`.
+    pub fn finish_reason_error(&self) -> bool {
+        self.facts.finish_error
+    }
+
+    /// The body's top-level `model`: the model that actually served.
+    pub fn served_model(&self) -> Option<&str> {
+        self.facts.model.as_deref()
+    }
+
+    /// `Retry-After`, when given in seconds.
+    pub fn retry_after(&self) -> Option<Duration> {
+        retry_after(self.headers)
+    }
+}
+
+pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+}
+
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    // Some providers send fractional seconds.
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+/// Decides what each attempt's outcome means for the chain.
+///
+/// Implemented by [`DefaultPolicy`] and by any
+/// `Fn(&Attempt, &Observed<'_>) -> Action + Send + Sync + 'static`. The
+/// policy is shared by every clone of the service (it sits behind an `Arc`).
+///
+/// # Example
+///
+/// Treat `413` as a reason to try a model with a larger limit, keep the
+/// default for the rest:
+///
+/// ```
+/// use llm_fallback::policy::{Action, DefaultPolicy, Observed, Policy};
+/// use llm_fallback::{Attempt, Chain, FallbackLayer, Route};
+///
+/// let policy = |attempt: &Attempt, observed: &Observed<'_>| match observed {
+///     Observed::Response(r) if r.status() == http::StatusCode::PAYLOAD_TOO_LARGE => Action::Fallback,
+///     other => DefaultPolicy.classify(attempt, other),
+/// };
+/// let layer = FallbackLayer::new(Chain::new([Route::new("a/b"), Route::new("c/d")]))
+///     .with_policy(policy);
+/// # let _ = layer;
+/// ```
+pub trait Policy: Send + Sync + 'static {
+    /// Classifies one attempt.
+    fn classify(&self, attempt: &Attempt, observed: &Observed<'_>) -> Action;
+}
+
+impl<F> Policy for F
+where
+    F: Fn(&Attempt, &Observed<'_>) -> Action + Send + Sync + 'static,
+{
+    fn classify(&self, attempt: &Attempt, observed: &Observed<'_>) -> Action {
+        self(attempt, observed)
+    }
+}
+
+/// The classification described in the crate docs.
+///
+/// | observed | action |
+/// |---|---|
+/// | transport error, timeout | fall back |
+/// | 408, 429, 500, 502, 503, 504, 524, 529, any other 5xx | fall back |
+/// | 400 or 404 naming the model (unknown model, no endpoints, context length) | fall back |
+/// | 403 moderation (`content_policy_violation`, moderation metadata) | fall back |
+/// | 2xx JSON with an `error` object, no `choices`, or `finish_reason: "error"` | fall back |
+/// | 2xx body that is not JSON | fall back |
+/// | 2xx JSON completion, 2xx `text/event-stream` | accept |
+/// | 401, 402, other 400/403/404, any other status | stop (returned as-is) |
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultPolicy;
+
+impl Policy for DefaultPolicy {
+    fn classify(&self, _attempt: &Attempt, observed: &Observed<'_>) -> Action {
+        match observed {
+            Observed::Error(_) | Observed::Timeout => Action::Fallback,
+            Observed::Response(r) => classify_response(r),
+        }
+    }
+}
+
+fn classify_response(r: &ResponseInfo<'_>) -> Action {
+    let status = r.status();
+    if status.is_success() {
+        if !r.inspected() {
+            // An event stream (decided on its status) or a body too large to
+            // buffer: nothing more to see.
+            return Action::Accept;
+        }
+        let bad = !r.is_json() || r.error().is_some() || !r.has_choices() || r.finish_reason_error();
+        return if bad { Action::Fallback } else { Action::Accept };
+    }
+    match status.as_u16() {
+        401 | 402 => Action::Stop,
+        408 | 429 | 500 | 502 | 503 | 504 | 524 | 529 => Action::Fallback,
+        400 | 404 if names_model(r.error()) => Action::Fallback,
+        403 if r.error().is_some_and(UpstreamError::is_moderation) || mentions_moderation(r.error()) => {
+            Action::Fallback
+        }
+        s if s >= 500 => Action::Fallback,
+        _ => Action::Stop,
+    }
+}
+
+/// Error types that blame the model, not the request.
+const MODEL_ERROR_TYPES: &[&str] = &[
+    "context_length_exceeded",
+    "model_not_found",
+    "invalid_model",
+    "model_not_available",
+    "no_endpoints",
+];
+
+/// Message fragments (lowercase) that blame the model. OpenRouter says
+/// "X is not a valid model ID" and "No endpoints found for X"; OpenAI says
+/// "maximum context length is N tokens" and "The model `X` does not exist".
+const MODEL_PHRASES: &[&str] = &[
+    "not a valid model",
+    "invalid model",
+    "model not found",
+    "unknown model",
+    "no endpoints found",
+    "no allowed providers",
+    "context length",
+    "context_length",
+    "context window",
+    "maximum context",
+    "model_not_found",
+];
+
+fn names_model(e: Option<&UpstreamError>) -> bool {
+    let Some(e) = e else { return false };
+    if e.error_type().is_some_and(|t| MODEL_ERROR_TYPES.contains(&t)) {
+        return true;
+    }
+    let hit = |text: Option<&str>| {
+        text.is_some_and(|t| {
+            let t = t.to_ascii_lowercase();
+            MODEL_PHRASES.iter().any(|p| t.contains(p))
+                || (t.contains("model") && t.contains("does not exist"))
+        })
+    };
+    hit(e.message()) || hit(e.raw())
+}
+
+fn mentions_moderation(e: Option<&UpstreamError>) -> bool {
+    e.and_then(UpstreamError::message).is_some_and(|m| {
+        let m = m.to_ascii_lowercase();
+        m.contains("moderation") || m.contains("flagged") || m.contains("content policy")
+    })
+}

@@ -1,0 +1,422 @@
+//! What happened to a request: which model served and why the others failed.
+
+use http::StatusCode;
+use std::{fmt, sync::Arc, time::Duration};
+
+/// An error the upstream described in its body (OpenRouter's
+/// `{"error": {"code", "message", "metadata": {...}}}` or OpenAI's
+/// `{"error": {"message", "type", "code"}}`), including errors inside an
+/// HTTP 200 body. Texts are truncated to 1 KiB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpstreamError {
+    pub(crate) code: Option<String>,
+    pub(crate) message: Option<String>,
+    pub(crate) error_type: Option<String>,
+    pub(crate) provider_name: Option<String>,
+    pub(crate) raw: Option<String>,
+    pub(crate) moderation: bool,
+}
+
+impl UpstreamError {
+    /// `error.code`, as text (OpenRouter sends a number, some stream chunks a string).
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// `error.message`.
+    pub fn message(&self) -> Option<&str> {
+        self.message.as_deref()
+    }
+
+    /// The kind of error: OpenRouter's `metadata.error_type`
+    /// (`rate_limit_exceeded`, `context_length_exceeded`, ...), else a string
+    /// `code`, else OpenAI's `type`.
+    pub fn error_type(&self) -> Option<&str> {
+        self.error_type.as_deref()
+    }
+
+    /// `metadata.provider_name`: which provider behind the router failed.
+    pub fn provider_name(&self) -> Option<&str> {
+        self.provider_name.as_deref()
+    }
+
+    /// `metadata.raw`: the provider's own message, often the real cause
+    /// behind "Provider returned error".
+    pub fn raw(&self) -> Option<&str> {
+        self.raw.as_deref()
+    }
+
+    /// The error is a moderation or content-policy block
+    /// (`content_policy_violation`, or moderation metadata such as `reasons`).
+    pub fn is_moderation(&self) -> bool {
+        self.moderation || self.error_type.as_deref() == Some("content_policy_violation")
+    }
+}
+
+impl fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut sep = "";
+        if let Some(t) = &self.error_type {
+            write!(f, "{t}")?;
+            sep = " ";
+        }
+        if let Some(p) = &self.provider_name {
+            write!(f, "{sep}from {p}")?;
+            sep = " ";
+        }
+        if let Some(m) = &self.message {
+            let colon = if sep.is_empty() { "" } else { ": " };
+            write!(f, "{colon}{m:?}")?;
+            sep = " ";
+        }
+        if let Some(r) = &self.raw {
+            write!(f, "{sep}(raw: {r:?})")?;
+        } else if sep.is_empty() {
+            f.write_str("unspecified upstream error")?;
+        }
+        Ok(())
+    }
+}
+
+/// How one attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Its response was accepted and returned to the caller.
+    Served,
+    /// The policy stopped the chain on it (a `401`, a caller-fault `400`, ...)
+    /// and its response went back to the caller unchanged.
+    Stopped,
+    /// The upstream answered with an error status; the chain fell back.
+    HttpError,
+    /// The upstream answered 2xx but the body carried an error, had no
+    /// `choices`, had `finish_reason: "error"` or was not JSON; the chain fell back.
+    ErrorInBody,
+    /// The inner service failed (connect, reset, body read error); the chain fell back.
+    Transport,
+    /// The route's own timeout expired; the chain fell back.
+    Timeout,
+    /// The chain's deadline expired during this attempt; the chain ended.
+    DeadlineExceeded,
+}
+
+impl Outcome {
+    /// A short snake_case name, used in headers, spans and error JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Served => "served",
+            Outcome::Stopped => "stopped",
+            Outcome::HttpError => "http_error",
+            Outcome::ErrorInBody => "error_in_body",
+            Outcome::Transport => "transport_error",
+            Outcome::Timeout => "timeout",
+            Outcome::DeadlineExceeded => "deadline_exceeded",
+        }
+    }
+
+    /// The attempt failed (the chain moved on or ended because of it).
+    pub fn is_failure(self) -> bool {
+        !matches!(self, Outcome::Served | Outcome::Stopped)
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One attempt of a request: which route, how it ended, and why.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub(crate) index: usize,
+    pub(crate) model: Arc<str>,
+    pub(crate) label: Option<Arc<str>>,
+    pub(crate) outcome: Outcome,
+    pub(crate) status: Option<StatusCode>,
+    pub(crate) error: Option<UpstreamError>,
+    pub(crate) transport: Option<String>,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) elapsed: Duration,
+}
+
+impl AttemptRecord {
+    /// Position of the route in the chain, from 0.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The model this attempt asked for.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The route's label, if any.
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+
+    /// How the attempt ended.
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    /// The HTTP status the upstream answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.status
+    }
+
+    /// The error the upstream described in its body, if any.
+    pub fn upstream_error(&self) -> Option<&UpstreamError> {
+        self.error.as_ref()
+    }
+
+    /// Shortcut for `upstream_error().error_type()`.
+    pub fn error_type(&self) -> Option<&str> {
+        self.error.as_ref().and_then(UpstreamError::error_type)
+    }
+
+    /// The transport error's message (with its sources), for
+    /// [`Outcome::Transport`].
+    pub fn transport_error(&self) -> Option<&str> {
+        self.transport.as_deref()
+    }
+
+    /// The upstream's `Retry-After`, in seconds form, if it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// Time from sending this attempt to its outcome.
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+}
+
+impl fmt::Display for AttemptRecord {
+    /// `openai/gpt-4o (secondary): HTTP 503 provider_unavailable from OpenAI: "..." after 12ms`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.model)?;
+        if let Some(l) = &self.label {
+            write!(f, " ({l})")?;
+        }
+        f.write_str(": ")?;
+        match self.outcome {
+            Outcome::Timeout => f.write_str("timed out")?,
+            Outcome::DeadlineExceeded => f.write_str("cut off by the chain deadline")?,
+            Outcome::Transport => {
+                write!(f, "transport error: {}", self.transport.as_deref().unwrap_or("unknown"))?
+            }
+            _ => {
+                if let Some(s) = self.status {
+                    write!(f, "HTTP {}", s.as_u16())?;
+                }
+                if self.outcome == Outcome::ErrorInBody {
+                    f.write_str(" with an error in the body")?;
+                }
+                match &self.error {
+                    Some(e) => write!(f, " {e}")?,
+                    None if self.outcome == Outcome::Served => f.write_str(" ok")?,
+                    None => {}
+                }
+            }
+        }
+        write!(f, " after {}ms", self.elapsed.as_millis())
+    }
+}
+
+/// How the request as a whole ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Resolution {
+    /// A route's response was accepted.
+    Served,
+    /// The policy stopped the chain and returned that upstream response as-is.
+    Stopped,
+    /// Every route failed; the caller got a `502` naming every attempt.
+    Exhausted,
+    /// The chain's deadline expired; the caller got a `504` naming every attempt.
+    DeadlineExceeded,
+    /// The request itself was refused before any attempt (bad JSON, no
+    /// `model`, too large): the caller got a `400`/`413`.
+    Rejected,
+}
+
+impl Resolution {
+    /// A short snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Served => "served",
+            Resolution::Stopped => "stopped",
+            Resolution::Exhausted => "exhausted",
+            Resolution::DeadlineExceeded => "deadline_exceeded",
+            Resolution::Rejected => "rejected",
+        }
+    }
+}
+
+/// Which model served a request and why each earlier attempt failed.
+///
+/// Every response from [`FallbackService`](crate::FallbackService) carries one
+/// in its extensions, success or not.
+///
+/// ```
+/// # use llm_fallback::FallbackReport;
+/// fn log(resp: &http::Response<impl Sized>) {
+///     if let Some(report) = resp.extensions().get::<FallbackReport>() {
+///         println!("served by {} after {} attempts", report.served_model(), report.attempts().len());
+///         for failed in report.attempts().iter().filter(|a| a.outcome().is_failure()) {
+///             println!("  {failed}");
+///         }
+///     }
+/// }
+/// # log(&http::Response::new(()));
+/// ```
+#[derive(Clone, Debug)]
+pub struct FallbackReport {
+    pub(crate) requested_model: Option<String>,
+    pub(crate) served_model: Option<String>,
+    pub(crate) provider: Option<String>,
+    pub(crate) attempts: Vec<AttemptRecord>,
+    pub(crate) resolution: Resolution,
+    pub(crate) elapsed: Duration,
+}
+
+impl FallbackReport {
+    pub(crate) fn rejected(elapsed: Duration) -> Self {
+        FallbackReport {
+            requested_model: None,
+            served_model: None,
+            provider: None,
+            attempts: Vec::new(),
+            resolution: Resolution::Rejected,
+            elapsed,
+        }
+    }
+
+    /// The model that answered: the upstream body's `model` when it names one
+    /// (OpenRouter reports the model that actually served), else the route's
+    /// model. For a stopped chain, the model whose error was returned.
+    /// Empty when no route answered (exhausted, rejected).
+    pub fn served_model(&self) -> &str {
+        self.served_model.as_deref().unwrap_or("")
+    }
+
+    /// The attempt whose response was returned ([`Outcome::Served`] or
+    /// [`Outcome::Stopped`]), if any.
+    pub fn served_attempt(&self) -> Option<&AttemptRecord> {
+        self.attempts
+            .last()
+            .filter(|a| matches!(a.outcome, Outcome::Served | Outcome::Stopped))
+    }
+
+    /// The label of the route that answered, if it has one.
+    pub fn served_label(&self) -> Option<&str> {
+        self.served_attempt().and_then(AttemptRecord::label)
+    }
+
+    /// The provider the upstream named in its body (`"provider"`), if any.
+    pub fn provider(&self) -> Option<&str> {
+        self.provider.as_deref()
+    }
+
+    /// The `model` the caller put in the request body.
+    pub fn requested_model(&self) -> Option<&str> {
+        self.requested_model.as_deref()
+    }
+
+    /// Every attempt made, in order.
+    pub fn attempts(&self) -> &[AttemptRecord] {
+        &self.attempts
+    }
+
+    /// How the request ended.
+    pub fn resolution(&self) -> Resolution {
+        self.resolution
+    }
+
+    /// A route other than the first one served.
+    pub fn fell_back(&self) -> bool {
+        self.resolution == Resolution::Served && self.served_attempt().is_some_and(|a| a.index > 0)
+    }
+
+    /// Time from the request's arrival to its answer (for a stream: to the
+    /// response head).
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+}
+
+impl fmt::Display for FallbackReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.resolution {
+            Resolution::Served | Resolution::Stopped => write!(
+                f,
+                "{} by {} after {} attempt(s)",
+                self.resolution.as_str(),
+                self.served_model(),
+                self.attempts.len()
+            )?,
+            Resolution::Exhausted => write!(f, "all {} attempt(s) failed", self.attempts.len())?,
+            Resolution::DeadlineExceeded => {
+                write!(f, "deadline exceeded after {} attempt(s)", self.attempts.len())?
+            }
+            Resolution::Rejected => f.write_str("request rejected before any attempt")?,
+        }
+        for a in self.attempts.iter().filter(|a| a.outcome.is_failure()) {
+            write!(f, "; {a}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every route of a chain failed (or its deadline expired).
+///
+/// Its `Display` reads as one sentence naming every model tried and why it
+/// failed; it is the `message` of the `502`/`504` answer the caller gets.
+#[derive(Clone, Debug)]
+pub struct Exhausted {
+    report: FallbackReport,
+}
+
+impl Exhausted {
+    pub(crate) fn new(report: FallbackReport) -> Self {
+        Exhausted { report }
+    }
+
+    /// The full report of the failed chain.
+    pub fn report(&self) -> &FallbackReport {
+        &self.report
+    }
+
+    /// The status the caller gets: `504` when the deadline ended the chain,
+    /// else `502`.
+    pub fn status(&self) -> StatusCode {
+        match self.report.resolution {
+            Resolution::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The shortest `Retry-After` any upstream sent, if any did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.report.attempts.iter().filter_map(|a| a.retry_after).min()
+    }
+}
+
+impl fmt::Display for Exhausted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.report.attempts.len();
+        match self.report.resolution {
+            Resolution::DeadlineExceeded => write!(f, "the fallback deadline expired after {n} attempt(s)")?,
+            _ => write!(f, "all {n} fallback route(s) failed")?,
+        }
+        for (i, a) in self.report.attempts.iter().enumerate() {
+            f.write_str(if i == 0 { ": " } else { "; " })?;
+            write!(f, "{a}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Exhausted {}

@@ -1,0 +1,204 @@
+//! Routes and chains: which models to try, in which order, for how long.
+
+use bytes::Bytes;
+use std::{fmt, sync::Arc, time::Duration};
+
+/// One hop of a [`Chain`]: a model id plus how long to give it.
+///
+/// The model id is what the upstream expects in the request's top-level
+/// `"model"` field (for OpenRouter, `vendor/model[:variant]`). The id is
+/// JSON-encoded once here, so rewriting a request for this route costs no
+/// allocation.
+///
+/// # Example
+///
+/// ```
+/// use llm_fallback::Route;
+/// use std::time::Duration;
+///
+/// let route = Route::new("openai/gpt-4o")
+///     .label("secondary")
+///     .timeout(Duration::from_secs(25));
+/// assert_eq!(route.model(), "openai/gpt-4o");
+/// assert_eq!(route.get_label(), Some("secondary"));
+/// ```
+#[derive(Clone)]
+pub struct Route {
+    model: Arc<str>,
+    model_json: Bytes,
+    label: Option<Arc<str>>,
+    timeout: Option<Duration>,
+}
+
+impl Route {
+    /// A route to `model`, with no label and no per-attempt timeout.
+    pub fn new(model: impl Into<String>) -> Self {
+        let model: String = model.into();
+        let model_json = Bytes::from(serde_json::to_vec(&model).expect("a string always serializes"));
+        Route {
+            model: model.into(),
+            model_json,
+            label: None,
+            timeout: None,
+        }
+    }
+
+    /// Names this hop (`"primary"`, `"budget"`, ...) in reports, headers and spans.
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into().into());
+        self
+    }
+
+    /// Gives each attempt on this route at most `timeout`, from sending the
+    /// request until the response is known to be good (the head for a stream,
+    /// the whole body otherwise). The chain's deadline still applies.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The model id sent upstream.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The label, if one was set.
+    pub fn get_label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+
+    /// The per-attempt timeout, if one was set.
+    pub fn get_timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+
+    pub(crate) fn model_arc(&self) -> &Arc<str> {
+        &self.model
+    }
+
+    pub(crate) fn label_arc(&self) -> Option<&Arc<str>> {
+        self.label.as_ref()
+    }
+
+    /// The model id as a JSON string literal, quotes included.
+    pub(crate) fn model_json(&self) -> &Bytes {
+        &self.model_json
+    }
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("model", &self.model)
+            .field("label", &self.label)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// An ordered list of [`Route`]s and an overall deadline.
+///
+/// The first route is tried first; each later one only when every earlier one
+/// failed in a way the [`Policy`](crate::Policy) says is worth falling back on.
+/// Cloning a chain is cheap (the routes sit behind an `Arc`).
+///
+/// # Example
+///
+/// ```
+/// use llm_fallback::{Chain, Route};
+/// use std::time::Duration;
+///
+/// let chain = Chain::new([
+///     Route::new("anthropic/claude-3.5-sonnet").label("primary").timeout(Duration::from_secs(30)),
+///     Route::new("openai/gpt-4o-mini").label("budget").timeout(Duration::from_secs(15)),
+/// ])
+/// .deadline(Duration::from_secs(60));
+/// assert_eq!(chain.routes().len(), 2);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Chain {
+    routes: Arc<[Route]>,
+    deadline: Option<Duration>,
+}
+
+impl Chain {
+    /// A chain trying `routes` in order, with no overall deadline.
+    ///
+    /// # Panics
+    ///
+    /// If `routes` is empty: a chain with nothing to try is a configuration
+    /// bug, and failing every request at run time would hide it.
+    pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
+        let routes: Arc<[Route]> = routes.into_iter().collect();
+        assert!(!routes.is_empty(), "llm_fallback::Chain::new: a chain needs at least one route");
+        Chain {
+            routes,
+            deadline: None,
+        }
+    }
+
+    /// Bounds the whole chain: no attempt runs past `deadline` after the
+    /// request arrived, so a cascade of per-route timeouts stays bounded.
+    /// When it expires the caller gets a `504` naming every attempt.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// The routes, in the order they are tried.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The overall deadline, if one was set.
+    pub fn get_deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+}
+
+/// The hop a request is serving, inserted into each attempt's request
+/// extensions so layers inside the fallback (retry, tracing, metrics) can
+/// tell which model and position they serve.
+///
+/// # Example
+///
+/// ```
+/// use llm_fallback::Attempt;
+///
+/// fn log_hop<B>(req: &http::Request<B>) {
+///     if let Some(a) = req.extensions().get::<Attempt>() {
+///         println!("attempt {} to {}", a.index(), a.model());
+///     }
+/// }
+/// # log_hop(&http::Request::new(()));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub(crate) index: usize,
+    pub(crate) model: Arc<str>,
+    pub(crate) label: Option<Arc<str>>,
+    pub(crate) timeout: Option<Duration>,
+}
+
+impl Attempt {
+    /// Position of the route in the chain, from 0.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The model this attempt asks for.
+    pub fn model(&self) -> &str {
+        &self.model
+    }
+
+    /// The route's label, if any.
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
+    }
+
+    /// The time this attempt has: the route's timeout, shortened to what is
+    /// left of the chain's deadline. `None` when neither is set.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.timeout
+    }
+}

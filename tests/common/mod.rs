@@ -1,0 +1,83 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use llm_fallback::{FallbackReport, ReplayBody};
+use serde_json::Value;
+
+/// A realistic chat request body for `model`.
+pub fn chat(model: &str) -> String {
+    serde_json::json!({
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are terse. The word \"model\" appears here on purpose."},
+            {"role": "user", "content": "Say hi — ünïcødé ✓ 🚀"}
+        ],
+        "temperature": 0.2,
+        "provider": {"order": ["OpenAI"], "allow_fallbacks": true}
+    })
+    .to_string()
+}
+
+pub fn post(url: &str, body: impl Into<Bytes>) -> Request<Full<Bytes>> {
+    Request::post(url)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer sk-test-secret")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+/// A plain hyper client over loopback HTTP/1.1.
+pub fn http_client() -> Client<HttpConnector, ReplayBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn body_bytes<B>(resp: Response<B>) -> (http::response::Parts, Bytes)
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, body) = resp.into_parts();
+    (parts, body.collect().await.expect("body reads").to_bytes())
+}
+
+pub async fn body_json<B>(resp: Response<B>) -> (http::response::Parts, Value)
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let (parts, bytes) = body_bytes(resp).await;
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", String::from_utf8_lossy(&bytes)));
+    (parts, v)
+}
+
+pub fn report(parts: &http::response::Parts) -> &FallbackReport {
+    parts.extensions.get::<FallbackReport>().expect("every response carries a FallbackReport")
+}
+
+/// A body that arrives in pieces with no length known up front (like a
+/// chunked upload).
+pub struct Chunked(pub std::collections::VecDeque<Bytes>);
+
+impl Chunked {
+    pub fn new(parts: impl IntoIterator<Item = Bytes>) -> Self {
+        Chunked(parts.into_iter().collect())
+    }
+}
+
+impl http_body::Body for Chunked {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(|b| Ok(http_body::Frame::data(b))))
+    }
+}
