@@ -17,7 +17,8 @@ use std::sync::Arc;
 use tower::{Layer, ServiceExt};
 
 const OK: &str = r#"{"id":"gen-1","provider":"OpenAI","model":"openai/gpt-4o-mini","object":"chat.completion","choices":[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"Hello there, how can I help?"}}],"usage":{"prompt_tokens":14,"completion_tokens":7,"total_tokens":21}}"#;
-const DOWN: &str = r#"{"error":{"code":503,"message":"No available provider","metadata":{"error_type":"provider_unavailable"}}}"#;
+const DOWN: &str =
+    r#"{"error":{"code":503,"message":"No available provider","metadata":{"error_type":"provider_unavailable"}}}"#;
 
 fn body_of(size: usize) -> Bytes {
     let turn = r#"{"role":"user","content":"Tell me about the \"model\" of the universe — ünïcødé ✓\nwith several lines\nof text."},"#;
@@ -89,8 +90,15 @@ where
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let chain = Chain::new([Route::new("a/primary"), Route::new("b/secondary"), Route::new("c/budget")]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let chain = Chain::new([
+        Route::new("a/primary"),
+        Route::new("b/secondary"),
+        Route::new("c/budget"),
+    ]);
     let mut group = c.benchmark_group("layer_overhead");
     for (name, size) in [("1KiB", 1024), ("1MiB", 1024 * 1024)] {
         let body = body_of(size);

@@ -35,13 +35,25 @@ async fn main() -> Result<(), BoxError> {
                 .build();
             let client = Client::builder(TokioExecutor::new()).build::<_, ReplayBody>(https);
             let chain = Chain::new([
-                Route::new("llm-fallback/no-such-model").label("primary").timeout(Duration::from_secs(30)),
-                Route::new("openai/gpt-4o-mini").label("secondary").timeout(Duration::from_secs(30)),
-                Route::new("meta-llama/llama-3.1-8b-instruct").label("budget").timeout(Duration::from_secs(30)),
+                Route::new("llm-fallback/no-such-model")
+                    .label("primary")
+                    .timeout(Duration::from_secs(30)),
+                Route::new("openai/gpt-4o-mini")
+                    .label("secondary")
+                    .timeout(Duration::from_secs(30)),
+                Route::new("meta-llama/llama-3.1-8b-instruct")
+                    .label("budget")
+                    .timeout(Duration::from_secs(30)),
             ])
             .deadline(Duration::from_secs(90));
             println!("calling OpenRouter (OPENROUTER_API_KEY is set)");
-            ask(client, chain, "https://openrouter.ai/api/v1/chat/completions", Some(&key)).await
+            ask(
+                client,
+                chain,
+                "https://openrouter.ai/api/v1/chat/completions",
+                Some(&key),
+            )
+            .await
         }
         None => {
             let upstream = MockUpstream::new()
@@ -51,14 +63,28 @@ async fn main() -> Result<(), BoxError> {
                         .provider("Anthropic")
                         .raw_message("overloaded_error: Overloaded"),
                 )
-                .model("openai/gpt-4o", Reply::ok().provider("OpenAI").content("Hello! (served by the secondary)"));
+                .model(
+                    "openai/gpt-4o",
+                    Reply::ok()
+                        .provider("OpenAI")
+                        .content("Hello! (served by the secondary)"),
+                );
             let server = MockServer::start(upstream).await?;
-            println!("mock OpenRouter on {} (set OPENROUTER_API_KEY to call the real one)", server.url());
+            println!(
+                "mock OpenRouter on {} (set OPENROUTER_API_KEY to call the real one)",
+                server.url()
+            );
             let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
             let chain = Chain::new([
-                Route::new("anthropic/claude-3.5-sonnet").label("primary").timeout(Duration::from_secs(30)),
-                Route::new("openai/gpt-4o").label("secondary").timeout(Duration::from_secs(25)),
-                Route::new("openai/gpt-4o-mini").label("budget").timeout(Duration::from_secs(15)),
+                Route::new("anthropic/claude-3.5-sonnet")
+                    .label("primary")
+                    .timeout(Duration::from_secs(30)),
+                Route::new("openai/gpt-4o")
+                    .label("secondary")
+                    .timeout(Duration::from_secs(25)),
+                Route::new("openai/gpt-4o-mini")
+                    .label("budget")
+                    .timeout(Duration::from_secs(15)),
             ])
             .deadline(Duration::from_secs(60));
             ask(client, chain, &server.chat_url(), None).await
@@ -86,12 +112,20 @@ where
     let request = request.body(Full::new(Bytes::from(body.to_string())))?;
 
     let resp = svc.oneshot(request).await.map_err(Into::into)?;
-    let report = resp.extensions().get::<FallbackReport>().cloned().expect("the layer always reports");
+    let report = resp
+        .extensions()
+        .get::<FallbackReport>()
+        .cloned()
+        .expect("the layer always reports");
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();
 
     println!("HTTP {status}: {}", report);
-    println!("served by {} after {} attempts", report.served_model(), report.attempts().len());
+    println!(
+        "served by {} after {} attempts",
+        report.served_model(),
+        report.attempts().len()
+    );
     for attempt in report.attempts() {
         println!("  #{} {attempt} [{}]", attempt.index(), attempt.outcome());
     }

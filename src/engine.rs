@@ -55,11 +55,7 @@ struct Answer<RB> {
     facts: BodyFacts,
 }
 
-pub(crate) async fn run<S, B, P, RB>(
-    shared: Arc<Shared<P>>,
-    mut svc: S,
-    req: Request<B>,
-) -> Response<ResponseBody<RB>>
+pub(crate) async fn run<S, B, P, RB>(shared: Arc<Shared<P>>, mut svc: S, req: Request<B>) -> Response<ResponseBody<RB>>
 where
     S: Service<Request<ReplayBody>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
@@ -194,7 +190,11 @@ where
             };
             let (action, answer) = match result {
                 None => {
-                    record.outcome = if by_deadline { Outcome::DeadlineExceeded } else { Outcome::Timeout };
+                    record.outcome = if by_deadline {
+                        Outcome::DeadlineExceeded
+                    } else {
+                        Outcome::Timeout
+                    };
                     (shared.policy.classify(&attempt, &Observed::Timeout), None)
                 }
                 Some(Err(e)) => {

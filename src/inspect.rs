@@ -247,6 +247,9 @@ mod tests {
     #[test]
     fn non_json_is_not_json() {
         assert!(!BodyFacts::inspect(b"<html>bad gateway</html>").json);
-        assert_eq!(BodyFacts::text_excerpt(b" bad gateway \n").as_deref(), Some("bad gateway"));
+        assert_eq!(
+            BodyFacts::text_excerpt(b" bad gateway \n").as_deref(),
+            Some("bad gateway")
+        );
     }
 }

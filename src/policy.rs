@@ -247,8 +247,7 @@ fn names_model(e: Option<&UpstreamError>) -> bool {
     let hit = |text: Option<&str>| {
         text.is_some_and(|t| {
             let t = t.to_ascii_lowercase();
-            MODEL_PHRASES.iter().any(|p| t.contains(p))
-                || (t.contains("model") && t.contains("does not exist"))
+            MODEL_PHRASES.iter().any(|p| t.contains(p)) || (t.contains("model") && t.contains("does not exist"))
         })
     };
     hit(e.message()) || hit(e.raw())

@@ -204,9 +204,7 @@ impl fmt::Display for AttemptRecord {
         match self.outcome {
             Outcome::Timeout => f.write_str("timed out")?,
             Outcome::DeadlineExceeded => f.write_str("cut off by the chain deadline")?,
-            Outcome::Transport => {
-                write!(f, "transport error: {}", self.transport.as_deref().unwrap_or("unknown"))?
-            }
+            Outcome::Transport => write!(f, "transport error: {}", self.transport.as_deref().unwrap_or("unknown"))?,
             _ => {
                 if let Some(s) = self.status {
                     write!(f, "HTTP {}", s.as_u16())?;
@@ -358,9 +356,7 @@ impl fmt::Display for FallbackReport {
                 self.attempts.len()
             )?,
             Resolution::Exhausted => write!(f, "all {} attempt(s) failed", self.attempts.len())?,
-            Resolution::DeadlineExceeded => {
-                write!(f, "deadline exceeded after {} attempt(s)", self.attempts.len())?
-            }
+            Resolution::DeadlineExceeded => write!(f, "deadline exceeded after {} attempt(s)", self.attempts.len())?,
             Resolution::Rejected => f.write_str("request rejected before any attempt")?,
         }
         for a in self.attempts.iter().filter(|a| a.outcome.is_failure()) {

@@ -84,11 +84,20 @@ pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
         return Err(BadRequest::new(
             "invalid_model",
             Some("model"),
-            format!("the top-level \"model\" field must be a string, found {}", kind_name(kind)),
+            format!(
+                "the top-level \"model\" field must be a string, found {}",
+                kind_name(kind)
+            ),
         ));
     }
     let requested_model = scan::decode_string(&body[span.clone()])
-        .map_err(|e| BadRequest::new("invalid_json", Some("model"), format!("the \"model\" string is invalid: {e}")))?
+        .map_err(|e| {
+            BadRequest::new(
+                "invalid_json",
+                Some("model"),
+                format!("the \"model\" string is invalid: {e}"),
+            )
+        })?
         .into_owned();
     Ok(RequestIndex {
         model: span,

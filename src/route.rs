@@ -130,11 +130,11 @@ impl Chain {
     /// bug, and failing every request at run time would hide it.
     pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
         let routes: Arc<[Route]> = routes.into_iter().collect();
-        assert!(!routes.is_empty(), "llm_fallback::Chain::new: a chain needs at least one route");
-        Chain {
-            routes,
-            deadline: None,
-        }
+        assert!(
+            !routes.is_empty(),
+            "llm_fallback::Chain::new: a chain needs at least one route"
+        );
+        Chain { routes, deadline: None }
     }
 
     /// Bounds the whole chain: no attempt runs past `deadline` after the

@@ -27,9 +27,15 @@ async fn check(row: &str, primary: Option<Reply>, expect: Expect) {
         upstream = upstream.model(PRIMARY, reply);
     }
     let server = MockServer::start(upstream).await.unwrap();
-    let chain = Chain::new([Route::new(PRIMARY).label("primary"), Route::new(SECONDARY).label("secondary")]);
+    let chain = Chain::new([
+        Route::new(PRIMARY).label("primary"),
+        Route::new(SECONDARY).label("secondary"),
+    ]);
     let svc = FallbackLayer::new(chain).layer(http_client());
-    let resp = svc.oneshot(post(&server.chat_url(), chat("caller/model"))).await.unwrap();
+    let resp = svc
+        .oneshot(post(&server.chat_url(), chat("caller/model")))
+        .await
+        .unwrap();
     let (parts, body) = body_json(resp).await;
     let report = report(&parts).clone();
     let up = server.upstream();
@@ -56,7 +62,11 @@ async fn check(row: &str, primary: Option<Reply>, expect: Expect) {
             assert_eq!(report.served_model(), PRIMARY, "{row}");
             // The upstream's own error body, unchanged.
             assert_eq!(body["error"]["code"], status.as_u16(), "{row}: {body}");
-            assert_eq!(up.request_count(SECONDARY), 0, "{row}: falling back would hide the problem");
+            assert_eq!(
+                up.request_count(SECONDARY),
+                0,
+                "{row}: falling back would hide the problem"
+            );
         }
         Expect::Served => {
             assert_eq!(parts.status, StatusCode::OK, "{row}");
@@ -76,19 +86,34 @@ async fn a_healthy_primary_serves() {
 
 #[tokio::test]
 async fn transport_errors_fall_back() {
-    check("connection dropped", Some(Reply::transport_error()), Expect::Fallback(Outcome::Transport)).await;
+    check(
+        "connection dropped",
+        Some(Reply::transport_error()),
+        Expect::Fallback(Outcome::Transport),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn retryable_statuses_fall_back() {
     for status in [408, 429, 500, 502, 503, 504, 524, 529, 520] {
-        check(&format!("HTTP {status}"), Some(Reply::status(status)), Expect::Fallback(Outcome::HttpError)).await;
+        check(
+            &format!("HTTP {status}"),
+            Some(Reply::status(status)),
+            Expect::Fallback(Outcome::HttpError),
+        )
+        .await;
     }
 }
 
 #[tokio::test]
 async fn errors_that_name_the_model_fall_back() {
-    check("400 unknown model (unscripted in the mock)", None, Expect::Fallback(Outcome::HttpError)).await;
+    check(
+        "400 unknown model (unscripted in the mock)",
+        None,
+        Expect::Fallback(Outcome::HttpError),
+    )
+    .await;
     check(
         "400 context_length_exceeded",
         Some(Reply::error(
@@ -109,14 +134,34 @@ async fn errors_that_name_the_model_fall_back() {
         Expect::Fallback(Outcome::HttpError),
     )
     .await;
-    check("404 no endpoints", Some(Reply::status(404)), Expect::Fallback(Outcome::HttpError)).await;
-    check("403 moderation", Some(Reply::status(403)), Expect::Fallback(Outcome::HttpError)).await;
+    check(
+        "404 no endpoints",
+        Some(Reply::status(404)),
+        Expect::Fallback(Outcome::HttpError),
+    )
+    .await;
+    check(
+        "403 moderation",
+        Some(Reply::status(403)),
+        Expect::Fallback(Outcome::HttpError),
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn errors_inside_http_200_fall_back() {
-    check("200 with an error object", Some(Reply::ok_with_error()), Expect::Fallback(Outcome::ErrorInBody)).await;
-    check("200 without choices", Some(Reply::no_choices()), Expect::Fallback(Outcome::ErrorInBody)).await;
+    check(
+        "200 with an error object",
+        Some(Reply::ok_with_error()),
+        Expect::Fallback(Outcome::ErrorInBody),
+    )
+    .await;
+    check(
+        "200 without choices",
+        Some(Reply::no_choices()),
+        Expect::Fallback(Outcome::ErrorInBody),
+    )
+    .await;
     check(
         "200 with finish_reason error",
         Some(Reply::finish_reason_error()),
@@ -133,11 +178,25 @@ async fn errors_inside_http_200_fall_back() {
 
 #[tokio::test]
 async fn caller_and_account_errors_stop() {
-    check("401 bad key", Some(Reply::status(401)), Expect::Stop(StatusCode::UNAUTHORIZED)).await;
-    check("402 no credits", Some(Reply::status(402)), Expect::Stop(StatusCode::PAYMENT_REQUIRED)).await;
+    check(
+        "401 bad key",
+        Some(Reply::status(401)),
+        Expect::Stop(StatusCode::UNAUTHORIZED),
+    )
+    .await;
+    check(
+        "402 no credits",
+        Some(Reply::status(402)),
+        Expect::Stop(StatusCode::PAYMENT_REQUIRED),
+    )
+    .await;
     check(
         "400 caller's bad parameter",
-        Some(Reply::error(400, "invalid_request", "temperature: must be between 0 and 2")),
+        Some(Reply::error(
+            400,
+            "invalid_request",
+            "temperature: must be between 0 and 2",
+        )),
         Expect::Stop(StatusCode::BAD_REQUEST),
     )
     .await;

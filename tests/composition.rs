@@ -67,7 +67,10 @@ async fn retries_per_model_then_the_next_model() {
         .layer(RetryLayer::new(RetryUnavailable { left: 2 }))
         .layer(TimeoutLayer::new(Duration::from_secs(5)))
         .service(up.clone());
-    let resp = svc.oneshot(post("http://mock/api/v1/chat/completions", chat("a/a"))).await.unwrap();
+    let resp = svc
+        .oneshot(post("http://mock/api/v1/chat/completions", chat("a/a")))
+        .await
+        .unwrap();
     let (parts, json) = body_json(resp).await;
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(json["model"], "b/b");
@@ -87,11 +90,17 @@ async fn an_inner_timeout_is_a_failed_hop() {
         .layer(RetryLayer::new(RetryUnavailable { left: 2 }))
         .layer(TimeoutLayer::new(Duration::from_secs(5)))
         .service(up.clone());
-    let resp = svc.oneshot(post("http://mock/api/v1/chat/completions", chat("x"))).await.unwrap();
+    let resp = svc
+        .oneshot(post("http://mock/api/v1/chat/completions", chat("x")))
+        .await
+        .unwrap();
     let (parts, _) = body_bytes(resp).await;
     let report = report(&parts);
     assert_eq!(report.attempts()[0].outcome(), Outcome::Transport);
-    assert!(report.attempts()[0].transport_error().unwrap().contains("request timed out"));
+    assert!(report.attempts()[0]
+        .transport_error()
+        .unwrap()
+        .contains("request timed out"));
     assert_eq!(report.served_model(), "b/b");
 }
 
@@ -99,7 +108,9 @@ async fn an_inner_timeout_is_a_failed_hop() {
 async fn the_same_stack_inside_an_axum_router() {
     let up = upstream();
     let llm = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(|e: BoxError| async move { (StatusCode::BAD_GATEWAY, e.to_string()) }))
+        .layer(HandleErrorLayer::new(|e: BoxError| async move {
+            (StatusCode::BAD_GATEWAY, e.to_string())
+        }))
         .layer(FallbackLayer::new(chain("a/a")))
         .layer(RetryLayer::new(RetryUnavailable { left: 2 }))
         .layer(TimeoutLayer::new(Duration::from_secs(5)))
@@ -121,7 +132,9 @@ async fn the_same_stack_inside_an_axum_router() {
 
     // A bad body is refused inside the router too, without reaching the upstream.
     let before = up.requests().len();
-    let req = Request::post("/v1/chat/completions").body(axum::body::Body::from("{\"model\":1}")).unwrap();
+    let req = Request::post("/v1/chat/completions")
+        .body(axum::body::Body::from("{\"model\":1}"))
+        .unwrap();
     let resp = app.oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(up.requests().len(), before);

@@ -26,7 +26,11 @@ async fn every_attempt_is_named_whatever_the_last_failure() {
         Route::new("openai/gpt-4o").label("secondary"),
         Route::new("openai/gpt-4o-mini").label("budget"),
     ]);
-    let resp = FallbackLayer::new(chain).layer(http_client()).oneshot(post(&server.chat_url(), chat("x"))).await.unwrap();
+    let resp = FallbackLayer::new(chain)
+        .layer(http_client())
+        .oneshot(post(&server.chat_url(), chat("x")))
+        .await
+        .unwrap();
     let (parts, json) = body_json(resp).await;
 
     assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
@@ -69,9 +73,15 @@ async fn every_attempt_is_named_whatever_the_last_failure() {
 
 #[tokio::test(start_paused = true)]
 async fn a_timeout_last_reads_the_same() {
-    let upstream = MockUpstream::new().model("a/a", Reply::status(503)).model("b/b", Reply::hang());
+    let upstream = MockUpstream::new()
+        .model("a/a", Reply::status(503))
+        .model("b/b", Reply::hang());
     let chain = Chain::new([Route::new("a/a"), Route::new("b/b").timeout(Duration::from_secs(2))]);
-    let resp = FallbackLayer::new(chain).layer(upstream).oneshot(post("http://mock/v1/chat/completions", chat("a"))).await.unwrap();
+    let resp = FallbackLayer::new(chain)
+        .layer(upstream)
+        .oneshot(post("http://mock/v1/chat/completions", chat("a")))
+        .await
+        .unwrap();
     let (parts, json) = body_json(resp).await;
     assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
     assert_eq!(json["error"]["code"], "fallback_exhausted");
@@ -83,11 +93,21 @@ async fn a_timeout_last_reads_the_same() {
 
 #[tokio::test]
 async fn an_error_hidden_in_http_200_last_reads_the_same() {
-    let upstream = MockUpstream::new().model("a/a", Reply::status(500)).model("b/b", Reply::ok_with_error());
+    let upstream = MockUpstream::new()
+        .model("a/a", Reply::status(500))
+        .model("b/b", Reply::ok_with_error());
     let chain = Chain::new([Route::new("a/a"), Route::new("b/b")]);
-    let resp = FallbackLayer::new(chain).layer(upstream).oneshot(post("http://mock/v1/chat/completions", chat("a"))).await.unwrap();
+    let resp = FallbackLayer::new(chain)
+        .layer(upstream)
+        .oneshot(post("http://mock/v1/chat/completions", chat("a")))
+        .await
+        .unwrap();
     let (parts, json) = body_json(resp).await;
-    assert_eq!(parts.status, StatusCode::BAD_GATEWAY, "a 200 carrying an error is never passed off as success");
+    assert_eq!(
+        parts.status,
+        StatusCode::BAD_GATEWAY,
+        "a 200 carrying an error is never passed off as success"
+    );
     assert_eq!(json["error"]["metadata"]["attempts"][1]["outcome"], "error_in_body");
     assert_eq!(json["error"]["metadata"]["attempts"][1]["status"], 200);
 }

@@ -57,7 +57,10 @@ where
 }
 
 pub fn report(parts: &http::response::Parts) -> &FallbackReport {
-    parts.extensions.get::<FallbackReport>().expect("every response carries a FallbackReport")
+    parts
+        .extensions
+        .get::<FallbackReport>()
+        .expect("every response carries a FallbackReport")
 }
 
 /// A body that arrives in pieces with no length known up front (like a

@@ -1,0 +1,347 @@
+//! The body of one attempt: the caller's bytes with a few spans replaced.
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::convert::Infallible;
+use std::fmt;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+/// Most edits one rewrite may apply; `MAX_PARTS` follows from it.
+const MAX_EDITS: usize = 4;
+/// Untouched slices around the edits, plus the replacements.
+const MAX_PARTS: usize = 2 * MAX_EDITS + 1;
+
+/// The request body sent upstream for one attempt.
+///
+/// It is the caller's buffered body cut around the edited values (the
+/// top-level `"model"`), with the new values in between: a handful of
+/// [`Bytes`] slices that share the caller's buffer. The prompt is never
+/// copied or re-serialized, however large it is, so every attempt sends the
+/// caller's bytes exactly, and building one costs a few reference-count
+/// increments and no heap allocation. Cloning is just as cheap, so an inner
+/// retry layer can clone requests freely.
+///
+/// Its length is known up front: [`Body::size_hint`] is exact (before and
+/// during polling), so clients send a `Content-Length` rather than chunked
+/// encoding. The `Debug` output shows only sizes, never content, since
+/// bodies carry prompts and sometimes secrets.
+#[derive(Clone)]
+pub struct ReplayBody {
+    /// `parts[next..count]` are still to be sent; all of them are non-empty.
+    parts: [Bytes; MAX_PARTS],
+    next: u8,
+    count: u8,
+    /// Total length of the parts still to be sent.
+    remaining: u64,
+}
+
+/// Replace `range` of the original body with `replacement`; an empty range
+/// inserts at `range.start`.
+#[derive(Debug, Clone)]
+pub(crate) struct Edit {
+    pub(crate) range: Range<usize>,
+    pub(crate) replacement: Bytes,
+}
+
+impl ReplayBody {
+    /// The whole body, unchanged.
+    #[allow(dead_code)] // used when a request needs no edit
+    pub(crate) fn new(original: Bytes) -> Self {
+        let mut body = Self::default();
+        body.push(original);
+        body
+    }
+
+    /// `original` with `edits` applied. Edits must be sorted by
+    /// `range.start`, must not overlap, must lie within `original`, and there
+    /// may be at most four of them.
+    pub(crate) fn rewrite(original: &Bytes, edits: &[Edit]) -> Self {
+        assert!(
+            edits.len() <= MAX_EDITS,
+            "ReplayBody::rewrite takes at most {MAX_EDITS} edits, got {}",
+            edits.len()
+        );
+        let mut body = Self::default();
+        let mut done = 0;
+        for edit in edits {
+            assert!(
+                done <= edit.range.start && edit.range.start <= edit.range.end && edit.range.end <= original.len(),
+                "ReplayBody::rewrite edits must be sorted, non-overlapping and within the body: {:?} after {done} in {} bytes",
+                edit.range,
+                original.len()
+            );
+            body.push(original.slice(done..edit.range.start));
+            body.push(edit.replacement.clone());
+            done = edit.range.end;
+        }
+        body.push(original.slice(done..));
+        body
+    }
+
+    /// Appends a part, skipping empty ones so every poll yields data.
+    fn push(&mut self, part: Bytes) {
+        if part.is_empty() {
+            return;
+        }
+        self.remaining += part.len() as u64;
+        self.parts[usize::from(self.count)] = part;
+        self.count += 1;
+    }
+
+    /// Bytes not yet sent.
+    pub fn len(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Whether every byte has been sent (or there were none).
+    pub fn is_empty(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+impl Default for ReplayBody {
+    /// An empty body.
+    fn default() -> Self {
+        ReplayBody {
+            parts: Default::default(),
+            next: 0,
+            count: 0,
+            remaining: 0,
+        }
+    }
+}
+
+impl Body for ReplayBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if this.next == this.count {
+            return Poll::Ready(None);
+        }
+        let part = std::mem::take(&mut this.parts[usize::from(this.next)]);
+        this.next += 1;
+        this.remaining -= part.len() as u64;
+        Poll::Ready(Some(Ok(Frame::data(part))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+impl fmt::Debug for ReplayBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Sizes only: the body holds the caller's prompt.
+        f.debug_struct("ReplayBody")
+            .field("len", &self.remaining)
+            .field("parts", &(self.count - self.next))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::json::scan::{self, tests::object_text};
+    use http_body_util::BodyExt;
+    use proptest::prelude::*;
+    use serde_json::Value;
+    use std::sync::Arc;
+    use std::task::Wake;
+
+    struct NoWake;
+    impl Wake for NoWake {
+        fn wake(self: Arc<Self>) {}
+    }
+
+    /// Polls every frame synchronously (the body is always ready), checking
+    /// that the size hint stays exact throughout.
+    fn drain(mut body: ReplayBody) -> (Vec<u8>, usize) {
+        let waker = Arc::new(NoWake).into();
+        let mut cx = Context::from_waker(&waker);
+        let (mut out, mut frames) = (Vec::new(), 0);
+        loop {
+            let left = body.len();
+            assert_eq!(body.size_hint().exact(), Some(left));
+            assert_eq!(body.is_end_stream(), left == 0);
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let data = frame.into_data().expect("only data frames");
+                    assert!(!data.is_empty(), "empty frames are skipped");
+                    assert_eq!(body.len(), left - data.len() as u64);
+                    out.extend_from_slice(&data);
+                    frames += 1;
+                }
+                Poll::Ready(None) => break,
+                Poll::Ready(Some(Err(never))) => match never {},
+                Poll::Pending => unreachable!("a replay body is always ready"),
+            }
+        }
+        assert!(body.is_empty() && body.is_end_stream());
+        (out, frames)
+    }
+
+    fn edit(range: Range<usize>, with: &'static str) -> Edit {
+        Edit {
+            range,
+            replacement: Bytes::from_static(with.as_bytes()),
+        }
+    }
+
+    const BODY: &str = r#"{"model":"a/b","messages":[{"role":"user","content":"secret prompt"}]}"#;
+
+    #[tokio::test]
+    async fn rewrites_the_model_and_collects() {
+        let original = Bytes::from_static(BODY.as_bytes());
+        let body = ReplayBody::rewrite(&original, &[edit(9..14, r#""openai/gpt-4o""#)]);
+        let want = BODY.replace(r#""a/b""#, r#""openai/gpt-4o""#);
+        assert_eq!(body.len(), want.len() as u64);
+        assert_eq!(body.size_hint().exact(), Some(want.len() as u64));
+        let got = body.clone().collect().await.unwrap().to_bytes();
+        assert_eq!(got, want.as_bytes());
+        assert_eq!(drain(body), (want.into_bytes(), 3));
+    }
+
+    #[test]
+    fn whole_body_and_empty_body() {
+        let original = Bytes::from_static(BODY.as_bytes());
+        assert_eq!(drain(ReplayBody::new(original.clone())), (BODY.as_bytes().to_vec(), 1));
+        assert_eq!(
+            drain(ReplayBody::rewrite(&original, &[])),
+            (BODY.as_bytes().to_vec(), 1)
+        );
+        assert_eq!(drain(ReplayBody::default()), (Vec::new(), 0));
+        assert_eq!(drain(ReplayBody::new(Bytes::new())), (Vec::new(), 0));
+        assert!(ReplayBody::default().is_end_stream());
+    }
+
+    #[test]
+    fn insertions_and_edge_edits() {
+        let original = Bytes::from_static(b"{\"model\":\"a\"}");
+        // Insert right after `{`, replace the value, append at the very end.
+        let body = ReplayBody::rewrite(
+            &original,
+            &[
+                edit(1..1, r#""models":["x"],"#),
+                edit(9..12, r#""b""#),
+                edit(13..13, "\n"),
+            ],
+        );
+        assert_eq!(drain(body), (b"{\"models\":[\"x\"],\"model\":\"b\"}\n".to_vec(), 6));
+        // Edits touching both ends leave no empty parts.
+        let body = ReplayBody::rewrite(&original, &[edit(0..1, "[{"), edit(12..13, "}]")]);
+        assert_eq!(drain(body), (b"[{\"model\":\"a\"}]".to_vec(), 3));
+        // Deleting everything.
+        assert_eq!(
+            drain(ReplayBody::rewrite(&original, &[edit(0..13, "")])),
+            (Vec::new(), 0)
+        );
+        // Four edits, nine parts.
+        let body = ReplayBody::rewrite(
+            &original,
+            &[edit(1..2, "1"), edit(3..4, "2"), edit(5..6, "3"), edit(7..8, "4")],
+        );
+        assert_eq!(drain(body), (b"{1m2d3l4:\"a\"}".to_vec(), 9));
+    }
+
+    #[test]
+    #[should_panic(expected = "at most 4 edits")]
+    fn too_many_edits() {
+        let original = Bytes::from_static(b"0123456789");
+        ReplayBody::rewrite(
+            &original,
+            &[
+                edit(0..0, ""),
+                edit(1..1, ""),
+                edit(2..2, ""),
+                edit(3..3, ""),
+                edit(4..4, ""),
+            ],
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "sorted, non-overlapping")]
+    fn overlapping_edits() {
+        let original = Bytes::from_static(b"0123456789");
+        ReplayBody::rewrite(&original, &[edit(2..5, "x"), edit(4..6, "y")]);
+    }
+
+    #[test]
+    fn clones_share_and_resume() {
+        let original = Bytes::from_static(BODY.as_bytes());
+        let mut body = ReplayBody::rewrite(&original, &[edit(9..14, r#""c""#)]);
+        let waker = Arc::new(NoWake).into();
+        let first = Pin::new(&mut body).poll_frame(&mut Context::from_waker(&waker));
+        assert!(matches!(first, Poll::Ready(Some(Ok(_)))));
+        let (rest, frames) = drain(body.clone());
+        assert_eq!(rest, BODY[9..].replacen(r#""a/b""#, r#""c""#, 1).as_bytes());
+        assert_eq!(frames, 2);
+    }
+
+    #[test]
+    fn debug_shows_no_content() {
+        let original = Bytes::from_static(BODY.as_bytes());
+        let body = ReplayBody::rewrite(&original, &[edit(9..14, r#""openai/gpt-4o""#)]);
+        let shown = format!("{body:?}");
+        assert_eq!(shown, format!("ReplayBody {{ len: {}, parts: 3 }}", body.len()));
+        assert!(!shown.contains("secret") && !shown.contains("gpt"));
+    }
+
+    proptest! {
+        /// Insert a top-level "model" anywhere in a random object, find it
+        /// with the scanner, swap its value: serde_json sees the same object
+        /// with only the model changed.
+        #[test]
+        fn rewrite_changes_only_the_model(
+            text in object_text(),
+            at in any::<prop::sample::Index>(),
+            old_model in any::<String>(),
+            new_model in any::<String>(),
+        ) {
+            let mut want: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+            prop_assume!(!want.contains_key("model"));
+            // Insert before the key of a random member, or into `{}`.
+            let mut cuts = vec![];
+            scan::scan_object(text.as_bytes(), |m| {
+                cuts.push(m.key_span.start);
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+            let model = format!("\"model\" : {}", Value::from(old_model.as_str()));
+            let with_model = match cuts.is_empty() {
+                true => text.replacen('{', &format!("{{{model}"), 1),
+                false => {
+                    let cut = cuts[at.index(cuts.len())];
+                    format!("{}{model},{}", &text[..cut], &text[cut..])
+                }
+            };
+            let original = Bytes::from(with_model);
+
+            let mut span = None;
+            scan::scan_object(&original, |m| {
+                if m.key == "model" {
+                    span = Some(m.value);
+                }
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+            let span = span.unwrap();
+            prop_assert_eq!(scan::decode_string(&original[span.clone()]).unwrap(), old_model.as_str());
+
+            let edit = Edit { range: span, replacement: scan::encode_string(&new_model) };
+            let (sent, _) = drain(ReplayBody::rewrite(&original, &[edit]));
+            let got: serde_json::Map<String, Value> = serde_json::from_slice(&sent).unwrap();
+            want.insert("model".into(), Value::from(new_model));
+            prop_assert_eq!(got, want);
+        }
+    }
+}

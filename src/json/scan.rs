@@ -1,0 +1,935 @@
+//! Finds the members of a top-level JSON object, and their byte spans,
+//! without building a DOM.
+//!
+//! The top level is validated strictly (structure, keys, scalar values), so
+//! the spans the engine rewrites are exactly right. Nested values are only
+//! skipped, as fast as possible: brackets are matched and strings are jumped
+//! over with `memchr`, but nested scalars, string escapes and UTF-8 are not
+//! checked. So the scanner never rejects valid JSON (RFC 8259), and may
+//! accept a body that is invalid deep inside a nested value; the upstream
+//! will judge that body as it would have without us.
+
+use memchr::{memchr, memchr2};
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+/// Deepest nesting accepted, the top-level object included. A member value
+/// thus has at most 127 levels, which `serde_json` (limit 127) can parse.
+const MAX_DEPTH: usize = 128;
+
+/// The JSON type of a top-level value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ValueKind {
+    String,
+    Number,
+    Object,
+    Array,
+    True,
+    False,
+    Null,
+}
+
+/// One top-level member of the scanned object.
+#[derive(Debug, Clone)]
+pub(crate) struct Member<'a> {
+    /// The decoded key; borrowed from the input unless it has escapes.
+    pub(crate) key: Cow<'a, str>,
+    /// The key literal, quotes included.
+    #[allow(dead_code)] // part of the member's description; only tests read it so far
+    pub(crate) key_span: Range<usize>,
+    /// The value: quotes included for strings, brackets for objects/arrays.
+    pub(crate) value: Range<usize>,
+    pub(crate) kind: ValueKind,
+}
+
+/// Why a body was refused, and at which byte offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ScanError {
+    kind: ScanErrorKind,
+    offset: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ScanErrorKind {
+    NotAnObject,
+    UnexpectedEnd,
+    ExpectedKey,
+    TrailingComma,
+    ExpectedColon,
+    ExpectedCommaOrEnd,
+    ExpectedValue,
+    NotAString,
+    InvalidEscape,
+    LoneSurrogate,
+    ControlCharacter,
+    InvalidUtf8,
+    KeyNotUtf8,
+    InvalidNumber,
+    InvalidLiteral,
+    TooDeep,
+    Mismatched { found: u8, open: u8 },
+    Trailing,
+}
+
+impl ScanError {
+    fn new(kind: ScanErrorKind, offset: usize) -> Self {
+        ScanError { kind, offset }
+    }
+}
+
+impl fmt::Display for ScanError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use ScanErrorKind::*;
+        let what = match self.kind {
+            // No offset: the whole body is the problem.
+            NotAnObject => return f.write_str("body is not a JSON object"),
+            UnexpectedEnd => "unexpected end of JSON",
+            ExpectedKey => "expected a string object key",
+            TrailingComma => "trailing comma before '}'",
+            ExpectedColon => "expected ':' after object key",
+            ExpectedCommaOrEnd => "expected ',' or '}' after object value",
+            ExpectedValue => "expected a JSON value",
+            NotAString => "expected a JSON string",
+            InvalidEscape => "invalid escape in string",
+            LoneSurrogate => "unpaired surrogate in \\u escape",
+            ControlCharacter => "unescaped control character in string",
+            InvalidUtf8 => "string is not valid UTF-8",
+            KeyNotUtf8 => "object key is not valid UTF-8",
+            InvalidNumber => "invalid number",
+            InvalidLiteral => "invalid literal",
+            TooDeep => {
+                return write!(f, "JSON nested deeper than {MAX_DEPTH} levels at byte {}", self.offset);
+            }
+            Mismatched { found, open } => {
+                let want = if open == b'{' { '}' } else { ']' };
+                return write!(
+                    f,
+                    "mismatched '{}' at byte {} (expected '{want}')",
+                    found as char, self.offset
+                );
+            }
+            Trailing => "trailing characters after the JSON object",
+        };
+        write!(f, "{what} at byte {}", self.offset)
+    }
+}
+
+impl std::error::Error for ScanError {}
+
+/// A scan stopped by bad JSON, or by the caller's callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanFail<E> {
+    Scan(ScanError),
+    Callback(E),
+}
+
+impl<E> From<ScanError> for ScanFail<E> {
+    fn from(e: ScanError) -> Self {
+        ScanFail::Scan(e)
+    }
+}
+
+/// Scans the top-level object in `input`, calling `on_member` for each member
+/// in order; an `Err` from the callback stops the scan at once (e.g. on a
+/// duplicate key). Returns the span of the object itself, `{` to `}`.
+///
+/// Allocates nothing unless a key has escapes (that key is decoded into an
+/// owned string).
+pub(crate) fn scan_object<'a, E>(
+    input: &'a [u8],
+    mut on_member: impl FnMut(Member<'a>) -> Result<(), E>,
+) -> Result<Range<usize>, ScanFail<E>> {
+    use ScanErrorKind::*;
+    let err = |kind, at| ScanFail::Scan(ScanError::new(kind, at));
+    let mut pos = skip_ws(input, 0);
+    // No BOM, no other top-level type, not empty.
+    if input.get(pos) != Some(&b'{') {
+        return Err(err(NotAnObject, pos));
+    }
+    let start = pos;
+    pos = skip_ws(input, pos + 1);
+    if input.get(pos) == Some(&b'}') {
+        pos += 1;
+    } else {
+        let mut after_comma = false;
+        loop {
+            let key_start = pos;
+            match input.get(pos) {
+                Some(b'"') => {}
+                Some(b'}') if after_comma => return Err(err(TrailingComma, pos)),
+                Some(_) => return Err(err(ExpectedKey, pos)),
+                None => return Err(err(UnexpectedEnd, pos)),
+            }
+            let key_end = string_end(input, key_start)?;
+            let key = decode_at(&input[key_start..key_end], key_start).map_err(|mut e| {
+                if e.kind == InvalidUtf8 {
+                    e.kind = KeyNotUtf8;
+                }
+                e
+            })?;
+            pos = skip_ws(input, key_end);
+            match input.get(pos) {
+                Some(b':') => {}
+                Some(_) => return Err(err(ExpectedColon, pos)),
+                None => return Err(err(UnexpectedEnd, pos)),
+            }
+            let value_start = skip_ws(input, pos + 1);
+            let (value_end, kind) = scan_value(input, value_start)?;
+            on_member(Member {
+                key,
+                key_span: key_start..key_end,
+                value: value_start..value_end,
+                kind,
+            })
+            .map_err(ScanFail::Callback)?;
+            pos = skip_ws(input, value_end);
+            match input.get(pos) {
+                Some(b',') => {
+                    pos = skip_ws(input, pos + 1);
+                    after_comma = true;
+                }
+                Some(b'}') => {
+                    pos += 1;
+                    break;
+                }
+                Some(_) => return Err(err(ExpectedCommaOrEnd, pos)),
+                None => return Err(err(UnexpectedEnd, pos)),
+            }
+        }
+    }
+    let end = pos;
+    let rest = skip_ws(input, end);
+    if rest != input.len() {
+        return Err(err(Trailing, rest));
+    }
+    Ok(start..end)
+}
+
+#[inline]
+fn skip_ws(input: &[u8], mut pos: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = input.get(pos) {
+        pos += 1;
+    }
+    pos
+}
+
+/// Validates the top-level value at `start`; returns its end and kind.
+fn scan_value(input: &[u8], start: usize) -> Result<(usize, ValueKind), ScanError> {
+    use ScanErrorKind::*;
+    let Some(&b) = input.get(start) else {
+        return Err(ScanError::new(UnexpectedEnd, start));
+    };
+    Ok(match b {
+        b'"' => (checked_string_end(input, start)?, ValueKind::String),
+        b'{' => (skip_nested(input, start)?, ValueKind::Object),
+        b'[' => (skip_nested(input, start)?, ValueKind::Array),
+        b't' => (literal(input, start, b"true")?, ValueKind::True),
+        b'f' => (literal(input, start, b"false")?, ValueKind::False),
+        b'n' => (literal(input, start, b"null")?, ValueKind::Null),
+        b'-' | b'0'..=b'9' => (number_end(input, start)?, ValueKind::Number),
+        _ => return Err(ScanError::new(ExpectedValue, start)),
+    })
+}
+
+fn literal(input: &[u8], start: usize, word: &[u8]) -> Result<usize, ScanError> {
+    let rest = &input[start..];
+    if rest.starts_with(word) {
+        Ok(start + word.len())
+    } else if word.starts_with(rest) {
+        Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()))
+    } else {
+        Err(ScanError::new(ScanErrorKind::InvalidLiteral, start))
+    }
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, and not glued to more
+/// number-ish bytes (`01`, `1.2.3`, `1x` are invalid numbers, not structure
+/// errors).
+fn number_end(input: &[u8], start: usize) -> Result<usize, ScanError> {
+    let invalid = Err(ScanError::new(ScanErrorKind::InvalidNumber, start));
+    let digits = |mut p: usize| {
+        let from = p;
+        while input.get(p).is_some_and(u8::is_ascii_digit) {
+            p += 1;
+        }
+        (p, p > from)
+    };
+    let mut p = start;
+    if input.get(p) == Some(&b'-') {
+        p += 1;
+    }
+    match input.get(p) {
+        Some(b'0') => p += 1,
+        Some(b'1'..=b'9') => p = digits(p).0,
+        _ => return invalid,
+    }
+    if input.get(p) == Some(&b'.') {
+        let (q, any) = digits(p + 1);
+        if !any {
+            return invalid;
+        }
+        p = q;
+    }
+    if let Some(b'e' | b'E') = input.get(p) {
+        p += 1;
+        if let Some(b'+' | b'-') = input.get(p) {
+            p += 1;
+        }
+        let (q, any) = digits(p);
+        if !any {
+            return invalid;
+        }
+        p = q;
+    }
+    match input.get(p) {
+        Some(c) if c.is_ascii_alphanumeric() || matches!(c, b'.' | b'+' | b'-') => invalid,
+        _ => Ok(p),
+    }
+}
+
+/// End (one past the closing quote) of the string whose opening quote is at
+/// `open`, without validating escapes.
+#[inline]
+fn string_end(input: &[u8], open: usize) -> Result<usize, ScanError> {
+    const INLINE: usize = 16;
+    let mut i = open + 1;
+    loop {
+        let stop = i + INLINE;
+        while i < stop {
+            if let Some(word) = input.get(i..i + 8) {
+                let hits = quote_or_backslash(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+                if hits == 0 {
+                    i += 8;
+                    continue;
+                }
+                i += hits.trailing_zeros() as usize / 8;
+            }
+            match input.get(i) {
+                None => return Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len())),
+                Some(b'"') => return Ok(i + 1),
+                Some(b'\\') => i += 2,
+                Some(_) => i += 1,
+            }
+        }
+        let Some(found) = input.get(i..).and_then(|rest| memchr(b'"', rest)) else {
+            return Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()));
+        };
+        let quote = i + found;
+        let run = input[..quote].iter().rev().take_while(|&&b| b == b'\\').count();
+        if run % 2 == 0 {
+            return Ok(quote + 1);
+        }
+        i = quote + 1;
+    }
+}
+
+#[inline]
+fn quote_or_backslash(word: u64) -> u64 {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const LOW7: u64 = u64::from_ne_bytes([0x7f; 8]);
+    let zero = |v: u64| !(((v & LOW7) + LOW7) | v | LOW7);
+    zero(word ^ (ONES * u64::from(b'"'))) | zero(word ^ (ONES * u64::from(b'\\')))
+}
+
+/// Like [`string_end`], but checks that every escape is well formed (a
+/// top-level string value is validated; its UTF-8 is left to whoever decodes
+/// it).
+fn checked_string_end(input: &[u8], open: usize) -> Result<usize, ScanError> {
+    let mut from = open + 1;
+    loop {
+        let Some(i) = memchr2(b'"', b'\\', &input[from..]) else {
+            return Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()));
+        };
+        let at = from + i;
+        if input[at] == b'"' {
+            return Ok(at + 1);
+        }
+        from = at + escape_len(input, at)?;
+    }
+}
+
+/// Length of the well-formed escape at `at` (a backslash): 2, or 6 for `\uXXXX`.
+#[inline]
+fn escape_len(input: &[u8], at: usize) -> Result<usize, ScanError> {
+    match input.get(at + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(2),
+        Some(b'u') => match input.get(at + 2..at + 6) {
+            Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => Ok(6),
+            None if input[at + 2..].iter().all(u8::is_ascii_hexdigit) => {
+                Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()))
+            }
+            _ => Err(ScanError::new(ScanErrorKind::InvalidEscape, at)),
+        },
+        None => Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len())),
+        Some(_) => Err(ScanError::new(ScanErrorKind::InvalidEscape, at)),
+    }
+}
+
+/// Skips the object or array opening at `start`; returns one past its
+/// closing bracket. Brackets are matched with a bit stack (1 = object), and
+/// strings jumped over; everything else is passed over unchecked.
+fn skip_nested(input: &[u8], start: usize) -> Result<usize, ScanError> {
+    use ScanErrorKind::*;
+    let mut stack: u128 = 0;
+    let mut depth = 0usize; // open levels below the top-level object
+    let mut i = start;
+    while let Some(&b) = input.get(i) {
+        match b {
+            b'"' => {
+                i = string_end(input, i)?;
+                continue;
+            }
+            b'{' | b'[' => {
+                if depth + 1 >= MAX_DEPTH {
+                    return Err(ScanError::new(TooDeep, i));
+                }
+                stack = (stack << 1) | u128::from(b == b'{');
+                depth += 1;
+            }
+            b'}' | b']' => {
+                let open_is_object = stack & 1 == 1;
+                if open_is_object != (b == b'}') {
+                    let open = if open_is_object { b'{' } else { b'[' };
+                    return Err(ScanError::new(Mismatched { found: b, open }, i));
+                }
+                stack >>= 1;
+                depth -= 1;
+                if depth == 0 {
+                    return Ok(i + 1);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Err(ScanError::new(UnexpectedEnd, input.len()))
+}
+
+/// Decodes a JSON string literal (quotes included): every escape, surrogate
+/// pairs too. Borrowed when it has no backslash. Errors on bad escapes, lone
+/// surrogates, unescaped control characters or quotes, and invalid UTF-8;
+/// error offsets count from the literal's opening quote.
+pub(crate) fn decode_string(literal: &[u8]) -> Result<Cow<'_, str>, ScanError> {
+    decode_at(literal, 0)
+}
+
+/// [`decode_string`] with error offsets shifted by `base`.
+fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
+    use ScanErrorKind::*;
+    let n = literal.len();
+    if n < 2 || literal[0] != b'"' || literal[n - 1] != b'"' {
+        return Err(ScanError::new(NotAString, base));
+    }
+    let body = &literal[1..n - 1];
+    let at = |i: usize| base + 1 + i;
+    if let Some(i) = body.iter().position(|&b| b < 0x20) {
+        return Err(ScanError::new(ControlCharacter, at(i)));
+    }
+    // Escapes are ASCII, so the body is valid UTF-8 iff the decoded text is.
+    let text = std::str::from_utf8(body).map_err(|e| ScanError::new(InvalidUtf8, at(e.valid_up_to())))?;
+    let Some(first) = memchr2(b'\\', b'"', body) else {
+        return Ok(Cow::Borrowed(text));
+    };
+    let mut out = String::with_capacity(body.len());
+    let mut done = 0; // body[..done] is decoded into `out`
+    let mut next = Some(first);
+    while let Some(i) = next {
+        if body[i] == b'"' {
+            return Err(ScanError::new(NotAString, at(i)));
+        }
+        out.push_str(&text[done..i]);
+        let len = escape_len(body, i).map_err(|_| ScanError::new(InvalidEscape, at(i)))?;
+        let c = match body[i + 1] {
+            b'u' => {
+                let unit = hex4(&body[i + 2..i + 6]);
+                match unit {
+                    0xD800..=0xDBFF => {
+                        // A high surrogate must be followed by `\u` + low surrogate.
+                        let low = body
+                            .get(i + 6..i + 12)
+                            .filter(|e| e[0] == b'\\' && e[1] == b'u' && e[2..].iter().all(u8::is_ascii_hexdigit))
+                            .map(|e| hex4(&e[2..]))
+                            .filter(|low| (0xDC00..=0xDFFF).contains(low))
+                            .ok_or(ScanError::new(LoneSurrogate, at(i)))?;
+                        done = i + 12;
+                        char::from_u32(0x10000 + ((unit - 0xD800) << 10) + (low - 0xDC00))
+                    }
+                    0xDC00..=0xDFFF => return Err(ScanError::new(LoneSurrogate, at(i))),
+                    _ => {
+                        done = i + len;
+                        char::from_u32(unit)
+                    }
+                }
+                .expect("surrogates were excluded, so this is a scalar value")
+            }
+            short => {
+                done = i + len;
+                match short {
+                    b'b' => '\u{8}',
+                    b'f' => '\u{c}',
+                    b'n' => '\n',
+                    b'r' => '\r',
+                    b't' => '\t',
+                    other => other as char, // `"`, `\`, `/`
+                }
+            }
+        };
+        out.push(c);
+        next = memchr2(b'\\', b'"', &body[done..]).map(|j| done + j);
+    }
+    out.push_str(&text[done..]);
+    Ok(Cow::Owned(out))
+}
+
+fn hex4(hex: &[u8]) -> u32 {
+    hex.iter().fold(0, |acc, &h| {
+        acc * 16 + char::from(h).to_digit(16).expect("checked to be a hex digit")
+    })
+}
+
+/// The JSON string literal for `s`, quotes included, byte for byte as
+/// `serde_json` writes it: `"` and `\` escaped, control characters as
+/// `\b \f \n \r \t` or `\u00xx`, everything else (non-ASCII too) verbatim.
+#[cfg_attr(not(test), allow(dead_code))] // for callers that build model literals
+pub(crate) fn encode_string(s: &str) -> bytes::Bytes {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = Vec::with_capacity(s.len() + 2);
+    out.push(b'"');
+    let bytes = s.as_bytes();
+    let mut done = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short = match b {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'\x08' => b'b',
+            b'\x0c' => b'f',
+            b'\n' => b'n',
+            b'\r' => b'r',
+            b'\t' => b't',
+            0..=0x1f => 0,
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[done..i]);
+        done = i + 1;
+        if short == 0 {
+            let (hi, lo) = (HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]);
+            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', hi, lo]);
+        } else {
+            out.extend_from_slice(&[b'\\', short]);
+        }
+    }
+    out.extend_from_slice(&bytes[done..]);
+    out.push(b'"');
+    out.into()
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    /// `(key, value text, kind)` of every member, or the scan error.
+    fn members(input: &[u8]) -> Result<Vec<(String, &str, ValueKind)>, ScanError> {
+        let mut out = Vec::new();
+        let span = scan_object(input, |m| {
+            assert_eq!(decode_string(&input[m.key_span.clone()]).unwrap(), m.key);
+            let text = std::str::from_utf8(&input[m.value.clone()]).unwrap();
+            out.push((m.key.into_owned(), text, m.kind));
+            Ok::<_, ()>(())
+        })
+        .map_err(|e| match e {
+            ScanFail::Scan(e) => e,
+            ScanFail::Callback(()) => unreachable!(),
+        })?;
+        assert_eq!(input[span.start], b'{');
+        assert_eq!(input[span.end - 1], b'}');
+        Ok(out)
+    }
+
+    fn model_of(input: &str) -> String {
+        let found = members(input.as_bytes()).unwrap_or_else(|e| panic!("{e}: {input}"));
+        let models: Vec<_> = found.iter().filter(|(k, ..)| k == "model").collect();
+        assert_eq!(models.len(), 1, "{input}");
+        assert_eq!(models[0].2, ValueKind::String);
+        models[0].1.to_owned()
+    }
+
+    fn error_of(input: &[u8]) -> String {
+        match members(input) {
+            Ok(m) => panic!("accepted {:?}: {m:?}", String::from_utf8_lossy(input)),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn finds_model_anywhere() {
+        assert_eq!(model_of(r#"{"model":"a/b","messages":[]}"#), r#""a/b""#);
+        assert_eq!(model_of(r#"{"messages":[],"model":"a/b"}"#), r#""a/b""#);
+        assert_eq!(model_of(r#"{"x":1,"model":"a/b","y":{"model":"no"}}"#), r#""a/b""#);
+        assert_eq!(
+            model_of("\r\n\t { \"messages\" :\n[ ] ,\n\t\"model\"\t:\r\n \"a/b\" \n,\"t\" : 0.5e-3 }\n\t "),
+            r#""a/b""#
+        );
+    }
+
+    #[test]
+    fn escapes_and_unicode_around_the_model() {
+        let body =
+            r#"{"a\"b":"x\"y\\","c":"\\","model":"caf\u00e9 🚀 \ud83d\ude80","d":"é\"","e":["\\\"",{"model":"\""}]}"#;
+        assert_eq!(model_of(body), r#""caf\u00e9 🚀 \ud83d\ude80""#);
+        let m = members(body.as_bytes()).unwrap();
+        assert_eq!(
+            m.iter().map(|(k, ..)| k.as_str()).collect::<Vec<_>>(),
+            ["a\"b", "c", "model", "d", "e"]
+        );
+        assert_eq!(decode_string(model_of(body).as_bytes()).unwrap(), "café 🚀 🚀");
+    }
+
+    #[test]
+    fn escaped_key_decodes() {
+        let body = br#"{"mod\u0065l":"m","\ud83d\ude80\n":1}"#;
+        let m = members(body).unwrap();
+        assert_eq!(m[0].0, "model");
+        assert_eq!(m[1].0, "🚀\n");
+        // Plain keys are borrowed, not allocated.
+        scan_object(br#"{"model":1}"#, |m| {
+            assert!(matches!(m.key, Cow::Borrowed("model")));
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn nested_model_is_not_top_level() {
+        let body = r#"{"messages":[{"role":"user","content":"model"},{"model":"inner","nested":{"model":[{"model":1}]}}],"model":"outer"}"#;
+        assert_eq!(model_of(body), r#""outer""#);
+        let m = members(br#"{"messages":[{"model":"x"}]}"#).unwrap();
+        assert_eq!(m, [("messages".into(), r#"[{"model":"x"}]"#, ValueKind::Array)]);
+    }
+
+    #[test]
+    fn kinds_and_spans() {
+        let body = br#"{"s":"x","n":-1.5E+3,"z":0,"o":{"a":[1,{}]},"a":[],"t":true,"f":false,"u":null}"#;
+        let got = members(body).unwrap();
+        let want = [
+            ("s", r#""x""#, ValueKind::String),
+            ("n", "-1.5E+3", ValueKind::Number),
+            ("z", "0", ValueKind::Number),
+            ("o", r#"{"a":[1,{}]}"#, ValueKind::Object),
+            ("a", "[]", ValueKind::Array),
+            ("t", "true", ValueKind::True),
+            ("f", "false", ValueKind::False),
+            ("u", "null", ValueKind::Null),
+        ];
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!((g.0.as_str(), g.1, g.2), w);
+        }
+    }
+
+    #[test]
+    fn empty_object() {
+        assert_eq!(members(b"{}").unwrap(), []);
+        assert_eq!(members(b" \n{ \t}\r\n").unwrap(), []);
+        assert_eq!(scan_object(b"  {}  ", |_| Ok::<_, ()>(())).unwrap(), 2..4);
+    }
+
+    #[test]
+    fn depth_limit() {
+        let nest = |levels: usize| {
+            let inner = levels - 1; // the top-level object is a level
+            format!(r#"{{"a":{}1{}}}"#, "[".repeat(inner), "]".repeat(inner))
+        };
+        let ok = nest(128);
+        assert_eq!(members(ok.as_bytes()).unwrap().len(), 1);
+        // A member value within the limit is one serde_json can parse alone.
+        let span = &members(ok.as_bytes()).unwrap()[0].1;
+        serde_json::from_str::<Value>(span).unwrap();
+        let deep = nest(129);
+        assert_eq!(
+            error_of(deep.as_bytes()),
+            "JSON nested deeper than 128 levels at byte 132"
+        );
+        let objects = format!(r#"{{"a":{}{}}}"#, r#"{"b":"#.repeat(130), "}".repeat(130));
+        assert!(error_of(objects.as_bytes()).starts_with("JSON nested deeper than 128 levels"));
+    }
+
+    #[test]
+    fn structure_errors() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "body is not a JSON object"),
+            (b" \n\t ", "body is not a JSON object"),
+            (b"[1,2]", "body is not a JSON object"),
+            (br#""model""#, "body is not a JSON object"),
+            (b"42", "body is not a JSON object"),
+            (b"null", "body is not a JSON object"),
+            (b"\xEF\xBB\xBF{}", "body is not a JSON object"),
+            (br#"{"a":[1}]}"#, "mismatched '}' at byte 7 (expected ']')"),
+            (br#"{"a":{"b":1]}"#, "mismatched ']' at byte 11 (expected '}')"),
+            (br#"{"a":1,}"#, "trailing comma before '}' at byte 7"),
+            (
+                br#"{"a":[1,2],"b":2} x"#,
+                "trailing characters after the JSON object at byte 18",
+            ),
+            (br#"{}{}"#, "trailing characters after the JSON object at byte 2"),
+            (br#"{"a":"unterminated}"#, "unexpected end of JSON at byte 19"),
+            (br#"{"a":["unterminated]}"#, "unexpected end of JSON at byte 21"),
+            (br#"{"a":[1,2"#, "unexpected end of JSON at byte 9"),
+            (br#"{"a":1"#, "unexpected end of JSON at byte 6"),
+            (br#"{"a""#, "unexpected end of JSON at byte 4"),
+            (br#"{"a":"#, "unexpected end of JSON at byte 5"),
+            (br#"{"a":tr"#, "unexpected end of JSON at byte 7"),
+            (b"{", "unexpected end of JSON at byte 1"),
+            (br#"{"a" 1}"#, "expected ':' after object key at byte 5"),
+            (br#"{"a":1 "b":2}"#, "expected ',' or '}' after object value at byte 7"),
+            (br#"{a:1}"#, "expected a string object key at byte 1"),
+            (br#"{"a":}"#, "expected a JSON value at byte 5"),
+            (br#"{"a":'x'}"#, "expected a JSON value at byte 5"),
+            (br#"{"a":"\x"}"#, "invalid escape in string at byte 6"),
+            (br#"{"a":"\u12G4"}"#, "invalid escape in string at byte 6"),
+            (br#"{"a\q":1}"#, "invalid escape in string at byte 3"),
+            (br#"{"\udc00":1}"#, "unpaired surrogate in \\u escape at byte 2"),
+            (b"{\"a\x01\":1}", "unescaped control character in string at byte 3"),
+            (b"{\"a\xff\":1}", "object key is not valid UTF-8 at byte 3"),
+            (br#"{"a":01}"#, "invalid number at byte 5"),
+            (br#"{"a":1.}"#, "invalid number at byte 5"),
+            (br#"{"a":.5}"#, "expected a JSON value at byte 5"),
+            (br#"{"a":-}"#, "invalid number at byte 5"),
+            (br#"{"a":1e}"#, "invalid number at byte 5"),
+            (br#"{"a":1.5.2}"#, "invalid number at byte 5"),
+            (br#"{"a":+1}"#, "expected a JSON value at byte 5"),
+            (br#"{"a":tru}"#, "invalid literal at byte 5"),
+            (br#"{"a":nul1}"#, "invalid literal at byte 5"),
+            (br#"{"a":True}"#, "expected a JSON value at byte 5"),
+            (br#"{"a":truex}"#, "expected ',' or '}' after object value at byte 9"),
+        ];
+        let wrong: Vec<_> = cases
+            .iter()
+            .map(|(input, want)| (String::from_utf8_lossy(input), error_of(input), want))
+            .filter(|(_, got, want)| got != *want)
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn callback_stops_the_scan() {
+        let mut seen = Vec::new();
+        let r = scan_object(br#"{"model":"a","model":"b","x":1}"#, |m| {
+            if seen.contains(&m.key) {
+                return Err(m.value);
+            }
+            seen.push(m.key);
+            Ok(())
+        });
+        assert_eq!(r, Err(ScanFail::Callback(21..24)));
+        assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn nested_values_are_skipped_not_validated() {
+        // Documented leniency: bad JSON inside nested values passes.
+        assert_eq!(members(br#"{"a":[tru, 01, "\q"]}"#).unwrap()[0].1, r#"[tru, 01, "\q"]"#);
+    }
+
+    #[test]
+    fn backslash_runs_before_quotes() {
+        for (content, end) in [(r#"\\"#, 4), (r#"\\\""#, 6), (r#"\\\\"#, 6), (r#"a\"\\"#, 7)] {
+            let body = format!(r#"{{"a":["{content}"],"model":"m"}}"#);
+            assert_eq!(model_of(&body), r#""m""#, "{body}");
+            let lit = format!(r#""{content}""#);
+            assert_eq!(string_end(lit.as_bytes(), 0).unwrap(), end);
+        }
+    }
+
+    #[test]
+    fn large_body() {
+        let turn =
+            r#"{"role":"user","content":"Tell me about the \"model\" — ünïcødé ✓\nwith lines\\ and \\\"quotes\\\"."},"#;
+        let mut s = String::from(r#"{"messages":["#);
+        while s.len() < 8 << 20 {
+            s.push_str(turn);
+        }
+        s.push_str(r#"{"role":"user","content":"end"}],"model":"caller/model","temperature":0.3}"#);
+        let m = members(s.as_bytes()).unwrap();
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1], ("model".into(), r#""caller/model""#, ValueKind::String));
+        assert_eq!(
+            m[0].1.len(),
+            s.len() - r#"{"messages":,"model":"caller/model","temperature":0.3}"#.len()
+        );
+    }
+
+    #[test]
+    fn decode_string_cases() {
+        let ok: &[(&str, &str)] = &[
+            (r#""""#, ""),
+            (r#""plain é""#, "plain é"),
+            (r#""\"\\\/\b\f\n\r\t""#, "\"\\/\u{8}\u{c}\n\r\t"),
+            (r#""\u0041\u00E9\u20ac""#, "Aé€"),
+            (r#""x\ud83d\ude80y""#, "x🚀y"),
+            (r#""\u0000""#, "\0"),
+        ];
+        for (lit, want) in ok {
+            assert_eq!(decode_string(lit.as_bytes()).unwrap(), *want, "{lit}");
+        }
+        assert!(matches!(decode_string(br#""abc""#).unwrap(), Cow::Borrowed("abc")));
+        let bad: &[(&[u8], &str)] = &[
+            (br#""\ud83d""#, "unpaired surrogate in \\u escape at byte 1"),
+            (br#""\ud83dx\ude80""#, "unpaired surrogate in \\u escape at byte 1"),
+            (br#""\ud83d\u0041""#, "unpaired surrogate in \\u escape at byte 1"),
+            (br#""\u12""#, "invalid escape in string at byte 1"),
+            (br#""ab\""#, "invalid escape in string at byte 3"),
+            (br#""a"b""#, "expected a JSON string at byte 2"),
+            (b"\"a\xc3\"", "string is not valid UTF-8 at byte 2"),
+            (b"\"a\nb\"", "unescaped control character in string at byte 2"),
+            (b"abc", "expected a JSON string at byte 0"),
+            (b"\"", "expected a JSON string at byte 0"),
+        ];
+        for (lit, want) in bad {
+            let got = decode_string(lit).unwrap_err().to_string();
+            assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(lit));
+        }
+    }
+
+    #[test]
+    fn encode_string_matches_serde_json() {
+        for s in [
+            "",
+            "openai/gpt-4o",
+            "a\"b\\c/d",
+            "\u{0}\u{1f}\u{7f}\u{8}\u{c}\n\r\t",
+            "é🚀\u{2028}",
+        ] {
+            assert_eq!(&encode_string(s)[..], serde_json::to_vec(s).unwrap(), "{s:?}");
+        }
+    }
+
+    /// Random JSON values: nested objects/arrays, strings with anything in
+    /// them (quotes, backslashes, controls, astral chars), numbers.
+    pub(crate) fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            any::<String>().prop_map(Value::from),
+            "[\"\\\\a-z \n\u{e9}\u{1f680}]{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(any::<String>(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Top-level members written out with random whitespace, each value
+    /// compact or pretty.
+    pub(crate) fn object_text() -> impl Strategy<Value = String> {
+        let ws = || "[ \t\r\n]{0,2}";
+        let member = (
+            "[a-z\"\\\\\u{e9}\u{1}]{0,6}",
+            value(),
+            any::<bool>(),
+            ws(),
+            ws(),
+            ws(),
+            ws(),
+        );
+        (prop::collection::vec(member, 0..8), ws(), ws()).prop_map(|(members, lead, tail)| {
+            let mut seen = std::collections::HashSet::new();
+            let mut s = format!("{lead}{{");
+            for (key, v, pretty, w1, w2, w3, w4) in members {
+                if !seen.insert(key.clone()) {
+                    continue; // duplicate keys: serde_json would keep only the last
+                }
+                if seen.len() > 1 {
+                    s.push(',');
+                }
+                let v = if pretty {
+                    serde_json::to_string_pretty(&v)
+                } else {
+                    serde_json::to_string(&v)
+                };
+                s += &format!("{w1}{}{w2}:{w3}{}{w4}", Value::from(key), v.unwrap());
+            }
+            s + &format!("}}{tail}")
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn spans_match_serde_json(text in object_text()) {
+            let whole: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+            let mut count = 0;
+            scan_object(text.as_bytes(), |m| {
+                count += 1;
+                let alone: Value = serde_json::from_slice(&text.as_bytes()[m.value.clone()]).unwrap();
+                assert_eq!(Some(&alone), whole.get(&*m.key));
+                let kind = match alone {
+                    Value::String(_) => ValueKind::String,
+                    Value::Number(_) => ValueKind::Number,
+                    Value::Object(_) => ValueKind::Object,
+                    Value::Array(_) => ValueKind::Array,
+                    Value::Bool(true) => ValueKind::True,
+                    Value::Bool(false) => ValueKind::False,
+                    Value::Null => ValueKind::Null,
+                };
+                assert_eq!(m.kind, kind);
+                let key: String = serde_json::from_slice(&text.as_bytes()[m.key_span.clone()]).unwrap();
+                assert_eq!(key, m.key);
+                Ok::<_, ()>(())
+            }).unwrap();
+            prop_assert_eq!(count, whole.len());
+        }
+
+        /// What serde_json accepts as an object, the scanner accepts with
+        /// the same members, even after random damage; and it never panics.
+        #[test]
+        fn never_rejects_what_serde_json_accepts(text in object_text(), at in any::<prop::sample::Index>(), byte in any::<u8>(), op in 0..3u8) {
+            let mut bytes = text.into_bytes();
+            if !bytes.is_empty() {
+                let i = at.index(bytes.len());
+                match op {
+                    0 => bytes[i] = byte,
+                    1 => { bytes.remove(i); }
+                    _ => bytes.insert(i, byte),
+                }
+            }
+            let mut keys = Vec::new();
+            let scanned = scan_object(&bytes, |m| { keys.push(m.key.into_owned()); Ok::<_, ()>(()) });
+            if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes) {
+                prop_assert!(scanned.is_ok(), "{:?}: {:?}", String::from_utf8_lossy(&bytes), scanned);
+                keys.sort();
+                keys.dedup();
+                prop_assert_eq!(keys, map.keys().cloned().collect::<Vec<_>>());
+            }
+        }
+
+        #[test]
+        fn strings_round_trip(s in any::<String>(), escape_mask in any::<u64>()) {
+            let lit = encode_string(&s);
+            prop_assert_eq!(&lit[..], &serde_json::to_vec(&s).unwrap()[..]);
+            prop_assert_eq!(decode_string(&lit).unwrap(), s.as_str());
+            // Any char may be written as \uXXXX (a surrogate pair when astral).
+            let mut escaped = String::from("\"");
+            for (i, c) in s.chars().enumerate() {
+                if escape_mask >> (i % 64) & 1 == 1 || c < ' ' || c == '"' || c == '\\' {
+                    let mut units = [0u16; 2];
+                    for u in c.encode_utf16(&mut units) {
+                        escaped += &format!("\\u{u:04X}");
+                    }
+                } else {
+                    escaped.push(c);
+                }
+            }
+            escaped.push('"');
+            prop_assert_eq!(decode_string(escaped.as_bytes()).unwrap(), s.as_str());
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! Scripted replies: what the mock answers for one request, and in what order.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use super::body::{MockBody, MockTransportError};
+
+/// The provider name used when a reply does not set one.
+const DEFAULT_PROVIDER: &str = "MockProvider";
+
+// ===== Reply =====
+
+/// One scripted answer of the mock upstream.
+///
+/// Start from a constructor ([`Reply::ok`], [`Reply::status`],
+/// [`Reply::hang`], ...) and refine it with the chainable setters. A setter
+/// that does not apply to the kind of reply (say [`content`](Reply::content)
+/// on a 429) is ignored.
+///
+/// ```
+/// use llm_fallback::testing::Reply;
+/// use std::time::Duration;
+///
+/// let slow_ok = Reply::ok().content("pong").latency(Duration::from_secs(2));
+/// let limited = Reply::status(429).retry_after(7);
+/// let opaque = Reply::status(502).provider("Anthropic").raw_message("upstream overloaded");
+/// # let _ = (slow_ok, limited, opaque);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Reply {
+    kind: Kind,
+    content: Option<String>,
+    served_model: Option<String>,
+    provider: Option<String>,
+    raw_message: Option<String>,
+    retry_after: Option<u64>,
+    latency: Option<Duration>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Completion,
+    Error {
+        status: StatusCode,
+        /// `None` with `message: None` means "the default for the status".
+        error_type: Option<String>,
+        message: Option<String>,
+    },
+    OkWithError,
+    NoChoices,
+    FinishReasonError,
+    Raw {
+        status: StatusCode,
+        content_type: HeaderValue,
+        body: Bytes,
+    },
+    Hang,
+    TransportError,
+}
+
+impl Reply {
+    fn new(kind: Kind) -> Self {
+        Self {
+            kind,
+            content: None,
+            served_model: None,
+            provider: None,
+            raw_message: None,
+            retry_after: None,
+            latency: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// `200 OK` with an OpenRouter-shaped `chat.completion`: id
+    /// `gen-mock-<n>`, provider `MockProvider`, the requested model, one
+    /// choice with `finish_reason: "stop"` and the text `Hello from <model>`,
+    /// and `usage`. Carries `Content-Type: application/json` and
+    /// `X-Generation-Id`.
+    pub fn ok() -> Self {
+        Self::new(Kind::Completion)
+    }
+
+    /// Sets the assistant's text (for [`ok`](Reply::ok), and the partial text
+    /// of [`finish_reason_error`](Reply::finish_reason_error)).
+    pub fn content(mut self, text: impl Into<String>) -> Self {
+        self.content = Some(text.into());
+        self
+    }
+
+    /// Makes the body's `model` differ from the requested one, as when
+    /// OpenRouter falls back on its side.
+    pub fn served_model(mut self, model: impl Into<String>) -> Self {
+        self.served_model = Some(model.into());
+        self
+    }
+
+    /// Sets the `provider` field of a completion, or
+    /// `error.metadata.provider_name` of an error (default `MockProvider`).
+    pub fn provider(mut self, name: impl Into<String>) -> Self {
+        self.provider = Some(name.into());
+        self
+    }
+
+    /// An error reply with the OpenRouter error body
+    /// `{"error":{"code":..,"message":..,"metadata":{..}}}` and the message
+    /// and `metadata.error_type` OpenRouter uses for that status:
+    ///
+    /// | status | message | `error_type` |
+    /// |---|---|---|
+    /// | 400 | `Invalid request` | — |
+    /// | 401 | `No auth credentials found` | — |
+    /// | 402 | `Insufficient credits` | — |
+    /// | 403 | `<model> requires moderation ...` (also `reasons`, `flagged_input`, `model_slug`) | `content_policy_violation` |
+    /// | 404 | `No endpoints found for <model>.` | — |
+    /// | 408 | `Request timed out` | `timeout` |
+    /// | 413 | `Request payload too large` | — |
+    /// | 429 | `Rate limit exceeded` | `rate_limit_exceeded` |
+    /// | 500 | `Internal Server Error` | `server` |
+    /// | 502 | `Provider returned error` | `provider_unavailable` |
+    /// | 503 | `Service unavailable` | `provider_unavailable` |
+    /// | 504, 524 | `Provider timed out` | `timeout` |
+    /// | 529 | `Provider is overloaded` | `provider_overloaded` |
+    /// | other | the status's reason phrase | `server` for 5xx |
+    ///
+    /// `metadata` (with `provider_name` and `raw`) is present when there is an
+    /// `error_type`, or when [`provider`](Reply::provider) or
+    /// [`raw_message`](Reply::raw_message) was set. Meant for error statuses:
+    /// a 2xx code gives that status with an error body (see
+    /// [`ok_with_error`](Reply::ok_with_error) for OpenRouter's own shape).
+    ///
+    /// # Panics
+    ///
+    /// If `code` is not a valid HTTP status (100..=999).
+    pub fn status(code: u16) -> Self {
+        Self::new(Kind::Error {
+            status: status_code(code),
+            error_type: None,
+            message: None,
+        })
+    }
+
+    /// An error reply with the given status, `metadata.error_type` and
+    /// message: `{"error":{"code":status,"message":..,"metadata":
+    /// {"error_type":..,"provider_name":..,"raw":..}}}`.
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid HTTP status (100..=999).
+    pub fn error(status: u16, error_type: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(Kind::Error {
+            status: status_code(status),
+            error_type: Some(error_type.into()),
+            message: Some(message.into()),
+        })
+    }
+
+    /// Sets `error.metadata.raw`: the upstream provider's own message, the
+    /// real cause behind an opaque "Provider returned error".
+    pub fn raw_message(mut self, raw: impl Into<String>) -> Self {
+        self.raw_message = Some(raw.into());
+        self
+    }
+
+    /// Adds a `Retry-After: <secs>` header.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// Waits this long (with `tokio::time::sleep`, so paused-time tests can
+    /// skip it) before answering.
+    pub fn latency(mut self, d: Duration) -> Self {
+        self.latency = Some(d);
+        self
+    }
+
+    /// Never answers: the request is recorded, then its future stays pending
+    /// forever (over HTTP the connection stays open and silent).
+    pub fn hang() -> Self {
+        Self::new(Kind::Hang)
+    }
+
+    /// `200 OK` whose body is an error and has no `choices`:
+    /// `{"error":{"code":502,"message":"Provider returned error","metadata":
+    /// {"error_type":"provider_unavailable",..}}}`.
+    pub fn ok_with_error() -> Self {
+        Self::new(Kind::OkWithError)
+    }
+
+    /// `200 OK` with valid JSON (`id`, `model`, `usage`, ...) but no `choices`.
+    pub fn no_choices() -> Self {
+        Self::new(Kind::NoChoices)
+    }
+
+    /// `200 OK` whose `choices[0].finish_reason` is `"error"`, with
+    /// `choices[0].error` `{code, message}`: the provider failed after
+    /// generation began.
+    pub fn finish_reason_error() -> Self {
+        Self::new(Kind::FinishReasonError)
+    }
+
+    /// No answer at all. In process the service returns
+    /// `Err(`[`MockTransportError`]`)`; over HTTP
+    /// ([`MockServer`](super::MockServer)) the connection is closed without a
+    /// response.
+    pub fn transport_error() -> Self {
+        Self::new(Kind::TransportError)
+    }
+
+    /// Exactly this status, `Content-Type` and body (for bodies that are not
+    /// JSON, say an HTML error page from a proxy).
+    ///
+    /// # Panics
+    ///
+    /// If `status` is not a valid HTTP status or `content_type` is not a
+    /// valid header value.
+    pub fn raw(status: u16, content_type: &str, body: impl Into<Bytes>) -> Self {
+        let content_type = HeaderValue::from_str(content_type)
+            .unwrap_or_else(|e| panic!("Reply::raw: invalid content type {content_type:?}: {e}"));
+        Self::new(Kind::Raw {
+            status: status_code(status),
+            content_type,
+            body: body.into(),
+        })
+    }
+
+    /// Adds a response header (appended; names may repeat).
+    ///
+    /// # Panics
+    ///
+    /// If `name` or `value` is not a valid header name or value.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        let n = HeaderName::from_bytes(name.as_bytes())
+            .unwrap_or_else(|e| panic!("Reply::header: invalid header name {name:?}: {e}"));
+        let v = HeaderValue::from_str(value)
+            .unwrap_or_else(|e| panic!("Reply::header: invalid value for {name}: {value:?}: {e}"));
+        self.headers.push((n, v));
+        self
+    }
+
+    pub(super) fn delay(&self) -> Option<Duration> {
+        self.latency
+    }
+
+    pub(super) fn is_hang(&self) -> bool {
+        matches!(self.kind, Kind::Hang)
+    }
+
+    /// Turns the reply into what the service does for one request.
+    pub(super) fn render(&self, ctx: &Ctx<'_>) -> Action {
+        let provider = self.provider.as_deref().unwrap_or(DEFAULT_PROVIDER);
+        let served = self.served_model.as_deref().unwrap_or(ctx.model);
+        let generation_id = format!("gen-mock-{}", ctx.generation);
+        let (status, body, generation) = match &self.kind {
+            Kind::Hang => return Action::Hang,
+            Kind::TransportError => return Action::Fail(MockTransportError::reset()),
+            Kind::Raw {
+                status,
+                content_type,
+                body,
+            } => {
+                let mut resp = Response::new(MockBody::full(body.clone()));
+                *resp.status_mut() = *status;
+                resp.headers_mut().insert(CONTENT_TYPE, content_type.clone());
+                resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                return Action::Respond(self.finish(resp));
+            }
+            Kind::Completion => {
+                let content = self.content.clone().unwrap_or_else(|| format!("Hello from {served}"));
+                let mut body = envelope(&generation_id, provider, served);
+                body.insert(
+                    "choices".into(),
+                    json!([{
+                        "index": 0,
+                        "logprobs": null,
+                        "finish_reason": "stop",
+                        "native_finish_reason": "stop",
+                        "message": {"role": "assistant", "content": content, "refusal": null},
+                    }]),
+                );
+                body.insert("usage".into(), usage(ctx, &content));
+                (StatusCode::OK, Value::Object(body), true)
+            }
+            Kind::NoChoices => {
+                let mut body = envelope(&generation_id, provider, served);
+                body.insert("usage".into(), usage(ctx, ""));
+                (StatusCode::OK, Value::Object(body), true)
+            }
+            Kind::FinishReasonError => {
+                let content = self.content.clone().unwrap_or_default();
+                let mut body = envelope(&generation_id, provider, served);
+                body.insert(
+                    "choices".into(),
+                    json!([{
+                        "index": 0,
+                        "logprobs": null,
+                        "finish_reason": "error",
+                        "native_finish_reason": "error",
+                        "message": {"role": "assistant", "content": content, "refusal": null},
+                        "error": {"code": 502, "message": "Provider returned error"},
+                    }]),
+                );
+                body.insert("usage".into(), usage(ctx, &content));
+                (StatusCode::OK, Value::Object(body), true)
+            }
+            Kind::OkWithError => {
+                let metadata = json!({
+                    "error_type": "provider_unavailable",
+                    "provider_name": provider,
+                    "raw": self.raw_message,
+                });
+                let body = error_body(502, "Provider returned error", Some(metadata));
+                (StatusCode::OK, body, true)
+            }
+            Kind::Error {
+                status,
+                error_type,
+                message,
+            } => {
+                let (default_message, default_type) = defaults(*status, ctx.model);
+                let error_type = error_type.clone().or(default_type.map(str::to_owned));
+                let message = message.clone().unwrap_or(default_message);
+                let metadata = if *status == StatusCode::FORBIDDEN && message_is_default(self) {
+                    Some(json!({
+                        "error_type": error_type,
+                        "reasons": ["harassment"],
+                        "flagged_input": "[mock] flagged input",
+                        "provider_name": provider,
+                        "model_slug": ctx.model,
+                        "raw": self.raw_message,
+                    }))
+                } else if error_type.is_some() || self.provider.is_some() || self.raw_message.is_some() {
+                    let mut m = Map::new();
+                    if let Some(t) = error_type {
+                        m.insert("error_type".into(), Value::String(t));
+                    }
+                    m.insert("provider_name".into(), Value::String(provider.to_owned()));
+                    m.insert("raw".into(), json!(self.raw_message));
+                    Some(Value::Object(m))
+                } else {
+                    None
+                };
+                (*status, error_body(status.as_u16(), &message, metadata), false)
+            }
+        };
+        let bytes = Bytes::from(serde_json::to_vec(&body).expect("serializing a JSON value"));
+        let len = bytes.len();
+        let mut resp = Response::new(MockBody::full(bytes));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        if generation {
+            let id = HeaderValue::from_str(&generation_id).expect("generation ids are ASCII");
+            headers.insert(HeaderName::from_static("x-generation-id"), id);
+        }
+        Action::Respond(self.finish(resp))
+    }
+
+    /// Adds `Retry-After` and the custom headers.
+    fn finish(&self, mut resp: Response<MockBody>) -> Response<MockBody> {
+        let headers = resp.headers_mut();
+        if let Some(secs) = self.retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        }
+        for (name, value) in &self.headers {
+            headers.append(name.clone(), value.clone());
+        }
+        resp
+    }
+}
+
+/// A 403 built by [`Reply::status`] (not [`Reply::error`]) is a moderation
+/// block and carries its metadata.
+fn message_is_default(reply: &Reply) -> bool {
+    matches!(&reply.kind, Kind::Error { message: None, .. })
+}
+
+fn status_code(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or_else(|_| panic!("{code} is not a valid HTTP status code"))
+}
+
+/// Default message and `error_type` for an error status.
+fn defaults(status: StatusCode, model: &str) -> (String, Option<&'static str>) {
+    let (message, error_type): (&str, Option<&'static str>) = match status.as_u16() {
+        400 => ("Invalid request", None),
+        401 => ("No auth credentials found", None),
+        402 => ("Insufficient credits", None),
+        403 => {
+            return (
+                format!(
+                    "{model} requires moderation. Your input was flagged for \"harassment\". \
+                     No credits were charged."
+                ),
+                Some("content_policy_violation"),
+            )
+        }
+        404 => return (format!("No endpoints found for {model}."), None),
+        408 => ("Request timed out", Some("timeout")),
+        413 => ("Request payload too large", None),
+        429 => ("Rate limit exceeded", Some("rate_limit_exceeded")),
+        500 => ("Internal Server Error", Some("server")),
+        502 => ("Provider returned error", Some("provider_unavailable")),
+        503 => ("Service unavailable", Some("provider_unavailable")),
+        504 | 524 => ("Provider timed out", Some("timeout")),
+        529 => ("Provider is overloaded", Some("provider_overloaded")),
+        s => (
+            status.canonical_reason().unwrap_or("Mock upstream error"),
+            (s >= 500).then_some("server"),
+        ),
+    };
+    (message.to_owned(), error_type)
+}
+
+/// The fields every generation body starts with.
+fn envelope(id: &str, provider: &str, model: &str) -> Map<String, Value> {
+    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut m = Map::new();
+    m.insert("id".into(), Value::from(id));
+    m.insert("provider".into(), Value::from(provider));
+    m.insert("model".into(), Value::from(model));
+    m.insert("object".into(), Value::from("chat.completion"));
+    m.insert("created".into(), Value::from(created));
+    m
+}
+
+/// Made-up but stable token counts: a quarter of the request's bytes, one per
+/// word of the answer.
+fn usage(ctx: &Ctx<'_>, content: &str) -> Value {
+    let prompt = (ctx.request_bytes / 4).max(1) as u64;
+    let completion = content.split_whitespace().count() as u64;
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    })
+}
+
+/// OpenRouter's error body (shared with the routing errors of the service).
+pub(super) fn error_body(code: u16, message: &str, metadata: Option<Value>) -> Value {
+    let mut error = Map::new();
+    error.insert("code".into(), Value::from(code));
+    error.insert("message".into(), Value::from(message));
+    if let Some(metadata) = metadata {
+        error.insert("metadata".into(), metadata);
+    }
+    json!({ "error": error })
+}
+
+/// What a reply needs to know about the request it answers.
+#[derive(Debug)]
+pub(super) struct Ctx<'a> {
+    /// The requested model.
+    pub(super) model: &'a str,
+    /// The `n` of `gen-mock-<n>`.
+    pub(super) generation: u64,
+    /// Size of the request body (for `usage`).
+    pub(super) request_bytes: usize,
+}
+
+/// What the service does with a request.
+#[derive(Debug)]
+pub(super) enum Action {
+    Respond(Response<MockBody>),
+    Hang,
+    Fail(MockTransportError),
+}
+
+// ===== Script =====
+
+/// The replies one model gives, in order: the n-th request for the model gets
+/// the n-th reply, and the last reply repeats forever.
+///
+/// A single [`Reply`] converts into a script that always gives it.
+///
+/// ```
+/// use llm_fallback::testing::{MockUpstream, Reply, Script};
+///
+/// // Two rate limits, then it recovers for good.
+/// let upstream = MockUpstream::new().model(
+///     "openai/gpt-4o",
+///     Script::sequence([Reply::status(429), Reply::status(429), Reply::ok()]),
+/// );
+/// # let _ = upstream;
+/// ```
+#[derive(Debug, Clone)]
+pub struct Script {
+    replies: Arc<[Reply]>,
+}
+
+impl Script {
+    /// A script of these replies, in order.
+    ///
+    /// # Panics
+    ///
+    /// If `replies` is empty: a model needs at least one reply.
+    pub fn sequence(replies: impl IntoIterator<Item = Reply>) -> Self {
+        let replies: Arc<[Reply]> = replies.into_iter().collect();
+        assert!(!replies.is_empty(), "Script::sequence needs at least one reply");
+        Self { replies }
+    }
+
+    /// The reply for the `n`-th request (0-based).
+    pub(super) fn reply(&self, n: usize) -> &Reply {
+        &self.replies[n.min(self.replies.len() - 1)]
+    }
+}
+
+impl From<Reply> for Script {
+    fn from(reply: Reply) -> Self {
+        Self::sequence([reply])
+    }
+}
