@@ -146,13 +146,18 @@ where
                 label: route.label_arc().cloned(),
                 timeout: limit,
             };
-            let replay = ReplayBody::rewrite(
-                &body,
-                &[Edit {
-                    range: index.model.clone(),
-                    replacement: route.model_json().clone(),
-                }],
-            );
+            let replay = if body[index.model.clone()] == route.model_json()[..] {
+                // The caller already asked for this route's model, spelled the same way.
+                ReplayBody::new(body.clone())
+            } else {
+                ReplayBody::rewrite(
+                    &body,
+                    &[Edit {
+                        range: index.model.clone(),
+                        replacement: route.model_json().clone(),
+                    }],
+                )
+            };
             let request = attempt_request(&parts, replay, attempt.clone());
             let attempt_span = tracing::info_span!(
                 "llm_fallback.attempt",

@@ -34,7 +34,7 @@ impl Route {
     /// A route to `model`, with no label and no per-attempt timeout.
     pub fn new(model: impl Into<String>) -> Self {
         let model: String = model.into();
-        let model_json = Bytes::from(serde_json::to_vec(&model).expect("a string always serializes"));
+        let model_json = crate::json::scan::encode_string(&model);
         Route {
             model: model.into(),
             model_json,

@@ -47,7 +47,6 @@ pub(crate) struct Edit {
 
 impl ReplayBody {
     /// The whole body, unchanged.
-    #[allow(dead_code)] // used when a request needs no edit
     pub(crate) fn new(original: Bytes) -> Self {
         let mut body = Self::default();
         body.push(original);
