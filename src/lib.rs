@@ -143,3 +143,24 @@ pub use route::{Attempt, Chain, Route};
 
 /// The boxed error type used where errors of different sources meet.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Not public API: entry points for the benches and the fuzz target.
+    //! May change in any release.
+
+    use crate::json::{scan, Edit, ReplayBody};
+
+    /// Indexes `body` like the layer does and rewrites its `model` to
+    /// `model`; `Err` carries the message of the `400` the layer would send.
+    pub fn rewrite_model(body: &bytes::Bytes, model: &str) -> Result<ReplayBody, String> {
+        let index = crate::request::index_request(body).map_err(|bad| bad.message)?;
+        Ok(ReplayBody::rewrite(
+            body,
+            &[Edit {
+                range: index.model,
+                replacement: scan::encode_string(model),
+            }],
+        ))
+    }
+}
