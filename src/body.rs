@@ -1,5 +1,6 @@
 //! The response body type and bounded body collection.
 
+use crate::stream::CommittedStream;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -27,6 +28,7 @@ pin_project! {
     enum Kind<B> {
         Full { data: Option<Bytes> },
         Inner { head: Option<Bytes>, #[pin] body: B },
+        Stream { #[pin] body: CommittedStream<B> },
     }
 }
 
@@ -36,6 +38,12 @@ impl<B> ResponseBody<B> {
             kind: Kind::Full {
                 data: (!data.is_empty()).then_some(data),
             },
+        }
+    }
+
+    pub(crate) fn stream(body: CommittedStream<B>) -> Self {
+        ResponseBody {
+            kind: Kind::Stream { body },
         }
     }
 
@@ -61,6 +69,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
                 .debug_struct("ResponseBody::Inner")
                 .field("head_len", &head.as_ref().map_or(0, Bytes::len))
                 .finish_non_exhaustive(),
+            Kind::Stream { .. } => f.debug_struct("ResponseBody::Stream").finish_non_exhaustive(),
         }
     }
 }
@@ -68,6 +77,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
 impl<B> Body for ResponseBody<B>
 where
     B: Body<Data = Bytes>,
+    B::Error: Into<crate::BoxError>,
 {
     type Data = Bytes;
     type Error = B::Error;
@@ -79,6 +89,7 @@ where
                 Some(h) => Poll::Ready(Some(Ok(Frame::data(h)))),
                 None => body.poll_frame(cx),
             },
+            KindProj::Stream { body } => body.poll_frame(cx),
         }
     }
 
@@ -86,6 +97,7 @@ where
         match &self.kind {
             Kind::Full { data } => data.is_none(),
             Kind::Inner { head, body } => head.is_none() && body.is_end_stream(),
+            Kind::Stream { body } => body.is_end_stream(),
         }
     }
 
@@ -102,6 +114,7 @@ where
                 }
                 hint
             }
+            Kind::Stream { body } => body.size_hint(),
         }
     }
 }

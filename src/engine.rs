@@ -9,14 +9,17 @@ use crate::json::{Edit, ReplayBody};
 use crate::policy::{self, Action, Observed, Policy, ResponseInfo};
 use crate::report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution};
 use crate::request::{index_request, BadRequest};
+use crate::stream::{CommittedStream, Signal, SseTracker};
 use crate::{Attempt, BoxError, Chain};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use serde_json::json;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
+use http_body_util::BodyExt;
 use tower::{Service, ServiceExt};
 use tracing::{field::Empty, Instrument};
 
@@ -43,8 +46,9 @@ pub(crate) struct Shared<P> {
 enum Looked<RB> {
     /// Buffered whole and inspected.
     Full(Bytes),
-    /// Not read: an event stream.
-    Stream(RB),
+    /// An event stream that reached its first content: the frames read so
+    /// far, the rest of the body, and what was seen.
+    Committed(VecDeque<Bytes>, RB, Box<SseTracker>),
     /// Larger than `max_response_bytes`: the part read, then the rest.
     Overflow(Bytes, RB),
 }
@@ -123,6 +127,7 @@ where
             provider: None,
             attempts: Vec::with_capacity(shared.chain.routes().len()),
             resolution: Resolution::Exhausted,
+            usage: None,
             elapsed: Duration::ZERO,
         };
         let deadline = shared.chain.get_deadline().map(|d| started + d);
@@ -134,7 +139,12 @@ where
                 report.resolution = Resolution::DeadlineExceeded;
                 break;
             }
-            let (limit, by_deadline) = match (route.get_timeout(), remaining) {
+            let route_limit = match (route.get_timeout(), route.get_first_token_timeout()) {
+                (Some(t), Some(f)) if index.stream => Some(t.min(f)),
+                (None, Some(f)) if index.stream => Some(f),
+                (t, _) => t,
+            };
+            let (limit, by_deadline) = match (route_limit, remaining) {
                 (Some(t), Some(r)) if r <= t => (Some(r), true),
                 (Some(t), _) => (Some(t), false),
                 (None, Some(r)) => (Some(r), true),
@@ -269,13 +279,32 @@ where
                     };
                     report.served_model = Some(answer.facts.model.clone().unwrap_or_else(|| route.model().to_owned()));
                     report.provider = answer.facts.provider.clone();
+                    report.usage = answer.facts.usage.clone();
                     attempt_span.record("gen_ai.response.model", report.served_model());
-                    let body = match answer.body {
-                        Looked::Full(b) => ResponseBody::full(b),
-                        Looked::Stream(rb) => ResponseBody::inner(None, rb),
-                        Looked::Overflow(head, rb) => ResponseBody::inner(Some(head), rb),
+                    let mut parts = answer.parts;
+                    let (body, handle) = match answer.body {
+                        Looked::Full(b) => (ResponseBody::full(b), None),
+                        Looked::Overflow(head, rb) => (ResponseBody::inner(Some(head), rb), None),
+                        Looked::Committed(held, rb, tracker) => {
+                            // An error chunk may be appended if the stream breaks.
+                            parts.headers.remove(header::CONTENT_LENGTH);
+                            report.elapsed = started.elapsed();
+                            let (body, handle) = CommittedStream::new(
+                                held,
+                                rb,
+                                *tracker,
+                                route.get_idle_timeout(),
+                                report.clone(),
+                                started,
+                            );
+                            (ResponseBody::stream(body), Some(handle))
+                        }
                     };
-                    return finish(Response::from_parts(answer.parts, body), report, started);
+                    let mut resp = finish(Response::from_parts(parts, body), report, started);
+                    if let Some(handle) = handle {
+                        resp.extensions_mut().insert(handle);
+                    }
+                    return resp;
                 }
                 // Accepting a timeout or an error makes no sense; stopping on
                 // one ends the chain with the exhaustion answer.
@@ -323,11 +352,7 @@ where
     let resp = svc.call(request).await.map_err(Into::into)?;
     let (parts, mut rb) = resp.into_parts();
     if parts.status.is_success() && policy::is_event_stream(&parts.headers) {
-        return Ok(Answer {
-            parts,
-            body: Looked::Stream(rb),
-            facts: BodyFacts::default(),
-        });
+        return until_first_token(parts, rb, max_response_bytes).await;
     }
     match collect_bounded(&mut rb, max_response_bytes).await {
         Ok(bytes) => {
@@ -344,6 +369,80 @@ where
             facts: BodyFacts::default(),
         }),
         Err(CollectError::Body(e)) => Err(e.into()),
+    }
+}
+
+/// Reads an event stream up to its commit point, holding what was read.
+/// Keep-alives are held (and later passed on) but are not progress. An error
+/// chunk or the end of the stream before the first content is an answer the
+/// policy sees as an error inside an HTTP 200, like a non-streaming one.
+async fn until_first_token<RB>(
+    parts: http::response::Parts,
+    mut rb: RB,
+    max_held_bytes: usize,
+) -> Result<Answer<RB>, BoxError>
+where
+    RB: Body<Data = Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let mut tracker = SseTracker::default();
+    let mut held = VecDeque::new();
+    let mut held_len = 0usize;
+    let signal = loop {
+        match rb.frame().await {
+            None => {
+                break match tracker.finish() {
+                    Signal::None => Signal::Error(crate::report::UpstreamError {
+                        message: Some("the stream ended before its first token".into()),
+                        ..Default::default()
+                    }),
+                    s => s,
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                let s = tracker.feed(&data);
+                held_len += data.len();
+                held.push_back(data);
+                // Holding more than the response limit would let a stream of
+                // keep-alives grow without bound: commit and pass it on.
+                if s != Signal::None || held_len > max_held_bytes {
+                    break if s == Signal::None { Signal::Commit } else { s };
+                }
+            }
+        }
+    };
+    match signal {
+        Signal::Error(error) => {
+            let mut body = BytesMut::with_capacity(held_len);
+            held.iter().for_each(|b| body.extend_from_slice(b));
+            let facts = BodyFacts {
+                json: true,
+                model: tracker.model.take(),
+                provider: tracker.provider.take(),
+                error: Some(error),
+                ..BodyFacts::default()
+            };
+            Ok(Answer {
+                parts,
+                body: Looked::Full(body.freeze()),
+                facts,
+            })
+        }
+        _ => {
+            let facts = BodyFacts {
+                model: tracker.model.clone(),
+                provider: tracker.provider.clone(),
+                usage: tracker.usage.clone(),
+                ..BodyFacts::default()
+            };
+            Ok(Answer {
+                parts,
+                body: Looked::Committed(held, rb, Box::new(tracker)),
+                facts,
+            })
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! those spans.
 
 use crate::json::scan::{self, ValueKind};
-use crate::report::UpstreamError;
+use crate::report::{UpstreamError, Usage};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -23,6 +23,7 @@ pub(crate) struct BodyFacts {
     pub(crate) choices: Option<usize>,
     /// Some choice has `finish_reason: "error"`.
     pub(crate) finish_error: bool,
+    pub(crate) usage: Option<Usage>,
 }
 
 #[derive(Deserialize)]
@@ -66,6 +67,7 @@ impl BodyFacts {
         let mut facts = BodyFacts::default();
         let mut error_span = None;
         let mut choices_span = None;
+        let mut usage_span = None;
         let scanned = scan::scan_object(body, |m| {
             match (&*m.key, m.kind) {
                 ("model", ValueKind::String) => {
@@ -77,6 +79,7 @@ impl BodyFacts {
                 ("error", ValueKind::Null) => {}
                 ("error", _) => error_span = Some(m.value.clone()),
                 ("choices", ValueKind::Array) => choices_span = Some(m.value.clone()),
+                ("usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
                 _ => {}
             }
             Ok::<(), ()>(())
@@ -85,6 +88,7 @@ impl BodyFacts {
             return BodyFacts::default();
         }
         facts.json = true;
+        facts.usage = usage_span.and_then(|span| serde_json::from_slice(&body[span]).ok());
         if let Some(span) = error_span {
             facts.error = Some(
                 serde_json::from_slice::<Value>(&body[span])
@@ -204,6 +208,9 @@ mod tests {
         assert_eq!(f.choices, Some(1));
         assert!(!f.finish_error);
         assert!(f.error.is_none());
+        assert!(f.usage.is_none());
+        let f = BodyFacts::inspect(br#"{"choices":[],"usage":{"prompt_tokens":14,"completion_tokens":7,"total_tokens":21}}"#);
+        assert_eq!(f.usage.unwrap().total_tokens, 21);
     }
 
     #[test]

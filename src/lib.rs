@@ -128,6 +128,7 @@ pub mod policy;
 mod report;
 mod request;
 mod route;
+mod stream;
 
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
@@ -138,7 +139,8 @@ pub use future::ResponseFuture;
 pub use json::ReplayBody;
 pub use layer::{FallbackLayer, FallbackService};
 pub use policy::{DefaultPolicy, Policy};
-pub use report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution, UpstreamError};
+pub use report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution, UpstreamError, Usage};
+pub use stream::StreamReport;
 pub use route::{Attempt, Chain, Route};
 
 /// The boxed error type used where errors of different sources meet.

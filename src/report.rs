@@ -98,6 +98,12 @@ pub enum Outcome {
     Timeout,
     /// The chain's deadline expired during this attempt; the chain ended.
     DeadlineExceeded,
+    /// A streamed answer that had begun (committed) broke, stalled, carried
+    /// an error chunk or ended without `[DONE]` or a final `finish_reason`.
+    /// The caller received an SSE error chunk; nothing was replayed.
+    StreamBroken,
+    /// The caller dropped a streamed answer before it ended.
+    Abandoned,
 }
 
 impl Outcome {
@@ -111,12 +117,22 @@ impl Outcome {
             Outcome::Transport => "transport_error",
             Outcome::Timeout => "timeout",
             Outcome::DeadlineExceeded => "deadline_exceeded",
+            Outcome::StreamBroken => "stream_broken",
+            Outcome::Abandoned => "abandoned",
         }
     }
 
     /// The attempt failed (the chain moved on or ended because of it).
     pub fn is_failure(self) -> bool {
-        !matches!(self, Outcome::Served | Outcome::Stopped)
+        !matches!(self, Outcome::Served | Outcome::Stopped | Outcome::Abandoned)
+    }
+
+    /// This attempt's response went to the caller.
+    pub fn answered(self) -> bool {
+        matches!(
+            self,
+            Outcome::Served | Outcome::Stopped | Outcome::StreamBroken | Outcome::Abandoned
+        )
     }
 }
 
@@ -204,6 +220,13 @@ impl fmt::Display for AttemptRecord {
         match self.outcome {
             Outcome::Timeout => f.write_str("timed out")?,
             Outcome::DeadlineExceeded => f.write_str("cut off by the chain deadline")?,
+            Outcome::StreamBroken => {
+                f.write_str("stream broke after it began")?;
+                if let Some(e) = &self.error {
+                    write!(f, ": {e}")?;
+                }
+            }
+            Outcome::Abandoned => f.write_str("stream dropped by the caller")?,
             Outcome::Transport => write!(f, "transport error: {}", self.transport.as_deref().unwrap_or("unknown"))?,
             _ => {
                 if let Some(s) = self.status {
@@ -238,6 +261,9 @@ pub enum Resolution {
     /// The request itself was refused before any attempt (bad JSON, no
     /// `model`, too large): the caller got a `400`/`413`.
     Rejected,
+    /// A streamed answer began and then broke; the caller got an SSE error
+    /// chunk at the point of failure. Only in a [`StreamReport`](crate::StreamReport)'s final report.
+    StreamBroken,
 }
 
 impl Resolution {
@@ -249,6 +275,7 @@ impl Resolution {
             Resolution::Exhausted => "exhausted",
             Resolution::DeadlineExceeded => "deadline_exceeded",
             Resolution::Rejected => "rejected",
+            Resolution::StreamBroken => "stream_broken",
         }
     }
 }
@@ -277,6 +304,7 @@ pub struct FallbackReport {
     pub(crate) provider: Option<String>,
     pub(crate) attempts: Vec<AttemptRecord>,
     pub(crate) resolution: Resolution,
+    pub(crate) usage: Option<Usage>,
     pub(crate) elapsed: Duration,
 }
 
@@ -288,6 +316,7 @@ impl FallbackReport {
             provider: None,
             attempts: Vec::new(),
             resolution: Resolution::Rejected,
+            usage: None,
             elapsed,
         }
     }
@@ -303,9 +332,7 @@ impl FallbackReport {
     /// The attempt whose response was returned ([`Outcome::Served`] or
     /// [`Outcome::Stopped`]), if any.
     pub fn served_attempt(&self) -> Option<&AttemptRecord> {
-        self.attempts
-            .last()
-            .filter(|a| matches!(a.outcome, Outcome::Served | Outcome::Stopped))
+        self.attempts.last().filter(|a| a.outcome.answered())
     }
 
     /// The label of the route that answered, if it has one.
@@ -335,11 +362,18 @@ impl FallbackReport {
 
     /// A route other than the first one served.
     pub fn fell_back(&self) -> bool {
-        self.resolution == Resolution::Served && self.served_attempt().is_some_and(|a| a.index > 0)
+        matches!(self.resolution, Resolution::Served | Resolution::StreamBroken)
+            && self.served_attempt().is_some_and(|a| a.index > 0)
+    }
+
+    /// Token usage the upstream reported (the body's `usage`, or for a
+    /// stream the last chunk's, in the final [`StreamReport`](crate::StreamReport)).
+    pub fn usage(&self) -> Option<&Usage> {
+        self.usage.as_ref()
     }
 
     /// Time from the request's arrival to its answer (for a stream: to the
-    /// response head).
+    /// commit point; in the final stream report: to the end of the stream).
     pub fn elapsed(&self) -> Duration {
         self.elapsed
     }
@@ -348,7 +382,7 @@ impl FallbackReport {
 impl fmt::Display for FallbackReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.resolution {
-            Resolution::Served | Resolution::Stopped => write!(
+            Resolution::Served | Resolution::Stopped | Resolution::StreamBroken => write!(
                 f,
                 "{} by {} after {} attempt(s)",
                 self.resolution.as_str(),
@@ -364,6 +398,21 @@ impl fmt::Display for FallbackReport {
         }
         Ok(())
     }
+}
+
+/// Token counts as the upstream reported them (`usage`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Tokens in the prompt.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Tokens generated.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// Both together.
+    #[serde(default)]
+    pub total_tokens: u64,
 }
 
 /// Every route of a chain failed (or its deadline expired).

@@ -28,6 +28,8 @@ pub struct Route {
     model_json: Bytes,
     label: Option<Arc<str>>,
     timeout: Option<Duration>,
+    first_token_timeout: Option<Duration>,
+    idle_timeout: Option<Duration>,
 }
 
 impl Route {
@@ -40,6 +42,8 @@ impl Route {
             model_json,
             label: None,
             timeout: None,
+            first_token_timeout: None,
+            idle_timeout: None,
         }
     }
 
@@ -50,10 +54,29 @@ impl Route {
     }
 
     /// Gives each attempt on this route at most `timeout`, from sending the
-    /// request until the response is known to be good (the head for a stream,
-    /// the whole body otherwise). The chain's deadline still applies.
+    /// request until the response is known to be good: the whole body for a
+    /// plain response, the commit point (first content chunk) for a stream.
+    /// The chain's deadline still applies.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// For streaming requests (`"stream": true`): the time from sending the
+    /// request to the first `data:` chunk that carries content. Keep-alive
+    /// comments (`: OPENROUTER PROCESSING`) do not reset it. Past it the
+    /// attempt fails and the next route is tried.
+    pub fn first_token_timeout(mut self, timeout: Duration) -> Self {
+        self.first_token_timeout = Some(timeout);
+        self
+    }
+
+    /// For a stream that has begun: the longest gap between two chunks.
+    /// Past it the stream is ended with an SSE error chunk
+    /// (`finish_reason: "error"`) and the report says it stalled; nothing
+    /// is replayed, since the caller already has part of the answer.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
         self
     }
 
@@ -70,6 +93,16 @@ impl Route {
     /// The per-attempt timeout, if one was set.
     pub fn get_timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// The first-token timeout for streams, if one was set.
+    pub fn get_first_token_timeout(&self) -> Option<Duration> {
+        self.first_token_timeout
+    }
+
+    /// The idle timeout for streams after commit, if one was set.
+    pub fn get_idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
     }
 
     pub(crate) fn model_arc(&self) -> &Arc<str> {
@@ -92,6 +125,8 @@ impl fmt::Debug for Route {
             .field("model", &self.model)
             .field("label", &self.label)
             .field("timeout", &self.timeout)
+            .field("first_token_timeout", &self.first_token_timeout)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
