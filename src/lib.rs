@@ -45,7 +45,7 @@
 //!
 //! # What falls back and what stops
 //!
-//! The [`DefaultPolicy`](policy::DefaultPolicy):
+//! The [`DefaultPolicy`]:
 //!
 //! | the attempt got | the chain |
 //! |---|---|
@@ -56,10 +56,37 @@
 //! | 403 moderation (`content_policy_violation`, moderation metadata) | falls back |
 //! | HTTP 2xx whose JSON has an `error` object, no `choices`, or `finish_reason: "error"`; or a 2xx body that is not JSON | falls back |
 //! | 401 (bad key), 402 (no credits), any other 400 (the caller's bug), other 4xx | stops: that response goes back as-is |
-//! | a 2xx completion | is served |
+//! | a 2xx completion; a 2xx event stream that reached its first content | is served |
 //!
-//! Streaming (`text/event-stream`) responses are judged on their status.
-//! Write your own rules with a closure; see [`Policy`](policy::Policy).
+//! Write your own rules with a closure; see [`Policy`].
+//!
+//! # Streaming
+//!
+//! For a `text/event-stream` answer the layer holds the response until the
+//! stream's *commit point*: the first `data:` chunk that carries content (a
+//! delta with text, tool calls, reasoning…, or a `finish_reason`), or
+//! `[DONE]`. Keep-alive comments (`: OPENROUTER PROCESSING`) and role-only
+//! chunks are not progress. Before commit, an error chunk (`error` object or
+//! `finish_reason: "error"`, `code` a number or a string), a broken body, the
+//! stream ending, or [`Route::first_token_timeout`] (which keep-alives do not
+//! reset) fail the attempt and the next route is tried — the caller sees
+//! nothing of it.
+//!
+//! After commit the held bytes and the rest of the stream pass through
+//! unchanged, one frame per poll (backpressure is kept). Nothing is ever
+//! replayed once the caller has part of an answer. Instead, a stream that
+//! breaks, stalls past [`Route::idle_timeout`], or ends without `[DONE]` or a
+//! final `finish_reason` is ended with one SSE error chunk in OpenRouter's
+//! shape (`finish_reason: "error"`, `error.code` `stream_broken`,
+//! `stream_stalled` or `stream_truncated`), so no client mistakes it for a
+//! whole answer. An error chunk the upstream sends itself passes through.
+//!
+//! A streamed response carries the [`FallbackReport`] as of the commit point
+//! (the served model is the committed chunk's `model`) and a
+//! [`StreamReport`] handle that resolves to the final report when the stream
+//! ends: [`Outcome::StreamBroken`] with the reason, or the usage from the
+//! last chunk. The chain's deadline bounds the wait for the commit point; a
+//! stream that has begun is bounded by its idle timeout only.
 //!
 //! # When everything fails
 //!
