@@ -14,8 +14,10 @@ use http_body_util::{BodyExt, Empty, Full};
 
 /// The body of every response from [`MockUpstream`](super::MockUpstream).
 ///
-/// Today it is always a whole buffer; it is boxed so that replies that yield
-/// chunks over time (streams, broken streams) can share the type.
+/// Either a whole buffer or, for [`Reply::stream`](super::Reply::stream), a
+/// lazy `text/event-stream` whose frames (one per SSE event) are made as the
+/// body is polled. Reading it fails with [`MockBodyError`] only where the
+/// script cuts the stream.
 pub struct MockBody {
     inner: BoxBody<Bytes, MockBodyError>,
 }
@@ -26,6 +28,16 @@ impl MockBody {
         let full = Full::new(bytes.into()).map_err(|never| match never {});
         Self {
             inner: BoxBody::new(full),
+        }
+    }
+
+    /// A body that forwards `body`'s frames.
+    pub(super) fn new<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes, Error = MockBodyError> + Send + Sync + 'static,
+    {
+        Self {
+            inner: BoxBody::new(body),
         }
     }
 
@@ -73,7 +85,6 @@ pub struct MockBodyError {
 }
 
 impl MockBodyError {
-    #[allow(dead_code)]
     pub(crate) fn new(reason: impl Into<Cow<'static, str>>) -> Self {
         Self { reason: reason.into() }
     }

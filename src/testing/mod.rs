@@ -64,16 +64,32 @@
 //! | a model with no script | `400` `<model> is not a valid model ID` |
 //! | a scripted model | the script's next [`Reply`] |
 //!
+//! # Streams
+//!
+//! [`Reply::stream`] answers like OpenRouter with `"stream": true`: a
+//! `text/event-stream` of keep-alive comments, one chunk per token, a finish
+//! chunk, a usage chunk and `data: [DONE]`, each SSE event in its own body
+//! frame. Its setters script the timing ([`Reply::keep_alive`],
+//! [`Reply::chunk_interval`]) and the failures a streaming-aware fallback has
+//! to tell apart: an error chunk before or after the first token
+//! ([`Reply::error_before_first_token`], [`Reply::error_after`]), a broken
+//! body ([`Reply::cut_after`]), silence ([`Reply::stall_after`]) and a
+//! missing `[DONE]` ([`Reply::no_done`]). [`parse_sse`] reads back what a
+//! client received.
+//!
 //! Every request is recorded first, whatever the answer (even for
 //! [`Reply::hang`] and [`Reply::transport_error`]).
 
 mod body;
 mod reply;
 mod server;
+mod sse;
+mod stream;
 
 pub use body::{MockBody, MockBodyError, MockTransportError};
 pub use reply::{Reply, Script};
 pub use server::MockServer;
+pub use sse::{parse_sse, SseEvent};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -351,5 +367,7 @@ impl RecordedRequest {
     }
 }
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::body::{MockBody, MockTransportError};
+use super::stream::{split_words, End, Meta, SseBody, StreamScript};
 
 /// The provider name used when a reply does not set one.
 const DEFAULT_PROVIDER: &str = "MockProvider";
@@ -62,6 +63,7 @@ enum Kind {
     },
     Hang,
     TransportError,
+    Stream(StreamScript),
 }
 
 impl Reply {
@@ -87,22 +89,25 @@ impl Reply {
         Self::new(Kind::Completion)
     }
 
-    /// Sets the assistant's text (for [`ok`](Reply::ok), and the partial text
-    /// of [`finish_reason_error`](Reply::finish_reason_error)).
+    /// Sets the assistant's text (for [`ok`](Reply::ok), the partial text
+    /// of [`finish_reason_error`](Reply::finish_reason_error), and the
+    /// default [`tokens`](Reply::tokens) of a [`stream`](Reply::stream)).
     pub fn content(mut self, text: impl Into<String>) -> Self {
         self.content = Some(text.into());
         self
     }
 
-    /// Makes the body's `model` differ from the requested one, as when
+    /// Makes the body's `model` (every chunk's, for a
+    /// [`stream`](Reply::stream)) differ from the requested one, as when
     /// OpenRouter falls back on its side.
     pub fn served_model(mut self, model: impl Into<String>) -> Self {
         self.served_model = Some(model.into());
         self
     }
 
-    /// Sets the `provider` field of a completion, or
-    /// `error.metadata.provider_name` of an error (default `MockProvider`).
+    /// Sets the `provider` field of a completion (of every chunk of a
+    /// [`stream`](Reply::stream)), or `error.metadata.provider_name` of an
+    /// error (default `MockProvider`).
     pub fn provider(mut self, name: impl Into<String>) -> Self {
         self.provider = Some(name.into());
         self
@@ -175,7 +180,8 @@ impl Reply {
     }
 
     /// Waits this long (with `tokio::time::sleep`, so paused-time tests can
-    /// skip it) before answering.
+    /// skip it) before answering; for a [`stream`](Reply::stream), before
+    /// the response head.
     pub fn latency(mut self, d: Duration) -> Self {
         self.latency = Some(d);
         self
@@ -212,6 +218,143 @@ impl Reply {
     /// response.
     pub fn transport_error() -> Self {
         Self::new(Kind::TransportError)
+    }
+
+    /// `200 OK`, `Content-Type: text/event-stream`: an OpenRouter stream
+    /// (`"stream": true`), with `Cache-Control: no-cache` and
+    /// `X-Generation-Id`. By default it sends, each SSE event in its own body
+    /// frame:
+    ///
+    /// 1. one `chat.completion.chunk` per [token](Reply::tokens), with
+    ///    `"delta":{"role":"assistant","content":<token>}` (the role on every
+    ///    token chunk) and `"finish_reason":null`;
+    /// 2. a chunk with `"delta":{}` and `"finish_reason":"stop"`;
+    /// 3. a chunk with `"choices":[]` and `usage` (`completion_tokens` is the
+    ///    number of tokens);
+    /// 4. `data: [DONE]`.
+    ///
+    /// Every chunk carries the same `id` (`gen-mock-<n>`), `provider`,
+    /// `model` and `created`. The setters below add
+    /// [keep-alive comments](Reply::keep_alive), [delays](Reply::chunk_interval)
+    /// and faults; of [`error_before_first_token`](Reply::error_before_first_token),
+    /// [`error_after`](Reply::error_after), [`cut_after`](Reply::cut_after),
+    /// [`stall_after`](Reply::stall_after) and [`no_done`](Reply::no_done)
+    /// the last one set wins. [`latency`](Reply::latency) delays the response
+    /// head; then the body is lazy: each frame is made when the body is
+    /// polled, its delay counted from that poll, so a consumer that stops
+    /// reading stops the stream. Dropping the body stops everything.
+    ///
+    /// ```
+    /// use llm_fallback::testing::{parse_sse, MockUpstream, Reply, SseEvent};
+    /// use http_body_util::BodyExt;
+    /// use std::time::Duration;
+    /// use tower::ServiceExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let reply = Reply::stream()
+    ///     .tokens(["Hel", "lo"])
+    ///     .keep_alive(1, Duration::from_millis(1))
+    ///     .error_after(1);
+    /// let upstream = MockUpstream::new().model("x/y", reply);
+    /// let request = http::Request::post("http://openrouter.test/api/v1/chat/completions")
+    ///     .body(r#"{"model":"x/y","stream":true}"#.to_string())
+    ///     .unwrap();
+    /// let response = upstream.oneshot(request).await.unwrap();
+    /// assert_eq!(response.headers()["content-type"], "text/event-stream");
+    ///
+    /// let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    /// let events = parse_sse(&bytes);
+    /// assert_eq!(events[0], SseEvent::Comment("OPENROUTER PROCESSING".into()));
+    /// assert_eq!(events[1].json().unwrap()["choices"][0]["delta"]["content"], "Hel");
+    /// assert_eq!(events[2].json().unwrap()["choices"][0]["finish_reason"], "error");
+    /// assert_eq!(events.len(), 3, "no [DONE] after an error");
+    /// # }
+    /// ```
+    pub fn stream() -> Self {
+        Self::new(Kind::Stream(StreamScript::default()))
+    }
+
+    /// The tokens a [`stream`](Reply::stream) sends, one chunk each. By
+    /// default: the words of [`content`](Reply::content), or of
+    /// `Hello from <served model>`, each with the whitespace before it, e.g.
+    /// `["Hello", " from", " x/y"]`.
+    pub fn tokens<I, S>(mut self, tokens: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        if let Kind::Stream(script) = &mut self.kind {
+            script.tokens = Some(tokens.into_iter().map(Into::into).collect());
+        }
+        self
+    }
+
+    /// Before the first token of a [`stream`](Reply::stream), sends `count`
+    /// comments `: OPENROUTER PROCESSING`, waiting `every` before each, as
+    /// OpenRouter does while a provider is slow to start.
+    pub fn keep_alive(mut self, count: usize, every: Duration) -> Self {
+        if let Kind::Stream(script) = &mut self.kind {
+            script.keep_alives = count;
+            script.keep_alive_every = every;
+        }
+        self
+    }
+
+    /// Waits `d` before each data chunk of a [`stream`](Reply::stream) (each
+    /// token, the finish, usage, error and `[DONE]` chunks) and before a
+    /// [cut](Reply::cut_after). Default: no wait.
+    pub fn chunk_interval(mut self, d: Duration) -> Self {
+        if let Kind::Stream(script) = &mut self.kind {
+            script.chunk_interval = d;
+        }
+        self
+    }
+
+    /// The [`stream`](Reply::stream) fails before its first token: after the
+    /// keep-alives, an error chunk, then the body ends (no `[DONE]`). Same as
+    /// [`error_after(0)`](Reply::error_after).
+    pub fn error_before_first_token(self) -> Self {
+        self.error_after(0)
+    }
+
+    /// The [`stream`](Reply::stream) fails after `k` tokens (all of them if
+    /// there are fewer): an error chunk in OpenRouter's mid-stream shape,
+    /// `"error":{"code":"server_error","message":"Provider disconnected"}`
+    /// with `"finish_reason":"error"`, then the body ends cleanly with no
+    /// finish, usage or `[DONE]` chunk.
+    pub fn error_after(self, k: usize) -> Self {
+        self.stream_end(End::ErrorAfter(k))
+    }
+
+    /// The [`stream`](Reply::stream) breaks after `k` tokens (all of them if
+    /// there are fewer; `0`: after the keep-alives): reading the body then
+    /// fails with [`MockBodyError`](super::MockBodyError). Over HTTP
+    /// ([`MockServer`](super::MockServer)) the server drops the connection
+    /// mid-body, without the chunked encoding's last chunk, so the client
+    /// sees a body error.
+    pub fn cut_after(self, k: usize) -> Self {
+        self.stream_end(End::CutAfter(k))
+    }
+
+    /// The [`stream`](Reply::stream) goes silent after `k` tokens (all of
+    /// them if there are fewer): the body never yields again and never ends,
+    /// and the connection stays open.
+    pub fn stall_after(self, k: usize) -> Self {
+        self.stream_end(End::StallAfter(k))
+    }
+
+    /// The [`stream`](Reply::stream) sends every token, the finish and the
+    /// usage chunks, then ends cleanly without `data: [DONE]`.
+    pub fn no_done(self) -> Self {
+        self.stream_end(End::NoDone)
+    }
+
+    fn stream_end(mut self, end: End) -> Self {
+        if let Kind::Stream(script) = &mut self.kind {
+            script.end = end;
+        }
+        self
     }
 
     /// Exactly this status, `Content-Type` and body (for bodies that are not
@@ -270,6 +413,27 @@ impl Reply {
                 *resp.status_mut() = *status;
                 resp.headers_mut().insert(CONTENT_TYPE, content_type.clone());
                 resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                return Action::Respond(self.finish(resp));
+            }
+            Kind::Stream(script) => {
+                let tokens = script.tokens.clone().unwrap_or_else(|| {
+                    let content = self.content.clone().unwrap_or_else(|| format!("Hello from {served}"));
+                    split_words(&content).into()
+                });
+                let meta = Meta {
+                    id: generation_id.clone(),
+                    provider: provider.to_owned(),
+                    model: served.to_owned(),
+                    created: now_secs(),
+                    prompt_tokens: prompt_tokens(ctx),
+                };
+                let body = SseBody::new(script.clone(), tokens, meta);
+                let mut resp = Response::new(MockBody::new(body));
+                let headers = resp.headers_mut();
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                let id = HeaderValue::from_str(&generation_id).expect("generation ids are ASCII");
+                headers.insert(HeaderName::from_static("x-generation-id"), id);
                 return Action::Respond(self.finish(resp));
             }
             Kind::Completion => {
@@ -421,20 +585,28 @@ fn defaults(status: StatusCode, model: &str) -> (String, Option<&'static str>) {
 
 /// The fields every generation body starts with.
 fn envelope(id: &str, provider: &str, model: &str) -> Map<String, Value> {
-    let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut m = Map::new();
     m.insert("id".into(), Value::from(id));
     m.insert("provider".into(), Value::from(provider));
     m.insert("model".into(), Value::from(model));
     m.insert("object".into(), Value::from("chat.completion"));
-    m.insert("created".into(), Value::from(created));
+    m.insert("created".into(), Value::from(now_secs()));
     m
 }
 
-/// Made-up but stable token counts: a quarter of the request's bytes, one per
-/// word of the answer.
+fn now_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Made-up but stable prompt size: a quarter of the request's bytes.
+fn prompt_tokens(ctx: &Ctx<'_>) -> u64 {
+    (ctx.request_bytes / 4).max(1) as u64
+}
+
+/// Made-up but stable token counts: [`prompt_tokens`], one per word of the
+/// answer.
 fn usage(ctx: &Ctx<'_>, content: &str) -> Value {
-    let prompt = (ctx.request_bytes / 4).max(1) as u64;
+    let prompt = prompt_tokens(ctx);
     let completion = content.split_whitespace().count() as u64;
     json!({
         "prompt_tokens": prompt,
