@@ -49,13 +49,21 @@ async fn main() -> Result<(), BoxError> {
             let client = Client::builder(TokioExecutor::new()).build::<_, ReplayBody>(https);
             println!("streaming from OpenRouter (OPENROUTER_API_KEY is set)");
             let chain = routes("llm-fallback/no-such-model", "openai/gpt-4o-mini");
-            run(client, chain, "https://openrouter.ai/api/v1/chat/completions", Some(&key)).await
+            run(
+                client,
+                chain,
+                "https://openrouter.ai/api/v1/chat/completions",
+                Some(&key),
+            )
+            .await
         }
         None => {
             let upstream = MockUpstream::new()
                 .model(
                     "anthropic/claude-3.5-sonnet",
-                    Reply::stream().keep_alive(3, Duration::from_millis(100)).error_before_first_token(),
+                    Reply::stream()
+                        .keep_alive(3, Duration::from_millis(100))
+                        .error_before_first_token(),
                 )
                 .model(
                     "openai/gpt-4o",
@@ -64,7 +72,10 @@ async fn main() -> Result<(), BoxError> {
                         .chunk_interval(Duration::from_millis(80)),
                 );
             let server = MockServer::start(upstream).await?;
-            println!("mock OpenRouter on {} (set OPENROUTER_API_KEY to stream from the real one)", server.url());
+            println!(
+                "mock OpenRouter on {} (set OPENROUTER_API_KEY to stream from the real one)",
+                server.url()
+            );
             let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
             let chain = routes("anthropic/claude-3.5-sonnet", "openai/gpt-4o");
             run(client, chain, &server.chat_url(), None).await
@@ -89,10 +100,22 @@ where
     if let Some(key) = key {
         request = request.header("authorization", format!("Bearer {key}"));
     }
-    let resp = svc.oneshot(request.body(Full::new(Bytes::from(body.to_string())))?).await.map_err(Into::into)?;
+    let resp = svc
+        .oneshot(request.body(Full::new(Bytes::from(body.to_string())))?)
+        .await
+        .map_err(Into::into)?;
 
-    let report = resp.extensions().get::<FallbackReport>().cloned().expect("the layer always reports");
-    println!("HTTP {} — committed to {} after {} attempt(s)", resp.status(), report.served_model(), report.attempts().len());
+    let report = resp
+        .extensions()
+        .get::<FallbackReport>()
+        .cloned()
+        .expect("the layer always reports");
+    println!(
+        "HTTP {} — committed to {} after {} attempt(s)",
+        resp.status(),
+        report.served_model(),
+        report.attempts().len()
+    );
     for failed in report.attempts().iter().filter(|a| a.outcome().is_failure()) {
         println!("  skipped: {failed}");
     }
@@ -113,7 +136,9 @@ where
         while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = pending.drain(..end + 2).collect();
             for line in String::from_utf8_lossy(&event).lines() {
-                let Some(json) = line.strip_prefix("data: ").filter(|d| *d != "[DONE]") else { continue };
+                let Some(json) = line.strip_prefix("data: ").filter(|d| *d != "[DONE]") else {
+                    continue;
+                };
                 let chunk: serde_json::Value = serde_json::from_str(json)?;
                 if let Some(text) = chunk["choices"][0]["delta"]["content"].as_str() {
                     print!("{text}");

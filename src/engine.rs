@@ -6,20 +6,21 @@
 use crate::body::{collect_bounded, CollectError, ResponseBody};
 use crate::inspect::BodyFacts;
 use crate::json::{Edit, ReplayBody};
+use crate::native;
 use crate::policy::{self, Action, Observed, Policy, ResponseInfo};
 use crate::report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution};
-use crate::request::{index_request, BadRequest};
+use crate::request::{index_request, removals, BadRequest, MemberSpan, RequestIndex};
 use crate::stream::{CommittedStream, Signal, SseTracker};
-use crate::{Attempt, BoxError, Chain};
+use crate::{Attempt, BoxError, Chain, Route};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
+use http_body_util::BodyExt;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use http_body_util::BodyExt;
 use tower::{Service, ServiceExt};
 use tracing::{field::Empty, Instrument};
 
@@ -29,6 +30,9 @@ pub(crate) const X_FALLBACK_MODEL: HeaderName = HeaderName::from_static("x-fallb
 pub(crate) const X_FALLBACK_ATTEMPTS: HeaderName = HeaderName::from_static("x-fallback-attempts");
 /// Response header carrying the serving route's label.
 pub(crate) const X_FALLBACK_LABEL: HeaderName = HeaderName::from_static("x-fallback-label");
+
+/// Asks OpenRouter to report its own attempts in the body.
+const X_OPENROUTER_METADATA: HeaderName = HeaderName::from_static("x-openrouter-metadata");
 
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -122,7 +126,7 @@ where
         parts.headers.remove(header::EXPECT);
 
         let mut report = FallbackReport {
-            requested_model: Some(index.requested_model),
+            requested_model: Some(index.requested_model.clone()),
             served_model: None,
             provider: None,
             attempts: Vec::with_capacity(shared.chain.routes().len()),
@@ -156,19 +160,8 @@ where
                 label: route.label_arc().cloned(),
                 timeout: limit,
             };
-            let replay = if body[index.model.clone()] == route.model_json()[..] {
-                // The caller already asked for this route's model, spelled the same way.
-                ReplayBody::new(body.clone())
-            } else {
-                ReplayBody::rewrite(
-                    &body,
-                    &[Edit {
-                        range: index.model.clone(),
-                        replacement: route.model_json().clone(),
-                    }],
-                )
-            };
-            let request = attempt_request(&parts, replay, attempt.clone());
+            let replay = attempt_body(&body, &index, route);
+            let request = attempt_request(&parts, replay, attempt.clone(), route);
             let attempt_span = tracing::info_span!(
                 "llm_fallback.attempt",
                 fallback.attempt = i,
@@ -201,6 +194,9 @@ where
                 error: None,
                 transport: None,
                 retry_after: None,
+                served_model: None,
+                upstream_fell_back: false,
+                upstream_attempts: Vec::new(),
                 elapsed,
             };
             let (action, answer) = match result {
@@ -230,6 +226,12 @@ where
                     };
                     let action = shared.policy.classify(&attempt, &Observed::Response(&info));
                     record.status = Some(answer.parts.status);
+                    record.served_model = answer.facts.model.clone();
+                    record.upstream_fell_back = answer.parts.status.is_success()
+                        && answer.facts.model.as_deref().is_some_and(|served| {
+                            native::upstream_fell_back(route.model(), route.get_native_fallbacks(), served)
+                        });
+                    record.upstream_attempts = answer.facts.upstream_attempts.clone();
                     record.retry_after = info.retry_after();
                     record.error = answer.facts.error.clone().or_else(|| {
                         // A non-JSON error page still says something.
@@ -446,13 +448,97 @@ where
     }
 }
 
-fn attempt_request(parts: &http::request::Parts, body: ReplayBody, attempt: Attempt) -> Request<ReplayBody> {
+/// The caller's body for `route`: its model, its `provider` and `models`
+/// when it sets them (replacing the caller's or inserted first), and without
+/// the OpenRouter-only keys when its endpoint is not OpenRouter. Everything
+/// else is the caller's bytes, shared, not copied.
+fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> ReplayBody {
+    let mut edits: Vec<Edit> = Vec::new();
+    let mut insert = BytesMut::new();
+    for (key, ours, theirs) in [
+        ("provider", route.provider_json(), index.provider),
+        ("models", route.fallbacks_json(), index.models),
+    ] {
+        match (ours, theirs) {
+            (Some(json), Some(span)) => edits.push(Edit {
+                range: span.value_start..span.value_end,
+                replacement: json.clone(),
+            }),
+            (Some(json), None) => {
+                insert.extend_from_slice(b"\"");
+                insert.extend_from_slice(key.as_bytes());
+                insert.extend_from_slice(b"\":");
+                insert.extend_from_slice(json);
+                insert.extend_from_slice(b",");
+            }
+            (None, _) => {}
+        }
+    }
+    if !insert.is_empty() {
+        edits.push(Edit {
+            range: index.object_start + 1..index.object_start + 1,
+            replacement: insert.freeze(),
+        });
+    }
+    if body[index.model.clone()] != route.model_json()[..] {
+        edits.push(Edit {
+            range: index.model.clone(),
+            replacement: route.model_json().clone(),
+        });
+    }
+    if route.get_endpoint().is_some_and(|e| !e.openrouter) {
+        // Other APIs refuse OpenRouter's extensions; the route's own
+        // `provider`/`models` are kept (setting them says the endpoint wants them).
+        let mut gone: Vec<MemberSpan> = [
+            index.provider.filter(|_| route.provider_json().is_none()),
+            index.models.filter(|_| route.fallbacks_json().is_none()),
+            index.route,
+            index.transforms,
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        gone.sort_by_key(|m| m.value_start);
+        edits.extend(removals(&gone).map(|range| Edit {
+            range,
+            replacement: Bytes::new(),
+        }));
+    }
+    if edits.is_empty() {
+        return ReplayBody::new(body.clone());
+    }
+    edits.sort_by_key(|e| (e.range.start, e.range.end));
+    ReplayBody::rewrite(body, &edits)
+}
+
+fn attempt_request(
+    parts: &http::request::Parts,
+    body: ReplayBody,
+    attempt: Attempt,
+    route: &Route,
+) -> Request<ReplayBody> {
     let len = body.len();
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
     *req.version_mut() = parts.version;
     *req.headers_mut() = parts.headers.clone();
+    match route.get_endpoint() {
+        None => *req.uri_mut() = parts.uri.clone(),
+        Some(endpoint) => {
+            *req.uri_mut() = endpoint.chat_uri.clone();
+            let headers = req.headers_mut();
+            // A key or host meant for the caller's upstream never goes elsewhere.
+            headers.remove(header::HOST);
+            headers.remove(header::AUTHORIZATION);
+            if let Some(auth) = &endpoint.authorization {
+                headers.insert(header::AUTHORIZATION, auth.clone());
+            }
+        }
+    }
+    if route.metadata() {
+        req.headers_mut()
+            .insert(X_OPENROUTER_METADATA, HeaderValue::from_static("enabled"));
+    }
     req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     *req.extensions_mut() = parts.extensions.clone();
     req.extensions_mut().insert(attempt);

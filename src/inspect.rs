@@ -5,7 +5,7 @@
 //! those spans.
 
 use crate::json::scan::{self, ValueKind};
-use crate::report::{UpstreamError, Usage};
+use crate::report::{UpstreamAttempt, UpstreamError, Usage};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -24,6 +24,8 @@ pub(crate) struct BodyFacts {
     /// Some choice has `finish_reason: "error"`.
     pub(crate) finish_error: bool,
     pub(crate) usage: Option<Usage>,
+    /// `openrouter_metadata.attempts`.
+    pub(crate) upstream_attempts: Vec<UpstreamAttempt>,
 }
 
 #[derive(Deserialize)]
@@ -68,6 +70,7 @@ impl BodyFacts {
         let mut error_span = None;
         let mut choices_span = None;
         let mut usage_span = None;
+        let mut metadata_span = None;
         let scanned = scan::scan_object(body, |m| {
             match (&*m.key, m.kind) {
                 ("model", ValueKind::String) => {
@@ -80,6 +83,7 @@ impl BodyFacts {
                 ("error", _) => error_span = Some(m.value.clone()),
                 ("choices", ValueKind::Array) => choices_span = Some(m.value.clone()),
                 ("usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
+                ("openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
                 _ => {}
             }
             Ok::<(), ()>(())
@@ -89,6 +93,9 @@ impl BodyFacts {
         }
         facts.json = true;
         facts.usage = usage_span.and_then(|span| serde_json::from_slice(&body[span]).ok());
+        if let Some(span) = metadata_span {
+            facts.upstream_attempts = upstream_attempts(&body[span]);
+        }
         if let Some(span) = error_span {
             facts.error = Some(
                 serde_json::from_slice::<Value>(&body[span])
@@ -173,6 +180,39 @@ pub(crate) fn error_from_value(v: &Value) -> UpstreamError {
     }
 }
 
+/// Reads `openrouter_metadata.attempts`, tolerating shapes that vary.
+fn upstream_attempts(metadata: &[u8]) -> Vec<UpstreamAttempt> {
+    let Ok(v) = serde_json::from_slice::<Value>(metadata) else {
+        return Vec::new();
+    };
+    let text = |v: &Value, keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| v.get(*k).and_then(Value::as_str))
+            .map(str::to_owned)
+    };
+    v.get("attempts")
+        .and_then(Value::as_array)
+        .map(|attempts| {
+            attempts
+                .iter()
+                .map(|a| UpstreamAttempt {
+                    model: text(a, &["model", "model_slug"]),
+                    provider: text(a, &["provider", "provider_name"]),
+                    status: ["status", "status_code", "code"]
+                        .iter()
+                        .find_map(|k| a.get(*k).and_then(Value::as_u64))
+                        .and_then(|s| u16::try_from(s).ok()),
+                    error: a.get("error").and_then(|e| match e {
+                        Value::String(s) => Some(truncate(s.clone())),
+                        Value::Object(_) => e.get("message").and_then(Value::as_str).map(|m| truncate(m.to_owned())),
+                        _ => None,
+                    }),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
@@ -209,7 +249,9 @@ mod tests {
         assert!(!f.finish_error);
         assert!(f.error.is_none());
         assert!(f.usage.is_none());
-        let f = BodyFacts::inspect(br#"{"choices":[],"usage":{"prompt_tokens":14,"completion_tokens":7,"total_tokens":21}}"#);
+        let f = BodyFacts::inspect(
+            br#"{"choices":[],"usage":{"prompt_tokens":14,"completion_tokens":7,"total_tokens":21}}"#,
+        );
         assert_eq!(f.usage.unwrap().total_tokens, 21);
     }
 
@@ -249,6 +291,18 @@ mod tests {
             br#"{"error":{"code":403,"message":"flagged","metadata":{"reasons":["violence"],"flagged_input":"..."}}}"#,
         );
         assert!(f.error.unwrap().is_moderation());
+    }
+
+    #[test]
+    fn openrouter_metadata_attempts_are_read() {
+        let f = BodyFacts::inspect(
+            br#"{"model":"b","choices":[{"finish_reason":"stop"}],"openrouter_metadata":{"attempts":[{"model":"a","provider":"Azure","status":503,"error":{"message":"down"}},{"model":"b","provider":"OpenAI","status":200}]}}"#,
+        );
+        assert_eq!(f.upstream_attempts.len(), 2);
+        assert_eq!(f.upstream_attempts[0].provider.as_deref(), Some("Azure"));
+        assert_eq!(f.upstream_attempts[0].status, Some(503));
+        assert_eq!(f.upstream_attempts[0].error.as_deref(), Some("down"));
+        assert_eq!(f.upstream_attempts[1].error, None);
     }
 
     #[test]

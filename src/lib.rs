@@ -151,6 +151,7 @@ mod future;
 mod inspect;
 mod json;
 mod layer;
+pub mod native;
 pub mod policy;
 mod report;
 mod request;
@@ -166,9 +167,11 @@ pub use future::ResponseFuture;
 pub use json::ReplayBody;
 pub use layer::{FallbackLayer, FallbackService};
 pub use policy::{DefaultPolicy, Policy};
-pub use report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution, UpstreamError, Usage};
-pub use stream::StreamReport;
+pub use report::{
+    AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError, Usage,
+};
 pub use route::{Attempt, Chain, Route};
+pub use stream::StreamReport;
 
 /// The boxed error type used where errors of different sources meet.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

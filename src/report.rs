@@ -153,6 +153,9 @@ pub struct AttemptRecord {
     pub(crate) error: Option<UpstreamError>,
     pub(crate) transport: Option<String>,
     pub(crate) retry_after: Option<Duration>,
+    pub(crate) served_model: Option<String>,
+    pub(crate) upstream_fell_back: bool,
+    pub(crate) upstream_attempts: Vec<UpstreamAttempt>,
     pub(crate) elapsed: Duration,
 }
 
@@ -203,10 +206,46 @@ impl AttemptRecord {
         self.retry_after
     }
 
+    /// The model the upstream said served this attempt (the body's or the
+    /// first stream chunk's `model`), when it answered with one.
+    pub fn served_model(&self) -> Option<&str> {
+        self.served_model.as_deref()
+    }
+
+    /// The upstream fell back on its side: the model that served is one of
+    /// the route's [native fallbacks](crate::Route::native_fallbacks), or
+    /// (with none) another model than the one asked for — a dated variant of
+    /// the same model does not count.
+    pub fn upstream_fell_back(&self) -> bool {
+        self.upstream_fell_back
+    }
+
+    /// OpenRouter's own attempts (`openrouter_metadata.attempts`), when the
+    /// route asked for them with
+    /// [`Route::openrouter_metadata`](crate::Route::openrouter_metadata).
+    pub fn upstream_attempts(&self) -> &[UpstreamAttempt] {
+        &self.upstream_attempts
+    }
+
     /// Time from sending this attempt to its outcome.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
     }
+}
+
+/// One server-side attempt OpenRouter reported in `openrouter_metadata`.
+/// Fields OpenRouter leaves out are `None`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamAttempt {
+    /// The model it tried.
+    pub model: Option<String>,
+    /// The provider it tried.
+    pub provider: Option<String>,
+    /// The status that provider answered with.
+    pub status: Option<u16>,
+    /// Its error message, if it failed.
+    pub error: Option<String>,
 }
 
 impl fmt::Display for AttemptRecord {
@@ -358,6 +397,12 @@ impl FallbackReport {
     /// How the request ended.
     pub fn resolution(&self) -> Resolution {
         self.resolution
+    }
+
+    /// The upstream fell back on its side for the attempt that answered (see
+    /// [`AttemptRecord::upstream_fell_back`]).
+    pub fn upstream_fell_back(&self) -> bool {
+        self.served_attempt().is_some_and(|a| a.upstream_fell_back)
     }
 
     /// A route other than the first one served.

@@ -12,8 +12,52 @@ pub(crate) struct RequestIndex {
     /// The caller's model, decoded.
     pub(crate) requested_model: String,
     /// `"stream": true`.
-    #[allow(dead_code)] // read by the streaming commit point
     pub(crate) stream: bool,
+    /// Offset of the object's `{`.
+    pub(crate) object_start: usize,
+    /// The OpenRouter-only members, when present.
+    pub(crate) provider: Option<MemberSpan>,
+    pub(crate) models: Option<MemberSpan>,
+    pub(crate) route: Option<MemberSpan>,
+    pub(crate) transforms: Option<MemberSpan>,
+}
+
+/// Where a top-level member sits among its neighbours, so it can be
+/// replaced or cut out without leaving a stray comma.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MemberSpan {
+    /// Position among the object's members, from 0.
+    ordinal: usize,
+    key_start: usize,
+    pub(crate) value_start: usize,
+    pub(crate) value_end: usize,
+    /// End of the previous member's value.
+    prev_value_end: Option<usize>,
+    /// Start of the next member's key.
+    next_key_start: Option<usize>,
+}
+
+/// Byte ranges that remove `members` (sorted by position) from the object.
+///
+/// A run of adjacent members goes with the comma before it, or — for a run
+/// at the start of the object — with the comma after it, so what stays is
+/// valid JSON. Runs never overlap.
+pub(crate) fn removals(members: &[MemberSpan]) -> impl Iterator<Item = Range<usize>> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let first = *members.get(i)?;
+        let mut last = first;
+        i += 1;
+        while let Some(next) = members.get(i).filter(|m| m.ordinal == last.ordinal + 1) {
+            last = *next;
+            i += 1;
+        }
+        Some(match (first.prev_value_end, last.next_key_start) {
+            (Some(prev_end), _) => prev_end..last.value_end,
+            (None, Some(next_key)) => first.key_start..next_key,
+            (None, None) => first.key_start..last.value_end,
+        })
+    })
 }
 
 /// A request refused before any attempt, as an OpenAI-style error.
@@ -38,11 +82,36 @@ impl BadRequest {
 /// with two copies it cannot know which one the upstream would honour.
 const SINGLE_KEYS: &[&str] = &["model", "models", "provider", "stream"];
 
+/// OpenRouter-only keys the engine may rewrite or remove.
+const OPENROUTER_KEYS: [&str; 4] = ["provider", "models", "route", "transforms"];
+
 pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
     let mut model: Option<(Range<usize>, ValueKind)> = None;
     let mut stream = None;
     let mut seen = [false; SINGLE_KEYS.len()];
+    let mut openrouter: [Option<MemberSpan>; 4] = [None; 4];
+    let mut ordinal = 0usize;
+    let mut prev_value_end = None;
+    let mut last_recorded: Option<usize> = None;
     let scanned = scan::scan_object(body, |m| {
+        if let Some(k) = last_recorded.take() {
+            if let Some(span) = openrouter[k].as_mut() {
+                span.next_key_start = Some(m.key_span.start);
+            }
+        }
+        if let Some(k) = OPENROUTER_KEYS.iter().position(|k| *k == m.key) {
+            openrouter[k] = Some(MemberSpan {
+                ordinal,
+                key_start: m.key_span.start,
+                value_start: m.value.start,
+                value_end: m.value.end,
+                prev_value_end,
+                next_key_start: None,
+            });
+            last_recorded = Some(k);
+        }
+        ordinal += 1;
+        prev_value_end = Some(m.value.end);
         if let Some(i) = SINGLE_KEYS.iter().position(|k| *k == m.key) {
             if std::mem::replace(&mut seen[i], true) {
                 return Err(BadRequest::new(
@@ -62,8 +131,8 @@ pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
         }
         Ok(())
     });
-    match scanned {
-        Ok(_) => {}
+    let object_start = match scanned {
+        Ok(span) => span.start,
         Err(ScanFail::Callback(bad)) => return Err(bad),
         Err(ScanFail::Scan(e)) => {
             return Err(BadRequest::new(
@@ -72,7 +141,7 @@ pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
                 format!("the request body is not a valid JSON object: {e}"),
             ))
         }
-    }
+    };
     let Some((span, kind)) = model else {
         return Err(BadRequest::new(
             "missing_model",
@@ -99,10 +168,16 @@ pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
             )
         })?
         .into_owned();
+    let [provider, models, route, transforms] = openrouter;
     Ok(RequestIndex {
         model: span,
         requested_model,
         stream: stream.unwrap_or(false),
+        object_start,
+        provider,
+        models,
+        route,
+        transforms,
     })
 }
 
@@ -128,6 +203,53 @@ mod tests {
         assert_eq!(&body[idx.model.clone()], br#""a/b""#);
         assert_eq!(idx.requested_model, "a/b");
         assert!(idx.stream);
+    }
+
+    fn strip(body: &str, keys: &[&str]) -> String {
+        let idx = index_request(body.as_bytes()).unwrap();
+        let mut spans: Vec<MemberSpan> = [idx.provider, idx.models, idx.route, idx.transforms]
+            .into_iter()
+            .zip(OPENROUTER_KEYS)
+            .filter(|(_, k)| keys.contains(k))
+            .filter_map(|(s, _)| s)
+            .collect();
+        spans.sort_by_key(|s| s.ordinal);
+        let mut out = body.to_owned();
+        for r in removals(&spans).collect::<Vec<_>>().into_iter().rev() {
+            out.replace_range(r, "");
+        }
+        out
+    }
+
+    #[test]
+    fn openrouter_members_are_cut_out_cleanly() {
+        let all = ["provider", "models", "route", "transforms"];
+        let cases = [
+            (
+                r#"{"model":"a","provider":{"order":["x"]},"n":1}"#,
+                r#"{"model":"a","n":1}"#,
+            ),
+            (r#"{"provider":{},"model":"a"}"#, r#"{"model":"a"}"#),
+            (r#"{"provider":{},"models":["b"],"model":"a"}"#, r#"{"model":"a"}"#),
+            (r#"{"model":"a","provider":{},"models":["b"]}"#, r#"{"model":"a"}"#),
+            (
+                r#"{"route":"fallback","model":"a","provider":{},"x":[],"models":[]}"#,
+                r#"{"model":"a","x":[]}"#,
+            ),
+            (
+                "{ \"provider\" : {} ,\n \"model\": \"a\" , \"transforms\": [\"middle-out\"] }",
+                "{ \"model\": \"a\" }",
+            ),
+        ];
+        for (input, expected) in cases {
+            let out = strip(input, &all);
+            assert_eq!(out, expected, "{input}");
+            serde_json::from_str::<serde_json::Value>(&out).unwrap();
+        }
+        assert_eq!(
+            strip(r#"{"model":"a","models":["b"]}"#, &["provider"]),
+            r#"{"model":"a","models":["b"]}"#
+        );
     }
 
     #[test]

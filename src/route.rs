@@ -1,5 +1,6 @@
 //! Routes and chains: which models to try, in which order, for how long.
 
+use crate::native::{self, Endpoint, ProviderPrefs, MAX_NATIVE_FALLBACKS};
 use bytes::Bytes;
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -30,6 +31,11 @@ pub struct Route {
     timeout: Option<Duration>,
     first_token_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
+    provider: Option<(Arc<ProviderPrefs>, Bytes)>,
+    fallbacks: Arc<[String]>,
+    fallbacks_json: Option<Bytes>,
+    endpoint: Option<Endpoint>,
+    metadata: bool,
 }
 
 impl Route {
@@ -44,6 +50,11 @@ impl Route {
             timeout: None,
             first_token_timeout: None,
             idle_timeout: None,
+            provider: None,
+            fallbacks: Arc::new([]),
+            fallbacks_json: None,
+            endpoint: None,
+            metadata: false,
         }
     }
 
@@ -80,6 +91,49 @@ impl Route {
         self
     }
 
+    /// Sets OpenRouter's `provider` object for this route's attempts. It
+    /// replaces a `provider` the caller put in the request; without it the
+    /// caller's `provider` is sent unchanged. The same model through
+    /// different providers is two routes with different `order`s.
+    pub fn provider(mut self, prefs: ProviderPrefs) -> Self {
+        let json = native::provider_json(&prefs);
+        self.provider = Some((Arc::new(prefs), json));
+        self
+    }
+
+    /// Lets OpenRouter fall back on its side, within one attempt: the request
+    /// carries `"models": [...]` and OpenRouter tries them in order after this
+    /// route's model. OpenRouter accepts at most
+    /// [`MAX_NATIVE_FALLBACKS`](crate::native::MAX_NATIVE_FALLBACKS) there, so
+    /// [`Chain::new`] splits a longer group into consecutive attempts
+    /// (`a` + `[b, c, d]`, then `e` + `[f]`, ...) with this route's settings.
+    /// The report tells which model served and whether OpenRouter fell back.
+    pub fn native_fallbacks<I, S>(mut self, models: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let models: Vec<String> = models.into_iter().map(Into::into).collect();
+        self.fallbacks_json = (!models.is_empty()).then(|| native::models_json(&models));
+        self.fallbacks = models.into();
+        self
+    }
+
+    /// Sends this route's attempts to another OpenAI-compatible API (see
+    /// [`Endpoint`]). Without it, attempts go where the caller's request goes.
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Asks OpenRouter for its own attempt log (`X-OpenRouter-Metadata:
+    /// enabled`) and copies `openrouter_metadata.attempts` of a
+    /// non-streaming answer into the report.
+    pub fn openrouter_metadata(mut self, enabled: bool) -> Self {
+        self.metadata = enabled;
+        self
+    }
+
     /// The model id sent upstream.
     pub fn model(&self) -> &str {
         &self.model
@@ -105,6 +159,52 @@ impl Route {
         self.idle_timeout
     }
 
+    /// The provider preferences, if set.
+    pub fn get_provider(&self) -> Option<&ProviderPrefs> {
+        self.provider.as_ref().map(|(p, _)| &**p)
+    }
+
+    /// The models OpenRouter may fall back to within one attempt.
+    pub fn get_native_fallbacks(&self) -> &[String] {
+        &self.fallbacks
+    }
+
+    /// The endpoint, if this route has its own.
+    pub fn get_endpoint(&self) -> Option<&Endpoint> {
+        self.endpoint.as_ref()
+    }
+
+    pub(crate) fn provider_json(&self) -> Option<&Bytes> {
+        self.provider.as_ref().map(|(_, j)| j)
+    }
+
+    pub(crate) fn fallbacks_json(&self) -> Option<&Bytes> {
+        self.fallbacks_json.as_ref()
+    }
+
+    pub(crate) fn metadata(&self) -> bool {
+        self.metadata
+    }
+
+    /// Splits a native group longer than OpenRouter's cap into routes that
+    /// each fit.
+    fn split(self) -> Vec<Route> {
+        if self.fallbacks.len() <= MAX_NATIVE_FALLBACKS {
+            return vec![self];
+        }
+        let all: Vec<String> = std::iter::once(self.model.to_string())
+            .chain(self.fallbacks.iter().cloned())
+            .collect();
+        all.chunks(MAX_NATIVE_FALLBACKS + 1)
+            .map(|group| {
+                let mut r = self.clone();
+                r.model = group[0].as_str().into();
+                r.model_json = crate::json::scan::encode_string(&group[0]);
+                r.native_fallbacks(group[1..].iter().cloned())
+            })
+            .collect()
+    }
+
     pub(crate) fn model_arc(&self) -> &Arc<str> {
         &self.model
     }
@@ -127,6 +227,10 @@ impl fmt::Debug for Route {
             .field("timeout", &self.timeout)
             .field("first_token_timeout", &self.first_token_timeout)
             .field("idle_timeout", &self.idle_timeout)
+            .field("provider", &self.get_provider())
+            .field("native_fallbacks", &self.fallbacks)
+            .field("endpoint", &self.endpoint)
+            .field("openrouter_metadata", &self.metadata)
             .finish()
     }
 }
@@ -159,12 +263,15 @@ pub struct Chain {
 impl Chain {
     /// A chain trying `routes` in order, with no overall deadline.
     ///
+    /// A route with more [native fallbacks](Route::native_fallbacks) than
+    /// OpenRouter accepts becomes several consecutive routes.
+    ///
     /// # Panics
     ///
     /// If `routes` is empty: a chain with nothing to try is a configuration
     /// bug, and failing every request at run time would hide it.
     pub fn new(routes: impl IntoIterator<Item = Route>) -> Self {
-        let routes: Arc<[Route]> = routes.into_iter().collect();
+        let routes: Arc<[Route]> = routes.into_iter().flat_map(Route::split).collect();
         assert!(
             !routes.is_empty(),
             "llm_fallback::Chain::new: a chain needs at least one route"
@@ -235,5 +342,41 @@ impl Attempt {
     /// left of the chain's deadline. `None` when neither is set.
     pub fn timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_native_groups_are_split_to_fit_openrouter() {
+        let chain = Chain::new([
+            Route::new("a")
+                .label("group")
+                .native_fallbacks(["b", "c", "d", "e", "f"]),
+            Route::new("z"),
+        ]);
+        let shape: Vec<(&str, Vec<&str>, Option<&str>)> = chain
+            .routes()
+            .iter()
+            .map(|r| {
+                (
+                    r.model(),
+                    r.get_native_fallbacks().iter().map(String::as_str).collect(),
+                    r.get_label(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("a", vec!["b", "c", "d"], Some("group")),
+                ("e", vec!["f"], Some("group")),
+                ("z", vec![], None),
+            ]
+        );
+        assert_eq!(&chain.routes()[1].model_json()[..], br#""e""#);
+        assert_eq!(&chain.routes()[0].fallbacks_json().unwrap()[..], br#"["b","c","d"]"#);
     }
 }

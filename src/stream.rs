@@ -188,22 +188,20 @@ impl SseTracker {
         let mut content = false;
         for choice in chunk.choices.iter().flatten() {
             match choice.finish_reason.as_deref() {
-                Some("error") => {
-                    if error.is_none() {
-                        error = Some(match &choice.error {
-                            Some(e) => error_from_value(e),
-                            None => UpstreamError {
-                                message: Some("stream chunk finished with finish_reason \"error\"".into()),
-                                ..UpstreamError::default()
-                            },
-                        });
-                    }
+                Some("error") if error.is_none() => {
+                    error = Some(match &choice.error {
+                        Some(e) => error_from_value(e),
+                        None => UpstreamError {
+                            message: Some("stream chunk finished with finish_reason \"error\"".into()),
+                            ..UpstreamError::default()
+                        },
+                    });
                 }
+                Some("error") | None => {}
                 Some(reason) => {
                     self.finish_reason = Some(reason.to_owned());
                     content = true;
                 }
-                None => {}
             }
             content |= choice.delta.as_ref().is_some_and(carries_content);
         }
@@ -290,7 +288,9 @@ impl StreamReport {
 
 impl fmt::Debug for StreamReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamReport").field("finished", &self.rx.borrow().is_some()).finish()
+        f.debug_struct("StreamReport")
+            .field("finished", &self.rx.borrow().is_some())
+            .finish()
     }
 }
 
@@ -336,7 +336,10 @@ impl Finisher {
                     tracing::warn!(model = report.served_model(), error = %e, "llm fallback stream broke after commit")
                 }
                 Ending::Abandoned => {
-                    tracing::debug!(model = report.served_model(), "llm fallback stream dropped by the caller")
+                    tracing::debug!(
+                        model = report.served_model(),
+                        "llm fallback stream dropped by the caller"
+                    )
                 }
             }
         }
@@ -452,7 +455,10 @@ where
                 }
                 Poll::Ready(Some(Err(e))) => {
                     let e: crate::BoxError = e.into();
-                    ("stream_broken", format!("the upstream stream broke after it began: {e}"))
+                    (
+                        "stream_broken",
+                        format!("the upstream stream broke after it began: {e}"),
+                    )
                 }
                 Poll::Ready(None) => {
                     this.tracker.finish();
@@ -532,7 +538,10 @@ mod tests {
     #[test]
     fn keep_alives_and_role_only_chunks_do_not_commit() {
         let mut t = SseTracker::default();
-        assert_eq!(t.feed(b": OPENROUTER PROCESSING\n\n: OPENROUTER PROCESSING\n\n"), Signal::None);
+        assert_eq!(
+            t.feed(b": OPENROUTER PROCESSING\n\n: OPENROUTER PROCESSING\n\n"),
+            Signal::None
+        );
         assert_eq!(
             t.feed(b"data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\n"),
             Signal::None
@@ -588,7 +597,9 @@ mod tests {
         assert!(!t.complete());
         t.feed(b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
         assert!(t.complete());
-        t.feed(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n");
+        t.feed(
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
+        );
         assert_eq!(t.usage.as_ref().map(|u| u.total_tokens), Some(5));
     }
 

@@ -1,0 +1,365 @@
+//! OpenRouter's own routing: provider preferences, native model groups, and
+//! endpoints beyond OpenRouter.
+
+use bytes::Bytes;
+use http::{HeaderValue, Uri};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// OpenRouter's `provider` object: which providers may serve a model, in
+/// which order, under which constraints.
+///
+/// Set on a [`Route`](crate::Route) with
+/// [`Route::provider`](crate::Route::provider); it is serialized once and
+/// spliced into each attempt's body (the prompt is not copied). Fields left
+/// `None` are not sent, so OpenRouter's defaults apply. Unknown keys are
+/// refused when deserializing, as OpenRouter refuses them.
+///
+/// ```
+/// use llm_fallback::native::{ProviderPrefs, ProviderSort, SortBy};
+///
+/// let prefs = ProviderPrefs {
+///     order: Some(vec!["Anthropic".into(), "Amazon Bedrock".into()]),
+///     allow_fallbacks: Some(false),
+///     sort: Some(ProviderSort::By(SortBy::Latency)),
+///     ..ProviderPrefs::default()
+/// };
+/// assert_eq!(
+///     serde_json::to_string(&prefs).unwrap(),
+///     r#"{"order":["Anthropic","Amazon Bedrock"],"allow_fallbacks":false,"sort":"latency"}"#
+/// );
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderPrefs {
+    /// Providers to try first, in order (display names or slugs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Vec<String>>,
+    /// Whether OpenRouter may use providers outside `order` (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_fallbacks: Option<bool>,
+    /// Only use providers that support every parameter of the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_parameters: Option<bool>,
+    /// Whether providers that store or train on data are allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_collection: Option<DataCollection>,
+    /// Only zero-data-retention endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zdr: Option<bool>,
+    /// Only these providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub only: Option<Vec<String>>,
+    /// Never these providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ignore: Option<Vec<String>>,
+    /// Allowed quantizations (`"fp8"`, `"int4"`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantizations: Option<Vec<String>>,
+    /// How to rank providers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<ProviderSort>,
+    /// Highest price accepted, in USD per million tokens (or per request/image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price: Option<MaxPrice>,
+    /// Prefer providers with at least this throughput (tokens/s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_min_throughput: Option<f64>,
+    /// Prefer providers with at most this latency (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_max_latency: Option<f64>,
+}
+
+/// `provider.data_collection`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DataCollection {
+    /// Providers that may store or train on data are allowed.
+    Allow,
+    /// Only providers that do not.
+    Deny,
+}
+
+/// `provider.sort`: a bare ranking, or `{by, partition}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProviderSort {
+    /// `"price"`, `"throughput"` or `"latency"`.
+    By(SortBy),
+    /// `{"by": ..., "partition": "model" | "none"}`.
+    Detailed {
+        /// What to rank by.
+        by: SortBy,
+        /// `model` ranks providers within each model (the deprecated
+        /// `route: "fallback"` means this); `none` ranks across models.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partition: Option<Partition>,
+    },
+}
+
+/// What providers are ranked by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SortBy {
+    /// Cheapest first.
+    Price,
+    /// Fastest generation first.
+    Throughput,
+    /// Lowest latency first.
+    Latency,
+}
+
+/// `provider.sort.partition`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Partition {
+    /// Rank within each model of `model`/`models`.
+    Model,
+    /// Rank across all of them.
+    None,
+}
+
+/// `provider.max_price`, USD per million tokens (or per request / image / audio unit).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxPrice {
+    /// Per million prompt tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<f64>,
+    /// Per million completion tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion: Option<f64>,
+    /// Per request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<f64>,
+    /// Per image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<f64>,
+    /// Per audio unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<f64>,
+}
+
+/// Most entries OpenRouter accepts in `models` (observed: more is a 400).
+pub const MAX_NATIVE_FALLBACKS: usize = 3;
+
+/// Another OpenAI-compatible API for a route: a base URL and, optionally,
+/// the name of the environment variable holding its API key.
+///
+/// For an attempt on such a route the layer sends the request to
+/// `{base}/chat/completions`, drops the caller's `Host` and `Authorization`
+/// (a key meant for one provider never goes to another) and sets
+/// `Authorization: Bearer <key>` from the variable. The key is read once,
+/// when the endpoint is built; it never appears in `Debug` output, reports,
+/// errors or spans.
+///
+/// Unless [`Endpoint::openrouter`] says the endpoint is OpenRouter, the
+/// OpenRouter-only top-level keys `provider`, `models`, `route` and
+/// `transforms` are removed from the body for it, since other APIs refuse
+/// unknown parameters.
+///
+/// ```
+/// use llm_fallback::native::Endpoint;
+///
+/// # std::env::set_var("MY_OPENAI_KEY", "sk-example");
+/// let openai = Endpoint::new("https://api.openai.com/v1")?.api_key_env("MY_OPENAI_KEY")?;
+/// assert!(!format!("{openai:?}").contains("sk-example"));
+/// # Ok::<(), llm_fallback::native::EndpointError>(())
+/// ```
+#[derive(Clone)]
+pub struct Endpoint {
+    pub(crate) base: String,
+    pub(crate) chat_uri: Uri,
+    pub(crate) key_var: Option<String>,
+    pub(crate) authorization: Option<HeaderValue>,
+    pub(crate) openrouter: bool,
+}
+
+impl Endpoint {
+    /// An endpoint whose API base is `base_url` (like an OpenAI SDK's
+    /// `base_url`: `https://api.openai.com/v1`, `https://openrouter.ai/api/v1`).
+    pub fn new(base_url: impl Into<String>) -> Result<Self, EndpointError> {
+        let base: String = base_url.into();
+        let trimmed = base.trim_end_matches('/');
+        let chat_uri: Uri = format!("{trimmed}/chat/completions")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| EndpointError::InvalidUrl {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
+        if chat_uri.scheme().is_none() || chat_uri.authority().is_none() {
+            return Err(EndpointError::InvalidUrl {
+                url: base,
+                reason: "an absolute http(s) URL is needed".into(),
+            });
+        }
+        let openrouter = chat_uri
+            .host()
+            .is_some_and(|h| h == "openrouter.ai" || h.ends_with(".openrouter.ai"));
+        Ok(Endpoint {
+            base: trimmed.to_owned(),
+            chat_uri,
+            key_var: None,
+            authorization: None,
+            openrouter,
+        })
+    }
+
+    /// Reads the API key from the environment variable `name` now.
+    pub fn api_key_env(mut self, name: impl Into<String>) -> Result<Self, EndpointError> {
+        let name: String = name.into();
+        let key = std::env::var(&name).map_err(|_| EndpointError::MissingKey { variable: name.clone() })?;
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+            .map_err(|_| EndpointError::InvalidKey { variable: name.clone() })?;
+        value.set_sensitive(true);
+        self.authorization = Some(value);
+        self.key_var = Some(name);
+        Ok(self)
+    }
+
+    /// Says whether this endpoint speaks OpenRouter's extensions (`provider`,
+    /// `models`, ...). Detected from the host (`openrouter.ai`); set it for
+    /// an OpenRouter-compatible proxy on another host.
+    pub fn openrouter(mut self, yes: bool) -> Self {
+        self.openrouter = yes;
+        self
+    }
+
+    /// The API base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("base", &self.base)
+            .field("key_var", &self.key_var)
+            .field("openrouter", &self.openrouter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why an [`Endpoint`] could not be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EndpointError {
+    /// The base URL does not parse as an absolute URL.
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key's environment variable is not set (or not Unicode).
+    MissingKey {
+        /// The variable's name.
+        variable: String,
+    },
+    /// The key holds characters that cannot go in a header.
+    InvalidKey {
+        /// The variable's name.
+        variable: String,
+    },
+}
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EndpointError::InvalidUrl { url, reason } => write!(f, "invalid endpoint URL {url:?}: {reason}"),
+            EndpointError::MissingKey { variable } => {
+                write!(f, "the API key variable {variable} is not set in the environment")
+            }
+            EndpointError::InvalidKey { variable } => {
+                write!(
+                    f,
+                    "the API key in {variable} has characters that cannot be sent in a header"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for EndpointError {}
+
+/// JSON for `models`.
+pub(crate) fn models_json(models: &[String]) -> Bytes {
+    Bytes::from(serde_json::to_vec(models).expect("strings serialize"))
+}
+
+/// JSON for `provider`.
+pub(crate) fn provider_json(prefs: &ProviderPrefs) -> Bytes {
+    Bytes::from(serde_json::to_vec(prefs).expect("provider preferences serialize"))
+}
+
+/// The served model differs from the one asked for in a way that means the
+/// upstream fell back on its own: it is one of the route's native fallbacks,
+/// or (with none) a different model, not a dated variant of the same one
+/// (`openai/gpt-4o` → `openai/gpt-4o-2024-08-06` is the same model).
+pub(crate) fn upstream_fell_back(requested: &str, fallbacks: &[String], served: &str) -> bool {
+    let same = |asked: &str| {
+        served == asked
+            || served
+                .strip_prefix(asked)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+    };
+    if same(requested) {
+        return false;
+    }
+    fallbacks.iter().any(|f| same(f)) || fallbacks.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_prefs_round_trip() {
+        let json = r#"{"order":["OpenAI","Azure"],"allow_fallbacks":false,"require_parameters":true,"data_collection":"deny","zdr":true,"only":["OpenAI"],"ignore":["DeepInfra"],"quantizations":["fp8"],"sort":{"by":"throughput","partition":"model"},"max_price":{"prompt":1.0,"completion":2.0},"preferred_min_throughput":50.0,"preferred_max_latency":1.5}"#;
+        let prefs: ProviderPrefs = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            prefs.sort,
+            Some(ProviderSort::Detailed {
+                by: SortBy::Throughput,
+                partition: Some(Partition::Model)
+            })
+        );
+        assert_eq!(serde_json::to_string(&prefs).unwrap(), json);
+    }
+
+    #[test]
+    fn unknown_provider_keys_are_refused() {
+        let err = serde_json::from_str::<ProviderPrefs>(r#"{"orderr":["x"]}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `orderr`"), "{err}");
+    }
+
+    #[test]
+    fn endpoints_need_absolute_urls_and_present_keys() {
+        assert!(matches!(Endpoint::new("/v1"), Err(EndpointError::InvalidUrl { .. })));
+        let e = Endpoint::new("https://api.openai.com/v1/").unwrap();
+        assert_eq!(e.chat_uri, "https://api.openai.com/v1/chat/completions");
+        assert!(!e.openrouter);
+        assert!(Endpoint::new("https://openrouter.ai/api/v1").unwrap().openrouter);
+        let err = e.api_key_env("LLM_FALLBACK_TEST_SURELY_UNSET").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the API key variable LLM_FALLBACK_TEST_SURELY_UNSET is not set in the environment"
+        );
+    }
+
+    #[test]
+    fn server_side_fallback_is_told_from_dated_variants() {
+        assert!(!upstream_fell_back("openai/gpt-4o", &[], "openai/gpt-4o"));
+        assert!(!upstream_fell_back("openai/gpt-4o", &[], "openai/gpt-4o-2024-08-06"));
+        assert!(upstream_fell_back("openai/gpt-4o", &[], "openai/gpt-4o-mini"));
+        let group = ["b/b".to_owned()];
+        assert!(upstream_fell_back("a/a", &group, "b/b"));
+        assert!(!upstream_fell_back("a/a", &group, "a/a"));
+        assert!(
+            !upstream_fell_back("a/a", &group, "c/c"),
+            "with a group, only its models count"
+        );
+    }
+}
