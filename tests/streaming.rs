@@ -58,11 +58,15 @@ impl Streamed {
     }
 
     fn done(&self) -> bool {
-        self.events.iter().any(|e| matches!(e, SseEvent::Data(d) if d == "[DONE]"))
+        self.events
+            .iter()
+            .any(|e| matches!(e, SseEvent::Data(d) if d == "[DONE]"))
     }
 
     fn ends_with_error_chunk(&self) -> bool {
-        self.data().last().is_some_and(|c| c["choices"][0]["finish_reason"] == "error")
+        self.data()
+            .last()
+            .is_some_and(|c| c["choices"][0]["finish_reason"] == "error")
     }
 }
 
@@ -80,7 +84,16 @@ async fn stream(primary: Reply, secondary: Reply, routes: [Route; 2]) -> (Stream
         None => at_commit.clone(),
     };
     let events = parse_sse(&raw);
-    (Streamed { status, at_commit, events, raw, last }, server)
+    (
+        Streamed {
+            status,
+            at_commit,
+            events,
+            raw,
+            last,
+        },
+        server,
+    )
 }
 
 fn routes() -> [Route; 2] {
@@ -93,7 +106,10 @@ fn routes() -> [Route; 2] {
 #[tokio::test(start_paused = true)]
 async fn keep_alives_then_tokens_commit_to_the_primary() {
     let (s, server) = stream(
-        Reply::stream().keep_alive(4, secs(2)).tokens(["Hel", "lo"]).served_model("primary/model-2024"),
+        Reply::stream()
+            .keep_alive(4, secs(2))
+            .tokens(["Hel", "lo"])
+            .served_model("primary/model-2024"),
         Reply::stream(),
         routes(),
     )
@@ -105,10 +121,17 @@ async fn keep_alives_then_tokens_commit_to_the_primary() {
     // The keep-alives reach the client as comments, never as data.
     assert_eq!(s.events.iter().filter(|e| matches!(e, SseEvent::Comment(_))).count(), 4);
     assert!(!String::from_utf8_lossy(&s.raw).contains("data: : OPENROUTER"));
-    assert_eq!(s.at_commit.served_model(), "primary/model-2024", "read from the committed chunk");
+    assert_eq!(
+        s.at_commit.served_model(),
+        "primary/model-2024",
+        "read from the committed chunk"
+    );
     assert_eq!(s.last.resolution(), Resolution::Served);
     assert_eq!(s.last.attempts()[0].outcome(), Outcome::Served);
-    assert!(s.last.usage().is_some_and(|u| u.total_tokens > 0), "usage from the final chunk");
+    assert!(
+        s.last.usage().is_some_and(|u| u.total_tokens > 0),
+        "usage from the final chunk"
+    );
     assert_eq!(server.upstream().request_count(B), 0);
 }
 
@@ -120,12 +143,21 @@ async fn keep_alives_do_not_reset_the_first_token_timeout() {
     assert_eq!(first.outcome(), Outcome::Timeout);
     assert_eq!(first.elapsed(), secs(10));
     assert!(s.text().starts_with("Hello from secondary/model"), "{}", s.text());
-    assert_eq!(s.events.iter().filter(|e| matches!(e, SseEvent::Comment(_))).count(), 0, "nothing of the failed attempt leaks");
+    assert_eq!(
+        s.events.iter().filter(|e| matches!(e, SseEvent::Comment(_))).count(),
+        0,
+        "nothing of the failed attempt leaks"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_error_chunk_before_the_first_token_falls_back() {
-    let (s, _server) = stream(Reply::stream().keep_alive(2, secs(1)).error_before_first_token(), Reply::stream(), routes()).await;
+    let (s, _server) = stream(
+        Reply::stream().keep_alive(2, secs(1)).error_before_first_token(),
+        Reply::stream(),
+        routes(),
+    )
+    .await;
     assert_eq!(s.at_commit.served_model(), B);
     let first = &s.at_commit.attempts()[0];
     assert_eq!(first.outcome(), Outcome::ErrorInBody);
@@ -136,7 +168,12 @@ async fn an_error_chunk_before_the_first_token_falls_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_cut_before_the_first_token_falls_back() {
-    let (s, _server) = stream(Reply::stream().keep_alive(1, secs(1)).cut_after(0), Reply::stream(), routes()).await;
+    let (s, _server) = stream(
+        Reply::stream().keep_alive(1, secs(1)).cut_after(0),
+        Reply::stream(),
+        routes(),
+    )
+    .await;
     assert_eq!(s.at_commit.served_model(), B);
     assert_eq!(s.at_commit.attempts()[0].outcome(), Outcome::Transport);
     assert!(s.done());
@@ -144,21 +181,37 @@ async fn a_connection_cut_before_the_first_token_falls_back() {
 
 #[tokio::test(start_paused = true)]
 async fn an_error_chunk_after_tokens_is_surfaced_not_replayed() {
-    let (s, server) = stream(Reply::stream().tokens(["a", "b", "c"]).error_after(2), Reply::stream(), routes()).await;
+    let (s, server) = stream(
+        Reply::stream().tokens(["a", "b", "c"]).error_after(2),
+        Reply::stream(),
+        routes(),
+    )
+    .await;
     assert_eq!(s.text(), "ab");
-    assert!(s.ends_with_error_chunk(), "the upstream's error chunk reaches the client");
+    assert!(
+        s.ends_with_error_chunk(),
+        "the upstream's error chunk reaches the client"
+    );
     assert!(!s.done());
     assert_eq!(server.upstream().request_count(B), 0, "no replay after commit");
     assert_eq!(s.last.resolution(), Resolution::StreamBroken);
     let served = s.last.served_attempt().unwrap();
     assert_eq!(served.outcome(), Outcome::StreamBroken);
     assert_eq!(served.model(), A);
-    assert_eq!(served.upstream_error().and_then(|e| e.message()), Some("Provider disconnected"));
+    assert_eq!(
+        served.upstream_error().and_then(|e| e.message()),
+        Some("Provider disconnected")
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_connection_cut_after_tokens_ends_with_an_error_chunk() {
-    let (s, server) = stream(Reply::stream().tokens(["a", "b", "c"]).cut_after(2), Reply::stream(), routes()).await;
+    let (s, server) = stream(
+        Reply::stream().tokens(["a", "b", "c"]).cut_after(2),
+        Reply::stream(),
+        routes(),
+    )
+    .await;
     assert_eq!(s.text(), "ab");
     assert!(s.ends_with_error_chunk(), "a broken stream must not look complete");
     let last = s.data().pop().unwrap();
@@ -171,7 +224,12 @@ async fn a_connection_cut_after_tokens_ends_with_an_error_chunk() {
 #[tokio::test(start_paused = true)]
 async fn a_stall_after_tokens_is_ended_by_the_idle_timeout() {
     let started = tokio::time::Instant::now();
-    let (s, _server) = stream(Reply::stream().tokens(["a", "b", "c"]).stall_after(1), Reply::stream(), routes()).await;
+    let (s, _server) = stream(
+        Reply::stream().tokens(["a", "b", "c"]).stall_after(1),
+        Reply::stream(),
+        routes(),
+    )
+    .await;
     assert_eq!(s.text(), "a");
     assert!(s.ends_with_error_chunk());
     assert_eq!(s.data().pop().unwrap()["error"]["code"], "stream_stalled");
@@ -197,7 +255,11 @@ async fn the_deadline_bounds_the_wait_for_a_first_token() {
         .model(B, Reply::stream());
     let server = MockServer::start(upstream).await.unwrap();
     let chain = Chain::new([Route::new(A).first_token_timeout(secs(60)), Route::new(B)]).deadline(secs(7));
-    let resp = FallbackLayer::new(chain).layer(http_client()).oneshot(post(&server.chat_url(), stream_chat())).await.unwrap();
+    let resp = FallbackLayer::new(chain)
+        .layer(http_client())
+        .oneshot(post(&server.chat_url(), stream_chat()))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
     let report = resp.extensions().get::<FallbackReport>().unwrap();
     assert_eq!(report.attempts()[0].outcome(), Outcome::DeadlineExceeded);
@@ -237,7 +299,10 @@ fn sse_service(
 ) -> impl tower::Service<Request<ReplayBody>, Response = Response<Frames>, Error = Infallible, Future = impl Send> + Clone
 {
     service_fn(move |_req: Request<ReplayBody>| {
-        let frames = frames.iter().map(|f| f.map(|s| Bytes::from_static(s.as_bytes()))).collect();
+        let frames = frames
+            .iter()
+            .map(|f| f.map(|s| Bytes::from_static(s.as_bytes())))
+            .collect();
         let produced = produced.clone();
         async move {
             Ok::<_, Infallible>(
@@ -264,7 +329,10 @@ async fn bytes_after_commit_equal_the_upstream_bytes() {
     let produced = Arc::new(AtomicUsize::new(0));
     let svc = FallbackLayer::new(Chain::new([Route::new("m/1")]))
         .layer(sse_service(UPSTREAM.iter().map(|s| Ok(*s)).collect(), produced));
-    let resp = svc.oneshot(post("http://up/v1/chat/completions", stream_chat())).await.unwrap();
+    let resp = svc
+        .oneshot(post("http://up/v1/chat/completions", stream_chat()))
+        .await
+        .unwrap();
     assert!(resp.headers().get("content-length").is_none());
     let (_, raw) = body_bytes(resp).await;
     assert_eq!(raw, UPSTREAM.concat().as_bytes());
@@ -275,13 +343,18 @@ async fn a_clean_end_without_done_or_finish_reason_is_truncation() {
     let produced = Arc::new(AtomicUsize::new(0));
     let frames = vec![Ok(UPSTREAM[0]), Ok(UPSTREAM[2]), Ok(UPSTREAM[3])];
     let svc = FallbackLayer::new(Chain::new([Route::new("m/1")])).layer(sse_service(frames, produced));
-    let resp = svc.oneshot(post("http://up/v1/chat/completions", stream_chat())).await.unwrap();
+    let resp = svc
+        .oneshot(post("http://up/v1/chat/completions", stream_chat()))
+        .await
+        .unwrap();
     let handle = resp.extensions().get::<StreamReport>().cloned().unwrap();
     let (_, raw) = body_bytes(resp).await;
     let text = String::from_utf8(raw.to_vec()).unwrap();
     assert!(text.starts_with(&[UPSTREAM[0], UPSTREAM[2], UPSTREAM[3]].concat()));
     let events = parse_sse(text.as_bytes());
-    let SseEvent::Data(last) = events.last().unwrap() else { panic!("{events:?}") };
+    let SseEvent::Data(last) = events.last().unwrap() else {
+        panic!("{events:?}")
+    };
     let last: serde_json::Value = serde_json::from_str(last).unwrap();
     assert_eq!(last["error"]["code"], "stream_truncated");
     assert_eq!(last["choices"][0]["finish_reason"], "error");
@@ -297,14 +370,24 @@ async fn a_slow_consumer_keeps_backpressure() {
     frames.extend(std::iter::repeat(Ok("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n")).take(1000));
     frames.push(Ok(UPSTREAM[5]));
     let svc = FallbackLayer::new(Chain::new([Route::new("m/1")])).layer(sse_service(frames, produced.clone()));
-    let resp = svc.oneshot(post("http://up/v1/chat/completions", stream_chat())).await.unwrap();
+    let resp = svc
+        .oneshot(post("http://up/v1/chat/completions", stream_chat()))
+        .await
+        .unwrap();
     // Committed after the first frame: nothing more was read.
     assert_eq!(produced.load(Ordering::SeqCst), 1);
     let mut body = resp.into_body();
     for consumed in 1..=50 {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await.unwrap().unwrap();
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(frame.is_data());
-        assert_eq!(produced.load(Ordering::SeqCst), consumed, "one upstream frame per frame the client takes");
+        assert_eq!(
+            produced.load(Ordering::SeqCst),
+            consumed,
+            "one upstream frame per frame the client takes"
+        );
     }
 }
 
@@ -313,7 +396,10 @@ async fn dropping_the_stream_resolves_the_report() {
     let produced = Arc::new(AtomicUsize::new(0));
     let svc = FallbackLayer::new(Chain::new([Route::new("m/1")]))
         .layer(sse_service(UPSTREAM.iter().map(|s| Ok(*s)).collect(), produced));
-    let resp = svc.oneshot(post("http://up/v1/chat/completions", stream_chat())).await.unwrap();
+    let resp = svc
+        .oneshot(post("http://up/v1/chat/completions", stream_chat()))
+        .await
+        .unwrap();
     let handle = resp.extensions().get::<StreamReport>().cloned().unwrap();
     assert!(handle.get().is_none());
     drop(resp);
