@@ -139,6 +139,11 @@
 //! # Features
 //!
 //! - `testing`: an OpenRouter-compatible mock upstream ([`testing`]).
+//! - `reqwest`: [`FallbackMiddleware`], the same engine for
+//!   [`reqwest_middleware`] clients: `ClientBuilder::new(client).with(FallbackMiddleware::new(chain))`.
+//!   Same chain, policy, rewrite, streaming commit point, report and
+//!   exhaustion answer; the report is in the `reqwest::Response`'s
+//!   extensions. Off by default; needs Rust 1.85 (reqwest 0.13).
 //! - `full`: every feature.
 
 #![forbid(unsafe_code)]
@@ -155,6 +160,8 @@ pub mod native;
 pub mod policy;
 mod report;
 mod request;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod route;
 mod stream;
 
@@ -162,6 +169,8 @@ mod stream;
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
 
+#[cfg(feature = "reqwest")]
+pub use crate::reqwest::{FallbackMiddleware, StreamingBodyError};
 pub use body::ResponseBody;
 pub use future::ResponseFuture;
 pub use json::ReplayBody;

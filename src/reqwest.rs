@@ -1,0 +1,355 @@
+//! `FallbackMiddleware`: the fallback engine as a `reqwest_middleware::Middleware`.
+//!
+//! A thin front end: it turns the reqwest request into an `http::Request`,
+//! runs the shared engine with the rest of the middleware chain (`Next`) as
+//! its upstream service, and turns the engine's answer back into a
+//! `reqwest::Response`.
+
+use crate::engine::{self, Shared, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
+use crate::json::ReplayBody;
+use crate::policy::{DefaultPolicy, Policy};
+use crate::{Attempt, Chain};
+use ::reqwest::{Request, Response, ResponseBuilderExt, Url};
+use http::Extensions;
+use http_body_util::BodyExt;
+use reqwest_middleware::{Error, Middleware, Next, Result};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::{fmt, mem};
+
+/// Replays a chat-completions request down a [`Chain`] of models, as a
+/// [`reqwest_middleware`] middleware.
+///
+/// The same engine as [`FallbackLayer`](crate::FallbackLayer): the body is
+/// buffered once, only the top-level `"model"` is rewritten per attempt, and
+/// the [`Policy`], per-route timeouts, the chain's deadline, the streaming
+/// commit point and the exhaustion answer are exactly the tower layer's (see
+/// the [crate docs](crate)). Middleware added after this one (with a later
+/// [`with`](reqwest_middleware::ClientBuilder::with)) and the client itself
+/// run once per attempt; they find the [`Attempt`] in the middleware
+/// `Extensions`, which each attempt gets a fresh clone of. The serving
+/// attempt's extensions are merged back into the caller's.
+///
+/// The response carries the [`FallbackReport`](crate::FallbackReport) (and,
+/// for a stream, the [`StreamReport`](crate::StreamReport)) in
+/// [`Response::extensions`], and the `x-fallback-model`,
+/// `x-fallback-attempts` and `x-fallback-label` headers. Failures are
+/// responses, as with the layer: `400`/`413` for a request it cannot
+/// rewrite, `502` (or `504` past the deadline) in OpenAI error JSON naming
+/// every attempt when the chain is exhausted. [`Response::url`] is the
+/// serving upstream's URL, or the request's for an answer written by the
+/// middleware.
+///
+/// ```
+/// use llm_fallback::testing::{MockServer, MockUpstream, Reply};
+/// use llm_fallback::{Chain, FallbackMiddleware, FallbackReport, Route};
+/// use std::time::Duration;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let server = MockServer::start(
+/// #     MockUpstream::new().model("anthropic/claude-3.5-sonnet", Reply::status(503)).model("openai/gpt-4o", Reply::ok()),
+/// # )
+/// # .await?;
+/// # let url = server.chat_url();
+/// # let _ = rustls::crypto::ring::default_provider().install_default();
+/// let chain = Chain::new([
+///     Route::new("anthropic/claude-3.5-sonnet").timeout(Duration::from_secs(30)),
+///     Route::new("openai/gpt-4o").timeout(Duration::from_secs(25)),
+/// ])
+/// .deadline(Duration::from_secs(60));
+///
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(FallbackMiddleware::new(chain))
+///     .build();
+/// let body = serde_json::json!({
+///     "model": "anthropic/claude-3.5-sonnet",
+///     "messages": [{"role": "user", "content": "hi"}],
+/// });
+/// let resp = client.post(&url).bearer_auth("sk-or-...").json(&body).send().await?;
+///
+/// let report = resp.extensions().get::<FallbackReport>().unwrap();
+/// assert_eq!(report.served_model(), "openai/gpt-4o");
+/// assert_eq!(resp.headers()["x-fallback-attempts"], "2");
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Request bodies
+///
+/// The request must carry a buffered body (`.json(..)`, or `.body(..)` with a
+/// `String`, `Vec<u8>` or `Bytes`): the middleware reads it without copying
+/// and replays it. A streaming body (`Body::wrap_stream`, `Body::wrap`) can
+/// be sent only once, so it is refused with [`Error::Middleware`] holding a
+/// [`StreamingBodyError`]; nothing is sent upstream.
+///
+/// # Composition and body copies
+///
+/// Place per-model retries after this middleware and tracing or whole-chain
+/// retries before it:
+///
+/// ```
+/// # use llm_fallback::{Chain, FallbackMiddleware, Route};
+/// # let chain = Chain::new([Route::new("a/b")]);
+/// # let _ = rustls::crypto::ring::default_provider().install_default();
+/// use reqwest_retry::{policies::ExponentialBackoff, RetryTransientMiddleware};
+/// use reqwest_tracing::TracingMiddleware;
+///
+/// let retry = ExponentialBackoff::builder().build_with_max_retries(2);
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(TracingMiddleware::default()) // outside: one span per call
+///     .with(FallbackMiddleware::new(chain).reusable_bodies(true))
+///     .with(RetryTransientMiddleware::new_with_policy(retry)) // inside: retries per model
+///     .build();
+/// # let _ = client;
+/// ```
+///
+/// By default each attempt's body is the zero-copy [`ReplayBody`], which
+/// reqwest sends as a *streaming* body: it cannot be cloned, so a
+/// `RetryTransientMiddleware` placed after this middleware fails every
+/// attempt with "Request object is not cloneable". With
+/// [`reusable_bodies(true)`](Self::reusable_bodies) each attempt instead gets
+/// a buffered `reqwest::Body` that such a middleware can clone for free, at
+/// the cost of copying the request body into one buffer per attempt (none
+/// when the attempt's model is the caller's own). A retry placed *before*
+/// this middleware clones the caller's buffered body and needs neither.
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+pub struct FallbackMiddleware<P = DefaultPolicy> {
+    shared: Arc<Shared<P>>,
+    reusable_bodies: bool,
+}
+
+/// The reason [`FallbackMiddleware`] refuses a request with a streaming
+/// body, inside [`reqwest_middleware::Error::Middleware`].
+///
+/// ```
+/// # fn check(err: reqwest_middleware::Error) {
+/// use llm_fallback::StreamingBodyError;
+///
+/// if let reqwest_middleware::Error::Middleware(e) = &err {
+///     if e.downcast_ref::<StreamingBodyError>().is_some() {
+///         // Build the request with `.json(&body)` instead.
+///     }
+/// }
+/// # }
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
+#[derive(Debug)]
+pub struct StreamingBodyError(());
+
+impl fmt::Display for StreamingBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "llm-fallback cannot replay a streaming request body: it can be sent only once, so no fallback \
+             model could get it; build the request with a buffered body (`.json(&body)`, or `.body()` with a \
+             String, Vec<u8> or Bytes)",
+        )
+    }
+}
+
+impl std::error::Error for StreamingBodyError {}
+
+// ===== impl FallbackMiddleware =====
+
+impl FallbackMiddleware {
+    /// A middleware trying `chain` with the [`DefaultPolicy`].
+    pub fn new(chain: Chain) -> Self {
+        FallbackMiddleware {
+            shared: Arc::new(Shared {
+                chain,
+                policy: Arc::new(DefaultPolicy),
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            }),
+            reusable_bodies: false,
+        }
+    }
+}
+
+impl<P> FallbackMiddleware<P> {
+    /// Replaces the classification policy (see [`Policy`]).
+    pub fn with_policy<Q: Policy>(self, policy: Q) -> FallbackMiddleware<Q> {
+        FallbackMiddleware {
+            shared: Arc::new(Shared {
+                chain: self.shared.chain.clone(),
+                policy: Arc::new(policy),
+                max_body_bytes: self.shared.max_body_bytes,
+                max_response_bytes: self.shared.max_response_bytes,
+            }),
+            reusable_bodies: self.reusable_bodies,
+        }
+    }
+
+    /// Largest request body accepted (default 32 MiB); a larger one gets a
+    /// `413` and the upstream is never called. As
+    /// [`FallbackLayer::max_body_bytes`](crate::FallbackLayer::max_body_bytes).
+    pub fn max_body_bytes(mut self, limit: usize) -> Self {
+        self.shared_mut().max_body_bytes = limit;
+        self
+    }
+
+    /// Largest non-streaming response body buffered for inspection (default
+    /// 16 MiB). As
+    /// [`FallbackLayer::max_response_bytes`](crate::FallbackLayer::max_response_bytes).
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.shared_mut().max_response_bytes = limit;
+        self
+    }
+
+    /// Sends each attempt's body as a buffered, cloneable `reqwest::Body`
+    /// (one copy of the request body per attempt whose model differs from
+    /// the caller's) instead of the zero-copy streaming one (default
+    /// `false`). Turn it on when a middleware after this one clones requests,
+    /// like `reqwest_retry::RetryTransientMiddleware`; see the
+    /// [type docs](Self#composition-and-body-copies).
+    pub fn reusable_bodies(mut self, yes: bool) -> Self {
+        self.reusable_bodies = yes;
+        self
+    }
+
+    /// The chain this middleware tries.
+    pub fn chain(&self) -> &Chain {
+        &self.shared.chain
+    }
+
+    fn shared_mut(&mut self) -> &mut Shared<P> {
+        if Arc::get_mut(&mut self.shared).is_none() {
+            // A clone shares the old settings; this one gets its own.
+            let s = &self.shared;
+            self.shared = Arc::new(Shared {
+                chain: s.chain.clone(),
+                policy: s.policy.clone(),
+                max_body_bytes: s.max_body_bytes,
+                max_response_bytes: s.max_response_bytes,
+            });
+        }
+        Arc::get_mut(&mut self.shared).expect("the settings were just made unique")
+    }
+}
+
+impl<P> Clone for FallbackMiddleware<P> {
+    fn clone(&self) -> Self {
+        FallbackMiddleware {
+            shared: self.shared.clone(),
+            reusable_bodies: self.reusable_bodies,
+        }
+    }
+}
+
+impl<P> fmt::Debug for FallbackMiddleware<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackMiddleware")
+            .field("chain", &self.shared.chain)
+            .field("policy", &std::any::type_name::<P>())
+            .field("max_body_bytes", &self.shared.max_body_bytes)
+            .field("max_response_bytes", &self.shared.max_response_bytes)
+            .field("reusable_bodies", &self.reusable_bodies)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl<P: Policy> Middleware for FallbackMiddleware<P> {
+    async fn handle(&self, req: Request, extensions: &mut Extensions, next: Next<'_>) -> Result<Response> {
+        if req.body().is_some_and(|b| b.as_bytes().is_none()) {
+            return Err(Error::middleware(StreamingBodyError(())));
+        }
+        let url = req.url().clone();
+        // Moves method, headers, body and the request's extensions (which
+        // hold a per-request `.timeout()`); a buffered body is polled as one
+        // `Bytes` that shares the caller's buffer.
+        let req = http::Request::<::reqwest::Body>::try_from(req)?;
+        let upstream = Upstream {
+            next,
+            extensions,
+            reusable_bodies: self.reusable_bodies,
+        };
+        let resp = engine::run(self.shared.clone(), upstream, req).await;
+
+        let (mut parts, body) = resp.into_parts();
+        let url = match parts.extensions.remove::<Served>() {
+            Some(Served {
+                url,
+                extensions: mut served,
+            }) => {
+                served.remove::<Attempt>();
+                extensions.extend(served);
+                url
+            }
+            // An answer the engine wrote (refusal, exhaustion).
+            None => url,
+        };
+        // `ResponseUrl` is private to reqwest; its response builder sets it.
+        let with_url = http::Response::builder()
+            .url(url)
+            .body(())
+            .expect("an empty response always builds");
+        parts.extensions.extend(with_url.into_parts().0.extensions);
+        Ok(Response::from(http::Response::from_parts(
+            parts,
+            ::reqwest::Body::wrap(body),
+        )))
+    }
+}
+
+/// What the engine keeps of a served attempt for the final response: the
+/// upstream's URL and the attempt's middleware extensions.
+#[derive(Clone)]
+struct Served {
+    url: Url,
+    extensions: Extensions,
+}
+
+// ===== impl Upstream =====
+
+/// The rest of the middleware chain as the engine's upstream service: one
+/// `Next::run` per attempt.
+struct Upstream<'a> {
+    next: Next<'a>,
+    extensions: &'a Extensions,
+    reusable_bodies: bool,
+}
+
+type UpstreamFuture<'a> = Pin<Box<dyn Future<Output = Result<http::Response<::reqwest::Body>>> + Send + 'a>>;
+
+impl<'a> tower_service::Service<http::Request<ReplayBody>> for Upstream<'a> {
+    type Response = http::Response<::reqwest::Body>;
+    type Error = Error;
+    type Future = UpstreamFuture<'a>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<ReplayBody>) -> Self::Future {
+        let next = self.next.clone();
+        let mut extensions = self.extensions.clone();
+        if let Some(attempt) = req.extensions().get::<Attempt>() {
+            extensions.insert(attempt.clone());
+        }
+        let reusable = self.reusable_bodies;
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = if reusable {
+                // One contiguous buffer (a copy unless the body is one part),
+                // so a retry middleware inside can clone it.
+                let collected = body.collect().await.unwrap_or_else(|never| match never {});
+                ::reqwest::Body::from(collected.to_bytes())
+            } else {
+                ::reqwest::Body::wrap(body)
+            };
+            // The URI is the caller's, or the route's endpoint.
+            let req = Request::try_from(http::Request::from_parts(parts, body))?;
+            let resp = next.run(req, &mut extensions).await?;
+            let url = resp.url().clone();
+            let mut resp = http::Response::<::reqwest::Body>::from(resp);
+            resp.extensions_mut().insert(Served {
+                url,
+                extensions: mem::take(&mut extensions),
+            });
+            Ok(resp)
+        })
+    }
+}
