@@ -4,10 +4,12 @@
 //! share it; the tower service boxes it into its `ResponseFuture`.
 
 use crate::body::{collect_bounded, CollectError, ResponseBody};
+use crate::capability::{self, PriceGuard, SkipReason};
 use crate::inspect::BodyFacts;
 use crate::json::{Edit, ReplayBody};
 use crate::native;
 use crate::policy::{self, Action, Observed, Policy, ResponseInfo};
+use crate::report::UpstreamError;
 use crate::report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution};
 use crate::request::{index_request, removals, BadRequest, MemberSpan, RequestIndex};
 use crate::stream::{CommittedStream, Signal, SseTracker};
@@ -134,9 +136,46 @@ where
             usage: None,
             elapsed: Duration::ZERO,
         };
-        let deadline = shared.chain.get_deadline().map(|d| started + d);
+        let chain = &shared.chain;
+        let deadline = chain.get_deadline().map(|d| started + d);
+        // Needs are only read when some route declares limits.
+        let needs = chain.checks_needs().then(|| capability::detect(&body, &index));
+        let guard = parts
+            .extensions
+            .get::<PriceGuard>()
+            .copied()
+            .or(chain.get_price_guard());
+        let cap = guard.and_then(|g| chain.price_cap(g));
+        if guard.is_some() && cap.is_none() {
+            tracing::warn!("llm fallback price guard inactive: the primary's price is unknown");
+        }
+        // After a `context_length_exceeded`: only larger windows are worth a try.
+        let mut overflowed_window: Option<u64> = None;
+        let mut sent = 0usize;
 
-        for (i, route) in shared.chain.routes().iter().enumerate() {
+        for (i, route) in chain.routes().iter().enumerate() {
+            let skip = needs
+                .as_ref()
+                .and_then(|n| route.unfit(n))
+                .or_else(|| {
+                    let failed_window = overflowed_window?;
+                    (route.get_context_window()? <= failed_window)
+                        .then_some(SkipReason::NotLargerWindow { failed_window })
+                })
+                .or_else(|| {
+                    let cap = cap?;
+                    let primary_exempt = i == 0 && guard == Some(PriceGuard::NotAbovePrimary);
+                    match route.get_price() {
+                        _ if primary_exempt => None,
+                        Some(p) if p.within(cap) => None,
+                        price => Some(SkipReason::PriceCap { price }),
+                    }
+                });
+            if let Some(reason) = skip {
+                tracing::debug!(model = route.model(), reason = %reason, "llm fallback skipped a route");
+                report.attempts.push(AttemptRecord::skipped(i, route, reason));
+                continue;
+            }
             let now = Instant::now();
             let remaining = deadline.map(|d| d.saturating_duration_since(now));
             if remaining == Some(Duration::ZERO) {
@@ -174,7 +213,8 @@ where
                 error.type = Empty,
             );
 
-            let call = send(&mut svc, i > 0, request, shared.max_response_bytes);
+            let call = send(&mut svc, sent > 0, request, shared.max_response_bytes);
+            sent += 1;
             let result = async {
                 match limit {
                     Some(l) => tokio::time::timeout(l, call).await.ok(),
@@ -197,6 +237,7 @@ where
                 served_model: None,
                 upstream_fell_back: false,
                 upstream_attempts: Vec::new(),
+                skip_reason: None,
                 elapsed,
             };
             let (action, answer) = match result {
@@ -269,6 +310,9 @@ where
             }
             if record.outcome.is_failure() {
                 tracing::warn!(parent: &attempt_span, attempt = %record, "llm fallback attempt failed");
+                if record.error.as_ref().is_some_and(UpstreamError::is_context_length) {
+                    overflowed_window = overflowed_window.max(route.get_context_window());
+                }
             }
             report.attempts.push(record);
 
@@ -564,7 +608,8 @@ fn finish<B>(mut resp: Response<B>, mut report: FallbackReport, started: Instant
     report.elapsed = started.elapsed();
     let headers = resp.headers_mut();
     set_header(headers, X_FALLBACK_MODEL, report.served_model());
-    headers.insert(X_FALLBACK_ATTEMPTS, HeaderValue::from(report.attempts.len()));
+    let sent = report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
+    headers.insert(X_FALLBACK_ATTEMPTS, HeaderValue::from(sent));
     match report.served_label() {
         Some(l) => set_header(headers, X_FALLBACK_LABEL, l),
         None => {
@@ -625,6 +670,20 @@ fn too_large<B>(limit: usize, started: Instant) -> Response<ResponseBody<B>> {
 /// the deadline ended the chain) with every attempt named, whatever the last
 /// failure was.
 fn exhausted<B>(mut report: FallbackReport, started: Instant) -> Response<ResponseBody<B>> {
+    if !report.attempts.iter().any(|a| a.outcome.was_sent()) && !report.attempts.is_empty() {
+        // Nothing was sent: no route can serve this request as it is.
+        let reasons: Vec<String> = report.attempts.iter().map(ToString::to_string).collect();
+        let bad = BadRequest {
+            code: "no_route_fits",
+            param: None,
+            message: format!("no route of the chain can serve this request: {}", reasons.join("; ")),
+        };
+        let mut resp = reject(StatusCode::BAD_REQUEST, &bad, started);
+        report.resolution = Resolution::Rejected;
+        report.elapsed = started.elapsed();
+        resp.extensions_mut().insert(report);
+        return resp;
+    }
     report.elapsed = started.elapsed();
     let exhausted = Exhausted::new(report);
     tracing::warn!(error = %exhausted, "llm fallback chain exhausted");

@@ -151,6 +151,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod capability;
 mod engine;
 mod future;
 mod inspect;
@@ -172,6 +173,7 @@ pub mod testing;
 #[cfg(feature = "reqwest")]
 pub use crate::reqwest::{FallbackMiddleware, StreamingBodyError};
 pub use body::ResponseBody;
+pub use capability::{Capabilities, Needs, Price, PriceGuard, SkipReason, BYTES_PER_TOKEN};
 pub use future::ResponseFuture;
 pub use json::ReplayBody;
 pub use layer::{FallbackLayer, FallbackService};

@@ -1,5 +1,6 @@
 //! What happened to a request: which model served and why the others failed.
 
+use crate::capability::SkipReason;
 use http::StatusCode;
 use std::{fmt, sync::Arc, time::Duration};
 
@@ -44,6 +45,15 @@ impl UpstreamError {
     /// behind "Provider returned error".
     pub fn raw(&self) -> Option<&str> {
         self.raw.as_deref()
+    }
+
+    /// The error says the prompt did not fit the model's context window.
+    pub fn is_context_length(&self) -> bool {
+        self.error_type.as_deref() == Some("context_length_exceeded")
+            || [&self.message, &self.raw].into_iter().flatten().any(|m| {
+                let m = m.to_ascii_lowercase();
+                m.contains("context length") || m.contains("context_length") || m.contains("context window")
+            })
     }
 
     /// The error is a moderation or content-policy block
@@ -104,6 +114,9 @@ pub enum Outcome {
     StreamBroken,
     /// The caller dropped a streamed answer before it ended.
     Abandoned,
+    /// The route was not tried: it cannot serve this request (capability,
+    /// context window, price cap); see [`AttemptRecord::skip_reason`].
+    Skipped,
 }
 
 impl Outcome {
@@ -119,12 +132,21 @@ impl Outcome {
             Outcome::DeadlineExceeded => "deadline_exceeded",
             Outcome::StreamBroken => "stream_broken",
             Outcome::Abandoned => "abandoned",
+            Outcome::Skipped => "skipped",
         }
     }
 
     /// The attempt failed (the chain moved on or ended because of it).
     pub fn is_failure(self) -> bool {
-        !matches!(self, Outcome::Served | Outcome::Stopped | Outcome::Abandoned)
+        !matches!(
+            self,
+            Outcome::Served | Outcome::Stopped | Outcome::Abandoned | Outcome::Skipped
+        )
+    }
+
+    /// A request was sent for this attempt (it was not skipped).
+    pub fn was_sent(self) -> bool {
+        self != Outcome::Skipped
     }
 
     /// This attempt's response went to the caller.
@@ -156,10 +178,29 @@ pub struct AttemptRecord {
     pub(crate) served_model: Option<String>,
     pub(crate) upstream_fell_back: bool,
     pub(crate) upstream_attempts: Vec<UpstreamAttempt>,
+    pub(crate) skip_reason: Option<SkipReason>,
     pub(crate) elapsed: Duration,
 }
 
 impl AttemptRecord {
+    pub(crate) fn skipped(index: usize, route: &crate::Route, reason: SkipReason) -> Self {
+        AttemptRecord {
+            index,
+            model: route.model_arc().clone(),
+            label: route.label_arc().cloned(),
+            outcome: Outcome::Skipped,
+            status: None,
+            error: None,
+            transport: None,
+            retry_after: None,
+            served_model: None,
+            upstream_fell_back: false,
+            upstream_attempts: Vec::new(),
+            skip_reason: Some(reason),
+            elapsed: Duration::ZERO,
+        }
+    }
+
     /// Position of the route in the chain, from 0.
     pub fn index(&self) -> usize {
         self.index
@@ -227,6 +268,11 @@ impl AttemptRecord {
         &self.upstream_attempts
     }
 
+    /// Why the route was skipped, for [`Outcome::Skipped`].
+    pub fn skip_reason(&self) -> Option<&SkipReason> {
+        self.skip_reason.as_ref()
+    }
+
     /// Time from sending this attempt to its outcome.
     pub fn elapsed(&self) -> Duration {
         self.elapsed
@@ -266,6 +312,13 @@ impl fmt::Display for AttemptRecord {
                 }
             }
             Outcome::Abandoned => f.write_str("stream dropped by the caller")?,
+            Outcome::Skipped => {
+                f.write_str("skipped")?;
+                if let Some(r) = &self.skip_reason {
+                    write!(f, " ({r})")?;
+                }
+                return Ok(());
+            }
             Outcome::Transport => write!(f, "transport error: {}", self.transport.as_deref().unwrap_or("unknown"))?,
             _ => {
                 if let Some(s) = self.status {
@@ -438,7 +491,11 @@ impl fmt::Display for FallbackReport {
             Resolution::DeadlineExceeded => write!(f, "deadline exceeded after {} attempt(s)", self.attempts.len())?,
             Resolution::Rejected => f.write_str("request rejected before any attempt")?,
         }
-        for a in self.attempts.iter().filter(|a| a.outcome.is_failure()) {
+        for a in self
+            .attempts
+            .iter()
+            .filter(|a| a.outcome.is_failure() || !a.outcome.was_sent())
+        {
             write!(f, "; {a}")?;
         }
         Ok(())
@@ -496,7 +553,7 @@ impl Exhausted {
 
 impl fmt::Display for Exhausted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.report.attempts.len();
+        let n = self.report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
         match self.report.resolution {
             Resolution::DeadlineExceeded => write!(f, "the fallback deadline expired after {n} attempt(s)")?,
             _ => write!(f, "all {n} fallback route(s) failed")?,

@@ -20,6 +20,19 @@ pub(crate) struct RequestIndex {
     pub(crate) models: Option<MemberSpan>,
     pub(crate) route: Option<MemberSpan>,
     pub(crate) transforms: Option<MemberSpan>,
+    /// Spans the capability checks read.
+    pub(crate) needs: NeedSpans,
+}
+
+/// Where the members that say what a request needs sit.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NeedSpans {
+    pub(crate) messages: Option<Range<usize>>,
+    pub(crate) tools: Option<(Range<usize>, ValueKind)>,
+    pub(crate) functions: Option<(Range<usize>, ValueKind)>,
+    pub(crate) tool_choice: Option<Range<usize>>,
+    pub(crate) response_format: Option<Range<usize>>,
+    pub(crate) max_tokens: Option<Range<usize>>,
 }
 
 /// Where a top-level member sits among its neighbours, so it can be
@@ -93,6 +106,7 @@ pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
     let mut ordinal = 0usize;
     let mut prev_value_end = None;
     let mut last_recorded: Option<usize> = None;
+    let mut needs = NeedSpans::default();
     let scanned = scan::scan_object(body, |m| {
         if let Some(k) = last_recorded.take() {
             if let Some(span) = openrouter[k].as_mut() {
@@ -127,6 +141,14 @@ pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
         match &*m.key {
             "model" => model = Some((m.value.clone(), m.kind)),
             "stream" => stream = Some(m.kind == ValueKind::True),
+            "messages" => needs.messages = Some(m.value.clone()),
+            "tools" => needs.tools = Some((m.value.clone(), m.kind)),
+            "functions" => needs.functions = Some((m.value.clone(), m.kind)),
+            "tool_choice" => needs.tool_choice = Some(m.value.clone()),
+            "response_format" => needs.response_format = Some(m.value.clone()),
+            "max_tokens" | "max_completion_tokens" if m.kind == ValueKind::Number => {
+                needs.max_tokens = Some(m.value.clone())
+            }
             _ => {}
         }
         Ok(())
@@ -178,6 +200,7 @@ pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
         models,
         route,
         transforms,
+        needs,
     })
 }
 

@@ -1,5 +1,6 @@
 //! Routes and chains: which models to try, in which order, for how long.
 
+use crate::capability::{Capabilities, Needs, Price, PriceGuard, SkipReason};
 use crate::native::{self, Endpoint, ProviderPrefs, MAX_NATIVE_FALLBACKS};
 use bytes::Bytes;
 use std::{fmt, sync::Arc, time::Duration};
@@ -36,6 +37,10 @@ pub struct Route {
     fallbacks_json: Option<Bytes>,
     endpoint: Option<Endpoint>,
     metadata: bool,
+    capabilities: Option<Capabilities>,
+    context_window: Option<u64>,
+    max_output_tokens: Option<u64>,
+    price: Option<Price>,
 }
 
 impl Route {
@@ -55,6 +60,10 @@ impl Route {
             fallbacks_json: None,
             endpoint: None,
             metadata: false,
+            capabilities: None,
+            context_window: None,
+            max_output_tokens: None,
+            price: None,
         }
     }
 
@@ -134,6 +143,35 @@ impl Route {
         self
     }
 
+    /// Declares what this route's model can do. A request needing something
+    /// it cannot do (tools, images, audio, structured output) skips it.
+    /// Without a declaration the route is assumed able to do anything.
+    pub fn capabilities(mut self, capabilities: Capabilities) -> Self {
+        self.capabilities = Some(capabilities);
+        self
+    }
+
+    /// The model's context window in tokens. A request whose estimated
+    /// prompt plus `max_tokens` exceeds it skips the route; after a
+    /// `context_length_exceeded`, only routes with a larger window are tried.
+    pub fn context_window(mut self, tokens: u64) -> Self {
+        self.context_window = Some(tokens);
+        self
+    }
+
+    /// Most tokens the model can generate; a request asking for more skips it.
+    pub fn max_output_tokens(mut self, tokens: u64) -> Self {
+        self.max_output_tokens = Some(tokens);
+        self
+    }
+
+    /// The model's price, for [`PriceGuard`]s. A model id ending in `:free`
+    /// is known to be free without it.
+    pub fn price(mut self, price: Price) -> Self {
+        self.price = Some(price);
+        self
+    }
+
     /// The model id sent upstream.
     pub fn model(&self) -> &str {
         &self.model
@@ -172,6 +210,49 @@ impl Route {
     /// The endpoint, if this route has its own.
     pub fn get_endpoint(&self) -> Option<&Endpoint> {
         self.endpoint.as_ref()
+    }
+
+    /// The declared capabilities, if any.
+    pub fn get_capabilities(&self) -> Option<Capabilities> {
+        self.capabilities
+    }
+
+    /// The context window, if declared.
+    pub fn get_context_window(&self) -> Option<u64> {
+        self.context_window
+    }
+
+    /// The price: declared, or free for `:free` model ids.
+    pub fn get_price(&self) -> Option<Price> {
+        self.price
+            .or_else(|| self.model.ends_with(":free").then_some(Price::FREE))
+    }
+
+    /// Declares anything a request's needs are checked against.
+    pub(crate) fn has_limits(&self) -> bool {
+        self.capabilities.is_some() || self.context_window.is_some() || self.max_output_tokens.is_some()
+    }
+
+    /// Why this route cannot serve a request with `needs`, if it cannot.
+    pub(crate) fn unfit(&self, needs: &Needs) -> Option<SkipReason> {
+        if let Some(caps) = self.capabilities {
+            let missing = needs.capabilities.missing_from(caps);
+            if !missing.is_empty() {
+                return Some(SkipReason::Capability { missing });
+            }
+        }
+        if let Some(window) = self.context_window {
+            if needs.context_tokens() > window {
+                return Some(SkipReason::ContextWindow {
+                    needed: needs.context_tokens(),
+                    window,
+                });
+            }
+        }
+        match (self.max_output_tokens, needs.max_output_tokens) {
+            (Some(limit), Some(requested)) if requested > limit => Some(SkipReason::MaxOutput { requested, limit }),
+            _ => None,
+        }
     }
 
     pub(crate) fn provider_json(&self) -> Option<&Bytes> {
@@ -231,6 +312,10 @@ impl fmt::Debug for Route {
             .field("native_fallbacks", &self.fallbacks)
             .field("endpoint", &self.endpoint)
             .field("openrouter_metadata", &self.metadata)
+            .field("capabilities", &self.capabilities)
+            .field("context_window", &self.context_window)
+            .field("max_output_tokens", &self.max_output_tokens)
+            .field("price", &self.price)
             .finish()
     }
 }
@@ -258,6 +343,7 @@ impl fmt::Debug for Route {
 pub struct Chain {
     routes: Arc<[Route]>,
     deadline: Option<Duration>,
+    price_guard: Option<PriceGuard>,
 }
 
 impl Chain {
@@ -276,7 +362,11 @@ impl Chain {
             !routes.is_empty(),
             "llm_fallback::Chain::new: a chain needs at least one route"
         );
-        Chain { routes, deadline: None }
+        Chain {
+            routes,
+            deadline: None,
+            price_guard: None,
+        }
     }
 
     /// Bounds the whole chain: no attempt runs past `deadline` after the
@@ -285,6 +375,33 @@ impl Chain {
     pub fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
         self
+    }
+
+    /// Caps what fallbacks may cost (see [`PriceGuard`]); a `PriceGuard` in
+    /// a request's extensions overrides it for that request.
+    pub fn price_guard(mut self, guard: PriceGuard) -> Self {
+        self.price_guard = Some(guard);
+        self
+    }
+
+    /// The price guard, if set.
+    pub fn get_price_guard(&self) -> Option<PriceGuard> {
+        self.price_guard
+    }
+
+    /// The most a route may cost under `guard`, or `None` when the guard
+    /// cannot apply (a primary of unknown price under `NotAbovePrimary`).
+    pub(crate) fn price_cap(&self, guard: PriceGuard) -> Option<Price> {
+        match guard {
+            PriceGuard::FreeOnly => Some(Price::FREE),
+            PriceGuard::Max(p) => Some(p),
+            PriceGuard::NotAbovePrimary => self.routes[0].get_price(),
+        }
+    }
+
+    /// Some route declares limits, so requests' needs must be read.
+    pub(crate) fn checks_needs(&self) -> bool {
+        self.routes.iter().any(Route::has_limits)
     }
 
     /// The routes, in the order they are tried.
