@@ -702,6 +702,7 @@ fn exhausted<B>(mut report: FallbackReport, started: Instant) -> Response<Respon
                 "message": e.and_then(|e| e.message()).or(a.transport_error()),
                 "provider_name": e.and_then(|e| e.provider_name()),
                 "raw": e.and_then(|e| e.raw()),
+                "skip_reason": a.skip_reason().map(ToString::to_string),
                 "elapsed_ms": a.elapsed().as_millis() as u64,
             })
         })

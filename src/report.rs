@@ -554,9 +554,13 @@ impl Exhausted {
 impl fmt::Display for Exhausted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
+        let skipped = self.report.attempts.len() - n;
         match self.report.resolution {
             Resolution::DeadlineExceeded => write!(f, "the fallback deadline expired after {n} attempt(s)")?,
             _ => write!(f, "all {n} fallback route(s) failed")?,
+        }
+        if skipped > 0 {
+            write!(f, " ({skipped} skipped)")?;
         }
         for (i, a) in self.report.attempts.iter().enumerate() {
             f.write_str(if i == 0 { ": " } else { "; " })?;
