@@ -61,8 +61,85 @@
 //! | a method other than `POST` | `405` JSON error with `Allow: POST` |
 //! | a body that is not a JSON object | `400` `Invalid JSON body: ...` |
 //! | no string `model` | `400` `No model specified` |
+//! | more than 3 entries in `models` | `400` `'models' array must have 3 items or fewer` |
+//! | `models` not an array of strings | `400` `'models' must be an array of model IDs, found ...` |
+//! | a `provider` object OpenRouter would refuse (unknown key, wrong type) | `400` `Invalid provider preferences: ...` (serde's message, naming the key) |
+//! | `route` other than `"fallback"` or `"sort"` | `400` `Invalid route ...: expected "fallback" or "sort"` |
 //! | a model with no script | `400` `<model> is not a valid model ID` |
 //! | a scripted model | the script's next [`Reply`] |
+//! | `model` plus `models`, or a model with [provider scripts](MockUpstream::provider) | OpenRouter's server-side routing, below |
+//!
+//! # Server-side routing
+//!
+//! Like OpenRouter, the mock falls back on its side within one HTTP request.
+//! The candidates are `model`, then each entry of `models` in order; a
+//! model scripted per provider with [`MockUpstream::provider`] is one
+//! candidate per allowed provider, all of them before the next model. For
+//! such a model the `provider` object picks the providers: the entries of
+//! `order` that serve the model, in that order, then (unless
+//! `allow_fallbacks` is `false`) its other providers in registration order;
+//! `only` keeps the providers it names and `ignore` drops them (names match
+//! ignoring ASCII case). With none left, that model fails with `404` `No
+//! allowed providers are available for the selected model.` A model scripted
+//! with [`MockUpstream::model`] has one provider, its script, whatever the
+//! `provider` object says. `route` (`"fallback"` or the deprecated `"sort"`)
+//! changes nothing: models are tried in turn either way.
+//!
+//! Each candidate draws its script's next reply, advancing the script as a
+//! request of its own would, and takes the reply's
+//! [latency](Reply::latency). The first success is served, with the
+//! candidate as the body's `model` and the provider as its `provider`. Every
+//! error is tried over: a non-2xx status other than 401 and 402,
+//! [`ok_with_error`](Reply::ok_with_error), [`no_choices`](Reply::no_choices),
+//! [`finish_reason_error`](Reply::finish_reason_error), a model with no
+//! script. A 401 or 402 is served at once (it is about the account, not the
+//! model), a [`hang`](Reply::hang) hangs and a
+//! [`transport_error`](Reply::transport_error) drops the connection. A
+//! [`stream`](Reply::stream) counts as a success whatever it sends later:
+//! OpenRouter cannot fall back once a token is out, and the mock does not
+//! look ahead for an error before the first token. When every candidate
+//! fails, the last one's error is served.
+//!
+//! With the request header `X-OpenRouter-Metadata: enabled`, a successful
+//! completion (not a stream) carries
+//! `"openrouter_metadata":{"attempts":[...]}`, one entry per try in order:
+//! `{"model":..,"provider":..,"status":..}` plus `"error":{"message":..}` for
+//! a failure. `provider` is `null` when no provider was reached (a model
+//! with no script or no allowed provider); `status` is the HTTP status, or
+//! 502 for a 200 that is really an error. [`MockUpstream::tries`] and
+//! [`MockUpstream::tries_for_provider`] count the tries.
+//!
+//! ```
+//! use llm_fallback::testing::{MockUpstream, Reply};
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstream = MockUpstream::new()
+//!     .provider("anthropic/claude-3.5-sonnet", "Anthropic", Reply::status(529))
+//!     .provider("anthropic/claude-3.5-sonnet", "Amazon Bedrock", Reply::status(429))
+//!     .model("openai/gpt-4o", Reply::ok().provider("OpenAI"));
+//! let request = http::Request::post("http://openrouter.test/api/v1/chat/completions")
+//!     .header("x-openrouter-metadata", "enabled")
+//!     .body(r#"{"model":"anthropic/claude-3.5-sonnet","models":["openai/gpt-4o"],"messages":[]}"#.to_string())
+//!     .unwrap();
+//! let response = upstream.clone().oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), 200);
+//! let bytes = response.into_body().collect().await.unwrap().to_bytes();
+//! let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+//! assert_eq!(body["model"], "openai/gpt-4o");
+//! let attempts = body["openrouter_metadata"]["attempts"].as_array().unwrap();
+//! let tried: Vec<_> = attempts.iter().map(|a| (a["provider"].as_str().unwrap(), a["status"].as_u64().unwrap())).collect();
+//! assert_eq!(tried, [("Anthropic", 529), ("Amazon Bedrock", 429), ("OpenAI", 200)]);
+//!
+//! // One HTTP request, three tries.
+//! assert_eq!(upstream.request_count("anthropic/claude-3.5-sonnet"), 1);
+//! assert_eq!(upstream.tries("anthropic/claude-3.5-sonnet"), 2);
+//! assert_eq!(upstream.tries_for_provider("anthropic/claude-3.5-sonnet", "Amazon Bedrock"), 1);
+//! assert_eq!(upstream.tries("openai/gpt-4o"), 1);
+//! # }
+//! ```
 //!
 //! # Streams
 //!
@@ -82,6 +159,7 @@
 
 mod body;
 mod reply;
+mod routing;
 mod server;
 mod sse;
 mod stream;
@@ -106,7 +184,11 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower_service::Service;
 
-use reply::{error_body, Action, Ctx};
+use reply::{error_body, Action, Ctx, Verdict};
+use routing::{Attempt, METADATA_HEADER};
+
+/// The 404 of a model whose providers the `provider` object all excludes.
+const NO_ALLOWED_PROVIDERS: &str = "No allowed providers are available for the selected model.";
 
 /// The paths the mock serves.
 const CHAT_PATHS: [&str; 2] = ["/api/v1/chat/completions", "/v1/chat/completions"];
@@ -134,14 +216,67 @@ pub struct MockUpstream {
 struct Shared {
     models: Mutex<HashMap<String, Slot>>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Replies drawn per model, server-side tries included.
+    tries: Mutex<HashMap<String, Tries>>,
     generations: AtomicU64,
 }
 
+/// How a model is scripted.
 #[derive(Debug)]
-struct Slot {
+enum Slot {
+    /// One script, whoever serves the model ([`MockUpstream::model`]).
+    Plain(Counted),
+    /// One script per provider, in registration order (never empty).
+    Providers(Vec<(String, Counted)>),
+}
+
+#[derive(Debug)]
+struct Counted {
     script: Script,
-    /// Requests this script has answered.
+    /// Replies this script has given.
     served: usize,
+}
+
+impl Counted {
+    fn new(script: Script) -> Self {
+        Self { script, served: 0 }
+    }
+
+    fn draw(&mut self) -> Reply {
+        let reply = self.script.reply(self.served).clone();
+        self.served = self.served.saturating_add(1);
+        reply
+    }
+}
+
+#[derive(Debug, Default)]
+struct Tries {
+    all: usize,
+    by_provider: HashMap<String, usize>,
+}
+
+/// Who may serve a model, for one request.
+enum Lookup {
+    /// No script: not a valid model ID.
+    Unknown,
+    /// Its plain script.
+    Plain,
+    /// These providers, in the order to try.
+    Providers(Vec<String>),
+    /// It has provider scripts, but the `provider` object allows none.
+    NoneAllowed,
+}
+
+/// What one request is answered with.
+enum Pick {
+    /// A drawn reply.
+    Reply {
+        reply: Box<Reply>,
+        model: String,
+        provider: Option<String>,
+    },
+    /// An error of the mock's own (a model with no script or no allowed provider).
+    Mock { status: StatusCode, message: String },
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -163,13 +298,58 @@ impl MockUpstream {
 
     /// Replaces the script of `name` (or adds the model) while the upstream
     /// is in use, e.g. to force a primary to fail in a chaos drill. The
-    /// model's next request gets the new script's first reply.
+    /// model's next request gets the new script's first reply. Provider
+    /// scripts of the model are dropped: the new script serves it alone.
     pub fn set_script(&self, name: impl Into<String>, script: impl Into<Script>) {
-        let slot = Slot {
-            script: script.into(),
-            served: 0,
-        };
+        let slot = Slot::Plain(Counted::new(script.into()));
         lock(&self.shared.models).insert(name.into(), slot);
+    }
+
+    /// Scripts `model` as served by `provider` (builder form of
+    /// [`set_provider_script`](Self::set_provider_script)). Call it once per
+    /// provider: the order of the calls is the order OpenRouter tries them
+    /// in when the request's `provider` object does not say otherwise (see
+    /// [server-side routing](self#server-side-routing)).
+    ///
+    /// ```
+    /// use llm_fallback::testing::{MockUpstream, Reply};
+    ///
+    /// // Azure is down; OpenRouter falls back to OpenAI on its side, unless
+    /// // the request says `"provider":{"order":["Azure"],"allow_fallbacks":false}`.
+    /// let upstream = MockUpstream::new()
+    ///     .provider("openai/gpt-4o", "Azure", Reply::status(503))
+    ///     .provider("openai/gpt-4o", "OpenAI", Reply::ok());
+    /// # let _ = upstream;
+    /// ```
+    pub fn provider(self, model: impl Into<String>, provider: impl Into<String>, script: impl Into<Script>) -> Self {
+        self.set_provider_script(model, provider, script);
+        self
+    }
+
+    /// Replaces the script of `provider` for `model`, or adds the provider
+    /// after the model's others, while the upstream is in use. The
+    /// provider's next try gets the new script's first reply; the model's
+    /// other providers keep their scripts and positions. A plain script set
+    /// with [`model`](Self::model) is dropped: once a model has a provider
+    /// script, its providers serve it.
+    pub fn set_provider_script(
+        &self,
+        model: impl Into<String>,
+        provider: impl Into<String>,
+        script: impl Into<Script>,
+    ) {
+        let (provider, counted) = (provider.into(), Counted::new(script.into()));
+        let mut models = lock(&self.shared.models);
+        let slot = models
+            .entry(model.into())
+            .or_insert_with(|| Slot::Providers(Vec::new()));
+        match slot {
+            Slot::Providers(list) => match list.iter_mut().find(|(name, _)| *name == provider) {
+                Some((_, existing)) => *existing = counted,
+                None => list.push((provider, counted)),
+            },
+            Slot::Plain(_) => *slot = Slot::Providers(vec![(provider, counted)]),
+        }
     }
 
     /// Every request received, in arrival order.
@@ -186,8 +366,10 @@ impl MockUpstream {
             .collect()
     }
 
-    /// How many requests named `model` (since the last
-    /// [`clear_requests`](Self::clear_requests)).
+    /// How many HTTP requests named `model` as their top-level `model`
+    /// (since the last [`clear_requests`](Self::clear_requests)). Server-side
+    /// tries of `model` as an entry of `models` are not requests: see
+    /// [`tries`](Self::tries).
     pub fn request_count(&self, model: &str) -> usize {
         lock(&self.shared.requests)
             .iter()
@@ -195,17 +377,69 @@ impl MockUpstream {
             .count()
     }
 
-    /// Forgets the recorded requests. Scripts keep their position.
-    pub fn clear_requests(&self) {
-        lock(&self.shared.requests).clear();
+    /// How many replies were drawn from `model`'s scripts (plain or per
+    /// provider), server-side tries included, since the last
+    /// [`clear_requests`](Self::clear_requests). A model with no script, or
+    /// with no provider the request allowed, draws nothing.
+    pub fn tries(&self, model: &str) -> usize {
+        lock(&self.shared.tries).get(model).map_or(0, |t| t.all)
     }
 
-    /// The reply for the next request to `model`, advancing its script.
-    fn next_reply(&self, model: &str) -> Option<Reply> {
-        let mut models = lock(&self.shared.models);
-        let slot = models.get_mut(model)?;
-        let reply = slot.script.reply(slot.served).clone();
-        slot.served = slot.served.saturating_add(1);
+    /// How many replies were drawn from the script of `provider` for `model`
+    /// (see [`provider`](Self::provider)), since the last
+    /// [`clear_requests`](Self::clear_requests). Plain scripts count only in
+    /// [`tries`](Self::tries).
+    pub fn tries_for_provider(&self, model: &str, provider: &str) -> usize {
+        lock(&self.shared.tries)
+            .get(model)
+            .and_then(|t| t.by_provider.get(provider))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Forgets the recorded requests and the [`tries`](Self::tries). Scripts
+    /// keep their position.
+    pub fn clear_requests(&self) {
+        lock(&self.shared.requests).clear();
+        lock(&self.shared.tries).clear();
+    }
+
+    /// Who may serve `model` under `prefs`.
+    fn lookup(&self, model: &str, prefs: &crate::native::ProviderPrefs) -> Lookup {
+        match lock(&self.shared.models).get(model) {
+            None => Lookup::Unknown,
+            Some(Slot::Plain(_)) => Lookup::Plain,
+            Some(Slot::Providers(list)) => {
+                let registered: Vec<&str> = list.iter().map(|(name, _)| name.as_str()).collect();
+                let allowed = routing::providers(&registered, prefs);
+                if allowed.is_empty() {
+                    Lookup::NoneAllowed
+                } else {
+                    Lookup::Providers(allowed.into_iter().map(str::to_owned).collect())
+                }
+            }
+        }
+    }
+
+    /// The next reply of `model` (of its `provider`'s script), advancing the
+    /// script and counting the try. `None` if that script is gone (replaced
+    /// since the lookup).
+    fn draw(&self, model: &str, provider: Option<&str>) -> Option<Reply> {
+        let reply = {
+            let mut models = lock(&self.shared.models);
+            match (models.get_mut(model)?, provider) {
+                (Slot::Plain(counted), None) => counted.draw(),
+                (Slot::Providers(list), Some(p)) => list.iter_mut().find(|(name, _)| name == p)?.1.draw(),
+                _ => return None,
+            }
+        };
+        let mut tries = lock(&self.shared.tries);
+        let entry = tries.entry(model.to_owned()).or_default();
+        entry.all = entry.all.saturating_add(1);
+        if let Some(p) = provider {
+            let n = entry.by_provider.entry(p.to_owned()).or_default();
+            *n = n.saturating_add(1);
+        }
         Some(reply)
     }
 
@@ -218,6 +452,10 @@ impl MockUpstream {
             .and_then(Value::as_str)
             .map(str::to_owned);
         tracing::debug!(method = %parts.method, uri = %parts.uri, model = ?model, "mock upstream: request");
+        let want_metadata = parts
+            .headers
+            .get(METADATA_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enabled"));
         lock(&self.shared.requests).push(RecordedRequest {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
@@ -244,26 +482,111 @@ impl MockUpstream {
                 return Ok(json_error(StatusCode::BAD_REQUEST, &message));
             }
         };
-        if !value.is_object() {
+        let Value::Object(fields) = value else {
             let message = "Invalid JSON body: expected a JSON object";
             return Ok(json_error(StatusCode::BAD_REQUEST, message));
-        }
+        };
         let Some(model) = model else {
             let message = "No model specified: the body needs a string \"model\"";
             return Ok(json_error(StatusCode::BAD_REQUEST, message));
         };
-        let Some(reply) = self.next_reply(&model) else {
-            let message = format!("{model} is not a valid model ID");
-            return Ok(json_error(StatusCode::BAD_REQUEST, &message));
+        let plan = match routing::plan(&fields, model) {
+            Ok(plan) => plan,
+            Err(message) => return Ok(json_error(StatusCode::BAD_REQUEST, &message)),
         };
 
-        if reply.is_hang() {
-            return std::future::pending().await;
+        // Server-side routing: each model in turn, each allowed provider of
+        // a model in turn, until one succeeds.
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut last: Option<Pick> = None;
+        // The latency of a failure that was tried over, waited before the next try.
+        let mut pending: Option<std::time::Duration> = None;
+        for candidate in &plan.models {
+            if let Some(delay) = pending.take() {
+                tokio::time::sleep(delay).await;
+            }
+            let providers = match self.lookup(candidate, &plan.prefs) {
+                Lookup::Plain => vec![None],
+                Lookup::Providers(list) => list.into_iter().map(Some).collect(),
+                Lookup::Unknown => {
+                    let message = format!("{candidate} is not a valid model ID");
+                    last = Some(mock_failure(&mut attempts, candidate, StatusCode::BAD_REQUEST, message));
+                    continue;
+                }
+                Lookup::NoneAllowed => {
+                    let message = NO_ALLOWED_PROVIDERS.to_owned();
+                    last = Some(mock_failure(&mut attempts, candidate, StatusCode::NOT_FOUND, message));
+                    continue;
+                }
+            };
+            for provider in providers {
+                if let Some(delay) = pending.take() {
+                    tokio::time::sleep(delay).await;
+                }
+                let Some(reply) = self.draw(candidate, provider.as_deref()) else {
+                    let message = format!("{candidate} is not a valid model ID");
+                    last = Some(mock_failure(&mut attempts, candidate, StatusCode::BAD_REQUEST, message));
+                    continue;
+                };
+                if reply.is_hang() {
+                    return std::future::pending().await;
+                }
+                let shown = reply.provider_name(provider.as_deref()).to_owned();
+                let verdict = reply.verdict(candidate);
+                let pick = Pick::Reply {
+                    reply: Box::new(reply),
+                    model: candidate.clone(),
+                    provider,
+                };
+                match verdict {
+                    Verdict::Success(status) => {
+                        attempts.push(Attempt {
+                            model: candidate.clone(),
+                            provider: Some(shown),
+                            status: status.as_u16(),
+                            error: None,
+                        });
+                        let metadata = want_metadata.then(|| routing::metadata(&attempts));
+                        return self.serve(pick, body.len(), metadata).await;
+                    }
+                    Verdict::Final => return self.serve(pick, body.len(), None).await,
+                    Verdict::Failure { status, message } => {
+                        tracing::debug!(model = %candidate, provider = %shown, status, "mock upstream: server-side try failed");
+                        attempts.push(Attempt {
+                            model: candidate.clone(),
+                            provider: Some(shown),
+                            status,
+                            error: Some(message),
+                        });
+                        if let Pick::Reply { reply, .. } = &pick {
+                            pending = reply.delay();
+                        }
+                        last = Some(pick);
+                    }
+                }
+            }
         }
+        let last = last.expect("a plan has at least one model, and each try that fails sets `last`");
+        self.serve(last, body.len(), None).await
+    }
+
+    /// Answers with `pick`: renders a drawn reply after its latency.
+    async fn serve(
+        &self,
+        pick: Pick,
+        request_bytes: usize,
+        metadata: Option<Value>,
+    ) -> Result<Response<MockBody>, MockTransportError> {
+        let (reply, model, provider) = match pick {
+            Pick::Mock { status, message } => return Ok(json_error(status, &message)),
+            Pick::Reply { reply, model, provider } => (reply, model, provider),
+        };
         let ctx = Ctx {
             model: &model,
+            provider: provider.as_deref(),
             generation: self.shared.generations.fetch_add(1, Ordering::Relaxed) + 1,
-            request_bytes: body.len(),
+            request_bytes,
+            metadata,
         };
         let action = reply.render(&ctx);
         if let Some(delay) = reply.delay() {
@@ -275,6 +598,17 @@ impl MockUpstream {
             Action::Hang => std::future::pending().await,
         }
     }
+}
+
+/// Logs a try that failed in the mock itself and returns its answer.
+fn mock_failure(attempts: &mut Vec<Attempt>, model: &str, status: StatusCode, message: String) -> Pick {
+    attempts.push(Attempt {
+        model: model.to_owned(),
+        provider: None,
+        status: status.as_u16(),
+        error: Some(message.clone()),
+    });
+    Pick::Mock { status, message }
 }
 
 /// A JSON error answer of the mock itself (routing, bad body, unknown model).
@@ -367,6 +701,8 @@ impl RecordedRequest {
     }
 }
 
+#[cfg(test)]
+mod routing_tests;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]

@@ -107,7 +107,9 @@ impl Reply {
 
     /// Sets the `provider` field of a completion (of every chunk of a
     /// [`stream`](Reply::stream)), or `error.metadata.provider_name` of an
-    /// error (default `MockProvider`).
+    /// error. Default: the provider the reply was scripted for with
+    /// [`MockUpstream::provider`](super::MockUpstream::provider), else
+    /// `MockProvider`.
     pub fn provider(mut self, name: impl Into<String>) -> Self {
         self.provider = Some(name.into());
         self
@@ -135,8 +137,10 @@ impl Reply {
     /// | other | the status's reason phrase | `server` for 5xx |
     ///
     /// `metadata` (with `provider_name` and `raw`) is present when there is an
-    /// `error_type`, or when [`provider`](Reply::provider) or
-    /// [`raw_message`](Reply::raw_message) was set. Meant for error statuses:
+    /// `error_type`, when [`provider`](Reply::provider) or
+    /// [`raw_message`](Reply::raw_message) was set, or when the reply comes
+    /// from a provider's script ([`MockUpstream::provider`](super::MockUpstream::provider)).
+    /// Meant for error statuses:
     /// a 2xx code gives that status with an error body (see
     /// [`ok_with_error`](Reply::ok_with_error) for OpenRouter's own shape).
     ///
@@ -396,9 +400,47 @@ impl Reply {
         matches!(self.kind, Kind::Hang)
     }
 
+    /// The `provider` this reply shows: its own, else the one whose script
+    /// gave it, else `MockProvider`.
+    pub(super) fn provider_name<'a>(&'a self, scripted: Option<&'a str>) -> &'a str {
+        self.provider.as_deref().or(scripted).unwrap_or(DEFAULT_PROVIDER)
+    }
+
+    /// How OpenRouter's router treats this reply when it comes from one of
+    /// several candidates.
+    pub(super) fn verdict(&self, model: &str) -> Verdict {
+        let failure = |status: u16, message: &str| Verdict::Failure {
+            status,
+            message: message.to_owned(),
+        };
+        match &self.kind {
+            Kind::Completion => Verdict::Success(StatusCode::OK),
+            // Kept simple: OpenRouter cannot fall back once a token is out,
+            // and the mock does not look inside a stream.
+            Kind::Stream(_) => Verdict::Success(StatusCode::OK),
+            Kind::Hang | Kind::TransportError => Verdict::Final,
+            Kind::OkWithError | Kind::FinishReasonError => failure(502, "Provider returned error"),
+            Kind::NoChoices => failure(502, "Provider returned no choices"),
+            Kind::Error { status, .. } | Kind::Raw { status, .. } if is_account_error(*status) => Verdict::Final,
+            Kind::Error { status, message, .. } => Verdict::Failure {
+                status: status.as_u16(),
+                message: message.clone().unwrap_or_else(|| defaults(*status, model).0),
+            },
+            Kind::Raw { status, .. } if status.is_success() => Verdict::Success(*status),
+            Kind::Raw { status, body, .. } => {
+                let message = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|v| v.pointer("/error/message").and_then(Value::as_str).map(str::to_owned))
+                    .or_else(|| status.canonical_reason().map(str::to_owned))
+                    .unwrap_or_else(|| format!("HTTP {}", status.as_u16()));
+                failure(status.as_u16(), &message)
+            }
+        }
+    }
+
     /// Turns the reply into what the service does for one request.
     pub(super) fn render(&self, ctx: &Ctx<'_>) -> Action {
-        let provider = self.provider.as_deref().unwrap_or(DEFAULT_PROVIDER);
+        let provider = self.provider_name(ctx.provider);
         let served = self.served_model.as_deref().unwrap_or(ctx.model);
         let generation_id = format!("gen-mock-{}", ctx.generation);
         let (status, body, generation) = match &self.kind {
@@ -450,6 +492,9 @@ impl Reply {
                     }]),
                 );
                 body.insert("usage".into(), usage(ctx, &content));
+                if let Some(metadata) = &ctx.metadata {
+                    body.insert("openrouter_metadata".into(), metadata.clone());
+                }
                 (StatusCode::OK, Value::Object(body), true)
             }
             Kind::NoChoices => {
@@ -500,7 +545,11 @@ impl Reply {
                         "model_slug": ctx.model,
                         "raw": self.raw_message,
                     }))
-                } else if error_type.is_some() || self.provider.is_some() || self.raw_message.is_some() {
+                } else if error_type.is_some()
+                    || self.provider.is_some()
+                    || ctx.provider.is_some()
+                    || self.raw_message.is_some()
+                {
                     let mut m = Map::new();
                     if let Some(t) = error_type {
                         m.insert("error_type".into(), Value::String(t));
@@ -545,6 +594,12 @@ impl Reply {
 /// block and carries its metadata.
 fn message_is_default(reply: &Reply) -> bool {
     matches!(&reply.kind, Kind::Error { message: None, .. })
+}
+
+/// 401 and 402 are about the account, not the model: OpenRouter answers them
+/// without trying another candidate.
+fn is_account_error(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 401 | 402)
 }
 
 fn status_code(code: u16) -> StatusCode {
@@ -629,12 +684,28 @@ pub(super) fn error_body(code: u16, message: &str, metadata: Option<Value>) -> V
 /// What a reply needs to know about the request it answers.
 #[derive(Debug)]
 pub(super) struct Ctx<'a> {
-    /// The requested model.
+    /// The model tried (the requested one, or an entry of `models`).
     pub(super) model: &'a str,
+    /// The provider whose script gave the reply, if the model has provider
+    /// scripts: the default `provider` of the reply.
+    pub(super) provider: Option<&'a str>,
     /// The `n` of `gen-mock-<n>`.
     pub(super) generation: u64,
     /// Size of the request body (for `usage`).
     pub(super) request_bytes: usize,
+    /// `openrouter_metadata` for a completion, when the request asked for it.
+    pub(super) metadata: Option<Value>,
+}
+
+/// How the router treats a reply (see [`Reply::verdict`]).
+#[derive(Debug)]
+pub(super) enum Verdict {
+    /// Served: a completion or a stream, with its status.
+    Success(StatusCode),
+    /// Served as is, never tried over: 401, 402, a hang, a dropped connection.
+    Final,
+    /// Tried over while another candidate is left.
+    Failure { status: u16, message: String },
 }
 
 /// What the service does with a request.

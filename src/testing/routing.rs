@@ -1,0 +1,111 @@
+//! OpenRouter's server-side routing as the mock plays it: the candidates one
+//! request may try (`model`, then `models`; for each, its providers under the
+//! `provider` preferences) and the `openrouter_metadata` attempt log.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::native::{ProviderPrefs, MAX_NATIVE_FALLBACKS};
+
+/// The `X-OpenRouter-Metadata: enabled` request header.
+pub(super) const METADATA_HEADER: &str = "x-openrouter-metadata";
+
+/// What a valid request asks the router for.
+#[derive(Debug)]
+pub(super) struct Plan {
+    /// `model`, then the entries of `models`, in order.
+    pub(super) models: Vec<String>,
+    /// The `provider` object (defaults when absent).
+    pub(super) prefs: ProviderPrefs,
+}
+
+/// Reads `models`, `provider` and `route` of a request body the way
+/// OpenRouter checks them; `Err` holds the 400's message.
+pub(super) fn plan(body: &Map<String, Value>, model: String) -> Result<Plan, String> {
+    let mut models = vec![model];
+    match body.get("models") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            if list.len() > MAX_NATIVE_FALLBACKS {
+                return Err(format!(
+                    "'models' array must have {MAX_NATIVE_FALLBACKS} items or fewer"
+                ));
+            }
+            for entry in list {
+                let Value::String(id) = entry else {
+                    return Err(format!("'models' must be an array of model IDs, found {entry}"));
+                };
+                models.push(id.clone());
+            }
+        }
+        Some(other) => return Err(format!("'models' must be an array of model IDs, found {other}")),
+    }
+    let prefs = match body.get("provider") {
+        None | Some(Value::Null) => ProviderPrefs::default(),
+        // `ProviderPrefs` denies unknown keys, so serde's message names the key.
+        Some(value) => ProviderPrefs::deserialize(value).map_err(|e| format!("Invalid provider preferences: {e}"))?,
+    };
+    match body.get("route") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(route)) if route == "fallback" || route == "sort" => {}
+        Some(other) => return Err(format!("Invalid route {other}: expected \"fallback\" or \"sort\"")),
+    }
+    Ok(Plan { models, prefs })
+}
+
+/// The providers to try for a model with provider scripts (`registered`, in
+/// registration order), in the order OpenRouter would try them: the entries
+/// of `order` that serve the model, then (unless `allow_fallbacks` is false)
+/// the others; then `only` and `ignore` filter. Names match ignoring ASCII
+/// case, as OpenRouter matches slugs and display names loosely.
+pub(super) fn providers<'a>(registered: &[&'a str], prefs: &ProviderPrefs) -> Vec<&'a str> {
+    let same = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
+    let named = |list: &Option<Vec<String>>, name: &str| list.iter().flatten().any(|n| same(n, name));
+    let mut picked: Vec<&'a str> = Vec::new();
+    for wanted in prefs.order.iter().flatten() {
+        if let Some(&name) = registered.iter().find(|r| same(r, wanted)) {
+            if !picked.contains(&name) {
+                picked.push(name);
+            }
+        }
+    }
+    if prefs.allow_fallbacks != Some(false) {
+        for &name in registered {
+            if !picked.contains(&name) {
+                picked.push(name);
+            }
+        }
+    }
+    picked.retain(|name| prefs.only.is_none() || named(&prefs.only, name));
+    picked.retain(|name| !named(&prefs.ignore, name));
+    picked
+}
+
+/// One server-side try, as listed in `openrouter_metadata.attempts`.
+#[derive(Debug)]
+pub(super) struct Attempt {
+    pub(super) model: String,
+    /// `None` when no provider was reached (unknown model, none allowed).
+    pub(super) provider: Option<String>,
+    pub(super) status: u16,
+    /// The error message of a failed try.
+    pub(super) error: Option<String>,
+}
+
+/// `{"attempts":[{"model":..,"provider":..,"status":..,"error":{"message":..}}, ...]}`.
+pub(super) fn metadata(attempts: &[Attempt]) -> Value {
+    let attempts: Vec<Value> = attempts
+        .iter()
+        .map(|a| {
+            let mut entry = Map::new();
+            entry.insert("model".into(), Value::from(a.model.as_str()));
+            entry.insert("provider".into(), json!(a.provider));
+            entry.insert("status".into(), Value::from(a.status));
+            if let Some(message) = &a.error {
+                entry.insert("error".into(), json!({ "message": message }));
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    json!({ "attempts": attempts })
+}
