@@ -1,0 +1,113 @@
+//! Rewriting the `model` of realistic chat bodies, against the naive way
+//! (`serde_json::from_slice::<Value>` → set `model` → `to_vec`), for prose
+//! and escape-dense bodies from 1 KiB to 8 MiB.
+//!
+//! ```text
+//! cargo bench --bench rewrite
+//! ```
+//!
+//! `llm_fallback` is the whole rewrite as the layer does it: validate the
+//! top level, find the one `model`, skip everything nested, and build the
+//! `ReplayBody` that is sent (which shares the caller's buffer). After the
+//! groups, a table gives the speed-up and the scan rate in GB/s.
+
+#[path = "support/bodies.rs"]
+mod bodies;
+#[path = "support/summary.rs"]
+mod summary;
+
+use bodies::{chat_body, escape_density, naive_rewrite, Flavour, NEW_MODEL, SIZES};
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::{Duration, SystemTime};
+
+const FLAVOURS: [Flavour; 2] = [Flavour::Prose, Flavour::EscapeDense];
+
+fn group_name(flavour: Flavour) -> String {
+    format!("rewrite_{}", flavour.name())
+}
+
+fn bench(c: &mut Criterion) {
+    for flavour in FLAVOURS {
+        let mut group = c.benchmark_group(group_name(flavour));
+        for (name, size) in SIZES {
+            let body = Bytes::from(chat_body(flavour, size));
+            // Sanity: both ways agree before either is timed.
+            let ours = futures_collect(&body);
+            let naive: serde_json::Value = serde_json::from_slice(&naive_rewrite(&body, NEW_MODEL)).unwrap();
+            assert_eq!(serde_json::from_slice::<serde_json::Value>(&ours).unwrap(), naive);
+
+            group.throughput(Throughput::BytesDecimal(body.len() as u64));
+            if size >= 1 << 20 {
+                group.sample_size(20).measurement_time(Duration::from_secs(4));
+            } else {
+                group.sample_size(100).measurement_time(Duration::from_secs(3));
+            }
+            group.bench_with_input(BenchmarkId::new("llm_fallback", name), &body, |b, body| {
+                b.iter(|| llm_fallback::__private::rewrite_model(black_box(body), black_box(NEW_MODEL)).unwrap())
+            });
+            group.bench_with_input(BenchmarkId::new("serde_json_value", name), &body, |b, body| {
+                b.iter(|| naive_rewrite(black_box(body), black_box(NEW_MODEL)))
+            });
+        }
+        group.finish();
+    }
+}
+
+/// The rewritten body as one buffer (for the sanity check only).
+fn futures_collect(body: &Bytes) -> Vec<u8> {
+    use http_body::Body;
+    let mut replay = llm_fallback::__private::rewrite_model(body, NEW_MODEL).unwrap();
+    struct NoWake;
+    impl std::task::Wake for NoWake {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+    let waker = std::sync::Arc::new(NoWake).into();
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut out = Vec::with_capacity(replay.len() as usize);
+    while let std::task::Poll::Ready(Some(frame)) = std::pin::Pin::new(&mut replay).poll_frame(&mut cx) {
+        out.extend_from_slice(&frame.unwrap().into_data().unwrap());
+    }
+    out
+}
+
+fn summary(since: SystemTime) {
+    println!("\nrewrite summary (mean times of this run)");
+    println!(
+        "| body | size | escapes ‰ | llm_fallback | GB/s | serde_json Value | GB/s | speed-up |\n|---|---|---|---|---|---|---|---|"
+    );
+    for flavour in FLAVOURS {
+        for (name, size) in SIZES {
+            let group = group_name(flavour);
+            let (Some(ours), Some(naive)) = (
+                summary::mean_ns(since, &group, "llm_fallback", name),
+                summary::mean_ns(since, &group, "serde_json_value", name),
+            ) else {
+                continue;
+            };
+            let body = chat_body(flavour, size);
+            let len = body.len() as f64;
+            println!(
+                "| {} | {name} | {} | {} | {:.2} | {} | {:.3} | {:.1}× |",
+                flavour.name(),
+                escape_density(&body),
+                summary::time(ours),
+                len / ours,
+                summary::time(naive),
+                len / naive,
+                naive / ours
+            );
+        }
+    }
+}
+
+fn main() {
+    let since = SystemTime::now();
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+    if summary::measuring() {
+        summary(since);
+    }
+}
