@@ -1,0 +1,156 @@
+//! No allocation proportional to the body: a counting global allocator
+//! (this test binary's own) measures what one rewrite, and one request
+//! through the layer, allocate, for bodies from 1 KiB to 8 MiB.
+
+#[path = "../benches/support/bodies.rs"]
+mod bodies;
+#[path = "../benches/support/instant.rs"]
+mod instant;
+
+use bodies::{chat_body, Flavour, NEW_MODEL, REQUESTED_MODEL, SIZES};
+use bytes::Bytes;
+use http_body::Body;
+use llm_fallback::{Chain, FallbackLayer, Route};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tower::{Layer, ServiceExt};
+
+// ===== counting allocator =====
+
+/// Counts the bytes requested by the current thread (a thread-local, so the
+/// test harness's other threads do not disturb a measurement).
+struct Counting;
+
+thread_local! {
+    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn count(bytes: usize) {
+    // `try_with`: the allocator also runs while thread-locals are torn down.
+    let _ = ALLOCATED.try_with(|a| a.set(a.get() + bytes));
+}
+
+// SAFETY: every call is forwarded to `System` unchanged; counting touches
+// only a const-initialized thread-local `Cell`, which never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        System.alloc(layout)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count(layout.size());
+        System.alloc_zeroed(layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count(new_size);
+        System.realloc(ptr, layout, new_size)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Bytes allocated by this thread while `f` runs.
+fn allocated_by<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let before = ALLOCATED.with(Cell::get);
+    let out = f();
+    (ALLOCATED.with(Cell::get) - before, out)
+}
+
+struct NoWake;
+impl std::task::Wake for NoWake {
+    fn wake(self: std::sync::Arc<Self>) {}
+}
+
+/// Polls every frame of a replay body (always ready) and returns its length.
+fn send(mut body: llm_fallback::ReplayBody) -> usize {
+    let waker = std::sync::Arc::new(NoWake).into();
+    let mut cx = Context::from_waker(&waker);
+    let mut len = 0;
+    while let Poll::Ready(Some(frame)) = Pin::new(&mut body).poll_frame(&mut cx) {
+        len += frame.unwrap().into_data().unwrap().len();
+    }
+    len
+}
+
+/// What one rewrite may allocate besides the new model's literal: the
+/// decoded requested model and a few words of bookkeeping.
+const SLACK: usize = 64;
+
+#[test]
+fn a_rewrite_allocates_the_new_model_and_nothing_proportional_to_the_body() {
+    for flavour in [Flavour::Prose, Flavour::EscapeDense] {
+        for (name, size) in SIZES {
+            let body = Bytes::from(chat_body(flavour, size));
+            // The first slice of a `Bytes` made from a `Vec` allocates its
+            // shared header once; that is the caller's buffer, not a rewrite.
+            drop(body.clone());
+            for model in [NEW_MODEL, "m", &"vendor/".repeat(200)] {
+                let (bytes, sent) = allocated_by(|| {
+                    let replay = llm_fallback::__private::rewrite_model(&body, model).unwrap();
+                    send(replay)
+                });
+                assert_eq!(sent, body.len() - REQUESTED_MODEL.len() + model.len());
+                if model == NEW_MODEL {
+                    println!("{} {name}: one rewrite allocated {bytes} bytes", flavour.name());
+                }
+                assert!(
+                    bytes <= model.len() + 2 + REQUESTED_MODEL.len() + SLACK,
+                    "{} {name}: rewriting to a {}-byte model allocated {bytes} bytes",
+                    flavour.name(),
+                    model.len()
+                );
+            }
+        }
+    }
+}
+
+/// Bytes one request through the layer allocates, inner service included.
+fn per_request(rt: &tokio::runtime::Runtime, body: &Bytes, fail_first: usize) -> usize {
+    let chain = Chain::new([
+        Route::new("a/primary"),
+        Route::new("b/secondary"),
+        Route::new(NEW_MODEL),
+    ]);
+    let svc = FallbackLayer::new(chain).layer(instant::Instant::new(fail_first));
+    // Warm up (lazy statics, tracing callsites) before counting.
+    rt.block_on(async { instant::drain(svc.clone().oneshot(instant::request(body)).await.unwrap()).await });
+    let req = instant::request(body);
+    let (bytes, ()) = allocated_by(|| rt.block_on(async { instant::drain(svc.oneshot(req).await.unwrap()).await }));
+    bytes
+}
+
+#[test]
+fn the_layer_allocates_the_same_for_1_kib_and_8_mib() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for fail_first in [0, 2] {
+        let small = per_request(&rt, &Bytes::from(chat_body(Flavour::Prose, 1 << 10)), fail_first);
+        for flavour in [Flavour::Prose, Flavour::EscapeDense] {
+            let large = per_request(&rt, &Bytes::from(chat_body(flavour, 8 << 20)), fail_first);
+            println!(
+                "{} failures, {}: 1 KiB body {small} bytes allocated, 8 MiB body {large}",
+                fail_first,
+                flavour.name()
+            );
+            assert!(
+                large <= small + 1024,
+                "with {fail_first} failures an 8 MiB {} body allocated {large} bytes, a 1 KiB one {small}",
+                flavour.name()
+            );
+            // The whole request (report, headers, spans, the inner service's
+            // own work) stays small, far from a copy of any body.
+            assert!(large < 64 << 10, "{large} bytes allocated for one request");
+        }
+    }
+}
