@@ -13,7 +13,7 @@ use crate::report::UpstreamError;
 use crate::report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution};
 use crate::request::{index_request, removals, BadRequest, MemberSpan, RequestIndex};
 use crate::stream::{CommittedStream, Signal, SseTracker};
-use crate::{Attempt, BoxError, Chain, Route};
+use crate::{Attempt, BoxError, ChainName, ChainSet, Route};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -33,19 +33,55 @@ pub(crate) const X_FALLBACK_ATTEMPTS: HeaderName = HeaderName::from_static("x-fa
 /// Response header carrying the serving route's label.
 pub(crate) const X_FALLBACK_LABEL: HeaderName = HeaderName::from_static("x-fallback-label");
 
+/// Request header naming the chain to use; removed before forwarding.
+const X_FALLBACK_CHAIN: HeaderName = HeaderName::from_static("x-fallback-chain");
+
 /// Asks OpenRouter to report its own attempts in the body.
 const X_OPENROUTER_METADATA: HeaderName = HeaderName::from_static("x-openrouter-metadata");
 
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Everything a request needs that does not change between requests.
+/// Everything a request needs that does not change between requests; the
+/// front ends (tower layer, reqwest middleware) build it the same way.
 #[derive(Debug)]
 pub(crate) struct Shared<P> {
-    pub(crate) chain: Chain,
+    pub(crate) chains: ChainSet,
     pub(crate) policy: Arc<P>,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_response_bytes: usize,
+}
+
+impl<P> Shared<P> {
+    pub(crate) fn new(chains: ChainSet, policy: P) -> Self {
+        Shared {
+            chains,
+            policy: Arc::new(policy),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+
+    /// The same settings with another policy.
+    pub(crate) fn with_policy<Q>(&self, policy: Q) -> Shared<Q> {
+        Shared {
+            chains: self.chains.clone(),
+            policy: Arc::new(policy),
+            max_body_bytes: self.max_body_bytes,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
+}
+
+impl<P> Clone for Shared<P> {
+    fn clone(&self) -> Self {
+        Shared {
+            chains: self.chains.clone(),
+            policy: self.policy.clone(),
+            max_body_bytes: self.max_body_bytes,
+            max_response_bytes: self.max_response_bytes,
+        }
+    }
 }
 
 /// An upstream response after the engine looked at it.
@@ -131,15 +167,34 @@ where
             requested_model: Some(index.requested_model.clone()),
             served_model: None,
             provider: None,
-            attempts: Vec::with_capacity(shared.chain.routes().len()),
+            attempts: Vec::with_capacity(shared.chains.default_chain().routes().len()),
             resolution: Resolution::Exhausted,
             usage: None,
+            chain: None,
             elapsed: Duration::ZERO,
         };
-        let chain = &shared.chain;
+        // Needs are only read when some route declares limits or some chain
+        // is picked by them.
+        let needs = shared.chains.reads_needs().then(|| capability::detect(&body, &index));
+        let header_choice = parts.headers.remove(X_FALLBACK_CHAIN);
+        let explicit = match (parts.extensions.get::<ChainName>(), &header_choice) {
+            (Some(ChainName(name)), _) => Some(name.as_str()),
+            (None, Some(v)) => Some(v.to_str().unwrap_or("\u{fffd}")),
+            (None, None) => None,
+        };
+        let (mut chain_name, mut chain) = match shared.chains.select(explicit, needs.as_ref()) {
+            Ok(picked) => picked,
+            Err(message) => {
+                let bad = BadRequest {
+                    code: "unknown_chain",
+                    param: None,
+                    message,
+                };
+                return reject(StatusCode::BAD_REQUEST, &bad, started);
+            }
+        };
+        report.chain = Some(chain_name.to_owned());
         let deadline = chain.get_deadline().map(|d| started + d);
-        // Needs are only read when some route declares limits.
-        let needs = chain.checks_needs().then(|| capability::detect(&body, &index));
         let guard = parts
             .extensions
             .get::<PriceGuard>()
@@ -153,7 +208,10 @@ where
         let mut overflowed_window: Option<u64> = None;
         let mut sent = 0usize;
 
-        for (i, route) in chain.routes().iter().enumerate() {
+        let mut next = 0;
+        while let Some(route) = chain.routes().get(next) {
+            let i = next;
+            next += 1;
             let skip = needs
                 .as_ref()
                 .and_then(|n| route.unfit(n))
@@ -312,6 +370,21 @@ where
                 tracing::warn!(parent: &attempt_span, attempt = %record, "llm fallback attempt failed");
                 if record.error.as_ref().is_some_and(UpstreamError::is_context_length) {
                     overflowed_window = overflowed_window.max(route.get_context_window());
+                }
+                let blocked = record.error.as_ref().is_some_and(UpstreamError::is_moderation);
+                if let Some((name, policy_chain)) = shared
+                    .chains
+                    .content_policy_chain()
+                    .filter(|(n, _)| blocked && *n != chain_name)
+                {
+                    tracing::info!(
+                        from = chain_name,
+                        to = name,
+                        "llm fallback moved to the content-policy chain"
+                    );
+                    (chain_name, chain) = (name, policy_chain);
+                    report.chain = Some(name.to_owned());
+                    next = 0;
                 }
             }
             report.attempts.push(record);

@@ -1,11 +1,11 @@
 //! `FallbackLayer` and `FallbackService`.
 
 use crate::body::ResponseBody;
-use crate::engine::{self, Shared, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
+use crate::engine::{self, Shared};
 use crate::future::ResponseFuture;
 use crate::json::ReplayBody;
 use crate::policy::{DefaultPolicy, Policy};
-use crate::{BoxError, Chain};
+use crate::{BoxError, Chain, ChainSet};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
@@ -29,20 +29,19 @@ use tower_service::Service;
 /// # let _ = layer;
 /// ```
 pub struct FallbackLayer<P = DefaultPolicy> {
-    chain: Chain,
-    policy: Arc<P>,
-    max_body_bytes: usize,
-    max_response_bytes: usize,
+    shared: Shared<P>,
 }
 
 impl FallbackLayer {
     /// A layer trying `chain` with the [`DefaultPolicy`].
     pub fn new(chain: Chain) -> Self {
+        Self::with_chains(ChainSet::new(chain))
+    }
+
+    /// A layer with named chains (see [`ChainSet`]) and the [`DefaultPolicy`].
+    pub fn with_chains(chains: ChainSet) -> Self {
         FallbackLayer {
-            chain,
-            policy: Arc::new(DefaultPolicy),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            shared: Shared::new(chains, DefaultPolicy),
         }
     }
 }
@@ -51,10 +50,7 @@ impl<P> FallbackLayer<P> {
     /// Replaces the classification policy.
     pub fn with_policy<Q: Policy>(self, policy: Q) -> FallbackLayer<Q> {
         FallbackLayer {
-            chain: self.chain,
-            policy: Arc::new(policy),
-            max_body_bytes: self.max_body_bytes,
-            max_response_bytes: self.max_response_bytes,
+            shared: self.shared.with_policy(policy),
         }
     }
 
@@ -63,7 +59,7 @@ impl<P> FallbackLayer<P> {
     /// as soon as it passes the limit. Either way the caller gets `413` in
     /// OpenAI error JSON and the upstream is never called.
     pub fn max_body_bytes(mut self, limit: usize) -> Self {
-        self.max_body_bytes = limit;
+        self.shared.max_body_bytes = limit;
         self
     }
 
@@ -71,23 +67,25 @@ impl<P> FallbackLayer<P> {
     /// 16 MiB). A larger body is passed through unread and judged on its
     /// status alone.
     pub fn max_response_bytes(mut self, limit: usize) -> Self {
-        self.max_response_bytes = limit;
+        self.shared.max_response_bytes = limit;
         self
     }
 
-    /// The chain this layer tries.
+    /// The default chain this layer tries.
     pub fn chain(&self) -> &Chain {
-        &self.chain
+        self.shared.chains.default_chain()
+    }
+
+    /// Every chain of this layer.
+    pub fn chains(&self) -> &ChainSet {
+        &self.shared.chains
     }
 }
 
 impl<P> Clone for FallbackLayer<P> {
     fn clone(&self) -> Self {
         FallbackLayer {
-            chain: self.chain.clone(),
-            policy: self.policy.clone(),
-            max_body_bytes: self.max_body_bytes,
-            max_response_bytes: self.max_response_bytes,
+            shared: self.shared.clone(),
         }
     }
 }
@@ -95,10 +93,10 @@ impl<P> Clone for FallbackLayer<P> {
 impl<P> fmt::Debug for FallbackLayer<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackLayer")
-            .field("chain", &self.chain)
+            .field("chains", &self.shared.chains)
             .field("policy", &std::any::type_name::<P>())
-            .field("max_body_bytes", &self.max_body_bytes)
-            .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_body_bytes", &self.shared.max_body_bytes)
+            .field("max_response_bytes", &self.shared.max_response_bytes)
             .finish()
     }
 }
@@ -109,12 +107,7 @@ impl<S, P> Layer<S> for FallbackLayer<P> {
     fn layer(&self, inner: S) -> Self::Service {
         FallbackService {
             inner,
-            shared: Arc::new(Shared {
-                chain: self.chain.clone(),
-                policy: self.policy.clone(),
-                max_body_bytes: self.max_body_bytes,
-                max_response_bytes: self.max_response_bytes,
-            }),
+            shared: Arc::new(self.shared.clone()),
         }
     }
 }
@@ -184,7 +177,7 @@ impl<S: fmt::Debug, P> fmt::Debug for FallbackService<S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackService")
             .field("inner", &self.inner)
-            .field("chain", &self.shared.chain)
+            .field("chains", &self.shared.chains)
             .field("policy", &std::any::type_name::<P>())
             .finish()
     }

@@ -181,7 +181,7 @@ pub use policy::{DefaultPolicy, Policy};
 pub use report::{
     AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError, Usage,
 };
-pub use route::{Attempt, Chain, Route};
+pub use route::{Attempt, Chain, ChainName, ChainSet, Route};
 pub use stream::StreamReport;
 
 /// The boxed error type used where errors of different sources meet.

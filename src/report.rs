@@ -397,6 +397,7 @@ pub struct FallbackReport {
     pub(crate) attempts: Vec<AttemptRecord>,
     pub(crate) resolution: Resolution,
     pub(crate) usage: Option<Usage>,
+    pub(crate) chain: Option<String>,
     pub(crate) elapsed: Duration,
 }
 
@@ -409,6 +410,7 @@ impl FallbackReport {
             attempts: Vec::new(),
             resolution: Resolution::Rejected,
             usage: None,
+            chain: None,
             elapsed,
         }
     }
@@ -435,6 +437,13 @@ impl FallbackReport {
     /// The provider the upstream named in its body (`"provider"`), if any.
     pub fn provider(&self) -> Option<&str> {
         self.provider.as_deref()
+    }
+
+    /// The name of the chain that was used (`"default"` unless a
+    /// [`ChainSet`](crate::ChainSet) picked another; after a move to the
+    /// content-policy chain, that chain).
+    pub fn chain(&self) -> Option<&str> {
+        self.chain.as_deref()
     }
 
     /// The `model` the caller put in the request body.

@@ -5,10 +5,10 @@
 //! its upstream service, and turns the engine's answer back into a
 //! `reqwest::Response`.
 
-use crate::engine::{self, Shared, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_RESPONSE_BYTES};
+use crate::engine::{self, Shared};
 use crate::json::ReplayBody;
 use crate::policy::{DefaultPolicy, Policy};
-use crate::{Attempt, Chain};
+use crate::{Attempt, Chain, ChainSet};
 use ::reqwest::{Request, Response, ResponseBuilderExt, Url};
 use http::Extensions;
 use http_body_util::BodyExt;
@@ -157,12 +157,15 @@ impl FallbackMiddleware {
     /// A middleware trying `chain` with the [`DefaultPolicy`].
     pub fn new(chain: Chain) -> Self {
         FallbackMiddleware {
-            shared: Arc::new(Shared {
-                chain,
-                policy: Arc::new(DefaultPolicy),
-                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-                max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
-            }),
+            shared: Arc::new(Shared::new(ChainSet::new(chain), DefaultPolicy)),
+            reusable_bodies: false,
+        }
+    }
+
+    /// A middleware with named chains (see [`ChainSet`]) and the [`DefaultPolicy`].
+    pub fn with_chains(chains: ChainSet) -> Self {
+        FallbackMiddleware {
+            shared: Arc::new(Shared::new(chains, DefaultPolicy)),
             reusable_bodies: false,
         }
     }
@@ -172,12 +175,7 @@ impl<P> FallbackMiddleware<P> {
     /// Replaces the classification policy (see [`Policy`]).
     pub fn with_policy<Q: Policy>(self, policy: Q) -> FallbackMiddleware<Q> {
         FallbackMiddleware {
-            shared: Arc::new(Shared {
-                chain: self.shared.chain.clone(),
-                policy: Arc::new(policy),
-                max_body_bytes: self.shared.max_body_bytes,
-                max_response_bytes: self.shared.max_response_bytes,
-            }),
+            shared: Arc::new(self.shared.with_policy(policy)),
             reusable_bodies: self.reusable_bodies,
         }
     }
@@ -209,23 +207,14 @@ impl<P> FallbackMiddleware<P> {
         self
     }
 
-    /// The chain this middleware tries.
+    /// The default chain this middleware tries.
     pub fn chain(&self) -> &Chain {
-        &self.shared.chain
+        self.shared.chains.default_chain()
     }
 
     fn shared_mut(&mut self) -> &mut Shared<P> {
-        if Arc::get_mut(&mut self.shared).is_none() {
-            // A clone shares the old settings; this one gets its own.
-            let s = &self.shared;
-            self.shared = Arc::new(Shared {
-                chain: s.chain.clone(),
-                policy: s.policy.clone(),
-                max_body_bytes: s.max_body_bytes,
-                max_response_bytes: s.max_response_bytes,
-            });
-        }
-        Arc::get_mut(&mut self.shared).expect("the settings were just made unique")
+        // A clone shares the old settings; this one gets its own.
+        Arc::make_mut(&mut self.shared)
     }
 }
 
@@ -241,7 +230,7 @@ impl<P> Clone for FallbackMiddleware<P> {
 impl<P> fmt::Debug for FallbackMiddleware<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FallbackMiddleware")
-            .field("chain", &self.shared.chain)
+            .field("chains", &self.shared.chains)
             .field("policy", &std::any::type_name::<P>())
             .field("max_body_bytes", &self.shared.max_body_bytes)
             .field("max_response_bytes", &self.shared.max_response_bytes)

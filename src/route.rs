@@ -415,6 +415,192 @@ impl Chain {
     }
 }
 
+/// Named chains: one default, and others picked per request.
+///
+/// A request picks its chain explicitly with a [`ChainName`] in its
+/// extensions or an `x-fallback-chain` header (removed before forwarding; an
+/// unknown name is a `400`). Otherwise, when the set has chains with these
+/// names, the request's detected needs pick them, first match wins:
+///
+/// | needs | chain |
+/// |---|---|
+/// | image or audio input | [`ChainSet::VISION`] |
+/// | tools | [`ChainSet::TOOL_CALLING`] |
+/// | `response_format` json_schema | [`ChainSet::STRUCTURED_OUTPUT`] |
+/// | more context than the default chain's first route has | [`ChainSet::LONG_CONTEXT`] |
+///
+/// else the default chain. [`ChainSet::BUDGET`] (or any other name) is only
+/// picked explicitly. After a moderation failure the rest of the request can
+/// move to the chain named by [`ChainSet::on_content_policy`].
+///
+/// ```
+/// use llm_fallback::{Capabilities, Chain, ChainSet, FallbackLayer, Route};
+///
+/// let chains = ChainSet::new(Chain::new([Route::new("openai/gpt-4o-mini"), Route::new("anthropic/claude-3.5-haiku")]))
+///     .chain(ChainSet::VISION, Chain::new([Route::new("openai/gpt-4o").capabilities(Capabilities::VISION)]))
+///     .chain(ChainSet::BUDGET, Chain::new([Route::new("meta-llama/llama-3.1-8b-instruct:free")]))
+///     .chain("lenient", Chain::new([Route::new("mistralai/mistral-large")]))
+///     .on_content_policy("lenient");
+/// let layer = FallbackLayer::with_chains(chains);
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Debug)]
+pub struct ChainSet {
+    default: Chain,
+    named: Vec<(Arc<str>, Chain)>,
+    on_content_policy: Option<Arc<str>>,
+}
+
+impl ChainSet {
+    /// Name of the default chain (usable with `x-fallback-chain`).
+    pub const DEFAULT: &'static str = "default";
+    /// Picked for requests with tools.
+    pub const TOOL_CALLING: &'static str = "tool_calling";
+    /// Picked for requests with image or audio input.
+    pub const VISION: &'static str = "vision";
+    /// Picked for requests with a `json_schema` response format.
+    pub const STRUCTURED_OUTPUT: &'static str = "structured_output";
+    /// Picked for requests larger than the default chain's first window.
+    pub const LONG_CONTEXT: &'static str = "long_context";
+    /// Only picked explicitly.
+    pub const BUDGET: &'static str = "budget";
+
+    /// A set whose default chain is `default`.
+    pub fn new(default: Chain) -> Self {
+        ChainSet {
+            default,
+            named: Vec::new(),
+            on_content_policy: None,
+        }
+    }
+
+    /// Adds (or replaces) the chain called `name`; `"default"` replaces the
+    /// default chain.
+    pub fn chain(mut self, name: impl Into<String>, chain: Chain) -> Self {
+        let name: String = name.into();
+        if name == Self::DEFAULT {
+            self.default = chain;
+            return self;
+        }
+        match self.named.iter_mut().find(|(n, _)| **n == *name) {
+            Some(slot) => slot.1 = chain,
+            None => self.named.push((name.into(), chain)),
+        }
+        self
+    }
+
+    /// After an attempt fails on a moderation or content-policy block, the
+    /// rest of the request moves to the chain called `name` (LiteLLM's
+    /// content-policy fallbacks). It must name a chain of the set.
+    ///
+    /// # Panics
+    ///
+    /// If no chain is called `name` (add it first).
+    pub fn on_content_policy(mut self, name: impl Into<String>) -> Self {
+        let name: String = name.into();
+        assert!(
+            self.get(&name).is_some(),
+            "llm_fallback::ChainSet::on_content_policy: no chain is called {name:?}"
+        );
+        self.on_content_policy = Some(name.into());
+        self
+    }
+
+    /// The chain called `name`.
+    pub fn get(&self, name: &str) -> Option<&Chain> {
+        if name == Self::DEFAULT {
+            return Some(&self.default);
+        }
+        self.named.iter().find(|(n, _)| **n == *name).map(|(_, c)| c)
+    }
+
+    /// The default chain.
+    pub fn default_chain(&self) -> &Chain {
+        &self.default
+    }
+
+    /// Every name, the default first.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(Self::DEFAULT).chain(self.named.iter().map(|(n, _)| &**n))
+    }
+
+    pub(crate) fn content_policy_chain(&self) -> Option<(&str, &Chain)> {
+        let name = self.on_content_policy.as_deref()?;
+        Some((name, self.get(name)?))
+    }
+
+    /// Some chain has limits, or need-picked chains exist: read needs.
+    pub(crate) fn reads_needs(&self) -> bool {
+        self.default.checks_needs()
+            || self.named.iter().any(|(n, c)| {
+                c.checks_needs()
+                    || [
+                        Self::VISION,
+                        Self::TOOL_CALLING,
+                        Self::STRUCTURED_OUTPUT,
+                        Self::LONG_CONTEXT,
+                    ]
+                    .contains(&&**n)
+            })
+    }
+
+    /// The chain for a request: explicit, else by needs, else the default.
+    pub(crate) fn select<'a>(
+        &'a self,
+        explicit: Option<&str>,
+        needs: Option<&Needs>,
+    ) -> Result<(&'a str, &'a Chain), String> {
+        if let Some(name) = explicit {
+            return self
+                .names()
+                .zip(std::iter::once(&self.default).chain(self.named.iter().map(|(_, c)| c)))
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| {
+                    format!(
+                        "unknown fallback chain {name:?}; this layer has: {}",
+                        self.names().collect::<Vec<_>>().join(", ")
+                    )
+                });
+        }
+        if let Some(n) = needs {
+            let long = self.default.routes()[0]
+                .get_context_window()
+                .is_some_and(|w| n.context_tokens() > w);
+            let wanted = [
+                (
+                    n.capabilities.contains(Capabilities::VISION) || n.capabilities.contains(Capabilities::AUDIO),
+                    Self::VISION,
+                ),
+                (n.capabilities.contains(Capabilities::TOOLS), Self::TOOL_CALLING),
+                (
+                    n.capabilities.contains(Capabilities::STRUCTURED_OUTPUT),
+                    Self::STRUCTURED_OUTPUT,
+                ),
+                (long, Self::LONG_CONTEXT),
+            ];
+            for (name, chain) in wanted
+                .iter()
+                .filter(|(w, _)| *w)
+                .filter_map(|(_, name)| self.named.iter().find(|(n, _)| **n == **name).map(|(n, c)| (&**n, c)))
+            {
+                return Ok((name, chain));
+            }
+        }
+        Ok((Self::DEFAULT, &self.default))
+    }
+}
+
+impl From<Chain> for ChainSet {
+    fn from(chain: Chain) -> Self {
+        ChainSet::new(chain)
+    }
+}
+
+/// Picks a named chain of a [`ChainSet`] for one request, when put in the
+/// request's extensions (the `x-fallback-chain` header does the same).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainName(pub String);
+
 /// The hop a request is serving, inserted into each attempt's request
 /// extensions so layers inside the fallback (retry, tracing, metrics) can
 /// tell which model and position they serve.
