@@ -1,6 +1,6 @@
-//! `FallbackMiddleware` in reqwest middleware stacks: `reqwest-retry` after
-//! it (retries per model) and before it (retries of the whole chain), and
-//! `reqwest-tracing` on either side. Loopback HTTP, paused time.
+//! `FallbackMiddleware` in reqwest middleware stacks with `reqwest-retry`
+//! after it (retries per model) and before it (retries of the whole chain).
+//! Loopback HTTP, paused time. `reqwest-tracing` is in reqwest_tracing.rs.
 
 mod common;
 
@@ -11,11 +11,8 @@ use llm_fallback::{Chain, FallbackMiddleware, FallbackReport, Outcome, Resolutio
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware};
 use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::RetryTransientMiddleware;
-use reqwest_tracing::TracingMiddleware;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tracing_subscriber::fmt::format::FmtSpan;
 
 fn reqwest_client() -> reqwest::Client {
     // The dev build of reqwest has rustls without a crypto provider.
@@ -115,76 +112,4 @@ async fn retry_outside_retries_the_whole_chain() {
     let report = report(&resp);
     assert_eq!(report.attempts().len(), 2, "the report is the last pass's");
     assert_eq!(report.served_model(), "b/b");
-}
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Runs one call through `layers` and returns the span-close lines.
-async fn closed_spans(layers: Vec<Arc<dyn Middleware>>) -> Vec<String> {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_span_events(FmtSpan::CLOSE)
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let upstream = MockUpstream::new()
-        .model("a/a", Reply::status(503))
-        .model("b/b", Reply::ok());
-    let server = MockServer::start(upstream).await.unwrap();
-    let resp = call(&stack(layers), &server).await;
-    assert_eq!(resp.status(), StatusCode::OK);
-    drop(_guard);
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-    text.lines()
-        .filter(|l| l.contains("close"))
-        .map(str::to_owned)
-        .collect()
-}
-
-#[tokio::test(start_paused = true)]
-async fn tracing_outside_is_one_span_around_the_chain() {
-    let closes = closed_spans(vec![
-        Arc::new(TracingMiddleware::default()),
-        Arc::new(FallbackMiddleware::new(chain())),
-    ])
-    .await;
-    let http: Vec<_> = closes.iter().filter(|l| l.contains(": reqwest_tracing::")).collect();
-    let attempts: Vec<_> = closes.iter().filter(|l| l.contains("llm_fallback.attempt{")).collect();
-    assert_eq!(http.len(), 1, "{closes:#?}");
-    assert_eq!(attempts.len(), 2, "{closes:#?}");
-    for a in attempts {
-        assert!(a.contains("HTTP request{"), "attempts run inside the reqwest span: {a}");
-    }
-    assert!(http[0].contains("http.response.status_code=200"), "{}", http[0]);
-}
-
-#[tokio::test(start_paused = true)]
-async fn tracing_inside_is_one_span_per_attempt() {
-    let closes = closed_spans(vec![
-        Arc::new(FallbackMiddleware::new(chain())),
-        Arc::new(TracingMiddleware::default()),
-    ])
-    .await;
-    let http: Vec<_> = closes.iter().filter(|l| l.contains(": reqwest_tracing::")).collect();
-    assert_eq!(http.len(), 2, "{closes:#?}");
-    for h in &http {
-        assert!(
-            h.contains("llm_fallback.attempt{"),
-            "each reqwest span is inside an attempt span: {h}"
-        );
-    }
 }
