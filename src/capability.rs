@@ -209,6 +209,13 @@ pub enum SkipReason {
         /// The route's price, if known.
         price: Option<Price>,
     },
+    /// The route is cooling down after failures (see [`Cooldowns`](crate::health::Cooldowns)).
+    Cooling {
+        /// Time left before it may be probed.
+        remaining: std::time::Duration,
+    },
+    /// A drill: the primary is skipped on purpose (see [`Drills`](crate::health::Drills)).
+    Drill,
 }
 
 impl fmt::Display for SkipReason {
@@ -228,6 +235,8 @@ impl fmt::Display for SkipReason {
                 write!(f, "over the price cap (${}/${} per M tokens)", p.prompt, p.completion)
             }
             SkipReason::PriceCap { price: None } => f.write_str("price unknown under a price cap"),
+            SkipReason::Cooling { remaining } => write!(f, "cooling down for {}ms more", remaining.as_millis()),
+            SkipReason::Drill => f.write_str("drill: primary skipped on purpose"),
         }
     }
 }
@@ -241,6 +250,8 @@ impl SkipReason {
             SkipReason::MaxOutput { .. } => "max_output",
             SkipReason::NotLargerWindow { .. } => "not_larger_window",
             SkipReason::PriceCap { .. } => "price_cap",
+            SkipReason::Cooling { .. } => "cooling",
+            SkipReason::Drill => "drill",
         }
     }
 }

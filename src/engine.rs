@@ -5,6 +5,7 @@
 
 use crate::body::{collect_bounded, CollectError, ResponseBody};
 use crate::capability::{self, PriceGuard, SkipReason};
+use crate::health::{Admission, DrillConfig, HealthEvent, HealthStore, HedgeBudget};
 use crate::inspect::BodyFacts;
 use crate::json::{Edit, ReplayBody};
 use crate::native;
@@ -20,7 +21,10 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use serde_json::json;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 use tower::{Service, ServiceExt};
@@ -44,12 +48,16 @@ pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Everything a request needs that does not change between requests; the
 /// front ends (tower layer, reqwest middleware) build it the same way.
-#[derive(Debug)]
 pub(crate) struct Shared<P> {
     pub(crate) chains: ChainSet,
     pub(crate) policy: Arc<P>,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_response_bytes: usize,
+    /// Cooldowns, shared by every clone.
+    pub(crate) health: Option<Arc<dyn HealthStore>>,
+    /// Hedging is on when set; it bounds the extra requests.
+    pub(crate) hedge_budget: Option<Arc<HedgeBudget>>,
+    pub(crate) drills: Option<Arc<DrillConfig>>,
 }
 
 impl<P> Shared<P> {
@@ -59,27 +67,34 @@ impl<P> Shared<P> {
             policy: Arc::new(policy),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            health: None,
+            hedge_budget: None,
+            drills: None,
         }
     }
 
     /// The same settings with another policy.
     pub(crate) fn with_policy<Q>(&self, policy: Q) -> Shared<Q> {
-        Shared {
-            chains: self.chains.clone(),
-            policy: Arc::new(policy),
-            max_body_bytes: self.max_body_bytes,
-            max_response_bytes: self.max_response_bytes,
-        }
+        self.with_policy_arc(Arc::new(policy))
     }
 }
 
 impl<P> Clone for Shared<P> {
     fn clone(&self) -> Self {
+        self.with_policy_arc(self.policy.clone())
+    }
+}
+
+impl<P> Shared<P> {
+    fn with_policy_arc<Q>(&self, policy: Arc<Q>) -> Shared<Q> {
         Shared {
             chains: self.chains.clone(),
-            policy: self.policy.clone(),
+            policy,
             max_body_bytes: self.max_body_bytes,
             max_response_bytes: self.max_response_bytes,
+            health: self.health.clone(),
+            hedge_budget: self.hedge_budget.clone(),
+            drills: self.drills.clone(),
         }
     }
 }
@@ -101,9 +116,9 @@ struct Answer<RB> {
     facts: BodyFacts,
 }
 
-pub(crate) async fn run<S, B, P, RB>(shared: Arc<Shared<P>>, mut svc: S, req: Request<B>) -> Response<ResponseBody<RB>>
+pub(crate) async fn run<S, B, P, RB>(shared: Arc<Shared<P>>, svc: S, req: Request<B>) -> Response<ResponseBody<RB>>
 where
-    S: Service<Request<ReplayBody>, Response = Response<RB>>,
+    S: Service<Request<ReplayBody>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
     P: Policy,
     B: Body,
@@ -171,6 +186,7 @@ where
             resolution: Resolution::Exhausted,
             usage: None,
             chain: None,
+            drill: false,
             elapsed: Duration::ZERO,
         };
         // Needs are only read when some route declares limits or some chain
@@ -206,168 +222,220 @@ where
         }
         // After a `context_length_exceeded`: only larger windows are worth a try.
         let mut overflowed_window: Option<u64> = None;
+        let drill = shared.drills.as_ref().is_some_and(|d| d.pick(&mut parts.headers));
+        let first_chain = chain_name;
+        // Hedges need a second service; clone one only when hedging is on.
+        let template: Option<S> = shared.hedge_budget.as_ref().map(|b| {
+            b.request();
+            svc.clone()
+        });
+        report.drill = drill;
+        // Routes skipped because they cool down: tried anyway (soonest first)
+        // if nothing else could be sent.
+        let mut cooling: Vec<(Instant, usize)> = Vec::new();
+        let mut forced: Option<usize> = None;
         let mut sent = 0usize;
-
+        let mut spare: Option<(S, bool)> = Some((svc, false));
+        let mut flights: Vec<Flight<'_, _>> = Vec::new();
+        let mut hedge_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut next = 0;
-        while let Some(route) = chain.routes().get(next) {
-            let i = next;
-            next += 1;
-            let skip = needs
-                .as_ref()
-                .and_then(|n| route.unfit(n))
-                .or_else(|| {
-                    let failed_window = overflowed_window?;
-                    (route.get_context_window()? <= failed_window)
-                        .then_some(SkipReason::NotLargerWindow { failed_window })
-                })
-                .or_else(|| {
-                    let cap = cap?;
-                    let primary_exempt = i == 0 && guard == Some(PriceGuard::NotAbovePrimary);
-                    match route.get_price() {
-                        _ if primary_exempt => None,
-                        Some(p) if p.within(cap) => None,
-                        price => Some(SkipReason::PriceCap { price }),
-                    }
-                });
-            if let Some(reason) = skip {
-                tracing::debug!(model = route.model(), reason = %reason, "llm fallback skipped a route");
-                report.attempts.push(AttemptRecord::skipped(i, route, reason));
-                continue;
-            }
-            let now = Instant::now();
-            let remaining = deadline.map(|d| d.saturating_duration_since(now));
-            if remaining == Some(Duration::ZERO) {
-                report.resolution = Resolution::DeadlineExceeded;
-                break;
-            }
-            let route_limit = match (route.get_timeout(), route.get_first_token_timeout()) {
-                (Some(t), Some(f)) if index.stream => Some(t.min(f)),
-                (None, Some(f)) if index.stream => Some(f),
-                (t, _) => t,
-            };
-            let (limit, by_deadline) = match (route_limit, remaining) {
-                (Some(t), Some(r)) if r <= t => (Some(r), true),
-                (Some(t), _) => (Some(t), false),
-                (None, Some(r)) => (Some(r), true),
-                (None, None) => (None, false),
-            };
-            let attempt = Attempt {
-                index: i,
-                model: route.model_arc().clone(),
-                label: route.label_arc().cloned(),
-                timeout: limit,
-            };
-            let replay = attempt_body(&body, &index, route);
-            let request = attempt_request(&parts, replay, attempt.clone(), route);
-            let attempt_span = tracing::info_span!(
-                "llm_fallback.attempt",
-                fallback.attempt = i,
-                fallback.label = attempt.label().unwrap_or(""),
-                gen_ai.request.model = attempt.model(),
-                gen_ai.response.model = Empty,
-                http.response.status_code = Empty,
-                fallback.outcome = Empty,
-                fallback.latency_ms = Empty,
-                error.type = Empty,
-            );
 
-            let call = send(&mut svc, sent > 0, request, shared.max_response_bytes);
-            sent += 1;
-            let result = async {
-                match limit {
-                    Some(l) => tokio::time::timeout(l, call).await.ok(),
-                    None => Some(call.await),
-                }
-            }
-            .instrument(attempt_span.clone())
-            .await;
-            let elapsed = now.elapsed();
-
-            let mut record = AttemptRecord {
-                index: i,
-                model: attempt.model.clone(),
-                label: attempt.label.clone(),
-                outcome: Outcome::Timeout,
-                status: None,
-                error: None,
-                transport: None,
-                retry_after: None,
-                served_model: None,
-                upstream_fell_back: false,
-                upstream_attempts: Vec::new(),
-                skip_reason: None,
-                elapsed,
-            };
-            let (action, answer) = match result {
-                None => {
-                    record.outcome = if by_deadline {
-                        Outcome::DeadlineExceeded
+        'chain: loop {
+            // Launch the next route when nothing is in flight, or when the
+            // hedge timer of the one in flight fired.
+            let hedge_now = hedge_timer.as_mut().is_some_and(|t| t.is_elapsed());
+            if flights.is_empty() || hedge_now {
+                hedge_timer = None;
+                let mut launched = false;
+                while !launched {
+                    let (i, route) = match chain.routes().get(next) {
+                        Some(route) => {
+                            next += 1;
+                            (next - 1, route)
+                        }
+                        None => {
+                            // Nothing was sent and every skip was a cooldown: try
+                            // the route that recovers first rather than fail untried.
+                            match (sent, forced, cooling.iter().min()) {
+                                (0, None, Some(&(_, i))) if flights.is_empty() => {
+                                    forced = Some(i);
+                                    report
+                                        .attempts
+                                        .retain(|a| !(a.index == i && a.outcome == Outcome::Skipped));
+                                    (i, &chain.routes()[i])
+                                }
+                                _ => break,
+                            }
+                        }
+                    };
+                    let is_forced = forced == Some(i) && sent == 0;
+                    let skip = if is_forced {
+                        None
                     } else {
-                        Outcome::Timeout
-                    };
-                    (shared.policy.classify(&attempt, &Observed::Timeout), None)
-                }
-                Some(Err(e)) => {
-                    record.outcome = Outcome::Transport;
-                    record.transport = Some(error_chain(&*e));
-                    (shared.policy.classify(&attempt, &Observed::Error(&*e)), None)
-                }
-                Some(Ok(answer)) => {
-                    let body = match &answer.body {
-                        Looked::Full(b) => Some(&b[..]),
-                        _ => None,
-                    };
-                    let info = ResponseInfo {
-                        status: answer.parts.status,
-                        headers: &answer.parts.headers,
-                        body,
-                        facts: &answer.facts,
-                    };
-                    let action = shared.policy.classify(&attempt, &Observed::Response(&info));
-                    record.status = Some(answer.parts.status);
-                    record.served_model = answer.facts.model.clone();
-                    record.upstream_fell_back = answer.parts.status.is_success()
-                        && answer.facts.model.as_deref().is_some_and(|served| {
-                            native::upstream_fell_back(route.model(), route.get_native_fallbacks(), served)
-                        });
-                    record.upstream_attempts = answer.facts.upstream_attempts.clone();
-                    record.retry_after = info.retry_after();
-                    record.error = answer.facts.error.clone().or_else(|| {
-                        // A non-JSON error page still says something.
-                        (!answer.facts.json && !answer.parts.status.is_success())
-                            .then(|| body.and_then(BodyFacts::text_excerpt))
-                            .flatten()
-                            .map(|m| crate::report::UpstreamError {
-                                message: Some(m),
-                                ..Default::default()
+                        (drill && i == 0 && chain_name == first_chain)
+                            .then_some(SkipReason::Drill)
+                            .or_else(|| needs.as_ref().and_then(|n| route.unfit(n)))
+                            .or_else(|| {
+                                let failed_window = overflowed_window?;
+                                (route.get_context_window()? <= failed_window)
+                                    .then_some(SkipReason::NotLargerWindow { failed_window })
                             })
-                    });
-                    record.outcome = match action {
-                        Action::Accept => Outcome::Served,
-                        Action::Stop => Outcome::Stopped,
-                        Action::Fallback if answer.parts.status.is_success() => Outcome::ErrorInBody,
-                        Action::Fallback => Outcome::HttpError,
+                            .or_else(|| {
+                                let cap = cap?;
+                                let primary_exempt = i == 0 && guard == Some(PriceGuard::NotAbovePrimary);
+                                match route.get_price() {
+                                    _ if primary_exempt => None,
+                                    Some(p) if p.within(cap) => None,
+                                    price => Some(SkipReason::PriceCap { price }),
+                                }
+                            })
                     };
-                    (action, Some(answer))
+                    if let Some(reason) = skip {
+                        skip_route(&mut report, i, route, reason);
+                        continue;
+                    }
+                    // Health: a cooling route is skipped; one that just
+                    // recovered lets this request through as its probe.
+                    let mut probe = None;
+                    if let Some(health) = &shared.health {
+                        match health.admit(route.health_key(), Instant::now()) {
+                            Admission::Open => {}
+                            Admission::Probe => probe = Some(ProbeGuard::new(health.clone(), route)),
+                            Admission::Cooling { until } if !is_forced => {
+                                cooling.push((until, i));
+                                let remaining = until.saturating_duration_since(Instant::now());
+                                skip_route(&mut report, i, route, SkipReason::Cooling { remaining });
+                                continue;
+                            }
+                            Admission::Cooling { .. } => {}
+                        }
+                    }
+                    let now = Instant::now();
+                    let remaining = deadline.map(|d| d.saturating_duration_since(now));
+                    if remaining == Some(Duration::ZERO) {
+                        report.resolution = Resolution::DeadlineExceeded;
+                        break 'chain;
+                    }
+                    let route_limit = match (route.get_timeout(), route.get_first_token_timeout()) {
+                        (Some(t), Some(f)) if index.stream => Some(t.min(f)),
+                        (None, Some(f)) if index.stream => Some(f),
+                        (t, _) => t,
+                    };
+                    let (limit, by_deadline) = match (route_limit, remaining) {
+                        (Some(t), Some(r)) if r <= t => (Some(r), true),
+                        (Some(t), _) => (Some(t), false),
+                        (None, Some(r)) => (Some(r), true),
+                        (None, None) => (None, false),
+                    };
+                    let attempt = Attempt {
+                        index: i,
+                        model: route.model_arc().clone(),
+                        label: route.label_arc().cloned(),
+                        timeout: limit,
+                    };
+                    let replay = attempt_body(&body, &index, route);
+                    let request = attempt_request(&parts, replay, attempt.clone(), route);
+                    let span = tracing::info_span!(
+                        "llm_fallback.attempt",
+                        fallback.attempt = i,
+                        fallback.label = attempt.label().unwrap_or(""),
+                        fallback.hedge = !flights.is_empty(),
+                        gen_ai.request.model = attempt.model(),
+                        gen_ai.response.model = Empty,
+                        http.response.status_code = Empty,
+                        fallback.outcome = Empty,
+                        fallback.latency_ms = Empty,
+                        error.type = Empty,
+                    );
+                    // The caller's service was polled ready by `poll_ready`;
+                    // a service back from an attempt, or a clone for a
+                    // hedge, is polled ready again before its call.
+                    let (svc, must_poll) = match spare.take() {
+                        Some(pair) => pair,
+                        None => (template.clone().expect("a hedge is only armed with a template"), true),
+                    };
+                    let hedge = !flights.is_empty();
+                    if hedge {
+                        crate::metrics::hedge_started(route.model());
+                    }
+                    let fut = Box::pin(
+                        fly(svc, must_poll, request, shared.max_response_bytes, limit).instrument(span.clone()),
+                    );
+                    sent += 1;
+                    let hedge_after = route.get_hedge_after().or(chain.get_hedge_after());
+                    flights.push(Flight {
+                        i,
+                        route,
+                        attempt,
+                        span,
+                        started: now,
+                        by_deadline,
+                        hedge,
+                        probe,
+                        fut,
+                    });
+                    launched = true;
+                    // Arm the hedge: if this attempt has no answer by then,
+                    // the next route starts beside it (budget allowing).
+                    if let (Some(after), Some(budget)) = (hedge_after, &shared.hedge_budget) {
+                        if next < chain.routes().len() && budget.admits_more() {
+                            let at = now + after;
+                            if deadline.is_none_or(|d| at < d) {
+                                hedge_timer = Some(Box::pin(tokio::time::sleep_until(at)));
+                            }
+                        }
+                    }
                 }
+                if flights.is_empty() {
+                    break 'chain;
+                }
+                if hedge_now && flights.len() > 1 {
+                    if let Some(budget) = &shared.hedge_budget {
+                        budget.spend();
+                    }
+                }
+            }
+
+            // Wait for the first attempt to finish, or for the hedge timer.
+            let event = std::future::poll_fn(|cx| {
+                for (k, f) in flights.iter_mut().enumerate() {
+                    if let Poll::Ready(out) = f.fut.as_mut().poll(cx) {
+                        return Poll::Ready(Some((k, out)));
+                    }
+                }
+                match hedge_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                    Some(Poll::Ready(())) => Poll::Ready(None),
+                    _ => Poll::Pending,
+                }
+            })
+            .await;
+            let Some((k, (svc, result))) = event else {
+                continue; // the hedge timer fired: launch beside the one in flight
             };
+            let flight = flights.swap_remove(k);
+            spare = Some((svc, true));
+            let (action, answer, record) = judge(&*shared.policy, &flight, result);
             // The deadline ends the chain whatever the policy thinks of the timeout.
             let action = if record.outcome == Outcome::DeadlineExceeded {
                 Action::Stop
             } else {
                 action
             };
-
-            attempt_span.record("fallback.outcome", record.outcome.as_str());
-            attempt_span.record("fallback.latency_ms", elapsed.as_secs_f64() * 1000.0);
+            flight.span.record("fallback.outcome", record.outcome.as_str());
+            flight
+                .span
+                .record("fallback.latency_ms", record.elapsed.as_secs_f64() * 1000.0);
             if let Some(s) = record.status {
-                attempt_span.record("http.response.status_code", s.as_u16());
+                flight.span.record("http.response.status_code", s.as_u16());
             }
             if let Some(t) = record.error_type() {
-                attempt_span.record("error.type", t);
+                flight.span.record("error.type", t);
             }
+            crate::metrics::attempt(flight.route.model(), record.outcome, record.elapsed);
+            flight.settle_health(&shared, &record);
+            let route = flight.route;
             if record.outcome.is_failure() {
-                tracing::warn!(parent: &attempt_span, attempt = %record, "llm fallback attempt failed");
+                tracing::warn!(parent: &flight.span, attempt = %record, "llm fallback attempt failed");
                 if record.error.as_ref().is_some_and(UpstreamError::is_context_length) {
                     overflowed_window = overflowed_window.max(route.get_context_window());
                 }
@@ -386,11 +454,27 @@ where
                     report.chain = Some(name.to_owned());
                     next = 0;
                 }
+                // The one still in flight gets a new hedge window.
+                let after = route.get_hedge_after().or(chain.get_hedge_after());
+                if let (false, Some(after)) = (flights.is_empty(), after) {
+                    if next < chain.routes().len() && shared.hedge_budget.as_ref().is_some_and(|b| b.admits_more()) {
+                        hedge_timer = Some(Box::pin(tokio::time::sleep(after)));
+                    }
+                }
             }
+            let hedge_won = flight.hedge && record.outcome == Outcome::Served;
             report.attempts.push(record);
 
             match (action, answer) {
                 (Action::Accept | Action::Stop, Some(answer)) => {
+                    // The first acceptable answer wins: the others are dropped
+                    // (their connections released) and reported as cancelled.
+                    for other in flights.drain(..) {
+                        report.attempts.push(other.cancelled());
+                    }
+                    if hedge_won {
+                        crate::metrics::hedge_won(route.model());
+                    }
                     report.resolution = if action == Action::Accept {
                         Resolution::Served
                     } else {
@@ -399,7 +483,9 @@ where
                     report.served_model = Some(answer.facts.model.clone().unwrap_or_else(|| route.model().to_owned()));
                     report.provider = answer.facts.provider.clone();
                     report.usage = answer.facts.usage.clone();
-                    attempt_span.record("gen_ai.response.model", report.served_model());
+                    flight.span.record("gen_ai.response.model", report.served_model());
+                    crate::metrics::committed(route.model(), started.elapsed());
+                    crate::metrics::request(report.resolution, Some(flight.i), drill);
                     let mut parts = answer.parts;
                     let (body, handle) = match answer.body {
                         Looked::Full(b) => (ResponseBody::full(b), None),
@@ -428,7 +514,17 @@ where
                 // Accepting a timeout or an error makes no sense; stopping on
                 // one ends the chain with the exhaustion answer.
                 (Action::Stop, None) => {
-                    if report.attempts.last().map(AttemptRecord::outcome) == Some(Outcome::DeadlineExceeded) {
+                    for other in flights.drain(..) {
+                        report.attempts.push(other.cancelled());
+                    }
+                    if report
+                        .attempts
+                        .iter()
+                        .rev()
+                        .find(|a| a.outcome.was_sent())
+                        .map(AttemptRecord::outcome)
+                        == Some(Outcome::DeadlineExceeded)
+                    {
                         report.resolution = Resolution::DeadlineExceeded;
                     }
                     break;
@@ -436,6 +532,7 @@ where
                 _ => {}
             }
         }
+        crate::metrics::request(report.resolution, None, drill);
         exhausted(report, started)
     };
     let resp = work.instrument(span.clone()).await;
@@ -447,6 +544,189 @@ where
         }
     }
     resp
+}
+
+/// One attempt in flight.
+struct Flight<'r, F> {
+    i: usize,
+    route: &'r Route,
+    attempt: Attempt,
+    span: tracing::Span,
+    started: Instant,
+    by_deadline: bool,
+    /// Started beside another attempt.
+    hedge: bool,
+    /// This attempt is its route's half-open probe.
+    probe: Option<ProbeGuard>,
+    fut: Pin<Box<F>>,
+}
+
+impl<F> Flight<'_, F> {
+    /// The record of an attempt dropped because another one won.
+    fn cancelled(self) -> AttemptRecord {
+        let mut record = AttemptRecord::skipped(self.i, self.route, SkipReason::Drill);
+        record.skip_reason = None;
+        record.outcome = Outcome::Cancelled;
+        record.hedged = self.hedge;
+        record.elapsed = self.started.elapsed();
+        crate::metrics::attempt(self.route.model(), Outcome::Cancelled, record.elapsed);
+        // Dropping `self` drops the attempt's future (closing its connection)
+        // and releases a probe it held.
+        record
+    }
+
+    /// Tells the health store how the attempt went.
+    fn settle_health<P>(&self, shared: &Shared<P>, record: &AttemptRecord) {
+        let Some(health) = &shared.health else { return };
+        let event = match record.outcome {
+            Outcome::Served => HealthEvent::Success,
+            Outcome::Transport | Outcome::Timeout | Outcome::ErrorInBody => HealthEvent::Failure { retry_after: None },
+            Outcome::HttpError => {
+                let status = record.status.map_or(0, |s| s.as_u16());
+                let model_fault = status >= 500 || status == 429 || status == 408;
+                if !model_fault {
+                    HealthEvent::Released
+                } else {
+                    let retry_after = record.retry_after.filter(|_| status == 429 || status == 503);
+                    HealthEvent::Failure { retry_after }
+                }
+            }
+            _ => HealthEvent::Released,
+        };
+        match &self.probe {
+            Some(probe) => probe.settle(event),
+            None if event != HealthEvent::Released => health.record(self.route.health_key(), event, Instant::now()),
+            None => {}
+        }
+    }
+}
+
+/// Holds a route's half-open probe; dropping it unsettled (the attempt was
+/// cancelled) releases the probe so another request can take it.
+struct ProbeGuard {
+    health: Arc<dyn HealthStore>,
+    key: Arc<str>,
+    settled: std::sync::atomic::AtomicBool,
+}
+
+impl ProbeGuard {
+    fn new(health: Arc<dyn HealthStore>, route: &Route) -> Self {
+        ProbeGuard {
+            health,
+            key: route.health_key_arc().clone(),
+            settled: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn settle(&self, event: HealthEvent) {
+        if !self.settled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.health.record(&self.key, event, Instant::now());
+        }
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.settle(HealthEvent::Released);
+    }
+}
+
+/// Records a route that was not tried.
+fn skip_route(report: &mut FallbackReport, i: usize, route: &Route, reason: SkipReason) {
+    tracing::debug!(model = route.model(), reason = %reason, "llm fallback skipped a route");
+    crate::metrics::skip(route.model(), reason.as_str());
+    report.attempts.push(AttemptRecord::skipped(i, route, reason));
+}
+
+/// One attempt: wait for readiness, send, and look at the answer, within
+/// `limit`. Hands the service back for the next attempt.
+async fn fly<S, RB>(
+    mut svc: S,
+    poll_ready: bool,
+    request: Request<ReplayBody>,
+    max_response_bytes: usize,
+    limit: Option<Duration>,
+) -> (S, Option<Result<Answer<RB>, BoxError>>)
+where
+    S: Service<Request<ReplayBody>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let call = send(&mut svc, poll_ready, request, max_response_bytes);
+    let out = match limit {
+        Some(l) => tokio::time::timeout(l, call).await.ok(),
+        None => Some(call.await),
+    };
+    (svc, out)
+}
+
+/// What the policy makes of a finished attempt, and its record.
+fn judge<P: Policy, F, RB>(
+    policy: &P,
+    flight: &Flight<'_, F>,
+    result: Option<Result<Answer<RB>, BoxError>>,
+) -> (Action, Option<Answer<RB>>, AttemptRecord) {
+    let route = flight.route;
+    let attempt = &flight.attempt;
+    let mut record = AttemptRecord::skipped(flight.i, route, SkipReason::Drill);
+    record.skip_reason = None;
+    record.hedged = flight.hedge;
+    record.elapsed = flight.started.elapsed();
+    let (action, answer) = match result {
+        None => {
+            record.outcome = if flight.by_deadline {
+                Outcome::DeadlineExceeded
+            } else {
+                Outcome::Timeout
+            };
+            (policy.classify(attempt, &Observed::Timeout), None)
+        }
+        Some(Err(e)) => {
+            record.outcome = Outcome::Transport;
+            record.transport = Some(error_chain(&*e));
+            (policy.classify(attempt, &Observed::Error(&*e)), None)
+        }
+        Some(Ok(answer)) => {
+            let body = match &answer.body {
+                Looked::Full(b) => Some(&b[..]),
+                _ => None,
+            };
+            let info = ResponseInfo {
+                status: answer.parts.status,
+                headers: &answer.parts.headers,
+                body,
+                facts: &answer.facts,
+            };
+            let action = policy.classify(attempt, &Observed::Response(&info));
+            record.status = Some(answer.parts.status);
+            record.served_model = answer.facts.model.clone();
+            record.upstream_fell_back = answer.parts.status.is_success()
+                && answer.facts.model.as_deref().is_some_and(|served| {
+                    native::upstream_fell_back(route.model(), route.get_native_fallbacks(), served)
+                });
+            record.upstream_attempts = answer.facts.upstream_attempts.clone();
+            record.retry_after = info.retry_after();
+            record.error = answer.facts.error.clone().or_else(|| {
+                // A non-JSON error page still says something.
+                (!answer.facts.json && !answer.parts.status.is_success())
+                    .then(|| body.and_then(BodyFacts::text_excerpt))
+                    .flatten()
+                    .map(|m| UpstreamError {
+                        message: Some(m),
+                        ..Default::default()
+                    })
+            });
+            record.outcome = match action {
+                Action::Accept => Outcome::Served,
+                Action::Stop => Outcome::Stopped,
+                Action::Fallback if answer.parts.status.is_success() => Outcome::ErrorInBody,
+                Action::Fallback => Outcome::HttpError,
+            };
+            (action, Some(answer))
+        }
+    };
+    (action, answer, record)
 }
 
 /// Sends one attempt and, unless it is an event stream, buffers its body so

@@ -3,6 +3,7 @@
 use crate::body::ResponseBody;
 use crate::engine::{self, Shared};
 use crate::future::ResponseFuture;
+use crate::health::{Cooldowns, Drills, HealthStore, HedgeBudget};
 use crate::json::ReplayBody;
 use crate::policy::{DefaultPolicy, Policy};
 use crate::{BoxError, Chain, ChainSet};
@@ -68,6 +69,31 @@ impl<P> FallbackLayer<P> {
     /// status alone.
     pub fn max_response_bytes(mut self, limit: usize) -> Self {
         self.shared.max_response_bytes = limit;
+        self
+    }
+
+    /// Turns on per-route cooldowns with the in-memory [`Cooldowns`] store,
+    /// shared by every service this layer makes and their clones.
+    pub fn cooldowns(self, cooldowns: Cooldowns) -> Self {
+        self.health_store(Arc::new(cooldowns))
+    }
+
+    /// Keeps route health in `store` (for a fleet-wide store).
+    pub fn health_store(mut self, store: Arc<dyn HealthStore>) -> Self {
+        self.shared.health = Some(store);
+        self
+    }
+
+    /// Turns on hedging for routes (or chains) with `hedge_after`, within
+    /// `budget`.
+    pub fn hedging(mut self, budget: HedgeBudget) -> Self {
+        self.shared.hedge_budget = Some(Arc::new(budget));
+        self
+    }
+
+    /// Turns on drills (see [`Drills`]).
+    pub fn drills(mut self, drills: Drills) -> Self {
+        self.shared.drills = Some(Arc::new(drills));
         self
     }
 

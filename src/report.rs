@@ -115,8 +115,12 @@ pub enum Outcome {
     /// The caller dropped a streamed answer before it ended.
     Abandoned,
     /// The route was not tried: it cannot serve this request (capability,
-    /// context window, price cap); see [`AttemptRecord::skip_reason`].
+    /// context window, price cap), it cools down, or a drill skipped it; see
+    /// [`AttemptRecord::skip_reason`].
     Skipped,
+    /// A hedged attempt that lost: another answered first and this one was
+    /// dropped (its connection released).
+    Cancelled,
 }
 
 impl Outcome {
@@ -133,6 +137,7 @@ impl Outcome {
             Outcome::StreamBroken => "stream_broken",
             Outcome::Abandoned => "abandoned",
             Outcome::Skipped => "skipped",
+            Outcome::Cancelled => "cancelled",
         }
     }
 
@@ -140,7 +145,7 @@ impl Outcome {
     pub fn is_failure(self) -> bool {
         !matches!(
             self,
-            Outcome::Served | Outcome::Stopped | Outcome::Abandoned | Outcome::Skipped
+            Outcome::Served | Outcome::Stopped | Outcome::Abandoned | Outcome::Skipped | Outcome::Cancelled
         )
     }
 
@@ -179,6 +184,7 @@ pub struct AttemptRecord {
     pub(crate) upstream_fell_back: bool,
     pub(crate) upstream_attempts: Vec<UpstreamAttempt>,
     pub(crate) skip_reason: Option<SkipReason>,
+    pub(crate) hedged: bool,
     pub(crate) elapsed: Duration,
 }
 
@@ -197,6 +203,7 @@ impl AttemptRecord {
             upstream_fell_back: false,
             upstream_attempts: Vec::new(),
             skip_reason: Some(reason),
+            hedged: false,
             elapsed: Duration::ZERO,
         }
     }
@@ -268,6 +275,11 @@ impl AttemptRecord {
         &self.upstream_attempts
     }
 
+    /// This attempt was started as a hedge, beside one still in flight.
+    pub fn hedged(&self) -> bool {
+        self.hedged
+    }
+
     /// Why the route was skipped, for [`Outcome::Skipped`].
     pub fn skip_reason(&self) -> Option<&SkipReason> {
         self.skip_reason.as_ref()
@@ -312,6 +324,7 @@ impl fmt::Display for AttemptRecord {
                 }
             }
             Outcome::Abandoned => f.write_str("stream dropped by the caller")?,
+            Outcome::Cancelled => f.write_str("cancelled (another attempt answered first)")?,
             Outcome::Skipped => {
                 f.write_str("skipped")?;
                 if let Some(r) = &self.skip_reason {
@@ -398,6 +411,7 @@ pub struct FallbackReport {
     pub(crate) resolution: Resolution,
     pub(crate) usage: Option<Usage>,
     pub(crate) chain: Option<String>,
+    pub(crate) drill: bool,
     pub(crate) elapsed: Duration,
 }
 
@@ -411,6 +425,7 @@ impl FallbackReport {
             resolution: Resolution::Rejected,
             usage: None,
             chain: None,
+            drill: false,
             elapsed,
         }
     }
@@ -444,6 +459,11 @@ impl FallbackReport {
     /// content-policy chain, that chain).
     pub fn chain(&self) -> Option<&str> {
         self.chain.as_deref()
+    }
+
+    /// This request was a drill: its primary was skipped on purpose.
+    pub fn is_drill(&self) -> bool {
+        self.drill
     }
 
     /// The `model` the caller put in the request body.

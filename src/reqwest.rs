@@ -207,6 +207,29 @@ impl<P> FallbackMiddleware<P> {
         self
     }
 
+    /// Per-route cooldowns; as [`FallbackLayer::cooldowns`](crate::FallbackLayer::cooldowns).
+    pub fn cooldowns(self, cooldowns: crate::health::Cooldowns) -> Self {
+        self.health_store(Arc::new(cooldowns))
+    }
+
+    /// Route health in `store`; as [`FallbackLayer::health_store`](crate::FallbackLayer::health_store).
+    pub fn health_store(mut self, store: Arc<dyn crate::health::HealthStore>) -> Self {
+        self.shared_mut().health = Some(store);
+        self
+    }
+
+    /// Hedging within `budget`; as [`FallbackLayer::hedging`](crate::FallbackLayer::hedging).
+    pub fn hedging(mut self, budget: crate::health::HedgeBudget) -> Self {
+        self.shared_mut().hedge_budget = Some(Arc::new(budget));
+        self
+    }
+
+    /// Drills; as [`FallbackLayer::drills`](crate::FallbackLayer::drills).
+    pub fn drills(mut self, drills: crate::health::Drills) -> Self {
+        self.shared_mut().drills = Some(Arc::new(drills));
+        self
+    }
+
     /// The default chain this middleware tries.
     pub fn chain(&self) -> &Chain {
         self.shared.chains.default_chain()
@@ -294,7 +317,9 @@ struct Served {
 // ===== impl Upstream =====
 
 /// The rest of the middleware chain as the engine's upstream service: one
-/// `Next::run` per attempt.
+/// `Next::run` per attempt. Cloned for hedged attempts (`Next` is a cheap
+/// handle on the rest of the chain).
+#[derive(Clone)]
 struct Upstream<'a> {
     next: Next<'a>,
     extensions: &'a Extensions,

@@ -41,6 +41,8 @@ pub struct Route {
     context_window: Option<u64>,
     max_output_tokens: Option<u64>,
     price: Option<Price>,
+    hedge_after: Option<Duration>,
+    health_key: Arc<str>,
 }
 
 impl Route {
@@ -49,7 +51,7 @@ impl Route {
         let model: String = model.into();
         let model_json = crate::json::scan::encode_string(&model);
         Route {
-            model: model.into(),
+            model: model.as_str().into(),
             model_json,
             label: None,
             timeout: None,
@@ -64,6 +66,8 @@ impl Route {
             context_window: None,
             max_output_tokens: None,
             price: None,
+            hedge_after: None,
+            health_key: model.as_str().into(),
         }
     }
 
@@ -131,8 +135,23 @@ impl Route {
     /// Sends this route's attempts to another OpenAI-compatible API (see
     /// [`Endpoint`]). Without it, attempts go where the caller's request goes.
     pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.health_key = format!("{}@{}", self.model, endpoint.base_url()).into();
         self.endpoint = Some(endpoint);
         self
+    }
+
+    /// Hedging: if this route's attempt has no answer after `after` (for a
+    /// stream, no first content chunk), the next route starts beside it and
+    /// the first acceptable answer wins; the other is cancelled. Needs
+    /// [`FallbackLayer::hedging`](crate::FallbackLayer::hedging) (the budget).
+    pub fn hedge_after(mut self, after: Duration) -> Self {
+        self.hedge_after = Some(after);
+        self
+    }
+
+    /// The hedge delay, if set.
+    pub fn get_hedge_after(&self) -> Option<Duration> {
+        self.hedge_after
     }
 
     /// Asks OpenRouter for its own attempt log (`X-OpenRouter-Metadata:
@@ -280,10 +299,23 @@ impl Route {
             .map(|group| {
                 let mut r = self.clone();
                 r.model = group[0].as_str().into();
+                r.health_key = match &r.endpoint {
+                    Some(e) => format!("{}@{}", group[0], e.base_url()).into(),
+                    None => group[0].as_str().into(),
+                };
                 r.model_json = crate::json::scan::encode_string(&group[0]);
                 r.native_fallbacks(group[1..].iter().cloned())
             })
             .collect()
+    }
+
+    /// The key route health is kept under: the model, plus the endpoint.
+    pub(crate) fn health_key(&self) -> &str {
+        &self.health_key
+    }
+
+    pub(crate) fn health_key_arc(&self) -> &Arc<str> {
+        &self.health_key
     }
 
     pub(crate) fn model_arc(&self) -> &Arc<str> {
@@ -316,6 +348,7 @@ impl fmt::Debug for Route {
             .field("context_window", &self.context_window)
             .field("max_output_tokens", &self.max_output_tokens)
             .field("price", &self.price)
+            .field("hedge_after", &self.hedge_after)
             .finish()
     }
 }
@@ -344,6 +377,7 @@ pub struct Chain {
     routes: Arc<[Route]>,
     deadline: Option<Duration>,
     price_guard: Option<PriceGuard>,
+    hedge_after: Option<Duration>,
 }
 
 impl Chain {
@@ -366,6 +400,7 @@ impl Chain {
             routes,
             deadline: None,
             price_guard: None,
+            hedge_after: None,
         }
     }
 
@@ -382,6 +417,18 @@ impl Chain {
     pub fn price_guard(mut self, guard: PriceGuard) -> Self {
         self.price_guard = Some(guard);
         self
+    }
+
+    /// Hedging for every route of the chain that sets none itself (see
+    /// [`Route::hedge_after`]).
+    pub fn hedge_after(mut self, after: Duration) -> Self {
+        self.hedge_after = Some(after);
+        self
+    }
+
+    /// The chain-wide hedge delay, if set.
+    pub fn get_hedge_after(&self) -> Option<Duration> {
+        self.hedge_after
     }
 
     /// The price guard, if set.
