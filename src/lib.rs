@@ -139,6 +139,8 @@
 //! # Features
 //!
 //! - `testing`: an OpenRouter-compatible mock upstream ([`testing`]).
+//! - `metrics`: counters and histograms through the `metrics` facade (names
+//!   and labels in the README).
 //! - `reqwest`: [`FallbackMiddleware`], the same engine for
 //!   [`reqwest_middleware`] clients: `ClientBuilder::new(client).with(FallbackMiddleware::new(chain))`.
 //!   Same chain, policy, rewrite, streaming commit point, report and
