@@ -313,6 +313,9 @@ where
                     let now = Instant::now();
                     let remaining = deadline.map(|d| d.saturating_duration_since(now));
                     if remaining == Some(Duration::ZERO) {
+                        if !flights.is_empty() {
+                            break; // no new attempt; the one in flight may still answer
+                        }
                         report.resolution = Resolution::DeadlineExceeded;
                         break 'chain;
                     }
