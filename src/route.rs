@@ -625,12 +625,12 @@ impl ChainSet {
                 ),
                 (long, Self::LONG_CONTEXT),
             ];
-            for (name, chain) in wanted
+            let picked = wanted
                 .iter()
                 .filter(|(w, _)| *w)
-                .filter_map(|(_, name)| self.named.iter().find(|(n, _)| **n == **name).map(|(n, c)| (&**n, c)))
-            {
-                return Ok((name, chain));
+                .find_map(|(_, name)| self.named.iter().find(|(n, _)| **n == **name).map(|(n, c)| (&**n, c)));
+            if let Some(picked) = picked {
+                return Ok(picked);
             }
         }
         Ok((Self::DEFAULT, &self.default))

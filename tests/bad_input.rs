@@ -179,7 +179,7 @@ async fn chunked_body_over_the_limit_is_refused_while_reading() {
     let svc = layer().max_body_bytes(1024).layer(upstream.clone());
     let piece = Bytes::from(vec![b' '; 300]);
     let mut parts = vec![Bytes::from_static(b"{\"model\":\"a/a\",\"pad\":\"")];
-    parts.extend(std::iter::repeat(piece).take(10));
+    parts.extend(std::iter::repeat_n(piece, 10));
     let req = http::Request::post("http://mock/api/v1/chat/completions")
         .body(Chunked::new(parts))
         .unwrap();

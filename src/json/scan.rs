@@ -1072,7 +1072,7 @@ pub(super) mod tests {
             sparse_prefix in 0..200usize,
         ) {
             let mut input = vec![b'"'];
-            input.extend(std::iter::repeat(b'x').take(sparse_prefix));
+            input.extend(std::iter::repeat_n(b'x', sparse_prefix));
             input.extend(&body);
             let mut i = 1;
             let want = loop {
