@@ -2,14 +2,14 @@
 //!
 //! Needs are read from the request body with the top-level index: `tools`,
 //! `functions` and `tool_choice` mean tool calling; content parts of type
-//! `image_url`/`input_image` mean vision and `input_audio` audio (found with
-//! one `memmem` pass per marker over `messages`, no DOM); a `response_format`
+//! `image_url`/`input_image` mean vision and `input_audio` audio (seen by the
+//! scanner as it passes over the strings of `messages`: no second pass, no
+//! DOM); a `response_format`
 //! of type `json_schema` means structured output; the prompt size is
 //! estimated from the bytes of `messages` and `tools`.
 
 use crate::json::scan::ValueKind;
 use crate::request::RequestIndex;
-use memchr::memmem;
 use std::fmt;
 use std::ops::{BitOr, BitOrAssign};
 
@@ -278,30 +278,15 @@ pub(crate) fn detect(body: &[u8], index: &RequestIndex) -> Needs {
             caps |= Capabilities::STRUCTURED_OUTPUT;
         }
     }
-    let mut media_parts = 0u64;
-    let mut media_bytes = 0u64;
-    if let Some(r) = &n.messages {
-        let messages = &body[r.clone()];
-        for (needle, cap) in [
-            (&b"\"image_url\""[..], Capabilities::VISION),
-            (&b"\"input_image\""[..], Capabilities::VISION),
-            (&b"\"input_audio\""[..], Capabilities::AUDIO),
-        ] {
-            for at in memmem::find_iter(messages, needle) {
-                match marker(messages, at, needle.len()) {
-                    Marker::Type => {
-                        caps |= cap;
-                        media_parts += 1;
-                    }
-                    Marker::Key => {
-                        caps |= cap;
-                        media_bytes += inline_data_len(messages, at + needle.len());
-                    }
-                    Marker::Text => {}
-                }
-            }
-        }
+    let media = n.media.unwrap_or_default();
+    if media.vision {
+        caps |= Capabilities::VISION;
     }
+    if media.audio {
+        caps |= Capabilities::AUDIO;
+    }
+    let media_bytes = if media.vision || media.audio { media.bytes } else { 0 };
+    let media_parts = media.parts;
     let text_bytes = n
         .messages
         .as_ref()
@@ -352,35 +337,59 @@ fn marker(hay: &[u8], at: usize, len: usize) -> Marker {
     }
 }
 
-/// Bytes of inline media data (a data URL or base64 string over 1 KiB)
-/// starting within a few hundred bytes after a part key, so they are not
-/// counted as prompt text. One `memchr` per string looked at.
-fn inline_data_len(hay: &[u8], from: usize) -> u64 {
-    let window_end = (from + 512).min(hay.len());
-    let mut pos = from;
-    while pos < window_end {
-        let Some(open) = memchr::memchr(b'"', &hay[pos..window_end]).map(|i| pos + i) else {
-            return 0;
+/// What the scan of `messages` found: content parts that need vision or
+/// audio, and the bytes of inline media (data URLs, base64), which are not
+/// prompt text.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MediaScan {
+    pub(crate) vision: bool,
+    pub(crate) audio: bool,
+    /// Content parts (`"type": "image_url"`, ...).
+    pub(crate) parts: u64,
+    /// Bytes of strings that are inline media.
+    pub(crate) bytes: u64,
+}
+
+impl MediaScan {
+    /// Looks at one string of `messages` (`open..end`, quotes included), as
+    /// the scanner passes over it: a few comparisons per string.
+    pub(crate) fn on_string(&mut self, body: &[u8], open: usize, end: usize) {
+        let content = &body[open + 1..end - 1];
+        let cap = match content {
+            b"image_url" | b"input_image" => Capabilities::VISION,
+            b"input_audio" => Capabilities::AUDIO,
+            _ => {
+                // Inline media: long, and no whitespace where text would have some.
+                // Inline media: long, and only data-URL/base64 characters where
+                // text would have spaces or punctuation. Counted here, and
+                // discounted only if the request has media parts at all.
+                let base64ish = |b: &u8| b.is_ascii_alphanumeric() || b"+/=:;,.-_".contains(b);
+                if content.len() > 1024 && content[..64].iter().all(base64ish) {
+                    self.bytes += content.len() as u64;
+                }
+                return;
+            }
         };
-        let Some(close) = memchr::memchr(b'"', &hay[open + 1..]).map(|i| open + 1 + i) else {
-            return 0;
-        };
-        let len = (close - open - 1) as u64;
-        if len > 1024 {
-            return len;
+        match marker(body, open, end - open) {
+            Marker::Text => return,
+            Marker::Type => self.parts += 1,
+            Marker::Key => {}
         }
-        pos = close + 1;
+        if cap == Capabilities::VISION {
+            self.vision = true;
+        } else {
+            self.audio = true;
+        }
     }
-    0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request::index_request;
+    use crate::request::index_request_with_media;
 
     fn needs(body: &str) -> Needs {
-        detect(body.as_bytes(), &index_request(body.as_bytes()).unwrap())
+        detect(body.as_bytes(), &index_request_with_media(body.as_bytes()).unwrap())
     }
 
     #[test]

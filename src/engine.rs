@@ -12,7 +12,7 @@ use crate::native;
 use crate::policy::{self, Action, Observed, Policy, ResponseInfo};
 use crate::report::UpstreamError;
 use crate::report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution};
-use crate::request::{index_request, removals, BadRequest, MemberSpan, RequestIndex};
+use crate::request::{index_request, index_request_with_media, removals, BadRequest, MemberSpan, RequestIndex};
 use crate::stream::{CommittedStream, Signal, SseTracker};
 use crate::{Attempt, BoxError, ChainName, ChainSet, Route};
 use bytes::{Bytes, BytesMut};
@@ -166,7 +166,11 @@ where
                 );
             }
         };
-        let index = match index_request(&body) {
+        let index = match if shared.chains.reads_needs() {
+            index_request_with_media(&body)
+        } else {
+            index_request(&body)
+        } {
             Ok(i) => i,
             Err(bad) => return reject(StatusCode::BAD_REQUEST, &bad, started),
         };

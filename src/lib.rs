@@ -198,6 +198,28 @@ pub mod __private {
 
     use crate::json::{scan, Edit, ReplayBody};
 
+    /// Indexes `body` like the layer does and reads what it needs
+    /// (capabilities, prompt estimate); `Err` as for [`rewrite_model`].
+    pub fn detect_needs(body: &bytes::Bytes) -> Result<crate::Needs, String> {
+        let index = crate::request::index_request_with_media(body).map_err(|bad| bad.message)?;
+        Ok(crate::capability::detect(body, &index))
+    }
+
+    /// What the layer does for a chain whose routes declare limits: one
+    /// index, the needs read from it, and the rewrite.
+    pub fn rewrite_with_needs(body: &bytes::Bytes, model: &str) -> Result<(ReplayBody, crate::Needs), String> {
+        let index = crate::request::index_request_with_media(body).map_err(|bad| bad.message)?;
+        let needs = crate::capability::detect(body, &index);
+        let replay = ReplayBody::rewrite(
+            body,
+            &[Edit {
+                range: index.model,
+                replacement: scan::encode_string(model),
+            }],
+        );
+        Ok((replay, needs))
+    }
+
     /// Indexes `body` like the layer does and rewrites its `model` to
     /// `model`; `Err` carries the message of the `400` the layer would send.
     pub fn rewrite_model(body: &bytes::Bytes, model: &str) -> Result<ReplayBody, String> {

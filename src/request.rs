@@ -33,6 +33,8 @@ pub(crate) struct NeedSpans {
     pub(crate) tool_choice: Option<Range<usize>>,
     pub(crate) response_format: Option<Range<usize>>,
     pub(crate) max_tokens: Option<Range<usize>>,
+    /// Media parts seen in `messages`, when the index was asked to look.
+    pub(crate) media: Option<crate::capability::MediaScan>,
 }
 
 /// Where a top-level member sits among its neighbours, so it can be
@@ -99,6 +101,16 @@ const SINGLE_KEYS: &[&str] = &["model", "models", "provider", "stream"];
 const OPENROUTER_KEYS: [&str; 4] = ["provider", "models", "route", "transforms"];
 
 pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
+    index(body, false)
+}
+
+/// [`index_request`], also reading the media parts of `messages` in the same
+/// pass (for the capability checks).
+pub(crate) fn index_request_with_media(body: &[u8]) -> Result<RequestIndex, BadRequest> {
+    index(body, true)
+}
+
+fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
     let mut model: Option<(Range<usize>, ValueKind)> = None;
     let mut stream = None;
     let mut seen = [false; SINGLE_KEYS.len()];
@@ -107,7 +119,10 @@ pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
     let mut prev_value_end = None;
     let mut last_recorded: Option<usize> = None;
     let mut needs = NeedSpans::default();
-    let scanned = scan::scan_object(body, |m| {
+    let mut media_scan = crate::capability::MediaScan::default();
+    let mut on_string = |open: usize, end: usize| media_scan.on_string(body, open, end);
+    let watch: scan::Watch<'_> = media.then_some(("messages", &mut on_string as _));
+    let scanned = scan::scan_object_watching(body, watch, |m| {
         if let Some(k) = last_recorded.take() {
             if let Some(span) = openrouter[k].as_mut() {
                 span.next_key_start = Some(m.key_span.start);
@@ -191,6 +206,7 @@ pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
         })?
         .into_owned();
     let [provider, models, route, transforms] = openrouter;
+    needs.media = media.then_some(media_scan);
     Ok(RequestIndex {
         model: span,
         requested_model,

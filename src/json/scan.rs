@@ -138,6 +138,21 @@ impl<E> From<ScanError> for ScanFail<E> {
 /// owned string).
 pub(crate) fn scan_object<'a, E>(
     input: &'a [u8],
+    on_member: impl FnMut(Member<'a>) -> Result<(), E>,
+) -> Result<Range<usize>, ScanFail<E>> {
+    scan_object_watching(input, None, on_member)
+}
+
+/// A key to watch and what to call for each string inside its value.
+pub(crate) type Watch<'w> = Option<(&'w str, &'w mut dyn FnMut(usize, usize))>;
+
+/// [`scan_object`], and when `watch` names a key whose value is an object or
+/// array, calls its function with the span (quotes included) of every
+/// string inside that value, in the same pass: the capability checks read
+/// `messages` this way without a second walk over it.
+pub(crate) fn scan_object_watching<'a, E>(
+    input: &'a [u8],
+    mut watch: Watch<'_>,
     mut on_member: impl FnMut(Member<'a>) -> Result<(), E>,
 ) -> Result<Range<usize>, ScanFail<E>> {
     use ScanErrorKind::*;
@@ -175,7 +190,20 @@ pub(crate) fn scan_object<'a, E>(
                 None => return Err(err(UnexpectedEnd, pos)),
             }
             let value_start = skip_ws(input, pos + 1);
-            let (value_end, kind) = scan_value(input, value_start)?;
+            let (value_end, kind) = match (&mut watch, input.get(value_start)) {
+                (Some((name, on_string)), Some(&open @ (b'[' | b'{'))) if *name == &*key => {
+                    let end = skip_nested_with(input, value_start, &mut |a, b| on_string(a, b))?;
+                    (
+                        end,
+                        if open == b'[' {
+                            ValueKind::Array
+                        } else {
+                            ValueKind::Object
+                        },
+                    )
+                }
+                _ => scan_value(input, value_start)?,
+            };
             on_member(Member {
                 key,
                 key_span: key_start..key_end,
@@ -502,6 +530,12 @@ fn escape_len(input: &[u8], at: usize) -> Result<usize, ScanError> {
 /// closing bracket. Brackets are matched with a bit stack (1 = object), and
 /// strings jumped over; everything else is passed over unchecked.
 fn skip_nested(input: &[u8], start: usize) -> Result<usize, ScanError> {
+    skip_nested_with(input, start, &mut |_, _| {})
+}
+
+/// [`skip_nested`], calling `on_string` with each string's span.
+#[inline]
+fn skip_nested_with<F: FnMut(usize, usize)>(input: &[u8], start: usize, on_string: &mut F) -> Result<usize, ScanError> {
     use ScanErrorKind::*;
     let mut stack: u128 = 0;
     let mut depth = 0usize; // open levels below the top-level object
@@ -509,7 +543,9 @@ fn skip_nested(input: &[u8], start: usize) -> Result<usize, ScanError> {
     while let Some(&b) = input.get(i) {
         match b {
             b'"' => {
-                i = string_end(input, i)?;
+                let end = string_end(input, i)?;
+                on_string(i, end);
+                i = end;
                 continue;
             }
             b'{' | b'[' => {
