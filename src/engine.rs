@@ -247,7 +247,16 @@ where
         'chain: loop {
             // Launch the next route when nothing is in flight, or when the
             // hedge timer of the one in flight fired.
-            let hedge_now = hedge_timer.as_mut().is_some_and(|t| t.is_elapsed());
+            // A non-streaming attempt whose response head arrived has
+            // committed: the hedge is not needed (its body is on the way).
+            let timer_fired = hedge_timer.as_mut().is_some_and(|t| t.is_elapsed());
+            let committed = flights
+                .iter()
+                .any(|f| f.head.load(std::sync::atomic::Ordering::Acquire));
+            if timer_fired && committed {
+                hedge_timer = None;
+            }
+            let hedge_now = timer_fired && !committed;
             if flights.is_empty() || hedge_now {
                 hedge_timer = None;
                 let mut launched = false;
@@ -365,8 +374,10 @@ where
                     if hedge {
                         crate::metrics::hedge_started(route.model());
                     }
+                    let head = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let fut = Box::pin(
-                        fly(svc, must_poll, request, shared.max_response_bytes, limit).instrument(span.clone()),
+                        fly(svc, must_poll, request, shared.max_response_bytes, limit, head.clone())
+                            .instrument(span.clone()),
                     );
                     sent += 1;
                     let hedge_after = route.get_hedge_after().or(chain.get_hedge_after());
@@ -379,6 +390,7 @@ where
                         by_deadline,
                         hedge,
                         probe,
+                        head,
                         fut,
                     });
                     launched = true;
@@ -565,6 +577,9 @@ struct Flight<'r, F> {
     hedge: bool,
     /// This attempt is its route's half-open probe.
     probe: Option<ProbeGuard>,
+    /// Set once the attempt has committed (a non-streaming response head,
+    /// or a stream's first content), which rules out hedging it.
+    head: Arc<std::sync::atomic::AtomicBool>,
     fut: Pin<Box<F>>,
 }
 
@@ -653,6 +668,7 @@ async fn fly<S, RB>(
     request: Request<ReplayBody>,
     max_response_bytes: usize,
     limit: Option<Duration>,
+    head: Arc<std::sync::atomic::AtomicBool>,
 ) -> (S, Option<Result<Answer<RB>, BoxError>>)
 where
     S: Service<Request<ReplayBody>, Response = Response<RB>>,
@@ -660,7 +676,7 @@ where
     RB: Body<Data = Bytes> + Unpin,
     RB::Error: Into<BoxError>,
 {
-    let call = send(&mut svc, poll_ready, request, max_response_bytes);
+    let call = send(&mut svc, poll_ready, request, max_response_bytes, &head);
     let out = match limit {
         Some(l) => tokio::time::timeout(l, call).await.ok(),
         None => Some(call.await),
@@ -743,6 +759,7 @@ async fn send<S, RB>(
     poll_ready: bool,
     request: Request<ReplayBody>,
     max_response_bytes: usize,
+    head: &std::sync::atomic::AtomicBool,
 ) -> Result<Answer<RB>, BoxError>
 where
     S: Service<Request<ReplayBody>, Response = Response<RB>>,
@@ -758,8 +775,10 @@ where
     let resp = svc.call(request).await.map_err(Into::into)?;
     let (parts, mut rb) = resp.into_parts();
     if parts.status.is_success() && policy::is_event_stream(&parts.headers) {
+        // A stream commits at its first content, not at its head.
         return until_first_token(parts, rb, max_response_bytes).await;
     }
+    head.store(true, std::sync::atomic::Ordering::Release);
     match collect_bounded(&mut rb, max_response_bytes).await {
         Ok(bytes) => {
             let facts = BodyFacts::inspect(&bytes);

@@ -6,6 +6,7 @@ use common::*;
 use llm_fallback::health::HedgeBudget;
 use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, Outcome, Route};
+use std::future::Future;
 use std::time::Duration;
 use tower::{Layer, ServiceExt};
 
@@ -199,4 +200,86 @@ fn metrics_count_attempts_skips_hedges_and_fallback_position() {
         find("llm_fallback_time_to_commit_seconds", &[("model", "c/c")]),
         Some(DebugValue::Histogram(_))
     ));
+}
+
+/// A body that arrives `delay` after its head.
+struct SlowBody {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    data: Option<bytes::Bytes>,
+}
+
+impl http_body::Body for SlowBody {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(http_body::Frame::data(d))))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_response_head_in_time_rules_out_the_hedge() {
+    // a/a sends its head at once and its body after 500 ms: it has committed,
+    // so the 200 ms hedge never starts.
+    let hedges = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = hedges.clone();
+    let inner = tower::service_fn(move |req: http::Request<llm_fallback::ReplayBody>| {
+        let seen = seen.clone();
+        async move {
+            let body = http_body_util::BodyExt::collect(req.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            let model = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["model"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            if model != "a/a" {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            let answer =
+                format!(r#"{{"model":"{model}","choices":[{{"finish_reason":"stop","message":{{"content":"hi"}}}}]}}"#);
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(SlowBody {
+                        sleep: Box::pin(tokio::time::sleep(ms(500))),
+                        data: Some(answer.into()),
+                    })
+                    .unwrap(),
+            )
+        }
+    });
+    let layer =
+        FallbackLayer::new(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")])).hedging(generous());
+    let started = tokio::time::Instant::now();
+    let resp = layer.layer(inner).oneshot(post(URL, chat("x"))).await.unwrap();
+    assert_eq!(started.elapsed(), ms(500));
+    assert_eq!(resp.extensions().get::<FallbackReport>().unwrap().attempts().len(), 1);
+    assert_eq!(hedges.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_without_a_first_token_is_hedged() {
+    // Keep-alives are not a commit: after 200 ms the next route starts.
+    let up = MockUpstream::new()
+        .model("a/a", Reply::stream().keep_alive(100, ms(50)))
+        .model("b/b", Reply::stream().latency(ms(10)));
+    let layer =
+        FallbackLayer::new(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")])).hedging(generous());
+    let started = tokio::time::Instant::now();
+    let body = serde_json::json!({"model": "x", "stream": true, "messages": []}).to_string();
+    let resp = layer.clone().layer(up.clone()).oneshot(post(URL, body)).await.unwrap();
+    assert_eq!(started.elapsed(), ms(210));
+    let r = resp.extensions().get::<FallbackReport>().unwrap().clone();
+    assert_eq!(r.served_model(), "b/b");
+    assert_eq!(r.attempts()[1].outcome(), Outcome::Cancelled);
+    let (_, bytes) = body_bytes(resp).await;
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("OPENROUTER PROCESSING"),
+        "nothing of the loser reaches the client"
+    );
 }
