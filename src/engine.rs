@@ -372,7 +372,7 @@ where
                     };
                     let hedge = !flights.is_empty();
                     if hedge {
-                        crate::metrics::hedge_started(route.model());
+                        crate::metrics::hedge_started(route.model_arc());
                     }
                     let head = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let fut = Box::pin(
@@ -450,7 +450,7 @@ where
             if let Some(t) = record.error_type() {
                 flight.span.record("error.type", t);
             }
-            crate::metrics::attempt(flight.route.model(), record.outcome, record.elapsed);
+            crate::metrics::attempt(flight.route.model_arc(), record.outcome, record.elapsed);
             flight.settle_health(&shared, &record);
             let route = flight.route;
             if record.outcome.is_failure() {
@@ -492,7 +492,7 @@ where
                         report.attempts.push(other.cancelled());
                     }
                     if hedge_won {
-                        crate::metrics::hedge_won(route.model());
+                        crate::metrics::hedge_won(route.model_arc());
                     }
                     report.resolution = if action == Action::Accept {
                         Resolution::Served
@@ -503,7 +503,7 @@ where
                     report.provider = answer.facts.provider.clone();
                     report.usage = answer.facts.usage.clone();
                     flight.span.record("gen_ai.response.model", report.served_model());
-                    crate::metrics::committed(route.model(), started.elapsed());
+                    crate::metrics::committed(route.model_arc(), started.elapsed());
                     crate::metrics::request(report.resolution, Some(flight.i), drill);
                     let mut parts = answer.parts;
                     let (body, handle) = match answer.body {
@@ -591,7 +591,7 @@ impl<F> Flight<'_, F> {
         record.outcome = Outcome::Cancelled;
         record.hedged = self.hedge;
         record.elapsed = self.started.elapsed();
-        crate::metrics::attempt(self.route.model(), Outcome::Cancelled, record.elapsed);
+        crate::metrics::attempt(self.route.model_arc(), Outcome::Cancelled, record.elapsed);
         // Dropping `self` drops the attempt's future (closing its connection)
         // and releases a probe it held.
         record
@@ -656,7 +656,7 @@ impl Drop for ProbeGuard {
 /// Records a route that was not tried.
 fn skip_route(report: &mut FallbackReport, i: usize, route: &Route, reason: SkipReason) {
     tracing::debug!(model = route.model(), reason = %reason, "llm fallback skipped a route");
-    crate::metrics::skip(route.model(), reason.as_str());
+    crate::metrics::skip(route.model_arc(), reason.as_str());
     report.attempts.push(AttemptRecord::skipped(i, route, reason));
 }
 
