@@ -282,6 +282,16 @@ pub fn chat_body(flavour: Flavour, size: usize) -> Vec<u8> {
     out
 }
 
+/// `body` (from [`chat_body`]) asking for `model` instead of
+/// [`REQUESTED_MODEL`].
+pub fn with_model(body: &[u8], model: &str) -> Vec<u8> {
+    let from = format!(r#"{{"model":{}"#, Value::from(REQUESTED_MODEL));
+    assert!(body.starts_with(from.as_bytes()), "not a chat_body");
+    let mut out = format!(r#"{{"model":{}"#, Value::from(model)).into_bytes();
+    out.extend_from_slice(&body[from.len()..]);
+    out
+}
+
 /// How many bytes of `body` are escapes (`\` + what follows), per thousand.
 pub fn escape_density(body: &[u8]) -> usize {
     let mut n = 0;
