@@ -146,6 +146,12 @@
 //!   Same chain, policy, rewrite, streaming commit point, report and
 //!   exhaustion answer; the report is in the `reqwest::Response`'s
 //!   extensions. Off by default; needs Rust 1.85 (reqwest 0.13).
+//! - `config`: [`config::Config`], the whole setup (named chains, routes,
+//!   policy knobs, limits) from a TOML or JSON file, and
+//!   [`FallbackLayer::from_config`]. Unknown keys and bad values are errors
+//!   naming the file, the key and what is expected; API keys come only from
+//!   the environment variables the file names. Off by default; needs Rust
+//!   1.85 (toml 1).
 //! - `full`: every feature.
 
 #![forbid(unsafe_code)]
@@ -154,6 +160,9 @@
 
 mod body;
 mod capability;
+#[cfg(feature = "config")]
+#[cfg_attr(docsrs, doc(cfg(feature = "config")))]
+pub mod config;
 mod engine;
 mod future;
 pub mod health;

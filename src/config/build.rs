@@ -1,0 +1,278 @@
+//! Checking a [`Config`] and turning it into a [`FallbackLayer`].
+
+use super::{ChainConfig, Config, ConfigError, ConfigPolicy, PriceGuardConfig, RouteConfig};
+use crate::native::{Endpoint, EndpointError};
+use crate::{Chain, ChainSet, FallbackLayer, Price, PriceGuard, Route};
+use std::time::Duration;
+
+impl FallbackLayer<ConfigPolicy> {
+    /// A layer with every chain, route, policy override and limit of
+    /// `config`.
+    ///
+    /// Endpoint keys are read from the environment variables the config
+    /// names, now; a missing one is an error naming the file, the key and
+    /// the variable.
+    ///
+    /// ```
+    /// use llm_fallback::config::Config;
+    /// use llm_fallback::FallbackLayer;
+    ///
+    /// let config = Config::from_toml_str(r#"
+    ///     [[chains.default.routes]]
+    ///     model = "openai/gpt-4o"
+    ///
+    ///     [[chains.default.routes]]
+    ///     model = "gpt-4o-mini"
+    ///     endpoint = { base_url = "https://api.openai.com/v1", api_key_env = "SURELY_UNSET_OPENAI_KEY" }
+    /// "#)?;
+    /// let err = FallbackLayer::from_config(&config.with_source("fallback.toml")).unwrap_err();
+    /// assert_eq!(
+    ///     err.to_string(),
+    ///     "fallback.toml: chains.default.routes[1].endpoint.api_key_env: the environment variable \
+    ///      SURELY_UNSET_OPENAI_KEY is not set; expected it to hold the API key"
+    /// );
+    /// # Ok::<(), llm_fallback::config::ConfigError>(())
+    /// ```
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let build = |name: &str, chain: &ChainConfig| build_chain(config, name, chain).map_err(|e| config.locate(e));
+        let default = config.chains.get(ChainSet::DEFAULT).expect("validated");
+        let mut set = ChainSet::new(build(ChainSet::DEFAULT, default)?);
+        for (name, chain) in config.chains.iter().filter(|(n, _)| *n != ChainSet::DEFAULT) {
+            set = set.chain(name.as_str(), build(name, chain)?);
+        }
+        if let Some(name) = &config.on_content_policy {
+            set = set.on_content_policy(name.as_str());
+        }
+        let mut layer = FallbackLayer::with_chains(set).with_policy(ConfigPolicy::new(&config.policy));
+        if let Some(n) = config.max_body_bytes {
+            layer = layer.max_body_bytes(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        if let Some(n) = config.max_response_bytes {
+            layer = layer.max_response_bytes(usize::try_from(n).unwrap_or(usize::MAX));
+        }
+        Ok(layer)
+    }
+}
+
+fn build_chain(config: &Config, name: &str, chain: &ChainConfig) -> Result<Chain, ConfigError> {
+    let routes = chain
+        .routes
+        .iter()
+        .enumerate()
+        .map(|(i, r)| build_route(config, &format!("chains.{name}.routes[{i}]"), r))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut out = Chain::new(routes);
+    if let Some(d) = chain.deadline {
+        out = out.deadline(d);
+    }
+    if let Some(guard) = chain.price_guard {
+        out = out.price_guard(match guard {
+            PriceGuardConfig::NotAbovePrimary => PriceGuard::NotAbovePrimary,
+            PriceGuardConfig::FreeOnly => PriceGuard::FreeOnly,
+            PriceGuardConfig::Max(p) => PriceGuard::Max(Price::per_million(p.prompt, p.completion)),
+        });
+    }
+    Ok(out)
+}
+
+fn build_route(config: &Config, key: &str, r: &RouteConfig) -> Result<Route, ConfigError> {
+    let mut route = Route::new(r.model.as_str());
+    if let Some(label) = &r.label {
+        route = route.label(label.as_str());
+    }
+    if let Some(t) = r.timeout {
+        route = route.timeout(t);
+    }
+    if let Some(t) = r.first_token_timeout {
+        route = route.first_token_timeout(t);
+    }
+    if let Some(t) = r.idle_timeout {
+        route = route.idle_timeout(t);
+    }
+    if let Some(prefs) = &r.provider {
+        route = route.provider(prefs.clone());
+    }
+    if !r.native_fallbacks.is_empty() {
+        route = route.native_fallbacks(r.native_fallbacks.iter().cloned());
+    }
+    if r.openrouter_metadata {
+        route = route.openrouter_metadata(true);
+    }
+    if let Some(e) = &r.endpoint {
+        let mut endpoint = Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(key, err))?;
+        if let Some(var) = &e.api_key_env {
+            // Checked here first so the error names the file and the key.
+            config.env_var(&format!("{key}.endpoint.api_key_env"), var)?;
+            endpoint = endpoint
+                .api_key_env(var.as_str())
+                .map_err(|err| endpoint_error(key, err))?;
+        }
+        if let Some(yes) = e.openrouter {
+            endpoint = endpoint.openrouter(yes);
+        }
+        route = route.endpoint(endpoint);
+    }
+    if let Some(caps) = r.capabilities {
+        route = route.capabilities(caps);
+    }
+    if let Some(n) = r.context_window {
+        route = route.context_window(n);
+    }
+    if let Some(n) = r.max_output_tokens {
+        route = route.max_output_tokens(n);
+    }
+    if let Some(p) = r.price {
+        route = route.price(Price::per_million(p.prompt, p.completion));
+    }
+    Ok(route)
+}
+
+fn endpoint_error(route_key: &str, err: EndpointError) -> ConfigError {
+    match err {
+        EndpointError::InvalidUrl { url, reason } => ConfigError::new(
+            format!("{route_key}.endpoint.base_url"),
+            format!("invalid URL {url:?} ({reason}); expected an API base such as \"https://api.openai.com/v1\""),
+        ),
+        EndpointError::InvalidKey { variable } => ConfigError::new(
+            format!("{route_key}.endpoint.api_key_env"),
+            format!("the key in the environment variable {variable} has characters that cannot be sent in a header"),
+        ),
+        other => ConfigError::new(format!("{route_key}.endpoint"), other.to_string()),
+    }
+}
+
+/// The checks of [`Config::validate`]; errors carry no file yet.
+pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
+    if !config.chains.contains_key(ChainSet::DEFAULT) {
+        let found: Vec<&str> = config.chains.keys().map(String::as_str).collect();
+        return Err(ConfigError::new(
+            "chains",
+            format!(
+                "no `default` chain; expected [chains.default] with at least one route (found: {})",
+                if found.is_empty() {
+                    "no chains".into()
+                } else {
+                    found.join(", ")
+                }
+            ),
+        ));
+    }
+    for (name, chain) in &config.chains {
+        if name.trim().is_empty() {
+            return Err(ConfigError::new(
+                "chains",
+                "a chain has an empty name; expected a name such as \"budget\"",
+            ));
+        }
+        let key = format!("chains.{name}");
+        if chain.routes.is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.routes"),
+                "the chain has no routes; expected at least one [[chains.NAME.routes]] with a model",
+            ));
+        }
+        positive(&format!("{key}.deadline"), chain.deadline)?;
+        for (i, r) in chain.routes.iter().enumerate() {
+            let key = format!("{key}.routes[{i}]");
+            if r.model.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("{key}.model"),
+                    "the model id is empty; expected one such as \"openai/gpt-4o\"",
+                ));
+            }
+            positive(&format!("{key}.timeout"), r.timeout)?;
+            positive(&format!("{key}.first_token_timeout"), r.first_token_timeout)?;
+            positive(&format!("{key}.idle_timeout"), r.idle_timeout)?;
+            if let Some(e) = &r.endpoint {
+                Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(&key, err))?;
+                if e.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                    return Err(ConfigError::new(
+                        format!("{key}.endpoint.api_key_env"),
+                        "empty; expected the name of an environment variable such as \"OPENAI_API_KEY\"",
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(name) = &config.on_content_policy {
+        if !config.chains.contains_key(name) {
+            return Err(ConfigError::new(
+                "on_content_policy",
+                format!(
+                    "no chain is called {name:?}; expected one of: {}",
+                    config.chains.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+    }
+    let p = &config.policy;
+    for (list, statuses, other) in [
+        ("fallback_on_status", &p.fallback_on_status, &p.stop_on_status),
+        ("stop_on_status", &p.stop_on_status, &p.fallback_on_status),
+    ] {
+        for (i, s) in statuses.iter().enumerate() {
+            if !(400..=599).contains(s) {
+                return Err(ConfigError::new(
+                    format!("policy.{list}[{i}]"),
+                    format!("{s} is not an HTTP error status; expected 400-599"),
+                ));
+            }
+            if other.contains(s) && list == "stop_on_status" {
+                return Err(ConfigError::new(
+                    format!("policy.{list}[{i}]"),
+                    format!("{s} is also in policy.fallback_on_status; expected each status in one list"),
+                ));
+            }
+        }
+    }
+    for (i, t) in p.stop_on_error_type.iter().enumerate() {
+        if p.fallback_on_error_type.contains(t) {
+            return Err(ConfigError::new(
+                format!("policy.stop_on_error_type[{i}]"),
+                format!("{t:?} is also in policy.fallback_on_error_type; expected each error type in one list"),
+            ));
+        }
+    }
+    if let Some(g) = &config.gateway {
+        if let Some(url) = &g.upstream {
+            Endpoint::new(url.as_str()).map_err(|err| match err {
+                EndpointError::InvalidUrl { url, reason } => ConfigError::new(
+                    "gateway.upstream",
+                    format!(
+                        "invalid URL {url:?} ({reason}); expected an API base such as \"https://openrouter.ai/api/v1\""
+                    ),
+                ),
+                other => ConfigError::new("gateway.upstream", other.to_string()),
+            })?;
+        }
+        if g.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "gateway.api_key_env",
+                "empty; expected the name of an environment variable such as \"OPENROUTER_API_KEY\"",
+            ));
+        }
+    }
+    for (key, n) in [
+        ("max_body_bytes", config.max_body_bytes),
+        ("max_response_bytes", config.max_response_bytes),
+    ] {
+        if n == Some(0) {
+            return Err(ConfigError::new(
+                key,
+                "0 bytes; expected a size above zero, such as \"32MiB\"",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn positive(key: &str, d: Option<Duration>) -> Result<(), ConfigError> {
+    match d {
+        Some(Duration::ZERO) => Err(ConfigError::new(
+            key,
+            "zero; expected a duration above zero, such as \"30s\" (leave the key out for no limit)",
+        )),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,595 @@
+//! The whole setup from a file: chains, routes, policy knobs and limits
+//! (feature `config`).
+//!
+//! A [`Config`] is plain data read from TOML ([`Config::from_path`],
+//! [`Config::from_toml_str`]) or JSON ([`Config::from_json_str`]);
+//! [`FallbackLayer::from_config`](crate::FallbackLayer::from_config) turns it
+//! into a layer. API keys are never in the file: a route's endpoint names the
+//! environment variable that holds its key (`api_key_env`), read when the
+//! layer is built.
+//!
+//! ```
+//! use llm_fallback::config::Config;
+//! use llm_fallback::FallbackLayer;
+//! use std::time::Duration;
+//!
+//! let config = Config::from_toml_str(r#"
+//!     max_body_bytes = "8MiB"
+//!
+//!     [policy]
+//!     stop_on_status = [429]            # rate limited: tell the caller, don't spend the fallbacks
+//!
+//!     [chains.default]
+//!     deadline = "60s"
+//!
+//!     [[chains.default.routes]]
+//!     model = "anthropic/claude-3.5-sonnet"
+//!     label = "primary"
+//!     timeout = "30s"
+//!
+//!     [[chains.default.routes]]
+//!     model = "openai/gpt-4o"
+//!     timeout = "25s"
+//!     provider = { order = ["OpenAI", "Azure"], allow_fallbacks = false }
+//! "#)?;
+//!
+//! let layer = FallbackLayer::from_config(&config)?;
+//! assert_eq!(layer.chain().routes()[0].get_timeout(), Some(Duration::from_secs(30)));
+//! assert_eq!(layer.chain().get_deadline(), Some(Duration::from_secs(60)));
+//! # Ok::<(), llm_fallback::config::ConfigError>(())
+//! ```
+//!
+//! # Errors name the file, the key and what is expected
+//!
+//! Unknown keys are refused (a typo must not silently drop a setting), and
+//! every error says where and what:
+//!
+//! ```
+//! use llm_fallback::config::Config;
+//!
+//! let err = Config::from_toml_str("[[chains.default.routes]]\nmodel = \"a/b\"\ntimeout = \"30\"\n")
+//!     .unwrap_err()
+//!     .in_file("fallback.toml");
+//! assert_eq!(err.key(), "chains.default.routes[0].timeout");
+//! assert_eq!(
+//!     err.to_string(),
+//!     "fallback.toml:3:11: chains.default.routes[0].timeout: invalid duration \"30\": expected a duration: \
+//!      a number and a unit (h, m, s, ms, us, ns), such as \"30s\", \"250ms\", \"1.5s\" or \"1m30s\""
+//! );
+//! ```
+//!
+//! # The format
+//!
+//! `examples/fallback.toml` in the repository uses every key, with comments;
+//! the README's "Configuration reference" lists them (a test checks both
+//! against these types). In short:
+//!
+//! | key | meaning |
+//! |---|---|
+//! | `max_body_bytes`, `max_response_bytes` | [`FallbackLayer::max_body_bytes`](crate::FallbackLayer::max_body_bytes), [`max_response_bytes`](crate::FallbackLayer::max_response_bytes): an integer or `"32MiB"` |
+//! | `on_content_policy` | [`ChainSet::on_content_policy`](crate::ChainSet::on_content_policy) |
+//! | `[policy]` | [`ConfigPolicy`]: statuses and error types that fall back or stop |
+//! | `[chains.NAME]` | a [`Chain`](crate::Chain): `deadline`, `price_guard`, `routes`; `default` is required |
+//! | `[[chains.NAME.routes]]` | a [`Route`](crate::Route): `model`, `label`, `timeout`, `first_token_timeout`, `idle_timeout`, `provider`, `native_fallbacks`, `openrouter_metadata`, `endpoint`, `capabilities`, `context_window`, `max_output_tokens`, `price` |
+//! | `[gateway]` | settings for a server in front of the layer (`examples/gateway.rs`); the layer ignores them |
+//!
+//! Durations are strings with a unit: `"30s"`, `"250ms"`, `"1.5s"`, `"2m"`,
+//! `"1m30s"`.
+
+mod build;
+mod policy;
+mod units;
+
+pub use policy::ConfigPolicy;
+
+use crate::native::ProviderPrefs;
+use crate::Capabilities;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+// ===== the format =====
+
+/// The whole setup: named chains of routes, policy knobs, limits, and the
+/// settings of a gateway in front of the layer.
+///
+/// Build a layer with [`FallbackLayer::from_config`](crate::FallbackLayer::from_config).
+/// Fields left `None` (or empty) keep the layer's defaults. The types are
+/// `#[non_exhaustive]`, so to build one in code start from
+/// `Config::default()` (or parse a string) and set fields.
+///
+/// ```
+/// use llm_fallback::config::{ChainConfig, Config, RouteConfig};
+///
+/// let mut config = Config::default();
+/// config.chains.insert("default".into(), ChainConfig::new([RouteConfig::new("openai/gpt-4o")]));
+/// let text = config.to_toml_string();
+/// assert_eq!(Config::from_toml_str(&text)?, config);
+/// # Ok::<(), llm_fallback::config::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Config {
+    /// Largest request body buffered: an integer or a size such as `"32MiB"` (default 32 MiB).
+    #[serde(default, with = "units::opt_size", skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Largest response body buffered for inspection (default 16 MiB).
+    #[serde(default, with = "units::opt_size", skip_serializing_if = "Option::is_none")]
+    pub max_response_bytes: Option<u64>,
+    /// The chain a request moves to after a moderation failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_content_policy: Option<String>,
+    /// Which statuses and error types fall back or stop.
+    #[serde(default, skip_serializing_if = "PolicyConfig::is_empty")]
+    pub policy: PolicyConfig,
+    /// Settings for a server in front of the layer; the layer ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayConfig>,
+    /// The chains by name; `default` is required.
+    pub chains: BTreeMap<String, ChainConfig>,
+    #[serde(skip)]
+    source: Option<PathBuf>,
+}
+
+impl PartialEq for Config {
+    /// Compares the settings, not where they were read from.
+    fn eq(&self, other: &Self) -> bool {
+        self.max_body_bytes == other.max_body_bytes
+            && self.max_response_bytes == other.max_response_bytes
+            && self.on_content_policy == other.on_content_policy
+            && self.policy == other.policy
+            && self.gateway == other.gateway
+            && self.chains == other.chains
+    }
+}
+
+/// `[chains.NAME]`: one [`Chain`](crate::Chain).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ChainConfig {
+    /// Bounds the whole chain ([`Chain::deadline`](crate::Chain::deadline)).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
+    /// Caps what fallbacks may cost ([`Chain::price_guard`](crate::Chain::price_guard)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_guard: Option<PriceGuardConfig>,
+    /// The routes, in the order they are tried; at least one.
+    pub routes: Vec<RouteConfig>,
+}
+
+impl ChainConfig {
+    /// A chain of `routes` with no deadline and no price guard.
+    pub fn new(routes: impl IntoIterator<Item = RouteConfig>) -> Self {
+        ChainConfig {
+            routes: routes.into_iter().collect(),
+            ..ChainConfig::default()
+        }
+    }
+}
+
+/// `price_guard`: `"not_above_primary"`, `"free_only"` or
+/// `{ max = { prompt = 3.0, completion = 15.0 } }` (see [`PriceGuard`](crate::PriceGuard)).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum PriceGuardConfig {
+    /// No fallback costs more than the chain's first route.
+    NotAbovePrimary,
+    /// Only free routes.
+    FreeOnly,
+    /// No route above this price.
+    Max(PriceConfig),
+}
+
+/// A price in USD per million tokens.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// Per million prompt tokens.
+    pub prompt: f64,
+    /// Per million completion tokens.
+    pub completion: f64,
+}
+
+/// `[[chains.NAME.routes]]`: one [`Route`](crate::Route).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RouteConfig {
+    /// The model id sent upstream.
+    pub model: String,
+    /// Names the hop in reports, headers and spans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// [`Route::timeout`](crate::Route::timeout).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// [`Route::first_token_timeout`](crate::Route::first_token_timeout).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub first_token_timeout: Option<Duration>,
+    /// [`Route::idle_timeout`](crate::Route::idle_timeout).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    /// OpenRouter's `provider` object ([`Route::provider`](crate::Route::provider)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderPrefs>,
+    /// [`Route::native_fallbacks`](crate::Route::native_fallbacks).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub native_fallbacks: Vec<String>,
+    /// [`Route::openrouter_metadata`](crate::Route::openrouter_metadata).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub openrouter_metadata: bool,
+    /// Another OpenAI-compatible API for this route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointConfig>,
+    /// What the model can do: `["tools", "vision", "audio", "structured_output"]`.
+    #[serde(default, with = "units::opt_capabilities", skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Capabilities>,
+    /// The context window in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_window: Option<u64>,
+    /// Most tokens the model generates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_tokens: Option<u64>,
+    /// The model's price, for price guards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<PriceConfig>,
+}
+
+impl RouteConfig {
+    /// A route to `model` with nothing else set.
+    pub fn new(model: impl Into<String>) -> Self {
+        RouteConfig {
+            model: model.into(),
+            ..RouteConfig::default()
+        }
+    }
+}
+
+/// `endpoint`: another OpenAI-compatible API (see [`Endpoint`](crate::native::Endpoint)).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct EndpointConfig {
+    /// The API base, like an OpenAI SDK's `base_url`: `https://api.openai.com/v1`.
+    pub base_url: String,
+    /// The environment variable holding the API key (never the key itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Whether the endpoint speaks OpenRouter's extensions (default: detected from the host).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openrouter: Option<bool>,
+}
+
+impl EndpointConfig {
+    /// An endpoint at `base_url` with no key.
+    pub fn new(base_url: impl Into<String>) -> Self {
+        EndpointConfig {
+            base_url: base_url.into(),
+            ..EndpointConfig::default()
+        }
+    }
+}
+
+/// `[policy]`: overrides of the [`DefaultPolicy`](crate::DefaultPolicy),
+/// applied by [`ConfigPolicy`].
+///
+/// Error types are matched against the upstream error's
+/// [`error_type`](crate::UpstreamError::error_type) and
+/// [`code`](crate::UpstreamError::code), before statuses; a listed
+/// `stop_*` wins over a listed `fallback_*`. Anything not listed is
+/// classified by the default policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct PolicyConfig {
+    /// HTTP error statuses (400–599) that fall back, e.g. `[409]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_on_status: Vec<u16>,
+    /// HTTP error statuses (400–599) that stop the chain and go back as-is, e.g. `[429]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_on_status: Vec<u16>,
+    /// Upstream error types or codes that fall back, e.g. `["invalid_prompt"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_on_error_type: Vec<String>,
+    /// Upstream error types or codes that stop, e.g. `["context_length_exceeded"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop_on_error_type: Vec<String>,
+}
+
+impl PolicyConfig {
+    /// Nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyConfig::default()
+    }
+}
+
+/// `[gateway]`: settings for an HTTP server in front of the layer, such as
+/// `examples/gateway.rs`. The layer itself ignores them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GatewayConfig {
+    /// Address to listen on (default `127.0.0.1:8080`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The upstream API base requests are forwarded to (default OpenRouter's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    /// The environment variable holding the upstream's key (default
+    /// `OPENROUTER_API_KEY`; required when named here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    /// Serve Prometheus metrics on `GET /metrics` (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<bool>,
+    /// How long in-flight requests and streams may take to finish after a
+    /// shutdown signal (default 30s).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+impl GatewayConfig {
+    /// Default of `listen`.
+    pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
+    /// Default of `upstream`.
+    pub const DEFAULT_UPSTREAM: &'static str = "https://openrouter.ai/api/v1";
+    /// Default of `api_key_env`.
+    pub const DEFAULT_API_KEY_ENV: &'static str = "OPENROUTER_API_KEY";
+    /// Default of `shutdown_grace`.
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+    /// `listen`, or its default.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or(Self::DEFAULT_LISTEN)
+    }
+
+    /// `upstream`, or its default, without a trailing `/`.
+    pub fn upstream_url(&self) -> &str {
+        self.upstream
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_UPSTREAM)
+            .trim_end_matches('/')
+    }
+
+    /// `metrics`, or its default.
+    pub fn metrics_enabled(&self) -> bool {
+        self.metrics.unwrap_or(false)
+    }
+
+    /// `shutdown_grace`, or its default.
+    pub fn grace(&self) -> Duration {
+        self.shutdown_grace.unwrap_or(Self::DEFAULT_SHUTDOWN_GRACE)
+    }
+}
+
+// ===== loading =====
+
+impl Config {
+    /// Reads a config file: JSON if its name ends in `.json`, TOML otherwise.
+    /// The file is validated ([`Config::validate`]) and remembered for error
+    /// messages.
+    ///
+    /// ```no_run
+    /// use llm_fallback::config::Config;
+    /// use llm_fallback::FallbackLayer;
+    ///
+    /// let config = Config::from_path("fallback.toml")?;
+    /// let layer = FallbackLayer::from_config(&config)?;
+    /// # Ok::<(), llm_fallback::config::ConfigError>(())
+    /// ```
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError {
+                message: format!("cannot read the config file: {e}"),
+                io: Some(e),
+                ..ConfigError::new("", "")
+            })
+            .map_err(|e| e.in_file(path))?;
+        let json = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let config = if json {
+            Config::from_json_str(&text)
+        } else {
+            Config::from_toml_str(&text)
+        };
+        let mut config = config.map_err(|e| e.in_file(path))?;
+        config.source = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Parses and validates TOML.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::parse(text).map_err(|e| ConfigError::from_toml(text, String::new(), e))?;
+        let config: Config = serde_path_to_error::deserialize(de)
+            .map_err(|e| ConfigError::from_toml(text, key_path(e.path()), e.into_inner()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses and validates JSON (the same keys as TOML).
+    pub fn from_json_str(text: &str) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let key = key_path(e.path());
+            let inner = e.into_inner();
+            let mut err = ConfigError::new(key, strip_json_position(&inner.to_string()));
+            err.position = (inner.line() > 0).then(|| (inner.line(), inner.column()));
+            err
+        })?;
+        de.end().map_err(|e| ConfigError::new("", e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config as TOML that [`Config::from_toml_str`] reads back equal.
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(self).expect("config types always serialize to TOML")
+    }
+
+    /// The file this config was read from, if any.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// Names the file errors about this config should mention.
+    pub fn with_source(mut self, path: impl Into<PathBuf>) -> Self {
+        self.source = Some(path.into());
+        self
+    }
+
+    /// Checks what the types alone cannot: a `default` chain exists, no
+    /// chain is empty, model ids and durations are not empty or zero,
+    /// `on_content_policy` names a chain, policy statuses are error statuses
+    /// listed once, endpoint URLs parse. (Key variables are read by
+    /// [`FallbackLayer::from_config`](crate::FallbackLayer::from_config).)
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        build::validate(self).map_err(|e| self.locate(e))
+    }
+
+    /// Reads the environment variable `variable`, which the config names at
+    /// `key` (such as `gateway.api_key_env`): a missing variable is an error
+    /// naming the file, the key and the variable.
+    pub fn env_var(&self, key: &str, variable: &str) -> Result<String, ConfigError> {
+        match std::env::var(variable) {
+            Ok(v) if !v.trim().is_empty() => Ok(v),
+            Ok(_) => Err(self.locate(ConfigError::new(
+                key,
+                format!("the environment variable {variable} is empty; expected it to hold the API key"),
+            ))),
+            Err(_) => Err(self.locate(ConfigError::new(
+                key,
+                format!("the environment variable {variable} is not set; expected it to hold the API key"),
+            ))),
+        }
+    }
+
+    /// Attaches this config's file to an error.
+    fn locate(&self, err: ConfigError) -> ConfigError {
+        match &self.source {
+            Some(path) if err.file.is_none() => err.in_file(path),
+            _ => err,
+        }
+    }
+}
+
+/// `chains.default.routes[1].timeout`; empty for the top level.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    let p = path.to_string();
+    if p == "." {
+        String::new()
+    } else {
+        p
+    }
+}
+
+/// serde_json appends " at line L column C"; the position is printed apart.
+fn strip_json_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+// ===== errors =====
+
+/// A config that cannot be read, parsed, validated or built.
+///
+/// Its `Display` is one line: the file (and line and column, when known),
+/// the key path, and what is wrong and expected:
+///
+/// ```text
+/// fallback.toml:12:11: chains.default.routes[1].timeout: invalid duration "30": expected a duration: ...
+/// fallback.toml: chains.budget.routes: a chain needs at least one route
+/// fallback.toml: chains.default.routes[2].endpoint.api_key_env: the environment variable OPENAI_API_KEY is not set; ...
+/// ```
+#[derive(Debug)]
+pub struct ConfigError {
+    file: Option<PathBuf>,
+    position: Option<(usize, usize)>,
+    key: String,
+    message: String,
+    io: Option<std::io::Error>,
+}
+
+impl ConfigError {
+    /// An error about the setting at `key` (a key path such as
+    /// `gateway.upstream`), for code that reads settings of its own from a
+    /// [`Config`], like a gateway reading `[gateway]`. Add the file with
+    /// [`ConfigError::in_file`].
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: None,
+            position: None,
+            key: key.into(),
+            message: message.into(),
+            io: None,
+        }
+    }
+
+    fn from_toml(text: &str, key: String, err: toml::de::Error) -> Self {
+        let mut out = ConfigError::new(key, err.message().trim().replace('\n', "; "));
+        out.position = err.span().map(|span| line_column(text, span.start));
+        out
+    }
+
+    /// Names the file the error is about (for configs parsed from strings).
+    pub fn in_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// The file, when known.
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
+    }
+
+    /// The key path (`chains.default.routes[1].timeout`); empty when the
+    /// error is about the file as a whole (a syntax error, a read error).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// Line and column (from 1) in the file, when known.
+    pub fn position(&self) -> Option<(usize, usize)> {
+        self.position
+    }
+
+    /// What is wrong and what is expected.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.position) {
+            (Some(file), Some((line, col))) => write!(f, "{}:{line}:{col}: ", file.display())?,
+            (Some(file), None) => write!(f, "{}: ", file.display())?,
+            (None, Some((line, col))) => write!(f, "line {line}, column {col}: ")?,
+            (None, None) => {}
+        }
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.io.as_ref().map(|e| e as _)
+    }
+}
