@@ -1,6 +1,7 @@
 //! Checking a [`Config`] and turning it into a [`FallbackLayer`].
 
-use super::{ChainConfig, Config, ConfigError, ConfigPolicy, PriceGuardConfig, RouteConfig};
+use super::{ChainConfig, Config, ConfigError, ConfigPolicy, HedgingConfig, PriceGuardConfig, RouteConfig};
+use crate::health::{Cooldowns, Drills, HedgeBudget};
 use crate::native::{Endpoint, EndpointError};
 use crate::{Chain, ChainSet, FallbackLayer, Price, PriceGuard, Route};
 use std::time::Duration;
@@ -51,6 +52,31 @@ impl FallbackLayer<ConfigPolicy> {
         if let Some(n) = config.max_response_bytes {
             layer = layer.max_response_bytes(usize::try_from(n).unwrap_or(usize::MAX));
         }
+        if let Some(h) = &config.health {
+            let mut cooldowns = Cooldowns::new();
+            if let Some(n) = h.failures {
+                cooldowns = cooldowns.failures(n);
+            }
+            if let Some(d) = h.cooldown {
+                cooldowns = cooldowns.base(d);
+            }
+            if let Some(d) = h.max_cooldown {
+                cooldowns = cooldowns.max(d);
+            }
+            if let Some(d) = h.max_retry_after {
+                cooldowns = cooldowns.max_retry_after(d);
+            }
+            layer = layer.cooldowns(cooldowns);
+        }
+        if let Some(h) = &config.hedging {
+            layer = layer.hedging(HedgeBudget::new(
+                h.ratio.unwrap_or(HedgingConfig::DEFAULT_RATIO),
+                h.window.unwrap_or(HedgingConfig::DEFAULT_WINDOW),
+            ));
+        }
+        if let Some(d) = &config.drills {
+            layer = layer.drills(Drills::fraction(d.fraction).allow_header(d.allow_header.unwrap_or(false)));
+        }
         Ok(layer)
     }
 }
@@ -65,6 +91,9 @@ fn build_chain(config: &Config, name: &str, chain: &ChainConfig) -> Result<Chain
     let mut out = Chain::new(routes);
     if let Some(d) = chain.deadline {
         out = out.deadline(d);
+    }
+    if let Some(d) = chain.hedge_after {
+        out = out.hedge_after(d);
     }
     if let Some(guard) = chain.price_guard {
         out = out.price_guard(match guard {
@@ -89,6 +118,9 @@ fn build_route(config: &Config, key: &str, r: &RouteConfig) -> Result<Route, Con
     }
     if let Some(t) = r.idle_timeout {
         route = route.idle_timeout(t);
+    }
+    if let Some(t) = r.hedge_after {
+        route = route.hedge_after(t);
     }
     if let Some(prefs) = &r.provider {
         route = route.provider(prefs.clone());
@@ -173,6 +205,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
         positive(&format!("{key}.deadline"), chain.deadline)?;
+        positive(&format!("{key}.hedge_after"), chain.hedge_after)?;
+        if chain.hedge_after.is_some() {
+            needs_hedging(config, &format!("{key}.hedge_after"))?;
+        }
         for (i, r) in chain.routes.iter().enumerate() {
             let key = format!("{key}.routes[{i}]");
             if r.model.trim().is_empty() {
@@ -184,6 +220,10 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             positive(&format!("{key}.timeout"), r.timeout)?;
             positive(&format!("{key}.first_token_timeout"), r.first_token_timeout)?;
             positive(&format!("{key}.idle_timeout"), r.idle_timeout)?;
+            positive(&format!("{key}.hedge_after"), r.hedge_after)?;
+            if r.hedge_after.is_some() {
+                needs_hedging(config, &format!("{key}.hedge_after"))?;
+            }
             if let Some(e) = &r.endpoint {
                 Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(&key, err))?;
                 if e.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
@@ -234,6 +274,20 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    if let Some(h) = &config.health {
+        if h.failures == Some(0) {
+            return Err(ConfigError::new("health.failures", "0; expected at least 1 failure"));
+        }
+        positive("health.cooldown", h.cooldown)?;
+        positive("health.max_cooldown", h.max_cooldown)?;
+    }
+    if let Some(h) = &config.hedging {
+        share("hedging.ratio", h.ratio)?;
+        positive("hedging.window", h.window)?;
+    }
+    if let Some(d) = &config.drills {
+        share("drills.fraction", Some(d.fraction))?;
+    }
     if let Some(g) = &config.gateway {
         if let Some(url) = &g.upstream {
             Endpoint::new(url.as_str()).map_err(|err| match err {
@@ -265,6 +319,27 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+fn needs_hedging(config: &Config, key: &str) -> Result<(), ConfigError> {
+    match config.hedging {
+        Some(_) => Ok(()),
+        None => Err(ConfigError::new(
+            key,
+            "hedging is not enabled; expected a [hedging] section (its budget caps the extra requests), \
+             such as [hedging] ratio = 0.1, window = \"10s\"",
+        )),
+    }
+}
+
+fn share(key: &str, value: Option<f64>) -> Result<(), ConfigError> {
+    match value {
+        Some(v) if !(0.0..=1.0).contains(&v) => Err(ConfigError::new(
+            key,
+            format!("{v} is out of range; expected a share from 0.0 to 1.0, such as 0.1"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn positive(key: &str, d: Option<Duration>) -> Result<(), ConfigError> {

@@ -69,8 +69,11 @@
 //! | `max_body_bytes`, `max_response_bytes` | [`FallbackLayer::max_body_bytes`](crate::FallbackLayer::max_body_bytes), [`max_response_bytes`](crate::FallbackLayer::max_response_bytes): an integer or `"32MiB"` |
 //! | `on_content_policy` | [`ChainSet::on_content_policy`](crate::ChainSet::on_content_policy) |
 //! | `[policy]` | [`ConfigPolicy`]: statuses and error types that fall back or stop |
-//! | `[chains.NAME]` | a [`Chain`](crate::Chain): `deadline`, `price_guard`, `routes`; `default` is required |
-//! | `[[chains.NAME.routes]]` | a [`Route`](crate::Route): `model`, `label`, `timeout`, `first_token_timeout`, `idle_timeout`, `provider`, `native_fallbacks`, `openrouter_metadata`, `endpoint`, `capabilities`, `context_window`, `max_output_tokens`, `price` |
+//! | `[health]` | [`Cooldowns`](crate::health::Cooldowns): `failures`, `cooldown`, `max_cooldown`, `max_retry_after` |
+//! | `[hedging]` | [`HedgeBudget`](crate::health::HedgeBudget): `ratio`, `window`; needed by `hedge_after` |
+//! | `[drills]` | [`Drills`](crate::health::Drills): `fraction`, `allow_header` |
+//! | `[chains.NAME]` | a [`Chain`](crate::Chain): `deadline`, `price_guard`, `hedge_after`, `routes`; `default` is required |
+//! | `[[chains.NAME.routes]]` | a [`Route`](crate::Route): `model`, `label`, `timeout`, `first_token_timeout`, `idle_timeout`, `hedge_after`, `provider`, `native_fallbacks`, `openrouter_metadata`, `endpoint`, `capabilities`, `context_window`, `max_output_tokens`, `price` |
 //! | `[gateway]` | settings for a server in front of the layer (`examples/gateway.rs`); the layer ignores them |
 //!
 //! Durations are strings with a unit: `"30s"`, `"250ms"`, `"1.5s"`, `"2m"`,
@@ -126,6 +129,15 @@ pub struct Config {
     /// Which statuses and error types fall back or stop.
     #[serde(default, skip_serializing_if = "PolicyConfig::is_empty")]
     pub policy: PolicyConfig,
+    /// Per-route cooldowns; present means on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthConfig>,
+    /// The hedge budget; needed by any `hedge_after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedging: Option<HedgingConfig>,
+    /// Drills; present means on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drills: Option<DrillsConfig>,
     /// Settings for a server in front of the layer; the layer ignores them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayConfig>,
@@ -142,6 +154,9 @@ impl PartialEq for Config {
             && self.max_response_bytes == other.max_response_bytes
             && self.on_content_policy == other.on_content_policy
             && self.policy == other.policy
+            && self.health == other.health
+            && self.hedging == other.hedging
+            && self.drills == other.drills
             && self.gateway == other.gateway
             && self.chains == other.chains
     }
@@ -158,6 +173,9 @@ pub struct ChainConfig {
     /// Caps what fallbacks may cost ([`Chain::price_guard`](crate::Chain::price_guard)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price_guard: Option<PriceGuardConfig>,
+    /// Hedge delay for routes that set none ([`Chain::hedge_after`](crate::Chain::hedge_after)).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub hedge_after: Option<Duration>,
     /// The routes, in the order they are tried; at least one.
     pub routes: Vec<RouteConfig>,
 }
@@ -215,6 +233,10 @@ pub struct RouteConfig {
     /// [`Route::idle_timeout`](crate::Route::idle_timeout).
     #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+    /// [`Route::hedge_after`](crate::Route::hedge_after): start the next
+    /// route beside this one when it has no answer by then.
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub hedge_after: Option<Duration>,
     /// OpenRouter's `provider` object ([`Route::provider`](crate::Route::provider)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<ProviderPrefs>,
@@ -307,6 +329,60 @@ impl PolicyConfig {
     pub fn is_empty(&self) -> bool {
         *self == PolicyConfig::default()
     }
+}
+
+/// `[health]`: per-route cooldowns ([`Cooldowns`](crate::health::Cooldowns));
+/// the section being present turns them on, keys left out keep the
+/// defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HealthConfig {
+    /// Consecutive failures that eject a route (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// First cooldown when no `Retry-After` was given (default 5s).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<Duration>,
+    /// Longest cooldown from repeated ejections (default 5m).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub max_cooldown: Option<Duration>,
+    /// Longest `Retry-After` honoured (default 10m).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub max_retry_after: Option<Duration>,
+}
+
+/// `[hedging]`: the budget for `hedge_after` ([`HedgeBudget`](crate::health::HedgeBudget)).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct HedgingConfig {
+    /// Most extra requests, as a share of requests (0.0–1.0, default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<f64>,
+    /// The sliding window the share is counted over (default 10s).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub window: Option<Duration>,
+}
+
+impl HedgingConfig {
+    /// Default of `ratio`.
+    pub const DEFAULT_RATIO: f64 = 0.1;
+    /// Default of `window`.
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+}
+
+/// `[drills]`: skip the primary of some requests on purpose
+/// ([`Drills`](crate::health::Drills)).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DrillsConfig {
+    /// Share of requests drilled (0.0–1.0).
+    pub fraction: f64,
+    /// Also drill requests with an `x-fallback-drill` header (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_header: Option<bool>,
 }
 
 /// `[gateway]`: settings for an HTTP server in front of the layer, such as
