@@ -331,10 +331,33 @@ fn number_end(input: &[u8], start: usize) -> Result<usize, ScanError> {
 ///   string ends or a whole block has no quote (then back to `memchr`).
 ///   Dense escapes cost the same as none there, where a `memchr` call per
 ///   `\"` would not.
-#[inline]
+#[inline(always)]
 fn string_end(input: &[u8], open: usize) -> Result<usize, ScanError> {
+    // Most strings (keys, roles, short values) end in the first two words:
+    // that much is inlined where strings are skipped, the rest is a call.
+    let i = open + 1;
+    if let Some(words) = input.get(i..i + 16) {
+        let first = quote_or_backslash(u64::from_le_bytes(words[..8].try_into().expect("8 bytes")));
+        if first != 0 {
+            let at = first.trailing_zeros() as usize / 8;
+            if words[at] == b'"' {
+                return Ok(i + at + 1);
+            }
+        } else {
+            let second = quote_or_backslash(u64::from_le_bytes(words[8..].try_into().expect("8 bytes")));
+            let at = second.trailing_zeros() as usize / 8;
+            if second != 0 && words[8 + at] == b'"' {
+                return Ok(i + 8 + at + 1);
+            }
+        }
+    }
+    string_end_far(input, i)
+}
+
+/// [`string_end`] from `i` (inside the string, not inside an escape).
+#[inline(never)]
+fn string_end_far(input: &[u8], mut i: usize) -> Result<usize, ScanError> {
     const INLINE: usize = 16;
-    let mut i = open + 1;
     // Escaped quotes that `memchr` found close to where it started: two in a
     // row mean dense text (prose has the odd `\"word\"`, code and JSON many).
     let mut near = 0;
@@ -417,8 +440,8 @@ fn dense_string_end(input: &[u8], mut i: usize) -> Result<Result<usize, usize>, 
 }
 
 /// One 64-byte block of input as bit masks (bit `k` is byte `k`), computed
-/// without branches: compares the compiler vectorizes, then eight bytes to
-/// eight bits with one multiply.
+/// without branches (and without `unsafe`): compares the compiler
+/// vectorizes, then eight flags to eight bits with one multiply.
 #[derive(Clone, Copy)]
 struct Block {
     quote: u64,
@@ -497,6 +520,22 @@ fn quote_or_backslash(word: u64) -> u64 {
 /// it).
 fn checked_string_end(input: &[u8], open: usize) -> Result<usize, ScanError> {
     let mut from = open + 1;
+    // Short values (a model name, a role) end in the first words: find the
+    // first `"` or `\\` eight bytes at a time before paying for a call.
+    let stop = from + 32;
+    while let Some(word) = input.get(from..from + 8).filter(|_| from < stop) {
+        let hits = quote_or_backslash(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        if hits == 0 {
+            from += 8;
+            continue;
+        }
+        let at = from + hits.trailing_zeros() as usize / 8;
+        if input[at] == b'"' {
+            return Ok(at + 1);
+        }
+        from = at + escape_len(input, at)?;
+        break;
+    }
     loop {
         let Some(i) = memchr2(b'"', b'\\', &input[from..]) else {
             return Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()));
@@ -591,6 +630,13 @@ fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
     }
     let body = &literal[1..n - 1];
     let at = |i: usize| base + 1 + i;
+    // Keys and model names: short, and nothing to decode. One pass, where the
+    // general path below costs three (and a `memchr2` call).
+    if body.len() <= 64 && body.iter().all(|&b| b >= 0x20 && b != b'\\' && b != b'"') {
+        return std::str::from_utf8(body)
+            .map(Cow::Borrowed)
+            .map_err(|e| ScanError::new(InvalidUtf8, at(e.valid_up_to())));
+    }
     if let Some(i) = body.iter().position(|&b| b < 0x20) {
         return Err(ScanError::new(ControlCharacter, at(i)));
     }
