@@ -6,12 +6,14 @@
 //! cargo bench --bench e2e
 //! ```
 //!
-//! Both proxies run the same stack (set the upstream URI, a hyper-util
-//! legacy client, errors to 502); the second has the layer in the
-//! forwarding path, with a one-route chain that rewrites the model. The
-//! client asks the plain proxy for the route's model directly, so the mock
-//! upstream receives byte-identical bodies from both and does the same work. The
-//! criterion groups give mean times; then a closed-loop run (both stacks
+//! The proxies run the same stack (set the upstream URI, a hyper-util
+//! legacy client, errors to 502); one has the layer in the forwarding path,
+//! with a one-route chain that rewrites the model. A third does only what
+//! the layer's design must (buffer the request, rewrite the model, buffer
+//! the response): the floor any implementation of it pays. The client asks
+//! the plain proxy for the route's model directly, so the mock upstream
+//! receives byte-identical bodies from all three and does the same work. The
+//! criterion groups give mean times; then a closed-loop run (the stacks
 //! alternating in rounds, so they share the machine's noise) prints the
 //! throughput and the p50/p99 latency of each and the layer's cost.
 //! `E2E_REQUESTS` sets the requests per stack and mode (default 20000).
@@ -23,7 +25,8 @@ use axum::error_handling::HandleError;
 use bodies::{chat_body, with_model, Flavour, NEW_MODEL, REQUESTED_MODEL};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use http::{Request, StatusCode, Uri};
+use http::header::CONTENT_LENGTH;
+use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -38,15 +41,32 @@ const CONCURRENCY: usize = 32;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stack {
+    /// The proxy streams request and response through.
     Plain,
+    /// The least the layer's design must do: buffer the request, rewrite the
+    /// model (`__private::rewrite_model`), send the `ReplayBody`, buffer the
+    /// response. No policy, report, spans or headers: the floor.
+    Floor,
+    /// `FallbackLayer`.
     Fallback,
 }
+
+const STACKS: [Stack; 3] = [Stack::Plain, Stack::Floor, Stack::Fallback];
 
 impl Stack {
     fn name(self) -> &'static str {
         match self {
             Stack::Plain => "without_layer",
+            Stack::Floor => "buffer_and_rewrite",
             Stack::Fallback => "with_layer",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Stack::Plain => "without layer",
+            Stack::Floor => "buffer + rewrite only",
+            Stack::Fallback => "with layer",
         }
     }
 }
@@ -65,6 +85,26 @@ async fn proxy(stack: Stack, upstream: Uri) -> SocketAddr {
         Stack::Plain => {
             let client: Client<HttpConnector, axum::body::Body> = Client::builder(TokioExecutor::new()).build_http();
             let svc = HandleError::new(ServiceBuilder::new().map_request(set_uri).service(client), bad_gateway);
+            axum::Router::new().route_service("/api/v1/chat/completions", svc)
+        }
+        Stack::Floor => {
+            let client: Client<HttpConnector, llm_fallback::ReplayBody> =
+                Client::builder(TokioExecutor::new()).build_http();
+            let svc = tower::service_fn(move |req: Request<axum::body::Body>| {
+                let client = client.clone();
+                let (mut parts, body) = set_uri(req).into_parts();
+                async move {
+                    let bytes = body.collect().await?.to_bytes();
+                    let replay = llm_fallback::__private::rewrite_model(&bytes, NEW_MODEL)?;
+                    parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(replay.len()));
+                    let (head, body) = client.request(Request::from_parts(parts, replay)).await?.into_parts();
+                    let bytes = body.collect().await?.to_bytes();
+                    Ok::<_, axum::BoxError>(http::Response::from_parts(head, Full::new(bytes)))
+                }
+            });
+            let svc = HandleError::new(svc, |e: axum::BoxError| async move {
+                (StatusCode::BAD_GATEWAY, e.to_string())
+            });
             axum::Router::new().route_service("/api/v1/chat/completions", svc)
         }
         Stack::Fallback => {
@@ -87,9 +127,9 @@ async fn proxy(stack: Stack, upstream: Uri) -> SocketAddr {
     addr
 }
 
-/// One request body per stack: the layer's asks for [`REQUESTED_MODEL`] and
-/// is rewritten to [`NEW_MODEL`]; the plain one asks for [`NEW_MODEL`]
-/// itself. Either way the upstream receives the same bytes.
+/// One request body per stack: the layer's (and the floor's) asks for
+/// [`REQUESTED_MODEL`] and is rewritten to [`NEW_MODEL`]; the plain one asks
+/// for [`NEW_MODEL`] itself. Either way the upstream receives the same bytes.
 #[derive(Clone)]
 struct Bodies {
     plain: Bytes,
@@ -108,7 +148,7 @@ impl Bodies {
     fn of(&self, stack: Stack) -> &Bytes {
         match stack {
             Stack::Plain => &self.plain,
-            Stack::Fallback => &self.layer,
+            Stack::Floor | Stack::Fallback => &self.layer,
         }
     }
 }
@@ -116,8 +156,7 @@ impl Bodies {
 struct Setup {
     _server: MockServer,
     client: Client<HttpConnector, Full<Bytes>>,
-    plain: Uri,
-    fallback: Uri,
+    uris: [Uri; 3],
 }
 
 impl Setup {
@@ -125,22 +164,20 @@ impl Setup {
         let upstream = MockUpstream::new().model(NEW_MODEL, Reply::ok());
         let server = MockServer::start(upstream).await.unwrap();
         let target: Uri = server.chat_url().parse().unwrap();
-        let plain = proxy(Stack::Plain, target.clone()).await;
-        let fallback = proxy(Stack::Fallback, target).await;
-        let uri = |addr: SocketAddr| format!("http://{addr}/api/v1/chat/completions").parse().unwrap();
+        let mut uris = Vec::new();
+        for stack in STACKS {
+            let addr = proxy(stack, target.clone()).await;
+            uris.push(format!("http://{addr}/api/v1/chat/completions").parse().unwrap());
+        }
         Setup {
             _server: server,
             client: Client::builder(TokioExecutor::new()).build_http(),
-            plain: uri(plain),
-            fallback: uri(fallback),
+            uris: uris.try_into().unwrap(),
         }
     }
 
     fn uri(&self, stack: Stack) -> &Uri {
-        match stack {
-            Stack::Plain => &self.plain,
-            Stack::Fallback => &self.fallback,
-        }
+        &self.uris[STACKS.iter().position(|s| *s == stack).unwrap()]
     }
 
     /// One request through `stack`, its response read to the end.
@@ -183,7 +220,7 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, setup: &'static Setup)
         let body = Bodies::new(size);
         let mut group = c.benchmark_group(format!("e2e_sequential_{name}"));
         group.throughput(Throughput::Elements(1));
-        for stack in [Stack::Plain, Stack::Fallback] {
+        for stack in STACKS {
             group.bench_with_input(BenchmarkId::from_parameter(stack.name()), &body, |b, body| {
                 b.to_async(rt).iter(|| setup.send(stack, body));
             });
@@ -193,7 +230,7 @@ fn bench(c: &mut Criterion, rt: &tokio::runtime::Runtime, setup: &'static Setup)
 
         let mut group = c.benchmark_group(format!("e2e_concurrent{CONCURRENCY}_{name}"));
         group.throughput(Throughput::Elements(CONCURRENCY as u64));
-        for stack in [Stack::Plain, Stack::Fallback] {
+        for stack in STACKS {
             group.bench_with_input(BenchmarkId::from_parameter(stack.name()), &body, |b, body| {
                 b.to_async(rt).iter(|| async {
                     let tasks: Vec<_> = (0..CONCURRENCY)
@@ -289,55 +326,49 @@ fn closed_loop(rt: &tokio::runtime::Runtime, setup: &'static Setup) {
     for (name, size) in SIZES {
         let body = Bodies::new(size);
         for workers in [1, CONCURRENCY] {
-            let (mut plain, mut fallback) = (Tally::default(), Tally::default());
+            let mut tallies: [Tally; 3] = Default::default();
             rt.block_on(async {
                 // Warm the connection pools.
-                round(setup, Stack::Plain, &body, workers, workers * 20, &mut Tally::default()).await;
-                round(
-                    setup,
-                    Stack::Fallback,
-                    &body,
-                    workers,
-                    workers * 20,
-                    &mut Tally::default(),
-                )
-                .await;
+                for stack in STACKS {
+                    round(setup, stack, &body, workers, workers * 20, &mut Tally::default()).await;
+                }
                 for r in 0..ROUNDS {
-                    let order = if r % 2 == 0 {
-                        [Stack::Plain, Stack::Fallback]
-                    } else {
-                        [Stack::Fallback, Stack::Plain]
-                    };
-                    for stack in order {
-                        let tally = if stack == Stack::Plain {
-                            &mut plain
-                        } else {
-                            &mut fallback
-                        };
-                        round(setup, stack, &body, workers, requests / ROUNDS, tally).await;
+                    // Each stack goes first, second and third in turn.
+                    for k in 0..STACKS.len() {
+                        let i = (r + k) % STACKS.len();
+                        round(setup, STACKS[i], &body, workers, requests / ROUNDS, &mut tallies[i]).await;
                     }
                 }
             });
-            let (tp, tf) = (plain.throughput(), fallback.throughput());
-            let (p50p, p99p) = (plain.quantile(0.50), plain.quantile(0.99));
-            let (p50f, p99f) = (fallback.quantile(0.50), fallback.quantile(0.99));
-            let (cp, cf) = (plain.cpu_per_request(), fallback.cpu_per_request());
             let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
-            println!(
-                "| {name} | {workers} | without layer | {tp:.0} | {} | {} | {:.1} µs | | | |",
-                us(p50p),
-                us(p99p),
-                cp.as_secs_f64() * 1e6
-            );
-            println!(
-                "| {name} | {workers} | with layer | {tf:.0} | {} | {} | {:.1} µs | {:+.1} % | {:+.1} % | {:+.1} % |",
-                us(p50f),
-                us(p99f),
-                cf.as_secs_f64() * 1e6,
-                (1.0 - tf / tp) * 100.0,
-                (p99f.as_secs_f64() / p99p.as_secs_f64() - 1.0) * 100.0,
-                (cf.as_secs_f64() / cp.as_secs_f64() - 1.0) * 100.0
-            );
+            let tp = tallies[0].throughput();
+            let p99p = tallies[0].quantile(0.99);
+            let cp = tallies[0].cpu_per_request();
+            for (stack, tally) in STACKS.iter().zip(&mut tallies) {
+                let (t, p50, p99, cpu) = (
+                    tally.throughput(),
+                    tally.quantile(0.50),
+                    tally.quantile(0.99),
+                    tally.cpu_per_request(),
+                );
+                let costs = if *stack == Stack::Plain {
+                    " | | |".to_owned()
+                } else {
+                    format!(
+                        " {:+.1} % | {:+.1} % | {:+.1} % |",
+                        (1.0 - t / tp) * 100.0,
+                        (p99.as_secs_f64() / p99p.as_secs_f64() - 1.0) * 100.0,
+                        (cpu.as_secs_f64() / cp.as_secs_f64() - 1.0) * 100.0
+                    )
+                };
+                println!(
+                    "| {name} | {workers} | {} | {t:.0} | {} | {} | {:.1} µs |{costs}",
+                    stack.label(),
+                    us(p50),
+                    us(p99),
+                    cpu.as_secs_f64() * 1e6
+                );
+            }
         }
     }
 }
@@ -345,18 +376,21 @@ fn closed_loop(rt: &tokio::runtime::Runtime, setup: &'static Setup) {
 fn main() {
     let rt = runtime();
     let setup: &'static Setup = Box::leak(Box::new(rt.block_on(Setup::start())));
-    // Both stacks answer, and the layer really rewrites the model.
+    // Every stack answers, and the layer really rewrites the model.
     rt.block_on(async {
         let body = Bodies::new(1 << 10);
-        setup.send(Stack::Plain, &body).await;
-        setup.send(Stack::Fallback, &body).await;
+        for stack in STACKS {
+            setup.send(stack, &body).await;
+        }
         let sent = setup._server.upstream().requests();
-        assert_eq!(sent.len(), 2);
-        assert_eq!(
-            sent[0].body, sent[1].body,
-            "the upstream sees the same bytes from both stacks"
-        );
-        assert_eq!(sent[1].model.as_deref(), Some(NEW_MODEL));
+        assert_eq!(sent.len(), 3);
+        for other in &sent[1..] {
+            assert_eq!(
+                sent[0].body, other.body,
+                "the upstream sees the same bytes from every stack"
+            );
+        }
+        assert_eq!(sent[2].model.as_deref(), Some(NEW_MODEL));
         assert!(body
             .layer
             .starts_with(format!(r#"{{"model":"{REQUESTED_MODEL}""#).as_bytes()));
