@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Gateway overhead, measured side by side on loopback: requests sent straight
+# to the mock upstream vs through `examples/gateway.rs`, with the primary OK
+# and with the primary answering 503 (a fallback on every request), at fixed
+# rates of 100 and 500 req/s and at maximum concurrency.
+#
+#   benches/gateway.sh [SECONDS_PER_RUN]     # default 10
+#
+# Needs `oha` (installed with `cargo install oha --locked` if missing) and
+# python3 for the table. Not run in CI. Everything listens on 127.0.0.1 and
+# every run is bounded by its duration.
+#
+# "added" is the gateway's own share: for primary OK, gateway - direct; for a
+# fallback, gateway - (direct 503 + direct OK), since the gateway must make
+# both upstream calls. Fixed-rate runs use --latency-correction (no
+# coordinated omission).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECS=${1:-10}
+RATES=(100 500)
+RATE_CONNECTIONS=${RATE_CONNECTIONS:-16}
+MAX_CONNECTIONS=${MAX_CONNECTIONS:-64}
+MOCK=127.0.0.1:${MOCK_PORT:-19101}
+GW=127.0.0.1:${GATEWAY_PORT:-19102}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+
+command -v oha >/dev/null || cargo install oha --locked
+command -v python3 >/dev/null || { echo "python3 is needed for the table" >&2; exit 1; }
+cargo build --release --quiet --example gateway
+BIN=$CARGO_TARGET_DIR/release/examples/gateway
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cat >"$work/bench.toml" <<EOF
+[gateway]
+upstream = "http://$MOCK/api/v1"
+metrics = true
+
+[chains.default]
+deadline = "30s"
+
+[[chains.default.routes]]
+model = "anthropic/claude-3.5-sonnet"
+label = "primary"
+timeout = "10s"
+
+[[chains.default.routes]]
+model = "openai/gpt-4o"
+label = "secondary"
+timeout = "10s"
+
+[[chains.healthy.routes]]
+model = "openai/gpt-4o"
+label = "primary"
+timeout = "10s"
+EOF
+
+# Logging off the hot path: errors only (the default, info, prints one WARN
+# line per failed attempt).
+RUST_LOG=${RUST_LOG:-error} "$BIN" --serve-mock "$MOCK" >"$work/mock.log" 2>&1 &
+pids+=($!)
+RUST_LOG=${RUST_LOG:-error} "$BIN" --config "$work/bench.toml" --listen "$GW" >"$work/gateway.log" 2>&1 &
+pids+=($!)
+
+for _ in $(seq 100); do
+    if curl -fs "http://$GW/health" >/dev/null 2>&1; then break; fi
+    sleep 0.1
+done
+curl -fs "http://$GW/health" >/dev/null || { cat "$work/gateway.log" >&2; exit 1; }
+
+body() { printf '{"model":"%s","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":32}' "$1"; }
+body anthropic/claude-3.5-sonnet >"$work/down.json"
+body openai/gpt-4o >"$work/ok.json"
+
+# name url body-file extra-oha-args...
+run() {
+    local name=$1 url=$2 file=$3
+    shift 3
+    oha --no-tui --output-format json -z "${SECS}s" -m POST \
+        -H 'content-type: application/json' -D "$file" "$@" "$url" >"$work/$name.json"
+}
+
+declare -A URL=(
+    [direct_ok]="http://$MOCK/api/v1/chat/completions"
+    [direct_503]="http://$MOCK/api/v1/chat/completions"
+    [gateway_ok]="http://$GW/v1/chat/completions"
+    [gateway_fallback]="http://$GW/v1/chat/completions"
+)
+declare -A BODY=(
+    [direct_ok]="$work/ok.json"
+    [direct_503]="$work/down.json"
+    [gateway_ok]="$work/ok.json"
+    [gateway_fallback]="$work/down.json"
+)
+declare -A HDR=(
+    [direct_ok]="x-bench: direct"
+    [direct_503]="x-bench: direct"
+    [gateway_ok]="x-fallback-chain: healthy"
+    [gateway_fallback]="x-bench: gateway"
+)
+SCENARIOS=(direct_ok direct_503 gateway_ok gateway_fallback)
+
+# Warm up both processes (connection pools, allocator).
+for s in "${SCENARIOS[@]}"; do
+    oha --no-tui --output-format quiet -n 2000 -c 16 -m POST -H 'content-type: application/json' \
+        -H "${HDR[$s]}" -D "${BODY[$s]}" "${URL[$s]}" >/dev/null
+done
+
+for rate in "${RATES[@]}"; do
+    for s in "${SCENARIOS[@]}"; do
+        echo "rate $rate: $s" >&2
+        run "${s}_q$rate" "${URL[$s]}" "${BODY[$s]}" -H "${HDR[$s]}" -q "$rate" -c "$RATE_CONNECTIONS" --latency-correction
+    done
+done
+for s in "${SCENARIOS[@]}"; do
+    echo "max concurrency ($MAX_CONNECTIONS): $s" >&2
+    run "${s}_max" "${URL[$s]}" "${BODY[$s]}" -H "${HDR[$s]}" -c "$MAX_CONNECTIONS"
+done
+
+python3 - "$work" "$SECS" "$RATE_CONNECTIONS" "$MAX_CONNECTIONS" "${RATES[@]}" <<'PY'
+import json, os, sys
+work, secs, rate_c, max_c, rates = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+
+def load(name):
+    with open(os.path.join(work, name + ".json")) as f:
+        d = json.load(f)
+    lat = d["latencyPercentiles"]
+    codes = d.get("statusCodeDistribution", {})
+    return {
+        "rps": d["summary"]["requestsPerSec"],
+        "p50": lat["p50"] * 1e3,
+        "p99": lat["p99"] * 1e3,
+        "codes": ", ".join(f"{k}: {v}" for k, v in sorted(codes.items())),
+    }
+
+print(f"\n{secs}s per run; fixed rates with {rate_c} connections and --latency-correction; max with {max_c} connections\n")
+print("| load | path | req/s | p50 ms | p99 ms | statuses |")
+print("|---|---|---:|---:|---:|---|")
+for label, suffix in [(f"{r} req/s", f"_q{r}") for r in rates] + [("max", "_max")]:
+    for s in ["direct_ok", "direct_503", "gateway_ok", "gateway_fallback"]:
+        m = load(s + suffix)
+        print(f"| {label} | {s.replace('_', ' ')} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['codes']} |")
+
+print("\n| load | added p50 ms | added p99 ms | added p50 ms (fallback) | added p99 ms (fallback) |")
+print("|---|---:|---:|---:|---:|")
+for label, suffix in [(f"{r} req/s", f"_q{r}") for r in rates] + [("max", "_max")]:
+    ok, down, gok, gfb = (load(s + suffix) for s in ["direct_ok", "direct_503", "gateway_ok", "gateway_fallback"])
+    row = [gok["p50"] - ok["p50"], gok["p99"] - ok["p99"],
+           gfb["p50"] - (ok["p50"] + down["p50"]), gfb["p99"] - (ok["p99"] + down["p99"])]
+    print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+PY
