@@ -70,6 +70,14 @@ pids+=($!)
 RUST_LOG=${RUST_LOG:-error} "$BIN" --config "$work/bench.toml" --listen "$GW" >"$work/gateway.log" 2>&1 &
 pids+=($!)
 
+sleep 0.3
+for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || {
+        cat "$work/mock.log" "$work/gateway.log" >&2
+        echo "a server did not start (ports $MOCK, $GW in use?)" >&2
+        exit 1
+    }
+done
 for _ in $(seq 100); do
     if curl -fs "http://$GW/health" >/dev/null 2>&1; then break; fi
     sleep 0.1

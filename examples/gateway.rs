@@ -102,8 +102,17 @@ timeout = "25s"
 "#;
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
+async fn main() {
+    // Errors (a bad config above all) print as one readable line.
+    if let Err(e) = run().await {
+        eprintln!("gateway: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,llm_fallback=warn,tower_http=info".into()),
