@@ -112,7 +112,10 @@ fn empty_and_missing_chains_are_refused() {
         "{err}"
     );
     let err = toml_err("");
-    assert!(err.message().contains("missing field `chains`"), "{err}");
+    assert_eq!(
+        err.message(),
+        "missing field `chains`; expected at least a default chain: [[chains.default.routes]] with a model"
+    );
     let err = toml_err("[chains.default]\ndeadline = \"10s\"\n");
     assert_eq!(err.key(), "chains.default");
     assert!(err.message().contains("missing field `routes`"), "{err}");

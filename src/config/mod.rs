@@ -397,8 +397,9 @@ pub struct GatewayConfig {
     /// The upstream API base requests are forwarded to (default OpenRouter's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
-    /// The environment variable holding the upstream's key (default
-    /// `OPENROUTER_API_KEY`; required when named here).
+    /// The environment variable holding the upstream's key; required when
+    /// named. Left out: `OPENROUTER_API_KEY` for an OpenRouter upstream, no
+    /// key for others.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
     /// Serve Prometheus metrics on `GET /metrics` (default false).
@@ -494,7 +495,7 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             let key = key_path(e.path());
             let inner = e.into_inner();
-            let mut err = ConfigError::new(key, strip_json_position(&inner.to_string()));
+            let mut err = ConfigError::new(key, hint(strip_json_position(&inner.to_string())));
             err.position = (inner.line() > 0).then(|| (inner.line(), inner.column()));
             err
         })?;
@@ -564,6 +565,15 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
     }
 }
 
+/// Says what a file without chains needs.
+fn hint(message: String) -> String {
+    if message == "missing field `chains`" {
+        format!("{message}; expected at least a default chain: [[chains.default.routes]] with a model")
+    } else {
+        message
+    }
+}
+
 /// serde_json appends " at line L column C"; the position is printed apart.
 fn strip_json_position(message: &str) -> String {
     match message.rfind(" at line ") {
@@ -609,7 +619,7 @@ impl ConfigError {
     }
 
     fn from_toml(text: &str, key: String, err: toml::de::Error) -> Self {
-        let mut out = ConfigError::new(key, err.message().trim().replace('\n', "; "));
+        let mut out = ConfigError::new(key, hint(err.message().trim().replace('\n', "; ")));
         out.position = err.span().map(|span| line_column(text, span.start));
         out
     }
