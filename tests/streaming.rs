@@ -367,7 +367,10 @@ async fn a_clean_end_without_done_or_finish_reason_is_truncation() {
 async fn a_slow_consumer_keeps_backpressure() {
     let produced = Arc::new(AtomicUsize::new(0));
     let mut frames: Vec<Result<&'static str, &'static str>> = vec![Ok(UPSTREAM[2]), Ok(UPSTREAM[3])];
-    frames.extend(std::iter::repeat_n(Ok("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"), 1000));
+    frames.extend(std::iter::repeat_n(
+        Ok("data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"),
+        1000,
+    ));
     frames.push(Ok(UPSTREAM[5]));
     let svc = FallbackLayer::new(Chain::new([Route::new("m/1")])).layer(sse_service(frames, produced.clone()));
     let resp = svc
