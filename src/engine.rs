@@ -50,6 +50,9 @@ pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// front ends (tower layer, reqwest middleware) build it the same way.
 pub(crate) struct Shared<P> {
     pub(crate) chains: ChainSet,
+    /// Some route declares limits or some chain is picked by needs: read
+    /// each request's needs. Derived from `chains` once, not per request.
+    pub(crate) reads_needs: bool,
     pub(crate) policy: Arc<P>,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_response_bytes: usize,
@@ -63,6 +66,7 @@ pub(crate) struct Shared<P> {
 impl<P> Shared<P> {
     pub(crate) fn new(chains: ChainSet, policy: P) -> Self {
         Shared {
+            reads_needs: chains.reads_needs(),
             chains,
             policy: Arc::new(policy),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
@@ -89,6 +93,7 @@ impl<P> Shared<P> {
     fn with_policy_arc<Q>(&self, policy: Arc<Q>) -> Shared<Q> {
         Shared {
             chains: self.chains.clone(),
+            reads_needs: self.reads_needs,
             policy,
             max_body_bytes: self.max_body_bytes,
             max_response_bytes: self.max_response_bytes,
@@ -166,7 +171,7 @@ where
                 );
             }
         };
-        let index = match if shared.chains.reads_needs() {
+        let index = match if shared.reads_needs {
             index_request_with_media(&body)
         } else {
             index_request(&body)
@@ -195,7 +200,7 @@ where
         };
         // Needs are only read when some route declares limits or some chain
         // is picked by them.
-        let needs = shared.chains.reads_needs().then(|| capability::detect(&body, &index));
+        let needs = shared.reads_needs.then(|| capability::detect(&body, &index));
         let header_choice = parts.headers.remove(X_FALLBACK_CHAIN);
         let explicit = match (parts.extensions.get::<ChainName>(), &header_choice) {
             (Some(ChainName(name)), _) => Some(name.as_str()),
@@ -586,9 +591,7 @@ struct Flight<'r, F> {
 impl<F> Flight<'_, F> {
     /// The record of an attempt dropped because another one won.
     fn cancelled(self) -> AttemptRecord {
-        let mut record = AttemptRecord::skipped(self.i, self.route, SkipReason::Drill);
-        record.skip_reason = None;
-        record.outcome = Outcome::Cancelled;
+        let mut record = AttemptRecord::new(self.i, self.route, Outcome::Cancelled);
         record.hedged = self.hedge;
         record.elapsed = self.started.elapsed();
         crate::metrics::attempt(self.route.model_arc(), Outcome::Cancelled, record.elapsed);
@@ -692,8 +695,7 @@ fn judge<P: Policy, F, RB>(
 ) -> (Action, Option<Answer<RB>>, AttemptRecord) {
     let route = flight.route;
     let attempt = &flight.attempt;
-    let mut record = AttemptRecord::skipped(flight.i, route, SkipReason::Drill);
-    record.skip_reason = None;
+    let mut record = AttemptRecord::new(flight.i, route, Outcome::Timeout);
     record.hedged = flight.hedge;
     record.elapsed = flight.started.elapsed();
     let (action, answer) = match result {

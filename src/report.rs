@@ -191,10 +191,18 @@ pub struct AttemptRecord {
 impl AttemptRecord {
     pub(crate) fn skipped(index: usize, route: &crate::Route, reason: SkipReason) -> Self {
         AttemptRecord {
+            skip_reason: Some(reason),
+            ..AttemptRecord::new(index, route, Outcome::Skipped)
+        }
+    }
+
+    /// A record for `route` with `outcome` and nothing else known yet.
+    pub(crate) fn new(index: usize, route: &crate::Route, outcome: Outcome) -> Self {
+        AttemptRecord {
             index,
             model: route.model_arc().clone(),
             label: route.label_arc().cloned(),
-            outcome: Outcome::Skipped,
+            outcome,
             status: None,
             error: None,
             transport: None,
@@ -202,7 +210,7 @@ impl AttemptRecord {
             served_model: None,
             upstream_fell_back: false,
             upstream_attempts: Vec::new(),
-            skip_reason: Some(reason),
+            skip_reason: None,
             hedged: false,
             elapsed: Duration::ZERO,
         }
