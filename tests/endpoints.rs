@@ -9,37 +9,15 @@ use llm_fallback::native::Endpoint;
 use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, Route};
 use serde_json::json;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use tower::{Layer, ServiceExt};
 
 const KEY_VAR: &str = "LLM_FALLBACK_TEST_DIRECT_KEY";
 const KEY: &str = "sk-direct-7f3a9c";
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn an_endpoint_switch_rewrites_uri_host_and_key_only() {
     std::env::set_var(KEY_VAR, KEY);
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = Captured::install(tracing::Level::TRACE);
 
     let openrouter = MockServer::start(
         MockUpstream::new()
@@ -96,7 +74,7 @@ async fn an_endpoint_switch_rewrites_uri_host_and_key_only() {
 
     // The key is nowhere: not in the report, not in spans or logs, not in Debug output.
     drop(_guard);
-    let logs = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let logs = out.text();
     for text in [
         format!("{report:?}"),
         report.to_string(),

@@ -7,41 +7,18 @@
 
 mod common;
 
-use common::chat;
+use common::{chat, Captured};
 use http::StatusCode;
 use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackMiddleware, Route};
 use reqwest_middleware::{ClientBuilder, Middleware};
 use reqwest_tracing::TracingMiddleware;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-use tracing_subscriber::fmt::format::FmtSpan;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use std::sync::Arc;
 
 /// Runs one call (`a/a` down, `b/b` serves) through `layers` and returns
 /// the span-close lines, each naming the closing span's ancestors first.
 async fn closed_spans(layers: Vec<Arc<dyn Middleware>>) -> Vec<String> {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_span_events(FmtSpan::CLOSE)
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = Captured::install(tracing::Level::INFO);
     let upstream = MockUpstream::new()
         .model("a/a", Reply::status(503))
         .model("b/b", Reply::ok());
@@ -64,7 +41,7 @@ async fn closed_spans(layers: Vec<Arc<dyn Middleware>>) -> Vec<String> {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     drop(_guard);
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     text.lines()
         .filter(|l| l.contains(" close "))
         .map(str::to_owned)

@@ -5,35 +5,11 @@ mod common;
 use common::*;
 use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, Route};
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use tower::{Layer, ServiceExt};
-use tracing_subscriber::fmt::format::FmtSpan;
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 #[tokio::test]
 async fn spans_name_the_models_and_nothing_secret() {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_span_events(FmtSpan::CLOSE)
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (out, _guard) = Captured::install(tracing::Level::TRACE);
 
     let upstream = MockUpstream::new()
         .model("a/primary", Reply::status(503))
@@ -52,7 +28,7 @@ async fn spans_name_the_models_and_nothing_secret() {
     assert_eq!(report(&parts).served_model(), "b/secondary-2024");
     drop(_guard);
 
-    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let text = out.text();
     let closes: Vec<&str> = text.lines().filter(|l| l.contains("close")).collect();
     let attempts: Vec<&&str> = closes.iter().filter(|l| l.contains("llm_fallback.attempt")).collect();
     // An attempt span closes inside the request span, so its line names both.
