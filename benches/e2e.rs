@@ -17,6 +17,9 @@
 //! alternating in rounds, so they share the machine's noise) prints the
 //! throughput and the p50/p99 latency of each and the layer's cost.
 //! `E2E_REQUESTS` sets the requests per stack and mode (default 20000).
+//! `E2E_PROFILE=with_layer` (or `without_layer`, `buffer_and_rewrite`) only
+//! sends `E2E_REQUESTS` sequential 1 KiB requests through that stack, for a
+//! profiler.
 
 #[path = "support/bodies.rs"]
 mod bodies;
@@ -373,9 +376,35 @@ fn closed_loop(rt: &tokio::runtime::Runtime, setup: &'static Setup) {
     }
 }
 
+/// `E2E_PROFILE=<stack name>`: only send `E2E_REQUESTS` sequential 1 KiB
+/// requests through that stack, then exit; for profilers (`valgrind
+/// --tool=callgrind`, `perf stat`), which then see one stack alone.
+fn profile(rt: &tokio::runtime::Runtime, setup: &'static Setup, name: &str) {
+    let stack = *STACKS
+        .iter()
+        .find(|s| s.name() == name)
+        .unwrap_or_else(|| panic!("E2E_PROFILE={name}: expected one of {:?}", STACKS.map(Stack::name)));
+    let requests: usize = std::env::var("E2E_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let body = Bodies::new(1 << 10);
+    rt.block_on(async {
+        for i in 0..requests {
+            setup.send(stack, &body).await;
+            if i % 1000 == 999 {
+                setup.forget();
+            }
+        }
+    });
+}
+
 fn main() {
     let rt = runtime();
     let setup: &'static Setup = Box::leak(Box::new(rt.block_on(Setup::start())));
+    if let Ok(name) = std::env::var("E2E_PROFILE") {
+        return profile(&rt, setup, &name);
+    }
     // Every stack answers, and the layer really rewrites the model.
     rt.block_on(async {
         let body = Bodies::new(1 << 10);

@@ -1,13 +1,14 @@
 //! What the engine learns from an upstream response body before deciding.
 //!
-//! Only the top-level keys that matter are looked at (`model`, `provider`,
-//! `error`, `choices`); the scanner finds their spans and serde parses just
-//! those spans.
+//! Only the keys that matter are looked at (`model`, `provider`, `error`,
+//! `usage`, and `finish_reason` inside `choices`), by the scanner, in one
+//! pass; serde parses only an error object, on the failure path.
 
 use crate::json::scan::{self, ValueKind};
 use crate::report::{UpstreamAttempt, UpstreamError, Usage};
 use serde::Deserialize;
 use serde_json::Value;
+use std::ops::Range;
 
 /// Longest upstream text (message, raw) kept in a report.
 const MAX_TEXT: usize = 1024;
@@ -54,24 +55,21 @@ struct Metadata {
     flagged_input: Option<serde::de::IgnoredAny>,
 }
 
-#[derive(Deserialize)]
-struct Choice {
-    #[serde(default)]
-    finish_reason: Option<Value>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
 impl BodyFacts {
     /// Inspects a buffered response body. Never fails: what cannot be read is
     /// simply absent (`json == false` when the body is not a JSON object).
     pub(crate) fn inspect(body: &[u8]) -> Self {
         let mut facts = BodyFacts::default();
         let mut error_span = None;
-        let mut choices_span = None;
         let mut usage_span = None;
         let mut metadata_span = None;
-        let scanned = scan::scan_object(body, |m| {
+        // `choices` is most of a completion: it is read in the scanner's own
+        // pass (only `finish_reason` and `error` matter), not skipped and
+        // then parsed again.
+        let mut choices = Choices::default();
+        let mut read_choices = |start| choices.read(body, start);
+        let watch = scan::Watch::Value("choices", &mut read_choices);
+        let scanned = scan::scan_object_watching(body, watch, |m| {
             match (&*m.key, m.kind) {
                 ("model", ValueKind::String) => {
                     facts.model = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned());
@@ -81,7 +79,6 @@ impl BodyFacts {
                 }
                 ("error", ValueKind::Null) => {}
                 ("error", _) => error_span = Some(m.value.clone()),
-                ("choices", ValueKind::Array) => choices_span = Some(m.value.clone()),
                 ("usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
                 ("openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
                 _ => {}
@@ -92,7 +89,7 @@ impl BodyFacts {
             return BodyFacts::default();
         }
         facts.json = true;
-        facts.usage = usage_span.and_then(|span| serde_json::from_slice(&body[span]).ok());
+        facts.usage = usage_span.and_then(|span| usage(&body[span]));
         if let Some(span) = metadata_span {
             facts.upstream_attempts = upstream_attempts(&body[span]);
         }
@@ -103,27 +100,20 @@ impl BodyFacts {
                     .unwrap_or_else(|_| UpstreamError::default()),
             );
         }
-        if let Some(span) = choices_span {
-            match serde_json::from_slice::<Vec<Choice>>(&body[span]) {
-                Ok(choices) => {
-                    facts.choices = Some(choices.len());
-                    for choice in choices {
-                        if choice.finish_reason.as_ref().and_then(Value::as_str) == Some("error") {
-                            facts.finish_error = true;
-                            if facts.error.is_none() {
-                                facts.error = Some(match &choice.error {
-                                    Some(v) => error_from_value(v),
-                                    None => UpstreamError {
-                                        message: Some("choice finished with finish_reason \"error\"".into()),
-                                        ..UpstreamError::default()
-                                    },
-                                });
-                            }
-                        }
-                    }
-                }
-                // Choices that are not objects: not a completion we can vouch for.
-                Err(_) => facts.choices = None,
+        // Choices that are not objects: not a completion we can vouch for.
+        facts.choices = choices.count.filter(|_| choices.objects);
+        if let (Some(_), Some(failed)) = (facts.choices, choices.failed) {
+            facts.finish_error = true;
+            if facts.error.is_none() {
+                facts.error = Some(
+                    match failed.and_then(|span| serde_json::from_slice::<Value>(&body[span]).ok()) {
+                        Some(v) => error_from_value(&v),
+                        None => UpstreamError {
+                            message: Some("choice finished with finish_reason \"error\"".into()),
+                            ..UpstreamError::default()
+                        },
+                    },
+                );
             }
         }
         facts
@@ -178,6 +168,81 @@ pub(crate) fn error_from_value(v: &Value) -> UpstreamError {
             .as_ref()
             .is_some_and(|m| m.reasons.is_some() || m.flagged_input.is_some()),
     }
+}
+
+/// What `choices` says, read in the scanner's pass.
+#[derive(Default)]
+struct Choices {
+    /// Entries, once the array was read.
+    count: Option<usize>,
+    /// Every entry is an object.
+    objects: bool,
+    /// The first entry with `finish_reason: "error"`, and the span of its
+    /// `error` when it has one.
+    failed: Option<Option<Range<usize>>>,
+}
+
+impl Choices {
+    /// Reads the array at `start`; returns one past its end.
+    fn read(&mut self, body: &[u8], start: usize) -> Result<usize, scan::ScanError> {
+        let mut count = 0usize;
+        self.objects = true;
+        let end = scan::scan_array_at(body, start, |at| {
+            count += 1;
+            if body[at] != b'{' {
+                self.objects = false;
+                return scan::skip_value(body, at).map(|(end, _)| end);
+            }
+            let mut finished_in_error = false;
+            let mut error = None;
+            let end = scan::scan_object_at(body, at, |m| {
+                match (&*m.key, m.kind) {
+                    ("finish_reason", ValueKind::String) => {
+                        finished_in_error = scan::decode_string(&body[m.value]).is_ok_and(|r| r == "error");
+                    }
+                    ("error", _) => error = Some(m.value),
+                    _ => {}
+                }
+                Ok::<(), std::convert::Infallible>(())
+            })
+            .map_err(|e| match e {
+                scan::ScanFail::Scan(e) => e,
+                scan::ScanFail::Callback(never) => match never {},
+            })?;
+            if finished_in_error && self.failed.is_none() {
+                self.failed = Some(error);
+            }
+            Ok(end)
+        })?;
+        self.count = Some(count);
+        Ok(end)
+    }
+}
+
+/// Reads `usage`'s token counts; `None` when one of them is not a
+/// non-negative integer.
+fn usage(object: &[u8]) -> Option<Usage> {
+    let mut usage = Usage::default();
+    scan::scan_object(object, |m| {
+        let slot = match &*m.key {
+            "prompt_tokens" => &mut usage.prompt_tokens,
+            "completion_tokens" => &mut usage.completion_tokens,
+            "total_tokens" => &mut usage.total_tokens,
+            _ => return Ok::<(), ()>(()),
+        };
+        // Digits only: the scanner validated the number, so no sign,
+        // fraction or exponent means a plain integer.
+        let text = &object[m.value];
+        let n = text.iter().try_fold(0u64, |n, &d| {
+            (m.kind == ValueKind::Number && d.is_ascii_digit())
+                .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+                .flatten()
+        });
+        *slot = n.ok_or(())?;
+        Ok(())
+    })
+    .ok()?;
+    Some(usage)
 }
 
 /// Reads `openrouter_metadata.attempts`, tolerating shapes that vary.
@@ -283,6 +348,35 @@ mod tests {
         );
         assert!(f.finish_error);
         assert_eq!(f.error.unwrap().message(), Some("boom"));
+    }
+
+    #[test]
+    fn choices_and_usage_are_read_strictly() {
+        let f = BodyFacts::inspect(br#"{"choices":[{"finish_reason":"stop"}, {"finish_reason":"\u0065rror"}]}"#);
+        assert_eq!(f.choices, Some(2));
+        assert!(f.finish_error, "an escaped \"error\" is still an error");
+        assert_eq!(
+            f.error.unwrap().message(),
+            Some("choice finished with finish_reason \"error\"")
+        );
+        // Not objects, or not an array of values: not a completion.
+        assert_eq!(BodyFacts::inspect(br#"{"choices":[{"index":0}, 3]}"#).choices, None);
+        assert_eq!(BodyFacts::inspect(br#"{"choices":[{"index":0},]}"#).choices, None);
+        assert_eq!(BodyFacts::inspect(br#"{"choices":[]}"#).choices, Some(0));
+        // Token counts must be non-negative integers.
+        let usage = |u: &str| BodyFacts::inspect(format!(r#"{{"choices":[],"usage":{u}}}"#).as_bytes()).usage;
+        assert_eq!(
+            usage(r#"{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"cost":0.5}"#),
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4,
+                total_tokens: 7
+            })
+        );
+        assert_eq!(usage(r#"{"total_tokens":7}"#).unwrap().total_tokens, 7);
+        assert_eq!(usage(r#"{"total_tokens":-7}"#), None);
+        assert_eq!(usage(r#"{"total_tokens":7.5}"#), None);
+        assert_eq!(usage(r#"{"total_tokens":"7"}"#), None);
     }
 
     #[test]

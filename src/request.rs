@@ -121,7 +121,10 @@ fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
     let mut needs = NeedSpans::default();
     let mut media_scan = crate::capability::MediaScan::default();
     let mut on_string = |open: usize, end: usize| media_scan.on_string(body, open, end);
-    let watch: scan::Watch<'_> = media.then_some(("messages", &mut on_string as _));
+    let watch = match media {
+        true => scan::Watch::Strings("messages", &mut on_string),
+        false => scan::Watch::Nothing,
+    };
     let scanned = scan::scan_object_watching(body, watch, |m| {
         if let Some(k) = last_recorded.take() {
             if let Some(span) = openrouter[k].as_mut() {

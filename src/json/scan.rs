@@ -140,30 +140,67 @@ pub(crate) fn scan_object<'a, E>(
     input: &'a [u8],
     on_member: impl FnMut(Member<'a>) -> Result<(), E>,
 ) -> Result<Range<usize>, ScanFail<E>> {
-    scan_object_watching(input, None, on_member)
+    scan_object_watching(input, Watch::Nothing, on_member)
 }
 
-/// A key to watch and what to call for each string inside its value.
-pub(crate) type Watch<'w> = Option<(&'w str, &'w mut dyn FnMut(usize, usize))>;
+/// A key whose object or array value is read in the scan's own pass.
+pub(crate) enum Watch<'w> {
+    /// No key is watched.
+    Nothing,
+    /// Called with the span (quotes included) of every string inside the
+    /// key's value, as it is skipped: the capability checks read `messages`
+    /// this way without a second walk over it.
+    Strings(&'w str, &'w mut dyn FnMut(usize, usize)),
+    /// Reads the key's value itself, from its first byte, and returns one
+    /// past its end (see [`scan_array_at`]); the scanner does not skip it.
+    Value(&'w str, &'w mut dyn FnMut(usize) -> Result<usize, ScanError>),
+}
 
-/// [`scan_object`], and when `watch` names a key whose value is an object or
-/// array, calls its function with the span (quotes included) of every
-/// string inside that value, in the same pass: the capability checks read
-/// `messages` this way without a second walk over it.
+/// [`scan_object`], and reads the value of the key `watch` names in the
+/// same pass.
 pub(crate) fn scan_object_watching<'a, E>(
     input: &'a [u8],
+    watch: Watch<'_>,
+    on_member: impl FnMut(Member<'a>) -> Result<(), E>,
+) -> Result<Range<usize>, ScanFail<E>> {
+    let start = skip_ws(input, 0);
+    // No BOM, no other top-level type, not empty.
+    if input.get(start) != Some(&b'{') {
+        return Err(ScanFail::Scan(ScanError::new(ScanErrorKind::NotAnObject, start)));
+    }
+    let end = scan_members(input, start, watch, on_member)?;
+    let rest = skip_ws(input, end);
+    if rest != input.len() {
+        return Err(ScanFail::Scan(ScanError::new(ScanErrorKind::Trailing, rest)));
+    }
+    Ok(start..end)
+}
+
+/// [`scan_object`] for the object opening at `start` inside `input` (an
+/// element of an array, say): returns one past its closing brace and
+/// leaves what follows to the caller.
+pub(crate) fn scan_object_at<'a, E>(
+    input: &'a [u8],
+    start: usize,
+    on_member: impl FnMut(Member<'a>) -> Result<(), E>,
+) -> Result<usize, ScanFail<E>> {
+    if input.get(start) != Some(&b'{') {
+        return Err(ScanFail::Scan(ScanError::new(ScanErrorKind::NotAnObject, start)));
+    }
+    scan_members(input, start, Watch::Nothing, on_member)
+}
+
+/// The members of the object whose `{` is at `start`; returns one past its `}`.
+#[inline(always)]
+fn scan_members<'a, E>(
+    input: &'a [u8],
+    start: usize,
     mut watch: Watch<'_>,
     mut on_member: impl FnMut(Member<'a>) -> Result<(), E>,
-) -> Result<Range<usize>, ScanFail<E>> {
+) -> Result<usize, ScanFail<E>> {
     use ScanErrorKind::*;
     let err = |kind, at| ScanFail::Scan(ScanError::new(kind, at));
-    let mut pos = skip_ws(input, 0);
-    // No BOM, no other top-level type, not empty.
-    if input.get(pos) != Some(&b'{') {
-        return Err(err(NotAnObject, pos));
-    }
-    let start = pos;
-    pos = skip_ws(input, pos + 1);
+    let mut pos = skip_ws(input, start + 1);
     if input.get(pos) == Some(&b'}') {
         pos += 1;
     } else {
@@ -176,13 +213,19 @@ pub(crate) fn scan_object_watching<'a, E>(
                 Some(_) => return Err(err(ExpectedKey, pos)),
                 None => return Err(err(UnexpectedEnd, pos)),
             }
-            let key_end = string_end(input, key_start)?;
-            let key = decode_at(&input[key_start..key_end], key_start).map_err(|mut e| {
-                if e.kind == InvalidUtf8 {
-                    e.kind = KeyNotUtf8;
+            let (key_end, key) = match plain_key(input, key_start) {
+                Some(plain) => plain,
+                None => {
+                    let key_end = string_end(input, key_start)?;
+                    let key = decode_at(&input[key_start..key_end], key_start).map_err(|mut e| {
+                        if e.kind == InvalidUtf8 {
+                            e.kind = KeyNotUtf8;
+                        }
+                        e
+                    })?;
+                    (key_end, key)
                 }
-                e
-            })?;
+            };
             pos = skip_ws(input, key_end);
             match input.get(pos) {
                 Some(b':') => {}
@@ -190,17 +233,20 @@ pub(crate) fn scan_object_watching<'a, E>(
                 None => return Err(err(UnexpectedEnd, pos)),
             }
             let value_start = skip_ws(input, pos + 1);
+            let nested = |open| {
+                if open == b'[' {
+                    ValueKind::Array
+                } else {
+                    ValueKind::Object
+                }
+            };
             let (value_end, kind) = match (&mut watch, input.get(value_start)) {
-                (Some((name, on_string)), Some(&open @ (b'[' | b'{'))) if *name == &*key => {
+                (Watch::Strings(name, on_string), Some(&open @ (b'[' | b'{'))) if *name == &*key => {
                     let end = skip_nested_with(input, value_start, &mut |a, b| on_string(a, b))?;
-                    (
-                        end,
-                        if open == b'[' {
-                            ValueKind::Array
-                        } else {
-                            ValueKind::Object
-                        },
-                    )
+                    (end, nested(open))
+                }
+                (Watch::Value(name, read), Some(&open @ (b'[' | b'{'))) if *name == &*key => {
+                    (read(value_start)?, nested(open))
                 }
                 _ => scan_value(input, value_start)?,
             };
@@ -226,12 +272,69 @@ pub(crate) fn scan_object_watching<'a, E>(
             }
         }
     }
-    let end = pos;
-    let rest = skip_ws(input, end);
-    if rest != input.len() {
-        return Err(err(Trailing, rest));
+    Ok(pos)
+}
+
+/// The end and text of the key opening at `open` when it is short plain
+/// ASCII (no escape, control or non-ASCII byte, closing within 24 bytes),
+/// as almost every key is: found and validated eight bytes at a time, in
+/// one pass where the general path (find the end, then decode) takes two.
+#[inline(always)]
+fn plain_key(input: &[u8], open: usize) -> Option<(usize, Cow<'_, str>)> {
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+    let mut from = open + 1;
+    for _ in 0..3 {
+        let word = u64::from_le_bytes(input.get(from..from + 8)?.try_into().ok()?);
+        // Bytes below 0x20 (exact up to the first one: a borrow only marks
+        // bytes above it), at or above 0x80, `"` or `\\`.
+        let special = (word.wrapping_sub(SPACES) & !word & HIGH) | (word & HIGH) | quote_or_backslash(word);
+        if special != 0 {
+            let at = from + special.trailing_zeros() as usize / 8;
+            if input[at] != b'"' {
+                return None;
+            }
+            let key = std::str::from_utf8(&input[open + 1..at]).ok()?;
+            return Some((at + 1, Cow::Borrowed(key)));
+        }
+        from += 8;
     }
-    Ok(start..end)
+    None
+}
+
+/// Scans the array opening at `start` in `input`; returns one past its
+/// `]`. `on_element` gets each element's first byte and returns one past
+/// its end: it reads the element itself (with [`scan_object_at`] or
+/// [`skip_value`]), so nothing is walked twice.
+pub(crate) fn scan_array_at(
+    input: &[u8],
+    start: usize,
+    mut on_element: impl FnMut(usize) -> Result<usize, ScanError>,
+) -> Result<usize, ScanError> {
+    use ScanErrorKind::*;
+    if input.get(start) != Some(&b'[') {
+        return Err(ScanError::new(ExpectedValue, start));
+    }
+    let mut pos = skip_ws(input, start + 1);
+    if input.get(pos) == Some(&b']') {
+        return Ok(pos + 1);
+    }
+    loop {
+        let end = on_element(pos)?;
+        pos = skip_ws(input, end);
+        match input.get(pos) {
+            Some(b',') => pos = skip_ws(input, pos + 1),
+            Some(b']') => return Ok(pos + 1),
+            Some(_) => return Err(ScanError::new(ExpectedCommaOrEnd, pos)),
+            None => return Err(ScanError::new(UnexpectedEnd, pos)),
+        }
+    }
+}
+
+/// Validates the value at `start` like a top-level one (scalars strictly,
+/// nested values skipped); returns its end and kind.
+pub(crate) fn skip_value(input: &[u8], start: usize) -> Result<(usize, ValueKind), ScanError> {
+    scan_value(input, start)
 }
 
 #[inline]
@@ -740,6 +843,43 @@ pub(crate) fn encode_string(s: &str) -> bytes::Bytes {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+
+    #[test]
+    fn plain_keys_take_the_short_path_and_others_are_decoded() {
+        // JSON key literals (between the quotes): plain ones of every length
+        // around the 8-byte words, and ones the general path must decode.
+        for key in [
+            "",
+            "a",
+            "model",
+            "1234567",
+            "12345678",
+            "123456789",
+            "0123456789abcdef",
+            "0123456789abcdefghijklm",
+            "0123456789abcdefghijklmn",
+            "0123456789abcdefghijklmno",
+            "café",
+            r"tab\tkey",
+            r#"quote\"d"#,
+            r"\u00e9t\u00e9",
+        ] {
+            let text = format!(r#"{{"{key}":1}}"#);
+            let want: String = serde_json::from_str(&format!(r#""{key}""#)).unwrap();
+            let mut got = None;
+            scan_object(text.as_bytes(), |m| {
+                got = Some(m.key.into_owned());
+                Ok::<_, ()>(())
+            })
+            .unwrap();
+            assert_eq!(got.as_deref(), Some(want.as_str()), "{key:?}");
+        }
+        // A raw control character in a key is refused on either path.
+        for key in ["a\u{1}b", "0123456789abc\u{1f}"] {
+            let text = format!(r#"{{"{key}":1}}"#);
+            assert!(scan_object(text.as_bytes(), |_| Ok::<_, ()>(())).is_err(), "{text:?}");
+        }
+    }
     use proptest::prelude::*;
     use serde_json::Value;
 
