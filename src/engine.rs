@@ -179,7 +179,10 @@ where
             Ok(i) => i,
             Err(bad) => return reject(StatusCode::BAD_REQUEST, &bad, started),
         };
-        tracing::Span::current().record("gen_ai.request.model", index.requested_model.as_str());
+        let current = tracing::Span::current();
+        if !current.is_disabled() {
+            current.record("gen_ai.request.model", index.requested_model.as_str());
+        }
 
         // Each attempt gets its own Content-Length; a stale length or chunked
         // framing from the caller must not reach the upstream.
@@ -445,17 +448,21 @@ where
             } else {
                 action
             };
-            flight.span.record("fallback.outcome", record.outcome.as_str());
-            flight
-                .span
-                .record("fallback.latency_ms", record.elapsed.as_secs_f64() * 1000.0);
-            if let Some(s) = record.status {
-                flight.span.record("http.response.status_code", s.as_u16());
+            // Recording into a span nobody listens to still costs a call per
+            // field (and a `log` check when tracing's `log` feature is on).
+            if !flight.span.is_disabled() {
+                flight.span.record("fallback.outcome", record.outcome.as_str());
+                flight
+                    .span
+                    .record("fallback.latency_ms", record.elapsed.as_secs_f64() * 1000.0);
+                if let Some(s) = record.status {
+                    flight.span.record("http.response.status_code", s.as_u16());
+                }
+                if let Some(t) = record.error_type() {
+                    flight.span.record("error.type", t);
+                }
             }
-            if let Some(t) = record.error_type() {
-                flight.span.record("error.type", t);
-            }
-            crate::metrics::attempt(flight.route.model_arc(), record.outcome, record.elapsed);
+            crate::metrics::attempt(flight.route, record.outcome, record.elapsed);
             flight.settle_health(&shared, &record);
             let route = flight.route;
             if record.outcome.is_failure() {
@@ -508,7 +515,7 @@ where
                     report.provider = answer.facts.provider.clone();
                     report.usage = answer.facts.usage.clone();
                     flight.span.record("gen_ai.response.model", report.served_model());
-                    crate::metrics::committed(route.model_arc(), started.elapsed());
+                    crate::metrics::committed(route, started.elapsed());
                     crate::metrics::request(report.resolution, Some(flight.i), drill);
                     let mut parts = answer.parts;
                     let (body, handle) = match answer.body {
@@ -560,7 +567,11 @@ where
         exhausted(report, started)
     };
     let resp = work.instrument(span.clone()).await;
-    if let Some(report) = resp.extensions().get::<FallbackReport>() {
+    if let Some(report) = resp
+        .extensions()
+        .get::<FallbackReport>()
+        .filter(|_| !span.is_disabled())
+    {
         span.record("fallback.attempts", report.attempts.len());
         span.record("fallback.resolution", report.resolution.as_str());
         if !report.served_model().is_empty() {
@@ -594,7 +605,7 @@ impl<F> Flight<'_, F> {
         let mut record = AttemptRecord::new(self.i, self.route, Outcome::Cancelled);
         record.hedged = self.hedge;
         record.elapsed = self.started.elapsed();
-        crate::metrics::attempt(self.route.model_arc(), Outcome::Cancelled, record.elapsed);
+        crate::metrics::attempt(self.route, Outcome::Cancelled, record.elapsed);
         // Dropping `self` drops the attempt's future (closing its connection)
         // and releases a probe it held.
         record

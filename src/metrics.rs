@@ -18,37 +18,154 @@ use std::sync::Arc;
 use std::time::Duration;
 
 // Labels borrow `&'static str`s and share the route's `Arc<str>` model id,
-// so recording allocates nothing on the request path.
+// so recording allocates nothing on the request path. The handles of the
+// hot path (attempts, time to commit, requests) are registered once per
+// recorder and kept, not looked up again in the recorder's registry for
+// every record: a recorder installed (or a local one set) later is noticed
+// and gets its own handles.
 
-#[inline]
-pub(crate) fn attempt(model: &Arc<str>, outcome: Outcome, elapsed: Duration) {
-    #[cfg(feature = "metrics")]
-    {
-        let model = metrics::SharedString::from(model.clone());
-        metrics::counter!("llm_fallback_attempts_total", "model" => model.clone(), "outcome" => outcome.as_str())
-            .increment(1);
-        metrics::histogram!("llm_fallback_attempt_duration_seconds", "model" => model, "outcome" => outcome.as_str())
-            .record(elapsed.as_secs_f64());
+/// A route's metric handles, registered on first use with the recorder in
+/// effect.
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+pub(crate) struct RouteMetrics {
+    attempts: cache::Cache<(metrics::Counter, metrics::Histogram), OUTCOMES>,
+    commit: cache::Cache<metrics::Histogram, 1>,
+}
+
+#[cfg(feature = "metrics")]
+const OUTCOMES: usize = 11;
+
+#[cfg(feature = "metrics")]
+fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Served => 0,
+        Outcome::Stopped => 1,
+        Outcome::HttpError => 2,
+        Outcome::ErrorInBody => 3,
+        Outcome::Transport => 4,
+        Outcome::Timeout => 5,
+        Outcome::DeadlineExceeded => 6,
+        Outcome::StreamBroken => 7,
+        Outcome::Abandoned => 8,
+        Outcome::Skipped => 9,
+        Outcome::Cancelled => 10,
     }
 }
+
+#[cfg(feature = "metrics")]
+mod cache {
+    use std::sync::{OnceLock, PoisonError, RwLock};
+
+    /// Handles registered with one recorder (by address), each built on
+    /// first use.
+    struct Slots<T, const N: usize> {
+        recorder: usize,
+        slots: [OnceLock<T>; N],
+    }
+
+    /// `N` handles, kept while the recorder in effect stays the same.
+    pub(super) struct Cache<T, const N: usize>(RwLock<Option<Slots<T, N>>>);
+
+    impl<T, const N: usize> Default for Cache<T, N> {
+        fn default() -> Self {
+            Cache::new()
+        }
+    }
+
+    /// The recorder in effect (a thread's local one, the global one, or
+    /// the no-op one), by address.
+    fn recorder() -> usize {
+        metrics::with_recorder(|r| std::ptr::from_ref(r).cast::<()>() as usize)
+    }
+
+    impl<T, const N: usize> Cache<T, N> {
+        pub(super) const fn new() -> Self {
+            Cache(RwLock::new(None))
+        }
+
+        /// Calls `f` with handle `i`, registering it with `register` if
+        /// this recorder has not seen it yet.
+        pub(super) fn with(&self, i: usize, register: impl FnOnce() -> T, f: impl FnOnce(&T)) {
+            let id = recorder();
+            {
+                let slots = self.0.read().unwrap_or_else(PoisonError::into_inner);
+                if let Some(s) = slots.as_ref().filter(|s| s.recorder == id) {
+                    return f(s.slots[i].get_or_init(register));
+                }
+            }
+            let mut slots = self.0.write().unwrap_or_else(PoisonError::into_inner);
+            let s = match &mut *slots {
+                Some(s) if s.recorder == id => s,
+                other => other.insert(Slots {
+                    recorder: id,
+                    slots: std::array::from_fn(|_| OnceLock::new()),
+                }),
+            };
+            f(s.slots[i].get_or_init(register));
+        }
+    }
+}
+
+#[inline]
+pub(crate) fn attempt(route: &crate::Route, outcome: Outcome, elapsed: Duration) {
+    #[cfg(feature = "metrics")]
+    route.metrics().attempts.with(
+        outcome_index(outcome),
+        || {
+            let model = metrics::SharedString::from(route.model_arc().clone());
+            let labels = [
+                metrics::Label::new("model", model),
+                metrics::Label::new("outcome", outcome.as_str()),
+            ];
+            (
+                metrics::counter!("llm_fallback_attempts_total", labels.iter()),
+                metrics::histogram!("llm_fallback_attempt_duration_seconds", labels.iter()),
+            )
+        },
+        |(count, duration)| {
+            count.increment(1);
+            duration.record(elapsed.as_secs_f64());
+        },
+    );
+}
+
+/// Request counters by resolution, position (0..8, or none) and drill.
+#[cfg(feature = "metrics")]
+static REQUESTS: cache::Cache<metrics::Counter, { 6 * 9 * 2 }> = cache::Cache::new();
 
 #[inline]
 pub(crate) fn request(resolution: Resolution, position: Option<usize>, drill: bool) {
     #[cfg(feature = "metrics")]
     {
         const POSITIONS: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
-        let position: metrics::SharedString = match position {
-            None => "none".into(),
-            Some(p) if p < POSITIONS.len() => POSITIONS[p].into(),
-            Some(p) => p.to_string().into(),
+        let register = |position: metrics::SharedString| {
+            metrics::counter!(
+                "llm_fallback_requests_total",
+                "resolution" => resolution.as_str(),
+                "position" => position,
+                "drill" => if drill { "true" } else { "false" },
+            )
         };
-        metrics::counter!(
-            "llm_fallback_requests_total",
-            "resolution" => resolution.as_str(),
-            "position" => position,
-            "drill" => if drill { "true" } else { "false" },
-        )
-        .increment(1);
+        let resolution_index = match resolution {
+            Resolution::Served => 0,
+            Resolution::Stopped => 1,
+            Resolution::Exhausted => 2,
+            Resolution::DeadlineExceeded => 3,
+            Resolution::Rejected => 4,
+            Resolution::StreamBroken => 5,
+        };
+        match position {
+            Some(p) if p >= POSITIONS.len() => register(p.to_string().into()).increment(1),
+            _ => {
+                let (slot, label) = match position {
+                    Some(p) => (p, POSITIONS[p]),
+                    None => (8, "none"),
+                };
+                let i = (resolution_index * 9 + slot) * 2 + usize::from(drill);
+                REQUESTS.with(i, || register(label.into()), |c| c.increment(1));
+            }
+        }
     }
 }
 
@@ -73,8 +190,75 @@ pub(crate) fn hedge_won(model: &Arc<str>) {
 }
 
 #[inline]
-pub(crate) fn committed(model: &Arc<str>, elapsed: Duration) {
+pub(crate) fn committed(route: &crate::Route, elapsed: Duration) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!("llm_fallback_time_to_commit_seconds", "model" => metrics::SharedString::from(model.clone()))
-        .record(elapsed.as_secs_f64());
+    route.metrics().commit.with(
+        0,
+        || {
+            let model = metrics::SharedString::from(route.model_arc().clone());
+            metrics::histogram!("llm_fallback_time_to_commit_seconds", "model" => model)
+        },
+        |h| h.record(elapsed.as_secs_f64()),
+    );
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use metrics_util::{CompositeKey, MetricKind};
+
+    type Snapshot = Vec<(
+        CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )>;
+
+    /// A counter's value in a snapshot (taking one drains the counters).
+    fn counter(snapshot: &Snapshot, name: &str, label: (&str, &str)) -> Option<u64> {
+        snapshot.iter().find_map(|(key, _, _, value)| {
+            let k = key.key();
+            let labelled = k.labels().any(|l| l.key() == label.0 && l.value() == label.1);
+            match value {
+                DebugValue::Counter(n) if key.kind() == MetricKind::Counter && k.name() == name && labelled => Some(*n),
+                _ => None,
+            }
+        })
+    }
+
+    #[test]
+    fn cached_handles_follow_the_recorder_in_effect() {
+        let route = crate::Route::new("m/one");
+        let first = DebuggingRecorder::new();
+        let first_snap = first.snapshotter();
+        metrics::with_local_recorder(&first, || {
+            attempt(&route, Outcome::Served, Duration::from_millis(3));
+            attempt(&route, Outcome::Served, Duration::from_millis(3));
+            attempt(&route, Outcome::Timeout, Duration::from_millis(3));
+            request(Resolution::Served, Some(0), false);
+        });
+        // The same route (its handles cached) under another recorder: the
+        // records go to that one, not to the first one's handles.
+        let second = DebuggingRecorder::new();
+        let second_snap = second.snapshotter();
+        metrics::with_local_recorder(&second, || {
+            attempt(&route, Outcome::Served, Duration::from_millis(3));
+            request(Resolution::Served, Some(0), false);
+            request(Resolution::Exhausted, None, true);
+        });
+        let (first_snap, second_snap) = (first_snap.snapshot().into_vec(), second_snap.snapshot().into_vec());
+        let served = ("outcome", "served");
+        assert_eq!(counter(&first_snap, "llm_fallback_attempts_total", served), Some(2));
+        assert_eq!(
+            counter(&first_snap, "llm_fallback_attempts_total", ("outcome", "timeout")),
+            Some(1)
+        );
+        assert_eq!(counter(&second_snap, "llm_fallback_attempts_total", served), Some(1));
+        let requests = "llm_fallback_requests_total";
+        assert_eq!(counter(&first_snap, requests, ("position", "0")), Some(1));
+        assert_eq!(counter(&second_snap, requests, ("position", "0")), Some(1));
+        assert_eq!(counter(&second_snap, requests, ("position", "none")), Some(1));
+        assert_eq!(counter(&first_snap, requests, ("position", "none")), None);
+    }
 }

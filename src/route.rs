@@ -43,6 +43,9 @@ pub struct Route {
     price: Option<Price>,
     hedge_after: Option<Duration>,
     health_key: Arc<str>,
+    /// Metric handles for this route's model, registered once per recorder.
+    #[cfg(feature = "metrics")]
+    metrics: Arc<crate::metrics::RouteMetrics>,
 }
 
 impl Route {
@@ -68,6 +71,8 @@ impl Route {
             price: None,
             hedge_after: None,
             health_key: model.as_str().into(),
+            #[cfg(feature = "metrics")]
+            metrics: Arc::default(),
         }
     }
 
@@ -316,6 +321,11 @@ impl Route {
 
     pub(crate) fn health_key_arc(&self) -> &Arc<str> {
         &self.health_key
+    }
+
+    #[cfg(feature = "metrics")]
+    pub(crate) fn metrics(&self) -> &crate::metrics::RouteMetrics {
+        &self.metrics
     }
 
     pub(crate) fn model_arc(&self) -> &Arc<str> {
