@@ -168,6 +168,11 @@ where
             }
             (_, Some(b)) => b.put(data),
         }
+        // A body that knows it is done (a known length, all read) is not
+        // polled again for its `None`: one wake-up less per body.
+        if body.is_end_stream() {
+            break;
+        }
     }
     Ok(match (first, buf) {
         (_, Some(b)) => b.freeze(),
@@ -202,6 +207,33 @@ mod tests {
         let data = Bytes::from_static(b"{\"model\":\"a\"}");
         let got = collect_bounded(&mut Full::new(data.clone()), 100).await.ok().unwrap();
         assert_eq!(got.as_ptr(), data.as_ptr());
+    }
+
+    /// Two frames, then a body that says it has ended and must not be
+    /// polled again (counts the polls).
+    struct Ends(Chunks, usize);
+
+    impl Body for Ends {
+        type Data = Bytes;
+        type Error = Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            self.1 += 1;
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0 .0.is_empty()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_has_ended_is_not_polled_again() {
+        let mut body = Ends(chunks(&["ab", "cd"]), 0);
+        let got = collect_bounded(&mut body, 10).await.ok().unwrap();
+        assert_eq!(&got[..], b"abcd");
+        assert_eq!(body.1, 2, "two frames, no poll for the end");
     }
 
     #[tokio::test]
