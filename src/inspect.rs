@@ -71,16 +71,16 @@ impl BodyFacts {
         let watch = scan::Watch::Value("choices", &mut read_choices);
         let scanned = scan::scan_object_watching(body, watch, |m| {
             match (&*m.key, m.kind) {
-                ("model", ValueKind::String) => {
+                (b"model", ValueKind::String) => {
                     facts.model = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned());
                 }
-                ("provider", ValueKind::String) => {
+                (b"provider", ValueKind::String) => {
                     facts.provider = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned());
                 }
-                ("error", ValueKind::Null) => {}
-                ("error", _) => error_span = Some(m.value.clone()),
-                ("usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
-                ("openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
+                (b"error", ValueKind::Null) => {}
+                (b"error", _) => error_span = Some(m.value.clone()),
+                (b"usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
+                (b"openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
                 _ => {}
             }
             Ok::<(), ()>(())
@@ -197,10 +197,10 @@ impl Choices {
             let mut error = None;
             let end = scan::scan_object_at(body, at, |m| {
                 match (&*m.key, m.kind) {
-                    ("finish_reason", ValueKind::String) => {
+                    (b"finish_reason", ValueKind::String) => {
                         finished_in_error = scan::decode_string(&body[m.value]).is_ok_and(|r| r == "error");
                     }
-                    ("error", _) => error = Some(m.value),
+                    (b"error", _) => error = Some(m.value),
                     _ => {}
                 }
                 Ok::<(), std::convert::Infallible>(())
@@ -225,9 +225,9 @@ fn usage(object: &[u8]) -> Option<Usage> {
     let mut usage = Usage::default();
     scan::scan_object(object, |m| {
         let slot = match &*m.key {
-            "prompt_tokens" => &mut usage.prompt_tokens,
-            "completion_tokens" => &mut usage.completion_tokens,
-            "total_tokens" => &mut usage.total_tokens,
+            b"prompt_tokens" => &mut usage.prompt_tokens,
+            b"completion_tokens" => &mut usage.completion_tokens,
+            b"total_tokens" => &mut usage.total_tokens,
             _ => return Ok::<(), ()>(()),
         };
         // Digits only: the scanner validated the number, so no sign,

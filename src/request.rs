@@ -131,7 +131,7 @@ fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
                 span.next_key_start = Some(m.key_span.start);
             }
         }
-        if let Some(k) = OPENROUTER_KEYS.iter().position(|k| *k == m.key) {
+        if let Some(k) = OPENROUTER_KEYS.iter().position(|k| k.as_bytes() == &*m.key) {
             openrouter[k] = Some(MemberSpan {
                 ordinal,
                 key_start: m.key_span.start,
@@ -144,7 +144,7 @@ fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
         }
         ordinal += 1;
         prev_value_end = Some(m.value.end);
-        if let Some(i) = SINGLE_KEYS.iter().position(|k| *k == m.key) {
+        if let Some(i) = SINGLE_KEYS.iter().position(|k| k.as_bytes() == &*m.key) {
             if std::mem::replace(&mut seen[i], true) {
                 return Err(BadRequest::new(
                     "duplicate_key",
@@ -157,14 +157,14 @@ fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
             }
         }
         match &*m.key {
-            "model" => model = Some((m.value.clone(), m.kind)),
-            "stream" => stream = Some(m.kind == ValueKind::True),
-            "messages" => needs.messages = Some(m.value.clone()),
-            "tools" => needs.tools = Some((m.value.clone(), m.kind)),
-            "functions" => needs.functions = Some((m.value.clone(), m.kind)),
-            "tool_choice" => needs.tool_choice = Some(m.value.clone()),
-            "response_format" => needs.response_format = Some(m.value.clone()),
-            "max_tokens" | "max_completion_tokens" if m.kind == ValueKind::Number => {
+            b"model" => model = Some((m.value.clone(), m.kind)),
+            b"stream" => stream = Some(m.kind == ValueKind::True),
+            b"messages" => needs.messages = Some(m.value.clone()),
+            b"tools" => needs.tools = Some((m.value.clone(), m.kind)),
+            b"functions" => needs.functions = Some((m.value.clone(), m.kind)),
+            b"tool_choice" => needs.tool_choice = Some(m.value.clone()),
+            b"response_format" => needs.response_format = Some(m.value.clone()),
+            b"max_tokens" | b"max_completion_tokens" if m.kind == ValueKind::Number => {
                 needs.max_tokens = Some(m.value.clone())
             }
             _ => {}

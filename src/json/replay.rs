@@ -327,7 +327,7 @@ mod tests {
 
             let mut span = None;
             scan::scan_object(&original, |m| {
-                if m.key == "model" {
+                if &*m.key == b"model" {
                     span = Some(m.value);
                 }
                 Ok::<_, ()>(())

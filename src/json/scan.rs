@@ -33,14 +33,25 @@ pub(crate) enum ValueKind {
 /// One top-level member of the scanned object.
 #[derive(Debug, Clone)]
 pub(crate) struct Member<'a> {
-    /// The decoded key; borrowed from the input unless it has escapes.
-    pub(crate) key: Cow<'a, str>,
+    /// The decoded key, as UTF-8 bytes (checked: a key that is not UTF-8
+    /// fails the scan); borrowed from the input unless it has escapes.
+    /// Bytes, not `str`: callers compare it with known names, and most keys
+    /// are plain ASCII that needs no second pass to become a `str`.
+    pub(crate) key: Cow<'a, [u8]>,
     /// The key literal, quotes included.
     #[allow(dead_code)] // part of the member's description; only tests read it so far
     pub(crate) key_span: Range<usize>,
     /// The value: quotes included for strings, brackets for objects/arrays.
     pub(crate) value: Range<usize>,
     pub(crate) kind: ValueKind,
+}
+
+impl Member<'_> {
+    /// The key as text (lossless: keys are checked UTF-8).
+    #[allow(dead_code)] // for messages and tests
+    pub(crate) fn key_text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.key)
+    }
 }
 
 /// Why a body was refused, and at which byte offset.
@@ -223,6 +234,10 @@ fn scan_members<'a, E>(
                         }
                         e
                     })?;
+                    let key = match key {
+                        Cow::Borrowed(k) => Cow::Borrowed(k.as_bytes()),
+                        Cow::Owned(k) => Cow::Owned(k.into_bytes()),
+                    };
                     (key_end, key)
                 }
             };
@@ -241,11 +256,11 @@ fn scan_members<'a, E>(
                 }
             };
             let (value_end, kind) = match (&mut watch, input.get(value_start)) {
-                (Watch::Strings(name, on_string), Some(&open @ (b'[' | b'{'))) if *name == &*key => {
+                (Watch::Strings(name, on_string), Some(&open @ (b'[' | b'{'))) if name.as_bytes() == &*key => {
                     let end = skip_nested_with(input, value_start, &mut |a, b| on_string(a, b))?;
                     (end, nested(open))
                 }
-                (Watch::Value(name, read), Some(&open @ (b'[' | b'{'))) if *name == &*key => {
+                (Watch::Value(name, read), Some(&open @ (b'[' | b'{'))) if name.as_bytes() == &*key => {
                     (read(value_start)?, nested(open))
                 }
                 _ => scan_value(input, value_start)?,
@@ -280,7 +295,7 @@ fn scan_members<'a, E>(
 /// as almost every key is: found and validated eight bytes at a time, in
 /// one pass where the general path (find the end, then decode) takes two.
 #[inline(always)]
-fn plain_key(input: &[u8], open: usize) -> Option<(usize, Cow<'_, str>)> {
+fn plain_key(input: &[u8], open: usize) -> Option<(usize, Cow<'_, [u8]>)> {
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
     const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
     let mut from = open + 1;
@@ -294,8 +309,7 @@ fn plain_key(input: &[u8], open: usize) -> Option<(usize, Cow<'_, str>)> {
             if input[at] != b'"' {
                 return None;
             }
-            let key = std::str::from_utf8(&input[open + 1..at]).ok()?;
-            return Some((at + 1, Cow::Borrowed(key)));
+            return Some((at + 1, Cow::Borrowed(&input[open + 1..at])));
         }
         from += 8;
     }
@@ -735,7 +749,7 @@ fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
     let at = |i: usize| base + 1 + i;
     // Keys and model names: short, and nothing to decode. One pass, where the
     // general path below costs three (and a `memchr2` call).
-    if body.len() <= 64 && body.iter().all(|&b| b >= 0x20 && b != b'\\' && b != b'"') {
+    if body.len() <= 64 && nothing_to_decode(body) {
         return std::str::from_utf8(body)
             .map(Cow::Borrowed)
             .map_err(|e| ScanError::new(InvalidUtf8, at(e.valid_up_to())));
@@ -797,6 +811,21 @@ fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
     }
     out.push_str(&text[done..]);
     Ok(Cow::Owned(out))
+}
+
+/// No control character, quote or backslash in `bytes`: eight at a time.
+#[inline]
+fn nothing_to_decode(bytes: &[u8]) -> bool {
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+    // A borrow from a byte below 0x20 can only mark bytes above it, so
+    // "no mark" is exact.
+    let special = |word: u64| (word.wrapping_sub(SPACES) & !word & HIGH) | quote_or_backslash(word);
+    let mut words = bytes.chunks_exact(8);
+    let clean = words
+        .by_ref()
+        .all(|w| special(u64::from_le_bytes(w.try_into().expect("8 bytes"))) == 0);
+    clean && words.remainder().iter().all(|&b| b >= 0x20 && b != b'\\' && b != b'"')
 }
 
 fn hex4(hex: &[u8]) -> u32 {
@@ -868,7 +897,7 @@ pub(super) mod tests {
             let want: String = serde_json::from_str(&format!(r#""{key}""#)).unwrap();
             let mut got = None;
             scan_object(text.as_bytes(), |m| {
-                got = Some(m.key.into_owned());
+                got = Some(m.key_text().into_owned());
                 Ok::<_, ()>(())
             })
             .unwrap();
@@ -887,9 +916,9 @@ pub(super) mod tests {
     fn members(input: &[u8]) -> Result<Vec<(String, &str, ValueKind)>, ScanError> {
         let mut out = Vec::new();
         let span = scan_object(input, |m| {
-            assert_eq!(decode_string(&input[m.key_span.clone()]).unwrap(), m.key);
+            assert_eq!(decode_string(&input[m.key_span.clone()]).unwrap(), m.key_text());
             let text = std::str::from_utf8(&input[m.value.clone()]).unwrap();
-            out.push((m.key.into_owned(), text, m.kind));
+            out.push((m.key_text().into_owned(), text, m.kind));
             Ok::<_, ()>(())
         })
         .map_err(|e| match e {
@@ -948,7 +977,7 @@ pub(super) mod tests {
         assert_eq!(m[1].0, "🚀\n");
         // Plain keys are borrowed, not allocated.
         scan_object(br#"{"model":1}"#, |m| {
-            assert!(matches!(m.key, Cow::Borrowed("model")));
+            assert!(matches!(m.key, Cow::Borrowed(b"model")));
             Ok::<_, ()>(())
         })
         .unwrap();
@@ -1223,7 +1252,7 @@ pub(super) mod tests {
             scan_object(text.as_bytes(), |m| {
                 count += 1;
                 let alone: Value = serde_json::from_slice(&text.as_bytes()[m.value.clone()]).unwrap();
-                assert_eq!(Some(&alone), whole.get(&*m.key));
+                assert_eq!(Some(&alone), whole.get(&*m.key_text()));
                 let kind = match alone {
                     Value::String(_) => ValueKind::String,
                     Value::Number(_) => ValueKind::Number,
@@ -1235,7 +1264,7 @@ pub(super) mod tests {
                 };
                 assert_eq!(m.kind, kind);
                 let key: String = serde_json::from_slice(&text.as_bytes()[m.key_span.clone()]).unwrap();
-                assert_eq!(key, m.key);
+                assert_eq!(key, m.key_text());
                 Ok::<_, ()>(())
             }).unwrap();
             prop_assert_eq!(count, whole.len());
@@ -1255,7 +1284,7 @@ pub(super) mod tests {
                 }
             }
             let mut keys = Vec::new();
-            let scanned = scan_object(&bytes, |m| { keys.push(m.key.into_owned()); Ok::<_, ()>(()) });
+            let scanned = scan_object(&bytes, |m| { keys.push(m.key_text().into_owned()); Ok::<_, ()>(()) });
             if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&bytes) {
                 prop_assert!(scanned.is_ok(), "{:?}: {:?}", String::from_utf8_lossy(&bytes), scanned);
                 keys.sort();
