@@ -171,7 +171,7 @@ where
                 );
             }
         };
-        let index = match if shared.reads_needs {
+        let mut index = match if shared.reads_needs {
             index_request_with_media(&body)
         } else {
             index_request(&body)
@@ -191,7 +191,7 @@ where
         parts.headers.remove(header::EXPECT);
 
         let mut report = FallbackReport {
-            requested_model: Some(index.requested_model.clone()),
+            requested_model: Some(std::mem::take(&mut index.requested_model)),
             served_model: None,
             provider: None,
             attempts: Vec::with_capacity(shared.chains.default_chain().routes().len()),
@@ -511,9 +511,10 @@ where
                     } else {
                         Resolution::Stopped
                     };
-                    report.served_model = Some(answer.facts.model.clone().unwrap_or_else(|| route.model().to_owned()));
-                    report.provider = answer.facts.provider.clone();
-                    report.usage = answer.facts.usage.clone();
+                    let facts = answer.facts;
+                    report.served_model = Some(facts.model.unwrap_or_else(|| route.model().to_owned()));
+                    report.provider = facts.provider;
+                    report.usage = facts.usage;
                     flight.span.record("gen_ai.response.model", report.served_model());
                     crate::metrics::committed(route, started.elapsed());
                     crate::metrics::request(report.resolution, Some(flight.i), drill);
@@ -536,7 +537,7 @@ where
                             (ResponseBody::stream(body), Some(handle))
                         }
                     };
-                    let mut resp = finish(Response::from_parts(parts, body), report, started);
+                    let mut resp = finish(Response::from_parts(parts, body), report, started, Some(route));
                     if let Some(handle) = handle {
                         resp.extensions_mut().insert(handle);
                     }
@@ -996,15 +997,38 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     crate::inspect::truncate(text)
 }
 
-fn finish<B>(mut resp: Response<B>, mut report: FallbackReport, started: Instant) -> Response<B> {
+/// Sets the report's headers and extension. `route` is the one that
+/// served, whose prebuilt header values are used when they say the same.
+fn finish<B>(
+    mut resp: Response<B>,
+    mut report: FallbackReport,
+    started: Instant,
+    route: Option<&Route>,
+) -> Response<B> {
     report.elapsed = started.elapsed();
     let headers = resp.headers_mut();
-    set_header(headers, X_FALLBACK_MODEL, report.served_model());
+    match route
+        .filter(|r| r.model() == report.served_model())
+        .and_then(Route::model_header)
+    {
+        Some(v) => {
+            headers.insert(X_FALLBACK_MODEL, v.clone());
+        }
+        None => set_header(headers, X_FALLBACK_MODEL, report.served_model()),
+    }
+    const COUNTS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
     let sent = report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
-    headers.insert(X_FALLBACK_ATTEMPTS, HeaderValue::from(sent));
-    match report.served_label() {
-        Some(l) => set_header(headers, X_FALLBACK_LABEL, l),
-        None => {
+    let sent = match COUNTS.get(sent) {
+        Some(n) => HeaderValue::from_static(n),
+        None => HeaderValue::from(sent),
+    };
+    headers.insert(X_FALLBACK_ATTEMPTS, sent);
+    match (report.served_label(), route.and_then(Route::label_header)) {
+        (Some(l), Some(v)) if route.and_then(Route::get_label) == Some(l) => {
+            headers.insert(X_FALLBACK_LABEL, v.clone());
+        }
+        (Some(l), _) => set_header(headers, X_FALLBACK_LABEL, l),
+        (None, _) => {
             headers.remove(X_FALLBACK_LABEL);
         }
     }
@@ -1043,7 +1067,7 @@ fn reject<B>(status: StatusCode, bad: &BadRequest, started: Instant) -> Response
             "code": bad.code,
         }}),
     );
-    finish(resp, FallbackReport::rejected(Duration::ZERO), started)
+    finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
 }
 
 fn too_large<B>(limit: usize, started: Instant) -> Response<ResponseBody<B>> {
@@ -1118,5 +1142,5 @@ fn exhausted<B>(mut report: FallbackReport, started: Instant) -> Response<Respon
             .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
     }
     let report = exhausted.report().clone();
-    finish(resp, report, started)
+    finish(resp, report, started, None)
 }

@@ -29,6 +29,10 @@ pub struct Route {
     model: Arc<str>,
     model_json: Bytes,
     label: Option<Arc<str>>,
+    /// `x-fallback-model` / `x-fallback-label` values, built once (a clone
+    /// shares the bytes) instead of per response.
+    model_header: Option<http::HeaderValue>,
+    label_header: Option<http::HeaderValue>,
     timeout: Option<Duration>,
     first_token_timeout: Option<Duration>,
     idle_timeout: Option<Duration>,
@@ -57,6 +61,8 @@ impl Route {
             model: model.as_str().into(),
             model_json,
             label: None,
+            model_header: http::HeaderValue::from_str(&model).ok(),
+            label_header: None,
             timeout: None,
             first_token_timeout: None,
             idle_timeout: None,
@@ -78,7 +84,9 @@ impl Route {
 
     /// Names this hop (`"primary"`, `"budget"`, ...) in reports, headers and spans.
     pub fn label(mut self, label: impl Into<String>) -> Self {
-        self.label = Some(label.into().into());
+        let label: String = label.into();
+        self.label_header = http::HeaderValue::from_str(&label).ok();
+        self.label = Some(label.into());
         self
     }
 
@@ -330,6 +338,16 @@ impl Route {
 
     pub(crate) fn model_arc(&self) -> &Arc<str> {
         &self.model
+    }
+
+    /// The model as a header value, when it is one.
+    pub(crate) fn model_header(&self) -> Option<&http::HeaderValue> {
+        self.model_header.as_ref()
+    }
+
+    /// The label as a header value, when it is one.
+    pub(crate) fn label_header(&self) -> Option<&http::HeaderValue> {
+        self.label_header.as_ref()
     }
 
     pub(crate) fn label_arc(&self) -> Option<&Arc<str>> {
