@@ -249,6 +249,7 @@ where
         let mut sent = 0usize;
         let mut spare: Option<(S, bool)> = Some((svc, false));
         let mut flights: Vec<Flight<'_, _>> = Vec::new();
+        let mut caller_parts = Some(parts);
         let mut hedge_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut next = 0;
 
@@ -358,7 +359,22 @@ where
                         timeout: limit,
                     };
                     let replay = attempt_body(&body, &index, route);
-                    let request = attempt_request(&parts, replay, attempt.clone(), route);
+                    // The last attempt this request can make (no route after
+                    // it, no switch to a content-policy chain) takes the
+                    // caller's parts; earlier ones take a copy.
+                    let switchable = shared
+                        .chains
+                        .content_policy_chain()
+                        .is_some_and(|(n, _)| n != chain_name);
+                    let parts = match &caller_parts {
+                        _ if next >= chain.routes().len() && !switchable => caller_parts.take(),
+                        Some(p) => Some(copy_parts(p)),
+                        None => None,
+                    };
+                    let Some(parts) = parts else {
+                        break; // cannot happen: nothing launches after the last attempt
+                    };
+                    let request = attempt_request(parts, replay, attempt.clone(), route);
                     let span = tracing::info_span!(
                         "llm_fallback.attempt",
                         fallback.attempt = i,
@@ -948,28 +964,33 @@ fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> ReplayBody
     ReplayBody::rewrite(body, &edits)
 }
 
+/// A copy of the caller's request head for one attempt.
+fn copy_parts(parts: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    *req.extensions_mut() = parts.extensions.clone();
+    req.into_parts().0
+}
+
 fn attempt_request(
-    parts: &http::request::Parts,
+    parts: http::request::Parts,
     body: ReplayBody,
     attempt: Attempt,
     route: &Route,
 ) -> Request<ReplayBody> {
     let len = body.len();
-    let mut req = Request::new(body);
-    *req.method_mut() = parts.method.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    match route.get_endpoint() {
-        None => *req.uri_mut() = parts.uri.clone(),
-        Some(endpoint) => {
-            *req.uri_mut() = endpoint.chat_uri.clone();
-            let headers = req.headers_mut();
-            // A key or host meant for the caller's upstream never goes elsewhere.
-            headers.remove(header::HOST);
-            headers.remove(header::AUTHORIZATION);
-            if let Some(auth) = &endpoint.authorization {
-                headers.insert(header::AUTHORIZATION, auth.clone());
-            }
+    let mut req = Request::from_parts(parts, body);
+    if let Some(endpoint) = route.get_endpoint() {
+        *req.uri_mut() = endpoint.chat_uri.clone();
+        let headers = req.headers_mut();
+        // A key or host meant for the caller's upstream never goes elsewhere.
+        headers.remove(header::HOST);
+        headers.remove(header::AUTHORIZATION);
+        if let Some(auth) = &endpoint.authorization {
+            headers.insert(header::AUTHORIZATION, auth.clone());
         }
     }
     if route.metadata() {
@@ -977,7 +998,6 @@ fn attempt_request(
             .insert(X_OPENROUTER_METADATA, HeaderValue::from_static("enabled"));
     }
     req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    *req.extensions_mut() = parts.extensions.clone();
     req.extensions_mut().insert(attempt);
     req
 }

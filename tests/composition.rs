@@ -139,3 +139,55 @@ async fn the_same_stack_inside_an_axum_router() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(up.requests().len(), before);
 }
+
+/// A caller's marker, to see that every attempt carries the caller's extensions.
+#[derive(Clone, Debug, PartialEq)]
+struct CallerTag(&'static str);
+
+#[tokio::test]
+async fn every_attempt_carries_the_callers_head() {
+    // Three routes, the first two failing: the first two attempts get copies
+    // of the caller's head and the last one gets the head itself; all must
+    // see the same method, URI, headers and extensions.
+    let up = MockUpstream::new()
+        .model("a/a", Reply::status(503))
+        .model("b/b", Reply::status(429))
+        .model("c/c", Reply::ok());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let inner = tower::service_fn(move |req: Request<ReplayBody>| {
+        record.lock().unwrap().push((
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().get("x-caller").cloned(),
+            req.headers().get("content-length").cloned(),
+            req.extensions().get::<CallerTag>().cloned(),
+            req.extensions().get::<llm_fallback::Attempt>().map(|a| a.index()),
+        ));
+        up.clone().oneshot(req)
+    });
+    let svc = ServiceBuilder::new()
+        .layer(FallbackLayer::new(Chain::new([
+            Route::new("a/a"),
+            Route::new("b/b"),
+            Route::new("c/c"),
+        ])))
+        .service(inner);
+    let mut req = post("http://mock/api/v1/chat/completions", chat("x/x"));
+    req.headers_mut().insert("x-caller", "yes".parse().unwrap());
+    req.extensions_mut().insert(CallerTag("mine"));
+    let resp = svc.oneshot(req).await.unwrap();
+    let (parts, json) = body_json(resp).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(json["model"], "c/c");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    for (i, (method, uri, caller, length, tag, index)) in seen.iter().enumerate() {
+        assert_eq!(method, "POST", "attempt {i}");
+        assert_eq!(uri, "http://mock/api/v1/chat/completions", "attempt {i}");
+        assert_eq!(caller.as_ref().unwrap(), "yes", "attempt {i}");
+        assert!(length.is_some(), "attempt {i} has its own Content-Length");
+        assert_eq!(tag.as_ref(), Some(&CallerTag("mine")), "attempt {i}");
+        assert_eq!(*index, Some(i), "attempt {i} is told which attempt it is");
+    }
+}

@@ -112,7 +112,10 @@ async fn a_native_group_falls_back_server_side_in_one_request() {
     assert_eq!(up.requests().len(), 1, "one HTTP request for the whole group");
     assert_eq!(up.requests()[0].json()["models"], json!(["b/b", "c/c"]));
     assert_eq!(body["model"], "b/b");
-    assert_eq!(parts.headers["x-fallback-model"], "b/b", "the model that served, not the route's");
+    assert_eq!(
+        parts.headers["x-fallback-model"], "b/b",
+        "the model that served, not the route's"
+    );
     let report = report(&parts);
     assert_eq!(report.served_model(), "b/b");
     assert!(report.upstream_fell_back(), "requested a/a, served b/b");
