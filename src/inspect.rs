@@ -408,3 +408,125 @@ mod tests {
         );
     }
 }
+
+/// The scanner's reading of a completion against serde_json's, on random
+/// completion-shaped bodies: the facts the policy decides on must agree.
+#[cfg(test)]
+mod oracle {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{json, Map};
+
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z \"\\\\/\n\té€😀]{0,40}",
+            Just("error".to_owned()),
+            Just("stop".to_owned()),
+        ]
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u32>().prop_map(Value::from),
+            (-1e6f64..1e6).prop_map(Value::from),
+            text().prop_map(Value::String),
+        ]
+    }
+
+    fn choice() -> impl Strategy<Value = Value> {
+        let object = (
+            prop::option::of(prop_oneof![
+                3 => prop::sample::select(vec!["stop", "length", "error", "tool_calls"]).prop_map(Value::from),
+                1 => scalar(),
+            ]),
+            prop::option::of(prop_oneof![
+                text().prop_map(|m| json!({"code": 502, "message": m})),
+                text().prop_map(Value::String),
+            ]),
+            prop::option::of(text().prop_map(|c| json!({"role": "assistant", "content": c, "tool_calls": [{"id": "x", "function": {"arguments": "{\"a\":[1,2]}"}}]}))),
+        )
+            .prop_map(|(finish, error, message)| {
+                let mut c = Map::new();
+                c.insert("index".into(), json!(0));
+                if let Some(m) = message {
+                    c.insert("message".into(), m);
+                }
+                if let Some(f) = finish {
+                    c.insert("finish_reason".into(), f);
+                }
+                if let Some(e) = error {
+                    c.insert("error".into(), e);
+                }
+                Value::Object(c)
+            });
+        prop_oneof![8 => object, 1 => scalar()]
+    }
+
+    fn count() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            4 => any::<u32>().prop_map(Value::from),
+            1 => scalar(),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = (Value, bool)> {
+        (
+            prop::option::of(text()),
+            prop::option::of(
+                prop_oneof![4 => prop::collection::vec(choice(), 0..4).prop_map(Value::Array), 1 => scalar()],
+            ),
+            prop::option::of((
+                prop::option::of(count()),
+                prop::option::of(count()),
+                prop::option::of(count()),
+            )),
+            prop::option::of(scalar()),
+            any::<bool>(),
+        )
+            .prop_map(|(model, choices, usage, extra, pretty)| {
+                let mut b = Map::new();
+                b.insert("id".into(), json!("gen-1"));
+                if let Some(m) = model {
+                    b.insert("model".into(), Value::String(m));
+                }
+                if let Some(c) = choices {
+                    b.insert("choices".into(), c);
+                }
+                if let Some((p, c, t)) = usage {
+                    let mut u = Map::new();
+                    for (k, v) in [("prompt_tokens", p), ("completion_tokens", c), ("total_tokens", t)] {
+                        if let Some(v) = v {
+                            u.insert(k.into(), v);
+                        }
+                    }
+                    b.insert("usage".into(), Value::Object(u));
+                }
+                if let Some(x) = extra {
+                    b.insert("system_fingerprint".into(), x);
+                }
+                (Value::Object(b), pretty)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_scanner_reads_a_completion_as_serde_json_does((value, pretty) in body()) {
+            let bytes = if pretty { serde_json::to_vec_pretty(&value) } else { serde_json::to_vec(&value) }.unwrap();
+            let facts = BodyFacts::inspect(&bytes);
+            prop_assert!(facts.json);
+            prop_assert_eq!(facts.model.as_deref(), value["model"].as_str());
+            let choices = value.get("choices").and_then(Value::as_array);
+            let objects = choices.filter(|c| c.iter().all(Value::is_object));
+            prop_assert_eq!(facts.choices, objects.map(Vec::len));
+            let failed = objects.is_some_and(|c| c.iter().any(|c| c["finish_reason"] == "error"));
+            prop_assert_eq!(facts.finish_error, failed);
+            prop_assert_eq!(facts.error.is_some(), failed, "a failed choice always yields an error");
+            let usage = value.get("usage").and_then(|u| serde_json::from_value::<Usage>(u.clone()).ok());
+            prop_assert_eq!(facts.usage, usage);
+        }
+    }
+}
