@@ -61,6 +61,8 @@ pub(crate) struct Shared<P> {
     /// Hedging is on when set; it bounds the extra requests.
     pub(crate) hedge_budget: Option<Arc<HedgeBudget>>,
     pub(crate) drills: Option<Arc<DrillConfig>>,
+    /// Request counters' handles, shared by clones.
+    pub(crate) request_metrics: Arc<crate::metrics::RequestMetrics>,
 }
 
 impl<P> Shared<P> {
@@ -74,6 +76,7 @@ impl<P> Shared<P> {
             health: None,
             hedge_budget: None,
             drills: None,
+            request_metrics: Arc::default(),
         }
     }
 
@@ -100,6 +103,7 @@ impl<P> Shared<P> {
             health: self.health.clone(),
             hedge_budget: self.hedge_budget.clone(),
             drills: self.drills.clone(),
+            request_metrics: self.request_metrics.clone(),
         }
     }
 }
@@ -533,7 +537,7 @@ where
                     report.usage = facts.usage;
                     flight.span.record("gen_ai.response.model", report.served_model());
                     crate::metrics::committed(route, started.elapsed());
-                    crate::metrics::request(report.resolution, Some(flight.i), drill);
+                    crate::metrics::request(&shared.request_metrics, report.resolution, Some(flight.i), drill);
                     let mut parts = answer.parts;
                     let (body, handle) = match answer.body {
                         Looked::Full(b) => (ResponseBody::full(b), None),
@@ -580,7 +584,7 @@ where
                 _ => {}
             }
         }
-        crate::metrics::request(report.resolution, None, drill);
+        crate::metrics::request(&shared.request_metrics, report.resolution, None, drill);
         exhausted(report, started)
     };
     let resp = work.instrument(span.clone()).await;

@@ -2,7 +2,12 @@
 //!
 //! Only the keys that matter are looked at (`model`, `provider`, `error`,
 //! `usage`, and `finish_reason` inside `choices`), by the scanner, in one
-//! pass; serde parses only an error object, on the failure path.
+//! pass; serde parses only an error object, on the failure path. Like the
+//! request scanner, it checks the top level and each choice's members
+//! strictly and values nested deeper (a choice's `message`) by their
+//! brackets and strings only: a body cut short anywhere is not a
+//! completion, but one with, say, a stray comma inside a message's content
+//! object is passed on as the upstream sent it.
 
 use crate::json::scan::{self, ValueKind};
 use crate::report::{UpstreamAttempt, UpstreamError, Usage};
@@ -186,10 +191,14 @@ impl Choices {
     /// Reads the array at `start`; returns one past its end.
     fn read(&mut self, body: &[u8], start: usize) -> Result<usize, scan::ScanError> {
         let mut count = 0usize;
-        self.objects = true;
+        // A second `choices` (invalid, but seen) is read afresh.
+        *self = Choices {
+            objects: true,
+            ..Choices::default()
+        };
         let end = scan::scan_array_at(body, start, |at| {
             count += 1;
-            if body[at] != b'{' {
+            if body.get(at) != Some(&b'{') {
                 self.objects = false;
                 return scan::skip_value(body, at).map(|(end, _)| end);
             }
@@ -198,8 +207,10 @@ impl Choices {
             let end = scan::scan_object_at(body, at, |m| {
                 match (&*m.key, m.kind) {
                     (b"finish_reason", ValueKind::String) => {
-                        finished_in_error = scan::decode_string(&body[m.value]).is_ok_and(|r| r == "error");
+                        // Sticky: a duplicate cannot turn an error into a success.
+                        finished_in_error |= scan::decode_string(&body[m.value]).is_ok_and(|r| r == "error");
                     }
+                    (b"error", ValueKind::Null) => {}
                     (b"error", _) => error = Some(m.value),
                     _ => {}
                 }
@@ -377,6 +388,43 @@ mod tests {
         assert_eq!(usage(r#"{"total_tokens":-7}"#), None);
         assert_eq!(usage(r#"{"total_tokens":7.5}"#), None);
         assert_eq!(usage(r#"{"total_tokens":"7"}"#), None);
+    }
+
+    #[test]
+    fn a_body_cut_inside_choices_is_not_json() {
+        for body in [
+            &br#"{"choices":["#[..],
+            br#"{"choices":[ "#,
+            br#"{"choices":[{},"#,
+            br#"{"choices":[{"finish_reason":"stop"}"#,
+            br#"{"choices":[{"finish_reason":"#,
+        ] {
+            let f = BodyFacts::inspect(body);
+            assert!(!f.json, "{}", String::from_utf8_lossy(body));
+            assert_eq!(f.choices, None);
+        }
+    }
+
+    #[test]
+    fn odd_choices_are_read_safely() {
+        // Not an array: not a completion, but the error is still read.
+        let f = BodyFacts::inspect(br#"{"error":{"message":"boom"},"choices":{}}"#);
+        assert!(f.json);
+        assert_eq!(f.choices, None);
+        assert_eq!(f.error.unwrap().message(), Some("boom"));
+        // A duplicate finish_reason cannot hide an error.
+        let f = BodyFacts::inspect(br#"{"choices":[{"finish_reason":"error","finish_reason":"stop"}]}"#);
+        assert!(f.finish_error);
+        // A second `choices` is read afresh.
+        let f = BodyFacts::inspect(br#"{"choices":[{"finish_reason":"error"}],"choices":[{"finish_reason":"stop"}]}"#);
+        assert_eq!(f.choices, Some(1));
+        assert!(!f.finish_error);
+        // A null error keeps the generic message.
+        let f = BodyFacts::inspect(br#"{"choices":[{"finish_reason":"error","error":null}]}"#);
+        assert_eq!(
+            f.error.unwrap().message(),
+            Some("choice finished with finish_reason \"error\"")
+        );
     }
 
     #[test]

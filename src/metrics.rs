@@ -20,9 +20,12 @@ use std::time::Duration;
 // Labels borrow `&'static str`s and share the route's `Arc<str>` model id,
 // so recording allocates nothing on the request path. The handles of the
 // hot path (attempts, time to commit, requests) are registered once per
-// recorder and kept, not looked up again in the recorder's registry for
-// every record: a recorder installed (or a local one set) later is noticed
-// and gets its own handles.
+// recorder and kept by the layer (per route, per layer), not looked up again
+// in the recorder's registry for every record: a recorder installed (or a
+// local one set) later is noticed, by its address, and gets its own
+// handles. A layer used under a local recorder that is dropped and replaced
+// by another at the same address keeps recording into the first one's
+// storage; tests that swap local recorders build a layer per recorder.
 
 /// A route's metric handles, registered on first use with the recorder in
 /// effect.
@@ -130,12 +133,16 @@ pub(crate) fn attempt(route: &crate::Route, outcome: Outcome, elapsed: Duration)
     );
 }
 
-/// Request counters by resolution, position (0..8, or none) and drill.
-#[cfg(feature = "metrics")]
-static REQUESTS: cache::Cache<metrics::Counter, { 6 * 9 * 2 }> = cache::Cache::new();
+/// A layer's request counters, by resolution, position (0..8, or none) and
+/// drill; shared by the layer's clones, not by other layers.
+#[derive(Default)]
+pub(crate) struct RequestMetrics {
+    #[cfg(feature = "metrics")]
+    counters: cache::Cache<metrics::Counter, { 6 * 9 * 2 }>,
+}
 
 #[inline]
-pub(crate) fn request(resolution: Resolution, position: Option<usize>, drill: bool) {
+pub(crate) fn request(requests: &RequestMetrics, resolution: Resolution, position: Option<usize>, drill: bool) {
     #[cfg(feature = "metrics")]
     {
         const POSITIONS: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
@@ -163,7 +170,7 @@ pub(crate) fn request(resolution: Resolution, position: Option<usize>, drill: bo
                     None => (8, "none"),
                 };
                 let i = (resolution_index * 9 + slot) * 2 + usize::from(drill);
-                REQUESTS.with(i, || register(label.into()), |c| c.increment(1));
+                requests.counters.with(i, || register(label.into()), |c| c.increment(1));
             }
         }
     }
@@ -230,13 +237,14 @@ mod tests {
     #[test]
     fn cached_handles_follow_the_recorder_in_effect() {
         let route = crate::Route::new("m/one");
+        let requests = RequestMetrics::default();
         let first = DebuggingRecorder::new();
         let first_snap = first.snapshotter();
         metrics::with_local_recorder(&first, || {
             attempt(&route, Outcome::Served, Duration::from_millis(3));
             attempt(&route, Outcome::Served, Duration::from_millis(3));
             attempt(&route, Outcome::Timeout, Duration::from_millis(3));
-            request(Resolution::Served, Some(0), false);
+            request(&requests, Resolution::Served, Some(0), false);
         });
         // The same route (its handles cached) under another recorder: the
         // records go to that one, not to the first one's handles.
@@ -244,8 +252,8 @@ mod tests {
         let second_snap = second.snapshotter();
         metrics::with_local_recorder(&second, || {
             attempt(&route, Outcome::Served, Duration::from_millis(3));
-            request(Resolution::Served, Some(0), false);
-            request(Resolution::Exhausted, None, true);
+            request(&requests, Resolution::Served, Some(0), false);
+            request(&requests, Resolution::Exhausted, None, true);
         });
         let (first_snap, second_snap) = (first_snap.snapshot().into_vec(), second_snap.snapshot().into_vec());
         let served = ("outcome", "served");
@@ -260,5 +268,24 @@ mod tests {
         assert_eq!(counter(&second_snap, requests, ("position", "0")), Some(1));
         assert_eq!(counter(&second_snap, requests, ("position", "none")), Some(1));
         assert_eq!(counter(&first_snap, requests, ("position", "none")), None);
+    }
+
+    #[test]
+    fn a_fresh_layer_under_a_fresh_recorder_counts_from_zero() {
+        // Recorders made the same way in turn (often at the same address):
+        // each layer has its own handles, so each recorder sees its counts.
+        fn once() -> Option<u64> {
+            let requests = RequestMetrics::default();
+            let recorder = DebuggingRecorder::new();
+            let snapshotter = recorder.snapshotter();
+            metrics::with_local_recorder(&recorder, || request(&requests, Resolution::Served, Some(1), false));
+            counter(
+                &snapshotter.snapshot().into_vec(),
+                "llm_fallback_requests_total",
+                ("position", "1"),
+            )
+        }
+        assert_eq!(once(), Some(1));
+        assert_eq!(once(), Some(1));
     }
 }

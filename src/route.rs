@@ -61,7 +61,7 @@ impl Route {
             model: model.as_str().into(),
             model_json,
             label: None,
-            model_header: http::HeaderValue::from_str(&model).ok(),
+            model_header: header_value(&model),
             label_header: None,
             timeout: None,
             first_token_timeout: None,
@@ -85,7 +85,7 @@ impl Route {
     /// Names this hop (`"primary"`, `"budget"`, ...) in reports, headers and spans.
     pub fn label(mut self, label: impl Into<String>) -> Self {
         let label: String = label.into();
-        self.label_header = http::HeaderValue::from_str(&label).ok();
+        self.label_header = header_value(&label);
         self.label = Some(label.into());
         self
     }
@@ -311,15 +311,26 @@ impl Route {
         all.chunks(MAX_NATIVE_FALLBACKS + 1)
             .map(|group| {
                 let mut r = self.clone();
-                r.model = group[0].as_str().into();
+                r.set_model(&group[0]);
                 r.health_key = match &r.endpoint {
                     Some(e) => format!("{}@{}", group[0], e.base_url()).into(),
                     None => group[0].as_str().into(),
                 };
-                r.model_json = crate::json::scan::encode_string(&group[0]);
                 r.native_fallbacks(group[1..].iter().cloned())
             })
             .collect()
+    }
+
+    /// Points the route at `model`: everything derived from the model (its
+    /// JSON literal, its header value, its metric handles) follows.
+    fn set_model(&mut self, model: &str) {
+        self.model = model.into();
+        self.model_json = crate::json::scan::encode_string(model);
+        self.model_header = header_value(model);
+        #[cfg(feature = "metrics")]
+        {
+            self.metrics = Arc::default();
+        }
     }
 
     /// The key route health is kept under: the model, plus the endpoint.
@@ -358,6 +369,12 @@ impl Route {
     pub(crate) fn model_json(&self) -> &Bytes {
         &self.model_json
     }
+}
+
+/// `text` as a response header value; `None` when empty (the header is
+/// then left out) or not a valid header value.
+fn header_value(text: &str) -> Option<http::HeaderValue> {
+    http::HeaderValue::from_str(text).ok().filter(|_| !text.is_empty())
 }
 
 impl fmt::Debug for Route {
@@ -728,6 +745,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn empty_models_and_labels_make_no_header() {
+        let route = Route::new("").label("");
+        assert!(route.model_header().is_none());
+        assert!(route.label_header().is_none());
+        let route = Route::new("m/x").label("primary");
+        assert_eq!(route.model_header().unwrap(), "m/x");
+        assert_eq!(route.label_header().unwrap(), "primary");
+    }
+
+    #[test]
     fn long_native_groups_are_split_to_fit_openrouter() {
         let chain = Chain::new([
             Route::new("a")
@@ -755,6 +782,9 @@ mod tests {
             ]
         );
         assert_eq!(&chain.routes()[1].model_json()[..], br#""e""#);
+        // Everything derived from the model follows the split.
+        assert_eq!(chain.routes()[1].model_header().unwrap(), "e");
+        assert_eq!(chain.routes()[1].health_key(), "e");
         assert_eq!(&chain.routes()[0].fallbacks_json().unwrap()[..], br#"["b","c","d"]"#);
     }
 }

@@ -162,8 +162,9 @@ pub(crate) enum Watch<'w> {
     /// key's value, as it is skipped: the capability checks read `messages`
     /// this way without a second walk over it.
     Strings(&'w str, &'w mut dyn FnMut(usize, usize)),
-    /// Reads the key's value itself, from its first byte, and returns one
-    /// past its end (see [`scan_array_at`]); the scanner does not skip it.
+    /// Reads the key's value itself when it is an array, from its `[`, and
+    /// returns one past its end (see [`scan_array_at`]); the scanner does
+    /// not skip it. Any other value is scanned as usual.
     Value(&'w str, &'w mut dyn FnMut(usize) -> Result<usize, ScanError>),
 }
 
@@ -260,8 +261,8 @@ fn scan_members<'a, E>(
                     let end = skip_nested_with(input, value_start, &mut |a, b| on_string(a, b))?;
                     (end, nested(open))
                 }
-                (Watch::Value(name, read), Some(&open @ (b'[' | b'{'))) if name.as_bytes() == &*key => {
-                    (read(value_start)?, nested(open))
+                (Watch::Value(name, read), Some(b'[')) if name.as_bytes() == &*key => {
+                    (read(value_start)?, ValueKind::Array)
                 }
                 _ => scan_value(input, value_start)?,
             };
@@ -334,6 +335,10 @@ pub(crate) fn scan_array_at(
         return Ok(pos + 1);
     }
     loop {
+        // `on_element` always gets a byte to look at.
+        if pos >= input.len() {
+            return Err(ScanError::new(UnexpectedEnd, input.len()));
+        }
         let end = on_element(pos)?;
         pos = skip_ws(input, end);
         match input.get(pos) {
