@@ -12,7 +12,9 @@
 #
 # "added" is the gateway's own share: for primary OK, gateway - direct; for a
 # fallback, gateway - (direct 503 + direct OK), since the gateway must make
-# both upstream calls. Fixed-rate runs use --latency-correction (no
+# both upstream calls. The same is measured for `benches/proxy_floor.rs`,
+# the least a fallback proxy does (buffer, rewrite the model, send, buffer,
+# and once more on a non-2xx): what any gateway adds on this machine. Fixed-rate runs use --latency-correction (no
 # coordinated omission).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,12 +25,15 @@ RATE_CONNECTIONS=${RATE_CONNECTIONS:-16}
 MAX_CONNECTIONS=${MAX_CONNECTIONS:-64}
 MOCK=127.0.0.1:${MOCK_PORT:-19101}
 GW=127.0.0.1:${GATEWAY_PORT:-19102}
+FLOOR=127.0.0.1:${FLOOR_PORT:-19103}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 command -v oha >/dev/null || cargo install oha --locked
 command -v python3 >/dev/null || { echo "python3 is needed for the table" >&2; exit 1; }
 cargo build --release --quiet --example gateway
 BIN=$CARGO_TARGET_DIR/release/examples/gateway
+# The floor: the same hops with nothing but buffering and the model rewrite.
+FLOOR_BIN=$(cargo bench --bench proxy_floor --no-run 2>&1 | grep -o "$CARGO_TARGET_DIR/release/deps/proxy_floor-[0-9a-f]*" | head -1)
 
 work=$(mktemp -d)
 pids=()
@@ -69,6 +74,9 @@ RUST_LOG=${RUST_LOG:-error} "$BIN" --serve-mock "$MOCK" >"$work/mock.log" 2>&1 &
 pids+=($!)
 RUST_LOG=${RUST_LOG:-error} "$BIN" --config "$work/bench.toml" --listen "$GW" >"$work/gateway.log" 2>&1 &
 pids+=($!)
+"$FLOOR_BIN" --listen "$FLOOR" --upstream "http://$MOCK/api/v1/chat/completions" \
+    --primary anthropic/claude-3.5-sonnet --fallback openai/gpt-4o >"$work/floor.log" 2>&1 &
+pids+=($!)
 
 sleep 0.3
 for pid in "${pids[@]}"; do
@@ -101,20 +109,26 @@ declare -A URL=(
     [direct_503]="http://$MOCK/api/v1/chat/completions"
     [gateway_ok]="http://$GW/v1/chat/completions"
     [gateway_fallback]="http://$GW/v1/chat/completions"
+    [floor_ok]="http://$FLOOR/v1/chat/completions"
+    [floor_fallback]="http://$FLOOR/v1/chat/completions"
 )
 declare -A BODY=(
     [direct_ok]="$work/ok.json"
     [direct_503]="$work/down.json"
     [gateway_ok]="$work/ok.json"
     [gateway_fallback]="$work/down.json"
+    [floor_ok]="$work/ok.json"
+    [floor_fallback]="$work/down.json"
 )
 declare -A HDR=(
     [direct_ok]="x-bench: direct"
     [direct_503]="x-bench: direct"
     [gateway_ok]="x-fallback-chain: healthy"
     [gateway_fallback]="x-bench: gateway"
+    [floor_ok]="x-floor-primary: openai/gpt-4o"
+    [floor_fallback]="x-bench: floor"
 )
-SCENARIOS=(direct_ok direct_503 gateway_ok gateway_fallback)
+SCENARIOS=(direct_ok direct_503 gateway_ok gateway_fallback floor_ok floor_fallback)
 
 # Warm up both processes (connection pools, allocator).
 for s in "${SCENARIOS[@]}"; do
@@ -153,15 +167,17 @@ print(f"\n{secs}s per run; fixed rates with {rate_c} connections and --latency-c
 print("| load | path | req/s | p50 ms | p99 ms | statuses |")
 print("|---|---|---:|---:|---:|---|")
 for label, suffix in [(f"{r} req/s", f"_q{r}") for r in rates] + [("max", "_max")]:
-    for s in ["direct_ok", "direct_503", "gateway_ok", "gateway_fallback"]:
+    for s in ["direct_ok", "direct_503", "gateway_ok", "gateway_fallback", "floor_ok", "floor_fallback"]:
         m = load(s + suffix)
         print(f"| {label} | {s.replace('_', ' ')} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['codes']} |")
 
-print("\n| load | added p50 ms | added p99 ms | added p50 ms (fallback) | added p99 ms (fallback) |")
-print("|---|---:|---:|---:|---:|")
+print("\n| load | proxy | added p50 ms | added p99 ms | added p50 ms (fallback) | added p99 ms (fallback) |")
+print("|---|---|---:|---:|---:|---:|")
 for label, suffix in [(f"{r} req/s", f"_q{r}") for r in rates] + [("max", "_max")]:
-    ok, down, gok, gfb = (load(s + suffix) for s in ["direct_ok", "direct_503", "gateway_ok", "gateway_fallback"])
-    row = [gok["p50"] - ok["p50"], gok["p99"] - ok["p99"],
-           gfb["p50"] - (ok["p50"] + down["p50"]), gfb["p99"] - (ok["p99"] + down["p99"])]
-    print(f"| {label} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+    ok, down = load("direct_ok" + suffix), load("direct_503" + suffix)
+    for proxy in ["gateway", "floor"]:
+        pok, pfb = load(proxy + "_ok" + suffix), load(proxy + "_fallback" + suffix)
+        row = [pok["p50"] - ok["p50"], pok["p99"] - ok["p99"],
+               pfb["p50"] - (ok["p50"] + down["p50"]), pfb["p99"] - (ok["p99"] + down["p99"])]
+        print(f"| {label} | {proxy} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
 PY
