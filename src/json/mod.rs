@@ -5,6 +5,7 @@
 
 mod replay;
 pub(crate) mod scan;
+mod simd;
 
 pub(crate) use replay::Edit;
 pub use replay::ReplayBody;

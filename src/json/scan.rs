@@ -562,8 +562,7 @@ fn dense_string_end(input: &[u8], mut i: usize) -> Result<Result<usize, usize>, 
 }
 
 /// One 64-byte block of input as bit masks (bit `k` is byte `k`), computed
-/// without branches (and without `unsafe`): compares the compiler
-/// vectorizes, then eight flags to eight bits with one multiply.
+/// without branches (`json::simd`: SSE2 on x86_64, portable elsewhere).
 #[derive(Clone, Copy)]
 struct Block {
     quote: u64,
@@ -587,16 +586,8 @@ impl Block {
 
     #[inline(always)]
     fn new(bytes: &[u8; 64]) -> Block {
-        let mut quote = [0u8; 64];
-        let mut backslash = [0u8; 64];
-        for k in 0..64 {
-            quote[k] = u8::from(bytes[k] == b'"');
-            backslash[k] = u8::from(bytes[k] == b'\\');
-        }
-        Block {
-            quote: bits(&quote),
-            backslash: bits(&backslash),
-        }
+        let (quote, backslash) = super::simd::quote_backslash_masks(bytes);
+        Block { quote, backslash }
     }
 
     /// The bytes escaped by a backslash: each one right after an odd run of
@@ -613,18 +604,6 @@ impl Block {
         *carry = u64::from(overflow);
         (EVEN ^ (even_series << 1)) & follows_escape
     }
-}
-
-/// Bytes that are 0 or 1 to bits: each 8-byte word's flags are gathered
-/// into its top byte by one multiply (the partial products never carry).
-#[inline(always)]
-fn bits(flags: &[u8; 64]) -> u64 {
-    let mut mask = 0;
-    for (k, word) in flags.chunks_exact(8).enumerate() {
-        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
-        mask |= (word.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * k);
-    }
-    mask
 }
 
 /// High bit set in each byte of `word` that is `"` or `\`; exact (no
