@@ -56,12 +56,11 @@ impl Route {
     /// A route to `model`, with no label and no per-attempt timeout.
     pub fn new(model: impl Into<String>) -> Self {
         let model: String = model.into();
-        let model_json = crate::json::scan::encode_string(&model);
-        Route {
-            model: model.as_str().into(),
-            model_json,
+        let mut route = Route {
+            model: Arc::from(""),
+            model_json: Bytes::new(),
             label: None,
-            model_header: header_value(&model),
+            model_header: None,
             label_header: None,
             timeout: None,
             first_token_timeout: None,
@@ -76,10 +75,12 @@ impl Route {
             max_output_tokens: None,
             price: None,
             hedge_after: None,
-            health_key: model.as_str().into(),
+            health_key: Arc::from(""),
             #[cfg(feature = "metrics")]
             metrics: Arc::default(),
-        }
+        };
+        route.set_model(&model);
+        route
     }
 
     /// Names this hop (`"primary"`, `"budget"`, ...) in reports, headers and spans.
@@ -148,8 +149,8 @@ impl Route {
     /// Sends this route's attempts to another OpenAI-compatible API (see
     /// [`Endpoint`]). Without it, attempts go where the caller's request goes.
     pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
-        self.health_key = format!("{}@{}", self.model, endpoint.base_url()).into();
         self.endpoint = Some(endpoint);
+        self.health_key = self.derive_health_key();
         self
     }
 
@@ -312,24 +313,30 @@ impl Route {
             .map(|group| {
                 let mut r = self.clone();
                 r.set_model(&group[0]);
-                r.health_key = match &r.endpoint {
-                    Some(e) => format!("{}@{}", group[0], e.base_url()).into(),
-                    None => group[0].as_str().into(),
-                };
                 r.native_fallbacks(group[1..].iter().cloned())
             })
             .collect()
     }
 
     /// Points the route at `model`: everything derived from the model (its
-    /// JSON literal, its header value, its metric handles) follows.
+    /// JSON literal, header value, health key and metric handles) follows.
     fn set_model(&mut self, model: &str) {
         self.model = model.into();
         self.model_json = crate::json::scan::encode_string(model);
         self.model_header = header_value(model);
+        self.health_key = self.derive_health_key();
         #[cfg(feature = "metrics")]
         {
             self.metrics = Arc::default();
+        }
+    }
+
+    /// Health is kept per model and endpoint: the same model behind two
+    /// endpoints fails apart.
+    fn derive_health_key(&self) -> Arc<str> {
+        match &self.endpoint {
+            Some(e) => format!("{}@{}", self.model, e.base_url()).into(),
+            None => self.model.clone(),
         }
     }
 
