@@ -370,10 +370,10 @@ where
                         .chains
                         .content_policy_chain()
                         .is_some_and(|(n, _)| n != chain_name);
-                    let parts = match &caller_parts {
-                        _ if next >= chain.routes().len() && !switchable => caller_parts.take(),
-                        Some(p) => Some(copy_parts(p)),
-                        None => None,
+                    let parts = if next >= chain.routes().len() && !switchable {
+                        caller_parts.take()
+                    } else {
+                        caller_parts.as_ref().map(copy_parts)
                     };
                     let Some(parts) = parts else {
                         break; // cannot happen: nothing launches after the last attempt
@@ -1022,7 +1022,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// Sets the report's headers and extension. `route` is the one that
-/// served, whose prebuilt header values are used when they say the same.
+/// served: its prebuilt header values are used when they say the same.
 fn finish<B>(
     mut resp: Response<B>,
     mut report: FallbackReport,
@@ -1031,41 +1031,30 @@ fn finish<B>(
 ) -> Response<B> {
     report.elapsed = started.elapsed();
     let headers = resp.headers_mut();
-    match route
-        .filter(|r| r.model() == report.served_model())
-        .and_then(Route::model_header)
-    {
-        Some(v) => {
-            headers.insert(X_FALLBACK_MODEL, v.clone());
-        }
-        None => set_header(headers, X_FALLBACK_MODEL, report.served_model()),
-    }
-    const COUNTS: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    let model = route.and_then(|r| Some((r.model(), r.model_header()?)));
+    set_header(headers, X_FALLBACK_MODEL, report.served_model(), model);
+    let label = route.and_then(|r| Some((r.get_label()?, r.label_header()?)));
+    set_header(headers, X_FALLBACK_LABEL, report.served_label().unwrap_or(""), label);
     let sent = report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
-    let sent = match COUNTS.get(sent) {
-        Some(n) => HeaderValue::from_static(n),
-        None => HeaderValue::from(sent),
-    };
+    let sent = crate::report::digit(sent).map_or_else(|| HeaderValue::from(sent), HeaderValue::from_static);
     headers.insert(X_FALLBACK_ATTEMPTS, sent);
-    match (report.served_label(), route.and_then(Route::label_header)) {
-        (Some(l), Some(v)) if route.and_then(Route::get_label) == Some(l) => {
-            headers.insert(X_FALLBACK_LABEL, v.clone());
-        }
-        (Some(l), _) => set_header(headers, X_FALLBACK_LABEL, l),
-        (None, _) => {
-            headers.remove(X_FALLBACK_LABEL);
-        }
-    }
     resp.extensions_mut().insert(report);
     resp
 }
 
-fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str) {
-    match HeaderValue::from_str(value) {
-        Ok(v) if !value.is_empty() => {
+/// Sets `name` to `value`, or removes it when `value` is empty or not a
+/// header value. `prebuilt` is some text already made a header value, used
+/// when it is `value`.
+fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str, prebuilt: Option<(&str, &HeaderValue)>) {
+    let v = match prebuilt {
+        Some((text, v)) if text == value => Some(v.clone()),
+        _ => crate::route::header_value(value),
+    };
+    match v {
+        Some(v) => {
             headers.insert(name, v);
         }
-        _ => {
+        None => {
             headers.remove(name);
         }
     }

@@ -36,25 +36,22 @@ pub(crate) struct RouteMetrics {
     commit: cache::Cache<metrics::Histogram, 1>,
 }
 
+/// Outcomes, handles indexed by `outcome as usize`. The match stops the
+/// build when a variant is added, so the count is looked at again.
 #[cfg(feature = "metrics")]
-const OUTCOMES: usize = 11;
-
-#[cfg(feature = "metrics")]
-fn outcome_index(outcome: Outcome) -> usize {
-    match outcome {
-        Outcome::Served => 0,
-        Outcome::Stopped => 1,
-        Outcome::HttpError => 2,
-        Outcome::ErrorInBody => 3,
-        Outcome::Transport => 4,
-        Outcome::Timeout => 5,
-        Outcome::DeadlineExceeded => 6,
-        Outcome::StreamBroken => 7,
-        Outcome::Abandoned => 8,
-        Outcome::Skipped => 9,
-        Outcome::Cancelled => 10,
-    }
-}
+const OUTCOMES: usize = match Outcome::Served {
+    Outcome::Served
+    | Outcome::Stopped
+    | Outcome::HttpError
+    | Outcome::ErrorInBody
+    | Outcome::Transport
+    | Outcome::Timeout
+    | Outcome::DeadlineExceeded
+    | Outcome::StreamBroken
+    | Outcome::Abandoned
+    | Outcome::Skipped
+    | Outcome::Cancelled => Outcome::Cancelled as usize + 1,
+};
 
 #[cfg(feature = "metrics")]
 mod cache {
@@ -72,7 +69,7 @@ mod cache {
 
     impl<T, const N: usize> Default for Cache<T, N> {
         fn default() -> Self {
-            Cache::new()
+            Cache(RwLock::new(None))
         }
     }
 
@@ -83,10 +80,6 @@ mod cache {
     }
 
     impl<T, const N: usize> Cache<T, N> {
-        pub(super) const fn new() -> Self {
-            Cache(RwLock::new(None))
-        }
-
         /// Calls `f` with handle `i`, registering it with `register` if
         /// this recorder has not seen it yet.
         pub(super) fn with(&self, i: usize, register: impl FnOnce() -> T, f: impl FnOnce(&T)) {
@@ -114,7 +107,7 @@ mod cache {
 pub(crate) fn attempt(route: &crate::Route, outcome: Outcome, elapsed: Duration) {
     #[cfg(feature = "metrics")]
     route.metrics().attempts.with(
-        outcome_index(outcome),
+        outcome as usize,
         || {
             let model = metrics::SharedString::from(route.model_arc().clone());
             let labels = [
@@ -133,19 +126,32 @@ pub(crate) fn attempt(route: &crate::Route, outcome: Outcome, elapsed: Duration)
     );
 }
 
-/// A layer's request counters, by resolution, position (0..8, or none) and
-/// drill; shared by the layer's clones, not by other layers.
+/// Resolutions (as for [`OUTCOMES`]), route positions with kept handles
+/// (0..8, then "none"), and drill or not.
+#[cfg(feature = "metrics")]
+const RESOLUTIONS: usize = match Resolution::Served {
+    Resolution::Served
+    | Resolution::Stopped
+    | Resolution::Exhausted
+    | Resolution::DeadlineExceeded
+    | Resolution::Rejected
+    | Resolution::StreamBroken => Resolution::StreamBroken as usize + 1,
+};
+#[cfg(feature = "metrics")]
+const POSITIONS: usize = 8;
+
+/// A layer's request counters, by resolution, position and drill; shared by
+/// the layer's clones, not by other layers.
 #[derive(Default)]
 pub(crate) struct RequestMetrics {
     #[cfg(feature = "metrics")]
-    counters: cache::Cache<metrics::Counter, { 6 * 9 * 2 }>,
+    counters: cache::Cache<metrics::Counter, { RESOLUTIONS * (POSITIONS + 1) * 2 }>,
 }
 
 #[inline]
 pub(crate) fn request(requests: &RequestMetrics, resolution: Resolution, position: Option<usize>, drill: bool) {
     #[cfg(feature = "metrics")]
     {
-        const POSITIONS: [&str; 8] = ["0", "1", "2", "3", "4", "5", "6", "7"];
         let register = |position: metrics::SharedString| {
             metrics::counter!(
                 "llm_fallback_requests_total",
@@ -154,25 +160,16 @@ pub(crate) fn request(requests: &RequestMetrics, resolution: Resolution, positio
                 "drill" => if drill { "true" } else { "false" },
             )
         };
-        let resolution_index = match resolution {
-            Resolution::Served => 0,
-            Resolution::Stopped => 1,
-            Resolution::Exhausted => 2,
-            Resolution::DeadlineExceeded => 3,
-            Resolution::Rejected => 4,
-            Resolution::StreamBroken => 5,
+        let (slot, label) = match position {
+            None => (POSITIONS, "none"),
+            Some(p) => match crate::report::digit(p).filter(|_| p < POSITIONS) {
+                Some(label) => (p, label),
+                // A rare deep position: registered each time.
+                None => return register(p.to_string().into()).increment(1),
+            },
         };
-        match position {
-            Some(p) if p >= POSITIONS.len() => register(p.to_string().into()).increment(1),
-            _ => {
-                let (slot, label) = match position {
-                    Some(p) => (p, POSITIONS[p]),
-                    None => (8, "none"),
-                };
-                let i = (resolution_index * 9 + slot) * 2 + usize::from(drill);
-                requests.counters.with(i, || register(label.into()), |c| c.increment(1));
-            }
-        }
+        let i = (resolution as usize * (POSITIONS + 1) + slot) * 2 + usize::from(drill);
+        requests.counters.with(i, || register(label.into()), |c| c.increment(1));
     }
 }
 

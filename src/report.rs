@@ -88,6 +88,12 @@ impl fmt::Display for UpstreamError {
     }
 }
 
+/// `n` as text without formatting, for the small numbers that label metrics
+/// and fill headers on every request (attempt counts, route positions).
+pub(crate) fn digit(n: usize) -> Option<&'static str> {
+    ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"].get(n).copied()
+}
+
 /// How one attempt ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

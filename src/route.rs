@@ -380,7 +380,7 @@ impl Route {
 
 /// `text` as a response header value; `None` when empty (the header is
 /// then left out) or not a valid header value.
-fn header_value(text: &str) -> Option<http::HeaderValue> {
+pub(crate) fn header_value(text: &str) -> Option<http::HeaderValue> {
     http::HeaderValue::from_str(text).ok().filter(|_| !text.is_empty())
 }
 
