@@ -200,7 +200,7 @@ impl Choices {
             count += 1;
             if body.get(at) != Some(&b'{') {
                 self.objects = false;
-                return scan::skip_value(body, at).map(|(end, _)| end);
+                return scan::scan_value(body, at).map(|(end, _)| end);
             }
             let mut finished_in_error = false;
             let mut error = None;

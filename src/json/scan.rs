@@ -46,9 +46,9 @@ pub(crate) struct Member<'a> {
     pub(crate) kind: ValueKind,
 }
 
+#[cfg(test)]
 impl Member<'_> {
     /// The key as text (lossless: keys are checked UTF-8).
-    #[allow(dead_code)] // for messages and tests
     pub(crate) fn key_text(&self) -> Cow<'_, str> {
         String::from_utf8_lossy(&self.key)
     }
@@ -249,17 +249,17 @@ fn scan_members<'a, E>(
                 None => return Err(err(UnexpectedEnd, pos)),
             }
             let value_start = skip_ws(input, pos + 1);
-            let nested = |open| {
-                if open == b'[' {
-                    ValueKind::Array
-                } else {
-                    ValueKind::Object
-                }
-            };
             let (value_end, kind) = match (&mut watch, input.get(value_start)) {
                 (Watch::Strings(name, on_string), Some(&open @ (b'[' | b'{'))) if name.as_bytes() == &*key => {
                     let end = skip_nested_with(input, value_start, &mut |a, b| on_string(a, b))?;
-                    (end, nested(open))
+                    (
+                        end,
+                        if open == b'[' {
+                            ValueKind::Array
+                        } else {
+                            ValueKind::Object
+                        },
+                    )
                 }
                 (Watch::Value(name, read), Some(b'[')) if name.as_bytes() == &*key => {
                     (read(value_start)?, ValueKind::Array)
@@ -297,14 +297,11 @@ fn scan_members<'a, E>(
 /// one pass where the general path (find the end, then decode) takes two.
 #[inline(always)]
 fn plain_key(input: &[u8], open: usize) -> Option<(usize, Cow<'_, [u8]>)> {
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
     let mut from = open + 1;
     for _ in 0..3 {
         let word = u64::from_le_bytes(input.get(from..from + 8)?.try_into().ok()?);
-        // Bytes below 0x20 (exact up to the first one: a borrow only marks
-        // bytes above it), at or above 0x80, `"` or `\\`.
-        let special = (word.wrapping_sub(SPACES) & !word & HIGH) | (word & HIGH) | quote_or_backslash(word);
+        // Non-ASCII bytes too: a plain key needs no UTF-8 check.
+        let special = not_plain(word) | (word & HIGH);
         if special != 0 {
             let at = from + special.trailing_zeros() as usize / 8;
             if input[at] != b'"' {
@@ -320,7 +317,7 @@ fn plain_key(input: &[u8], open: usize) -> Option<(usize, Cow<'_, [u8]>)> {
 /// Scans the array opening at `start` in `input`; returns one past its
 /// `]`. `on_element` gets each element's first byte and returns one past
 /// its end: it reads the element itself (with [`scan_object_at`] or
-/// [`skip_value`]), so nothing is walked twice.
+/// [`scan_value`]), so nothing is walked twice.
 pub(crate) fn scan_array_at(
     input: &[u8],
     start: usize,
@@ -350,12 +347,6 @@ pub(crate) fn scan_array_at(
     }
 }
 
-/// Validates the value at `start` like a top-level one (scalars strictly,
-/// nested values skipped); returns its end and kind.
-pub(crate) fn skip_value(input: &[u8], start: usize) -> Result<(usize, ValueKind), ScanError> {
-    scan_value(input, start)
-}
-
 #[inline]
 fn skip_ws(input: &[u8], mut pos: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = input.get(pos) {
@@ -364,8 +355,9 @@ fn skip_ws(input: &[u8], mut pos: usize) -> usize {
     pos
 }
 
-/// Validates the top-level value at `start`; returns its end and kind.
-fn scan_value(input: &[u8], start: usize) -> Result<(usize, ValueKind), ScanError> {
+/// Validates the value at `start` like a top-level one (scalars strictly,
+/// nested values skipped); returns its end and kind.
+pub(crate) fn scan_value(input: &[u8], start: usize) -> Result<(usize, ValueKind), ScanError> {
     use ScanErrorKind::*;
     let Some(&b) = input.get(start) else {
         return Err(ScanError::new(UnexpectedEnd, start));
@@ -800,16 +792,23 @@ fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
 /// No control character, quote or backslash in `bytes`: eight at a time.
 #[inline]
 fn nothing_to_decode(bytes: &[u8]) -> bool {
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
-    // A borrow from a byte below 0x20 can only mark bytes above it, so
-    // "no mark" is exact.
-    let special = |word: u64| (word.wrapping_sub(SPACES) & !word & HIGH) | quote_or_backslash(word);
     let mut words = bytes.chunks_exact(8);
     let clean = words
         .by_ref()
-        .all(|w| special(u64::from_le_bytes(w.try_into().expect("8 bytes"))) == 0);
+        .all(|w| not_plain(u64::from_le_bytes(w.try_into().expect("8 bytes"))) == 0);
     clean && words.remainder().iter().all(|&b| b >= 0x20 && b != b'\\' && b != b'"')
+}
+
+const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// High bit set in each byte of `word` that a JSON string cannot hold as
+/// is: a control character (below 0x20), `"` or `\\`. Exact up to the first
+/// hit (a borrow from a control byte can only mark bytes above it), so the
+/// lowest set bit is the first one and "no bit" means none.
+#[inline]
+fn not_plain(word: u64) -> u64 {
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+    (word.wrapping_sub(SPACES) & !word & HIGH) | quote_or_backslash(word)
 }
 
 fn hex4(hex: &[u8]) -> u32 {
@@ -856,6 +855,8 @@ pub(crate) fn encode_string(s: &str) -> bytes::Bytes {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
 
     #[test]
     fn plain_keys_take_the_short_path_and_others_are_decoded() {
@@ -893,8 +894,6 @@ pub(super) mod tests {
             assert!(scan_object(text.as_bytes(), |_| Ok::<_, ()>(())).is_err(), "{text:?}");
         }
     }
-    use proptest::prelude::*;
-    use serde_json::Value;
 
     /// `(key, value text, kind)` of every member, or the scan error.
     fn members(input: &[u8]) -> Result<Vec<(String, &str, ValueKind)>, ScanError> {
