@@ -98,26 +98,19 @@ impl BodyFacts {
         if let Some(span) = metadata_span {
             facts.upstream_attempts = upstream_attempts(&body[span]);
         }
-        if let Some(span) = error_span {
-            facts.error = Some(
-                serde_json::from_slice::<Value>(&body[span])
-                    .map(|v| error_from_value(&v))
-                    .unwrap_or_else(|_| UpstreamError::default()),
-            );
-        }
-        // Choices that are not objects: not a completion we can vouch for.
-        facts.choices = choices.count.filter(|_| choices.objects);
+        // An error object that does not parse is still an error.
+        facts.error = error_span.map(|span| error_at(&body[span]).unwrap_or_default());
+        facts.choices = choices.count;
         if let (Some(_), Some(failed)) = (facts.choices, choices.failed) {
             facts.finish_error = true;
             if facts.error.is_none() {
                 facts.error = Some(
-                    match failed.and_then(|span| serde_json::from_slice::<Value>(&body[span]).ok()) {
-                        Some(v) => error_from_value(&v),
-                        None => UpstreamError {
+                    failed
+                        .and_then(|span| error_at(&body[span]))
+                        .unwrap_or_else(|| UpstreamError {
                             message: Some("choice finished with finish_reason \"error\"".into()),
                             ..UpstreamError::default()
-                        },
-                    },
+                        }),
                 );
             }
         }
@@ -130,6 +123,11 @@ impl BodyFacts {
         let text = std::str::from_utf8(body).ok()?.trim();
         (!text.is_empty()).then(|| truncate(text.to_owned()))
     }
+}
+
+/// The error object (or string) `json` holds, if it parses.
+fn error_at(json: &[u8]) -> Option<UpstreamError> {
+    serde_json::from_slice::<Value>(json).ok().map(|v| error_from_value(&v))
 }
 
 /// Reads an OpenRouter (`{code, message, metadata: {error_type, provider_name,
@@ -178,28 +176,23 @@ pub(crate) fn error_from_value(v: &Value) -> UpstreamError {
 /// What `choices` says, read in the scanner's pass.
 #[derive(Default)]
 struct Choices {
-    /// Entries, once the array was read.
+    /// Entries, when the array was read and every one is an object (other
+    /// choices are not a completion we can vouch for).
     count: Option<usize>,
-    /// Every entry is an object.
-    objects: bool,
     /// The first entry with `finish_reason: "error"`, and the span of its
     /// `error` when it has one.
     failed: Option<Option<Range<usize>>>,
 }
 
 impl Choices {
-    /// Reads the array at `start`; returns one past its end.
+    /// Reads the array at `start`; returns one past its end. A second
+    /// `choices` (invalid, but seen) is read afresh.
     fn read(&mut self, body: &[u8], start: usize) -> Result<usize, scan::ScanError> {
-        let mut count = 0usize;
-        // A second `choices` (invalid, but seen) is read afresh.
-        *self = Choices {
-            objects: true,
-            ..Choices::default()
-        };
+        let (mut count, mut objects, mut failed) = (0usize, true, None);
         let end = scan::scan_array_at(body, start, |at| {
             count += 1;
             if body.get(at) != Some(&b'{') {
-                self.objects = false;
+                objects = false;
                 return scan::scan_value(body, at).map(|(end, _)| end);
             }
             let mut finished_in_error = false;
@@ -220,12 +213,15 @@ impl Choices {
                 scan::ScanFail::Scan(e) => e,
                 scan::ScanFail::Callback(never) => match never {},
             })?;
-            if finished_in_error && self.failed.is_none() {
-                self.failed = Some(error);
+            if finished_in_error && failed.is_none() {
+                failed = Some(error);
             }
             Ok(end)
         })?;
-        self.count = Some(count);
+        *self = Choices {
+            count: objects.then_some(count),
+            failed,
+        };
         Ok(end)
     }
 }
