@@ -318,10 +318,7 @@ async fn round(setup: &'static Setup, stack: Stack, body: &Bodies, workers: usiz
 }
 
 fn closed_loop(rt: &tokio::runtime::Runtime, setup: &'static Setup) {
-    let requests: usize = std::env::var("E2E_REQUESTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20_000);
+    let requests = requests();
     const ROUNDS: usize = 10;
     println!("\nend to end over loopback, closed loop: {requests} requests per stack and mode, in {ROUNDS} alternating rounds");
     println!("| body | in flight | stack | req/s | p50 | p99 | CPU/req | throughput cost | p99 cost | CPU cost |");
@@ -376,6 +373,14 @@ fn closed_loop(rt: &tokio::runtime::Runtime, setup: &'static Setup) {
     }
 }
 
+/// `E2E_REQUESTS`, or 20,000.
+fn requests() -> usize {
+    std::env::var("E2E_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000)
+}
+
 /// `E2E_PROFILE=<stack name>`: only send `E2E_REQUESTS` sequential 1 KiB
 /// requests through that stack, then exit; for profilers (`valgrind
 /// --tool=callgrind`, `perf stat`), which then see one stack alone.
@@ -384,10 +389,7 @@ fn profile(rt: &tokio::runtime::Runtime, setup: &'static Setup, name: &str) {
         .iter()
         .find(|s| s.name() == name)
         .unwrap_or_else(|| panic!("E2E_PROFILE={name}: expected one of {:?}", STACKS.map(Stack::name)));
-    let requests: usize = std::env::var("E2E_REQUESTS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20_000);
+    let requests = requests();
     let body = Bodies::new(1 << 10);
     rt.block_on(async {
         for i in 0..requests {

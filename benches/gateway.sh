@@ -104,31 +104,24 @@ run() {
         -H 'content-type: application/json' -D "$file" "$@" "$url" >"$work/$name.json"
 }
 
-declare -A URL=(
-    [direct_ok]="http://$MOCK/api/v1/chat/completions"
-    [direct_503]="http://$MOCK/api/v1/chat/completions"
-    [gateway_ok]="http://$GW/v1/chat/completions"
-    [gateway_fallback]="http://$GW/v1/chat/completions"
-    [floor_ok]="http://$FLOOR/v1/chat/completions"
-    [floor_fallback]="http://$FLOOR/v1/chat/completions"
+# One row per scenario: name | URL | body | the header it sends.
+ROWS=(
+    "direct_ok|http://$MOCK/api/v1/chat/completions|$work/ok.json|x-bench: direct"
+    "direct_503|http://$MOCK/api/v1/chat/completions|$work/down.json|x-bench: direct"
+    "gateway_ok|http://$GW/v1/chat/completions|$work/ok.json|x-fallback-chain: healthy"
+    "gateway_fallback|http://$GW/v1/chat/completions|$work/down.json|x-bench: gateway"
+    "floor_ok|http://$FLOOR/v1/chat/completions|$work/ok.json|x-floor-primary: openai/gpt-4o"
+    "floor_fallback|http://$FLOOR/v1/chat/completions|$work/down.json|x-bench: floor"
 )
-declare -A BODY=(
-    [direct_ok]="$work/ok.json"
-    [direct_503]="$work/down.json"
-    [gateway_ok]="$work/ok.json"
-    [gateway_fallback]="$work/down.json"
-    [floor_ok]="$work/ok.json"
-    [floor_fallback]="$work/down.json"
-)
-declare -A HDR=(
-    [direct_ok]="x-bench: direct"
-    [direct_503]="x-bench: direct"
-    [gateway_ok]="x-fallback-chain: healthy"
-    [gateway_fallback]="x-bench: gateway"
-    [floor_ok]="x-floor-primary: openai/gpt-4o"
-    [floor_fallback]="x-bench: floor"
-)
-SCENARIOS=(direct_ok direct_503 gateway_ok gateway_fallback floor_ok floor_fallback)
+declare -A URL BODY HDR
+SCENARIOS=()
+for row in "${ROWS[@]}"; do
+    IFS='|' read -r name url file header <<<"$row"
+    SCENARIOS+=("$name")
+    URL[$name]=$url
+    BODY[$name]=$file
+    HDR[$name]=$header
+done
 
 # Warm up both processes (connection pools, allocator).
 for s in "${SCENARIOS[@]}"; do

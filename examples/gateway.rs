@@ -382,14 +382,10 @@ impl Upstream {
         // The caller's key is for the gateway, never for the upstream; the
         // rest are hop-by-hop. One pass to find them: removing an absent
         // header still hashes its name.
-        if headers
-            .keys()
-            .any(|name| DROPPED.contains(name) || name == "keep-alive")
-        {
+        if headers.keys().any(|name| DROPPED.contains(name)) {
             for name in DROPPED {
                 headers.remove(name);
             }
-            headers.remove("keep-alive");
         }
         if let Some(auth) = &self.authorization {
             headers.insert(header::AUTHORIZATION, auth.clone());
@@ -398,8 +394,8 @@ impl Upstream {
     }
 }
 
-/// Request headers never forwarded upstream (with `keep-alive`).
-const DROPPED: [HeaderName; 7] = [
+/// Request headers never forwarded upstream.
+const DROPPED: [HeaderName; 8] = [
     header::AUTHORIZATION,
     header::HOST,
     header::CONNECTION,
@@ -407,6 +403,7 @@ const DROPPED: [HeaderName; 7] = [
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
 ];
 
 /// Drops hop-by-hop headers of the upstream's response; hyper frames the
