@@ -373,7 +373,7 @@ where
                     let parts = if next >= chain.routes().len() && !switchable {
                         caller_parts.take()
                     } else {
-                        caller_parts.as_ref().map(copy_parts)
+                        caller_parts.clone()
                     };
                     let Some(parts) = parts else {
                         break; // cannot happen: nothing launches after the last attempt
@@ -966,17 +966,6 @@ fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> ReplayBody
     }
     edits.sort_by_key(|e| (e.range.start, e.range.end));
     ReplayBody::rewrite(body, &edits)
-}
-
-/// A copy of the caller's request head for one attempt.
-fn copy_parts(parts: &http::request::Parts) -> http::request::Parts {
-    let mut req = Request::new(());
-    *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = parts.uri.clone();
-    *req.version_mut() = parts.version;
-    *req.headers_mut() = parts.headers.clone();
-    *req.extensions_mut() = parts.extensions.clone();
-    req.into_parts().0
 }
 
 fn attempt_request(
