@@ -237,15 +237,13 @@ fn usage(object: &[u8]) -> Option<Usage> {
             b"total_tokens" => &mut usage.total_tokens,
             _ => return Ok::<(), ()>(()),
         };
-        // Digits only: the scanner validated the number, so no sign,
-        // fraction or exponent means a plain integer.
-        let text = &object[m.value];
-        let n = text.iter().try_fold(0u64, |n, &d| {
-            (m.kind == ValueKind::Number && d.is_ascii_digit())
-                .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-                .flatten()
-        });
-        *slot = n.ok_or(())?;
+        // A JSON number (the scanner validated it) that parses as a u64 is a
+        // plain non-negative integer: a sign, fraction or exponent fails.
+        if m.kind != ValueKind::Number {
+            return Err(());
+        }
+        let text = std::str::from_utf8(&object[m.value]).map_err(drop)?;
+        *slot = text.parse().map_err(drop)?;
         Ok(())
     })
     .ok()?;
