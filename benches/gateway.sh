@@ -140,9 +140,10 @@ for s in "${SCENARIOS[@]}"; do
     run "${s}_max" "${URL[$s]}" "${BODY[$s]}" -H "${HDR[$s]}" -c "$MAX_CONNECTIONS"
 done
 
-python3 - "$work" "$SECS" "$RATE_CONNECTIONS" "$MAX_CONNECTIONS" "${RATES[@]}" <<'PY'
+SCENARIOS="${SCENARIOS[*]}" python3 - "$work" "$SECS" "$RATE_CONNECTIONS" "$MAX_CONNECTIONS" "${RATES[@]}" <<'PY'
 import json, os, sys
 work, secs, rate_c, max_c, rates = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+scenarios = os.environ["SCENARIOS"].split()  # ROWS' names, in order
 
 def load(name):
     with open(os.path.join(work, name + ".json")) as f:
@@ -160,7 +161,7 @@ print(f"\n{secs}s per run; fixed rates with {rate_c} connections and --latency-c
 print("| load | path | req/s | p50 ms | p99 ms | statuses |")
 print("|---|---|---:|---:|---:|---|")
 for label, suffix in [(f"{r} req/s", f"_q{r}") for r in rates] + [("max", "_max")]:
-    for s in ["direct_ok", "direct_503", "gateway_ok", "gateway_fallback", "floor_ok", "floor_fallback"]:
+    for s in scenarios:
         m = load(s + suffix)
         print(f"| {label} | {s.replace('_', ' ')} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {m['codes']} |")
 

@@ -39,7 +39,6 @@ pub(crate) struct Member<'a> {
     /// are plain ASCII that needs no second pass to become a `str`.
     pub(crate) key: Cow<'a, [u8]>,
     /// The key literal, quotes included.
-    #[allow(dead_code)] // part of the member's description; only tests read it so far
     pub(crate) key_span: Range<usize>,
     /// The value: quotes included for strings, brackets for objects/arrays.
     pub(crate) value: Range<usize>,
