@@ -333,6 +333,15 @@ pub struct UpstreamAttempt {
 impl fmt::Display for AttemptRecord {
     /// `openai/gpt-4o (secondary): HTTP 503 provider_unavailable from OpenAI: "..." after 12ms`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, true)
+    }
+}
+
+impl AttemptRecord {
+    /// The record as one phrase; without `full`, only what the layer itself
+    /// knows (no upstream message, provider text or transport error) and an
+    /// error type only when it is a plain identifier.
+    fn write(&self, f: &mut fmt::Formatter<'_>, full: bool) -> fmt::Result {
         write!(f, "{}", self.model)?;
         if let Some(l) = &self.label {
             write!(f, " ({l})")?;
@@ -343,7 +352,7 @@ impl fmt::Display for AttemptRecord {
             Outcome::DeadlineExceeded => f.write_str("cut off by the chain deadline")?,
             Outcome::StreamBroken => {
                 f.write_str("stream broke after it began")?;
-                if let Some(e) = &self.error {
+                if let Some(e) = self.error.as_ref().filter(|_| full) {
                     write!(f, ": {e}")?;
                 }
             }
@@ -356,7 +365,10 @@ impl fmt::Display for AttemptRecord {
                 }
                 return Ok(());
             }
-            Outcome::Transport => write!(f, "transport error: {}", self.transport.as_deref().unwrap_or("unknown"))?,
+            Outcome::Transport if full => {
+                write!(f, "transport error: {}", self.transport.as_deref().unwrap_or("unknown"))?
+            }
+            Outcome::Transport => f.write_str("transport error")?,
             _ => {
                 if let Some(s) = self.status {
                     write!(f, "HTTP {}", s.as_u16())?;
@@ -365,7 +377,12 @@ impl fmt::Display for AttemptRecord {
                     f.write_str(" with an error in the body")?;
                 }
                 match &self.error {
-                    Some(e) => write!(f, " {e}")?,
+                    Some(e) if full => write!(f, " {e}")?,
+                    Some(_) => {
+                        if let Some(t) = self.error_type().and_then(plain_identifier) {
+                            write!(f, " {t}")?;
+                        }
+                    }
                     None if self.outcome == Outcome::Served => f.write_str(" ok")?,
                     None => {}
                 }
@@ -683,39 +700,7 @@ pub(crate) struct Summary<'a>(pub(crate) &'a AttemptRecord);
 impl fmt::Display for Summary<'_> {
     /// `openai/gpt-4o (secondary): HTTP 503 provider_unavailable after 12ms`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let a = self.0;
-        write!(f, "{}", a.model)?;
-        if let Some(l) = &a.label {
-            write!(f, " ({l})")?;
-        }
-        f.write_str(": ")?;
-        match a.outcome {
-            Outcome::Timeout => f.write_str("timed out")?,
-            Outcome::DeadlineExceeded => f.write_str("cut off by the chain deadline")?,
-            Outcome::Transport => f.write_str("transport error")?,
-            Outcome::StreamBroken => f.write_str("stream broke after it began")?,
-            Outcome::Abandoned => f.write_str("stream dropped by the caller")?,
-            Outcome::Cancelled => f.write_str("cancelled (another attempt answered first)")?,
-            Outcome::Skipped => {
-                f.write_str("skipped")?;
-                if let Some(r) = &a.skip_reason {
-                    write!(f, " ({r})")?;
-                }
-                return Ok(());
-            }
-            _ => {
-                if let Some(s) = a.status {
-                    write!(f, "HTTP {}", s.as_u16())?;
-                }
-                if a.outcome == Outcome::ErrorInBody {
-                    f.write_str(" with an error in the body")?;
-                }
-                if let Some(t) = a.error_type().and_then(plain_identifier) {
-                    write!(f, " {t}")?;
-                }
-            }
-        }
-        write!(f, " after {}ms", a.elapsed.as_millis())
+        self.0.write(f, false)
     }
 }
 
