@@ -62,7 +62,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use llm_fallback::config::{Config, ConfigError, GatewayConfig};
 use llm_fallback::testing::{MockUpstream, Reply};
-use llm_fallback::{FallbackLayer, ReplayBody};
+use llm_fallback::{ExhaustionBody, FallbackLayer, ReplayBody};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -88,6 +88,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The demo's chain: a primary that is down, then two that work.
 const DEMO_CONFIG: &str = r#"
+# The demo listens on loopback only; its callers (benches/gateway.sh) pick
+# the `healthy` chain by header.
+allow_chain_header = true
+
 [gateway]
 metrics = true
 shutdown_grace = "10s"
@@ -279,9 +283,11 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     // Callers are other processes: the exhaustion answer is to name models
     // and outcomes only, never transport errors or provider text (the
     // report keeps the detail).
-    let layer = FallbackLayer::from_config(config)?
-        // TODO(lead): .exhaustion_body(ExhaustionBody::Summary)
-        ;
+    // `exhaustion_body = "full"` in the config file says otherwise.
+    let mut layer = FallbackLayer::from_config(config)?;
+    if config.exhaustion_body.is_none() {
+        layer = layer.exhaustion_body(ExhaustionBody::Summary);
+    }
     let metrics = gateway.metrics_enabled().then(prometheus).flatten();
 
     let mut http = HttpConnector::new();

@@ -269,7 +269,14 @@ async fn async_openai_reads_the_exhaustion_answer_as_an_api_error() {
     // async-openai keeps a 5xx body as the message; it is our error JSON.
     let body: serde_json::Value = serde_json::from_str(&api.api_error.message).unwrap();
     assert_eq!(body["error"]["code"], "fallback_exhausted");
-    assert_eq!(body["error"]["metadata"]["attempts"].as_array().unwrap().len(), 2);
+    let attempts = body["error"]["metadata"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    // The gateway's callers get the summary: models and outcomes, not what
+    // the provider wrote.
+    assert_eq!(attempts[0]["error_type"], "provider_unavailable");
+    assert!(attempts[0].get("provider_name").is_none() && attempts[0].get("message").is_none());
+    assert!(!api.api_error.message.contains("No available provider"));
+    assert!(!api.api_error.message.contains("Anthropic"));
     // Like the official SDKs, async-openai retries a 5xx three times (after
     // 100, 200 and 400 ms, or the Retry-After): each retry runs the chain again.
     assert_eq!(mock.upstream().request_count(PRIMARY), 4);
