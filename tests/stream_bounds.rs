@@ -365,3 +365,34 @@ async fn a_stalled_stream_releases_its_upstream_with_the_error_chunk() {
     );
     assert_eq!(got.last.served_attempt().unwrap().error_type(), Some("stream_stalled"));
 }
+
+#[tokio::test]
+async fn a_frame_that_commits_and_then_passes_the_limit_is_passed_on_then_ended() {
+    // One frame: the first token, then a line longer than the limit.
+    let mut frame = [TOKEN, OPEN].concat().into_bytes();
+    frame.resize(frame.len() + LIMIT, b'x');
+    let script = vec![
+        Bytes::from(frame),
+        Bytes::from_static(CLOSE.as_bytes()),
+        Bytes::from_static(DONE.as_bytes()),
+    ];
+    let seen = Seen::default();
+    let svc =
+        FallbackLayer::new(Chain::new([Route::new("a/model")])).layer(upstream(vec![(script.clone(), seen.clone())]));
+    let got = run(svc, std::slice::from_ref(&seen)).await;
+    assert_eq!(got.at_commit.resolution(), Resolution::Served);
+    let (tail, passed) = got.frames.split_last().unwrap();
+    assert_eq!(
+        passed,
+        &script[..1],
+        "the committing frame, whole; nothing after it is read"
+    );
+    assert_eq!(seen.produced(), 1);
+    assert_eq!(error_chunk(tail)["error"]["code"], "stream_event_too_large");
+    assert!(got.released_before_end);
+    assert_eq!(got.last.served_attempt().unwrap().outcome(), Outcome::StreamBroken);
+    assert_eq!(
+        got.last.served_attempt().unwrap().error_type(),
+        Some("stream_event_too_large")
+    );
+}
