@@ -49,11 +49,9 @@ impl UpstreamError {
 
     /// The error says the prompt did not fit the model's context window.
     pub fn is_context_length(&self) -> bool {
+        use crate::policy::{mentions, CONTEXT_LENGTH_PHRASES};
         self.error_type.as_deref() == Some("context_length_exceeded")
-            || [&self.message, &self.raw].into_iter().flatten().any(|m| {
-                let m = m.to_ascii_lowercase();
-                m.contains("context length") || m.contains("context_length") || m.contains("context window")
-            })
+            || mentions([self.message(), self.raw()], CONTEXT_LENGTH_PHRASES)
     }
 
     /// The error is a moderation or content-policy block

@@ -3,6 +3,11 @@
 //! Written as one `async fn` so the tower service and the other front ends
 //! share it; the tower service boxes it into its `ResponseFuture`.
 
+mod plan;
+mod verdict;
+
+use self::plan::{Plan, Step};
+use self::verdict::{Learned, Verdict};
 use crate::body::{collect_bounded, CollectError, ResponseBody};
 use crate::capability::{self, PriceGuard, SkipReason};
 use crate::health::{Admission, DrillConfig, HealthEvent, HealthStore, HedgeBudget};
@@ -240,7 +245,7 @@ where
             (None, Some(v)) => Some(v.to_str().unwrap_or("\u{fffd}")),
             (None, None) => None,
         };
-        let (mut chain_name, mut chain) = match shared.chains.select(explicit, needs.as_ref()) {
+        let (chain_name, chain) = match shared.chains.select(explicit, needs.as_ref()) {
             Ok(picked) => picked,
             Err(message) => {
                 let bad = BadRequest {
@@ -259,12 +264,6 @@ where
             .get::<PriceGuard>()
             .copied()
             .or(chain.get_price_guard());
-        let cap = guard.and_then(|g| chain.price_cap(g));
-        if guard.is_some() && cap.is_none() {
-            tracing::warn!("llm fallback price guard inactive: the primary's price is unknown");
-        }
-        // After a `context_length_exceeded`: only larger windows are worth a try.
-        let mut overflowed_window: Option<u64> = None;
         // The drill header is never forwarded, whether drills are on or not.
         let drill = match &shared.drills {
             Some(d) => d.pick(&mut parts.headers),
@@ -273,26 +272,20 @@ where
                 false
             }
         };
-        let first_chain = chain_name;
-        // Routes of the chains this request left (a content-policy move), so
-        // a route's position counts from the request's first chain.
-        let mut chain_offset = 0usize;
+        let mut plan = Plan::new(&shared.chains, chain_name, chain, drill, needs.as_ref(), guard);
+        if plan.guard_inactive() {
+            tracing::warn!("llm fallback price guard inactive: the primary's price is unknown");
+        }
         // Hedges need a second service; clone one only when hedging is on.
         let template: Option<S> = shared.hedge_budget.as_ref().map(|b| {
             b.request();
             svc.clone()
         });
         report.drill = drill;
-        // Routes skipped because they cool down: tried anyway (soonest first)
-        // if nothing else could be sent.
-        let mut cooling: Vec<(Instant, usize)> = Vec::new();
-        let mut forced: Option<usize> = None;
-        let mut sent = 0usize;
         let mut spare: Option<(S, bool)> = Some((svc, false));
         let mut flights: Vec<Flight<'_, _>> = Vec::new();
         let mut caller_parts = Some(parts);
         let mut hedge_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        let mut next = 0;
 
         'chain: loop {
             // Launch the next route when nothing is in flight, or when the
@@ -311,68 +304,33 @@ where
                 hedge_timer = None;
                 let mut launched = false;
                 while !launched {
-                    let (i, route) = match chain.routes().get(next) {
-                        Some(route) => {
-                            next += 1;
-                            (next - 1, route)
-                        }
-                        None => {
-                            // Nothing was sent and every skip was a cooldown: try
-                            // the route that recovers first rather than fail untried.
-                            match (sent, forced, cooling.iter().min()) {
-                                (0, None, Some(&(_, i))) if flights.is_empty() => {
-                                    forced = Some(i);
-                                    report.attempts.retain(|a| {
-                                        !(a.index == i && a.outcome == Outcome::Skipped && a.chain == *chain_name)
-                                    });
-                                    (i, &chain.routes()[i])
-                                }
-                                _ => break,
-                            }
-                        }
+                    let mut admit = |route: &Route| {
+                        let health = shared.health.as_ref();
+                        health.map_or(Admission::Open, |h| h.admit(route.health_key(), Instant::now()))
                     };
-                    let is_forced = forced == Some(i) && sent == 0;
-                    let skip = if is_forced {
-                        None
-                    } else {
-                        (drill && i == 0 && Arc::ptr_eq(chain_name, first_chain))
-                            .then_some(SkipReason::Drill)
-                            .or_else(|| needs.as_ref().and_then(|n| route.unfit(n)))
-                            .or_else(|| {
-                                let failed_window = overflowed_window?;
-                                (route.get_context_window()? <= failed_window)
-                                    .then_some(SkipReason::NotLargerWindow { failed_window })
-                            })
-                            .or_else(|| {
-                                let cap = cap?;
-                                let primary_exempt = i == 0 && guard == Some(PriceGuard::NotAbovePrimary);
-                                match route.get_price() {
-                                    _ if primary_exempt => None,
-                                    Some(p) if p.within(cap) => None,
-                                    price => Some(SkipReason::PriceCap { price }),
-                                }
-                            })
+                    let admit: Option<&mut dyn FnMut(&Route) -> Admission> = match shared.health {
+                        Some(_) => Some(&mut admit),
+                        None => None,
                     };
-                    if let Some(reason) = skip {
-                        skip_route(&mut report, chain_name, i, route, reason);
-                        continue;
-                    }
-                    // Health: a cooling route is skipped; one that just
-                    // recovered lets this request through as its probe.
-                    let mut probe = None;
-                    if let Some(health) = &shared.health {
-                        match health.admit(route.health_key(), Instant::now()) {
-                            Admission::Open => {}
-                            Admission::Probe => probe = Some(ProbeGuard::new(health.clone(), route)),
-                            Admission::Cooling { until } if !is_forced => {
-                                cooling.push((until, i));
-                                let remaining = until.saturating_duration_since(Instant::now());
-                                skip_route(&mut report, chain_name, i, route, SkipReason::Cooling { remaining });
-                                continue;
-                            }
-                            Admission::Cooling { .. } => {}
+                    let hop = match plan.next(Instant::now(), !flights.is_empty(), admit) {
+                        Step::Launch(hop) => hop,
+                        Step::Skip { index, route, reason } => {
+                            skip_route(&mut report, plan.chain_name(), index, route, reason);
+                            continue;
                         }
+                        Step::Done => break,
+                    };
+                    let (i, route, chain_name) = (hop.index, hop.route, hop.chain);
+                    if hop.forced {
+                        // This attempt's record replaces the route's skip.
+                        report
+                            .attempts
+                            .retain(|a| !(a.index == i && a.outcome == Outcome::Skipped && a.chain == *chain_name));
                     }
+                    let probe = match (&shared.health, hop.probe) {
+                        (Some(health), true) => Some(ProbeGuard::new(health.clone(), route)),
+                        _ => None,
+                    };
                     let now = Instant::now();
                     let remaining = deadline.map(|d| d.saturating_duration_since(now));
                     if remaining == Some(Duration::ZERO) {
@@ -409,11 +367,7 @@ where
                     // The last attempt this request can make (no route after
                     // it, no switch to a content-policy chain) takes the
                     // caller's parts; earlier ones take a copy.
-                    let switchable = shared
-                        .chains
-                        .content_policy_chain()
-                        .is_some_and(|(n, _)| !Arc::ptr_eq(n, chain_name));
-                    let parts = if next >= chain.routes().len() && !switchable {
+                    let parts = if !plan.has_more() && !plan.may_switch() {
                         caller_parts.take()
                     } else {
                         caller_parts.clone()
@@ -450,12 +404,12 @@ where
                         fly(svc, must_poll, request, shared.max_response_bytes, limit, head.clone())
                             .instrument(span.clone()),
                     );
-                    sent += 1;
-                    let hedge_after = route.get_hedge_after().or(chain.get_hedge_after());
+                    plan.sent();
+                    let hedge_after = route.get_hedge_after().or(plan.chain().get_hedge_after());
                     flights.push(Flight {
                         i,
                         chain: chain_name,
-                        position: chain_offset + i,
+                        position: hop.position,
                         route,
                         attempt,
                         span,
@@ -470,7 +424,7 @@ where
                     // Arm the hedge: if this attempt has no answer by then,
                     // the next route starts beside it (budget allowing).
                     if let (Some(after), Some(budget)) = (hedge_after, &shared.hedge_budget) {
-                        if next < chain.routes().len() && budget.admits_more() {
+                        if plan.has_more() && budget.admits_more() {
                             let at = now.checked_add(after);
                             if let Some(at) = at.filter(|at| deadline.is_none_or(|d| *at < d)) {
                                 hedge_timer = Some(Box::pin(tokio::time::sleep_until(at)));
@@ -506,13 +460,8 @@ where
             };
             let flight = flights.swap_remove(k);
             spare = Some((svc, true));
-            let (action, answer, record) = judge(&*shared.policy, &flight, result);
-            // The deadline ends the chain whatever the policy thinks of the timeout.
-            let action = if record.outcome == Outcome::DeadlineExceeded {
-                Action::Stop
-            } else {
-                action
-            };
+            let (verdict, answer, record) = judge(&*shared.policy, &flight, result);
+            let action = verdict.action;
             // Recording into a span nobody listens to still costs a call per
             // field (and a `log` check when tracing's `log` feature is on).
             if !flight.span.is_disabled() {
@@ -528,33 +477,25 @@ where
                 }
             }
             crate::metrics::attempt(flight.route, record.outcome, record.elapsed);
-            flight.settle_health(&shared, &record);
+            flight.settle_health(&shared, verdict.health);
             let route = flight.route;
             if record.outcome.is_failure() {
                 tracing::warn!(parent: &flight.span, attempt = %record, "llm fallback attempt failed");
-                if record.error.as_ref().is_some_and(UpstreamError::is_context_length) {
-                    overflowed_window = overflowed_window.max(route.get_context_window());
-                }
-                let blocked = record.error.as_ref().is_some_and(UpstreamError::is_moderation);
-                if let Some((name, policy_chain)) = shared
-                    .chains
-                    .content_policy_chain()
-                    .filter(|(n, _)| blocked && !Arc::ptr_eq(n, chain_name))
-                {
-                    tracing::info!(
-                        from = &**chain_name,
-                        to = &**name,
-                        "llm fallback moved to the content-policy chain"
-                    );
-                    chain_offset += chain.routes().len();
-                    (chain_name, chain) = (name, policy_chain);
-                    report.chain = Some(name.clone());
-                    next = 0;
-                }
+            }
+            let from = plan.chain_name();
+            if let Some(to) = plan.learn(route, &verdict) {
+                tracing::info!(
+                    from = &**from,
+                    to = &**to,
+                    "llm fallback moved to the content-policy chain"
+                );
+                report.chain = Some(to.clone());
+            }
+            if record.outcome.is_failure() {
                 // The one still in flight gets a new hedge window.
-                let after = route.get_hedge_after().or(chain.get_hedge_after());
+                let after = route.get_hedge_after().or(plan.chain().get_hedge_after());
                 if let (false, Some(after)) = (flights.is_empty(), after) {
-                    if next < chain.routes().len() && shared.hedge_budget.as_ref().is_some_and(|b| b.admits_more()) {
+                    if plan.has_more() && shared.hedge_budget.as_ref().is_some_and(|b| b.admits_more()) {
                         hedge_timer = Some(Box::pin(tokio::time::sleep(after)));
                     }
                 }
@@ -684,22 +625,12 @@ impl<F> Flight<'_, F> {
     }
 
     /// Tells the health store how the attempt went.
-    fn settle_health<P>(&self, shared: &Shared<P>, record: &AttemptRecord) {
+    fn settle_health<P>(&self, shared: &Shared<P>, learned: Learned) {
         let Some(health) = &shared.health else { return };
-        let event = match record.outcome {
-            Outcome::Served => HealthEvent::Success,
-            Outcome::Transport | Outcome::Timeout | Outcome::ErrorInBody => HealthEvent::Failure { retry_after: None },
-            Outcome::HttpError => {
-                let status = record.status.map_or(0, |s| s.as_u16());
-                let model_fault = status >= 500 || status == 429 || status == 408;
-                if !model_fault {
-                    HealthEvent::Released
-                } else {
-                    let retry_after = record.retry_after.filter(|_| status == 429 || status == 503);
-                    HealthEvent::Failure { retry_after }
-                }
-            }
-            _ => HealthEvent::Released,
+        let event = match learned {
+            Learned::Success => HealthEvent::Success,
+            Learned::Failure { retry_after } => HealthEvent::Failure { retry_after },
+            Learned::Nothing => HealthEvent::Released,
         };
         match &self.probe {
             Some(probe) => probe.settle(event),
@@ -770,12 +701,13 @@ where
     (svc, out)
 }
 
-/// What the policy makes of a finished attempt, and its record.
+/// What a finished attempt means (the policy's action and all that follows
+/// from it), and its record.
 fn judge<P: Policy, F, RB>(
     policy: &P,
     flight: &Flight<'_, F>,
     result: Option<Result<Answer<RB>, BoxError>>,
-) -> (Action, Option<Answer<RB>>, AttemptRecord) {
+) -> (Verdict, Option<Answer<RB>>, AttemptRecord) {
     let route = flight.route;
     let attempt = &flight.attempt;
     let mut record = AttemptRecord::new(flight.chain, flight.i, route, Outcome::Timeout);
@@ -834,7 +766,7 @@ fn judge<P: Policy, F, RB>(
             (action, Some(answer))
         }
     };
-    (action, answer, record)
+    (Verdict::new(action, answer.is_some(), &record), answer, record)
 }
 
 /// Sends one attempt and, unless it is an event stream, buffers its body so
