@@ -3,36 +3,35 @@
 //! Written as one `async fn` so the tower service and the other front ends
 //! share it; the tower service boxes it into its `ResponseFuture`.
 
+mod answer;
+mod attempt;
+mod flights;
 mod plan;
+mod prepare;
 mod verdict;
 
+use self::answer::{exhausted, finish, internal_error};
+pub(crate) use self::attempt::attempt_body;
+use self::attempt::attempt_request;
+use self::flights::{fly, Flight, Flights, Landed, Looked, ProbeGuard};
 use self::plan::{Plan, Step};
-use self::verdict::{Learned, Verdict};
-use crate::body::{collect_bounded, CollectError, ResponseBody};
-use crate::capability::{self, PriceGuard, SkipReason};
-use crate::health::{Admission, DrillConfig, HealthEvent, HealthStore, HedgeBudget};
-use crate::inspect::BodyFacts;
-use crate::json::{BadEdits, Edit, ReplayBody};
-use crate::native;
-use crate::policy::{self, Action, Observed, Policy, ResponseInfo};
-use crate::report::UpstreamError;
-use crate::report::{AttemptRecord, Exhausted, ExhaustionBody, FallbackReport, Outcome, Resolution};
-use crate::request::{index_request, index_request_with_media, removals, BadRequest, MemberSpan, RequestIndex};
-use crate::stream::{CommittedStream, Signal, SseTracker};
-use crate::{Attempt, BoxError, ChainName, ChainSet, Route};
-use bytes::{Bytes, BytesMut};
-use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use self::prepare::{prepare, Prepared};
+use self::verdict::judge;
+use crate::body::ResponseBody;
+use crate::capability::SkipReason;
+use crate::health::{Admission, DrillConfig, HealthStore, HedgeBudget};
+use crate::json::ReplayBody;
+use crate::policy::{Action, Policy};
+use crate::report::{AttemptRecord, ExhaustionBody, FallbackReport, Outcome, Resolution};
+use crate::stream::CommittedStream;
+use crate::{Attempt, BoxError, ChainSet, Route};
+use bytes::Bytes;
+use http::{header, HeaderName, Request, Response};
 use http_body::Body;
-use http_body_util::BodyExt;
-use serde_json::json;
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
-use tower::{Service, ServiceExt};
+use tower::Service;
 use tracing::{field::Empty, Instrument};
 
 /// Response header naming the model that served.
@@ -44,9 +43,6 @@ pub(crate) const X_FALLBACK_LABEL: HeaderName = HeaderName::from_static("x-fallb
 
 /// Request header naming the chain to use; removed before forwarding.
 const X_FALLBACK_CHAIN: HeaderName = HeaderName::from_static("x-fallback-chain");
-
-/// Asks OpenRouter to report its own attempts in the body.
-const X_OPENROUTER_METADATA: HeaderName = HeaderName::from_static("x-openrouter-metadata");
 
 pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 pub(crate) const DEFAULT_MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -135,23 +131,6 @@ impl<P> Shared<P> {
     }
 }
 
-/// An upstream response after the engine looked at it.
-enum Looked<RB> {
-    /// Buffered whole and inspected.
-    Full(Bytes),
-    /// An event stream that reached its first content: the frames read so
-    /// far, the rest of the body, and what was seen.
-    Committed(VecDeque<Bytes>, RB, Box<SseTracker>),
-    /// Larger than `max_response_bytes`: the part read, then the rest.
-    Overflow(Bytes, RB),
-}
-
-struct Answer<RB> {
-    parts: http::response::Parts,
-    body: Looked<RB>,
-    facts: BodyFacts,
-}
-
 pub(crate) async fn run<S, B, P, RB>(shared: Arc<Shared<P>>, svc: S, req: Request<B>) -> Response<ResponseBody<RB>>
 where
     S: Service<Request<ReplayBody>, Response = Response<RB>> + Clone,
@@ -172,105 +151,20 @@ where
         fallback.resolution = Empty,
     );
     let work = async {
-        let (mut parts, body) = req.into_parts();
-
-        // Bound before buffering: a declared length over the limit is refused
-        // without reading a byte.
-        let declared = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > shared.max_body_bytes as u64) {
-            return too_large(shared.max_body_bytes, started);
-        }
-        let body = std::pin::pin!(body);
-        let mut body = body;
-        let body = match collect_bounded(&mut body, shared.max_body_bytes).await {
-            Ok(b) => b,
-            Err(CollectError::TooLarge { .. }) => return too_large(shared.max_body_bytes, started),
-            Err(CollectError::Body(e)) => {
-                let e: BoxError = e.into();
-                return reject(
-                    StatusCode::BAD_REQUEST,
-                    &BadRequest {
-                        code: "unreadable_body",
-                        param: None,
-                        message: format!("the request body could not be read: {e}"),
-                    },
-                    started,
-                );
-            }
-        };
-        let mut index = match if shared.reads_needs {
-            index_request_with_media(&body)
-        } else {
-            index_request(&body)
-        } {
-            Ok(i) => i,
-            Err(bad) => return reject(StatusCode::BAD_REQUEST, &bad, started),
-        };
-        let current = tracing::Span::current();
-        if !current.is_disabled() {
-            current.record("gen_ai.request.model", index.requested_model.as_str());
-        }
-
-        // Each attempt gets its own Content-Length; a stale length or chunked
-        // framing from the caller must not reach the upstream.
-        parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.remove(header::TRANSFER_ENCODING);
-        parts.headers.remove(header::EXPECT);
-
-        let mut report = FallbackReport {
-            requested_model: Some(std::mem::take(&mut index.requested_model)),
-            served_model: None,
-            provider: None,
-            attempts: Vec::with_capacity(shared.chains.default_chain().routes().len()),
-            resolution: Resolution::Exhausted,
-            usage: None,
-            chain: None,
-            drill: false,
-            elapsed: Duration::ZERO,
-        };
-        // Needs are only read when some route declares limits or some chain
-        // is picked by them.
-        let needs = shared.reads_needs.then(|| capability::detect(&body, &index));
-        // Removed always; read only when the layer allows callers to pick.
-        let header_choice = parts
-            .headers
-            .remove(X_FALLBACK_CHAIN)
-            .filter(|_| shared.allow_chain_header);
-        let explicit = match (parts.extensions.get::<ChainName>(), &header_choice) {
-            (Some(ChainName(name)), _) => Some(name.as_str()),
-            (None, Some(v)) => Some(v.to_str().unwrap_or("\u{fffd}")),
-            (None, None) => None,
-        };
-        let (chain_name, chain) = match shared.chains.select(explicit, needs.as_ref()) {
-            Ok(picked) => picked,
-            Err(message) => {
-                let bad = BadRequest {
-                    code: "unknown_chain",
-                    param: None,
-                    message,
-                };
-                return reject(StatusCode::BAD_REQUEST, &bad, started);
-            }
-        };
-        report.chain = Some(chain_name.clone());
-        // A deadline too far to be an instant is no deadline.
-        let deadline = chain.get_deadline().and_then(|d| started.checked_add(d));
-        let guard = parts
-            .extensions
-            .get::<PriceGuard>()
-            .copied()
-            .or(chain.get_price_guard());
-        // The drill header is never forwarded, whether drills are on or not.
-        let drill = match &shared.drills {
-            Some(d) => d.pick(&mut parts.headers),
-            None => {
-                parts.headers.remove(crate::health::X_FALLBACK_DRILL);
-                false
-            }
+        let Prepared {
+            parts,
+            body,
+            index,
+            mut report,
+            needs,
+            chain_name,
+            chain,
+            deadline,
+            guard,
+            drill,
+        } = match prepare(&shared, req, started).await {
+            Ok(prepared) => prepared,
+            Err(refused) => return refused,
         };
         let mut plan = Plan::new(&shared.chains, chain_name, chain, drill, needs.as_ref(), guard);
         if plan.guard_inactive() {
@@ -281,27 +175,16 @@ where
             b.request();
             svc.clone()
         });
-        report.drill = drill;
         let mut spare: Option<(S, bool)> = Some((svc, false));
-        let mut flights: Vec<Flight<'_, _>> = Vec::new();
+        let mut flights = Flights::new();
         let mut caller_parts = Some(parts);
-        let mut hedge_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
         'chain: loop {
             // Launch the next route when nothing is in flight, or when the
-            // hedge timer of the one in flight fired.
-            // A non-streaming attempt whose response head arrived has
-            // committed: the hedge is not needed (its body is on the way).
-            let timer_fired = hedge_timer.as_mut().is_some_and(|t| t.is_elapsed());
-            let committed = flights
-                .iter()
-                .any(|f| f.head.load(std::sync::atomic::Ordering::Acquire));
-            if timer_fired && committed {
-                hedge_timer = None;
-            }
-            let hedge_now = timer_fired && !committed;
+            // hedge timer of the ones in flight fired before they committed.
+            let hedge_now = flights.hedge_due();
             if flights.is_empty() || hedge_now {
-                hedge_timer = None;
+                flights.disarm_hedge();
                 let mut launched = false;
                 while !launched {
                     let mut admit = |route: &Route| {
@@ -427,7 +310,7 @@ where
                         if plan.has_more() && budget.admits_more() {
                             let at = now.checked_add(after);
                             if let Some(at) = at.filter(|at| deadline.is_none_or(|d| *at < d)) {
-                                hedge_timer = Some(Box::pin(tokio::time::sleep_until(at)));
+                                flights.arm_hedge_at(at);
                             }
                         }
                     }
@@ -443,22 +326,11 @@ where
             }
 
             // Wait for the first attempt to finish, or for the hedge timer.
-            let event = std::future::poll_fn(|cx| {
-                for (k, f) in flights.iter_mut().enumerate() {
-                    if let Poll::Ready(out) = f.fut.as_mut().poll(cx) {
-                        return Poll::Ready(Some((k, out)));
-                    }
-                }
-                match hedge_timer.as_mut().map(|t| t.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Poll::Ready(None),
-                    _ => Poll::Pending,
-                }
-            })
-            .await;
-            let Some((k, (svc, result))) = event else {
-                continue; // the hedge timer fired: launch beside the one in flight
+            let (flight, (svc, result)) = match flights.land().await {
+                Landed::Attempt(flight, out) => (flight, out),
+                // The hedge timer fired: launch beside the one in flight.
+                Landed::HedgeTimer => continue,
             };
-            let flight = flights.swap_remove(k);
             spare = Some((svc, true));
             let (verdict, answer, record) = judge(&*shared.policy, &flight, result);
             let action = verdict.action;
@@ -496,7 +368,7 @@ where
                 let after = route.get_hedge_after().or(plan.chain().get_hedge_after());
                 if let (false, Some(after)) = (flights.is_empty(), after) {
                     if plan.has_more() && shared.hedge_budget.as_ref().is_some_and(|b| b.admits_more()) {
-                        hedge_timer = Some(Box::pin(tokio::time::sleep(after)));
+                        flights.arm_hedge_after(after);
                     }
                 }
             }
@@ -507,9 +379,7 @@ where
                 (Action::Accept | Action::Stop, Some(answer)) => {
                     // The first acceptable answer wins: the others are dropped
                     // (their connections released) and reported as cancelled.
-                    for other in flights.drain(..) {
-                        report.attempts.push(other.cancelled());
-                    }
+                    report.attempts.extend(flights.cancel_all());
                     if hedge_won {
                         crate::metrics::hedge_won(route.model_arc());
                     }
@@ -553,9 +423,7 @@ where
                 // Accepting a timeout or an error makes no sense; stopping on
                 // one ends the chain with the exhaustion answer.
                 (Action::Stop, None) => {
-                    for other in flights.drain(..) {
-                        report.attempts.push(other.cancelled());
-                    }
+                    report.attempts.extend(flights.cancel_all());
                     if report
                         .attempts
                         .iter()
@@ -589,608 +457,9 @@ where
     resp
 }
 
-/// One attempt in flight.
-struct Flight<'r, F> {
-    /// The route's index in its chain, and the chain.
-    i: usize,
-    chain: &'r Arc<str>,
-    /// Its position among every route the request could go through
-    /// (counting the chains it left).
-    position: usize,
-    route: &'r Route,
-    attempt: Attempt,
-    span: tracing::Span,
-    started: Instant,
-    by_deadline: bool,
-    /// Started beside another attempt.
-    hedge: bool,
-    /// This attempt is its route's half-open probe.
-    probe: Option<ProbeGuard>,
-    /// Set once the attempt has committed (a non-streaming response head,
-    /// or a stream's first content), which rules out hedging it.
-    head: Arc<std::sync::atomic::AtomicBool>,
-    fut: Pin<Box<F>>,
-}
-
-impl<F> Flight<'_, F> {
-    /// The record of an attempt dropped because another one won.
-    fn cancelled(self) -> AttemptRecord {
-        let mut record = AttemptRecord::new(self.chain, self.i, self.route, Outcome::Cancelled);
-        record.hedged = self.hedge;
-        record.elapsed = self.started.elapsed();
-        crate::metrics::attempt(self.route, Outcome::Cancelled, record.elapsed);
-        // Dropping `self` drops the attempt's future (closing its connection)
-        // and releases a probe it held.
-        record
-    }
-
-    /// Tells the health store how the attempt went.
-    fn settle_health<P>(&self, shared: &Shared<P>, learned: Learned) {
-        let Some(health) = &shared.health else { return };
-        let event = match learned {
-            Learned::Success => HealthEvent::Success,
-            Learned::Failure { retry_after } => HealthEvent::Failure { retry_after },
-            Learned::Nothing => HealthEvent::Released,
-        };
-        match &self.probe {
-            Some(probe) => probe.settle(event),
-            None if event != HealthEvent::Released => health.record(self.route.health_key(), event, Instant::now()),
-            None => {}
-        }
-    }
-}
-
-/// Holds a route's half-open probe; dropping it unsettled (the attempt was
-/// cancelled) releases the probe so another request can take it.
-struct ProbeGuard {
-    health: Arc<dyn HealthStore>,
-    key: Arc<str>,
-    settled: std::sync::atomic::AtomicBool,
-}
-
-impl ProbeGuard {
-    fn new(health: Arc<dyn HealthStore>, route: &Route) -> Self {
-        ProbeGuard {
-            health,
-            key: route.health_key_arc().clone(),
-            settled: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn settle(&self, event: HealthEvent) {
-        if !self.settled.swap(true, std::sync::atomic::Ordering::AcqRel) {
-            self.health.record(&self.key, event, Instant::now());
-        }
-    }
-}
-
-impl Drop for ProbeGuard {
-    fn drop(&mut self) {
-        self.settle(HealthEvent::Released);
-    }
-}
-
 /// Records a route that was not tried.
 fn skip_route(report: &mut FallbackReport, chain: &Arc<str>, i: usize, route: &Route, reason: SkipReason) {
     tracing::debug!(model = route.model(), reason = %reason, "llm fallback skipped a route");
     crate::metrics::skip(route.model_arc(), reason.as_str());
     report.attempts.push(AttemptRecord::skipped(chain, i, route, reason));
-}
-
-/// One attempt: wait for readiness, send, and look at the answer, within
-/// `limit`. Hands the service back for the next attempt.
-async fn fly<S, RB>(
-    mut svc: S,
-    poll_ready: bool,
-    request: Request<ReplayBody>,
-    max_response_bytes: usize,
-    limit: Option<Duration>,
-    head: Arc<std::sync::atomic::AtomicBool>,
-) -> (S, Option<Result<Answer<RB>, BoxError>>)
-where
-    S: Service<Request<ReplayBody>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
-    RB: Body<Data = Bytes> + Unpin,
-    RB::Error: Into<BoxError>,
-{
-    let call = send(&mut svc, poll_ready, request, max_response_bytes, &head);
-    let out = match limit {
-        Some(l) => tokio::time::timeout(l, call).await.ok(),
-        None => Some(call.await),
-    };
-    (svc, out)
-}
-
-/// What a finished attempt means (the policy's action and all that follows
-/// from it), and its record.
-fn judge<P: Policy, F, RB>(
-    policy: &P,
-    flight: &Flight<'_, F>,
-    result: Option<Result<Answer<RB>, BoxError>>,
-) -> (Verdict, Option<Answer<RB>>, AttemptRecord) {
-    let route = flight.route;
-    let attempt = &flight.attempt;
-    let mut record = AttemptRecord::new(flight.chain, flight.i, route, Outcome::Timeout);
-    record.hedged = flight.hedge;
-    record.elapsed = flight.started.elapsed();
-    let (action, answer) = match result {
-        None => {
-            record.outcome = if flight.by_deadline {
-                Outcome::DeadlineExceeded
-            } else {
-                Outcome::Timeout
-            };
-            (policy.classify(attempt, &Observed::Timeout), None)
-        }
-        Some(Err(e)) => {
-            record.outcome = Outcome::Transport;
-            record.transport = Some(error_chain(&*e));
-            (policy.classify(attempt, &Observed::Error(&*e)), None)
-        }
-        Some(Ok(answer)) => {
-            let body = match &answer.body {
-                Looked::Full(b) => Some(&b[..]),
-                _ => None,
-            };
-            let info = ResponseInfo {
-                status: answer.parts.status,
-                headers: &answer.parts.headers,
-                body,
-                facts: &answer.facts,
-            };
-            let action = policy.classify(attempt, &Observed::Response(&info));
-            record.status = Some(answer.parts.status);
-            record.served_model = answer.facts.model.clone();
-            record.upstream_fell_back = answer.parts.status.is_success()
-                && answer.facts.model.as_deref().is_some_and(|served| {
-                    native::upstream_fell_back(route.model(), route.get_native_fallbacks(), served)
-                });
-            record.upstream_attempts = answer.facts.upstream_attempts.clone();
-            record.retry_after = info.retry_after();
-            record.error = answer.facts.error.clone().or_else(|| {
-                // A non-JSON error page still says something.
-                (!answer.facts.json && !answer.parts.status.is_success())
-                    .then(|| body.and_then(BodyFacts::text_excerpt))
-                    .flatten()
-                    .map(|m| UpstreamError {
-                        message: Some(m),
-                        ..Default::default()
-                    })
-            });
-            record.outcome = match action {
-                Action::Accept => Outcome::Served,
-                Action::Stop => Outcome::Stopped,
-                Action::Fallback if answer.parts.status.is_success() => Outcome::ErrorInBody,
-                Action::Fallback => Outcome::HttpError,
-            };
-            (action, Some(answer))
-        }
-    };
-    (Verdict::new(action, answer.is_some(), &record), answer, record)
-}
-
-/// Sends one attempt and, unless it is an event stream, buffers its body so
-/// the policy can see an error hidden in an HTTP 200.
-async fn send<S, RB>(
-    svc: &mut S,
-    poll_ready: bool,
-    request: Request<ReplayBody>,
-    max_response_bytes: usize,
-    head: &std::sync::atomic::AtomicBool,
-) -> Result<Answer<RB>, BoxError>
-where
-    S: Service<Request<ReplayBody>, Response = Response<RB>>,
-    S::Error: Into<BoxError>,
-    RB: Body<Data = Bytes> + Unpin,
-    RB::Error: Into<BoxError>,
-{
-    // The service handed to the future was polled ready by our `poll_ready`;
-    // after a call it must be polled ready again before the next one.
-    if poll_ready {
-        svc.ready().await.map_err(Into::into)?;
-    }
-    let resp = svc.call(request).await.map_err(Into::into)?;
-    let (parts, mut rb) = resp.into_parts();
-    if parts.status.is_success() && policy::is_event_stream(&parts.headers) {
-        // A stream commits at its first content, not at its head.
-        return until_first_token(parts, rb, max_response_bytes).await;
-    }
-    head.store(true, std::sync::atomic::Ordering::Release);
-    match collect_bounded(&mut rb, max_response_bytes).await {
-        Ok(bytes) => {
-            let facts = BodyFacts::inspect(&bytes);
-            Ok(Answer {
-                parts,
-                body: Looked::Full(bytes),
-                facts,
-            })
-        }
-        Err(CollectError::TooLarge { head }) => Ok(Answer {
-            parts,
-            body: Looked::Overflow(head, rb),
-            facts: BodyFacts::default(),
-        }),
-        Err(CollectError::Body(e)) => Err(e.into()),
-    }
-}
-
-/// Reads an event stream up to its commit point, holding what was read.
-/// Keep-alives are held (and later passed on) but are not progress. An error
-/// chunk or the end of the stream before the first content is an answer the
-/// policy sees as an error inside an HTTP 200, like a non-streaming one.
-async fn until_first_token<RB>(
-    parts: http::response::Parts,
-    mut rb: RB,
-    max_held_bytes: usize,
-) -> Result<Answer<RB>, BoxError>
-where
-    RB: Body<Data = Bytes> + Unpin,
-    RB::Error: Into<BoxError>,
-{
-    let mut tracker = SseTracker::default();
-    let mut held = VecDeque::new();
-    let mut held_len = 0usize;
-    let signal = loop {
-        match rb.frame().await {
-            None => {
-                break match tracker.finish() {
-                    Signal::None => Signal::Error(crate::report::UpstreamError {
-                        message: Some("the stream ended before its first token".into()),
-                        ..Default::default()
-                    }),
-                    s => s,
-                }
-            }
-            Some(Err(e)) => return Err(e.into()),
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else { continue };
-                let s = tracker.feed(&data);
-                held_len += data.len();
-                held.push_back(data);
-                // Holding more than the response limit would let a stream of
-                // keep-alives grow without bound: commit and pass it on.
-                if s != Signal::None || held_len > max_held_bytes {
-                    break if s == Signal::None { Signal::Commit } else { s };
-                }
-            }
-        }
-    };
-    match signal {
-        Signal::Error(error) => {
-            let mut body = BytesMut::with_capacity(held_len);
-            held.iter().for_each(|b| body.extend_from_slice(b));
-            let facts = BodyFacts {
-                json: true,
-                model: tracker.model.take(),
-                provider: tracker.provider.take(),
-                error: Some(error),
-                ..BodyFacts::default()
-            };
-            Ok(Answer {
-                parts,
-                body: Looked::Full(body.freeze()),
-                facts,
-            })
-        }
-        _ => {
-            let facts = BodyFacts {
-                model: tracker.model.clone(),
-                provider: tracker.provider.clone(),
-                usage: tracker.usage.clone(),
-                ..BodyFacts::default()
-            };
-            Ok(Answer {
-                parts,
-                body: Looked::Committed(held, rb, Box::new(tracker)),
-                facts,
-            })
-        }
-    }
-}
-
-/// The caller's body for `route`: its model, its `provider` and `models`
-/// when it sets them (replacing the caller's or inserted first), and without
-/// the OpenRouter-only keys when its endpoint is not OpenRouter. Everything
-/// else is the caller's bytes, shared, not copied.
-pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> Result<ReplayBody, BadEdits> {
-    let mut edits = Edits::default();
-    let mut insert = BytesMut::new();
-    for (key, ours, theirs) in [
-        ("provider", route.provider_json(), index.provider),
-        ("models", route.fallbacks_json(), index.models),
-    ] {
-        match (ours, theirs) {
-            (Some(json), Some(span)) => edits.push(span.value_start..span.value_end, json.clone())?,
-            (Some(json), None) => {
-                insert.extend_from_slice(b"\"");
-                insert.extend_from_slice(key.as_bytes());
-                insert.extend_from_slice(b"\":");
-                insert.extend_from_slice(json);
-                insert.extend_from_slice(b",");
-            }
-            (None, _) => {}
-        }
-    }
-    if !insert.is_empty() {
-        let at = index.object_start + 1;
-        edits.push(at..at, insert.freeze())?;
-    }
-    if body.get(index.model.clone()) != Some(&route.model_json()[..]) {
-        edits.push(index.model.clone(), route.model_json().clone())?;
-    }
-    if route.get_endpoint().is_some_and(|e| !e.openrouter) {
-        // Other APIs refuse OpenRouter's extensions; the route's own
-        // `provider`/`models` are kept (setting them says the endpoint wants them).
-        let mut gone = [MemberSpan::default(); 4];
-        let mut n = 0;
-        for member in [
-            index.provider.filter(|_| route.provider_json().is_none()),
-            index.models.filter(|_| route.fallbacks_json().is_none()),
-            index.route,
-            index.transforms,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            if let Some(slot) = gone.get_mut(n) {
-                *slot = member;
-                n += 1;
-            }
-        }
-        let gone = gone.get_mut(..n).unwrap_or_default();
-        gone.sort_unstable_by_key(|m| m.value_start);
-        for range in removals(gone) {
-            edits.push(range, Bytes::new())?;
-        }
-    }
-    edits.apply(body)
-}
-
-/// The edits of one attempt's body, kept on the stack: at most the
-/// `provider` and `models` replacements, one insertion, the model and four
-/// removals.
-#[derive(Default)]
-struct Edits {
-    list: [Edit; 8],
-    len: usize,
-}
-
-impl Edits {
-    fn push(&mut self, range: std::ops::Range<usize>, replacement: Bytes) -> Result<(), BadEdits> {
-        let Some(slot) = self.list.get_mut(self.len) else {
-            // Cannot happen (the bound above is exact); refuse rather than panic.
-            return Err(BadEdits {
-                range,
-                after: self.len,
-                len: 0,
-            });
-        };
-        *slot = Edit { range, replacement };
-        self.len += 1;
-        Ok(())
-    }
-
-    fn apply(mut self, body: &Bytes) -> Result<ReplayBody, BadEdits> {
-        let edits = self.list.get_mut(..self.len).unwrap_or_default();
-        if edits.is_empty() {
-            return Ok(ReplayBody::new(body.clone()));
-        }
-        edits.sort_unstable_by_key(|e| (e.range.start, e.range.end));
-        ReplayBody::rewrite(body, edits)
-    }
-}
-
-fn attempt_request(
-    parts: http::request::Parts,
-    body: ReplayBody,
-    attempt: Attempt,
-    route: &Route,
-    credential_headers: &[HeaderName],
-) -> Request<ReplayBody> {
-    let len = body.len();
-    let mut req = Request::from_parts(parts, body);
-    if let Some(endpoint) = route.get_endpoint() {
-        *req.uri_mut() = endpoint.chat_uri.clone();
-        let headers = req.headers_mut();
-        // A key or host meant for the caller's upstream never goes elsewhere.
-        headers.remove(header::HOST);
-        for name in credential_headers {
-            // `remove` drops only the first value of a repeated header.
-            while headers.remove(name).is_some() {}
-        }
-        if let Some(auth) = &endpoint.authorization {
-            headers.insert(header::AUTHORIZATION, auth.clone());
-        }
-    }
-    if route.metadata() {
-        req.headers_mut()
-            .insert(X_OPENROUTER_METADATA, HeaderValue::from_static("enabled"));
-    }
-    req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    req.extensions_mut().insert(attempt);
-    req
-}
-
-/// `msg: source: source`, so "client error (Connect)" says what failed.
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let msg = s.to_string();
-        if !text.contains(&msg) {
-            text.push_str(": ");
-            text.push_str(&msg);
-        }
-        source = s.source();
-    }
-    crate::inspect::truncate(text)
-}
-
-/// Sets the report's headers and extension. `route` is the one that
-/// served: its prebuilt header values are used when they say the same.
-fn finish<B>(
-    mut resp: Response<B>,
-    mut report: FallbackReport,
-    started: Instant,
-    route: Option<&Route>,
-) -> Response<B> {
-    report.elapsed = started.elapsed();
-    let headers = resp.headers_mut();
-    let model = route.and_then(|r| Some((r.model(), r.model_header()?)));
-    set_header(headers, X_FALLBACK_MODEL, report.served_model(), model);
-    let label = route.and_then(|r| Some((r.get_label()?, r.label_header()?)));
-    set_header(headers, X_FALLBACK_LABEL, report.served_label().unwrap_or(""), label);
-    let sent = report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
-    let sent = crate::report::digit(sent).map_or_else(|| HeaderValue::from(sent), HeaderValue::from_static);
-    headers.insert(X_FALLBACK_ATTEMPTS, sent);
-    resp.extensions_mut().insert(report);
-    resp
-}
-
-/// Sets `name` to `value`, or removes it when `value` is empty or not a
-/// header value. `prebuilt` is some text already made a header value, used
-/// when it is `value`.
-fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str, prebuilt: Option<(&str, &HeaderValue)>) {
-    let v = match prebuilt {
-        Some((text, v)) if text == value => Some(v.clone()),
-        _ => crate::route::header_value(value),
-    };
-    match v {
-        Some(v) => {
-            headers.insert(name, v);
-        }
-        None => {
-            headers.remove(name);
-        }
-    }
-}
-
-fn json_response<B>(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody<B>> {
-    let bytes = Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serializes"));
-    let mut resp = Response::new(ResponseBody::full(bytes));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
-}
-
-fn reject<B>(status: StatusCode, bad: &BadRequest, started: Instant) -> Response<ResponseBody<B>> {
-    tracing::debug!(code = bad.code, "llm fallback rejected the request");
-    let resp = json_response(
-        status,
-        json!({"error": {
-            "message": bad.message,
-            "type": "invalid_request_error",
-            "param": bad.param,
-            "code": bad.code,
-        }}),
-    );
-    finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
-}
-
-/// A bug of the crate met while building an attempt: a `500` in OpenAI
-/// error JSON, with nothing sent for the attempt.
-fn internal_error<B>(bad: &BadEdits, started: Instant) -> Response<ResponseBody<B>> {
-    tracing::error!(error = %bad, "llm fallback could not build an attempt's body (a bug; please report it)");
-    let resp = json_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        json!({"error": {
-            "message": format!("the fallback layer could not build the request for an attempt: {bad}"),
-            "type": "internal_error",
-            "param": null,
-            "code": "fallback_internal_error",
-        }}),
-    );
-    finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
-}
-
-fn too_large<B>(limit: usize, started: Instant) -> Response<ResponseBody<B>> {
-    reject(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        &BadRequest {
-            code: "request_too_large",
-            param: None,
-            message: format!("the request body is larger than the fallback layer's limit of {limit} bytes"),
-        },
-        started,
-    )
-}
-
-/// The one answer a caller gets when no route served: `502` (or `504` when
-/// the deadline ended the chain) with every attempt named, whatever the last
-/// failure was.
-fn exhausted<B>(mut report: FallbackReport, body: ExhaustionBody, started: Instant) -> Response<ResponseBody<B>> {
-    if !report.attempts.iter().any(|a| a.outcome.was_sent()) && !report.attempts.is_empty() {
-        // Nothing was sent: no route can serve this request as it is.
-        let reasons: Vec<String> = report.attempts.iter().map(ToString::to_string).collect();
-        let bad = BadRequest {
-            code: "no_route_fits",
-            param: None,
-            message: format!("no route of the chain can serve this request: {}", reasons.join("; ")),
-        };
-        let mut resp = reject(StatusCode::BAD_REQUEST, &bad, started);
-        report.resolution = Resolution::Rejected;
-        report.elapsed = started.elapsed();
-        resp.extensions_mut().insert(report);
-        return resp;
-    }
-    report.elapsed = started.elapsed();
-    let exhausted = Exhausted::new(report);
-    tracing::warn!(error = %exhausted, "llm fallback chain exhausted");
-    let attempts: Vec<_> = exhausted
-        .report()
-        .attempts()
-        .iter()
-        .map(|a| {
-            let e = a.upstream_error();
-            if body == ExhaustionBody::Summary {
-                return json!({
-                    "model": a.model(),
-                    "label": a.label(),
-                    "chain": a.chain(),
-                    "outcome": a.outcome().as_str(),
-                    "status": a.status().map(|s| s.as_u16()),
-                    "error_type": a.error_type().and_then(crate::report::plain_identifier),
-                    "skip_reason": a.skip_reason().map(ToString::to_string),
-                    "elapsed_ms": a.elapsed().as_millis() as u64,
-                });
-            }
-            json!({
-                "model": a.model(),
-                "label": a.label(),
-                "chain": a.chain(),
-                "outcome": a.outcome().as_str(),
-                "status": a.status().map(|s| s.as_u16()),
-                "error_type": a.error_type(),
-                "message": e.and_then(|e| e.message()).or(a.transport_error()),
-                "provider_name": e.and_then(|e| e.provider_name()),
-                "raw": e.and_then(|e| e.raw()),
-                "skip_reason": a.skip_reason().map(ToString::to_string),
-                "elapsed_ms": a.elapsed().as_millis() as u64,
-            })
-        })
-        .collect();
-    let status = exhausted.status();
-    let mut resp = json_response(
-        status,
-        json!({"error": {
-            "message": match body {
-                ExhaustionBody::Summary => exhausted.summary(),
-                _ => exhausted.to_string(),
-            },
-            "type": "upstream_error",
-            "param": null,
-            "code": match exhausted.report().resolution() {
-                Resolution::DeadlineExceeded => "fallback_deadline_exceeded",
-                _ => "fallback_exhausted",
-            },
-            "metadata": {"attempts": attempts},
-        }}),
-    );
-    if let Some(after) = exhausted.retry_after() {
-        resp.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
-    }
-    let report = exhausted.report().clone();
-    finish(resp, report, started, None)
 }

@@ -7,8 +7,13 @@
 //! so a policy that stops on a `429` does not cool the route down, and a
 //! status a policy falls back on counts as the route's failure.
 
-use crate::policy::{is_content_block, Action};
+use super::attempt::error_chain;
+use super::flights::{Answer, Flight, Looked};
+use crate::inspect::BodyFacts;
+use crate::native;
+use crate::policy::{is_content_block, Action, Observed, Policy, ResponseInfo};
 use crate::report::{AttemptRecord, Outcome, UpstreamError};
+use crate::BoxError;
 use std::time::Duration;
 
 /// What one attempt means for the request and for its route.
@@ -83,6 +88,74 @@ impl Verdict {
             reroute,
         }
     }
+}
+
+/// What a finished attempt means (the policy's action and all that follows
+/// from it), and its record.
+pub(super) fn judge<P: Policy, F, RB>(
+    policy: &P,
+    flight: &Flight<'_, F>,
+    result: Option<Result<Answer<RB>, BoxError>>,
+) -> (Verdict, Option<Answer<RB>>, AttemptRecord) {
+    let route = flight.route;
+    let attempt = &flight.attempt;
+    let mut record = AttemptRecord::new(flight.chain, flight.i, route, Outcome::Timeout);
+    record.hedged = flight.hedge;
+    record.elapsed = flight.started.elapsed();
+    let (action, answer) = match result {
+        None => {
+            record.outcome = if flight.by_deadline {
+                Outcome::DeadlineExceeded
+            } else {
+                Outcome::Timeout
+            };
+            (policy.classify(attempt, &Observed::Timeout), None)
+        }
+        Some(Err(e)) => {
+            record.outcome = Outcome::Transport;
+            record.transport = Some(error_chain(&*e));
+            (policy.classify(attempt, &Observed::Error(&*e)), None)
+        }
+        Some(Ok(answer)) => {
+            let body = match &answer.body {
+                Looked::Full(b) => Some(&b[..]),
+                _ => None,
+            };
+            let info = ResponseInfo {
+                status: answer.parts.status,
+                headers: &answer.parts.headers,
+                body,
+                facts: &answer.facts,
+            };
+            let action = policy.classify(attempt, &Observed::Response(&info));
+            record.status = Some(answer.parts.status);
+            record.served_model = answer.facts.model.clone();
+            record.upstream_fell_back = answer.parts.status.is_success()
+                && answer.facts.model.as_deref().is_some_and(|served| {
+                    native::upstream_fell_back(route.model(), route.get_native_fallbacks(), served)
+                });
+            record.upstream_attempts = answer.facts.upstream_attempts.clone();
+            record.retry_after = info.retry_after();
+            record.error = answer.facts.error.clone().or_else(|| {
+                // A non-JSON error page still says something.
+                (!answer.facts.json && !answer.parts.status.is_success())
+                    .then(|| body.and_then(BodyFacts::text_excerpt))
+                    .flatten()
+                    .map(|m| UpstreamError {
+                        message: Some(m),
+                        ..Default::default()
+                    })
+            });
+            record.outcome = match action {
+                Action::Accept => Outcome::Served,
+                Action::Stop => Outcome::Stopped,
+                Action::Fallback if answer.parts.status.is_success() => Outcome::ErrorInBody,
+                Action::Fallback => Outcome::HttpError,
+            };
+            (action, Some(answer))
+        }
+    };
+    (Verdict::new(action, answer.is_some(), &record), answer, record)
 }
 
 #[cfg(test)]
