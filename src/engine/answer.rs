@@ -1,11 +1,13 @@
 //! What the caller gets back: the served or stopped upstream response with
 //! the report, a refusal of the request, or the one exhaustion answer.
 
+use super::flights::{Answer, Looked};
 use super::{X_FALLBACK_ATTEMPTS, X_FALLBACK_LABEL, X_FALLBACK_MODEL};
 use crate::body::ResponseBody;
 use crate::json::BadEdits;
 use crate::report::{Exhausted, ExhaustionBody, FallbackReport, Resolution};
 use crate::request::BadRequest;
+use crate::stream::CommittedStream;
 use crate::Route;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
@@ -184,4 +186,43 @@ pub(super) fn exhausted<B>(
     }
     let report = exhausted.report().clone();
     finish(resp, report, started, None)
+}
+
+/// The response of the attempt that answered (served, or stopped on), with
+/// the report: a buffered body as read, a larger one passed on, or a
+/// committed stream that ends with an error chunk if it breaks.
+pub(super) fn served<RB>(
+    answer: Answer<RB>,
+    mut report: FallbackReport,
+    route: &Route,
+    span: &tracing::Span,
+    started: Instant,
+) -> Response<ResponseBody<RB>>
+where
+    RB: http_body::Body<Data = Bytes> + Unpin,
+    RB::Error: Into<crate::BoxError>,
+{
+    let facts = answer.facts;
+    report.served_model = Some(facts.model.unwrap_or_else(|| route.model().to_owned()));
+    report.provider = facts.provider;
+    report.usage = facts.usage;
+    span.record("gen_ai.response.model", report.served_model());
+    let mut parts = answer.parts;
+    let (body, handle) = match answer.body {
+        Looked::Full(b) => (ResponseBody::full(b), None),
+        Looked::Overflow(head, rb) => (ResponseBody::inner(Some(head), rb), None),
+        Looked::Committed(held, rb, tracker) => {
+            // An error chunk may be appended if the stream breaks.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            report.elapsed = started.elapsed();
+            let (body, handle) =
+                CommittedStream::new(held, rb, *tracker, route.get_idle_timeout(), report.clone(), started);
+            (ResponseBody::stream(body), Some(handle))
+        }
+    };
+    let mut resp = finish(Response::from_parts(parts, body), report, started, Some(route));
+    if let Some(handle) = handle {
+        resp.extensions_mut().insert(handle);
+    }
+    resp
 }

@@ -64,6 +64,24 @@ pub(super) struct Flight<'r, F> {
 }
 
 impl<F> Flight<'_, F> {
+    /// Records how the attempt ended on its span. Recording into a span
+    /// nobody listens to still costs a call per field (and a `log` check
+    /// when tracing's `log` feature is on), so a disabled one is skipped.
+    pub(super) fn record_span(&self, record: &AttemptRecord) {
+        if self.span.is_disabled() {
+            return;
+        }
+        self.span.record("fallback.outcome", record.outcome.as_str());
+        self.span
+            .record("fallback.latency_ms", record.elapsed.as_secs_f64() * 1000.0);
+        if let Some(s) = record.status {
+            self.span.record("http.response.status_code", s.as_u16());
+        }
+        if let Some(t) = record.error_type() {
+            self.span.record("error.type", t);
+        }
+    }
+
     /// The record of an attempt dropped because another one won.
     pub(super) fn cancelled(self) -> AttemptRecord {
         let mut record = AttemptRecord::new(self.chain, self.i, self.route, Outcome::Cancelled);

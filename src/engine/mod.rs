@@ -10,10 +10,10 @@ mod plan;
 mod prepare;
 mod verdict;
 
-use self::answer::{exhausted, finish, internal_error};
+use self::answer::{exhausted, internal_error, served};
 pub(crate) use self::attempt::attempt_body;
 use self::attempt::attempt_request;
-use self::flights::{fly, Flight, Flights, Landed, Looked, ProbeGuard};
+use self::flights::{fly, Flight, Flights, Landed, ProbeGuard};
 use self::plan::{Plan, Step};
 use self::prepare::{prepare, Prepared};
 use self::verdict::judge;
@@ -23,10 +23,9 @@ use crate::health::{Admission, DrillConfig, HealthStore, HedgeBudget};
 use crate::json::ReplayBody;
 use crate::policy::{Action, Policy};
 use crate::report::{AttemptRecord, ExhaustionBody, FallbackReport, Outcome, Resolution};
-use crate::stream::CommittedStream;
 use crate::{Attempt, BoxError, ChainSet, Route};
 use bytes::Bytes;
-use http::{header, HeaderName, Request, Response};
+use http::{HeaderName, Request, Response};
 use http_body::Body;
 use std::sync::Arc;
 use std::time::Duration;
@@ -334,20 +333,7 @@ where
             spare = Some((svc, true));
             let (verdict, answer, record) = judge(&*shared.policy, &flight, result);
             let action = verdict.action;
-            // Recording into a span nobody listens to still costs a call per
-            // field (and a `log` check when tracing's `log` feature is on).
-            if !flight.span.is_disabled() {
-                flight.span.record("fallback.outcome", record.outcome.as_str());
-                flight
-                    .span
-                    .record("fallback.latency_ms", record.elapsed.as_secs_f64() * 1000.0);
-                if let Some(s) = record.status {
-                    flight.span.record("http.response.status_code", s.as_u16());
-                }
-                if let Some(t) = record.error_type() {
-                    flight.span.record("error.type", t);
-                }
-            }
+            flight.record_span(&record);
             crate::metrics::attempt(flight.route, record.outcome, record.elapsed);
             flight.settle_health(&shared, verdict.health);
             let route = flight.route;
@@ -388,37 +374,9 @@ where
                     } else {
                         Resolution::Stopped
                     };
-                    let facts = answer.facts;
-                    report.served_model = Some(facts.model.unwrap_or_else(|| route.model().to_owned()));
-                    report.provider = facts.provider;
-                    report.usage = facts.usage;
-                    flight.span.record("gen_ai.response.model", report.served_model());
                     crate::metrics::committed(route, started.elapsed());
                     crate::metrics::request(&shared.request_metrics, report.resolution, Some(flight.position), drill);
-                    let mut parts = answer.parts;
-                    let (body, handle) = match answer.body {
-                        Looked::Full(b) => (ResponseBody::full(b), None),
-                        Looked::Overflow(head, rb) => (ResponseBody::inner(Some(head), rb), None),
-                        Looked::Committed(held, rb, tracker) => {
-                            // An error chunk may be appended if the stream breaks.
-                            parts.headers.remove(header::CONTENT_LENGTH);
-                            report.elapsed = started.elapsed();
-                            let (body, handle) = CommittedStream::new(
-                                held,
-                                rb,
-                                *tracker,
-                                route.get_idle_timeout(),
-                                report.clone(),
-                                started,
-                            );
-                            (ResponseBody::stream(body), Some(handle))
-                        }
-                    };
-                    let mut resp = finish(Response::from_parts(parts, body), report, started, Some(route));
-                    if let Some(handle) = handle {
-                        resp.extensions_mut().insert(handle);
-                    }
-                    return resp;
+                    return served(answer, report, route, &flight.span, started);
                 }
                 // Accepting a timeout or an error makes no sense; stopping on
                 // one ends the chain with the exhaustion answer.
