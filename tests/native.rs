@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use llm_fallback::native::{ProviderPrefs, ProviderSort, SortBy};
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, Outcome, Route, StreamReport};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use serde_json::{json, Value};
 use tower::{Layer, ServiceExt};
 
