@@ -18,8 +18,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_fallback::native::{Endpoint, ProviderPrefs, ProviderSort, SortBy};
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, ReplayBody, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
 

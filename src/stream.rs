@@ -411,7 +411,7 @@ fn carries_content(delta: &Map<String, Value>) -> bool {
 /// the served attempt's final outcome and the usage from the last chunk.
 ///
 /// ```
-/// # async fn demo(resp: http::Response<llm_fallback::ResponseBody<llm_fallback::testing::MockBody>>) {
+/// # async fn demo(resp: http::Response<llm_fallback::ResponseBody<llm_fallback_mock::MockBody>>) {
 /// use http_body_util::BodyExt;
 /// use llm_fallback::StreamReport;
 ///

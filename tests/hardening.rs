@@ -9,11 +9,10 @@ use common::*;
 use http::{HeaderName, StatusCode};
 use llm_fallback::health::Drills;
 use llm_fallback::native::{Endpoint, ProviderPrefs, CREDENTIAL_HEADERS};
-use llm_fallback::testing::MockBody;
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{
     BoxError, Chain, ChainName, ChainSet, ExhaustionBody, FallbackLayer, Outcome, ReplayBody, Resolution, Route,
 };
+use llm_fallback_mock::{MockBody, MockUpstream, Reply};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use tower::util::BoxCloneService;

@@ -4,9 +4,11 @@
 mod common;
 
 use common::*;
-use llm_fallback::native::{ProviderPrefs, ProviderSort, SortBy};
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
+use llm_fallback::native::{
+    DataCollection, MaxPrice, Partition, ProviderPrefs, ProviderSort, SortBy, MAX_NATIVE_FALLBACKS,
+};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, Outcome, Route, StreamReport};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use serde_json::{json, Value};
 use tower::{Layer, ServiceExt};
 
@@ -144,6 +146,74 @@ async fn a_group_past_the_cap_becomes_consecutive_attempts() {
     assert!(reqs[1].json().get("models").is_none());
     assert_eq!(body["model"], "e/e");
     assert_eq!(report(&parts).attempts().len(), 2);
+}
+
+/// The mock (its own crate, with its own copy of the `provider` object's
+/// shape and of OpenRouter's `models` cap) accepts everything the layer
+/// sends: every `ProviderPrefs` field set (a struct literal, so a new field
+/// fails to compile here until the mock learns it) and a full native group.
+/// One more model than the cap is the mock's 400, as it is OpenRouter's.
+#[tokio::test]
+async fn the_mock_accepts_every_provider_field_and_a_full_group() {
+    let every_field = ProviderPrefs {
+        order: Some(vec!["OpenAI".into()]),
+        allow_fallbacks: Some(true),
+        require_parameters: Some(false),
+        data_collection: Some(DataCollection::Deny),
+        zdr: Some(false),
+        only: Some(vec!["OpenAI".into(), "Azure".into()]),
+        ignore: Some(vec!["Together".into()]),
+        quantizations: Some(vec!["fp8".into()]),
+        sort: Some(ProviderSort::Detailed {
+            by: SortBy::Throughput,
+            partition: Some(Partition::None),
+        }),
+        max_price: Some(MaxPrice {
+            prompt: Some(1.0),
+            completion: Some(2.0),
+            request: Some(0.1),
+            image: Some(0.2),
+            audio: Some(0.3),
+        }),
+        preferred_min_throughput: Some(10.0),
+        preferred_max_latency: Some(2.0),
+    };
+    let group: Vec<String> = (0..MAX_NATIVE_FALLBACKS).map(|i| format!("m/{i}")).collect();
+    let mut upstream = MockUpstream::new().model("a/a", Reply::status(503));
+    for (i, model) in group.iter().enumerate() {
+        let last = i + 1 == group.len();
+        upstream = upstream.model(model.as_str(), if last { Reply::ok() } else { Reply::status(503) });
+    }
+    let route = Route::new("a/a")
+        .provider(every_field.clone())
+        .native_fallbacks(group.clone());
+    let (parts, body, server) = send(
+        upstream.clone(),
+        Chain::new([route]),
+        json!({"model": "x", "messages": []}),
+    )
+    .await;
+    assert_eq!(parts.status, 200, "{body}");
+    assert_eq!(body["model"], group[group.len() - 1].as_str());
+    let reqs = server.upstream().requests();
+    assert_eq!(reqs.len(), 1, "one request, the whole group server-side");
+    assert_eq!(reqs[0].json()["provider"], serde_json::to_value(&every_field).unwrap());
+    assert_eq!(reqs[0].json()["models"], json!(group));
+
+    let past_cap: Vec<String> = (0..=MAX_NATIVE_FALLBACKS).map(|i| format!("m/{i}")).collect();
+    let refused = upstream
+        .oneshot(post(
+            "http://openrouter.test/api/v1/chat/completions",
+            json!({"model": "a/a", "models": past_cap, "messages": []}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let (parts, body) = body_json(refused).await;
+    assert_eq!(parts.status, 400);
+    assert_eq!(
+        body["error"]["message"],
+        format!("'models' array must have {MAX_NATIVE_FALLBACKS} items or fewer")
+    );
 }
 
 #[tokio::test]
