@@ -174,6 +174,7 @@ mod capability;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+mod dialect;
 mod engine;
 mod future;
 pub mod health;
@@ -199,8 +200,7 @@ pub use json::ReplayBody;
 pub use layer::{FallbackLayer, FallbackService};
 pub use policy::{DefaultPolicy, Policy};
 pub use report::{
-    AttemptRecord, Exhausted, ExhaustionBody, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError,
-    Usage,
+    AttemptRecord, ExhaustionBody, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError, Usage,
 };
 pub use route::{Attempt, Chain, ChainName, ChainSet, Route};
 pub use stream::StreamReport;

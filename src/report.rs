@@ -600,7 +600,7 @@ pub struct Usage {
 /// Its `Display` reads as one sentence naming every model tried and why it
 /// failed; it is the `message` of the `502`/`504` answer the caller gets.
 #[derive(Clone, Debug)]
-pub struct Exhausted {
+pub(crate) struct Exhausted {
     report: FallbackReport,
 }
 
@@ -610,21 +610,12 @@ impl Exhausted {
     }
 
     /// The full report of the failed chain.
-    pub fn report(&self) -> &FallbackReport {
+    pub(crate) fn report(&self) -> &FallbackReport {
         &self.report
     }
 
-    /// The status the caller gets: `504` when the deadline ended the chain,
-    /// else `502`.
-    pub fn status(&self) -> StatusCode {
-        match self.report.resolution {
-            Resolution::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
-        }
-    }
-
     /// The shortest `Retry-After` any upstream sent, if any did.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         self.report.attempts.iter().filter_map(|a| a.retry_after).min()
     }
 }

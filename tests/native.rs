@@ -4,20 +4,17 @@
 mod common;
 
 use common::*;
-use llm_fallback::native::{
-    DataCollection, MaxPrice, Partition, ProviderPrefs, ProviderSort, SortBy, MAX_NATIVE_FALLBACKS,
-};
+use llm_fallback::native::{ProviderPrefs, ProviderSort, SortBy, MAX_NATIVE_FALLBACKS};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, Outcome, Route, StreamReport};
 use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use serde_json::{json, Value};
 use tower::{Layer, ServiceExt};
 
 fn prefs(order: &[&str], allow_fallbacks: bool) -> ProviderPrefs {
-    ProviderPrefs {
-        order: Some(order.iter().map(|s| s.to_string()).collect()),
-        allow_fallbacks: Some(allow_fallbacks),
-        ..ProviderPrefs::default()
-    }
+    let mut prefs = ProviderPrefs::default();
+    prefs.order = Some(order.iter().map(|s| s.to_string()).collect());
+    prefs.allow_fallbacks = Some(allow_fallbacks);
+    prefs
 }
 
 async fn send(upstream: MockUpstream, chain: Chain, body: Value) -> (http::response::Parts, Value, MockServer) {
@@ -40,10 +37,9 @@ fn without(mut v: Value, key: &str) -> Value {
 async fn route_provider_is_inserted_when_the_caller_has_none() {
     let body = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.1});
     let upstream = MockUpstream::new().model("a/a", Reply::ok());
-    let route = Route::new("a/a").provider(ProviderPrefs {
-        sort: Some(ProviderSort::By(SortBy::Price)),
-        ..prefs(&["OpenAI"], true)
-    });
+    let mut sorted = prefs(&["OpenAI"], true);
+    sorted.sort = Some(ProviderSort::By(SortBy::Price));
+    let route = Route::new("a/a").provider(sorted);
     let (parts, _, server) = send(upstream, Chain::new([route]), body.clone()).await;
     assert_eq!(parts.status, 200);
     let sent = server.upstream().requests()[0].json();
@@ -150,34 +146,34 @@ async fn a_group_past_the_cap_becomes_consecutive_attempts() {
 
 /// The mock (its own crate, with its own copy of the `provider` object's
 /// shape and of OpenRouter's `models` cap) accepts everything the layer
-/// sends: every `ProviderPrefs` field set (a struct literal, so a new field
-/// fails to compile here until the mock learns it) and a full native group.
-/// One more model than the cap is the mock's 400, as it is OpenRouter's.
+/// sends: every `ProviderPrefs` field set and a full native group. The
+/// fields come from JSON that must read back whole, and hold as many keys as
+/// the crate's own `ProviderPrefs` literal (`native::tests`, which fails to
+/// compile when a field is added), so a new field fails here until the mock
+/// learns it. One more model than the cap is the mock's 400, as it is
+/// OpenRouter's.
 #[tokio::test]
 async fn the_mock_accepts_every_provider_field_and_a_full_group() {
-    let every_field = ProviderPrefs {
-        order: Some(vec!["OpenAI".into()]),
-        allow_fallbacks: Some(true),
-        require_parameters: Some(false),
-        data_collection: Some(DataCollection::Deny),
-        zdr: Some(false),
-        only: Some(vec!["OpenAI".into(), "Azure".into()]),
-        ignore: Some(vec!["Together".into()]),
-        quantizations: Some(vec!["fp8".into()]),
-        sort: Some(ProviderSort::Detailed {
-            by: SortBy::Throughput,
-            partition: Some(Partition::None),
-        }),
-        max_price: Some(MaxPrice {
-            prompt: Some(1.0),
-            completion: Some(2.0),
-            request: Some(0.1),
-            image: Some(0.2),
-            audio: Some(0.3),
-        }),
-        preferred_min_throughput: Some(10.0),
-        preferred_max_latency: Some(2.0),
-    };
+    let all = json!({
+        "order": ["OpenAI"],
+        "allow_fallbacks": true,
+        "require_parameters": false,
+        "data_collection": "deny",
+        "zdr": false,
+        "only": ["OpenAI", "Azure"],
+        "ignore": ["Together"],
+        "quantizations": ["fp8"],
+        "sort": {"by": "throughput", "partition": "none"},
+        "max_price": {"prompt": 1.0, "completion": 2.0, "request": 0.1, "image": 0.2, "audio": 0.3},
+        "preferred_min_throughput": 10.0,
+        "preferred_max_latency": 2.0,
+    });
+    let every_field: ProviderPrefs = serde_json::from_value(all.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&every_field).unwrap(), all, "every key is a field");
+    assert_eq!(
+        all.as_object().unwrap().len(),
+        llm_fallback::native::PROVIDER_PREFS_FIELDS
+    );
     let group: Vec<String> = (0..MAX_NATIVE_FALLBACKS).map(|i| format!("m/{i}")).collect();
     let mut upstream = MockUpstream::new().model("a/a", Reply::status(503));
     for (i, model) in group.iter().enumerate() {

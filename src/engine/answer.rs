@@ -4,6 +4,7 @@
 use super::flights::{Answer, Looked};
 use super::{X_FALLBACK_ATTEMPTS, X_FALLBACK_LABEL, X_FALLBACK_MODEL};
 use crate::body::ResponseBody;
+use crate::dialect::{Dialect, ErrorBody};
 use crate::json::BadEdits;
 use crate::report::{Exhausted, ExhaustionBody, FallbackReport, Resolution};
 use crate::request::BadRequest;
@@ -54,8 +55,14 @@ fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str, prebuilt: 
     }
 }
 
-pub(super) fn json_response<B>(status: StatusCode, body: serde_json::Value) -> Response<ResponseBody<B>> {
-    let bytes = Bytes::from(serde_json::to_vec(&body).expect("a JSON value always serializes"));
+/// An error answer in `dialect`'s shape.
+fn error_response<B>(
+    dialect: Dialect,
+    status: StatusCode,
+    error: ErrorBody<'_>,
+    metadata: Option<serde_json::Value>,
+) -> Response<ResponseBody<B>> {
+    let bytes = dialect.error_body(error, metadata);
     let mut resp = Response::new(ResponseBody::full(bytes));
     *resp.status_mut() = status;
     resp.headers_mut()
@@ -63,38 +70,41 @@ pub(super) fn json_response<B>(status: StatusCode, body: serde_json::Value) -> R
     resp
 }
 
-pub(super) fn reject<B>(status: StatusCode, bad: &BadRequest, started: Instant) -> Response<ResponseBody<B>> {
+pub(super) fn reject<B>(
+    dialect: Dialect,
+    status: StatusCode,
+    bad: &BadRequest,
+    started: Instant,
+) -> Response<ResponseBody<B>> {
     tracing::debug!(code = bad.code, "llm fallback rejected the request");
-    let resp = json_response(
-        status,
-        json!({"error": {
-            "message": bad.message,
-            "type": "invalid_request_error",
-            "param": bad.param,
-            "code": bad.code,
-        }}),
-    );
+    let error = ErrorBody {
+        kind: "invalid_request_error",
+        code: bad.code,
+        param: bad.param,
+        message: &bad.message,
+    };
+    let resp = error_response(dialect, status, error, None);
     finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
 }
 
 /// A bug of the crate met while building an attempt: a `500` in OpenAI
 /// error JSON, with nothing sent for the attempt.
-pub(super) fn internal_error<B>(bad: &BadEdits, started: Instant) -> Response<ResponseBody<B>> {
+pub(super) fn internal_error<B>(dialect: Dialect, bad: &BadEdits, started: Instant) -> Response<ResponseBody<B>> {
     tracing::error!(error = %bad, "llm fallback could not build an attempt's body (a bug; please report it)");
-    let resp = json_response(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        json!({"error": {
-            "message": format!("the fallback layer could not build the request for an attempt: {bad}"),
-            "type": "internal_error",
-            "param": null,
-            "code": "fallback_internal_error",
-        }}),
-    );
+    let message = format!("the fallback layer could not build the request for an attempt: {bad}");
+    let error = ErrorBody {
+        kind: "internal_error",
+        code: "fallback_internal_error",
+        param: None,
+        message: &message,
+    };
+    let resp = error_response(dialect, StatusCode::INTERNAL_SERVER_ERROR, error, None);
     finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
 }
 
-pub(super) fn too_large<B>(limit: usize, started: Instant) -> Response<ResponseBody<B>> {
+pub(super) fn too_large<B>(dialect: Dialect, limit: usize, started: Instant) -> Response<ResponseBody<B>> {
     reject(
+        dialect,
         StatusCode::PAYLOAD_TOO_LARGE,
         &BadRequest {
             code: "request_too_large",
@@ -109,6 +119,7 @@ pub(super) fn too_large<B>(limit: usize, started: Instant) -> Response<ResponseB
 /// the deadline ended the chain) with every attempt named, whatever the last
 /// failure was.
 pub(super) fn exhausted<B>(
+    dialect: Dialect,
     mut report: FallbackReport,
     body: ExhaustionBody,
     started: Instant,
@@ -121,7 +132,7 @@ pub(super) fn exhausted<B>(
             param: None,
             message: format!("no route of the chain can serve this request: {}", reasons.join("; ")),
         };
-        let mut resp = reject(StatusCode::BAD_REQUEST, &bad, started);
+        let mut resp = reject(dialect, StatusCode::BAD_REQUEST, &bad, started);
         report.resolution = Resolution::Rejected;
         report.elapsed = started.elapsed();
         resp.extensions_mut().insert(report);
@@ -163,23 +174,23 @@ pub(super) fn exhausted<B>(
             })
         })
         .collect();
-    let status = exhausted.status();
-    let mut resp = json_response(
-        status,
-        json!({"error": {
-            "message": match body {
-                ExhaustionBody::Summary => exhausted.summary(),
-                _ => exhausted.to_string(),
-            },
-            "type": "upstream_error",
-            "param": null,
-            "code": match exhausted.report().resolution() {
-                Resolution::DeadlineExceeded => "fallback_deadline_exceeded",
-                _ => "fallback_exhausted",
-            },
-            "metadata": {"attempts": attempts},
-        }}),
-    );
+    let deadline = exhausted.report().resolution() == Resolution::DeadlineExceeded;
+    let message = match body {
+        ExhaustionBody::Summary => exhausted.summary(),
+        _ => exhausted.to_string(),
+    };
+    let error = ErrorBody {
+        kind: "upstream_error",
+        code: if deadline {
+            "fallback_deadline_exceeded"
+        } else {
+            "fallback_exhausted"
+        },
+        param: None,
+        message: &message,
+    };
+    let status = dialect.exhaustion_status(deadline);
+    let mut resp = error_response(dialect, status, error, Some(json!({ "attempts": attempts })));
     if let Some(after) = exhausted.retry_after() {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));

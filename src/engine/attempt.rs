@@ -1,6 +1,7 @@
 //! What one attempt sends: the caller's body with the route's edits (zero
 //! copy), and the caller's request head for the route's endpoint.
 
+use crate::dialect::Dialect;
 use crate::json::{BadEdits, Edit, ReplayBody};
 use crate::request::{removals, MemberSpan, RequestIndex};
 use crate::{Attempt, Route};
@@ -108,11 +109,12 @@ pub(super) fn attempt_request(
     attempt: Attempt,
     route: &Route,
     credential_headers: &[HeaderName],
+    dialect: Dialect,
 ) -> Request<ReplayBody> {
     let len = body.len();
     let mut req = Request::from_parts(parts, body);
     if let Some(endpoint) = route.get_endpoint() {
-        *req.uri_mut() = endpoint.chat_uri.clone();
+        *req.uri_mut() = dialect.endpoint_uri(endpoint).clone();
         let headers = req.headers_mut();
         // A key or host meant for the caller's upstream never goes elsewhere.
         headers.remove(header::HOST);

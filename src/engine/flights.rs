@@ -5,6 +5,7 @@
 use super::verdict::Learned;
 use super::Shared;
 use crate::body::{collect_bounded, CollectError};
+use crate::dialect::Dialect;
 use crate::health::{HealthEvent, HealthStore};
 use crate::inspect::BodyFacts;
 use crate::json::ReplayBody;
@@ -148,6 +149,7 @@ pub(super) async fn fly<S, RB>(
     max_response_bytes: usize,
     limit: Option<Duration>,
     head: Arc<std::sync::atomic::AtomicBool>,
+    dialect: Dialect,
 ) -> (S, Option<Result<Answer<RB>, BoxError>>)
 where
     S: Service<Request<ReplayBody>, Response = Response<RB>>,
@@ -155,7 +157,7 @@ where
     RB: Body<Data = Bytes> + Unpin,
     RB::Error: Into<BoxError>,
 {
-    let call = send(&mut svc, poll_ready, request, max_response_bytes, &head);
+    let call = send(&mut svc, poll_ready, request, max_response_bytes, &head, dialect);
     let out = match limit {
         Some(l) => tokio::time::timeout(l, call).await.ok(),
         None => Some(call.await),
@@ -171,6 +173,7 @@ async fn send<S, RB>(
     request: Request<ReplayBody>,
     max_response_bytes: usize,
     head: &std::sync::atomic::AtomicBool,
+    dialect: Dialect,
 ) -> Result<Answer<RB>, BoxError>
 where
     S: Service<Request<ReplayBody>, Response = Response<RB>>,
@@ -187,12 +190,12 @@ where
     let (parts, mut rb) = resp.into_parts();
     if parts.status.is_success() && crate::policy::is_event_stream(&parts.headers) {
         // A stream commits at its first content, not at its head.
-        return until_first_token(parts, rb, max_response_bytes).await;
+        return until_first_token(parts, rb, max_response_bytes, dialect).await;
     }
     head.store(true, std::sync::atomic::Ordering::Release);
     match collect_bounded(&mut rb, max_response_bytes).await {
         Ok(bytes) => {
-            let facts = BodyFacts::inspect(&bytes);
+            let facts = dialect.inspect(&bytes);
             Ok(Answer {
                 parts,
                 body: Looked::Full(bytes),
@@ -216,12 +219,13 @@ async fn until_first_token<RB>(
     parts: http::response::Parts,
     mut rb: RB,
     max_held_bytes: usize,
+    dialect: Dialect,
 ) -> Result<Answer<RB>, BoxError>
 where
     RB: Body<Data = Bytes> + Unpin,
     RB::Error: Into<BoxError>,
 {
-    let mut tracker = SseTracker::default();
+    let mut tracker = dialect.stream_tracker();
     let mut held = VecDeque::new();
     let mut held_len = 0usize;
     let signal = loop {

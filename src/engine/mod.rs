@@ -161,6 +161,7 @@ where
             deadline,
             guard,
             drill,
+            dialect,
         } = match prepare(&shared, req, started).await {
             Ok(prepared) => prepared,
             Err(refused) => return refused,
@@ -244,7 +245,7 @@ where
                         // The edits come from the scanner's spans; this is a
                         // bug of the crate, answered without sending anything
                         // rather than with a panic or a mangled body.
-                        Err(bad) => return internal_error(&bad, started),
+                        Err(bad) => return internal_error(dialect, &bad, started),
                     };
                     // The last attempt this request can make (no route after
                     // it, no switch to a content-policy chain) takes the
@@ -257,7 +258,14 @@ where
                     let Some(parts) = parts else {
                         break; // cannot happen: nothing launches after the last attempt
                     };
-                    let request = attempt_request(parts, replay, attempt.clone(), route, &shared.credential_headers);
+                    let request = attempt_request(
+                        parts,
+                        replay,
+                        attempt.clone(),
+                        route,
+                        &shared.credential_headers,
+                        dialect,
+                    );
                     let span = tracing::info_span!(
                         "llm_fallback.attempt",
                         fallback.attempt = i,
@@ -283,8 +291,16 @@ where
                     }
                     let head = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let fut = Box::pin(
-                        fly(svc, must_poll, request, shared.max_response_bytes, limit, head.clone())
-                            .instrument(span.clone()),
+                        fly(
+                            svc,
+                            must_poll,
+                            request,
+                            shared.max_response_bytes,
+                            limit,
+                            head.clone(),
+                            dialect,
+                        )
+                        .instrument(span.clone()),
                     );
                     plan.sent();
                     let hedge_after = route.get_hedge_after().or(plan.chain().get_hedge_after());
@@ -398,7 +414,7 @@ where
             }
         }
         crate::metrics::request(&shared.request_metrics, report.resolution, None, drill);
-        exhausted(report, shared.exhaustion_body, started)
+        exhausted(dialect, report, shared.exhaustion_body, started)
     };
     let resp = work.instrument(span.clone()).await;
     if let Some(report) = resp

@@ -6,9 +6,10 @@
 use super::answer::{reject, too_large};
 use super::{Shared, X_FALLBACK_CHAIN};
 use crate::body::{collect_bounded, CollectError, ResponseBody};
-use crate::capability::{self, Needs, PriceGuard};
+use crate::capability::{Needs, PriceGuard};
+use crate::dialect::Dialect;
 use crate::report::{FallbackReport, Resolution};
-use crate::request::{index_request, index_request_with_media, BadRequest, RequestIndex};
+use crate::request::{BadRequest, RequestIndex};
 use crate::{BoxError, Chain, ChainName};
 use bytes::Bytes;
 use http::{header, Request, Response, StatusCode};
@@ -31,6 +32,8 @@ pub(super) struct Prepared<'s> {
     pub(super) deadline: Option<Instant>,
     pub(super) guard: Option<PriceGuard>,
     pub(super) drill: bool,
+    /// The request's API shape.
+    pub(super) dialect: Dialect,
 }
 
 /// Prepares `req`, or answers it with its refusal (`400`/`413`).
@@ -44,6 +47,7 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
+    let dialect = Dialect::of(parts.uri.path());
 
     // Bound before buffering: a declared length over the limit is refused
     // without reading a byte.
@@ -53,16 +57,17 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > shared.max_body_bytes as u64) {
-        return Err(too_large(shared.max_body_bytes, started));
+        return Err(too_large(dialect, shared.max_body_bytes, started));
     }
     let body = std::pin::pin!(body);
     let mut body = body;
     let body = match collect_bounded(&mut body, shared.max_body_bytes).await {
         Ok(b) => b,
-        Err(CollectError::TooLarge { .. }) => return Err(too_large(shared.max_body_bytes, started)),
+        Err(CollectError::TooLarge { .. }) => return Err(too_large(dialect, shared.max_body_bytes, started)),
         Err(CollectError::Body(e)) => {
             let e: BoxError = e.into();
             return Err(reject(
+                dialect,
                 StatusCode::BAD_REQUEST,
                 &BadRequest {
                     code: "unreadable_body",
@@ -73,13 +78,10 @@ where
             ));
         }
     };
-    let mut index = match if shared.reads_needs {
-        index_request_with_media(&body)
-    } else {
-        index_request(&body)
-    } {
+    // Media parts are counted only when something reads needs.
+    let mut index = match dialect.index(&body, shared.reads_needs) {
         Ok(i) => i,
-        Err(bad) => return Err(reject(StatusCode::BAD_REQUEST, &bad, started)),
+        Err(bad) => return Err(reject(dialect, StatusCode::BAD_REQUEST, &bad, started)),
     };
     let current = tracing::Span::current();
     if !current.is_disabled() {
@@ -105,7 +107,7 @@ where
     };
     // Needs are only read when some route declares limits or some chain
     // is picked by them.
-    let needs = shared.reads_needs.then(|| capability::detect(&body, &index));
+    let needs = shared.reads_needs.then(|| dialect.needs(&body, &index));
     // Removed always; read only when the layer allows callers to pick.
     let header_choice = parts
         .headers
@@ -124,7 +126,7 @@ where
                 param: None,
                 message,
             };
-            return Err(reject(StatusCode::BAD_REQUEST, &bad, started));
+            return Err(reject(dialect, StatusCode::BAD_REQUEST, &bad, started));
         }
     };
     report.chain = Some(chain_name.clone());
@@ -155,5 +157,6 @@ where
         deadline,
         guard,
         drill,
+        dialect,
     })
 }
