@@ -248,7 +248,11 @@ where
                 // Holding more than the response limit would let a stream of
                 // keep-alives grow without bound: commit and pass it on.
                 if s != Signal::None || held_len > max_held_bytes {
-                    break if s == Signal::None { Signal::Commit } else { s };
+                    if s == Signal::None {
+                        tracker.force_commit();
+                        break Signal::Commit;
+                    }
+                    break s;
                 }
             }
         }
