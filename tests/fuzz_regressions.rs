@@ -1,0 +1,198 @@
+//! The engine fuzz target's properties in CI (`tests/support/engine_fuzz.rs`,
+//! shared with `fuzz/fuzz_targets/engine.rs`): every seed and every input
+//! the fuzzer ever failed on (`fuzz/seeds/**`, `fuzz/regressions/**`), a
+//! few thousand generated cases, and checks that the oracle bites.
+//!
+//! `ENGINE_FUZZ_CASES` raises the number of generated cases (default 2000).
+
+#[path = "support/engine_fuzz.rs"]
+mod engine_fuzz;
+
+use engine_fuzz::{check_error_chunk, expected_members, run, sse_events, Members};
+use llm_fallback::native::{Endpoint, ProviderPrefs};
+use llm_fallback::{Resolution, Route};
+use std::path::{Path, PathBuf};
+
+fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Every seed and regression, through the engine harness.
+#[test]
+fn fuzz_seeds_and_regressions() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut all = Vec::new();
+    files(&root.join("seeds"), &mut all);
+    files(&root.join("regressions"), &mut all);
+    all.sort();
+    let mut engine = 0;
+    for path in &all {
+        let data = std::fs::read(path).unwrap();
+        let outcome = std::panic::catch_unwind(|| run(&data));
+        if let Err(e) = outcome {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            panic!("{} fails: {msg}", path.display());
+        }
+        engine += path.components().any(|c| c.as_os_str() == "engine") as usize;
+    }
+    assert!(all.len() >= 16, "only {} seed files found", all.len());
+    assert!(engine >= 1, "no engine seed or regression found");
+}
+
+/// The issue's body (five edits through a non-OpenRouter endpoint route)
+/// with the default case: one route on a local non-OpenRouter endpoint.
+#[test]
+fn issue_13_five_edit_body() {
+    let body =
+        br#"{"provider":{},"a":1,"models":[],"b":2,"route":"x","c":3,"transforms":[],"model":"m","messages":[]}"#;
+    let summary = run(body);
+    assert_eq!(summary.resolution, Some(Resolution::Served));
+    assert_eq!(summary.received, 1);
+    assert_eq!(summary.checked_bodies, 1);
+    assert_eq!(summary.endpoint_requests, 1);
+}
+
+/// A deterministic stream of inputs (xorshift), so CI runs the harness over
+/// many shapes; the counts say it reaches the interesting paths.
+#[test]
+fn generated_cases() {
+    let cases: usize = std::env::var("ENGINE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut served, mut rejected, mut exhausted, mut committed, mut chunks, mut checked, mut endpoint) =
+        (0, 0, 0, 0, 0, 0, 0);
+    for _ in 0..cases {
+        let len = 8 + (next() % 120) as usize;
+        let mut data: Vec<u8> = (0..len).map(|_| (next() % 255) as u8).collect();
+        // Generated bodies (mode 1 or 2), then a 0xFF and a pool.
+        data[0] = 1 + (next() % 2) as u8;
+        data.push(0xFF);
+        data.extend_from_slice(b"pool \"text\" \\ \xc3\xa9 data: [DONE]\n\n{}");
+        let s = run(&data);
+        match s.resolution {
+            Some(Resolution::Served) | Some(Resolution::Stopped) => served += 1,
+            Some(Resolution::Rejected) => rejected += 1,
+            Some(Resolution::Exhausted) | Some(Resolution::DeadlineExceeded) => exhausted += 1,
+            _ => {}
+        }
+        committed += s.committed_stream as usize;
+        chunks += s.error_chunk.is_some() as usize;
+        checked += s.checked_bodies;
+        endpoint += s.endpoint_requests;
+    }
+    println!(
+        "{cases} cases: {served} served, {rejected} rejected, {exhausted} exhausted, {committed} committed streams, \
+         {chunks} error chunks, {checked} bodies checked, {endpoint} requests to endpoints"
+    );
+    if cases >= 2000 {
+        for (what, n) in [
+            ("served", served),
+            ("rejected", rejected),
+            ("exhausted", exhausted),
+            ("committed streams", committed),
+            ("error chunks", chunks),
+            ("bodies checked", checked),
+            ("endpoint requests", endpoint),
+        ] {
+            assert!(n >= 10, "only {n} cases with {what}");
+        }
+    }
+}
+
+fn members(json: &str) -> Vec<(String, serde_json::Value)> {
+    serde_json::from_str::<Members>(json).unwrap().0
+}
+
+/// The expected body for the issue's example, written out by hand.
+#[test]
+fn the_oracle_removes_openrouter_keys_for_other_endpoints() {
+    let caller = members(
+        r#"{"provider":{},"a":1,"models":[],"b":2,"route":"x","c":3,"transforms":[],"model":"m","messages":[]}"#,
+    );
+    let local = Route::new("r/1").endpoint(Endpoint::new("http://127.0.0.1:9/v1").unwrap());
+    assert_eq!(
+        expected_members(&caller, &local, true),
+        members(r#"{"a":1,"b":2,"c":3,"model":"r/1","messages":[]}"#)
+    );
+    // OpenRouter: only the model changes.
+    assert_eq!(
+        expected_members(&caller, &Route::new("r/1"), false),
+        members(
+            r#"{"provider":{},"a":1,"models":[],"b":2,"route":"x","c":3,"transforms":[],"model":"r/1","messages":[]}"#
+        )
+    );
+    // The route's own provider/models stay (replaced in place) on another endpoint.
+    let own = local
+        .clone()
+        .provider(ProviderPrefs::default())
+        .native_fallbacks(["n/1"]);
+    assert_eq!(
+        expected_members(&caller, &own, true),
+        members(r#"{"provider":{},"a":1,"models":["n/1"],"b":2,"c":3,"model":"r/1","messages":[]}"#)
+    );
+    // ... or are inserted first, provider before models.
+    let bare = members(r#"{"model":"m","route":"x"}"#);
+    assert_eq!(
+        expected_members(&bare, &own, true),
+        members(r#"{"provider":{},"models":["n/1"],"model":"r/1"}"#)
+    );
+}
+
+#[test]
+fn the_chunk_check_bites() {
+    let chunk = br#"data: {"id":"llm-fallback-error","object":"chat.completion.chunk","created":1,"model":"m","error":{"code":"stream_broken","message":"x"},"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error","native_finish_reason":"error"}]}
+
+"#;
+    let up = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+    assert_eq!(check_error_chunk(up, chunk).unwrap(), "stream_broken");
+    // Two chunks, or one glued to a half line, or to an undispatched event.
+    let mut two = chunk.to_vec();
+    two.extend_from_slice(chunk);
+    assert!(check_error_chunk(up, &two).is_err());
+    assert!(check_error_chunk(b"data: {\"cho", chunk).is_err());
+    let mut prefixed = b"\n\n".to_vec();
+    prefixed.extend_from_slice(chunk);
+    assert!(check_error_chunk(b"data: {\"cho", &prefixed).is_ok());
+    assert!(
+        check_error_chunk(b"data: x\n", chunk).is_err(),
+        "merged with a pending event"
+    );
+    assert!(check_error_chunk(up, b"data: {\"id\":\"other\"}\n\n").is_err());
+    assert_eq!(
+        sse_events(b"data: a\r\rdata: b\ndata: c\r\n\r\n: c\n\ndata"),
+        [b"a".to_vec(), b"b\nc".to_vec()]
+    );
+}
+
+/// `ENGINE_FUZZ_FILE=path cargo test --test fuzz_regressions replay_one -- --ignored --nocapture`:
+/// decodes one input, writes its caller body to `path.body`, and runs it.
+#[test]
+#[ignore]
+fn replay_one() {
+    let path = std::env::var("ENGINE_FUZZ_FILE").expect("ENGINE_FUZZ_FILE");
+    let data = std::fs::read(&path).unwrap();
+    let case = engine_fuzz::decode(&data);
+    std::fs::write(format!("{path}.body"), &case.body.0).unwrap();
+    println!("{case:#?}");
+    println!("{:?}", engine_fuzz::run_case(&case));
+}
