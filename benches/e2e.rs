@@ -93,12 +93,14 @@ async fn proxy(stack: Stack, upstream: Uri) -> SocketAddr {
         Stack::Floor => {
             let client: Client<HttpConnector, llm_fallback::ReplayBody> =
                 Client::builder(TokioExecutor::new()).build_http();
+            let route = std::sync::Arc::new(llm_fallback::Route::new(NEW_MODEL));
             let svc = tower::service_fn(move |req: Request<axum::body::Body>| {
                 let client = client.clone();
+                let route = route.clone();
                 let (mut parts, body) = set_uri(req).into_parts();
                 async move {
                     let bytes = body.collect().await?.to_bytes();
-                    let replay = llm_fallback::__private::rewrite_model(&bytes, NEW_MODEL)?;
+                    let replay = llm_fallback::__private::rewrite_for(&bytes, &route)?;
                     parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(replay.len()));
                     let (head, body) = client.request(Request::from_parts(parts, replay)).await?.into_parts();
                     let bytes = body.collect().await?.to_bytes();

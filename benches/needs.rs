@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use llm_fallback::__private::{detect_needs, rewrite_model, rewrite_with_needs};
+use llm_fallback::__private::{detect_needs, rewrite_for, rewrite_with_needs};
 use serde_json::json;
 
 fn body() -> Bytes {
@@ -43,13 +43,14 @@ fn bench(c: &mut Criterion) {
     assert!(needs
         .capabilities
         .contains(llm_fallback::Capabilities::VISION | llm_fallback::Capabilities::TOOLS));
+    let route = llm_fallback::Route::new("anthropic/claude-3.5-sonnet");
     let mut group = c.benchmark_group("needs_1MiB_images_tools");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("rewrite (baseline)", |b| {
-        b.iter(|| black_box(rewrite_model(black_box(&body), "anthropic/claude-3.5-sonnet").unwrap()))
+        b.iter(|| black_box(rewrite_for(black_box(&body), &route).unwrap()))
     });
     group.bench_function("rewrite + needs", |b| {
-        b.iter(|| black_box(rewrite_with_needs(black_box(&body), "anthropic/claude-3.5-sonnet").unwrap()))
+        b.iter(|| black_box(rewrite_with_needs(black_box(&body), &route).unwrap()))
     });
     group.finish();
 }

@@ -26,7 +26,9 @@ use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use llm_fallback::ReplayBody;
+use llm_fallback::Route;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 // The gateway example's allocator, so the two differ only in what they do.
@@ -83,20 +85,32 @@ async fn forward(
     Ok((parts, body.collect().await?.to_bytes()))
 }
 
-async fn handle(client: Upstream, uri: Uri, models: [String; 2], req: Request<Body>) -> Response<Body> {
+async fn handle(client: Upstream, uri: Uri, models: Arc<[Route; 2]>, req: Request<Body>) -> Response<Body> {
     let (head, body) = req.into_parts();
     let result = async {
         let bytes = body.collect().await?.to_bytes();
+        // The routes are built once at start, as the layer builds its chain;
+        // a primary named by the header is looked up among them.
+        let named;
         let primary = match head.headers.get("x-floor-primary") {
-            Some(v) => v.to_str()?,
+            Some(v) => {
+                let v = v.to_str()?;
+                match models.iter().find(|r| r.model() == v) {
+                    Some(route) => route,
+                    None => {
+                        named = Route::new(v);
+                        &named
+                    }
+                }
+            }
             None => &models[0],
         };
-        let first = llm_fallback::__private::rewrite_model(&bytes, primary)?;
+        let first = llm_fallback::__private::rewrite_for(&bytes, primary)?;
         let (parts, answer) = forward(&client, &head, &uri, first).await?;
         if parts.status.is_success() {
             return Ok((parts, answer));
         }
-        let second = llm_fallback::__private::rewrite_model(&bytes, &models[1])?;
+        let second = llm_fallback::__private::rewrite_for(&bytes, &models[1])?;
         forward(&client, &head, &uri, second).await
     };
     match result.await {
@@ -128,16 +142,10 @@ async fn main() {
     let client: Upstream = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(http);
+    let routes = Arc::new([Route::new(primary), Route::new(fallback)]);
     let app = axum::Router::new().route(
         "/v1/chat/completions",
-        axum::routing::post(move |req: Request<Body>| {
-            handle(
-                client.clone(),
-                upstream.clone(),
-                [primary.clone(), fallback.clone()],
-                req,
-            )
-        }),
+        axum::routing::post(move |req: Request<Body>| handle(client.clone(), upstream.clone(), routes.clone(), req)),
     );
     use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(listen)

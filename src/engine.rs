@@ -7,11 +7,11 @@ use crate::body::{collect_bounded, CollectError, ResponseBody};
 use crate::capability::{self, PriceGuard, SkipReason};
 use crate::health::{Admission, DrillConfig, HealthEvent, HealthStore, HedgeBudget};
 use crate::inspect::BodyFacts;
-use crate::json::{Edit, ReplayBody};
+use crate::json::{BadEdits, Edit, ReplayBody};
 use crate::native;
 use crate::policy::{self, Action, Observed, Policy, ResponseInfo};
 use crate::report::UpstreamError;
-use crate::report::{AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution};
+use crate::report::{AttemptRecord, Exhausted, ExhaustionBody, FallbackReport, Outcome, Resolution};
 use crate::request::{index_request, index_request_with_media, removals, BadRequest, MemberSpan, RequestIndex};
 use crate::stream::{CommittedStream, Signal, SseTracker};
 use crate::{Attempt, BoxError, ChainName, ChainSet, Route};
@@ -61,6 +61,12 @@ pub(crate) struct Shared<P> {
     /// Hedging is on when set; it bounds the extra requests.
     pub(crate) hedge_budget: Option<Arc<HedgeBudget>>,
     pub(crate) drills: Option<Arc<DrillConfig>>,
+    /// Honour the caller's `x-fallback-chain` header (it is removed either way).
+    pub(crate) allow_chain_header: bool,
+    /// What the exhaustion answer's body says.
+    pub(crate) exhaustion_body: ExhaustionBody,
+    /// Removed from the caller's request for any route on another endpoint.
+    pub(crate) credential_headers: Arc<[HeaderName]>,
     /// Request counters' handles, shared by clones.
     pub(crate) request_metrics: Arc<crate::metrics::RequestMetrics>,
 }
@@ -76,7 +82,20 @@ impl<P> Shared<P> {
             health: None,
             hedge_budget: None,
             drills: None,
+            allow_chain_header: false,
+            exhaustion_body: ExhaustionBody::Full,
+            credential_headers: Arc::from(crate::native::CREDENTIAL_HEADERS.as_slice()),
             request_metrics: Arc::default(),
+        }
+    }
+
+    /// Adds `name` to the credential headers removed for routes on another
+    /// endpoint (no duplicates).
+    pub(crate) fn add_credential_header(&mut self, name: HeaderName) {
+        if !self.credential_headers.contains(&name) {
+            let mut names = self.credential_headers.to_vec();
+            names.push(name);
+            self.credential_headers = Arc::from(names);
         }
     }
 
@@ -103,6 +122,9 @@ impl<P> Shared<P> {
             health: self.health.clone(),
             hedge_budget: self.hedge_budget.clone(),
             drills: self.drills.clone(),
+            allow_chain_header: self.allow_chain_header,
+            exhaustion_body: self.exhaustion_body,
+            credential_headers: self.credential_headers.clone(),
             request_metrics: self.request_metrics.clone(),
         }
     }
@@ -208,7 +230,11 @@ where
         // Needs are only read when some route declares limits or some chain
         // is picked by them.
         let needs = shared.reads_needs.then(|| capability::detect(&body, &index));
-        let header_choice = parts.headers.remove(X_FALLBACK_CHAIN);
+        // Removed always; read only when the layer allows callers to pick.
+        let header_choice = parts
+            .headers
+            .remove(X_FALLBACK_CHAIN)
+            .filter(|_| shared.allow_chain_header);
         let explicit = match (parts.extensions.get::<ChainName>(), &header_choice) {
             (Some(ChainName(name)), _) => Some(name.as_str()),
             (None, Some(v)) => Some(v.to_str().unwrap_or("\u{fffd}")),
@@ -225,7 +251,7 @@ where
                 return reject(StatusCode::BAD_REQUEST, &bad, started);
             }
         };
-        report.chain = Some(chain_name.to_owned());
+        report.chain = Some(chain_name.clone());
         let deadline = chain.get_deadline().map(|d| started + d);
         let guard = parts
             .extensions
@@ -238,8 +264,18 @@ where
         }
         // After a `context_length_exceeded`: only larger windows are worth a try.
         let mut overflowed_window: Option<u64> = None;
-        let drill = shared.drills.as_ref().is_some_and(|d| d.pick(&mut parts.headers));
+        // The drill header is never forwarded, whether drills are on or not.
+        let drill = match &shared.drills {
+            Some(d) => d.pick(&mut parts.headers),
+            None => {
+                parts.headers.remove(crate::health::X_FALLBACK_DRILL);
+                false
+            }
+        };
         let first_chain = chain_name;
+        // Routes of the chains this request left (a content-policy move), so
+        // a route's position counts from the request's first chain.
+        let mut chain_offset = 0usize;
         // Hedges need a second service; clone one only when hedging is on.
         let template: Option<S> = shared.hedge_budget.as_ref().map(|b| {
             b.request();
@@ -285,9 +321,9 @@ where
                             match (sent, forced, cooling.iter().min()) {
                                 (0, None, Some(&(_, i))) if flights.is_empty() => {
                                     forced = Some(i);
-                                    report
-                                        .attempts
-                                        .retain(|a| !(a.index == i && a.outcome == Outcome::Skipped));
+                                    report.attempts.retain(|a| {
+                                        !(a.index == i && a.outcome == Outcome::Skipped && a.chain == *chain_name)
+                                    });
                                     (i, &chain.routes()[i])
                                 }
                                 _ => break,
@@ -298,7 +334,7 @@ where
                     let skip = if is_forced {
                         None
                     } else {
-                        (drill && i == 0 && chain_name == first_chain)
+                        (drill && i == 0 && Arc::ptr_eq(chain_name, first_chain))
                             .then_some(SkipReason::Drill)
                             .or_else(|| needs.as_ref().and_then(|n| route.unfit(n)))
                             .or_else(|| {
@@ -317,7 +353,7 @@ where
                             })
                     };
                     if let Some(reason) = skip {
-                        skip_route(&mut report, i, route, reason);
+                        skip_route(&mut report, chain_name, i, route, reason);
                         continue;
                     }
                     // Health: a cooling route is skipped; one that just
@@ -330,7 +366,7 @@ where
                             Admission::Cooling { until } if !is_forced => {
                                 cooling.push((until, i));
                                 let remaining = until.saturating_duration_since(Instant::now());
-                                skip_route(&mut report, i, route, SkipReason::Cooling { remaining });
+                                skip_route(&mut report, chain_name, i, route, SkipReason::Cooling { remaining });
                                 continue;
                             }
                             Admission::Cooling { .. } => {}
@@ -362,14 +398,20 @@ where
                         label: route.label_arc().cloned(),
                         timeout: limit,
                     };
-                    let replay = attempt_body(&body, &index, route);
+                    let replay = match attempt_body(&body, &index, route) {
+                        Ok(replay) => replay,
+                        // The edits come from the scanner's spans; this is a
+                        // bug of the crate, answered without sending anything
+                        // rather than with a panic or a mangled body.
+                        Err(bad) => return internal_error(&bad, started),
+                    };
                     // The last attempt this request can make (no route after
                     // it, no switch to a content-policy chain) takes the
                     // caller's parts; earlier ones take a copy.
                     let switchable = shared
                         .chains
                         .content_policy_chain()
-                        .is_some_and(|(n, _)| n != chain_name);
+                        .is_some_and(|(n, _)| !Arc::ptr_eq(n, chain_name));
                     let parts = if next >= chain.routes().len() && !switchable {
                         caller_parts.take()
                     } else {
@@ -378,7 +420,7 @@ where
                     let Some(parts) = parts else {
                         break; // cannot happen: nothing launches after the last attempt
                     };
-                    let request = attempt_request(parts, replay, attempt.clone(), route);
+                    let request = attempt_request(parts, replay, attempt.clone(), route, &shared.credential_headers);
                     let span = tracing::info_span!(
                         "llm_fallback.attempt",
                         fallback.attempt = i,
@@ -411,6 +453,8 @@ where
                     let hedge_after = route.get_hedge_after().or(chain.get_hedge_after());
                     flights.push(Flight {
                         i,
+                        chain: chain_name,
+                        position: chain_offset + i,
                         route,
                         attempt,
                         span,
@@ -494,15 +538,16 @@ where
                 if let Some((name, policy_chain)) = shared
                     .chains
                     .content_policy_chain()
-                    .filter(|(n, _)| blocked && *n != chain_name)
+                    .filter(|(n, _)| blocked && !Arc::ptr_eq(n, chain_name))
                 {
                     tracing::info!(
-                        from = chain_name,
-                        to = name,
+                        from = &**chain_name,
+                        to = &**name,
                         "llm fallback moved to the content-policy chain"
                     );
+                    chain_offset += chain.routes().len();
                     (chain_name, chain) = (name, policy_chain);
-                    report.chain = Some(name.to_owned());
+                    report.chain = Some(name.clone());
                     next = 0;
                 }
                 // The one still in flight gets a new hedge window.
@@ -537,7 +582,7 @@ where
                     report.usage = facts.usage;
                     flight.span.record("gen_ai.response.model", report.served_model());
                     crate::metrics::committed(route, started.elapsed());
-                    crate::metrics::request(&shared.request_metrics, report.resolution, Some(flight.i), drill);
+                    crate::metrics::request(&shared.request_metrics, report.resolution, Some(flight.position), drill);
                     let mut parts = answer.parts;
                     let (body, handle) = match answer.body {
                         Looked::Full(b) => (ResponseBody::full(b), None),
@@ -585,7 +630,7 @@ where
             }
         }
         crate::metrics::request(&shared.request_metrics, report.resolution, None, drill);
-        exhausted(report, started)
+        exhausted(report, shared.exhaustion_body, started)
     };
     let resp = work.instrument(span.clone()).await;
     if let Some(report) = resp
@@ -604,7 +649,12 @@ where
 
 /// One attempt in flight.
 struct Flight<'r, F> {
+    /// The route's index in its chain, and the chain.
     i: usize,
+    chain: &'r Arc<str>,
+    /// Its position among every route the request could go through
+    /// (counting the chains it left).
+    position: usize,
     route: &'r Route,
     attempt: Attempt,
     span: tracing::Span,
@@ -623,7 +673,7 @@ struct Flight<'r, F> {
 impl<F> Flight<'_, F> {
     /// The record of an attempt dropped because another one won.
     fn cancelled(self) -> AttemptRecord {
-        let mut record = AttemptRecord::new(self.i, self.route, Outcome::Cancelled);
+        let mut record = AttemptRecord::new(self.chain, self.i, self.route, Outcome::Cancelled);
         record.hedged = self.hedge;
         record.elapsed = self.started.elapsed();
         crate::metrics::attempt(self.route, Outcome::Cancelled, record.elapsed);
@@ -689,10 +739,10 @@ impl Drop for ProbeGuard {
 }
 
 /// Records a route that was not tried.
-fn skip_route(report: &mut FallbackReport, i: usize, route: &Route, reason: SkipReason) {
+fn skip_route(report: &mut FallbackReport, chain: &Arc<str>, i: usize, route: &Route, reason: SkipReason) {
     tracing::debug!(model = route.model(), reason = %reason, "llm fallback skipped a route");
     crate::metrics::skip(route.model_arc(), reason.as_str());
-    report.attempts.push(AttemptRecord::skipped(i, route, reason));
+    report.attempts.push(AttemptRecord::skipped(chain, i, route, reason));
 }
 
 /// One attempt: wait for readiness, send, and look at the answer, within
@@ -727,7 +777,7 @@ fn judge<P: Policy, F, RB>(
 ) -> (Action, Option<Answer<RB>>, AttemptRecord) {
     let route = flight.route;
     let attempt = &flight.attempt;
-    let mut record = AttemptRecord::new(flight.i, route, Outcome::Timeout);
+    let mut record = AttemptRecord::new(flight.chain, flight.i, route, Outcome::Timeout);
     record.hedged = flight.hedge;
     record.elapsed = flight.started.elapsed();
     let (action, answer) = match result {
@@ -909,18 +959,15 @@ where
 /// when it sets them (replacing the caller's or inserted first), and without
 /// the OpenRouter-only keys when its endpoint is not OpenRouter. Everything
 /// else is the caller's bytes, shared, not copied.
-fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> ReplayBody {
-    let mut edits: Vec<Edit> = Vec::new();
+pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> Result<ReplayBody, BadEdits> {
+    let mut edits = Edits::default();
     let mut insert = BytesMut::new();
     for (key, ours, theirs) in [
         ("provider", route.provider_json(), index.provider),
         ("models", route.fallbacks_json(), index.models),
     ] {
         match (ours, theirs) {
-            (Some(json), Some(span)) => edits.push(Edit {
-                range: span.value_start..span.value_end,
-                replacement: json.clone(),
-            }),
+            (Some(json), Some(span)) => edits.push(span.value_start..span.value_end, json.clone())?,
             (Some(json), None) => {
                 insert.extend_from_slice(b"\"");
                 insert.extend_from_slice(key.as_bytes());
@@ -932,21 +979,18 @@ fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> ReplayBody
         }
     }
     if !insert.is_empty() {
-        edits.push(Edit {
-            range: index.object_start + 1..index.object_start + 1,
-            replacement: insert.freeze(),
-        });
+        let at = index.object_start + 1;
+        edits.push(at..at, insert.freeze())?;
     }
-    if body[index.model.clone()] != route.model_json()[..] {
-        edits.push(Edit {
-            range: index.model.clone(),
-            replacement: route.model_json().clone(),
-        });
+    if body.get(index.model.clone()) != Some(&route.model_json()[..]) {
+        edits.push(index.model.clone(), route.model_json().clone())?;
     }
     if route.get_endpoint().is_some_and(|e| !e.openrouter) {
         // Other APIs refuse OpenRouter's extensions; the route's own
         // `provider`/`models` are kept (setting them says the endpoint wants them).
-        let mut gone: Vec<MemberSpan> = [
+        let mut gone = [MemberSpan::default(); 4];
+        let mut n = 0;
+        for member in [
             index.provider.filter(|_| route.provider_json().is_none()),
             index.models.filter(|_| route.fallbacks_json().is_none()),
             index.route,
@@ -954,18 +998,53 @@ fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> ReplayBody
         ]
         .into_iter()
         .flatten()
-        .collect();
-        gone.sort_by_key(|m| m.value_start);
-        edits.extend(removals(&gone).map(|range| Edit {
-            range,
-            replacement: Bytes::new(),
-        }));
+        {
+            if let Some(slot) = gone.get_mut(n) {
+                *slot = member;
+                n += 1;
+            }
+        }
+        let gone = gone.get_mut(..n).unwrap_or_default();
+        gone.sort_unstable_by_key(|m| m.value_start);
+        for range in removals(gone) {
+            edits.push(range, Bytes::new())?;
+        }
     }
-    if edits.is_empty() {
-        return ReplayBody::new(body.clone());
+    edits.apply(body)
+}
+
+/// The edits of one attempt's body, kept on the stack: at most the
+/// `provider` and `models` replacements, one insertion, the model and four
+/// removals.
+#[derive(Default)]
+struct Edits {
+    list: [Edit; 8],
+    len: usize,
+}
+
+impl Edits {
+    fn push(&mut self, range: std::ops::Range<usize>, replacement: Bytes) -> Result<(), BadEdits> {
+        let Some(slot) = self.list.get_mut(self.len) else {
+            // Cannot happen (the bound above is exact); refuse rather than panic.
+            return Err(BadEdits {
+                range,
+                after: self.len,
+                len: 0,
+            });
+        };
+        *slot = Edit { range, replacement };
+        self.len += 1;
+        Ok(())
     }
-    edits.sort_by_key(|e| (e.range.start, e.range.end));
-    ReplayBody::rewrite(body, &edits)
+
+    fn apply(mut self, body: &Bytes) -> Result<ReplayBody, BadEdits> {
+        let edits = self.list.get_mut(..self.len).unwrap_or_default();
+        if edits.is_empty() {
+            return Ok(ReplayBody::new(body.clone()));
+        }
+        edits.sort_unstable_by_key(|e| (e.range.start, e.range.end));
+        ReplayBody::rewrite(body, edits)
+    }
 }
 
 fn attempt_request(
@@ -973,6 +1052,7 @@ fn attempt_request(
     body: ReplayBody,
     attempt: Attempt,
     route: &Route,
+    credential_headers: &[HeaderName],
 ) -> Request<ReplayBody> {
     let len = body.len();
     let mut req = Request::from_parts(parts, body);
@@ -981,7 +1061,10 @@ fn attempt_request(
         let headers = req.headers_mut();
         // A key or host meant for the caller's upstream never goes elsewhere.
         headers.remove(header::HOST);
-        headers.remove(header::AUTHORIZATION);
+        for name in credential_headers {
+            // `remove` drops only the first value of a repeated header.
+            while headers.remove(name).is_some() {}
+        }
         if let Some(auth) = &endpoint.authorization {
             headers.insert(header::AUTHORIZATION, auth.clone());
         }
@@ -1072,6 +1155,22 @@ fn reject<B>(status: StatusCode, bad: &BadRequest, started: Instant) -> Response
     finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
 }
 
+/// A bug of the crate met while building an attempt: a `500` in OpenAI
+/// error JSON, with nothing sent for the attempt.
+fn internal_error<B>(bad: &BadEdits, started: Instant) -> Response<ResponseBody<B>> {
+    tracing::error!(error = %bad, "llm fallback could not build an attempt's body (a bug; please report it)");
+    let resp = json_response(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"error": {
+            "message": format!("the fallback layer could not build the request for an attempt: {bad}"),
+            "type": "internal_error",
+            "param": null,
+            "code": "fallback_internal_error",
+        }}),
+    );
+    finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
+}
+
 fn too_large<B>(limit: usize, started: Instant) -> Response<ResponseBody<B>> {
     reject(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -1087,7 +1186,7 @@ fn too_large<B>(limit: usize, started: Instant) -> Response<ResponseBody<B>> {
 /// The one answer a caller gets when no route served: `502` (or `504` when
 /// the deadline ended the chain) with every attempt named, whatever the last
 /// failure was.
-fn exhausted<B>(mut report: FallbackReport, started: Instant) -> Response<ResponseBody<B>> {
+fn exhausted<B>(mut report: FallbackReport, body: ExhaustionBody, started: Instant) -> Response<ResponseBody<B>> {
     if !report.attempts.iter().any(|a| a.outcome.was_sent()) && !report.attempts.is_empty() {
         // Nothing was sent: no route can serve this request as it is.
         let reasons: Vec<String> = report.attempts.iter().map(ToString::to_string).collect();
@@ -1111,9 +1210,22 @@ fn exhausted<B>(mut report: FallbackReport, started: Instant) -> Response<Respon
         .iter()
         .map(|a| {
             let e = a.upstream_error();
+            if body == ExhaustionBody::Summary {
+                return json!({
+                    "model": a.model(),
+                    "label": a.label(),
+                    "chain": a.chain(),
+                    "outcome": a.outcome().as_str(),
+                    "status": a.status().map(|s| s.as_u16()),
+                    "error_type": a.error_type().and_then(crate::report::plain_identifier),
+                    "skip_reason": a.skip_reason().map(ToString::to_string),
+                    "elapsed_ms": a.elapsed().as_millis() as u64,
+                });
+            }
             json!({
                 "model": a.model(),
                 "label": a.label(),
+                "chain": a.chain(),
                 "outcome": a.outcome().as_str(),
                 "status": a.status().map(|s| s.as_u16()),
                 "error_type": a.error_type(),
@@ -1129,7 +1241,10 @@ fn exhausted<B>(mut report: FallbackReport, started: Instant) -> Response<Respon
     let mut resp = json_response(
         status,
         json!({"error": {
-            "message": exhausted.to_string(),
+            "message": match body {
+                ExhaustionBody::Summary => exhausted.summary(),
+                _ => exhausted.to_string(),
+            },
             "type": "upstream_error",
             "param": null,
             "code": match exhausted.report().resolution() {

@@ -6,9 +6,9 @@ use crate::future::ResponseFuture;
 use crate::health::{Cooldowns, Drills, HealthStore, HedgeBudget};
 use crate::json::ReplayBody;
 use crate::policy::{DefaultPolicy, Policy};
-use crate::{BoxError, Chain, ChainSet};
+use crate::{BoxError, Chain, ChainSet, ExhaustionBody};
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderName, Request, Response};
 use http_body::Body;
 use std::{
     fmt,
@@ -94,6 +94,44 @@ impl<P> FallbackLayer<P> {
     /// Turns on drills (see [`Drills`]).
     pub fn drills(mut self, drills: Drills) -> Self {
         self.shared.drills = Some(Arc::new(drills));
+        self
+    }
+
+    /// Lets callers pick a named chain with the `x-fallback-chain` request
+    /// header (default off). The header is removed before forwarding either
+    /// way; without this it is ignored, so a caller cannot choose a more
+    /// expensive chain than the one the layer picks. A
+    /// [`ChainName`](crate::ChainName) request extension, which only your
+    /// own code can set, is always honoured.
+    pub fn allow_chain_header(mut self, yes: bool) -> Self {
+        self.shared.allow_chain_header = yes;
+        self
+    }
+
+    /// What the `502`/`504` body says when every route failed (default
+    /// [`ExhaustionBody::Full`]). Use [`ExhaustionBody::Summary`] when the
+    /// callers are not your own code: transport errors can name internal
+    /// hosts, and providers' texts can say more than you want to pass on.
+    /// The [`FallbackReport`](crate::FallbackReport) keeps the full detail.
+    pub fn exhaustion_body(mut self, body: ExhaustionBody) -> Self {
+        self.shared.exhaustion_body = body;
+        self
+    }
+
+    /// Also removes the caller's `name` header from attempts sent to a route
+    /// on another [`Endpoint`](crate::native::Endpoint), besides
+    /// [`CREDENTIAL_HEADERS`](crate::native::CREDENTIAL_HEADERS) (for a
+    /// custom auth header of your upstream).
+    ///
+    /// ```
+    /// use llm_fallback::{Chain, FallbackLayer, Route};
+    ///
+    /// let layer = FallbackLayer::new(Chain::new([Route::new("openai/gpt-4o")]))
+    ///     .credential_header(http::HeaderName::from_static("x-internal-token"));
+    /// # let _ = layer;
+    /// ```
+    pub fn credential_header(mut self, name: HeaderName) -> Self {
+        self.shared.add_credential_header(name);
         self
     }
 

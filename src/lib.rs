@@ -97,7 +97,9 @@
 //! failed, and whose `metadata.attempts` lists them as data (status,
 //! `error_type`, upstream message, `raw`, provider, elapsed). The shortest
 //! upstream `Retry-After` is passed on. The [`FallbackReport`] says the same
-//! in the response extensions ([`Resolution::Exhausted`]).
+//! in the response extensions ([`Resolution::Exhausted`]). For callers who
+//! should not see upstream texts or transport errors (a gateway), set
+//! [`FallbackLayer::exhaustion_body`] to [`ExhaustionBody::Summary`].
 //!
 //! A response the policy *stops* on (a `401`, a caller-fault `400`) is the
 //! upstream's own response, unchanged, with the report attached.
@@ -107,7 +109,7 @@
 //! The body is refused with a `400` in OpenAI error JSON — and the upstream
 //! is never called — when it is not a JSON object, has no top-level `model`,
 //! has a `model` that is not a string, has a duplicate top-level `model`
-//! (also `models`, `provider`, `stream`), or is malformed around its
+//! (also `models`, `provider`, `stream`, `route`, `transforms`), or is malformed around its
 //! top-level keys. A body larger than [`FallbackLayer::max_body_bytes`] is
 //! refused with `413`.
 //!
@@ -193,7 +195,8 @@ pub use json::ReplayBody;
 pub use layer::{FallbackLayer, FallbackService};
 pub use policy::{DefaultPolicy, Policy};
 pub use report::{
-    AttemptRecord, Exhausted, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError, Usage,
+    AttemptRecord, Exhausted, ExhaustionBody, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError,
+    Usage,
 };
 pub use route::{Attempt, Chain, ChainName, ChainSet, Route};
 pub use stream::StreamReport;
@@ -203,43 +206,40 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 #[doc(hidden)]
 pub mod __private {
-    //! Not public API: entry points for the benches and the fuzz target.
-    //! May change in any release.
+    //! Not public API: entry points for the benches, the property tests and
+    //! the rewrite fuzz target. They call the engine's own functions (the
+    //! request index and `attempt_body`), never a copy of them. May change
+    //! in any release.
 
-    use crate::json::{scan, Edit, ReplayBody};
+    use crate::json::ReplayBody;
+    use crate::Route;
 
     /// Indexes `body` like the layer does and reads what it needs
-    /// (capabilities, prompt estimate); `Err` as for [`rewrite_model`].
+    /// (capabilities, prompt estimate); `Err` as for [`rewrite_for`].
     pub fn detect_needs(body: &bytes::Bytes) -> Result<crate::Needs, String> {
         let index = crate::request::index_request_with_media(body).map_err(|bad| bad.message)?;
         Ok(crate::capability::detect(body, &index))
     }
 
     /// What the layer does for a chain whose routes declare limits: one
-    /// index, the needs read from it, and the rewrite.
-    pub fn rewrite_with_needs(body: &bytes::Bytes, model: &str) -> Result<(ReplayBody, crate::Needs), String> {
+    /// index, the needs read from it, and the attempt's body for `route`.
+    pub fn rewrite_with_needs(body: &bytes::Bytes, route: &Route) -> Result<(ReplayBody, crate::Needs), String> {
         let index = crate::request::index_request_with_media(body).map_err(|bad| bad.message)?;
         let needs = crate::capability::detect(body, &index);
-        let replay = ReplayBody::rewrite(
-            body,
-            &[Edit {
-                range: index.model,
-                replacement: scan::encode_string(model),
-            }],
-        );
+        let replay = crate::engine::attempt_body(body, &index, route).map_err(|e| e.to_string())?;
         Ok((replay, needs))
     }
 
-    /// Indexes `body` like the layer does and rewrites its `model` to
-    /// `model`; `Err` carries the message of the `400` the layer would send.
-    pub fn rewrite_model(body: &bytes::Bytes, model: &str) -> Result<ReplayBody, String> {
+    /// Indexes `body` like the layer does and builds the body the layer
+    /// would send to `route`; `Err` carries the message of the `400` the
+    /// layer would send.
+    pub fn rewrite_for(body: &bytes::Bytes, route: &Route) -> Result<ReplayBody, String> {
         let index = crate::request::index_request(body).map_err(|bad| bad.message)?;
-        Ok(ReplayBody::rewrite(
-            body,
-            &[Edit {
-                range: index.model,
-                replacement: scan::encode_string(model),
-            }],
-        ))
+        crate::engine::attempt_body(body, &index, route).map_err(|e| e.to_string())
+    }
+
+    /// [`rewrite_for`] a plain route to `model`.
+    pub fn rewrite_model(body: &bytes::Bytes, model: &str) -> Result<ReplayBody, String> {
+        rewrite_for(body, &Route::new(model))
     }
 }

@@ -2,7 +2,7 @@
 //! endpoints beyond OpenRouter.
 
 use bytes::Bytes;
-use http::{HeaderValue, Uri};
+use http::{HeaderName, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -147,8 +147,9 @@ pub const MAX_NATIVE_FALLBACKS: usize = 3;
 /// the name of the environment variable holding its API key.
 ///
 /// For an attempt on such a route the layer sends the request to
-/// `{base}/chat/completions`, drops the caller's `Host` and `Authorization`
-/// (a key meant for one provider never goes to another) and sets
+/// `{base}/chat/completions`, drops the caller's `Host` and its
+/// [`CREDENTIAL_HEADERS`] (`Authorization`, `x-api-key`, `api-key`,
+/// cookies, ...: a key meant for one provider never goes to another) and sets
 /// `Authorization: Bearer <key>` from the variable. The key is read once,
 /// when the endpoint is built; it never appears in `Debug` output, reports,
 /// errors or spans.
@@ -240,6 +241,37 @@ impl fmt::Debug for Endpoint {
             .finish_non_exhaustive()
     }
 }
+
+/// The caller's headers that carry credentials or identify its account,
+/// removed from every attempt sent to a route with an [`Endpoint`]: a key
+/// meant for one provider never reaches another. The endpoint's own key, if
+/// it has one, is then set as `Authorization`.
+///
+/// Add names with
+/// [`FallbackLayer::credential_header`](crate::FallbackLayer::credential_header)
+/// (for a custom auth header of your upstream). Routes without an endpoint
+/// go to the caller's own upstream and keep every header.
+///
+/// ```
+/// use llm_fallback::native::CREDENTIAL_HEADERS;
+///
+/// assert!(CREDENTIAL_HEADERS.iter().any(|h| h == "x-api-key"));
+/// ```
+pub const CREDENTIAL_HEADERS: [HeaderName; 8] = [
+    // Bearer keys: OpenAI, OpenRouter and most OpenAI-compatible APIs.
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::COOKIE,
+    // Anthropic's key header.
+    HeaderName::from_static("x-api-key"),
+    // Azure OpenAI's key header.
+    HeaderName::from_static("api-key"),
+    // Google's (Gemini's OpenAI-compatible endpoint).
+    HeaderName::from_static("x-goog-api-key"),
+    // OpenAI account selection.
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+];
 
 /// Why an [`Endpoint`] could not be built.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -179,6 +179,7 @@ impl fmt::Display for Outcome {
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
     pub(crate) index: usize,
+    pub(crate) chain: Arc<str>,
     pub(crate) model: Arc<str>,
     pub(crate) label: Option<Arc<str>>,
     pub(crate) outcome: Outcome,
@@ -195,17 +196,19 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
-    pub(crate) fn skipped(index: usize, route: &crate::Route, reason: SkipReason) -> Self {
+    pub(crate) fn skipped(chain: &Arc<str>, index: usize, route: &crate::Route, reason: SkipReason) -> Self {
         AttemptRecord {
             skip_reason: Some(reason),
-            ..AttemptRecord::new(index, route, Outcome::Skipped)
+            ..AttemptRecord::new(chain, index, route, Outcome::Skipped)
         }
     }
 
-    /// A record for `route` with `outcome` and nothing else known yet.
-    pub(crate) fn new(index: usize, route: &crate::Route, outcome: Outcome) -> Self {
+    /// A record for `route` (at `index` of `chain`) with `outcome` and
+    /// nothing else known yet.
+    pub(crate) fn new(chain: &Arc<str>, index: usize, route: &crate::Route, outcome: Outcome) -> Self {
         AttemptRecord {
             index,
+            chain: chain.clone(),
             model: route.model_arc().clone(),
             label: route.label_arc().cloned(),
             outcome,
@@ -222,9 +225,16 @@ impl AttemptRecord {
         }
     }
 
-    /// Position of the route in the chain, from 0.
+    /// Position of the route in its chain ([`AttemptRecord::chain`]), from 0.
     pub fn index(&self) -> usize {
         self.index
+    }
+
+    /// The name of the chain the route belongs to: the request's chain, or
+    /// after a move to the content-policy chain, that chain
+    /// ([`ChainSet::DEFAULT`](crate::ChainSet::DEFAULT) for the default).
+    pub fn chain(&self) -> &str {
+        &self.chain
     }
 
     /// The model this attempt asked for.
@@ -323,6 +333,15 @@ pub struct UpstreamAttempt {
 impl fmt::Display for AttemptRecord {
     /// `openai/gpt-4o (secondary): HTTP 503 provider_unavailable from OpenAI: "..." after 12ms`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, true)
+    }
+}
+
+impl AttemptRecord {
+    /// The record as one phrase; without `full`, only what the layer itself
+    /// knows (no upstream message, provider text or transport error) and an
+    /// error type only when it is a plain identifier.
+    fn write(&self, f: &mut fmt::Formatter<'_>, full: bool) -> fmt::Result {
         write!(f, "{}", self.model)?;
         if let Some(l) = &self.label {
             write!(f, " ({l})")?;
@@ -333,7 +352,7 @@ impl fmt::Display for AttemptRecord {
             Outcome::DeadlineExceeded => f.write_str("cut off by the chain deadline")?,
             Outcome::StreamBroken => {
                 f.write_str("stream broke after it began")?;
-                if let Some(e) = &self.error {
+                if let Some(e) = self.error.as_ref().filter(|_| full) {
                     write!(f, ": {e}")?;
                 }
             }
@@ -346,7 +365,10 @@ impl fmt::Display for AttemptRecord {
                 }
                 return Ok(());
             }
-            Outcome::Transport => write!(f, "transport error: {}", self.transport.as_deref().unwrap_or("unknown"))?,
+            Outcome::Transport if full => {
+                write!(f, "transport error: {}", self.transport.as_deref().unwrap_or("unknown"))?
+            }
+            Outcome::Transport => f.write_str("transport error")?,
             _ => {
                 if let Some(s) = self.status {
                     write!(f, "HTTP {}", s.as_u16())?;
@@ -355,7 +377,12 @@ impl fmt::Display for AttemptRecord {
                     f.write_str(" with an error in the body")?;
                 }
                 match &self.error {
-                    Some(e) => write!(f, " {e}")?,
+                    Some(e) if full => write!(f, " {e}")?,
+                    Some(_) => {
+                        if let Some(t) = self.error_type().and_then(plain_identifier) {
+                            write!(f, " {t}")?;
+                        }
+                    }
                     None if self.outcome == Outcome::Served => f.write_str(" ok")?,
                     None => {}
                 }
@@ -424,7 +451,7 @@ pub struct FallbackReport {
     pub(crate) attempts: Vec<AttemptRecord>,
     pub(crate) resolution: Resolution,
     pub(crate) usage: Option<Usage>,
-    pub(crate) chain: Option<String>,
+    pub(crate) chain: Option<Arc<str>>,
     pub(crate) drill: bool,
     pub(crate) elapsed: Duration,
 }
@@ -501,10 +528,20 @@ impl FallbackReport {
         self.served_attempt().is_some_and(|a| a.upstream_fell_back)
     }
 
-    /// A route other than the first one served.
+    /// A route other than the first one of the request's chain served: a
+    /// later route, or any route of the chain the request moved to after a
+    /// content-policy block.
     pub fn fell_back(&self) -> bool {
-        matches!(self.resolution, Resolution::Served | Resolution::StreamBroken)
-            && self.served_attempt().is_some_and(|a| a.index > 0)
+        let Some(served) = self
+            .served_attempt()
+            .filter(|_| matches!(self.resolution, Resolution::Served | Resolution::StreamBroken))
+        else {
+            return false;
+        };
+        // Every request's records start in the chain it was given (skips are
+        // recorded too), so the first record names that chain.
+        let first_chain = self.attempts.first().map(|a| &*a.chain);
+        served.index > 0 || first_chain != Some(&*served.chain)
     }
 
     /// Token usage the upstream reported (the body's `usage`, or for a
@@ -596,6 +633,92 @@ impl Exhausted {
 
 impl fmt::Display for Exhausted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write_with(f, |f, a| write!(f, "{a}"))
+    }
+}
+
+impl std::error::Error for Exhausted {}
+
+/// What the `502`/`504` body says when every route failed
+/// ([`FallbackLayer::exhaustion_body`](crate::FallbackLayer::exhaustion_body)).
+///
+/// Either way the [`FallbackReport`] in the response's extensions keeps the
+/// full detail; this only chooses what the caller reads.
+///
+/// ```
+/// use llm_fallback::{Chain, ExhaustionBody, FallbackLayer, Route};
+///
+/// // A gateway whose callers are other people: name the models and what
+/// // happened, not the transport errors or the providers' own texts.
+/// let layer = FallbackLayer::new(Chain::new([Route::new("openai/gpt-4o")]))
+///     .exhaustion_body(ExhaustionBody::Summary);
+/// # let _ = layer;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "config", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "config", serde(rename_all = "snake_case"))]
+#[non_exhaustive]
+pub enum ExhaustionBody {
+    /// Everything the report knows: each attempt's upstream message, the
+    /// provider's raw text and name, and transport errors (which can hold
+    /// internal URLs and addresses). For in-process use, where the caller
+    /// is your own code. The default.
+    #[default]
+    Full,
+    /// Each attempt's model, label, outcome, status, skip reason and time,
+    /// and an error type when it is a plain identifier
+    /// (`rate_limit_exceeded`); no upstream message, raw provider text,
+    /// provider name or transport detail. For callers you do not trust
+    /// with your internals (a gateway).
+    Summary,
+}
+
+impl ExhaustionBody {
+    /// `"full"` or `"summary"`, as in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExhaustionBody::Full => "full",
+            ExhaustionBody::Summary => "summary",
+        }
+    }
+}
+
+/// An error type or code fit for a summary: a short identifier, not text
+/// an upstream wrote for people (which may quote the prompt or a host).
+pub(crate) fn plain_identifier(text: &str) -> Option<&str> {
+    let fits = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    fits.then_some(text)
+}
+
+/// One attempt as a summary names it: no upstream or transport text.
+pub(crate) struct Summary<'a>(pub(crate) &'a AttemptRecord);
+
+impl fmt::Display for Summary<'_> {
+    /// `openai/gpt-4o (secondary): HTTP 503 provider_unavailable after 12ms`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.write(f, false)
+    }
+}
+
+impl Exhausted {
+    /// The sentence of [`ExhaustionBody::Summary`]: like `Display`, with
+    /// every attempt as [`Summary`] names it.
+    pub(crate) fn summary(&self) -> String {
+        use fmt::Write;
+        let mut text = String::new();
+        let _ = self.write_with(&mut text, |f, a| write!(f, "{}", Summary(a)));
+        text
+    }
+
+    fn write_with<W: fmt::Write>(
+        &self,
+        f: &mut W,
+        attempt: impl Fn(&mut W, &AttemptRecord) -> fmt::Result,
+    ) -> fmt::Result {
         let n = self.report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
         let skipped = self.report.attempts.len() - n;
         match self.report.resolution {
@@ -607,10 +730,8 @@ impl fmt::Display for Exhausted {
         }
         for (i, a) in self.report.attempts.iter().enumerate() {
             f.write_str(if i == 0 { ": " } else { "; " })?;
-            write!(f, "{a}")?;
+            attempt(f, a)?;
         }
         Ok(())
     }
 }
-
-impl std::error::Error for Exhausted {}

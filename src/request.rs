@@ -39,7 +39,7 @@ pub(crate) struct NeedSpans {
 
 /// Where a top-level member sits among its neighbours, so it can be
 /// replaced or cut out without leaving a stray comma.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct MemberSpan {
     /// Position among the object's members, from 0.
     ordinal: usize,
@@ -95,7 +95,7 @@ impl BadRequest {
 
 /// Keys whose duplicates are refused: the engine reads or rewrites them, and
 /// with two copies it cannot know which one the upstream would honour.
-const SINGLE_KEYS: &[&str] = &["model", "models", "provider", "stream"];
+const SINGLE_KEYS: &[&str] = &["model", "models", "provider", "stream", "route", "transforms"];
 
 /// OpenRouter-only keys the engine may rewrite or remove.
 const OPENROUTER_KEYS: [&str; 4] = ["provider", "models", "route", "transforms"];
@@ -306,6 +306,12 @@ mod tests {
             (br#"{"model":"a","model":"b"}"#, "duplicate_key"),
             (br#"{"model":"a","mod\u0065l":"b"}"#, "duplicate_key"),
             (br#"{"model":"a","stream":true,"stream":false}"#, "duplicate_key"),
+            (br#"{"model":"a","route":"fallback","route":"x"}"#, "duplicate_key"),
+            (
+                br#"{"transforms":[],"model":"a","transforms":["middle-out"]}"#,
+                "duplicate_key",
+            ),
+            (br#"{"model":"a","transforms":[],"transforms":[]}"#, "duplicate_key"),
             (br#"{"model":"a"} x"#, "invalid_json"),
         ];
         for (body, code) in cases {

@@ -230,6 +230,28 @@ impl<P> FallbackMiddleware<P> {
         self
     }
 
+    /// Lets callers pick a named chain with the `x-fallback-chain` request
+    /// header (default off); as
+    /// [`FallbackLayer::allow_chain_header`](crate::FallbackLayer::allow_chain_header).
+    pub fn allow_chain_header(mut self, yes: bool) -> Self {
+        self.shared_mut().allow_chain_header = yes;
+        self
+    }
+
+    /// What the exhaustion answer's body says; as
+    /// [`FallbackLayer::exhaustion_body`](crate::FallbackLayer::exhaustion_body).
+    pub fn exhaustion_body(mut self, body: crate::ExhaustionBody) -> Self {
+        self.shared_mut().exhaustion_body = body;
+        self
+    }
+
+    /// Another credential header removed for routes on another endpoint; as
+    /// [`FallbackLayer::credential_header`](crate::FallbackLayer::credential_header).
+    pub fn credential_header(mut self, name: http::HeaderName) -> Self {
+        self.shared_mut().add_credential_header(name);
+        self
+    }
+
     /// The default chain this middleware tries.
     pub fn chain(&self) -> &Chain {
         self.shared.chains.default_chain()

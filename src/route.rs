@@ -517,7 +517,9 @@ impl Chain {
 /// Named chains: one default, and others picked per request.
 ///
 /// A request picks its chain explicitly with a [`ChainName`] in its
-/// extensions or an `x-fallback-chain` header (removed before forwarding; an
+/// extensions or, when the layer allows it
+/// ([`FallbackLayer::allow_chain_header`](crate::FallbackLayer::allow_chain_header)),
+/// an `x-fallback-chain` header (removed before forwarding either way; an
 /// unknown name is a `400`). Otherwise, when the set has chains with these
 /// names, the request's detected needs pick them, first match wins:
 ///
@@ -546,6 +548,8 @@ impl Chain {
 #[derive(Clone, Debug)]
 pub struct ChainSet {
     default: Chain,
+    /// [`ChainSet::DEFAULT`], shared by the reports that name it.
+    default_name: Arc<str>,
     named: Vec<(Arc<str>, Chain)>,
     on_content_policy: Option<Arc<str>>,
 }
@@ -568,6 +572,7 @@ impl ChainSet {
     pub fn new(default: Chain) -> Self {
         ChainSet {
             default,
+            default_name: Arc::from(Self::DEFAULT),
             named: Vec::new(),
             on_content_policy: None,
         }
@@ -623,9 +628,14 @@ impl ChainSet {
         std::iter::once(Self::DEFAULT).chain(self.named.iter().map(|(n, _)| &**n))
     }
 
-    pub(crate) fn content_policy_chain(&self) -> Option<(&str, &Chain)> {
+    pub(crate) fn content_policy_chain(&self) -> Option<(&Arc<str>, &Chain)> {
         let name = self.on_content_policy.as_deref()?;
-        Some((name, self.get(name)?))
+        self.entries().find(|(n, _)| ***n == *name)
+    }
+
+    /// Every chain with its name, the default first.
+    fn entries(&self) -> impl Iterator<Item = (&Arc<str>, &Chain)> {
+        std::iter::once((&self.default_name, &self.default)).chain(self.named.iter().map(|(n, c)| (n, c)))
     }
 
     /// Some chain has limits, or need-picked chains exist: read needs.
@@ -648,22 +658,21 @@ impl ChainSet {
         &'a self,
         explicit: Option<&str>,
         needs: Option<&Needs>,
-    ) -> Result<(&'a str, &'a Chain), String> {
+    ) -> Result<(&'a Arc<str>, &'a Chain), String> {
         if let Some(name) = explicit {
-            return self
-                .names()
-                .zip(std::iter::once(&self.default).chain(self.named.iter().map(|(_, c)| c)))
-                .find(|(n, _)| *n == name)
-                .ok_or_else(|| {
-                    format!(
-                        "unknown fallback chain {name:?}; this layer has: {}",
-                        self.names().collect::<Vec<_>>().join(", ")
-                    )
-                });
+            return self.entries().find(|(n, _)| ***n == *name).ok_or_else(|| {
+                format!(
+                    "unknown fallback chain {name:?}; this layer has: {}",
+                    self.names().collect::<Vec<_>>().join(", ")
+                )
+            });
         }
         if let Some(n) = needs {
-            let long = self.default.routes()[0]
-                .get_context_window()
+            let long = self
+                .default
+                .routes()
+                .first()
+                .and_then(Route::get_context_window)
                 .is_some_and(|w| n.context_tokens() > w);
             let wanted = [
                 (
@@ -680,12 +689,12 @@ impl ChainSet {
             let picked = wanted
                 .iter()
                 .filter(|(w, _)| *w)
-                .find_map(|(_, name)| self.named.iter().find(|(n, _)| **n == **name).map(|(n, c)| (&**n, c)));
+                .find_map(|(_, name)| self.named.iter().find(|(n, _)| **n == **name).map(|(n, c)| (n, c)));
             if let Some(picked) = picked {
                 return Ok(picked);
             }
         }
-        Ok((Self::DEFAULT, &self.default))
+        Ok((&self.default_name, &self.default))
     }
 }
 
@@ -696,7 +705,9 @@ impl From<Chain> for ChainSet {
 }
 
 /// Picks a named chain of a [`ChainSet`] for one request, when put in the
-/// request's extensions (the `x-fallback-chain` header does the same).
+/// request's extensions (the `x-fallback-chain` header does the same when
+/// the layer allows it). Only code in front of the layer can set it, so it
+/// is always honoured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainName(pub String);
 

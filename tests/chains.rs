@@ -47,6 +47,7 @@ async fn send(
 ) -> (http::response::Parts, Value) {
     let _ = server;
     let resp = FallbackLayer::with_chains(chains())
+        .allow_chain_header(true)
         .layer(http_client())
         .oneshot(req)
         .await

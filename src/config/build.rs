@@ -77,6 +77,16 @@ impl FallbackLayer<ConfigPolicy> {
         if let Some(d) = &config.drills {
             layer = layer.drills(Drills::fraction(d.fraction).allow_header(d.allow_header.unwrap_or(false)));
         }
+        if let Some(yes) = config.allow_chain_header {
+            layer = layer.allow_chain_header(yes);
+        }
+        if let Some(body) = config.exhaustion_body {
+            layer = layer.exhaustion_body(body);
+        }
+        for (i, name) in config.credential_headers.iter().enumerate() {
+            let name = credential_header(i, name).map_err(|e| config.locate(e))?;
+            layer = layer.credential_header(name);
+        }
         Ok(layer)
     }
 }
@@ -307,6 +317,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
             ));
         }
     }
+    for (i, name) in config.credential_headers.iter().enumerate() {
+        credential_header(i, name)?;
+    }
     for (key, n) in [
         ("max_body_bytes", config.max_body_bytes),
         ("max_response_bytes", config.max_response_bytes),
@@ -319,6 +332,15 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+fn credential_header(i: usize, name: &str) -> Result<http::HeaderName, ConfigError> {
+    http::HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| {
+        ConfigError::new(
+            format!("credential_headers[{i}]"),
+            format!("{name:?} is not a header name; expected one such as \"x-internal-token\""),
+        )
+    })
 }
 
 fn needs_hedging(config: &Config, key: &str) -> Result<(), ConfigError> {

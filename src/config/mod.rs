@@ -126,6 +126,18 @@ pub struct Config {
     /// The chain a request moves to after a moderation failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_content_policy: Option<String>,
+    /// Honour the callers' `x-fallback-chain` header (default false; see
+    /// [`FallbackLayer::allow_chain_header`](crate::FallbackLayer::allow_chain_header)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_chain_header: Option<bool>,
+    /// What the exhaustion answer says: `"full"` (default) or `"summary"`
+    /// (see [`ExhaustionBody`](crate::ExhaustionBody)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exhaustion_body: Option<crate::ExhaustionBody>,
+    /// More header names removed for routes on another endpoint, besides
+    /// [`CREDENTIAL_HEADERS`](crate::native::CREDENTIAL_HEADERS).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub credential_headers: Vec<String>,
     /// Which statuses and error types fall back or stop.
     #[serde(default, skip_serializing_if = "PolicyConfig::is_empty")]
     pub policy: PolicyConfig,
@@ -153,6 +165,9 @@ impl PartialEq for Config {
         self.max_body_bytes == other.max_body_bytes
             && self.max_response_bytes == other.max_response_bytes
             && self.on_content_policy == other.on_content_policy
+            && self.allow_chain_header == other.allow_chain_header
+            && self.exhaustion_body == other.exhaustion_body
+            && self.credential_headers == other.credential_headers
             && self.policy == other.policy
             && self.health == other.health
             && self.hedging == other.hedging

@@ -7,5 +7,5 @@ mod replay;
 pub(crate) mod scan;
 mod simd;
 
-pub(crate) use replay::Edit;
 pub use replay::ReplayBody;
+pub(crate) use replay::{BadEdits, Edit};

@@ -8,10 +8,9 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-/// Most edits one rewrite may apply; `MAX_PARTS` follows from it.
-const MAX_EDITS: usize = 4;
-/// Untouched slices around the edits, plus the replacements.
-const MAX_PARTS: usize = 2 * MAX_EDITS + 1;
+/// Parts kept inline: a model rewrite plus `provider`/`models` edits and a
+/// few removals fit without a heap allocation; more spill into a `Vec`.
+const INLINE_PARTS: usize = 9;
 
 /// The request body sent upstream for one attempt.
 ///
@@ -20,8 +19,8 @@ const MAX_PARTS: usize = 2 * MAX_EDITS + 1;
 /// [`Bytes`] slices that share the caller's buffer. The prompt is never
 /// copied or re-serialized, however large it is, so every attempt sends the
 /// caller's bytes exactly, and building one costs a few reference-count
-/// increments and no heap allocation. Cloning is just as cheap, so an inner
-/// retry layer can clone requests freely.
+/// increments (and no heap allocation for up to four edits). Cloning is
+/// just as cheap, so an inner retry layer can clone requests freely.
 ///
 /// Its length is known up front: [`Body::size_hint`] is exact (before and
 /// during polling), so clients send a `Content-Length` rather than chunked
@@ -30,19 +29,42 @@ const MAX_PARTS: usize = 2 * MAX_EDITS + 1;
 #[derive(Clone)]
 pub struct ReplayBody {
     /// `parts[next..count]` are still to be sent; all of them are non-empty.
-    parts: [Bytes; MAX_PARTS],
-    next: u8,
-    count: u8,
+    /// The first [`INLINE_PARTS`] live in `inline`, the rest in `spill`.
+    inline: [Bytes; INLINE_PARTS],
+    spill: Vec<Bytes>,
+    next: usize,
+    count: usize,
     /// Total length of the parts still to be sent.
     remaining: u64,
 }
 
 /// Replace `range` of the original body with `replacement`; an empty range
 /// inserts at `range.start`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Edit {
     pub(crate) range: Range<usize>,
     pub(crate) replacement: Bytes,
+}
+
+/// Edits that cannot be applied: out of order, overlapping or outside the
+/// body. The engine builds its edits from the scanner's spans, so this is a
+/// bug in the crate, never the caller's; it is an error rather than a panic
+/// so no input can crash the layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BadEdits {
+    pub(crate) range: Range<usize>,
+    pub(crate) after: usize,
+    pub(crate) len: usize,
+}
+
+impl fmt::Display for BadEdits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "edit {:?} is not sorted after {}, or lies outside the {}-byte body",
+            self.range, self.after, self.len
+        )
+    }
 }
 
 impl ReplayBody {
@@ -53,30 +75,28 @@ impl ReplayBody {
         body
     }
 
-    /// `original` with `edits` applied. Edits must be sorted by
-    /// `range.start`, must not overlap, must lie within `original`, and there
-    /// may be at most four of them.
-    pub(crate) fn rewrite(original: &Bytes, edits: &[Edit]) -> Self {
-        assert!(
-            edits.len() <= MAX_EDITS,
-            "ReplayBody::rewrite takes at most {MAX_EDITS} edits, got {}",
-            edits.len()
-        );
+    /// `original` with `edits` applied, any number of them. Edits must be
+    /// sorted by `range.start`, must not overlap and must lie within
+    /// `original`; otherwise nothing is built and the first bad edit is
+    /// named.
+    pub(crate) fn rewrite(original: &Bytes, edits: &[Edit]) -> Result<Self, BadEdits> {
         let mut body = Self::default();
         let mut done = 0;
         for edit in edits {
-            assert!(
-                done <= edit.range.start && edit.range.start <= edit.range.end && edit.range.end <= original.len(),
-                "ReplayBody::rewrite edits must be sorted, non-overlapping and within the body: {:?} after {done} in {} bytes",
-                edit.range,
-                original.len()
-            );
-            body.push(original.slice(done..edit.range.start));
+            let Range { start, end } = edit.range;
+            if !(done <= start && start <= end && end <= original.len()) {
+                return Err(BadEdits {
+                    range: edit.range.clone(),
+                    after: done,
+                    len: original.len(),
+                });
+            }
+            body.push(original.slice(done..start));
             body.push(edit.replacement.clone());
-            done = edit.range.end;
+            done = end;
         }
         body.push(original.slice(done..));
-        body
+        Ok(body)
     }
 
     /// Appends a part, skipping empty ones so every poll yields data.
@@ -85,8 +105,20 @@ impl ReplayBody {
             return;
         }
         self.remaining += part.len() as u64;
-        self.parts[usize::from(self.count)] = part;
+        match self.inline.get_mut(self.count) {
+            Some(slot) => *slot = part,
+            None => self.spill.push(part),
+        }
         self.count += 1;
+    }
+
+    /// Takes part `i` out (leaving an empty one).
+    fn take(&mut self, i: usize) -> Bytes {
+        let slot = match i.checked_sub(INLINE_PARTS) {
+            None => self.inline.get_mut(i),
+            Some(j) => self.spill.get_mut(j),
+        };
+        slot.map(std::mem::take).unwrap_or_default()
     }
 
     /// Bytes not yet sent.
@@ -104,7 +136,8 @@ impl Default for ReplayBody {
     /// An empty body.
     fn default() -> Self {
         ReplayBody {
-            parts: Default::default(),
+            inline: Default::default(),
+            spill: Vec::new(),
             next: 0,
             count: 0,
             remaining: 0,
@@ -121,9 +154,9 @@ impl Body for ReplayBody {
         if this.next == this.count {
             return Poll::Ready(None);
         }
-        let part = std::mem::take(&mut this.parts[usize::from(this.next)]);
+        let part = this.take(this.next);
         this.next += 1;
-        this.remaining -= part.len() as u64;
+        this.remaining = this.remaining.saturating_sub(part.len() as u64);
         Poll::Ready(Some(Ok(Frame::data(part))))
     }
 
@@ -200,7 +233,7 @@ mod tests {
     #[tokio::test]
     async fn rewrites_the_model_and_collects() {
         let original = Bytes::from_static(BODY.as_bytes());
-        let body = ReplayBody::rewrite(&original, &[edit(9..14, r#""openai/gpt-4o""#)]);
+        let body = ReplayBody::rewrite(&original, &[edit(9..14, r#""openai/gpt-4o""#)]).unwrap();
         let want = BODY.replace(r#""a/b""#, r#""openai/gpt-4o""#);
         assert_eq!(body.len(), want.len() as u64);
         assert_eq!(body.size_hint().exact(), Some(want.len() as u64));
@@ -214,7 +247,7 @@ mod tests {
         let original = Bytes::from_static(BODY.as_bytes());
         assert_eq!(drain(ReplayBody::new(original.clone())), (BODY.as_bytes().to_vec(), 1));
         assert_eq!(
-            drain(ReplayBody::rewrite(&original, &[])),
+            drain(ReplayBody::rewrite(&original, &[]).unwrap()),
             (BODY.as_bytes().to_vec(), 1)
         );
         assert_eq!(drain(ReplayBody::default()), (Vec::new(), 0));
@@ -233,51 +266,83 @@ mod tests {
                 edit(9..12, r#""b""#),
                 edit(13..13, "\n"),
             ],
-        );
+        )
+        .unwrap();
         assert_eq!(drain(body), (b"{\"models\":[\"x\"],\"model\":\"b\"}\n".to_vec(), 6));
         // Edits touching both ends leave no empty parts.
-        let body = ReplayBody::rewrite(&original, &[edit(0..1, "[{"), edit(12..13, "}]")]);
+        let body = ReplayBody::rewrite(&original, &[edit(0..1, "[{"), edit(12..13, "}]")]).unwrap();
         assert_eq!(drain(body), (b"[{\"model\":\"a\"}]".to_vec(), 3));
         // Deleting everything.
         assert_eq!(
-            drain(ReplayBody::rewrite(&original, &[edit(0..13, "")])),
+            drain(ReplayBody::rewrite(&original, &[edit(0..13, "")]).unwrap()),
             (Vec::new(), 0)
         );
         // Four edits, nine parts.
         let body = ReplayBody::rewrite(
             &original,
             &[edit(1..2, "1"), edit(3..4, "2"), edit(5..6, "3"), edit(7..8, "4")],
-        );
+        )
+        .unwrap();
         assert_eq!(drain(body), (b"{1m2d3l4:\"a\"}".to_vec(), 9));
     }
 
     #[test]
-    #[should_panic(expected = "at most 4 edits")]
-    fn too_many_edits() {
-        let original = Bytes::from_static(b"0123456789");
-        ReplayBody::rewrite(
-            &original,
-            &[
-                edit(0..0, ""),
-                edit(1..1, ""),
-                edit(2..2, ""),
-                edit(3..3, ""),
-                edit(4..4, ""),
-            ],
-        );
+    fn any_number_of_edits() {
+        // Past the inline parts the rest spill to the heap; the bytes and the
+        // exact size hint are the same either way.
+        let original = Bytes::from_static(b"0123456789abcdefghij");
+        for n in [0, 4, 5, 9, 10, 20] {
+            let edits: Vec<Edit> = (0..n).map(|i| edit(i..i + 1, "_")).collect();
+            let body = ReplayBody::rewrite(&original, &edits).unwrap();
+            let want = format!("{}{}", "_".repeat(n), &"0123456789abcdefghij"[n..]);
+            let (out, frames) = drain(body);
+            assert_eq!(out, want.as_bytes(), "{n} edits");
+            // Each edit is a part, and the untouched tail one more.
+            assert_eq!(frames, n + usize::from(n < 20), "{n} edits");
+        }
+        // Insertions and removals mixed, more than the inline parts hold.
+        let edits: Vec<Edit> = (0..12)
+            .map(|i| {
+                if i % 2 == 0 {
+                    edit(i..i, "+")
+                } else {
+                    edit(i..i + 1, "")
+                }
+            })
+            .collect();
+        let (out, _) = drain(ReplayBody::rewrite(&original, &edits).unwrap());
+        assert_eq!(out, b"+0+2+4+6+8+acdefghij");
     }
 
     #[test]
-    #[should_panic(expected = "sorted, non-overlapping")]
-    fn overlapping_edits() {
+    fn bad_edits_are_errors_not_panics() {
         let original = Bytes::from_static(b"0123456789");
-        ReplayBody::rewrite(&original, &[edit(2..5, "x"), edit(4..6, "y")]);
+        let overlapping = ReplayBody::rewrite(&original, &[edit(2..5, "x"), edit(4..6, "y")]).unwrap_err();
+        assert_eq!(
+            overlapping,
+            BadEdits {
+                range: 4..6,
+                after: 5,
+                len: 10
+            }
+        );
+        assert!(
+            ReplayBody::rewrite(&original, &[edit(5..12, "")]).is_err(),
+            "past the end"
+        );
+        #[allow(clippy::reversed_empty_ranges)]
+        let backwards = edit(6..5, "");
+        assert!(ReplayBody::rewrite(&original, &[backwards]).is_err(), "backwards");
+        assert!(
+            ReplayBody::rewrite(&original, &[edit(6..7, ""), edit(1..2, "")]).is_err(),
+            "unsorted"
+        );
     }
 
     #[test]
     fn clones_share_and_resume() {
         let original = Bytes::from_static(BODY.as_bytes());
-        let mut body = ReplayBody::rewrite(&original, &[edit(9..14, r#""c""#)]);
+        let mut body = ReplayBody::rewrite(&original, &[edit(9..14, r#""c""#)]).unwrap();
         let waker = Arc::new(NoWake).into();
         let first = Pin::new(&mut body).poll_frame(&mut Context::from_waker(&waker));
         assert!(matches!(first, Poll::Ready(Some(Ok(_)))));
@@ -289,7 +354,7 @@ mod tests {
     #[test]
     fn debug_shows_no_content() {
         let original = Bytes::from_static(BODY.as_bytes());
-        let body = ReplayBody::rewrite(&original, &[edit(9..14, r#""openai/gpt-4o""#)]);
+        let body = ReplayBody::rewrite(&original, &[edit(9..14, r#""openai/gpt-4o""#)]).unwrap();
         let shown = format!("{body:?}");
         assert_eq!(shown, format!("ReplayBody {{ len: {}, parts: 3 }}", body.len()));
         assert!(!shown.contains("secret") && !shown.contains("gpt"));
@@ -337,7 +402,7 @@ mod tests {
             prop_assert_eq!(scan::decode_string(&original[span.clone()]).unwrap(), old_model.as_str());
 
             let edit = Edit { range: span, replacement: scan::encode_string(&new_model) };
-            let (sent, _) = drain(ReplayBody::rewrite(&original, &[edit]));
+            let (sent, _) = drain(ReplayBody::rewrite(&original, &[edit]).unwrap());
             let got: serde_json::Map<String, Value> = serde_json::from_slice(&sent).unwrap();
             want.insert("model".into(), Value::from(new_model));
             prop_assert_eq!(got, want);
