@@ -39,12 +39,13 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use llm_fallback::native::{DataCollection, Endpoint, MaxPrice, ProviderPrefs, ProviderSort, SortBy};
 use llm_fallback::{
-    Attempt, Chain, FallbackLayer, FallbackReport, Outcome, ReplayBody, Resolution, Route, StreamReport,
+    Attempt, Chain, ChainSet, ExhaustionBody, FallbackLayer, FallbackReport, Outcome, ReplayBody, Resolution, Route,
+    StreamReport,
 };
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
@@ -60,20 +61,25 @@ use std::time::Duration;
 
 /// Issue 13 point 2: every credential header of the caller is removed for a
 /// route on another endpoint (before it, only `Authorization` was).
-pub const STRIP_ALL_CREDENTIALS: bool = false;
+pub const STRIP_ALL_CREDENTIALS: bool = true;
 /// Issue 13 point 3: duplicate `route` / `transforms` are refused like
 /// duplicate `model`, `models`, `provider`, `stream`.
-pub const REFUSE_DUPLICATE_ROUTE_TRANSFORMS: bool = false;
+pub const REFUSE_DUPLICATE_ROUTE_TRANSFORMS: bool = true;
 
 /// A committed stream's error chunk stands alone for an SSE client even
 /// when the upstream's bytes stop inside an event. Two ways it does not
-/// today, both found by this target: (a) a stream that ends cleanly in the
-/// middle of a line gets no `\n\n` first (`CommittedStream` asks
-/// `tracker.mid_line()` after `tracker.finish()` emptied the partial line);
+/// today, both found by this target:
+///
+/// (a) a stream that ends cleanly in the middle of a line gets no `\n\n`
+/// before the chunk (`CommittedStream` asks `tracker.mid_line()` after
+/// `tracker.finish()` emptied the partial line), so the chunk is glued to
+/// that line;
+pub const CHUNK_AFTER_PARTIAL_LINE: bool = false;
 /// (b) after complete `data:` lines with no blank line yet (an event not
-/// dispatched), the chunk's `data:` line joins that event. While this is
-/// false, those two cases get only the chunk's shape checked.
-pub const CHUNK_STANDS_ALONE: bool = false;
+/// dispatched), the chunk's `data:` line joins that event.
+///
+/// While a gate is false, its case gets only the chunk's shape checked.
+pub const CHUNK_AFTER_PENDING_EVENT: bool = false;
 
 /// The scanner accepts every object serde_json accepts. Found by this
 /// target: its dense-escape gear (`dense_string_end` in `src/json/scan.rs`)
@@ -84,8 +90,9 @@ pub const CHUNK_STANDS_ALONE: bool = false;
 /// body with at least two `\"` (what reaches that gear) is let pass.
 pub const SCANNER_KEEPS_ESCAPE_CARRY: bool = false;
 
-/// The caller's credential headers (issue 13 point 2), sent with marker values.
-pub const CREDENTIALS: [&str; 7] = [
+/// The caller's credential headers (issue 13 point 2,
+/// `native::CREDENTIAL_HEADERS`), sent with marker values.
+pub const CREDENTIALS: [&str; 8] = [
     "authorization",
     "proxy-authorization",
     "cookie",
@@ -93,7 +100,14 @@ pub const CREDENTIALS: [&str; 7] = [
     "api-key",
     "openai-organization",
     "openai-project",
+    "x-goog-api-key",
 ];
+/// A credential header of the caller's own making, added to the layer's
+/// list with `credential_header` when the case sends it.
+pub const CUSTOM_CREDENTIAL: &str = "x-fuzz-credential";
+/// Models of the content-policy chain's routes start with this (an
+/// `Attempt` does not name its chain; the model tells them apart).
+const POLICY_PREFIX: &str = "policy/";
 /// Every caller credential value starts with this.
 const MARKER: &str = "caller-secret-";
 
@@ -202,6 +216,16 @@ pub struct Case {
     pub chunked: bool,
     pub chain_header: Option<&'static str>,
     pub answers: Vec<AnswerSpec>,
+    /// The layer honours `x-fallback-chain`.
+    pub allow_chain_header: bool,
+    /// The caller sends `x-fallback-drill` (never forwarded).
+    pub drill_header: bool,
+    /// The caller sends [`CUSTOM_CREDENTIAL`] and the layer lists it.
+    pub custom_credential: bool,
+    /// The exhaustion answer is the summary (no upstream or transport text).
+    pub summary_exhaustion: bool,
+    /// A chain `policy` the layer moves to on a content-policy failure.
+    pub policy_routes: Vec<RouteSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,7 +444,7 @@ fn decode_route(inp: &mut Input<'_>) -> RouteSpec {
         PrefsKind::None,
     ]);
     let native_fallbacks = match inp.below(6) {
-        0 | 1 | 2 => None,
+        0..=2 => None,
         n => Some(
             (0..(n - 3) * 2 + inp.below(2))
                 .map(|i| format!("fuzz/native-{i}"))
@@ -606,7 +630,7 @@ fn sse_body(inp: &mut Input<'_>) -> Vec<u8> {
         };
         let kind = if n == 0 && events == 3 { 0 } else { inp.below(14) };
         match kind {
-            0 | 1 | 2 => {
+            0..=2 => {
                 let text = match inp.below(4) {
                     0 => "Hel".to_owned(),
                     1 => "lo \\n\"".to_owned(),
@@ -683,6 +707,10 @@ fn generate_body(inp: &mut Input<'_>) -> Vec<u8> {
     let mut has_model = false;
     for _ in 0..count {
         let (key, value) = member(inp);
+        // Mostly one copy of a key (duplicates are refused, which ends the case early).
+        if members.iter().any(|(k, _)| *k == key) && !inp.chance(40) {
+            continue;
+        }
         has_model |= key == "\"model\"" || key == "\"mod\\u0065l\"";
         members.push((key, value));
     }
@@ -714,7 +742,7 @@ fn generate_body(inp: &mut Input<'_>) -> Vec<u8> {
         out.push_str(sp(inp));
     }
     out.push('}');
-    match inp.below(16) {
+    match inp.below(32) {
         0 => out.push('\n'),
         1 => out.push_str(" x"),
         2 => out.push(','),
@@ -755,7 +783,7 @@ fn member(inp: &mut Input<'_>) -> (String, String) {
         4 => ("\"route\"", inp.pick(&["\"fallback\"", "\"x\"", "null", "{}"]).into()),
         5 => ("\"transforms\"", inp.pick(&["[]", "[\"middle-out\"]", "\"x\""]).into()),
         6 => ("\"stream\"", inp.pick(&["true", "false", "\"true\"", "null"]).into()),
-        7 | 8 | 9 => (
+        7..=9 => (
             inp.pick(&["\"a\"", "\"b\"", "\"c\"", "\"temperature\""]),
             generic_value(inp),
         ),
@@ -831,7 +859,7 @@ fn models_value(inp: &mut Input<'_>) -> String {
 }
 
 fn generic_value(inp: &mut Input<'_>) -> String {
-    match inp.below(12) {
+    match inp.below(16) {
         0 => "1".into(),
         1 => "\"s\"".into(),
         2 => "{}".into(),
@@ -843,6 +871,18 @@ fn generic_value(inp: &mut Input<'_>) -> String {
         8 => json_string(&inp.pool_string(32)),
         9 => String::from_utf8_lossy(&inp.pool_bytes(16)).into_owned(),
         10 => "[[[[{\"a\":[1,{\"b\":\"}\"}]}]]]]".into(),
+        11 => "\"say \\\"model\\\": \\\"x\\\" \\\\\\\"\"".into(),
+        12 => "{\"code\":\"fn main() { println!(\\\"{}\\\", x); }\"}".into(),
+        13 => {
+            // Escape-dense text (code, JSON in a string), block edges anywhere.
+            let mut text = String::from("[\"");
+            for _ in 0..1 + inp.below(10) {
+                text.push_str(&"a".repeat(inp.below(80)));
+                text.push_str(inp.pick(&["\\\"", "\\\\", "\\\\\\\"", "\\n"]));
+            }
+            text.push_str("\"]");
+            text
+        }
         _ => "\"\\\"\\\\\\u0000\"".into(),
     }
 }
@@ -873,7 +913,7 @@ pub fn decode(data: &[u8]) -> Case {
             ending: Ending::Clean,
         },
     };
-    let routes = (0..1 + inp.below(4)).map(|_| decode_route(&mut inp)).collect();
+    let routes: Vec<RouteSpec> = (0..1 + inp.below(4)).map(|_| decode_route(&mut inp)).collect();
     let deadline = inp.pick(&[
         None,
         Some(Duration::from_secs(120)),
@@ -885,7 +925,20 @@ pub fn decode(data: &[u8]) -> Case {
         true => Some(inp.pick(&[Duration::from_millis(100), Duration::from_secs(1)])),
         false => None,
     };
-    let max_body_bytes = inp.pick(&[None, None, None, Some(16), Some(64), Some(1024)]);
+    let max_body_bytes = inp.pick(&[
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        None,
+        Some(16),
+        Some(64),
+        Some(1024),
+    ]);
     let max_response_bytes = inp.pick(&[None, None, None, Some(32), Some(300), Some(4096)]);
     // Every credential header unless the control says otherwise.
     let mask = !inp.byte();
@@ -896,6 +949,9 @@ pub fn decode(data: &[u8]) -> Case {
         ContentLength::Exact,
         ContentLength::None,
         ContentLength::Wrong,
+        ContentLength::None,
+        ContentLength::Exact,
+        ContentLength::None,
         ContentLength::Huge,
     ]);
     let chunked = inp.chance(20);
@@ -904,6 +960,35 @@ pub fn decode(data: &[u8]) -> Case {
         false => None,
     };
     let answers = (0..inp.below(6)).map(|_| decode_answer(&mut inp)).collect();
+    // Read last, so inputs saved before these existed keep their meaning.
+    let allow_chain_header = inp.chance(60);
+    let drill_header = inp.chance(40);
+    let custom_credential = !inp.chance(200);
+    let summary_exhaustion = inp.chance(100);
+    let policy_routes = match inp.chance(60) {
+        true => (0..1 + inp.below(2))
+            .map(|_| {
+                let mut r = decode_route(&mut inp);
+                r.model = format!("{POLICY_PREFIX}{}", r.model);
+                // A long native group splits into routes named by its models.
+                for m in r.native_fallbacks.iter_mut().flatten() {
+                    m.insert_str(0, POLICY_PREFIX);
+                }
+                r
+            })
+            .collect(),
+        false => Vec::new(),
+    };
+    let chain_header = chain_header.map(|c| match (c, inp.chance(100)) {
+        ("nope", true) => "policy",
+        (c, _) => c,
+    });
+    let mut routes: Vec<RouteSpec> = routes;
+    for r in &mut routes {
+        if r.model.starts_with(POLICY_PREFIX) {
+            r.model.insert(0, 'x');
+        }
+    }
     Case {
         body: Blob(body),
         body_mode,
@@ -919,6 +1004,11 @@ pub fn decode(data: &[u8]) -> Case {
         chunked,
         chain_header,
         answers,
+        allow_chain_header,
+        drill_header,
+        custom_credential,
+        summary_exhaustion,
+        policy_routes,
     }
 }
 
@@ -1353,6 +1443,8 @@ pub struct Summary {
     pub checked_bodies: usize,
     pub endpoint_requests: usize,
     pub hung: bool,
+    /// The `error.code` of a refused request.
+    pub rejection: Option<String>,
 }
 
 thread_local! {
@@ -1417,16 +1509,22 @@ fn build_route(spec: &RouteSpec) -> Route {
     route
 }
 
-async fn drive(case: &Case) -> Summary {
-    // The chain, and for each of its routes (a long native group splits
-    // into several) the spec it came from.
+/// A chain as built, and for each of its routes (a long native group
+/// splits into several) the spec it came from.
+struct Built {
+    name: &'static str,
+    routes: Vec<Route>,
+    specs: Vec<RouteSpec>,
+}
+
+fn build_chain(name: &'static str, specs: &[RouteSpec], case: &Case) -> (Chain, Built) {
     let mut routes = Vec::new();
-    let mut specs = Vec::new();
-    for spec in &case.routes {
+    let mut per_route = Vec::new();
+    for spec in specs {
         let built = build_route(spec);
         let n = Chain::new([built.clone()]).routes().len();
         routes.push(built);
-        specs.extend(std::iter::repeat_n(spec.clone(), n));
+        per_route.extend(std::iter::repeat_n(spec.clone(), n));
     }
     let mut chain = Chain::new(routes);
     if let Some(d) = case.deadline {
@@ -1435,15 +1533,62 @@ async fn drive(case: &Case) -> Summary {
     if let Some(h) = case.hedge_after {
         chain = chain.hedge_after(h);
     }
-    let built: Vec<Route> = chain.routes().to_vec();
-    if built.len() != specs.len() {
+    let routes: Vec<Route> = chain.routes().to_vec();
+    if routes.len() != per_route.len() {
         panic!(
             "engine fuzz harness: {} routes built, {} specs",
-            built.len(),
-            specs.len()
+            routes.len(),
+            per_route.len()
         );
     }
-    let mut layer = FallbackLayer::new(chain);
+    let built = Built {
+        name,
+        routes,
+        specs: per_route,
+    };
+    (chain, built)
+}
+
+/// The chains of a case: the default one, and maybe `policy`.
+struct Chains {
+    default: Built,
+    policy: Option<Built>,
+}
+
+impl Chains {
+    /// The chain and route an attempt is for.
+    fn of(&self, attempt: &Attempt) -> Option<(&Built, &Route, &RouteSpec)> {
+        let chain = match &self.policy {
+            Some(p) if attempt.model().starts_with(POLICY_PREFIX) => p,
+            _ => &self.default,
+        };
+        Some((
+            chain,
+            chain.routes.get(attempt.index())?,
+            chain.specs.get(attempt.index())?,
+        ))
+    }
+
+    fn names_request(&self, name: &str) -> bool {
+        name == "default" || (name == "policy" && self.policy.is_some())
+    }
+}
+
+async fn drive(case: &Case) -> Summary {
+    let (chain, default) = build_chain("default", &case.routes, case);
+    let mut chains = Chains { default, policy: None };
+    let mut layer = match case.policy_routes.is_empty() {
+        true => FallbackLayer::new(chain),
+        false => {
+            let (policy_chain, policy) = build_chain("policy", &case.policy_routes, case);
+            chains.policy = Some(policy);
+            FallbackLayer::with_chains(
+                ChainSet::new(chain)
+                    .chain("policy", policy_chain)
+                    .on_content_policy("policy"),
+            )
+        }
+    };
     if let Some(n) = case.max_body_bytes {
         layer = layer.max_body_bytes(n);
     }
@@ -1452,6 +1597,13 @@ async fn drive(case: &Case) -> Summary {
     }
     if case.hedge_after.is_some() {
         layer = layer.hedging(llm_fallback::health::HedgeBudget::new(1.0, Duration::from_secs(60)));
+    }
+    layer = layer.allow_chain_header(case.allow_chain_header);
+    if case.summary_exhaustion {
+        layer = layer.exhaustion_body(ExhaustionBody::Summary);
+    }
+    if case.custom_credential {
+        layer = layer.credential_header(HeaderName::from_static(CUSTOM_CREDENTIAL));
     }
     let state = Arc::new(Mutex::new(UpstreamState::default()));
     let svc = tower::ServiceBuilder::new()
@@ -1462,6 +1614,12 @@ async fn drive(case: &Case) -> Summary {
     for &i in &case.credentials {
         let name = CREDENTIALS[i];
         req = req.header(name, format!("{MARKER}{name}"));
+    }
+    if case.custom_credential {
+        req = req.header(CUSTOM_CREDENTIAL, format!("{MARKER}{CUSTOM_CREDENTIAL}"));
+    }
+    if case.drill_header {
+        req = req.header("x-fallback-drill", "1");
     }
     if case.host {
         req = req.header("host", "caller.example");
@@ -1529,13 +1687,12 @@ async fn drive(case: &Case) -> Summary {
         };
     };
     let received = std::mem::take(&mut lock(&state).received);
-    check(case, &specs, &built, &received, parts, got, body_error)
+    check(case, &chains, &received, parts, got, body_error)
 }
 
 fn check(
     case: &Case,
-    specs: &[RouteSpec],
-    routes: &[Route],
+    chains: &Chains,
     received: &[Received],
     parts: http::response::Parts,
     got: Vec<u8>,
@@ -1563,14 +1720,23 @@ fn check(
             );
         }
         if !matches!(parts.status.as_u16(), 400 | 413) {
-            violated!(case, 2, "a refused request got status {}", parts.status);
+            violated!(
+                case,
+                2,
+                "a refused request got status {}: {:?}",
+                parts.status,
+                Blob(got.clone())
+            );
         }
+        summary.rejection = serde_json::from_slice::<Value>(&got)
+            .ok()
+            .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
     }
     let limit = case.max_body_bytes.unwrap_or(32 * 1024 * 1024);
     let plain_request = case.caller_frames.ending == Ending::Clean
         && case.body.0.len() <= limit
         && case.content_length != ContentLength::Huge
-        && matches!(case.chain_header, None | Some("default"));
+        && (!case.allow_chain_header || case.chain_header.is_none_or(|c| chains.names_request(c)));
     match (&verdict, report.resolution()) {
         (BodyVerdict::Accept(_), Resolution::Rejected)
             if plain_request
@@ -1594,7 +1760,7 @@ fn check(
         let Some(attempt) = &r.attempt else {
             violated!(case, 3, "an upstream request carries no Attempt extension");
         };
-        let (Some(route), Some(spec)) = (routes.get(attempt.index()), specs.get(attempt.index())) else {
+        let Some((_, route, spec)) = chains.of(attempt) else {
             violated!(
                 case,
                 3,
@@ -1716,8 +1882,8 @@ fn check(
                 }
             }
             None => {
-                for &i in &case.credentials {
-                    let name = CREDENTIALS[i];
+                let custom = case.custom_credential.then_some(CUSTOM_CREDENTIAL);
+                for name in case.credentials.iter().map(|&i| CREDENTIALS[i]).chain(custom) {
                     let want = format!("{MARKER}{name}");
                     let values: Vec<_> = headers.get_all(name).iter().collect();
                     if values.len() != 1 || values[0] != want.as_str() {
@@ -1736,8 +1902,8 @@ fn check(
         if headers.get("x-fuzz-plain").is_none_or(|v| v != "kept") {
             violated!(case, 4, "an ordinary caller header was dropped");
         }
-        if headers.contains_key("x-fallback-chain") {
-            violated!(case, 4, "x-fallback-chain was forwarded");
+        if headers.contains_key("x-fallback-chain") || headers.contains_key("x-fallback-drill") {
+            violated!(case, 4, "x-fallback-chain or x-fallback-drill was forwarded");
         }
     }
 
@@ -1760,7 +1926,15 @@ fn check(
             };
             let from: Vec<_> = received
                 .iter()
-                .filter(|r| r.attempt.as_ref().is_some_and(|a| a.index() == record.index()))
+                .filter(|r| {
+                    r.attempt
+                        .as_ref()
+                        .and_then(|a| chains.of(a))
+                        .is_some_and(|(chain, _, _)| {
+                            chain.name == record.chain()
+                                && r.attempt.as_ref().is_some_and(|a| a.index() == record.index())
+                        })
+                })
                 .collect();
             let [from] = from[..] else {
                 violated!(
@@ -1820,7 +1994,8 @@ fn check(
                             String::from_utf8_lossy(&got), String::from_utf8_lossy(&yielded.bytes));
                     };
                     let (partial_line, pending_event) = sse_tail(&yielded.bytes);
-                    let known = !CHUNK_STANDS_ALONE && (pending_event || (partial_line && yielded.ended));
+                    let known = (!CHUNK_AFTER_PENDING_EVENT && pending_event)
+                        || (!CHUNK_AFTER_PARTIAL_LINE && partial_line && yielded.ended);
                     if !extra.is_empty() {
                         // Known (see the gate): only the chunk's own shape is checked.
                         let checked = match known {
@@ -1869,14 +2044,49 @@ fn check(
                     case,
                     5,
                     "the exhaustion answer is not OpenAI error JSON: {:?}",
-                    String::from_utf8_lossy(&got)
+                    Blob(got.clone())
                 );
+            }
+            // 6. The summary says nothing the upstreams or the transport said.
+            if case.summary_exhaustion {
+                let named = |text: &str| {
+                    let specs = case.routes.iter().chain(&case.policy_routes);
+                    specs
+                        .clone()
+                        .any(|r| r.model.contains(text) || r.label.is_some_and(|l| l.contains(text)))
+                        || case.body.0.windows(text.len()).any(|w| w == text.as_bytes())
+                };
+                for text in UPSTREAM_TEXTS {
+                    if !named(text) && got.windows(text.len()).any(|w| w == text.as_bytes()) {
+                        violated!(
+                            case,
+                            6,
+                            "the summary exhaustion body holds {text:?}: {:?}",
+                            Blob(got.clone())
+                        );
+                    }
+                }
             }
         }
         _ => {}
     }
     summary
 }
+
+/// What upstreams and transports say in this harness; a summary exhaustion
+/// body holds none of it (unless a model or label of the case does).
+const UPSTREAM_TEXTS: [&str; 10] = [
+    "the fuzz body was cut",
+    "raw provider text",
+    "Provider returned error",
+    "Provider disconnected",
+    "is not a valid model ID",
+    "No endpoints found",
+    "maximum context length",
+    "upstream down",
+    "Fuzz",
+    "127.0.0.1",
+];
 
 fn show(members: &[(String, Value)]) -> String {
     let parts: Vec<String> = members.iter().map(|(k, v)| format!("{k:?}: {v}")).collect();
