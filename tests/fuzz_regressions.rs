@@ -208,3 +208,17 @@ fn replay_one() {
     println!("{case:#?}");
     println!("{:?}", engine_fuzz::run_case(&case));
 }
+
+#[test]
+fn the_dense_gear_risk_covers_the_scanner_reproducer() {
+    use engine_fuzz::dense_gear_risk;
+    let a = |n| "a".repeat(n);
+    let repro = format!(r#"{{"model":"m","a":["{}\"{}\"{}\""]}}"#, a(30), a(16), a(63));
+    assert!(dense_gear_risk(repro.as_bytes()));
+    assert!(!dense_gear_risk(
+        format!(r#"{{"model":"m","a":["{}\"{}\""]}}"#, a(30), a(200)).as_bytes()
+    ));
+    assert!(!dense_gear_risk(
+        format!(r#"{{"model":"m","a":["\"\"{}"]}}"#, a(40)).as_bytes()
+    ));
+}

@@ -86,9 +86,49 @@ pub const CHUNK_AFTER_PENDING_EVENT: bool = false;
 /// hands back the next block's start when a block had no quote, dropping
 /// the escape carry, so a nested string whose 64-byte block ends in an odd
 /// backslash run takes the escaped quote after it for its end, and a valid
-/// body is refused as `invalid_json`. While this is false, a refused valid
-/// body with at least two `\"` (what reaches that gear) is let pass.
+/// body is refused as `invalid_json` — or, when the scanner finds its feet
+/// again, read wrong: a top-level `route` it never saw is sent to a
+/// non-OpenRouter endpoint. While this is false, bodies that can reach that
+/// gear ([`dense_gear_risk`]) are not checked by properties 2 and 3.
 pub const SCANNER_KEEPS_ESCAPE_CARRY: bool = false;
+
+/// A string literal of `body` with two escaped quotes and then 63 bytes
+/// without a quote: what the scanner's dense-escape gear needs to go wrong
+/// (an over-approximation).
+pub fn dense_gear_risk(body: &[u8]) -> bool {
+    let mut i = 0;
+    while i < body.len() {
+        if body[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        let (mut escaped_quotes, mut since_quote) = (0, 0usize);
+        while let Some(&b) = body.get(j) {
+            match b {
+                b'"' => break,
+                b'\\' => {
+                    if body.get(j + 1) == Some(&b'"') {
+                        escaped_quotes += 1;
+                        since_quote = 0;
+                    } else {
+                        since_quote += 2;
+                    }
+                    j += 2;
+                }
+                _ => {
+                    since_quote += 1;
+                    j += 1;
+                }
+            }
+            if escaped_quotes >= 2 && since_quote >= 62 {
+                return true;
+            }
+        }
+        i = j + 1;
+    }
+    false
+}
 
 /// The caller's credential headers (issue 13 point 2,
 /// `native::CREDENTIAL_HEADERS`), sent with marker values.
@@ -1739,8 +1779,7 @@ fn check(
         && (!case.allow_chain_header || case.chain_header.is_none_or(|c| chains.names_request(c)));
     match (&verdict, report.resolution()) {
         (BodyVerdict::Accept(_), Resolution::Rejected)
-            if plain_request
-                && (SCANNER_KEEPS_ESCAPE_CARRY || case.body.0.windows(2).filter(|w| w == b"\\\"").count() < 2) =>
+            if plain_request && (SCANNER_KEEPS_ESCAPE_CARRY || !dense_gear_risk(&case.body.0)) =>
         {
             violated!(
                 case,
@@ -1789,6 +1828,7 @@ fn check(
                     .any(|key| caller.iter().filter(|(k, _)| k == key).count() > 1)
         };
         let checkable = match &verdict {
+            BodyVerdict::Accept(_) if !SCANNER_KEEPS_ESCAPE_CARRY && dense_gear_risk(&case.body.0) => None,
             BodyVerdict::Accept(caller) if !known_duplicate(caller) => Some(caller),
             _ => None,
         };
