@@ -45,6 +45,9 @@ cleanup() {
 trap cleanup EXIT
 
 cat >"$work/bench.toml" <<EOF
+# The scenarios pick the healthy chain by header.
+allow_chain_header = true
+
 [gateway]
 upstream = "http://$MOCK/api/v1"
 metrics = true

@@ -18,9 +18,17 @@
 //! when `gateway.metrics = true`. Every request gets an `x-request-id` (kept
 //! if the caller sent one) and a `tower-http` trace span. The caller's
 //! `Authorization` is never forwarded: the upstream gets the gateway's own key
-//! (`gateway.api_key_env`, default `OPENROUTER_API_KEY` for OpenRouter). The
-//! gateway does not authenticate its callers: keep it on loopback or put it
-//! behind your own auth.
+//! (`gateway.api_key_env`, default `OPENROUTER_API_KEY` for OpenRouter).
+//!
+//! Callers: with `gateway.client_keys_env` (a variable holding keys,
+//! comma-separated) every route but `/health` wants `Authorization: Bearer
+//! <one of them>` and answers `401` otherwise, before reading the body. Without
+//! it the gateway refuses to listen on anything but loopback unless
+//! `gateway.allow_unauthenticated = true`. A caller gets
+//! `gateway.header_read_timeout` (10s) for a request head and
+//! `gateway.request_body_timeout` (30s, then `408`) for the body; past
+//! `gateway.max_concurrent_requests` (1024) chat requests in flight, streams
+//! included, a request gets `503` at once.
 //!
 //! With no `--config` and no `OPENROUTER_API_KEY` it starts the crate's mock
 //! OpenRouter on 127.0.0.1 with a primary model that is down (503) and serves
@@ -37,26 +45,35 @@
 
 use axum::body::Body;
 use axum::error_handling::HandleErrorLayer;
+use axum::extract::State;
+use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use llm_fallback::config::{Config, ConfigError, GatewayConfig};
 use llm_fallback::testing::{MockUpstream, Reply};
-use llm_fallback::{FallbackLayer, ReplayBody};
+use llm_fallback::{ExhaustionBody, FallbackLayer, ReplayBody};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -71,6 +88,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The demo's chain: a primary that is down, then two that work.
 const DEMO_CONFIG: &str = r#"
+# The demo listens on loopback only; its callers (benches/gateway.sh) pick
+# the `healthy` chain by header.
+allow_chain_header = true
+
 [gateway]
 metrics = true
 shutdown_grace = "10s"
@@ -146,9 +167,23 @@ async fn run() -> Result<(), BoxError> {
     let gateway = config.gateway.clone().unwrap_or_default();
     let listen = args.listen.unwrap_or_else(|| gateway.listen_addr());
     let app = app(&config)?;
+    // Before binding: an open gateway never listens beyond loopback by accident.
+    let access = access(&config, listen)?;
 
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    match access {
+        Access::Keys => tracing::info!(
+            "callers must send Authorization: Bearer <a key from {}>",
+            gateway.client_keys_env.as_deref().unwrap_or_default()
+        ),
+        Access::LoopbackOnly => tracing::info!(
+            "callers are not authenticated (no gateway.client_keys_env): serving {addr}, a loopback address, only"
+        ),
+        Access::Open => tracing::warn!(
+            "callers are not authenticated and gateway.allow_unauthenticated = true: anyone who can reach {addr} uses the upstream keys"
+        ),
+    }
     println!(
         "gateway on http://{addr}: POST /v1/chat/completions, GET /health{}",
         if gateway.metrics_enabled() {
@@ -157,14 +192,18 @@ async fn run() -> Result<(), BoxError> {
             ""
         }
     );
+    let auth = match &gateway.client_keys_env {
+        Some(var) => format!(" -H \"authorization: Bearer ${{{var}%%,*}}\""),
+        None => String::new(),
+    };
     println!(
-        "try:\n  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json' \\\n    -d '{{\"model\":\"anthropic/claude-3.5-sonnet\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
+        "try:\n  curl -s http://{addr}/v1/chat/completions -H 'content-type: application/json'{auth} \\\n    -d '{{\"model\":\"anthropic/claude-3.5-sonnet\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello!\"}}]}}'"
     );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
         println!("shutting down: letting in-flight requests finish");
     };
-    match serve(listener, app, shutdown, gateway.grace()).await? {
+    match serve(listener, app, &gateway, shutdown).await {
         Drained::AllFinished => println!("stopped"),
         Drained::GraceElapsed => println!("stopped: the grace period ended with requests still in flight"),
     }
@@ -232,13 +271,23 @@ fn openrouter_config() -> Result<Config, ConfigError> {
 // ===== the app =====
 
 /// The gateway's router for `config`: chat completions through the
-/// `FallbackLayer`, health, metrics, request ids and tracing.
+/// `FallbackLayer`, health, metrics, request ids and tracing; caller keys,
+/// the concurrency cap and the body deadline from `[gateway]`.
 ///
-/// Fails when the config names a key variable that is not set.
+/// Fails when the config names a key variable (upstream or callers') that is
+/// not set.
 pub fn app(config: &Config) -> Result<Router, ConfigError> {
     let gateway = config.gateway.clone().unwrap_or_default();
     let upstream = Upstream::from_config(config, &gateway)?;
-    let layer = FallbackLayer::from_config(config)?;
+    let keys = ClientKeys::from_config(config, &gateway)?;
+    // Callers are other processes: the exhaustion answer is to name models
+    // and outcomes only, never transport errors or provider text (the
+    // report keeps the detail).
+    // `exhaustion_body = "full"` in the config file says otherwise.
+    let mut layer = FallbackLayer::from_config(config)?;
+    if config.exhaustion_body.is_none() {
+        layer = layer.exhaustion_body(ExhaustionBody::Summary);
+    }
     let metrics = gateway.metrics_enabled().then(prometheus).flatten();
 
     let mut http = HttpConnector::new();
@@ -256,7 +305,13 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     let chat = ServiceBuilder::new()
         // The layer's error only comes from the client's `poll_ready`.
         .layer(HandleErrorLayer::new(|e: hyper_util::client::legacy::Error| {
-            std::future::ready(error_response(StatusCode::BAD_GATEWAY, &e.to_string()))
+            tracing::warn!(error = %e, "the upstream client is not ready");
+            std::future::ready(error_response(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                "upstream_unavailable",
+                "the gateway cannot reach its upstream",
+            ))
         }))
         .map_response(|response: Response<_>| strip_response(response).map(Body::new))
         // Outside the fallback: once per request, not per attempt.
@@ -264,17 +319,15 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
         .layer(layer)
         .service(client);
 
+    let slots = Arc::new(Semaphore::new(gateway.concurrency_limit().min(Semaphore::MAX_PERMITS)));
     let chains: Vec<String> = config.chains.keys().cloned().collect();
     let mut router = Router::new()
         .route_service("/v1/chat/completions", chat.clone())
         .route_service("/api/v1/chat/completions", chat)
-        .route(
-            "/health",
-            get(move || {
-                let body = serde_json::json!({"status": "ok", "chains": chains});
-                async move { axum::Json(body) }
-            }),
-        );
+        // Route layers wrap the routes added so far, the last one outermost:
+        // a request refused at the cap gets no body deadline.
+        .route_layer(middleware::from_fn_with_state(gateway.body_timeout(), body_deadline))
+        .route_layer(middleware::from_fn_with_state(slots, cap));
     if let Some(handle) = metrics {
         router = router.route(
             "/metrics",
@@ -284,6 +337,17 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
             }),
         );
     }
+    if let Some(keys) = keys {
+        // Everything so far: chat and metrics; `/health` stays open.
+        router = router.route_layer(middleware::from_fn_with_state(Arc::new(keys), authenticate));
+    }
+    router = router.route(
+        "/health",
+        get(move || {
+            let body = serde_json::json!({"status": "ok", "chains": chains});
+            async move { axum::Json(body) }
+        }),
+    );
     let x_request_id = HeaderName::from_static("x-request-id");
     Ok(router.layer(
         ServiceBuilder::new()
@@ -296,6 +360,53 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     ))
 }
 
+/// Who may call a gateway listening on `listen`, from `config`'s
+/// `[gateway]`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Callers must send a key from `gateway.client_keys_env`.
+    Keys,
+    /// No keys, on a loopback address: only this machine can call.
+    LoopbackOnly,
+    /// No keys and `gateway.allow_unauthenticated = true`: anyone who can
+    /// reach the address.
+    Open,
+}
+
+/// Refuses a non-loopback `listen` without caller keys, unless
+/// `gateway.allow_unauthenticated = true`. (The keys themselves are read by
+/// [`app`].)
+pub fn access(config: &Config, listen: SocketAddr) -> Result<Access, ConfigError> {
+    let gateway = config.gateway.clone().unwrap_or_default();
+    if gateway.client_keys_env.is_some() {
+        Ok(Access::Keys)
+    } else if listen.ip().to_canonical().is_loopback() {
+        Ok(Access::LoopbackOnly)
+    } else if gateway.unauthenticated_allowed() {
+        Ok(Access::Open)
+    } else {
+        Err(located(
+            config,
+            ConfigError::new(
+                "gateway.client_keys_env",
+                format!(
+                    "not set, and {listen} is not a loopback address; expected the name of the environment variable \
+                     holding the keys callers must send, or gateway.allow_unauthenticated = true to let in anyone \
+                     who can reach {listen}"
+                ),
+            ),
+        ))
+    }
+}
+
+/// Names `config`'s file in `err`.
+fn located(config: &Config, err: ConfigError) -> ConfigError {
+    match config.source() {
+        Some(path) => err.in_file(path),
+        None => err,
+    }
+}
+
 /// How [`serve`] ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Drained {
@@ -305,32 +416,286 @@ pub enum Drained {
     GraceElapsed,
 }
 
-/// Serves `app` on `listener` until `shutdown` resolves, then stops
-/// accepting and waits for in-flight requests (streams included) to finish,
-/// for at most `grace`.
-pub async fn serve<F>(listener: TcpListener, app: Router, shutdown: F, grace: Duration) -> std::io::Result<Drained>
+/// Serves `app` on `listener` (HTTP/1.1, `gateway.header_read_timeout` for
+/// each request head) until `shutdown` resolves, then stops accepting and
+/// waits for in-flight requests (streams included) to finish, for at most
+/// `gateway.shutdown_grace`.
+pub fn serve<F>(
+    listener: TcpListener,
+    app: Router,
+    gateway: &GatewayConfig,
+    shutdown: F,
+) -> impl Future<Output = Drained> + Send + 'static
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    use axum::serve::ListenerExt;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The timer runs from when the connection waits for a head, so it also
+    // closes a keep-alive connection idle that long.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(gateway.header_timeout());
+    let grace = gateway.grace();
+    async move {
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let tcp = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, _)) => tcp,
+                    // The peer gave up before we took it: nothing to do.
+                    Err(e) if is_connection_error(&e) => continue,
+                    // Out of file descriptors and the like: give them time to free up.
+                    Err(e) => {
+                        tracing::error!(error = %e, "accepting a connection failed; retrying in 1s");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                            () = &mut shutdown => break,
+                        }
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let conn = http.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                // A closed or timed-out connection is the caller's business.
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended");
+                }
+            });
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => Drained::AllFinished,
+            () = tokio::time::sleep(grace) => Drained::GraceElapsed,
+        }
+    }
+}
 
-    let signalled = Arc::new(tokio::sync::Notify::new());
-    let signal = signalled.clone();
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
+/// Errors of one connection, not of the listener.
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
+
+// ===== callers =====
+
+/// The keys callers may send, from `gateway.client_keys_env`. Never printed:
+/// there is no `Debug`.
+struct ClientKeys(Vec<Box<[u8]>>);
+
+impl ClientKeys {
+    /// `None` without `gateway.client_keys_env`; an error when the variable
+    /// it names is unset, empty or holds something that is not a key.
+    fn from_config(config: &Config, gateway: &GatewayConfig) -> Result<Option<ClientKeys>, ConfigError> {
+        const KEY: &str = "gateway.client_keys_env";
+        let Some(var) = gateway.client_keys_env.as_deref() else {
+            return Ok(None);
+        };
+        let refuse = |what: &str| {
+            located(
+                config,
+                ConfigError::new(
+                    KEY,
+                    format!(
+                        "the environment variable {var} {what}; expected it to hold the keys callers must send, \
+                         comma-separated"
+                    ),
+                ),
+            )
+        };
+        let text = match std::env::var(var) {
+            Ok(text) => text,
+            Err(std::env::VarError::NotPresent) => return Err(refuse("is not set")),
+            Err(std::env::VarError::NotUnicode(_)) => return Err(refuse("is not UTF-8")),
+        };
+        let keys: Vec<Box<[u8]>> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| k.as_bytes().into())
+            .collect();
+        if keys.is_empty() {
+            return Err(refuse("is empty"));
+        }
+        // A key that no `Authorization: Bearer` value can carry would lock
+        // everyone out without a word.
+        if keys.iter().any(|k| k.iter().any(|b| !b.is_ascii_graphic())) {
+            return Err(refuse("holds a key with a space or a character outside visible ASCII"));
+        }
+        Ok(Some(ClientKeys(keys)))
+    }
+
+    /// Why `headers` do not carry an accepted key, if they do not.
+    fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let value = match (values.next(), values.next()) {
+            (Some(value), None) => value,
+            (None, _) => return Err("no API key: send Authorization: Bearer <key>"),
+            (Some(_), Some(_)) => return Err("more than one Authorization header; send one"),
+        };
+        let key = bearer(value.as_bytes()).ok_or("the Authorization header is not Bearer <key>")?;
+        if self.accepts(key) {
+            Ok(())
+        } else {
+            Err("the API key is not valid for this gateway")
+        }
+    }
+
+    /// Compares `presented` with every key, each in constant time, without
+    /// stopping at a match (only the lengths show in the timing).
+    fn accepts(&self, presented: &[u8]) -> bool {
+        let mut any = subtle::Choice::from(0);
+        for key in &self.0 {
+            any |= key.as_ref().ct_eq(presented);
+        }
+        any.into()
+    }
+}
+
+/// The key of a `Bearer <key>` header value (scheme in any case).
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(7)?;
+    let key = rest.trim_ascii();
+    (scheme.eq_ignore_ascii_case(b"bearer ") && !key.is_empty()).then_some(key)
+}
+
+/// `401` unless the request carries an accepted key; the header is removed
+/// before anything else sees the request. Nothing is read first.
+async fn authenticate(State(keys): State<Arc<ClientKeys>>, mut request: Request<Body>, next: Next) -> Response<Body> {
+    match keys.check(request.headers()) {
+        Ok(()) => {
+            request.headers_mut().remove(header::AUTHORIZATION);
+            next.run(request).await
+        }
+        Err(why) => {
+            tracing::debug!(path = request.uri().path(), "refused a caller: {why}");
+            let mut response = error_response(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "invalid_api_key",
+                why,
+            );
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            response
+        }
+    }
+}
+
+// ===== limits =====
+
+/// `503` at once past `gateway.max_concurrent_requests`. The slot is held
+/// until the response body ends, so a stream counts until its last byte
+/// (tower's `ConcurrencyLimit` would free it at the response head).
+async fn cap(State(slots): State<Arc<Semaphore>>, request: Request<Body>, next: Next) -> Response<Body> {
+    let Ok(slot) = slots.try_acquire_owned() else {
+        tracing::debug!("refused a request: gateway.max_concurrent_requests are in flight");
+        let mut response = error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "overloaded",
+            "the gateway has as many requests in flight as it takes; retry shortly",
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    next.run(request)
+        .await
+        .map(|body| Body::new(Holding { body, _slot: slot }))
+}
+
+/// A response body holding a concurrency slot until it is dropped.
+struct Holding {
+    body: Body,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    // Both forwarded, so hyper still sends a Content-Length when it is known.
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Gives the request body `limit` from now to arrive whole; past it the
+/// caller gets `408` and the connection is closed. A deadline for the whole
+/// body, not per frame like tower-http's `RequestBodyTimeoutLayer`: a body
+/// sent a byte at a time must not hold the connection either.
+async fn body_deadline(State(limit): State<Duration>, request: Request<Body>, next: Next) -> Response<Body> {
+    let expired = Arc::new(AtomicBool::new(false));
+    let request = request.map(|body| {
+        Body::new(Deadline {
+            body,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            limit,
+            expired: expired.clone(),
+        })
     });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        // `notify_one` keeps a permit, so the grace timer starts even if it
-        // is not waiting yet.
-        signal.notify_one();
-    });
-    tokio::select! {
-        result = server => result.map(|()| Drained::AllFinished),
-        () = async {
-            signalled.notified().await;
-            tokio::time::sleep(grace).await;
-        } => Ok(Drained::GraceElapsed),
+    let response = next.run(request).await;
+    if !expired.load(Ordering::Relaxed) {
+        return response;
+    }
+    // The layer answered its own 400 for an unreadable body; say what it was.
+    let mut response = error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        "request_timeout",
+        &format!("the request body did not arrive within {limit:?}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// A request body that fails once its deadline passes before its end.
+struct Deadline {
+    body: Body,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    limit: Duration,
+    expired: Arc<AtomicBool>,
+}
+
+impl http_body::Body for Deadline {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
+        }
+        ready!(this.sleep.as_mut().poll(cx));
+        this.expired.store(true, Ordering::Relaxed);
+        Poll::Ready(Some(Err(format!(
+            "the request body did not arrive within {:?}",
+            this.limit
+        )
+        .into())))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -416,8 +781,9 @@ fn strip_response<B>(mut response: Response<B>) -> Response<B> {
     response
 }
 
-fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"error": {"message": message, "type": "gateway_error", "code": status.as_u16()}});
+/// An OpenAI-style error answer.
+fn error_response(status: StatusCode, kind: &str, code: &str, message: &str) -> Response<Body> {
+    let body = serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
     (status, axum::Json(body)).into_response()
 }
 

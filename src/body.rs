@@ -108,9 +108,9 @@ where
                 let extra = head.as_ref().map_or(0, |h| h.len() as u64);
                 let inner = body.size_hint();
                 let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + extra);
+                hint.set_lower(inner.lower().saturating_add(extra));
                 if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + extra);
+                    hint.set_upper(upper.saturating_add(extra));
                 }
                 hint
             }
@@ -160,8 +160,13 @@ where
         match (first.take(), &mut buf) {
             (None, None) => first = Some(data.copy_to_bytes(n)),
             (Some(f), None) => {
+                // The peer's declared length sizes the buffer, but no more
+                // than twice what arrived plus 1 MiB ahead of it: a client
+                // that declares 32 MiB and stalls after two frames holds
+                // little memory (the buffer grows as bytes come).
+                let ahead = len.max(1 << 20);
                 let hint = body.size_hint().lower().min(limit as u64) as usize;
-                let mut b = BytesMut::with_capacity((len + hint).min(limit).max(len));
+                let mut b = BytesMut::with_capacity(len.saturating_add(hint.min(ahead)).min(limit).max(len));
                 b.put(f);
                 b.put(data);
                 buf = Some(b);

@@ -171,7 +171,8 @@ pub struct Needs {
 impl Needs {
     /// Context the request needs: prompt plus requested output.
     pub fn context_tokens(&self) -> u64 {
-        self.prompt_tokens + self.max_output_tokens.unwrap_or(0)
+        // `max_tokens: 1e20` saturates to u64::MAX on the way in.
+        self.prompt_tokens.saturating_add(self.max_output_tokens.unwrap_or(0))
     }
 }
 

@@ -252,7 +252,8 @@ where
             }
         };
         report.chain = Some(chain_name.clone());
-        let deadline = chain.get_deadline().map(|d| started + d);
+        // A deadline too far to be an instant is no deadline.
+        let deadline = chain.get_deadline().and_then(|d| started.checked_add(d));
         let guard = parts
             .extensions
             .get::<PriceGuard>()
@@ -470,8 +471,8 @@ where
                     // the next route starts beside it (budget allowing).
                     if let (Some(after), Some(budget)) = (hedge_after, &shared.hedge_budget) {
                         if next < chain.routes().len() && budget.admits_more() {
-                            let at = now + after;
-                            if deadline.is_none_or(|d| at < d) {
+                            let at = now.checked_add(after);
+                            if let Some(at) = at.filter(|at| deadline.is_none_or(|d| *at < d)) {
                                 hedge_timer = Some(Box::pin(tokio::time::sleep_until(at)));
                             }
                         }

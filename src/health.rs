@@ -175,13 +175,13 @@ impl HealthStore for Cooldowns {
                 h.consecutive += 1;
                 let was_probe = std::mem::take(&mut h.probing);
                 if was_probe || retry_after.is_some() || h.consecutive >= self.failures {
-                    h.ejections += 1;
+                    h.ejections = h.ejections.saturating_add(1);
                     let backoff = self
                         .base
                         .saturating_mul(1u32 << (h.ejections - 1).min(16))
                         .min(self.max);
                     let cool = retry_after.map_or(backoff, |r| r.min(self.max_retry_after));
-                    h.until = Some(now + cool);
+                    h.until = Some(now.checked_add(cool).unwrap_or_else(|| far_future(now)));
                     h.consecutive = 0;
                     tracing::info!(
                         route = key,
@@ -245,7 +245,7 @@ impl HedgeBudget {
         let mut w = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let started = *w.started.get_or_insert(now);
         let age = now.saturating_duration_since(started);
-        if age >= self.window * 2 {
+        if age >= self.window.saturating_mul(2) {
             *w = Window {
                 started: Some(now),
                 requests: 0,
@@ -256,7 +256,7 @@ impl HedgeBudget {
             w.previous = (w.requests, w.hedges);
             w.requests = 0;
             w.hedges = 0;
-            w.started = Some(started + self.window);
+            w.started = Some(started.checked_add(self.window).unwrap_or(now));
         }
         let slid = w.started.map_or(0.0, |s| {
             now.saturating_duration_since(s).as_secs_f64() / self.window.as_secs_f64()
@@ -341,6 +341,13 @@ impl Drills {
         let n = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
         ((n + 1.0) * self.fraction).floor() > (n * self.fraction).floor()
     }
+}
+
+/// About thirty years from `now`: "never" for a cooldown whose length
+/// does not fit an `Instant` (tokio's `sleep` does the same).
+fn far_future(now: Instant) -> Instant {
+    const THIRTY_YEARS: Duration = Duration::from_secs(86_400 * 365 * 30);
+    now.checked_add(THIRTY_YEARS).unwrap_or(now)
 }
 
 #[cfg(test)]

@@ -75,11 +75,13 @@
 //! After commit the held bytes and the rest of the stream pass through
 //! unchanged, one frame per poll (backpressure is kept). Nothing is ever
 //! replayed once the caller has part of an answer. Instead, a stream that
-//! breaks, stalls past [`Route::idle_timeout`], or ends without `[DONE]` or a
-//! final `finish_reason` is ended with one SSE error chunk in OpenRouter's
-//! shape (`finish_reason: "error"`, `error.code` `stream_broken`,
-//! `stream_stalled` or `stream_truncated`), so no client mistakes it for a
-//! whole answer. An error chunk the upstream sends itself passes through.
+//! breaks, stalls past [`Route::idle_timeout`], ends without `[DONE]` or a
+//! final `finish_reason`, or sends an event larger than 8 MiB is ended with
+//! one SSE error chunk in OpenRouter's shape (`finish_reason: "error"`,
+//! `error.code` `stream_broken`, `stream_stalled`, `stream_truncated` or
+//! `stream_event_too_large`), so no client mistakes it for a whole answer;
+//! the upstream's body is dropped then. Before commit an event that large
+//! fails the attempt (no buffer an upstream fills grows past that bound). An error chunk the upstream sends itself passes through.
 //!
 //! A streamed response carries the [`FallbackReport`] as of the commit point
 //! (the served model is the committed chunk's `model`) and a

@@ -122,11 +122,9 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    // Some providers send fractional seconds.
-    v.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+    // Some providers send fractional seconds. A value too large for a
+    // `Duration` (`2e19`) is ignored, not a panic.
+    v.parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok())
 }
 
 /// Decides what each attempt's outcome means for the chain.

@@ -8,7 +8,9 @@
 //! upstream body pass through unchanged, one frame per poll; the tracker keeps
 //! watching so a stream that breaks, stalls or ends without `[DONE]` or a
 //! final `finish_reason` is ended with an explicit SSE error chunk instead of
-//! looking complete.
+//! looking complete. No event may be larger than [`MAX_EVENT_BYTES`]: that
+//! bounds every buffer upstream bytes fill, before commit (the attempt
+//! fails) and after (the stream ends with a `stream_event_too_large` chunk).
 
 use crate::inspect::error_from_value;
 use crate::report::{FallbackReport, Outcome, Resolution, UpstreamError, Usage};
@@ -37,14 +39,54 @@ pub(crate) enum Signal {
     Error(UpstreamError),
 }
 
+/// The largest SSE event the layer reads from an upstream: 8 MiB, counting
+/// the bytes of the event's lines without their line breaks (comments and
+/// field names included). Past it the event is refused: before commit the
+/// attempt fails (an error in a 200, so the chain moves on); after commit
+/// the stream ends with a `stream_event_too_large` error chunk. It bounds
+/// every buffer that upstream bytes fill (the unfinished line, the event's
+/// `data`), which would otherwise grow for the life of a stream that never
+/// sends a line break.
+///
+/// Why 8 MiB: real chunks are small (a token, a tool-call-arguments or
+/// reasoning fragment: bytes to tens of KiB), but a model that returns an
+/// image sends it whole, base64 in one `delta`: a 1024×1024 PNG is 2–3 MB
+/// encoded, a 2K one several MB. 8 MiB carries those. It is also half the
+/// default `max_response_bytes` (16 MiB), on purpose: before commit the
+/// engine commits once it holds more than `max_response_bytes`, so the event
+/// limit must be reached first for an oversized first event to be refused
+/// (and fallen back from) rather than committed to; half leaves room for
+/// 8 MiB of keep-alives and role chunks ahead of it. A stream holds at most
+/// about one limit of upstream bytes (plus the parse of one event), less
+/// than one buffered response may.
+pub(crate) const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
+const _: () = assert!(MAX_EVENT_BYTES < crate::engine::DEFAULT_MAX_RESPONSE_BYTES);
+
+/// A buffer that has held more than this is given back after its event, so
+/// one large event does not keep its memory for the rest of the stream.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+/// The error code (and the report's `error_type`) of an event larger than
+/// the limit.
+pub(crate) const EVENT_TOO_LARGE: &str = "stream_event_too_large";
+
 /// Incremental SSE reader that remembers what matters about the stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SseTracker {
     /// Bytes of an unfinished line carried between frames.
     partial: Vec<u8>,
     /// The `data:` payload of the event being read (lines joined by `\n`).
     data: Vec<u8>,
     has_data: bool,
+    /// Bytes of the current event's complete lines, line breaks not counted.
+    event_len: usize,
+    /// The largest event read ([`MAX_EVENT_BYTES`] by default).
+    max_event_bytes: usize,
+    /// An event passed `max_event_bytes`: nothing more is read.
+    too_large: bool,
+    /// When `too_large`: the bytes fed so far ended mid-line.
+    cut_mid_line: bool,
     pub(crate) committed: bool,
     pub(crate) model: Option<String>,
     pub(crate) provider: Option<String>,
@@ -52,6 +94,12 @@ pub(crate) struct SseTracker {
     pub(crate) finish_reason: Option<String>,
     pub(crate) error: Option<UpstreamError>,
     pub(crate) usage: Option<Usage>,
+}
+
+impl Default for SseTracker {
+    fn default() -> Self {
+        Self::new(MAX_EVENT_BYTES)
+    }
 }
 
 #[derive(Deserialize)]
@@ -79,22 +127,53 @@ struct ChunkChoice {
 }
 
 impl SseTracker {
+    /// A tracker that refuses events larger than `max_event_bytes`.
+    pub(crate) fn new(max_event_bytes: usize) -> Self {
+        SseTracker {
+            partial: Vec::new(),
+            data: Vec::new(),
+            has_data: false,
+            event_len: 0,
+            max_event_bytes,
+            too_large: false,
+            cut_mid_line: false,
+            committed: false,
+            model: None,
+            provider: None,
+            done: false,
+            finish_reason: None,
+            error: None,
+            usage: None,
+        }
+    }
+
     /// Reads one frame's bytes. Before commit it stops at the first decisive
     /// event and returns it; after commit it only keeps track.
     ///
     /// The first decisive event of a frame wins: after a commit the rest of
-    /// the frame is still tracked; after an error the attempt is over.
-    pub(crate) fn feed(&mut self, mut bytes: &[u8]) -> Signal {
+    /// the frame is still tracked; after an error the attempt is over. An
+    /// event larger than the limit is an error before commit; after it (see
+    /// [`SseTracker::too_large`]) nothing more is read.
+    pub(crate) fn feed(&mut self, frame: &[u8]) -> Signal {
+        if self.too_large {
+            return Signal::None;
+        }
+        let mut bytes = frame;
         let mut result = Signal::None;
         while let Some(nl) = memchr::memchr(b'\n', bytes) {
+            let head = &bytes[..nl];
             let signal = if self.partial.is_empty() {
-                self.line(&bytes[..nl])
+                self.line(head)
+            } else if !self.fits(self.partial.len() + head.len(), head.last().or(self.partial.last())) {
+                self.refuse()
             } else {
                 let mut line = std::mem::take(&mut self.partial);
-                line.extend_from_slice(&bytes[..nl]);
+                extend_bounded(&mut line, head, self.max_event_bytes.saturating_add(1));
                 let s = self.line(&line);
-                line.clear();
-                self.partial = line;
+                if !self.too_large && line.capacity() <= KEEP_CAPACITY {
+                    line.clear();
+                    self.partial = line;
+                }
                 s
             };
             bytes = &bytes[nl + 1..];
@@ -103,13 +182,70 @@ impl SseTracker {
                 Signal::Commit => result = Signal::Commit,
                 Signal::Error(e) => return Signal::Error(e),
             }
+            if self.too_large {
+                self.cut_mid_line = frame.last() != Some(&b'\n');
+                return result;
+            }
         }
-        self.partial.extend_from_slice(bytes);
+        if !bytes.is_empty() {
+            if !self.fits(self.partial.len() + bytes.len(), bytes.last()) {
+                self.cut_mid_line = true;
+                return match self.refuse() {
+                    Signal::None => result,
+                    s => s,
+                };
+            }
+            extend_bounded(&mut self.partial, bytes, self.max_event_bytes.saturating_add(1));
+        }
         result
+    }
+
+    /// A line of `len` bytes (its `\r` included, `last` its last byte) fits
+    /// in the current event. A trailing `\r` is not counted: it may be half
+    /// of a `\r\n` line break.
+    fn fits(&self, len: usize, last: Option<&u8>) -> bool {
+        let len = len.saturating_sub(usize::from(last == Some(&b'\r')));
+        self.event_len.saturating_add(len) <= self.max_event_bytes
+    }
+
+    /// An event passed the limit: give its buffers back and stop reading.
+    /// Before commit that is the attempt's error. (`feed` records whether
+    /// the caller was left mid-line.)
+    fn refuse(&mut self) -> Signal {
+        self.too_large = true;
+        self.partial = Vec::new();
+        self.data = Vec::new();
+        self.has_data = false;
+        if self.committed {
+            Signal::None
+        } else {
+            Signal::Error(self.too_large_error())
+        }
+    }
+
+    /// An event passed the limit; the stream must end.
+    pub(crate) fn too_large(&self) -> bool {
+        self.too_large
+    }
+
+    /// The error of an event larger than the limit (`error_type`
+    /// [`EVENT_TOO_LARGE`], like the other ends of a broken stream).
+    pub(crate) fn too_large_error(&self) -> UpstreamError {
+        UpstreamError {
+            error_type: Some(EVENT_TOO_LARGE.to_owned()),
+            message: Some(format!(
+                "the upstream sent a stream event larger than {} bytes",
+                self.max_event_bytes
+            )),
+            ..UpstreamError::default()
+        }
     }
 
     /// The upstream body ended: dispatch what is pending.
     pub(crate) fn finish(&mut self) -> Signal {
+        if self.too_large {
+            return Signal::None;
+        }
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             let s = self.line(&line);
@@ -127,23 +263,30 @@ impl SseTracker {
 
     /// A line ended mid-event (the client's parser holds a partial line).
     pub(crate) fn mid_line(&self) -> bool {
-        !self.partial.is_empty()
+        !self.partial.is_empty() || self.cut_mid_line
     }
 
     fn line(&mut self, line: &[u8]) -> Signal {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
+        let Some(&first) = line.first() else {
+            self.event_len = 0;
             return self.dispatch();
+        };
+        self.event_len = self.event_len.saturating_add(line.len());
+        if self.event_len > self.max_event_bytes {
+            return self.refuse();
         }
-        if line[0] == b':' {
+        if first == b':' {
             return Signal::None; // keep-alive comment
         }
         if let Some(rest) = line.strip_prefix(b"data:") {
             let rest = rest.strip_prefix(b" ").unwrap_or(rest);
             if self.has_data {
-                self.data.push(b'\n');
+                // Within the event's size: each `data:` line's prefix is
+                // longer than the `\n` that joins it.
+                extend_bounded(&mut self.data, b"\n", self.max_event_bytes);
             }
-            self.data.extend_from_slice(rest);
+            extend_bounded(&mut self.data, rest, self.max_event_bytes);
             self.has_data = true;
         }
         Signal::None
@@ -153,10 +296,13 @@ impl SseTracker {
         if !std::mem::take(&mut self.has_data) {
             return Signal::None;
         }
-        let data = std::mem::take(&mut self.data);
+        let mut data = std::mem::take(&mut self.data);
         let signal = self.event(&data);
+        if data.capacity() > KEEP_CAPACITY {
+            data = Vec::new();
+        }
+        data.clear();
         self.data = data;
-        self.data.clear();
         signal
     }
 
@@ -228,6 +374,18 @@ impl SseTracker {
             Signal::Commit
         }
     }
+}
+
+/// Appends `bytes` to `buf`, growing it (by doubling, as `Vec` does) to at
+/// most `cap` bytes of capacity (more only if `bytes` needs it; callers
+/// check the length first), so a buffer never holds twice the limit.
+fn extend_bounded(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
+    let need = buf.len().saturating_add(bytes.len());
+    if need > buf.capacity() {
+        let target = buf.capacity().saturating_mul(2).min(cap).max(need);
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.extend_from_slice(bytes);
 }
 
 /// A delta carries content when any field other than `role` holds something:
@@ -350,11 +508,12 @@ impl Finisher {
 pin_project! {
     /// The body of a committed stream: held frames, then the upstream's
     /// frames as they come, then (only if the stream broke) one SSE error
-    /// chunk.
+    /// chunk. A broken, stalled or oversized stream's upstream body is
+    /// dropped when the error chunk is queued, releasing its connection.
     pub(crate) struct CommittedStream<B> {
         held: VecDeque<Bytes>,
         #[pin]
-        inner: B,
+        inner: Option<B>,
         tracker: SseTracker,
         idle: Option<Duration>,
         sleep: Option<Pin<Box<Sleep>>>,
@@ -388,7 +547,7 @@ impl<B> CommittedStream<B> {
         let sleep = idle.map(|d| Box::pin(tokio::time::sleep(d)));
         let body = CommittedStream {
             held,
-            inner,
+            inner: Some(inner),
             tracker,
             idle,
             sleep,
@@ -422,6 +581,12 @@ fn error_chunk(model: &str, code: &str, message: &str, mid_line: bool) -> Bytes 
     out.freeze()
 }
 
+/// The code and message of an event past the limit, for the error chunk.
+fn too_large(tracker: &SseTracker) -> (&'static str, String) {
+    let message = tracker.too_large_error().message.unwrap_or_default();
+    (EVENT_TOO_LARGE, format!("{message}; the answer is incomplete"))
+}
+
 impl<B> Body for CommittedStream<B>
 where
     B: Body<Data = Bytes>,
@@ -443,58 +608,74 @@ where
             if let Some(frame) = this.held.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(frame))));
             }
-            let failure = match this.inner.as_mut().poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Some(data) = frame.data_ref() {
-                        this.tracker.feed(data);
-                    }
-                    if let (Some(sleep), Some(idle)) = (this.sleep.as_mut(), *this.idle) {
-                        sleep.as_mut().reset(Instant::now() + idle);
-                    }
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    let e: crate::BoxError = e.into();
-                    (
-                        "stream_broken",
-                        format!("the upstream stream broke after it began: {e}"),
-                    )
-                }
-                Poll::Ready(None) => {
-                    this.tracker.finish();
-                    if this.tracker.complete() {
-                        if let Some(f) = this.finisher.take() {
-                            f.finish(Ending::Complete, this.tracker);
+            // A frame to pass on before the error chunk: the one whose event
+            // passed the limit (the caller gets every byte read).
+            let mut last = None;
+            let failure = if this.tracker.too_large() {
+                // An event the held frames began passed the limit.
+                too_large(this.tracker)
+            } else {
+                let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+                    *this.ended = true;
+                    return Poll::Ready(None);
+                };
+                match inner.poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            this.tracker.feed(data);
                         }
-                        *this.ended = true;
-                        return Poll::Ready(None);
-                    }
-                    if let Some(e) = this.tracker.error.clone() {
-                        // The upstream already sent its own error chunk.
-                        if let Some(f) = this.finisher.take() {
-                            f.finish(Ending::Failed(e), this.tracker);
+                        if let (Some(sleep), Some(idle)) = (this.sleep.as_mut(), *this.idle) {
+                            sleep.as_mut().reset(Instant::now() + idle);
                         }
-                        *this.ended = true;
-                        return Poll::Ready(None);
+                        if !this.tracker.too_large() {
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        last = Some(frame);
+                        too_large(this.tracker)
                     }
-                    (
-                        "stream_truncated",
-                        "the upstream stream ended without [DONE] or a final finish_reason; the answer is incomplete"
-                            .to_owned(),
-                    )
-                }
-                Poll::Pending => {
-                    let stalled = this.sleep.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready());
-                    if !stalled {
-                        return Poll::Pending;
+                    Poll::Ready(Some(Err(e))) => {
+                        let e: crate::BoxError = e.into();
+                        (
+                            "stream_broken",
+                            format!("the upstream stream broke after it began: {e}"),
+                        )
                     }
-                    (
-                        "stream_stalled",
-                        format!(
-                            "no data from the upstream for {:?} after the stream began; the answer is incomplete",
-                            this.idle.unwrap_or_default()
-                        ),
-                    )
+                    Poll::Ready(None) => {
+                        this.tracker.finish();
+                        if this.tracker.complete() {
+                            if let Some(f) = this.finisher.take() {
+                                f.finish(Ending::Complete, this.tracker);
+                            }
+                            *this.ended = true;
+                            return Poll::Ready(None);
+                        }
+                        if let Some(e) = this.tracker.error.clone() {
+                            // The upstream already sent its own error chunk.
+                            if let Some(f) = this.finisher.take() {
+                                f.finish(Ending::Failed(e), this.tracker);
+                            }
+                            *this.ended = true;
+                            return Poll::Ready(None);
+                        }
+                        (
+                            "stream_truncated",
+                            "the upstream stream ended without [DONE] or a final finish_reason; the answer is incomplete"
+                                .to_owned(),
+                        )
+                    }
+                    Poll::Pending => {
+                        let stalled = this.sleep.as_mut().is_some_and(|s| s.as_mut().poll(cx).is_ready());
+                        if !stalled {
+                            return Poll::Pending;
+                        }
+                        (
+                            "stream_stalled",
+                            format!(
+                                "no data from the upstream for {:?} after the stream began; the answer is incomplete",
+                                this.idle.unwrap_or_default()
+                            ),
+                        )
+                    }
                 }
             };
             let (code, message) = failure;
@@ -505,6 +686,9 @@ where
                 .unwrap_or_default();
             *this.tail = Some(error_chunk(&model, code, &message, this.tracker.mid_line()));
             *this.sleep = None;
+            // Nothing more is read: release the upstream's connection now,
+            // not when the caller drops the body.
+            this.inner.set(None);
             if let Some(f) = this.finisher.take() {
                 let error = UpstreamError {
                     error_type: Some(code.to_owned()),
@@ -512,6 +696,9 @@ where
                     ..UpstreamError::default()
                 };
                 f.finish(Ending::Failed(error), this.tracker);
+            }
+            if let Some(frame) = last {
+                return Poll::Ready(Some(Ok(frame)));
             }
         }
     }
@@ -614,5 +801,208 @@ mod tests {
     fn malformed_chunks_before_commit_are_errors() {
         let mut t = SseTracker::default();
         assert!(matches!(t.feed(b"data: {not json\n\n"), Signal::Error(_)));
+    }
+    /// A `data:` event whose line is exactly `len` bytes (line break not
+    /// counted), carrying content: `data: {"choices":[{"delta":{"content":"xx…"}}]}`.
+    fn event_of(len: usize, crlf: bool) -> Vec<u8> {
+        let head = b"data: {\"choices\":[{\"delta\":{\"content\":\"";
+        let tail = b"\"}}]}";
+        let mut e = head.to_vec();
+        e.resize(len - tail.len(), b'x');
+        e.extend_from_slice(tail);
+        assert_eq!(e.len(), len);
+        e.extend_from_slice(if crlf { b"\r\n\r\n" } else { b"\n\n" });
+        e
+    }
+
+    /// Feeds `bytes` one byte per frame; the first decisive signal.
+    fn feed_bytewise(t: &mut SseTracker, bytes: &[u8]) -> Signal {
+        let mut first = Signal::None;
+        for b in bytes.chunks(1) {
+            let s = t.feed(b);
+            if first == Signal::None {
+                first = s;
+            }
+        }
+        first
+    }
+
+    #[test]
+    fn an_event_of_exactly_the_limit_passes_whole_or_split_at_every_byte() {
+        for crlf in [false, true] {
+            let event = event_of(100, crlf);
+            let mut whole = SseTracker::new(100);
+            assert_eq!(whole.feed(&event), Signal::Commit, "crlf {crlf}");
+            assert!(!whole.too_large());
+            let mut split = SseTracker::new(100);
+            assert_eq!(feed_bytewise(&mut split, &event), Signal::Commit, "crlf {crlf}");
+            assert!(!split.too_large());
+            // After commit the same event passes too, again and again.
+            for _ in 0..3 {
+                assert_eq!(feed_bytewise(&mut split, &event), Signal::None);
+                assert_eq!(whole.feed(&event), Signal::None);
+            }
+            assert!(!split.too_large() && !whole.too_large() && !split.mid_line());
+        }
+    }
+
+    #[test]
+    fn one_byte_over_the_limit_is_refused_before_commit() {
+        for crlf in [false, true] {
+            for event in [event_of(101, crlf), event_of(101, crlf)[..101].to_vec()] {
+                let check = |s: Signal, t: &SseTracker| {
+                    assert!(t.too_large());
+                    match s {
+                        Signal::Error(e) => assert_eq!(e.error_type(), Some(EVENT_TOO_LARGE)),
+                        other => panic!("{other:?}"),
+                    }
+                };
+                let mut whole = SseTracker::new(100);
+                let s = whole.feed(&event);
+                check(s, &whole);
+                let mut split = SseTracker::new(100);
+                let s = feed_bytewise(&mut split, &event);
+                check(s, &split);
+                // Nothing more is read.
+                assert_eq!(split.feed(&event_of(50, false)), Signal::None);
+                assert!(!split.committed);
+            }
+        }
+    }
+
+    #[test]
+    fn the_limit_counts_every_line_of_an_event() {
+        // Three 40-byte lines: each fits, the event does not.
+        let line = |c: u8| {
+            let mut l = b"data: ".to_vec();
+            l.resize(40, c);
+            l.push(b'\n');
+            l
+        };
+        let mut t = SseTracker::new(100);
+        assert_eq!(t.feed(&line(b'1')), Signal::None);
+        assert_eq!(t.feed(&line(b'2')), Signal::None);
+        assert!(!t.too_large());
+        assert!(matches!(t.feed(&line(b'3')), Signal::Error(_)));
+        // Comments count too (16 × 6 bytes fit, 17 do not): an endless run
+        // of them without a blank line is one endless event.
+        let mut t = SseTracker::new(100);
+        assert_eq!(t.feed(b": ping\n".repeat(16).as_slice()), Signal::None);
+        assert!(!t.too_large());
+        assert!(matches!(t.feed(b": ping\n"), Signal::Error(_)));
+        // A blank line starts the count again.
+        let comment = |c: u8| {
+            let mut l = b": ".to_vec();
+            l.resize(40, c);
+            l.push(b'\n');
+            l
+        };
+        let mut t = SseTracker::new(100);
+        for _ in 0..100 {
+            assert_eq!(
+                t.feed(&[comment(b'a'), comment(b'b'), b"\n".to_vec()].concat()),
+                Signal::None
+            );
+        }
+        assert!(!t.too_large());
+    }
+
+    #[test]
+    fn a_line_without_a_break_after_commit_stays_bounded() {
+        let mut t = SseTracker::default();
+        assert_eq!(t.feed(token("m", "Hi").as_bytes()), Signal::Commit);
+        assert_eq!(t.feed(b"data: {\"choices\":[{\"delta\":{\"content\":\""), Signal::None);
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut fed = 0;
+        while !t.too_large() {
+            assert!(fed <= 2 * MAX_EVENT_BYTES, "never refused");
+            assert_eq!(t.feed(&chunk), Signal::None);
+            fed += chunk.len();
+            assert!(t.partial.capacity() <= MAX_EVENT_BYTES + 1, "{}", t.partial.capacity());
+            assert!(t.data.capacity() <= MAX_EVENT_BYTES);
+        }
+        assert!(
+            fed > MAX_EVENT_BYTES - chunk.len() && fed <= MAX_EVENT_BYTES + chunk.len(),
+            "{fed}"
+        );
+        assert_eq!(
+            t.partial.capacity() + t.data.capacity(),
+            0,
+            "its buffers are given back"
+        );
+        assert!(t.mid_line(), "the caller was left mid-line");
+        assert_eq!(t.feed(&chunk), Signal::None);
+        assert_eq!(t.partial.capacity(), 0, "nothing more is read");
+        assert_eq!(t.finish(), Signal::None);
+        assert_eq!(t.too_large_error().error_type(), Some(EVENT_TOO_LARGE));
+    }
+
+    #[test]
+    fn a_long_data_event_of_many_lines_stays_bounded() {
+        let mut t = SseTracker::new(4096);
+        assert_eq!(t.feed(token("m", "Hi").as_bytes()), Signal::Commit);
+        let line = [b"data: ".as_slice(), &[b'y'; 58], b"\n"].concat();
+        let mut frames = 0;
+        while !t.too_large() {
+            assert!(frames < 1000);
+            assert_eq!(t.feed(&line), Signal::None);
+            frames += 1;
+            assert!(t.data.capacity() <= 4096 && t.partial.capacity() <= 4097);
+        }
+        assert_eq!(frames, 4096 / 64 + 1);
+        assert!(!t.mid_line(), "the refused frame ended its line");
+    }
+
+    #[test]
+    fn a_large_event_gives_its_memory_back() {
+        let mut t = SseTracker::new(1 << 20);
+        assert_eq!(t.feed(token("m", "Hi").as_bytes()), Signal::Commit);
+        let event = event_of(512 * 1024, false);
+        let (a, b) = event.split_at(1000);
+        t.feed(a);
+        t.feed(b);
+        assert!(!t.too_large());
+        assert!(t.partial.capacity() <= KEEP_CAPACITY && t.data.capacity() <= KEEP_CAPACITY);
+    }
+
+    #[test]
+    fn a_stream_split_at_every_byte_reads_like_a_whole_one() {
+        let stream = [
+            ": OPENROUTER PROCESSING\r\n\r\n",
+            "data: {\"model\":\"m/1\",\"provider\":\"P\",\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+            "event: message\nid: 7\ndata: {\"model\":\"m/1\",\n",
+            "data: \"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+            "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\r\n\r\n",
+            "data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
+            "data: [DONE]\n\n",
+        ]
+        .concat();
+        // The limit is the largest event's size: tight, and still enough.
+        let largest = stream
+            .split("\n\n")
+            .flat_map(|e| e.split("\r\n\r\n"))
+            .map(|e| e.split('\n').map(|l| l.trim_end_matches('\r').len()).sum::<usize>())
+            .max()
+            .unwrap();
+        for limit in [largest, MAX_EVENT_BYTES] {
+            let mut whole = SseTracker::new(limit);
+            assert_eq!(whole.feed(stream.as_bytes()), Signal::Commit);
+            let mut split = SseTracker::new(limit);
+            assert_eq!(feed_bytewise(&mut split, stream.as_bytes()), Signal::Commit);
+            for t in [&mut whole, &mut split] {
+                assert_eq!(t.finish(), Signal::None);
+                assert!(!t.too_large() && !t.mid_line());
+                assert!(t.complete() && t.done);
+                assert_eq!(t.model.as_deref(), Some("m/1"));
+                assert_eq!(t.provider.as_deref(), Some("P"));
+                assert_eq!(t.finish_reason.as_deref(), Some("stop"));
+                assert_eq!(t.usage.as_ref().map(|u| u.total_tokens), Some(5));
+            }
+        }
+        // One byte less and the largest event is refused, however it is cut.
+        let mut split = SseTracker::new(largest - 1);
+        feed_bytewise(&mut split, stream.as_bytes());
+        assert!(split.too_large());
     }
 }

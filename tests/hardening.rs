@@ -531,3 +531,36 @@ fn the_metrics_position_counts_across_a_content_policy_switch() {
     // route is position 2, not 0 (which would read as "the primary served").
     assert_eq!(positions, vec![("2".to_owned(), 1)]);
 }
+
+// ----- found by review: numbers an upstream or a caller sends -----
+
+#[tokio::test]
+async fn a_retry_after_too_large_for_a_duration_is_ignored_not_a_panic() {
+    let upstream = MockUpstream::new()
+        .model("a/m", Reply::status(429).header("retry-after", "99999999999999999999"))
+        .model("b/m", Reply::status(503).header("retry-after", "2e19"))
+        .model("c/m", Reply::ok());
+    let layer = FallbackLayer::new(Chain::new([Route::new("a/m"), Route::new("b/m"), Route::new("c/m")]))
+        .cooldowns(llm_fallback::health::Cooldowns::new());
+    let (parts, answer) = ask(&layer, &upstream, caller_request(chat("a/m"))).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(answer["model"], "c/m");
+    let attempts = report(&parts).attempts();
+    assert_eq!(attempts[0].retry_after(), None, "1e20 seconds is not a duration");
+    assert_eq!(attempts[1].retry_after(), None, "nor is 2e19");
+}
+
+#[tokio::test]
+async fn a_huge_max_tokens_saturates_instead_of_overflowing() {
+    let upstream = MockUpstream::new().model("big/m", Reply::ok());
+    let layer = FallbackLayer::new(Chain::new([
+        Route::new("small/m").context_window(8_000),
+        Route::new("big/m"),
+    ]));
+    let body = json!({"model": "x", "messages": [], "max_tokens": 1e20}).to_string();
+    let (parts, answer) = ask(&layer, &upstream, caller_request(body)).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    assert_eq!(answer["model"], "big/m");
+    let skipped = &report(&parts).attempts()[0];
+    assert_eq!(skipped.outcome(), Outcome::Skipped, "no window holds u64::MAX tokens");
+}

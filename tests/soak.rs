@@ -1,12 +1,20 @@
 //! Soak: 20,000 requests over loopback through the layer to the mock
 //! upstream, from 64 concurrent tasks, with random faults per model
-//! (error statuses, `Retry-After`, hangs cut by 50 ms route timeouts, HTTP
+//! (error statuses, `Retry-After`, hangs cut by 250 ms route timeouts, HTTP
 //! 200 bodies that are errors, dropped connections, a model the upstream
 //! does not know). Every request must end served with the upstream's bytes
-//! untouched, or with the exhaustion answer naming every attempt; the
-//! upstream must have seen exactly the attempts the reports list; nothing
+//! untouched, or with the exhaustion answer naming every attempt; nothing
 //! may panic; and the heap and the runtime's tasks must come back to their
 //! baseline once everything is dropped.
+//!
+//! The upstream's recordings and the reports must tell the same story,
+//! attempt by attempt (each request names its task and number in its body):
+//! every request the upstream saw is an attempt some report lists, at most
+//! once and with the caller's body under the route's model; every attempt
+//! that got an answer (a status) was seen. An attempt may be missing there
+//! only if its report says it timed out or failed in transport: on a busy
+//! machine a route timeout can expire before the request reaches the mock
+//! (the clock is real here), so counting alone cannot be exact.
 //!
 //! Its own test binary (a counting global allocator measures the live heap).
 //! `SOAK_REQUESTS` changes the number of requests.
@@ -16,10 +24,11 @@ mod common;
 use bytes::Bytes;
 use common::{body_bytes, http_client, post, report};
 use http::StatusCode;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply, Script};
+use llm_fallback::testing::{MockServer, MockUpstream, RecordedRequest, Reply, Script};
 use llm_fallback::{Chain, FallbackLayer, Outcome, Resolution, Route};
 use serde_json::Value;
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,7 +88,12 @@ impl Rng {
 const MODELS: [&str; 3] = ["a/flaky", "b/flaky", "c/flaky"];
 /// Not scripted: the upstream answers `400 ... is not a valid model ID`.
 const UNKNOWN: &str = "x/unknown";
-const ROUTE_TIMEOUT: Duration = Duration::from_millis(50);
+/// Cuts the hangs. Real time: with 64 requests in flight an attempt takes
+/// about 20 ms on an idle 2-core machine and several times that on a busy
+/// one, and every attempt it cuts that is not a hang shifts the fault mix
+/// (50 ms cut a quarter of all attempts under a parallel build). The
+/// accounting allows for the cuts either way.
+const ROUTE_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// The completion a model serves, byte for byte.
 fn completion(model: &str) -> Bytes {
@@ -119,22 +133,63 @@ fn chains() -> Vec<Chain> {
     ]
 }
 
-/// What one request ended as.
+/// The body of request `i` of task `t`: the upstream's recordings name
+/// their request by it.
+fn caller_body(t: usize, i: usize) -> String {
+    serde_json::json!({
+        "model": "caller/model",
+        "messages": [
+            {"role": "system", "content": "Soak test — ünïcødé ✓"},
+            {"role": "user", "content": format!("request {t}/{i}: say \"hi\"\n")}
+        ],
+        "temperature": 0.2
+    })
+    .to_string()
+}
+
+/// The task and request number a recorded body names (see [`caller_body`]).
+fn request_of(body: &Value) -> Option<(usize, usize)> {
+    let text = body["messages"][1]["content"].as_str()?;
+    let (t, i) = text.strip_prefix("request ")?.split_once(':')?.0.split_once('/')?;
+    Some((t.parse().ok()?, i.parse().ok()?))
+}
+
+/// One attempt as its report lists it.
+#[derive(Debug)]
+struct Listed {
+    model: String,
+    outcome: Outcome,
+    /// The upstream answered it (a status, perhaps a body).
+    answered: bool,
+}
+
+/// What one task's requests ended as.
 #[derive(Default)]
 struct Totals {
     served: usize,
     exhausted: usize,
     attempts: usize,
+    /// Every request's attempts, by (task, request number).
+    ledger: HashMap<(usize, usize), Vec<Listed>>,
 }
 
-/// Checks one answer against the contract; returns its attempt count.
+/// Checks one answer against the contract; returns whether it was served
+/// and its attempts.
 async fn check(
     resp: http::Response<llm_fallback::ResponseBody<hyper::body::Incoming>>,
     chain: &Chain,
-) -> (bool, usize) {
+) -> (bool, Vec<Listed>) {
     let (parts, body) = body_bytes(resp).await;
     let report = report(&parts).clone();
     let attempts = report.attempts();
+    let ledger = attempts
+        .iter()
+        .map(|a| Listed {
+            model: a.model().to_owned(),
+            outcome: a.outcome(),
+            answered: a.status().is_some(),
+        })
+        .collect();
     let routes: Vec<&str> = chain.routes().iter().map(|r| r.model()).collect();
     match parts.status {
         StatusCode::OK => {
@@ -149,7 +204,7 @@ async fn check(
             for (a, model) in attempts.iter().zip(&routes) {
                 assert_eq!(a.model(), *model, "attempts follow the chain");
             }
-            (true, attempts.len())
+            (true, ledger)
         }
         StatusCode::BAD_GATEWAY => {
             assert_eq!(report.resolution(), Resolution::Exhausted);
@@ -178,10 +233,132 @@ async fn check(
             for (entry, model) in listed.iter().zip(&routes) {
                 assert_eq!(entry["model"], *model);
             }
-            (false, attempts.len())
+            (false, ledger)
         }
         other => panic!("unexpected status {other}: {}", String::from_utf8_lossy(&body)),
     }
+}
+
+/// A request as the upstream recorded it, reduced to what [`reconcile`]
+/// reads.
+struct Received {
+    path: String,
+    /// The body's `model`.
+    model: Option<String>,
+    body: Value,
+}
+
+impl From<&RecordedRequest> for Received {
+    fn from(r: &RecordedRequest) -> Self {
+        Received {
+            path: r.uri.path().to_owned(),
+            model: r.model.clone(),
+            body: serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+        }
+    }
+}
+
+/// What the upstream's recordings said about the reports' attempts.
+#[derive(Debug, Default, PartialEq)]
+struct Reconciled {
+    /// Requests the upstream received.
+    received: usize,
+    /// Attempts that timed out, seen upstream or not.
+    timeouts: usize,
+    /// Attempts that timed out before the upstream saw them.
+    unseen_timeouts: usize,
+    /// Attempts that failed in transport before the upstream saw them.
+    unseen_transport: usize,
+}
+
+/// Matches every request the upstream received to the attempt it was, and
+/// every attempt the reports list to what the upstream saw. The first
+/// mismatch is the error:
+///
+/// - a request no task sent, or one that names an attempt no report lists,
+///   or one seen twice, or one whose body is not the caller's under the
+///   route's model;
+/// - a request seen for an attempt listed as not sent (skipped), or seen
+///   but listed without an answer when the layer did not stop waiting
+///   (anything but a timeout, a transport error or a cancelled hedge);
+/// - an attempt that got an answer but that the upstream never saw, or that
+///   it never saw and that did not time out or fail in transport.
+fn reconcile(
+    received: impl IntoIterator<Item = Received>,
+    ledger: &HashMap<(usize, usize), Vec<Listed>>,
+) -> Result<Reconciled, String> {
+    let mut out = Reconciled::default();
+    // What the upstream saw: (task, request, model).
+    let mut seen: std::collections::HashSet<(usize, usize, &str)> = std::collections::HashSet::new();
+    for r in received {
+        out.received += 1;
+        let Received { path, model, body } = r;
+        if path != "/api/v1/chat/completions" {
+            return Err(format!("the upstream saw a request for {path}"));
+        }
+        let Some(key) = request_of(&body) else {
+            return Err(format!("the upstream saw a request no task sent: {body}"));
+        };
+        let Some(attempts) = ledger.get(&key) else {
+            return Err(format!(
+                "the upstream saw request {key:?}, which no report lists: {body}"
+            ));
+        };
+        let model = model.unwrap_or_default();
+        let Some(listed) = attempts.iter().find(|a| a.model == model) else {
+            return Err(format!(
+                "the upstream saw {model} for request {key:?}; its report lists {attempts:?}"
+            ));
+        };
+        if !listed.outcome.was_sent() {
+            return Err(format!(
+                "request {key:?} reached {model}, listed as not sent: {listed:?}"
+            ));
+        }
+        // Seen but not answered: the layer stopped waiting, or the mock
+        // dropped the connection. No other ending leaves no status.
+        let stopped_waiting = matches!(
+            listed.outcome,
+            Outcome::Timeout | Outcome::Transport | Outcome::Cancelled
+        );
+        if !listed.answered && !stopped_waiting {
+            return Err(format!(
+                "request {key:?} reached {model}, but its report has no answer: {listed:?}"
+            ));
+        }
+        let mut expected: Value = serde_json::from_str(&caller_body(key.0, key.1)).unwrap_or(Value::Null);
+        expected["model"] = Value::from(model.as_str());
+        if body != expected {
+            return Err(format!(
+                "request {key:?} reached {model} as {body}, not the caller's body under that model"
+            ));
+        }
+        if !seen.insert((key.0, key.1, listed.model.as_str())) {
+            return Err(format!("the upstream saw {model} for request {key:?} more than once"));
+        }
+    }
+    for (&(t, i), attempts) in ledger {
+        for a in attempts {
+            out.timeouts += usize::from(a.outcome == Outcome::Timeout);
+            if seen.contains(&(t, i, a.model.as_str())) || !a.outcome.was_sent() {
+                continue;
+            }
+            if a.answered {
+                return Err(format!("{} answered request {t}/{i} but never saw it: {a:?}", a.model));
+            }
+            match a.outcome {
+                Outcome::Timeout => out.unseen_timeouts += 1,
+                Outcome::Transport => out.unseen_transport += 1,
+                _ => {
+                    return Err(format!(
+                        "request {t}/{i} to {} never reached the upstream, yet did not time out or fail in transport: {a:?}",
+                        a.model
+                    ))
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,6 +381,17 @@ async fn twenty_thousand_requests_with_random_faults() {
     let tasks_before = metrics.num_alive_tasks();
     let heap_before = LIVE.load(Ordering::Relaxed);
     let started = Instant::now();
+
+    for chain in chains() {
+        let mut models: Vec<&str> = chain.routes().iter().map(|r| r.model()).collect();
+        models.sort_unstable();
+        models.dedup();
+        assert_eq!(
+            models.len(),
+            chain.routes().len(),
+            "reconcile names an attempt by its model"
+        );
+    }
 
     let mut rng = Rng(0x5EED_50A4);
     let mut upstream = MockUpstream::new();
@@ -230,23 +418,15 @@ async fn twenty_thousand_requests_with_random_faults() {
             let mut totals = Totals::default();
             for i in 0..n {
                 let (chain, svc) = &layers[rng.below(layers.len() as u64) as usize];
-                let body = serde_json::json!({
-                    "model": "caller/model",
-                    "messages": [
-                        {"role": "system", "content": "Soak test — ünïcødé ✓"},
-                        {"role": "user", "content": format!("request {t}/{i}: say \"hi\"\n")}
-                    ],
-                    "temperature": 0.2
-                })
-                .to_string();
-                let resp = svc.clone().oneshot(post(&url, body)).await.unwrap();
+                let resp = svc.clone().oneshot(post(&url, caller_body(t, i))).await.unwrap();
                 let (served, attempts) = check(resp, chain).await;
                 if served {
                     totals.served += 1;
                 } else {
                     totals.exhausted += 1;
                 }
-                totals.attempts += attempts;
+                totals.attempts += attempts.len();
+                totals.ledger.insert((t, i), attempts);
             }
             totals
         });
@@ -257,14 +437,19 @@ async fn twenty_thousand_requests_with_random_faults() {
         totals.served += t.served;
         totals.exhausted += t.exhausted;
         totals.attempts += t.attempts;
+        totals.ledger.extend(t.ledger);
     }
     let elapsed = started.elapsed();
 
     assert_eq!(totals.served + totals.exhausted, requests, "no request lost");
-    let received = upstream.requests().len();
+    assert_eq!(totals.ledger.len(), requests, "every request has its report");
+    let seen = reconcile(upstream.requests().iter().map(Received::from), &totals.ledger)
+        .unwrap_or_else(|mismatch| panic!("the upstream and the reports disagree: {mismatch}"));
+    drop(std::mem::take(&mut totals.ledger));
     assert_eq!(
-        received, totals.attempts,
-        "the upstream saw exactly the attempts the reports list"
+        seen.received + seen.unseen_timeouts + seen.unseen_transport,
+        totals.attempts,
+        "the upstream saw the attempts the reports list, but for some that timed out or failed in transport"
     );
     assert!(
         totals.served > requests / 2 && totals.exhausted > 0,
@@ -279,7 +464,8 @@ async fn twenty_thousand_requests_with_random_faults() {
     drop(server);
     upstream.clear_requests();
     drop(upstream);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // A bound, not a margin: teardown takes milliseconds.
+    let deadline = Instant::now() + Duration::from_secs(30);
     while metrics.num_alive_tasks() > tasks_before && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -287,12 +473,15 @@ async fn twenty_thousand_requests_with_random_faults() {
     let heap_after = LIVE.load(Ordering::Relaxed) - heap_before;
     println!(
         "soak: {requests} requests in {elapsed:.1?} from {TASKS} tasks: {} served, {} exhausted, {} upstream requests \
-         ({:.2} attempts per request); live heap {:.1} MiB at the end of the run, {:+} bytes after teardown; \
+         ({:.2} attempts per request; {} timed out, {} of them unseen upstream; {} unseen transport errors); live heap {:.1} MiB at the end of the run, {:+} bytes after teardown; \
          tasks {tasks_before} before, {tasks_after} after; {} panics",
         totals.served,
         totals.exhausted,
-        received,
+        seen.received,
         totals.attempts as f64 / requests as f64,
+        seen.timeouts,
+        seen.unseen_timeouts,
+        seen.unseen_transport,
         heap_peak_hint as f64 / (1 << 20) as f64,
         heap_after,
         panics.load(Ordering::Relaxed)
@@ -305,4 +494,118 @@ async fn twenty_thousand_requests_with_random_faults() {
         heap_after < 1 << 20,
         "{heap_after} bytes still live after the run (it peaked at {heap_peak_hint})"
     );
+}
+
+/// The reconciliation above is what makes the soak's accounting bite: it
+/// must refuse each way the upstream and the reports can disagree, and
+/// accept only attempts that timed out or failed in transport as unseen.
+#[test]
+fn the_reconciliation_refuses_every_disagreement() {
+    fn listed(model: &str, outcome: Outcome, answered: bool) -> Listed {
+        Listed {
+            model: model.to_owned(),
+            outcome,
+            answered,
+        }
+    }
+    fn sent(t: usize, i: usize, model: &str) -> Received {
+        let mut body: Value = serde_json::from_str(&caller_body(t, i)).unwrap();
+        body["model"] = Value::from(model);
+        Received {
+            path: "/api/v1/chat/completions".to_owned(),
+            model: Some(model.to_owned()),
+            body,
+        }
+    }
+    let [a, b, c] = MODELS;
+    // Request 0/0: a failed with a status, b served. Request 0/1: a timed
+    // out before reaching the upstream, b hung and timed out, c dropped the
+    // connection after reading the request. Request 1/0: a's connection
+    // failed before the request was sent, b served.
+    let ledger = || {
+        HashMap::from([
+            (
+                (0, 0),
+                vec![listed(a, Outcome::HttpError, true), listed(b, Outcome::Served, true)],
+            ),
+            (
+                (0, 1),
+                vec![
+                    listed(a, Outcome::Timeout, false),
+                    listed(b, Outcome::Timeout, false),
+                    listed(c, Outcome::Transport, false),
+                ],
+            ),
+            (
+                (1, 0),
+                vec![listed(a, Outcome::Transport, false), listed(b, Outcome::Served, true)],
+            ),
+        ])
+    };
+    let all = || {
+        vec![
+            sent(0, 0, a),
+            sent(0, 0, b),
+            sent(0, 1, b),
+            sent(0, 1, c),
+            sent(1, 0, b),
+        ]
+    };
+    assert_eq!(
+        reconcile(all(), &ledger()),
+        Ok(Reconciled {
+            received: 5,
+            timeouts: 2,
+            unseen_timeouts: 1,
+            unseen_transport: 1,
+        })
+    );
+
+    let refused = |received: Vec<Received>, ledger: HashMap<(usize, usize), Vec<Listed>>, why: &str| match reconcile(
+        received, &ledger,
+    ) {
+        Err(e) => assert!(e.contains(why), "{why:?} not in {e:?}"),
+        Ok(r) => panic!("accepted ({r:?}); should refuse: {why}"),
+    };
+    let without = |k: usize| {
+        let mut v = all();
+        v.remove(k);
+        v
+    };
+    let with = |extra: Received| {
+        let mut v = all();
+        v.push(extra);
+        v
+    };
+    // An attempt listed as served (or failed with a status) that the
+    // upstream never saw.
+    refused(without(1), ledger(), "answered request 0/0 but never saw it");
+    refused(without(0), ledger(), "answered request 0/0 but never saw it");
+    // A request the upstream saw that no report mentions: another request,
+    // another model, twice the same attempt, or not even a request of ours.
+    refused(with(sent(7, 7, a)), ledger(), "which no report lists");
+    refused(with(sent(0, 0, c)), ledger(), "its report lists");
+    refused(with(sent(0, 0, b)), ledger(), "more than once");
+    let mut stranger = sent(0, 0, a);
+    stranger.body = serde_json::json!({"model": a, "messages": []});
+    refused(with(stranger), ledger(), "no task sent");
+    // Seen, but not the caller's body under the route's model.
+    let mut altered = all();
+    altered[1].body["temperature"] = Value::from(1.0);
+    refused(altered, ledger(), "not the caller's body");
+    let mut elsewhere = all();
+    elsewhere[1].path = "/v1/models".to_owned();
+    refused(elsewhere, ledger(), "a request for /v1/models");
+    // Unseen, and neither a timeout nor a transport error.
+    let mut l = ledger();
+    l.get_mut(&(0, 1)).unwrap()[0] = listed(a, Outcome::ErrorInBody, false);
+    refused(all(), l, "did not time out or fail in transport");
+    // Seen, with no answer, although the layer did not stop waiting.
+    let mut l = ledger();
+    l.get_mut(&(0, 0)).unwrap()[0] = listed(a, Outcome::HttpError, false);
+    refused(all(), l, "its report has no answer");
+    // Seen, although listed as skipped.
+    let mut l = ledger();
+    l.get_mut(&(0, 0)).unwrap()[0] = listed(a, Outcome::Skipped, false);
+    refused(all(), l, "listed as not sent");
 }

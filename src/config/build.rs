@@ -316,6 +316,30 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 "empty; expected the name of an environment variable such as \"OPENROUTER_API_KEY\"",
             ));
         }
+        if g.client_keys_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "gateway.client_keys_env",
+                "empty; expected the name of an environment variable such as \"GATEWAY_CLIENT_KEYS\" \
+                 (leave the key out for no caller authentication)",
+            ));
+        }
+        for (key, d, example) in [
+            ("gateway.header_read_timeout", g.header_read_timeout, "10s"),
+            ("gateway.request_body_timeout", g.request_body_timeout, "30s"),
+        ] {
+            if d == Some(Duration::ZERO) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("zero; expected a duration above zero, such as \"{example}\" (leave the key out for the default)"),
+                ));
+            }
+        }
+        if g.max_concurrent_requests == Some(0) {
+            return Err(ConfigError::new(
+                "gateway.max_concurrent_requests",
+                "0; expected at least 1 request, such as 1024",
+            ));
+        }
     }
     for (i, name) in config.credential_headers.iter().enumerate() {
         credential_header(i, name)?;

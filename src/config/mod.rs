@@ -424,6 +424,30 @@ pub struct GatewayConfig {
     /// shutdown signal (default 30s).
     #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<Duration>,
+    /// How long a caller may take to send a request head, from the moment
+    /// the gateway waits for one (an idle keep-alive connection included);
+    /// past it the connection is closed (default 10s).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<Duration>,
+    /// How long a caller may take to send a whole request body, from the
+    /// end of its head; past it the caller gets a `408` and the connection is
+    /// closed (default 30s).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub request_body_timeout: Option<Duration>,
+    /// Most chat requests in flight at once, streams included until their
+    /// last byte; past it a request gets a `503` at once (default 1024).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<usize>,
+    /// The environment variable holding the keys callers must send as
+    /// `Authorization: Bearer <key>` (comma-separated); required and
+    /// non-empty when named. Left out: callers are not authenticated, and the
+    /// gateway listens on loopback only unless `allow_unauthenticated`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_keys_env: Option<String>,
+    /// Without `client_keys_env`, listen on a non-loopback address anyway,
+    /// for anyone who can reach it (default false; no effect with keys).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_unauthenticated: Option<bool>,
 }
 
 impl GatewayConfig {
@@ -435,6 +459,12 @@ impl GatewayConfig {
     pub const DEFAULT_API_KEY_ENV: &'static str = "OPENROUTER_API_KEY";
     /// Default of `shutdown_grace`.
     pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    /// Default of `header_read_timeout`.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default of `request_body_timeout`.
+    pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default of `max_concurrent_requests`.
+    pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 
     /// `listen`, or its default.
     pub fn listen_addr(&self) -> SocketAddr {
@@ -457,6 +487,27 @@ impl GatewayConfig {
     /// `shutdown_grace`, or its default.
     pub fn grace(&self) -> Duration {
         self.shutdown_grace.unwrap_or(Self::DEFAULT_SHUTDOWN_GRACE)
+    }
+
+    /// `header_read_timeout`, or its default.
+    pub fn header_timeout(&self) -> Duration {
+        self.header_read_timeout.unwrap_or(Self::DEFAULT_HEADER_READ_TIMEOUT)
+    }
+
+    /// `request_body_timeout`, or its default.
+    pub fn body_timeout(&self) -> Duration {
+        self.request_body_timeout.unwrap_or(Self::DEFAULT_REQUEST_BODY_TIMEOUT)
+    }
+
+    /// `max_concurrent_requests`, or its default.
+    pub fn concurrency_limit(&self) -> usize {
+        self.max_concurrent_requests
+            .unwrap_or(Self::DEFAULT_MAX_CONCURRENT_REQUESTS)
+    }
+
+    /// `allow_unauthenticated`, or its default.
+    pub fn unauthenticated_allowed(&self) -> bool {
+        self.allow_unauthenticated.unwrap_or(false)
     }
 }
 

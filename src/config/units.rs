@@ -34,7 +34,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
             "ns" => 1,
             _ => return Err(bad()),
         };
-        total += match number.split_once('.') {
+        let part = match number.split_once('.') {
             None => number
                 .parse::<u128>()
                 .map_err(|_| bad())?
@@ -48,6 +48,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
                 (value * unit_ns as f64).round() as u128
             }
         };
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("duration {text:?} is too long"))?;
         rest = tail.trim_start();
     }
     let nanos = u64::try_from(total).map_err(|_| format!("duration {text:?} is too long"))?;

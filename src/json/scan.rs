@@ -530,7 +530,8 @@ fn string_end_far(input: &[u8], mut i: usize) -> Result<usize, ScanError> {
 
 /// [`string_end`]'s third gear, from `i` (not inside an escape): `Ok(end)`
 /// when the string ends, or `Err(at)` once a whole block had no quote (so
-/// `memchr` is faster again); `at` may be inside an escape.
+/// `memchr` is faster again); `at` is past the escape a block's last
+/// backslash begins, so it is never inside one.
 fn dense_string_end(input: &[u8], mut i: usize) -> Result<Result<usize, usize>, ScanError> {
     let mut escape_carry = 0;
     loop {
@@ -547,7 +548,9 @@ fn dense_string_end(input: &[u8], mut i: usize) -> Result<Result<usize, usize>, 
             return Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()));
         }
         if block.quote == 0 {
-            return Ok(Err(i));
+            // A block ending in an odd run of backslashes escapes the next
+            // block's first byte: resume after it.
+            return Ok(Err(i + escape_carry as usize));
         }
     }
 }
@@ -949,6 +952,25 @@ pub(super) mod tests {
             ["a\"b", "c", "model", "d", "e"]
         );
         assert_eq!(decode_string(model_of(body).as_bytes()).unwrap(), "café 🚀 🚀");
+    }
+
+    #[test]
+    fn the_dense_gear_hands_back_past_a_carried_escape() {
+        // Two near escaped quotes switch to the block gear; its block with no
+        // quote ends in a backslash whose escaped quote opens the next
+        // block. That quote is text, not the string's end.
+        let s = format!(
+            "\"{}\\\"{}\\\"{}\\\"tail\"",
+            "x".repeat(20),
+            "y".repeat(20),
+            "a".repeat(63)
+        );
+        assert_eq!(string_end(s.as_bytes(), 0), Ok(s.len()));
+        let body = format!(r#"{{"messages":[{s}],"model":"m"}}"#);
+        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(parsed["model"], "m");
+        let m = members(body.as_bytes()).unwrap();
+        assert_eq!(m.len(), 2, "{body}");
     }
 
     #[test]
