@@ -222,3 +222,91 @@ fn the_dense_gear_risk_covers_the_scanner_reproducer() {
         format!(r#"{{"model":"m","a":["\"\"{}"]}}"#, a(40)).as_bytes()
     ));
 }
+
+// Known bugs the engine target found, each behind a gate in
+// tests/support/engine_fuzz.rs: the case fails with every gate on
+// (`strict`) exactly while its gate is off, so a fix on `main` makes the
+// test say which gate to turn on.
+
+use engine_fuzz::{strict, AnswerKind, AnswerSpec, Blob, Case, Ending, Frames};
+
+fn stream_case(stream: &[u8], frames: Vec<usize>, max_response_bytes: Option<usize>) -> Case {
+    let mut case = engine_fuzz::decode(br#"{"model":"m","stream":true,"messages":[]}"#);
+    case.max_response_bytes = max_response_bytes;
+    case.answers = vec![AnswerSpec {
+        latency: None,
+        kind: AnswerKind::Http {
+            status: 200,
+            headers: vec![("content-type", "text/event-stream".into())],
+            body: Blob(stream.to_vec()),
+            frames: Frames {
+                sizes: frames,
+                ending: Ending::Clean,
+            },
+        },
+    }];
+    case
+}
+
+/// Runs `case` as is (it must pass) and strictly: whether that passed.
+fn passes_strictly(case: &Case) -> bool {
+    engine_fuzz::run_case(case);
+    std::panic::catch_unwind(|| strict(|| engine_fuzz::run_case(case))).is_ok()
+}
+
+#[test]
+fn known_bug_error_chunk_glued_to_a_clean_partial_line() {
+    let case = stream_case(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"",
+        vec![],
+        None,
+    );
+    assert_eq!(
+        passes_strictly(&case),
+        engine_fuzz::CHUNK_AFTER_PARTIAL_LINE,
+        "flip CHUNK_AFTER_PARTIAL_LINE"
+    );
+}
+
+#[test]
+fn known_bug_error_chunk_joins_an_undispatched_event() {
+    let case = stream_case(
+        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[]}\n",
+        vec![],
+        None,
+    );
+    assert_eq!(
+        passes_strictly(&case),
+        engine_fuzz::CHUNK_AFTER_PENDING_EVENT,
+        "flip CHUNK_AFTER_PENDING_EVENT"
+    );
+}
+
+#[test]
+fn known_bug_forced_commit_loses_done() {
+    // 36 bytes of keep-alive commit the stream (more than 32 held); the
+    // error chunk after it stops the tracker reading the frame, so the
+    // [DONE] in it is not seen and the complete stream gets an error chunk.
+    let keep_alive = b": keep-alive keep-alive keep-alive\n\n";
+    let mut stream = keep_alive.to_vec();
+    stream.extend_from_slice(b"data: {\"error\":{\"code\":\"x\",\"message\":\"y\"}}\n\ndata: [DONE]\n\n");
+    let case = stream_case(&stream, vec![keep_alive.len(), stream.len()], Some(32));
+    assert_eq!(
+        passes_strictly(&case),
+        engine_fuzz::FORCED_COMMIT_TRACKED,
+        "flip FORCED_COMMIT_TRACKED"
+    );
+}
+
+#[test]
+fn known_bug_scanner_dense_gear_drops_its_escape_carry() {
+    let a = |n| "a".repeat(n);
+    let body = format!(r#"{{"model":"m","a":["{}\"{}\"{}\""]}}"#, a(30), a(16), a(63));
+    assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok());
+    let case = engine_fuzz::decode(body.as_bytes());
+    assert_eq!(
+        passes_strictly(&case),
+        engine_fuzz::SCANNER_KEEPS_ESCAPE_CARRY,
+        "flip SCANNER_KEEPS_ESCAPE_CARRY"
+    );
+}

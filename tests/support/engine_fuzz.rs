@@ -81,16 +81,29 @@ pub const CHUNK_AFTER_PARTIAL_LINE: bool = false;
 /// While a gate is false, its case gets only the chunk's shape checked.
 pub const CHUNK_AFTER_PENDING_EVENT: bool = false;
 
+/// A stream the engine commits to because it held more than
+/// `max_response_bytes` before any content (keep-alives) is tracked as
+/// committed. Found by this target: `until_first_token` returns
+/// `Signal::Commit` for it but never marks the tracker committed, so after
+/// commit a malformed or error chunk is a pre-commit `Signal::Error`, on
+/// which `SseTracker::feed` returns without reading the rest of the frame:
+/// the partial line is lost (the error chunk is glued to it) and events
+/// later in that frame (a `[DONE]`) are never seen (a complete stream gets
+/// an error chunk). While this is false, streams that may have been
+/// committed that way get only the chunk's shape checked.
+pub const FORCED_COMMIT_TRACKED: bool = false;
+
 /// The scanner accepts every object serde_json accepts. Found by this
-/// target: its dense-escape gear (`dense_string_end` in `src/json/scan.rs`)
-/// hands back the next block's start when a block had no quote, dropping
-/// the escape carry, so a nested string whose 64-byte block ends in an odd
-/// backslash run takes the escaped quote after it for its end, and a valid
-/// body is refused as `invalid_json` — or, when the scanner finds its feet
-/// again, read wrong: a top-level `route` it never saw is sent to a
-/// non-OpenRouter endpoint. While this is false, bodies that can reach that
-/// gear ([`dense_gear_risk`]) are not checked by properties 2 and 3.
-pub const SCANNER_KEEPS_ESCAPE_CARRY: bool = false;
+/// target (and fixed on `main` in 0153f8f): the dense-escape gear
+/// (`dense_string_end` in `src/json/scan.rs`) handed back the next block's
+/// start when a block had no quote, dropping the escape carry, so a nested
+/// string whose 64-byte block ended in an odd backslash run took the
+/// escaped quote after it for its end: a valid body was refused as
+/// `invalid_json`, or, when the scanner found its feet again, read wrong (a
+/// top-level `route` it never saw went to a non-OpenRouter endpoint). When
+/// this is false, bodies that can reach that gear ([`dense_gear_risk`]) are
+/// not checked by properties 2 and 3.
+pub const SCANNER_KEEPS_ESCAPE_CARRY: bool = true;
 
 /// A string literal of `body` with two escaped quotes and then 63 bytes
 /// without a quote: what the scanner's dense-escape gear needs to go wrong
@@ -128,6 +141,28 @@ pub fn dense_gear_risk(body: &[u8]) -> bool {
         i = j + 1;
     }
     false
+}
+
+thread_local! {
+    static STRICT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether a gate's fix is assumed: the gate, or [`strict`] in force.
+fn fixed(gate: bool) -> bool {
+    gate || STRICT.with(|s| s.get())
+}
+
+/// Runs `f` with every gate on (every known bug checked), so a test can
+/// tell whether a gate still hides a failure.
+pub fn strict<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            STRICT.with(|s| s.set(self.0));
+        }
+    }
+    let _reset = Reset(STRICT.with(|s| s.replace(true)));
+    f()
 }
 
 /// The caller's credential headers (issue 13 point 2,
@@ -722,7 +757,11 @@ fn sse_body(inp: &mut Input<'_>) -> Vec<u8> {
             }
             12 => {
                 // A huge event: up to 1 MiB of content, maybe with no line break.
-                let size = 1024usize << inp.below(11);
+                // Now and then past the layer's 8 MiB event limit.
+                let size = match inp.chance(3) {
+                    true => 8 * 1024 * 1024 + 1,
+                    false => 1024usize << inp.below(11),
+                };
                 let mut chunk = b"{\"choices\":[{\"delta\":{\"content\":\"".to_vec();
                 chunk.resize(chunk.len() + size, b'x');
                 chunk.extend_from_slice(b"\"}}]}");
@@ -1370,29 +1409,70 @@ pub fn sse_events(bytes: &[u8]) -> Vec<Vec<u8>> {
 /// The events dispatched, the data of the event being read, and whether
 /// the bytes end inside a line.
 fn sse_parse(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<Vec<u8>>, bool) {
+    let (events, data, partial) = sse_parse_at(bytes);
+    (events.into_iter().map(|(_, e)| e).collect(), data, partial)
+}
+
+/// [`sse_parse`], each event with the offset just past the blank line
+/// that dispatched it.
+fn sse_parse_at(bytes: &[u8]) -> (Vec<(usize, Vec<u8>)>, Option<Vec<u8>>, bool) {
     let mut events = Vec::new();
     let mut data: Option<Vec<u8>> = None;
     let mut i = 0;
     let mut line_start = 0;
     while i < bytes.len() {
-        match bytes[i] {
-            b'\n' => {
-                sse_line(&bytes[line_start..i], &mut data, &mut events);
+        let end = match bytes[i] {
+            b'\n' => i + 1,
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => i + 2,
+            b'\r' => i + 1,
+            _ => {
                 i += 1;
-                line_start = i;
+                continue;
             }
-            b'\r' => {
-                sse_line(&bytes[line_start..i], &mut data, &mut events);
-                i += 1;
-                if bytes.get(i) == Some(&b'\n') {
-                    i += 1;
-                }
-                line_start = i;
-            }
-            _ => i += 1,
-        }
+        };
+        let mut dispatched = Vec::new();
+        sse_line(&bytes[line_start..i], &mut data, &mut dispatched);
+        events.extend(dispatched.into_iter().map(|e| (end, e)));
+        i = end;
+        line_start = end;
     }
     (events, data, line_start < bytes.len())
+}
+
+/// Where the layer commits to a stream at the latest: just past the first
+/// event that is `[DONE]` or a chunk with content (a delta field other
+/// than `role` that holds something, or a `finish_reason`). `None`: no
+/// such event.
+fn first_content_at(bytes: &[u8]) -> Option<usize> {
+    let carries = |v: &Value| match v {
+        Value::Null => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        _ => true,
+    };
+    sse_parse_at(bytes).0.into_iter().find_map(|(at, data)| {
+        if data.trim_ascii() == b"[DONE]" {
+            return Some(at);
+        }
+        let v: Value = serde_json::from_slice(&data).ok()?;
+        let content = v["choices"].as_array()?.iter().any(|c| {
+            c["finish_reason"].is_string()
+                || c["delta"]
+                    .as_object()
+                    .is_some_and(|d| d.iter().any(|(k, v)| k != "role" && carries(v)))
+        });
+        content.then_some(at)
+    })
+}
+
+/// A bare CR (not before a LF): an SSE line end the layer's reader does not
+/// split on.
+fn has_bare_cr(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
 }
 
 /// Where an SSE parser is at the end of `bytes`: inside a line, and holding
@@ -1779,7 +1859,7 @@ fn check(
         && (!case.allow_chain_header || case.chain_header.is_none_or(|c| chains.names_request(c)));
     match (&verdict, report.resolution()) {
         (BodyVerdict::Accept(_), Resolution::Rejected)
-            if plain_request && (SCANNER_KEEPS_ESCAPE_CARRY || !dense_gear_risk(&case.body.0)) =>
+            if plain_request && (fixed(SCANNER_KEEPS_ESCAPE_CARRY) || !dense_gear_risk(&case.body.0)) =>
         {
             violated!(
                 case,
@@ -1828,7 +1908,7 @@ fn check(
                     .any(|key| caller.iter().filter(|(k, _)| k == key).count() > 1)
         };
         let checkable = match &verdict {
-            BodyVerdict::Accept(_) if !SCANNER_KEEPS_ESCAPE_CARRY && dense_gear_risk(&case.body.0) => None,
+            BodyVerdict::Accept(_) if !fixed(SCANNER_KEEPS_ESCAPE_CARRY) && dense_gear_risk(&case.body.0) => None,
             BodyVerdict::Accept(caller) if !known_duplicate(caller) => Some(caller),
             _ => None,
         };
@@ -2034,8 +2114,30 @@ fn check(
                             String::from_utf8_lossy(&got), String::from_utf8_lossy(&yielded.bytes));
                     };
                     let (partial_line, pending_event) = sse_tail(&yielded.bytes);
-                    let known = (!CHUNK_AFTER_PENDING_EVENT && pending_event)
-                        || (!CHUNK_AFTER_PARTIAL_LINE && partial_line && yielded.ended);
+                    let forced = case.max_response_bytes.is_some_and(|max| {
+                        has_bare_cr(&yielded.bytes) || first_content_at(&yielded.bytes).is_none_or(|at| at > max)
+                    });
+                    let known = (!fixed(CHUNK_AFTER_PENDING_EVENT) && pending_event)
+                        || (!fixed(CHUNK_AFTER_PARTIAL_LINE) && partial_line && yielded.ended)
+                        || (!fixed(FORCED_COMMIT_TRACKED) && forced);
+                    // 5b. A stream that ended cleanly after `[DONE]` is
+                    // complete: nothing is added to it.
+                    let done = sse_events(&yielded.bytes).iter().any(|e| e.trim_ascii() == b"[DONE]");
+                    if done
+                        && yielded.ended
+                        && !yielded.failed
+                        && !has_bare_cr(&yielded.bytes)
+                        && !extra.is_empty()
+                        && !known
+                    {
+                        violated!(
+                            case,
+                            5,
+                            "a stream that sent [DONE] and ended got an error chunk\n  upstream sent {:?}\n  then the caller got {:?}",
+                            Blob(yielded.bytes.clone()),
+                            Blob(extra.to_vec())
+                        );
+                    }
                     if !extra.is_empty() {
                         // Known (see the gate): only the chunk's own shape is checked.
                         let checked = match known {
