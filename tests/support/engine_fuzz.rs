@@ -22,7 +22,13 @@
 //!    an endpoint gets the caller's headers;
 //! 5. the answer the caller gets from an upstream is that upstream's bytes
 //!    unchanged, or (a committed stream only) them followed by exactly one
-//!    SSE error chunk that an SSE parser sees as its own event.
+//!    SSE error chunk that an SSE parser sees as its own event; a stream
+//!    that sent `[DONE]` and ended gets nothing added;
+//! 6. a summary exhaustion body holds no upstream or transport text.
+//!
+//! Properties that need a fix on `main` are behind the gates below (a
+//! gate off: the known failing case is not checked); `strict` turns them
+//! all on, for the tests that tell when a gate can be turned on.
 //!
 //! A violation panics with `engine fuzz: property N violated: ...` and the
 //! decoded case.
@@ -1133,10 +1139,13 @@ impl ScriptBody {
         let mut steps = VecDeque::new();
         let mut rest = bytes;
         let mut k = 0usize;
+        // At most about 4096 frames: an 8 MiB event one byte a frame costs
+        // seconds and finds nothing 4096 frames do not.
+        let least = bytes.len() / 4096;
         while !rest.is_empty() {
             let size = match frames.sizes.len() {
                 0 => rest.len(),
-                n => frames.sizes[k % n].clamp(1, rest.len()),
+                n => frames.sizes[k % n].max(least).clamp(1, rest.len()),
             };
             k += 1;
             steps.push_back(Step::Data(Bytes::copy_from_slice(&rest[..size])));
