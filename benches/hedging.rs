@@ -18,8 +18,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_fallback::health::{Cooldowns, HedgeBudget};
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, ReplayBody, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use std::time::{Duration, Instant};
 use tower::{Layer, ServiceExt};
 

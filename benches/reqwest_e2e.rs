@@ -18,8 +18,8 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackMiddleware, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
 use std::time::Duration;
 

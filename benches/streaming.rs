@@ -17,8 +17,8 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use tower::{Layer, Service, ServiceExt};
 
 const BODY: &str = r#"{"model":"m/1","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;

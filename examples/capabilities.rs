@@ -10,8 +10,8 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{Capabilities, Chain, FallbackLayer, FallbackReport, Price, PriceGuard, Route};
+use llm_fallback_mock::{MockUpstream, Reply};
 use serde_json::json;
 use tower::{Layer, ServiceExt};
 
@@ -100,7 +100,7 @@ async fn show<S>(title: &str, svc: S, body: serde_json::Value) -> Result<(), Box
 where
     S: tower::Service<
         http::Request<Full<Bytes>>,
-        Response = http::Response<llm_fallback::ResponseBody<llm_fallback::testing::MockBody>>,
+        Response = http::Response<llm_fallback::ResponseBody<llm_fallback_mock::MockBody>>,
     >,
     S::Error: Into<BoxError>,
 {

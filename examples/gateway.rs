@@ -30,7 +30,7 @@
 //! `gateway.max_concurrent_requests` (1024) chat requests in flight, streams
 //! included, a request gets `503` at once.
 //!
-//! With no `--config` and no `OPENROUTER_API_KEY` it starts the crate's mock
+//! With no `--config` and no `OPENROUTER_API_KEY` it starts the mock
 //! OpenRouter on 127.0.0.1 with a primary model that is down (503) and serves
 //! on `127.0.0.1:8080`, printing a `curl` line to try. Ctrl-C stops accepting
 //! connections and lets in-flight requests and streams finish, for at most
@@ -61,8 +61,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use llm_fallback::config::{Config, ConfigError, GatewayConfig};
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{ExhaustionBody, FallbackLayer, ReplayBody};
+use llm_fallback_mock::{MockUpstream, Reply};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -828,7 +828,7 @@ fn prometheus() -> Option<PrometheusHandle> {
 
 // ===== the demo mock =====
 
-/// The crate's mock OpenRouter over loopback, for the demo and the bench:
+/// The mock OpenRouter (llm-fallback-mock) over loopback, for the demo and the bench:
 /// `anthropic/claude-3.5-sonnet` is down (503), `openai/gpt-4o` and
 /// `openai/gpt-4o-mini` answer; a request with `"stream": true` gets a
 /// stream. Returns the address and the task serving it.

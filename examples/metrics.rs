@@ -14,8 +14,8 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use llm_fallback::health::{Cooldowns, HedgeBudget};
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, Route};
+use llm_fallback_mock::{MockUpstream, Reply};
 use metrics_exporter_prometheus::PrometheusBuilder;
 use std::time::Duration;
 use tower::{Layer, ServiceExt};

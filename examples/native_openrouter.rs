@@ -18,19 +18,18 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_fallback::native::{Endpoint, ProviderPrefs, ProviderSort, SortBy};
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, ReplayBody, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn chain(direct: Option<Route>) -> Chain {
-    let anthropic_first = ProviderPrefs {
-        order: Some(vec!["Anthropic".into(), "Amazon Bedrock".into()]),
-        sort: Some(ProviderSort::By(SortBy::Latency)),
-        ..ProviderPrefs::default()
-    };
+    // `#[non_exhaustive]` (OpenRouter adds fields): start from the default.
+    let mut anthropic_first = ProviderPrefs::default();
+    anthropic_first.order = Some(vec!["Anthropic".into(), "Amazon Bedrock".into()]);
+    anthropic_first.sort = Some(ProviderSort::By(SortBy::Latency));
     let mut routes = vec![
         // One request: OpenRouter tries Claude (Anthropic first), then GPT-4o, on its side.
         Route::new("anthropic/claude-3.5-sonnet")

@@ -6,7 +6,7 @@
 //! cargo run --example quickstart
 //! ```
 //!
-//! With no `OPENROUTER_API_KEY` it starts the crate's mock OpenRouter on
+//! With no `OPENROUTER_API_KEY` it starts the mock OpenRouter (llm-fallback-mock) on
 //! 127.0.0.1 with a primary model that is down (503) and a secondary that
 //! works. With `OPENROUTER_API_KEY` set it calls `https://openrouter.ai/api/v1`
 //! instead, with a primary model id that does not exist, so the fallback is
@@ -16,8 +16,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, ReplayBody, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt};
 

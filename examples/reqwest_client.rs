@@ -7,15 +7,15 @@
 //! cargo run --example reqwest_client
 //! ```
 //!
-//! With no `OPENROUTER_API_KEY` it runs against the crate's mock OpenRouter on
+//! With no `OPENROUTER_API_KEY` it runs against the mock OpenRouter (llm-fallback-mock) on
 //! 127.0.0.1: the primary answers 503 to the plain request and an error chunk
 //! (after keep-alives) to the streamed one. With the key set it calls
 //! `https://openrouter.ai/api/v1` (rustls with the ring provider and the
 //! system's roots), with a primary model id that does not exist, so the
 //! fallback is real there too.
 
-use llm_fallback::testing::{MockServer, MockUpstream, Reply, Script};
 use llm_fallback::{Chain, FallbackMiddleware, FallbackReport, Route, StreamReport};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply, Script};
 use reqwest_middleware::ClientWithMiddleware;
 use std::io::Write;
 use std::time::Duration;

@@ -7,7 +7,7 @@
 //! cargo run --example streaming
 //! ```
 //!
-//! With no `OPENROUTER_API_KEY` it runs against the crate's mock OpenRouter on
+//! With no `OPENROUTER_API_KEY` it runs against the mock OpenRouter (llm-fallback-mock) on
 //! 127.0.0.1 (the primary sends keep-alives, then an error chunk). With the
 //! key set it streams from `https://openrouter.ai/api/v1`, with a primary
 //! model id that does not exist.
@@ -16,8 +16,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, ReplayBody, Route, StreamReport};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use std::io::Write;
 use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt};

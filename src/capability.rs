@@ -107,6 +107,7 @@ impl fmt::Display for Capabilities {
 
 /// Price of a model in USD per million tokens.
 #[derive(Clone, Copy, Debug, Default, PartialEq, PartialOrd)]
+#[non_exhaustive]
 pub struct Price {
     /// Per million prompt tokens.
     pub prompt: f64,
@@ -159,6 +160,7 @@ pub enum PriceGuard {
 
 /// What a request needs from the model that serves it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Needs {
     /// Capabilities the request uses.
     pub capabilities: Capabilities,

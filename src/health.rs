@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 /// Whether a route may be tried now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Admission {
     /// Healthy: try it.
     Open,
@@ -31,6 +32,7 @@ pub enum Admission {
 
 /// What happened to an admitted attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HealthEvent {
     /// The route answered well.
     Success,

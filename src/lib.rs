@@ -10,7 +10,7 @@
 //! # Example
 //!
 //! ```
-//! use llm_fallback::testing::{MockUpstream, Reply};
+//! use llm_fallback_mock::{MockUpstream, Reply};
 //! use llm_fallback::{Chain, FallbackLayer, FallbackReport, Route};
 //! use std::time::Duration;
 //! use tower::{ServiceBuilder, ServiceExt};
@@ -18,7 +18,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
 //! // Any `Service<http::Request<ReplayBody>>` works: a hyper client, or here
-//! // the crate's OpenRouter mock, with a primary that is down.
+//! // the OpenRouter mock of the llm-fallback-mock crate, with a primary that is down.
 //! let upstream = MockUpstream::new()
 //!     .model("anthropic/claude-3.5-sonnet", Reply::status(503))
 //!     .model("openai/gpt-4o", Reply::ok());
@@ -142,7 +142,6 @@
 //!
 //! # Features
 //!
-//! - `testing`: an OpenRouter-compatible mock upstream ([`testing`]).
 //! - `metrics`: counters and histograms through the `metrics` facade (names
 //!   and labels in the README).
 //! - `reqwest`: [`FallbackMiddleware`], the same engine for
@@ -157,6 +156,13 @@
 //!   the environment variables the file names. Off by default; needs Rust
 //!   1.85 (toml 1).
 //! - `full`: every feature.
+//!
+//! # Testing
+//!
+//! The OpenRouter-compatible mock upstream the examples here use is its own
+//! crate, [llm-fallback-mock](https://docs.rs/llm-fallback-mock): an
+//! in-process tower service and a loopback HTTP server with scripted faults.
+//! Add it as a dev-dependency (`cargo add --dev llm-fallback-mock`).
 
 // `unsafe` is denied everywhere but one module, `json::simd`, which says why.
 #![deny(unsafe_code)]
@@ -168,6 +174,7 @@ mod capability;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+mod dialect;
 mod engine;
 mod future;
 pub mod health;
@@ -184,10 +191,6 @@ mod reqwest;
 mod route;
 mod stream;
 
-#[cfg(feature = "testing")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
-pub mod testing;
-
 #[cfg(feature = "reqwest")]
 pub use crate::reqwest::{FallbackMiddleware, StreamingBodyError};
 pub use body::ResponseBody;
@@ -197,8 +200,7 @@ pub use json::ReplayBody;
 pub use layer::{FallbackLayer, FallbackService};
 pub use policy::{DefaultPolicy, Policy};
 pub use report::{
-    AttemptRecord, Exhausted, ExhaustionBody, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError,
-    Usage,
+    AttemptRecord, ExhaustionBody, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError, Usage,
 };
 pub use route::{Attempt, Chain, ChainName, ChainSet, Route};
 pub use stream::StreamReport;

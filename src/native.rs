@@ -18,12 +18,11 @@ use std::fmt;
 /// ```
 /// use llm_fallback::native::{ProviderPrefs, ProviderSort, SortBy};
 ///
-/// let prefs = ProviderPrefs {
-///     order: Some(vec!["Anthropic".into(), "Amazon Bedrock".into()]),
-///     allow_fallbacks: Some(false),
-///     sort: Some(ProviderSort::By(SortBy::Latency)),
-///     ..ProviderPrefs::default()
-/// };
+/// // `#[non_exhaustive]`, as OpenRouter adds fields: start from the default.
+/// let mut prefs = ProviderPrefs::default();
+/// prefs.order = Some(vec!["Anthropic".into(), "Amazon Bedrock".into()]);
+/// prefs.allow_fallbacks = Some(false);
+/// prefs.sort = Some(ProviderSort::By(SortBy::Latency));
 /// assert_eq!(
 ///     serde_json::to_string(&prefs).unwrap(),
 ///     r#"{"order":["Anthropic","Amazon Bedrock"],"allow_fallbacks":false,"sort":"latency"}"#
@@ -31,6 +30,7 @@ use std::fmt;
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct ProviderPrefs {
     /// Providers to try first, in order (display names or slugs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +73,7 @@ pub struct ProviderPrefs {
 /// `provider.data_collection`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum DataCollection {
     /// Providers that may store or train on data are allowed.
     Allow,
@@ -83,6 +84,7 @@ pub enum DataCollection {
 /// `provider.sort`: a bare ranking, or `{by, partition}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
+#[non_exhaustive]
 pub enum ProviderSort {
     /// `"price"`, `"throughput"` or `"latency"`.
     By(SortBy),
@@ -100,6 +102,7 @@ pub enum ProviderSort {
 /// What providers are ranked by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum SortBy {
     /// Cheapest first.
     Price,
@@ -112,6 +115,7 @@ pub enum SortBy {
 /// `provider.sort.partition`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Partition {
     /// Rank within each model of `model`/`models`.
     Model,
@@ -122,6 +126,7 @@ pub enum Partition {
 /// `provider.max_price`, USD per million tokens (or per request / image / audio unit).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct MaxPrice {
     /// Per million prompt tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -139,6 +144,11 @@ pub struct MaxPrice {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<f64>,
 }
+
+/// How many fields [`ProviderPrefs`] has (the keys of OpenRouter's
+/// `provider` object it knows); a test of the mock checks it knows as many.
+#[doc(hidden)]
+pub const PROVIDER_PREFS_FIELDS: usize = 12;
 
 /// Most entries OpenRouter accepts in `models` (observed: more is a 400).
 pub const MAX_NATIVE_FALLBACKS: usize = 3;
@@ -346,6 +356,28 @@ pub(crate) fn upstream_fell_back(requested: &str, fallbacks: &[String], served: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn provider_prefs_fields_are_counted() {
+        // A struct literal: adding a field fails to compile here until the
+        // count (and the mock's test that reads it) is updated.
+        let all = ProviderPrefs {
+            order: Some(vec!["a".into()]),
+            allow_fallbacks: Some(true),
+            require_parameters: Some(true),
+            data_collection: Some(DataCollection::Deny),
+            zdr: Some(true),
+            only: Some(vec!["a".into()]),
+            ignore: Some(vec!["b".into()]),
+            quantizations: Some(vec!["fp8".into()]),
+            sort: Some(ProviderSort::By(SortBy::Price)),
+            max_price: Some(MaxPrice::default()),
+            preferred_min_throughput: Some(1.0),
+            preferred_max_latency: Some(1.0),
+        };
+        let json = serde_json::to_value(&all).unwrap();
+        assert_eq!(json.as_object().unwrap().len(), PROVIDER_PREFS_FIELDS);
+    }
 
     #[test]
     fn full_prefs_round_trip() {

@@ -199,17 +199,93 @@ fn classify_response(r: &ResponseInfo<'_>) -> Action {
         let bad = !r.is_json() || r.error().is_some() || !r.has_choices() || r.finish_reason_error();
         return if bad { Action::Fallback } else { Action::Accept };
     }
-    match status.as_u16() {
-        401 | 402 => Action::Stop,
-        408 | 429 | 500 | 502 | 503 | 504 | 524 | 529 => Action::Fallback,
-        400 | 404 if names_model(r.error()) => Action::Fallback,
-        403 if r.error().is_some_and(UpstreamError::is_moderation) || mentions_moderation(r.error()) => {
-            Action::Fallback
+    let code = status.as_u16();
+    STATUS_RULES
+        .iter()
+        .find(|rule| rule.from <= code && code <= rule.to && rule.when.holds(r.error()))
+        .map_or(Action::Stop, |rule| rule.action)
+}
+
+// ===== the default rules, as data =====
+
+/// One line of [`STATUS_RULES`]: statuses `from..=to`, when the body's error
+/// says so, get `action`.
+struct StatusRule {
+    from: u16,
+    to: u16,
+    when: When,
+    action: Action,
+}
+
+/// What the body's error must say for a [`StatusRule`] to apply.
+#[derive(Clone, Copy)]
+enum When {
+    Always,
+    /// It blames the model (unknown model, no endpoints, context length).
+    NamesModel,
+    /// It is a moderation or content-policy block.
+    Moderation,
+}
+
+impl When {
+    fn holds(self, e: Option<&UpstreamError>) -> bool {
+        match self {
+            When::Always => true,
+            When::NamesModel => e.is_some_and(names_model),
+            When::Moderation => is_content_block(StatusCode::FORBIDDEN, e),
         }
-        s if s >= 500 => Action::Fallback,
-        _ => Action::Stop,
     }
 }
+
+/// How [`DefaultPolicy`] reads a status that is not 2xx: the first rule
+/// that matches decides; a status no rule matches stops (the caller's
+/// fault, or one falling back cannot fix).
+const STATUS_RULES: &[StatusRule] = &[
+    // A bad key or no credits: the same everywhere.
+    StatusRule {
+        from: 401,
+        to: 402,
+        when: When::Always,
+        action: Action::Stop,
+    },
+    StatusRule {
+        from: 408,
+        to: 408,
+        when: When::Always,
+        action: Action::Fallback,
+    },
+    StatusRule {
+        from: 429,
+        to: 429,
+        when: When::Always,
+        action: Action::Fallback,
+    },
+    StatusRule {
+        from: 400,
+        to: 400,
+        when: When::NamesModel,
+        action: Action::Fallback,
+    },
+    StatusRule {
+        from: 404,
+        to: 404,
+        when: When::NamesModel,
+        action: Action::Fallback,
+    },
+    StatusRule {
+        from: 403,
+        to: 403,
+        when: When::Moderation,
+        action: Action::Fallback,
+    },
+    // 500, 502, 503, 504, 524 (Cloudflare timeout), 529 (overloaded), any 5xx.
+    StatusRule {
+        from: 500,
+        to: 599,
+        when: When::Always,
+        action: Action::Fallback,
+    },
+];
 
 /// Error types that blame the model, not the request.
 const MODEL_ERROR_TYPES: &[&str] = &[
@@ -222,7 +298,7 @@ const MODEL_ERROR_TYPES: &[&str] = &[
 
 /// Message fragments (lowercase) that blame the model. OpenRouter says
 /// "X is not a valid model ID" and "No endpoints found for X"; OpenAI says
-/// "maximum context length is N tokens" and "The model `X` does not exist".
+/// "The model `X` does not exist".
 const MODEL_PHRASES: &[&str] = &[
     "not a valid model",
     "invalid model",
@@ -230,30 +306,42 @@ const MODEL_PHRASES: &[&str] = &[
     "unknown model",
     "no endpoints found",
     "no allowed providers",
-    "context length",
-    "context_length",
-    "context window",
-    "maximum context",
     "model_not_found",
 ];
 
-fn names_model(e: Option<&UpstreamError>) -> bool {
-    let Some(e) = e else { return false };
-    if e.error_type().is_some_and(|t| MODEL_ERROR_TYPES.contains(&t)) {
-        return true;
-    }
-    let hit = |text: Option<&str>| {
-        text.is_some_and(|t| {
-            let t = t.to_ascii_lowercase();
-            MODEL_PHRASES.iter().any(|p| t.contains(p)) || (t.contains("model") && t.contains("does not exist"))
-        })
-    };
-    hit(e.message()) || hit(e.raw())
+/// Fragments (lowercase) saying the prompt did not fit the context window
+/// (OpenAI: "maximum context length is N tokens").
+pub(crate) const CONTEXT_LENGTH_PHRASES: &[&str] =
+    &["context length", "context_length", "context window", "maximum context"];
+
+/// Fragments (lowercase) of a moderation or content-policy block.
+pub(crate) const MODERATION_PHRASES: &[&str] = &["moderation", "flagged", "content policy"];
+
+/// Some of `texts` contains one of `phrases` (ASCII case ignored).
+pub(crate) fn mentions<'a>(texts: impl IntoIterator<Item = Option<&'a str>>, phrases: &[&str]) -> bool {
+    texts.into_iter().flatten().any(|t| {
+        let t = t.to_ascii_lowercase();
+        phrases.iter().any(|p| t.contains(p))
+    })
 }
 
-fn mentions_moderation(e: Option<&UpstreamError>) -> bool {
-    e.and_then(UpstreamError::message).is_some_and(|m| {
-        let m = m.to_ascii_lowercase();
-        m.contains("moderation") || m.contains("flagged") || m.contains("content policy")
+/// A moderation or content-policy block: the error says so by type or
+/// metadata, or a `403` says it was moderated or flagged. What moves a
+/// request to the content-policy chain.
+pub(crate) fn is_content_block(status: StatusCode, e: Option<&UpstreamError>) -> bool {
+    e.is_some_and(|e| {
+        e.is_moderation() || (status == StatusCode::FORBIDDEN && mentions([e.message()], MODERATION_PHRASES))
     })
+}
+
+fn names_model(e: &UpstreamError) -> bool {
+    if e.error_type().is_some_and(|t| MODEL_ERROR_TYPES.contains(&t)) || e.is_context_length() {
+        return true;
+    }
+    let texts = [e.message(), e.raw()];
+    mentions(texts, MODEL_PHRASES)
+        || texts.into_iter().flatten().any(|t| {
+            let t = t.to_ascii_lowercase();
+            t.contains("model") && t.contains("does not exist")
+        })
 }

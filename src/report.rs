@@ -49,11 +49,9 @@ impl UpstreamError {
 
     /// The error says the prompt did not fit the model's context window.
     pub fn is_context_length(&self) -> bool {
+        use crate::policy::{mentions, CONTEXT_LENGTH_PHRASES};
         self.error_type.as_deref() == Some("context_length_exceeded")
-            || [&self.message, &self.raw].into_iter().flatten().any(|m| {
-                let m = m.to_ascii_lowercase();
-                m.contains("context length") || m.contains("context_length") || m.contains("context window")
-            })
+            || mentions([self.message(), self.raw()], CONTEXT_LENGTH_PHRASES)
     }
 
     /// The error is a moderation or content-policy block
@@ -602,7 +600,7 @@ pub struct Usage {
 /// Its `Display` reads as one sentence naming every model tried and why it
 /// failed; it is the `message` of the `502`/`504` answer the caller gets.
 #[derive(Clone, Debug)]
-pub struct Exhausted {
+pub(crate) struct Exhausted {
     report: FallbackReport,
 }
 
@@ -612,21 +610,12 @@ impl Exhausted {
     }
 
     /// The full report of the failed chain.
-    pub fn report(&self) -> &FallbackReport {
+    pub(crate) fn report(&self) -> &FallbackReport {
         &self.report
     }
 
-    /// The status the caller gets: `504` when the deadline ended the chain,
-    /// else `502`.
-    pub fn status(&self) -> StatusCode {
-        match self.report.resolution {
-            Resolution::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            _ => StatusCode::BAD_GATEWAY,
-        }
-    }
-
     /// The shortest `Retry-After` any upstream sent, if any did.
-    pub fn retry_after(&self) -> Option<Duration> {
+    pub(crate) fn retry_after(&self) -> Option<Duration> {
         self.report.attempts.iter().filter_map(|a| a.retry_after).min()
     }
 }

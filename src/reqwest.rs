@@ -43,8 +43,8 @@ use std::{fmt, mem};
 /// middleware.
 ///
 /// ```
-/// use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 /// use llm_fallback::{Chain, FallbackMiddleware, FallbackReport, Route};
+/// use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 /// use std::time::Duration;
 ///
 /// # #[tokio::main(flavor = "current_thread")]

@@ -87,6 +87,9 @@ pub(crate) struct SseTracker {
     too_large: bool,
     /// When `too_large`: the bytes fed so far ended mid-line.
     cut_mid_line: bool,
+    /// The last byte fed was not a line break: a client holds a partial
+    /// line (kept when `finish` reads that line itself).
+    ends_mid_line: bool,
     pub(crate) committed: bool,
     pub(crate) model: Option<String>,
     pub(crate) provider: Option<String>,
@@ -137,6 +140,7 @@ impl SseTracker {
             max_event_bytes,
             too_large: false,
             cut_mid_line: false,
+            ends_mid_line: false,
             committed: false,
             model: None,
             provider: None,
@@ -157,6 +161,9 @@ impl SseTracker {
     pub(crate) fn feed(&mut self, frame: &[u8]) -> Signal {
         if self.too_large {
             return Signal::None;
+        }
+        if let Some(&last) = frame.last() {
+            self.ends_mid_line = last != b'\n';
         }
         let mut bytes = frame;
         let mut result = Signal::None;
@@ -263,7 +270,28 @@ impl SseTracker {
 
     /// A line ended mid-event (the client's parser holds a partial line).
     pub(crate) fn mid_line(&self) -> bool {
-        !self.partial.is_empty() || self.cut_mid_line
+        !self.partial.is_empty() || self.cut_mid_line || self.ends_mid_line
+    }
+
+    /// What a client needs before an event of ours so it stands alone: the
+    /// end of a half-written line and the blank line that closes the
+    /// upstream's event, or only the blank line after complete lines of an
+    /// event not yet dispatched, or nothing.
+    pub(crate) fn separator(&self) -> &'static [u8] {
+        if self.mid_line() {
+            b"\n\n"
+        } else if self.event_len > 0 || self.too_large {
+            b"\n"
+        } else {
+            b""
+        }
+    }
+
+    /// The engine committed to the stream without a content event (it held
+    /// more than it may before one): what follows is read as a committed
+    /// stream's, to its end.
+    pub(crate) fn force_commit(&mut self) {
+        self.committed = true;
     }
 
     fn line(&mut self, line: &[u8]) -> Signal {
@@ -411,7 +439,7 @@ fn carries_content(delta: &Map<String, Value>) -> bool {
 /// the served attempt's final outcome and the usage from the last chunk.
 ///
 /// ```
-/// # async fn demo(resp: http::Response<llm_fallback::ResponseBody<llm_fallback::testing::MockBody>>) {
+/// # async fn demo(resp: http::Response<llm_fallback::ResponseBody<llm_fallback_mock::MockBody>>) {
 /// use http_body_util::BodyExt;
 /// use llm_fallback::StreamReport;
 ///
@@ -561,7 +589,7 @@ impl<B> CommittedStream<B> {
 
 /// An SSE error chunk in OpenRouter's mid-stream shape, so OpenAI-style
 /// clients see `finish_reason: "error"` instead of a silent end.
-fn error_chunk(model: &str, code: &str, message: &str, mid_line: bool) -> Bytes {
+fn error_chunk(model: &str, code: &str, message: &str, separator: &[u8]) -> Bytes {
     let chunk = serde_json::json!({
         "id": "llm-fallback-error",
         "object": "chat.completion.chunk",
@@ -571,10 +599,8 @@ fn error_chunk(model: &str, code: &str, message: &str, mid_line: bool) -> Bytes 
         "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error", "native_finish_reason": "error"}],
     });
     let mut out = BytesMut::new();
-    if mid_line {
-        // End the upstream's half-written line so our event stands alone.
-        out.extend_from_slice(b"\n\n");
-    }
+    // End the upstream's half-written line or event so ours stands alone.
+    out.extend_from_slice(separator);
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(&serde_json::to_vec(&chunk).expect("JSON serializes"));
     out.extend_from_slice(b"\n\n");
@@ -684,7 +710,7 @@ where
                 .as_ref()
                 .map(|f| f.report.served_model().to_owned())
                 .unwrap_or_default();
-            *this.tail = Some(error_chunk(&model, code, &message, this.tracker.mid_line()));
+            *this.tail = Some(error_chunk(&model, code, &message, this.tracker.separator()));
             *this.sleep = None;
             // Nothing more is read: release the upstream's connection now,
             // not when the caller drops the body.

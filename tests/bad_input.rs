@@ -6,8 +6,8 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http::StatusCode;
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, Resolution, Route};
+use llm_fallback_mock::{MockUpstream, Reply};
 use tower::{Layer, ServiceExt};
 
 fn setup() -> (MockUpstream, impl Fn() -> FallbackLayer) {

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use http::StatusCode;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Capabilities, Chain, FallbackLayer, Outcome, Price, PriceGuard, Route, SkipReason};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use serde_json::{json, Value};
 use tower::{Layer, ServiceExt};
 

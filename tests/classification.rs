@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use http::StatusCode;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, Outcome, Resolution, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use tower::{Layer, ServiceExt};
 
 const PRIMARY: &str = "primary/model";

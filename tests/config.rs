@@ -6,8 +6,8 @@ mod common;
 
 use common::{body_json, chat, post, report};
 use llm_fallback::config::{Config, ConfigError};
-use llm_fallback::testing::{MockUpstream, Reply, Script};
 use llm_fallback::{Capabilities, FallbackLayer, Price, PriceGuard};
+use llm_fallback_mock::{MockUpstream, Reply, Script};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use llm_fallback::native::Endpoint;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use serde_json::json;
 use tower::{Layer, ServiceExt};
 

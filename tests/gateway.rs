@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_fallback::config::Config;
-use llm_fallback::testing::{parse_sse, MockServer, MockUpstream, Reply, SseEvent};
+use llm_fallback_mock::{parse_sse, MockServer, MockUpstream, Reply, SseEvent};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

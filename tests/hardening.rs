@@ -9,21 +9,19 @@ use common::*;
 use http::{HeaderName, StatusCode};
 use llm_fallback::health::Drills;
 use llm_fallback::native::{Endpoint, ProviderPrefs, CREDENTIAL_HEADERS};
-use llm_fallback::testing::MockBody;
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{
     BoxError, Chain, ChainName, ChainSet, ExhaustionBody, FallbackLayer, Outcome, ReplayBody, Resolution, Route,
 };
+use llm_fallback_mock::{MockBody, MockUpstream, Reply};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use tower::util::BoxCloneService;
 use tower::{Layer, ServiceExt};
 
 fn prefs(order: &str) -> ProviderPrefs {
-    ProviderPrefs {
-        order: Some(vec![order.to_owned()]),
-        ..ProviderPrefs::default()
-    }
+    let mut prefs = ProviderPrefs::default();
+    prefs.order = Some(vec![order.to_owned()]);
+    prefs
 }
 
 /// An endpoint that is not OpenRouter: the OpenRouter-only keys go.
@@ -563,4 +561,107 @@ async fn a_huge_max_tokens_saturates_instead_of_overflowing() {
     assert_eq!(answer["model"], "big/m");
     let skipped = &report(&parts).attempts()[0];
     assert_eq!(skipped.outcome(), Outcome::Skipped, "no window holds u64::MAX tokens");
+}
+
+// ----- found by the engine fuzz target: a committed stream's error chunk stands alone -----
+
+type Frames = http_body_util::StreamBody<
+    futures_util::stream::Iter<std::vec::IntoIter<Result<http_body::Frame<Bytes>, std::convert::Infallible>>>,
+>;
+
+/// An upstream whose answer is an event stream of exactly these frames.
+fn sse_upstream(
+    frames: Vec<&'static str>,
+) -> impl tower::Service<
+    http::Request<ReplayBody>,
+    Response = http::Response<Frames>,
+    Error = std::convert::Infallible,
+    Future = std::future::Ready<Result<http::Response<Frames>, std::convert::Infallible>>,
+> + Clone {
+    tower::service_fn(move |_req: http::Request<ReplayBody>| {
+        let frames: Vec<_> = frames
+            .iter()
+            .map(|f| Ok(http_body::Frame::data(Bytes::from_static(f.as_bytes()))))
+            .collect();
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let resp = http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(body)
+            .unwrap();
+        std::future::ready(Ok(resp))
+    })
+}
+
+const CONTENT: &str =
+    "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n";
+
+/// Streams `frames` through a one-route layer; the caller's bytes.
+async fn stream_through(layer: FallbackLayer, frames: Vec<&'static str>) -> String {
+    let body = json!({"model": "m", "stream": true, "messages": []}).to_string();
+    let resp = layer
+        .layer(sse_upstream(frames))
+        .oneshot(caller_request(body))
+        .await
+        .unwrap();
+    let (parts, bytes) = body_bytes(resp).await;
+    assert_eq!(parts.status, StatusCode::OK);
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+/// The caller's text after the upstream's `sent`, checked to be one error
+/// chunk of `code` after `separator`.
+fn assert_one_error_chunk(got: &str, sent: &str, separator: &str, code: &str) {
+    let tail = got
+        .strip_prefix(sent)
+        .unwrap_or_else(|| panic!("the upstream's bytes come first, unchanged: {got:?}"));
+    let chunk = tail
+        .strip_prefix(separator)
+        .and_then(|t| t.strip_prefix("data: "))
+        .and_then(|t| t.strip_suffix("\n\n"))
+        .unwrap_or_else(|| panic!("one error chunk after {separator:?}: {tail:?}"));
+    let chunk: Value = serde_json::from_str(chunk).unwrap();
+    assert_eq!(chunk["error"]["code"], code);
+    assert_eq!(chunk["choices"][0]["finish_reason"], "error");
+}
+
+fn one_route() -> FallbackLayer {
+    FallbackLayer::new(Chain::new([Route::new("m")]))
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_line_gets_its_line_and_event_ended_before_the_error_chunk() {
+    let frames = vec![CONTENT, "data: {\"model\":\"m\",\"choi"];
+    let got = stream_through(one_route(), frames.clone()).await;
+    assert_one_error_chunk(&got, &frames.concat(), "\n\n", "stream_truncated");
+}
+
+#[tokio::test]
+async fn a_stream_cut_after_an_undispatched_event_gets_the_blank_line_before_the_error_chunk() {
+    // Complete `data:` lines, no blank line yet: without one, the error
+    // chunk's `data:` line would join that event.
+    let frames = vec![CONTENT, "data: {\"model\":\"m\",\n", "data: \"choices\":[]}\n"];
+    let got = stream_through(one_route(), frames.clone()).await;
+    assert_one_error_chunk(&got, &frames.concat(), "\n", "stream_truncated");
+}
+
+#[tokio::test]
+async fn a_stream_committed_by_its_keep_alives_is_read_to_its_end() {
+    // More keep-alives than the layer holds before content: it commits
+    // without a content event, and must still read what follows as a
+    // committed stream (here a whole answer: no error chunk at all).
+    let layer = one_route().max_response_bytes(64);
+    let keep_alive = ": OPENROUTER PROCESSING\n\n";
+    let frames = vec![
+        keep_alive,
+        keep_alive,
+        keep_alive,
+        keep_alive,
+        "data: {\"oops\n\ndata: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+    ];
+    let got = stream_through(layer, frames.clone()).await;
+    assert_eq!(
+        got,
+        frames.concat(),
+        "a complete stream passes unchanged, with no error chunk"
+    );
 }

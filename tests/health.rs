@@ -5,8 +5,8 @@ mod common;
 use common::*;
 use http::{Request, Response};
 use llm_fallback::health::{Cooldowns, Drills};
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, Outcome, ReplayBody, Route, SkipReason};
+use llm_fallback_mock::{MockUpstream, Reply};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +25,7 @@ async fn ask<S>(svc: &S) -> FallbackReport
 where
     S: Service<
             Request<http_body_util::Full<bytes::Bytes>>,
-            Response = Response<llm_fallback::ResponseBody<llm_fallback::testing::MockBody>>,
+            Response = Response<llm_fallback::ResponseBody<llm_fallback_mock::MockBody>>,
         > + Clone,
     S::Error: std::fmt::Debug,
 {

@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use llm_fallback::health::HedgeBudget;
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, Outcome, Route};
+use llm_fallback_mock::{MockUpstream, Reply};
 use std::future::Future;
 use std::time::Duration;
 use tower::{Layer, ServiceExt};

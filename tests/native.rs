@@ -4,18 +4,17 @@
 mod common;
 
 use common::*;
-use llm_fallback::native::{ProviderPrefs, ProviderSort, SortBy};
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
+use llm_fallback::native::{ProviderPrefs, ProviderSort, SortBy, MAX_NATIVE_FALLBACKS};
 use llm_fallback::{Chain, FallbackLayer, FallbackReport, Outcome, Route, StreamReport};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use serde_json::{json, Value};
 use tower::{Layer, ServiceExt};
 
 fn prefs(order: &[&str], allow_fallbacks: bool) -> ProviderPrefs {
-    ProviderPrefs {
-        order: Some(order.iter().map(|s| s.to_string()).collect()),
-        allow_fallbacks: Some(allow_fallbacks),
-        ..ProviderPrefs::default()
-    }
+    let mut prefs = ProviderPrefs::default();
+    prefs.order = Some(order.iter().map(|s| s.to_string()).collect());
+    prefs.allow_fallbacks = Some(allow_fallbacks);
+    prefs
 }
 
 async fn send(upstream: MockUpstream, chain: Chain, body: Value) -> (http::response::Parts, Value, MockServer) {
@@ -38,10 +37,9 @@ fn without(mut v: Value, key: &str) -> Value {
 async fn route_provider_is_inserted_when_the_caller_has_none() {
     let body = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}], "temperature": 0.1});
     let upstream = MockUpstream::new().model("a/a", Reply::ok());
-    let route = Route::new("a/a").provider(ProviderPrefs {
-        sort: Some(ProviderSort::By(SortBy::Price)),
-        ..prefs(&["OpenAI"], true)
-    });
+    let mut sorted = prefs(&["OpenAI"], true);
+    sorted.sort = Some(ProviderSort::By(SortBy::Price));
+    let route = Route::new("a/a").provider(sorted);
     let (parts, _, server) = send(upstream, Chain::new([route]), body.clone()).await;
     assert_eq!(parts.status, 200);
     let sent = server.upstream().requests()[0].json();
@@ -144,6 +142,74 @@ async fn a_group_past_the_cap_becomes_consecutive_attempts() {
     assert!(reqs[1].json().get("models").is_none());
     assert_eq!(body["model"], "e/e");
     assert_eq!(report(&parts).attempts().len(), 2);
+}
+
+/// The mock (its own crate, with its own copy of the `provider` object's
+/// shape and of OpenRouter's `models` cap) accepts everything the layer
+/// sends: every `ProviderPrefs` field set and a full native group. The
+/// fields come from JSON that must read back whole, and hold as many keys as
+/// the crate's own `ProviderPrefs` literal (`native::tests`, which fails to
+/// compile when a field is added), so a new field fails here until the mock
+/// learns it. One more model than the cap is the mock's 400, as it is
+/// OpenRouter's.
+#[tokio::test]
+async fn the_mock_accepts_every_provider_field_and_a_full_group() {
+    let all = json!({
+        "order": ["OpenAI"],
+        "allow_fallbacks": true,
+        "require_parameters": false,
+        "data_collection": "deny",
+        "zdr": false,
+        "only": ["OpenAI", "Azure"],
+        "ignore": ["Together"],
+        "quantizations": ["fp8"],
+        "sort": {"by": "throughput", "partition": "none"},
+        "max_price": {"prompt": 1.0, "completion": 2.0, "request": 0.1, "image": 0.2, "audio": 0.3},
+        "preferred_min_throughput": 10.0,
+        "preferred_max_latency": 2.0,
+    });
+    let every_field: ProviderPrefs = serde_json::from_value(all.clone()).unwrap();
+    assert_eq!(serde_json::to_value(&every_field).unwrap(), all, "every key is a field");
+    assert_eq!(
+        all.as_object().unwrap().len(),
+        llm_fallback::native::PROVIDER_PREFS_FIELDS
+    );
+    let group: Vec<String> = (0..MAX_NATIVE_FALLBACKS).map(|i| format!("m/{i}")).collect();
+    let mut upstream = MockUpstream::new().model("a/a", Reply::status(503));
+    for (i, model) in group.iter().enumerate() {
+        let last = i + 1 == group.len();
+        upstream = upstream.model(model.as_str(), if last { Reply::ok() } else { Reply::status(503) });
+    }
+    let route = Route::new("a/a")
+        .provider(every_field.clone())
+        .native_fallbacks(group.clone());
+    let (parts, body, server) = send(
+        upstream.clone(),
+        Chain::new([route]),
+        json!({"model": "x", "messages": []}),
+    )
+    .await;
+    assert_eq!(parts.status, 200, "{body}");
+    assert_eq!(body["model"], group[group.len() - 1].as_str());
+    let reqs = server.upstream().requests();
+    assert_eq!(reqs.len(), 1, "one request, the whole group server-side");
+    assert_eq!(reqs[0].json()["provider"], serde_json::to_value(&every_field).unwrap());
+    assert_eq!(reqs[0].json()["models"], json!(group));
+
+    let past_cap: Vec<String> = (0..=MAX_NATIVE_FALLBACKS).map(|i| format!("m/{i}")).collect();
+    let refused = upstream
+        .oneshot(post(
+            "http://openrouter.test/api/v1/chat/completions",
+            json!({"model": "a/a", "models": past_cap, "messages": []}).to_string(),
+        ))
+        .await
+        .unwrap();
+    let (parts, body) = body_json(refused).await;
+    assert_eq!(parts.status, 400);
+    assert_eq!(
+        body["error"]["message"],
+        format!("'models' array must have {MAX_NATIVE_FALLBACKS} items or fewer")
+    );
 }
 
 #[tokio::test]

@@ -8,10 +8,10 @@ mod common;
 use bytes::Bytes;
 use common::{chat, Chunked};
 use http::{Extensions, StatusCode};
-use llm_fallback::testing::{parse_sse, MockServer, MockUpstream, Reply, SseEvent};
 use llm_fallback::{
     Attempt, Chain, FallbackMiddleware, FallbackReport, Outcome, Resolution, Route, StreamReport, StreamingBodyError,
 };
+use llm_fallback_mock::{parse_sse, MockServer, MockUpstream, Reply, SseEvent};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware, Next};
 use serde_json::Value;
 use std::sync::{Arc, Mutex};

@@ -6,8 +6,8 @@ mod common;
 
 use common::chat;
 use http::StatusCode;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply, Script};
 use llm_fallback::{Chain, FallbackMiddleware, FallbackReport, Outcome, Resolution, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply, Script};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware, Middleware};
 use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::RetryTransientMiddleware;

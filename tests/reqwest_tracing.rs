@@ -9,8 +9,8 @@ mod common;
 
 use common::{chat, Captured};
 use http::StatusCode;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackMiddleware, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use reqwest_middleware::{ClientBuilder, Middleware};
 use reqwest_tracing::TracingMiddleware;
 use std::sync::Arc;

@@ -5,8 +5,8 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use llm_fallback::testing::{MockServer, MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, Route};
+use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use proptest::prelude::*;
 use serde_json::Value;
 use tower::{Layer, ServiceExt};

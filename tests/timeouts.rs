@@ -4,8 +4,8 @@ mod common;
 
 use common::*;
 use http::StatusCode;
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{Attempt, Chain, FallbackLayer, Outcome, Resolution, Route};
+use llm_fallback_mock::{MockUpstream, Reply};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::{Layer, ServiceBuilder, ServiceExt};

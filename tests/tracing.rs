@@ -3,8 +3,8 @@
 mod common;
 
 use common::*;
-use llm_fallback::testing::{MockUpstream, Reply};
 use llm_fallback::{Chain, FallbackLayer, Route};
+use llm_fallback_mock::{MockUpstream, Reply};
 use tower::{Layer, ServiceExt};
 
 #[tokio::test]

@@ -9,8 +9,13 @@
 //! [`MockServer`] puts the same upstream behind a real loopback HTTP/1.1
 //! server for clients that need a URL.
 //!
+//! It is the upstream [llm-fallback](https://docs.rs/llm-fallback)'s own
+//! tests, examples and benches run against, and works for any client of an
+//! OpenAI-compatible chat-completions API. Add it as a dev-dependency:
+//! `cargo add --dev llm-fallback-mock`. It does not depend on llm-fallback.
+//!
 //! ```
-//! use llm_fallback::testing::{MockServer, MockUpstream, Reply, Script};
+//! use llm_fallback_mock::{MockServer, MockUpstream, Reply, Script};
 //! use tower::ServiceExt;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -110,7 +115,7 @@
 //! [`MockUpstream::tries_for_provider`] count the tries.
 //!
 //! ```
-//! use llm_fallback::testing::{MockUpstream, Reply};
+//! use llm_fallback_mock::{MockUpstream, Reply};
 //! use http_body_util::BodyExt;
 //! use tower::ServiceExt;
 //!
@@ -156,6 +161,9 @@
 //!
 //! Every request is recorded first, whatever the answer (even for
 //! [`Reply::hang`] and [`Reply::transport_error`]).
+
+#![deny(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod body;
 mod reply;
@@ -312,7 +320,7 @@ impl MockUpstream {
     /// [server-side routing](self#server-side-routing)).
     ///
     /// ```
-    /// use llm_fallback::testing::{MockUpstream, Reply};
+    /// use llm_fallback_mock::{MockUpstream, Reply};
     ///
     /// // Azure is down; OpenRouter falls back to OpenAI on its side, unless
     /// // the request says `"provider":{"order":["Azure"],"allow_fallbacks":false}`.
@@ -405,7 +413,7 @@ impl MockUpstream {
     }
 
     /// Who may serve `model` under `prefs`.
-    fn lookup(&self, model: &str, prefs: &crate::native::ProviderPrefs) -> Lookup {
+    fn lookup(&self, model: &str, prefs: &routing::ProviderPrefs) -> Lookup {
         match lock(&self.shared.models).get(model) {
             None => Lookup::Unknown,
             Some(Slot::Plain(_)) => Lookup::Plain,

@@ -24,7 +24,7 @@ const DEFAULT_PROVIDER: &str = "MockProvider";
 /// on a 429) is ignored.
 ///
 /// ```
-/// use llm_fallback::testing::Reply;
+/// use llm_fallback_mock::Reply;
 /// use std::time::Duration;
 ///
 /// let slow_ok = Reply::ok().content("pong").latency(Duration::from_secs(2));
@@ -249,7 +249,7 @@ impl Reply {
     /// reading stops the stream. Dropping the body stops everything.
     ///
     /// ```
-    /// use llm_fallback::testing::{parse_sse, MockUpstream, Reply, SseEvent};
+    /// use llm_fallback_mock::{parse_sse, MockUpstream, Reply, SseEvent};
     /// use http_body_util::BodyExt;
     /// use std::time::Duration;
     /// use tower::ServiceExt;
@@ -724,7 +724,7 @@ pub(super) enum Action {
 /// A single [`Reply`] converts into a script that always gives it.
 ///
 /// ```
-/// use llm_fallback::testing::{MockUpstream, Reply, Script};
+/// use llm_fallback_mock::{MockUpstream, Reply, Script};
 ///
 /// // Two rate limits, then it recovers for good.
 /// let upstream = MockUpstream::new().model(

@@ -40,7 +40,7 @@ impl SseEvent {
 /// `retry`) are skipped, and so is a last line without its line end.
 ///
 /// ```
-/// use llm_fallback::testing::{parse_sse, SseEvent};
+/// use llm_fallback_mock::{parse_sse, SseEvent};
 ///
 /// let body = b": OPENROUTER PROCESSING\n\ndata: {\"a\":1}\n\ndata: [DONE]\n\ndata: cut";
 /// let events = parse_sse(body);

@@ -5,10 +5,98 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::native::{ProviderPrefs, MAX_NATIVE_FALLBACKS};
-
 /// The `X-OpenRouter-Metadata: enabled` request header.
 pub(super) const METADATA_HEADER: &str = "x-openrouter-metadata";
+
+/// Most entries OpenRouter accepts in `models` (observed: more is a 400).
+/// The same cap as `llm_fallback::native::MAX_NATIVE_FALLBACKS`, kept here so
+/// the mock does not depend on llm-fallback.
+pub(super) const MAX_MODELS: usize = 3;
+
+/// The `provider` object, as OpenRouter checks it and the mock reads it.
+///
+/// `order`, `allow_fallbacks`, `only` and `ignore` steer the mock's routing;
+/// the other keys OpenRouter documents are checked for their shape and
+/// otherwise ignored. Unknown keys are refused, as OpenRouter refuses them
+/// (serde's message names the key).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ProviderPrefs {
+    pub(super) order: Option<Vec<String>>,
+    pub(super) allow_fallbacks: Option<bool>,
+    pub(super) only: Option<Vec<String>>,
+    pub(super) ignore: Option<Vec<String>>,
+    // Checked, not read.
+    #[serde(rename = "require_parameters")]
+    _require_parameters: Option<bool>,
+    #[serde(rename = "data_collection")]
+    _data_collection: Option<DataCollection>,
+    #[serde(rename = "zdr")]
+    _zdr: Option<bool>,
+    #[serde(rename = "quantizations")]
+    _quantizations: Option<Vec<String>>,
+    #[serde(rename = "sort")]
+    _sort: Option<Sort>,
+    #[serde(rename = "max_price")]
+    _max_price: Option<MaxPrice>,
+    #[serde(rename = "preferred_min_throughput")]
+    _preferred_min_throughput: Option<f64>,
+    #[serde(rename = "preferred_max_latency")]
+    _preferred_max_latency: Option<f64>,
+}
+
+/// `provider.data_collection`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DataCollection {
+    Allow,
+    Deny,
+}
+
+/// `provider.sort`: `"price"`, `"throughput"` or `"latency"`, or `{by, partition}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Sort {
+    By(#[allow(dead_code)] SortBy),
+    Detailed {
+        #[serde(rename = "by")]
+        _by: SortBy,
+        #[serde(rename = "partition")]
+        _partition: Option<Partition>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum SortBy {
+    Price,
+    Throughput,
+    Latency,
+}
+
+/// `provider.sort.partition`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Partition {
+    Model,
+    None,
+}
+
+/// `provider.max_price`, USD per million tokens (or per request / image / audio unit).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaxPrice {
+    #[serde(rename = "prompt")]
+    _prompt: Option<f64>,
+    #[serde(rename = "completion")]
+    _completion: Option<f64>,
+    #[serde(rename = "request")]
+    _request: Option<f64>,
+    #[serde(rename = "image")]
+    _image: Option<f64>,
+    #[serde(rename = "audio")]
+    _audio: Option<f64>,
+}
 
 /// What a valid request asks the router for.
 #[derive(Debug)]
@@ -26,10 +114,8 @@ pub(super) fn plan(body: &Map<String, Value>, model: String) -> Result<Plan, Str
     match body.get("models") {
         None | Some(Value::Null) => {}
         Some(Value::Array(list)) => {
-            if list.len() > MAX_NATIVE_FALLBACKS {
-                return Err(format!(
-                    "'models' array must have {MAX_NATIVE_FALLBACKS} items or fewer"
-                ));
+            if list.len() > MAX_MODELS {
+                return Err(format!("'models' array must have {MAX_MODELS} items or fewer"));
             }
             for entry in list {
                 let Value::String(id) = entry else {
@@ -42,7 +128,6 @@ pub(super) fn plan(body: &Map<String, Value>, model: String) -> Result<Plan, Str
     }
     let prefs = match body.get("provider") {
         None | Some(Value::Null) => ProviderPrefs::default(),
-        // `ProviderPrefs` denies unknown keys, so serde's message names the key.
         Some(value) => ProviderPrefs::deserialize(value).map_err(|e| format!("Invalid provider preferences: {e}"))?,
     };
     match body.get("route") {

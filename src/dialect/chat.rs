@@ -1,0 +1,53 @@
+//! Chat completions (OpenAI, OpenRouter and every compatible API): the
+//! first dialect. The reading itself lives in the modules that grew with it
+//! (`request`, `capability`, `inspect`, `stream`); this module is what the
+//! engine reaches them through.
+
+use super::ErrorBody;
+use crate::capability::Needs;
+use crate::inspect::BodyFacts;
+use crate::request::{index_request, index_request_with_media, BadRequest, RequestIndex};
+use crate::stream::SseTracker;
+use bytes::Bytes;
+use serde_json::json;
+
+pub(super) fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
+    match media {
+        true => index_request_with_media(body),
+        false => index_request(body),
+    }
+}
+
+/// Tools, image and audio parts, `json_schema`, prompt size and `max_tokens`.
+pub(super) fn needs(body: &[u8], index: &RequestIndex) -> Needs {
+    crate::capability::detect(body, index)
+}
+
+/// Good: a JSON object with `choices`, none finished with `"error"`, no
+/// top-level `error`.
+pub(super) fn inspect(body: &[u8]) -> BodyFacts {
+    BodyFacts::inspect(body)
+}
+
+/// Commits at the first chunk with content; ends with `[DONE]` or a final
+/// `finish_reason`; a broken stream gets a chunk with `finish_reason:
+/// "error"`.
+pub(super) fn stream_tracker() -> SseTracker {
+    SseTracker::default()
+}
+
+/// OpenAI's error JSON: `{"error": {"message", "type", "param", "code"}}`,
+/// with `metadata` when given.
+pub(super) fn error_body(error: ErrorBody<'_>, metadata: Option<serde_json::Value>) -> Bytes {
+    let mut inner = json!({
+        "message": error.message,
+        "type": error.kind,
+        "param": error.param,
+        "code": error.code,
+    });
+    if let (Some(m), Some(obj)) = (metadata, inner.as_object_mut()) {
+        obj.insert("metadata".to_owned(), m);
+    }
+    // A `Value` always serializes; an empty body would still be an answer.
+    Bytes::from(serde_json::to_vec(&json!({ "error": inner })).unwrap_or_default())
+}

@@ -1,0 +1,239 @@
+//! What the caller gets back: the served or stopped upstream response with
+//! the report, a refusal of the request, or the one exhaustion answer.
+
+use super::flights::{Answer, Looked};
+use super::{X_FALLBACK_ATTEMPTS, X_FALLBACK_LABEL, X_FALLBACK_MODEL};
+use crate::body::ResponseBody;
+use crate::dialect::{Dialect, ErrorBody};
+use crate::json::BadEdits;
+use crate::report::{Exhausted, ExhaustionBody, FallbackReport, Resolution};
+use crate::request::BadRequest;
+use crate::stream::CommittedStream;
+use crate::Route;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use serde_json::json;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Sets the report's headers and extension. `route` is the one that
+/// served: its prebuilt header values are used when they say the same.
+pub(super) fn finish<B>(
+    mut resp: Response<B>,
+    mut report: FallbackReport,
+    started: Instant,
+    route: Option<&Route>,
+) -> Response<B> {
+    report.elapsed = started.elapsed();
+    let headers = resp.headers_mut();
+    let model = route.and_then(|r| Some((r.model(), r.model_header()?)));
+    set_header(headers, X_FALLBACK_MODEL, report.served_model(), model);
+    let label = route.and_then(|r| Some((r.get_label()?, r.label_header()?)));
+    set_header(headers, X_FALLBACK_LABEL, report.served_label().unwrap_or(""), label);
+    let sent = report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
+    let sent = crate::report::digit(sent).map_or_else(|| HeaderValue::from(sent), HeaderValue::from_static);
+    headers.insert(X_FALLBACK_ATTEMPTS, sent);
+    resp.extensions_mut().insert(report);
+    resp
+}
+
+/// Sets `name` to `value`, or removes it when `value` is empty or not a
+/// header value. `prebuilt` is some text already made a header value, used
+/// when it is `value`.
+fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str, prebuilt: Option<(&str, &HeaderValue)>) {
+    let v = match prebuilt {
+        Some((text, v)) if text == value => Some(v.clone()),
+        _ => crate::route::header_value(value),
+    };
+    match v {
+        Some(v) => {
+            headers.insert(name, v);
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// An error answer in `dialect`'s shape.
+fn error_response<B>(
+    dialect: Dialect,
+    status: StatusCode,
+    error: ErrorBody<'_>,
+    metadata: Option<serde_json::Value>,
+) -> Response<ResponseBody<B>> {
+    let bytes = dialect.error_body(error, metadata);
+    let mut resp = Response::new(ResponseBody::full(bytes));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub(super) fn reject<B>(
+    dialect: Dialect,
+    status: StatusCode,
+    bad: &BadRequest,
+    started: Instant,
+) -> Response<ResponseBody<B>> {
+    tracing::debug!(code = bad.code, "llm fallback rejected the request");
+    let error = ErrorBody {
+        kind: "invalid_request_error",
+        code: bad.code,
+        param: bad.param,
+        message: &bad.message,
+    };
+    let resp = error_response(dialect, status, error, None);
+    finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
+}
+
+/// A bug of the crate met while building an attempt: a `500` in OpenAI
+/// error JSON, with nothing sent for the attempt.
+pub(super) fn internal_error<B>(dialect: Dialect, bad: &BadEdits, started: Instant) -> Response<ResponseBody<B>> {
+    tracing::error!(error = %bad, "llm fallback could not build an attempt's body (a bug; please report it)");
+    let message = format!("the fallback layer could not build the request for an attempt: {bad}");
+    let error = ErrorBody {
+        kind: "internal_error",
+        code: "fallback_internal_error",
+        param: None,
+        message: &message,
+    };
+    let resp = error_response(dialect, StatusCode::INTERNAL_SERVER_ERROR, error, None);
+    finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
+}
+
+pub(super) fn too_large<B>(dialect: Dialect, limit: usize, started: Instant) -> Response<ResponseBody<B>> {
+    reject(
+        dialect,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &BadRequest {
+            code: "request_too_large",
+            param: None,
+            message: format!("the request body is larger than the fallback layer's limit of {limit} bytes"),
+        },
+        started,
+    )
+}
+
+/// The one answer a caller gets when no route served: `502` (or `504` when
+/// the deadline ended the chain) with every attempt named, whatever the last
+/// failure was.
+pub(super) fn exhausted<B>(
+    dialect: Dialect,
+    mut report: FallbackReport,
+    body: ExhaustionBody,
+    started: Instant,
+) -> Response<ResponseBody<B>> {
+    if !report.attempts.iter().any(|a| a.outcome.was_sent()) && !report.attempts.is_empty() {
+        // Nothing was sent: no route can serve this request as it is.
+        let reasons: Vec<String> = report.attempts.iter().map(ToString::to_string).collect();
+        let bad = BadRequest {
+            code: "no_route_fits",
+            param: None,
+            message: format!("no route of the chain can serve this request: {}", reasons.join("; ")),
+        };
+        let mut resp = reject(dialect, StatusCode::BAD_REQUEST, &bad, started);
+        report.resolution = Resolution::Rejected;
+        report.elapsed = started.elapsed();
+        resp.extensions_mut().insert(report);
+        return resp;
+    }
+    report.elapsed = started.elapsed();
+    let exhausted = Exhausted::new(report);
+    tracing::warn!(error = %exhausted, "llm fallback chain exhausted");
+    let attempts: Vec<_> = exhausted
+        .report()
+        .attempts()
+        .iter()
+        .map(|a| {
+            let e = a.upstream_error();
+            if body == ExhaustionBody::Summary {
+                return json!({
+                    "model": a.model(),
+                    "label": a.label(),
+                    "chain": a.chain(),
+                    "outcome": a.outcome().as_str(),
+                    "status": a.status().map(|s| s.as_u16()),
+                    "error_type": a.error_type().and_then(crate::report::plain_identifier),
+                    "skip_reason": a.skip_reason().map(ToString::to_string),
+                    "elapsed_ms": a.elapsed().as_millis() as u64,
+                });
+            }
+            json!({
+                "model": a.model(),
+                "label": a.label(),
+                "chain": a.chain(),
+                "outcome": a.outcome().as_str(),
+                "status": a.status().map(|s| s.as_u16()),
+                "error_type": a.error_type(),
+                "message": e.and_then(|e| e.message()).or(a.transport_error()),
+                "provider_name": e.and_then(|e| e.provider_name()),
+                "raw": e.and_then(|e| e.raw()),
+                "skip_reason": a.skip_reason().map(ToString::to_string),
+                "elapsed_ms": a.elapsed().as_millis() as u64,
+            })
+        })
+        .collect();
+    let deadline = exhausted.report().resolution() == Resolution::DeadlineExceeded;
+    let message = match body {
+        ExhaustionBody::Summary => exhausted.summary(),
+        _ => exhausted.to_string(),
+    };
+    let error = ErrorBody {
+        kind: "upstream_error",
+        code: if deadline {
+            "fallback_deadline_exceeded"
+        } else {
+            "fallback_exhausted"
+        },
+        param: None,
+        message: &message,
+    };
+    let status = dialect.exhaustion_status(deadline);
+    let mut resp = error_response(dialect, status, error, Some(json!({ "attempts": attempts })));
+    if let Some(after) = exhausted.retry_after() {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+    }
+    let report = exhausted.report().clone();
+    finish(resp, report, started, None)
+}
+
+/// The response of the attempt that answered (served, or stopped on), with
+/// the report: a buffered body as read, a larger one passed on, or a
+/// committed stream that ends with an error chunk if it breaks.
+pub(super) fn served<RB>(
+    answer: Answer<RB>,
+    mut report: FallbackReport,
+    route: &Route,
+    span: &tracing::Span,
+    started: Instant,
+) -> Response<ResponseBody<RB>>
+where
+    RB: http_body::Body<Data = Bytes> + Unpin,
+    RB::Error: Into<crate::BoxError>,
+{
+    let facts = answer.facts;
+    report.served_model = Some(facts.model.unwrap_or_else(|| route.model().to_owned()));
+    report.provider = facts.provider;
+    report.usage = facts.usage;
+    span.record("gen_ai.response.model", report.served_model());
+    let mut parts = answer.parts;
+    let (body, handle) = match answer.body {
+        Looked::Full(b) => (ResponseBody::full(b), None),
+        Looked::Overflow(head, rb) => (ResponseBody::inner(Some(head), rb), None),
+        Looked::Committed(held, rb, tracker) => {
+            // An error chunk may be appended if the stream breaks.
+            parts.headers.remove(header::CONTENT_LENGTH);
+            report.elapsed = started.elapsed();
+            let (body, handle) =
+                CommittedStream::new(held, rb, *tracker, route.get_idle_timeout(), report.clone(), started);
+            (ResponseBody::stream(body), Some(handle))
+        }
+    };
+    let mut resp = finish(Response::from_parts(parts, body), report, started, Some(route));
+    if let Some(handle) = handle {
+        resp.extensions_mut().insert(handle);
+    }
+    resp
+}

@@ -1,0 +1,151 @@
+//! What one attempt sends: the caller's body with the route's edits (zero
+//! copy), and the caller's request head for the route's endpoint.
+
+use crate::dialect::Dialect;
+use crate::json::{BadEdits, Edit, ReplayBody};
+use crate::request::{removals, MemberSpan, RequestIndex};
+use crate::{Attempt, Route};
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderName, HeaderValue, Request};
+
+/// Asks OpenRouter to report its own attempts in the body.
+const X_OPENROUTER_METADATA: HeaderName = HeaderName::from_static("x-openrouter-metadata");
+
+/// The caller's body for `route`: its model, its `provider` and `models`
+/// when it sets them (replacing the caller's or inserted first), and without
+/// the OpenRouter-only keys when its endpoint is not OpenRouter. Everything
+/// else is the caller's bytes, shared, not copied.
+pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> Result<ReplayBody, BadEdits> {
+    let mut edits = Edits::default();
+    let mut insert = BytesMut::new();
+    for (key, ours, theirs) in [
+        ("provider", route.provider_json(), index.provider),
+        ("models", route.fallbacks_json(), index.models),
+    ] {
+        match (ours, theirs) {
+            (Some(json), Some(span)) => edits.push(span.value_start..span.value_end, json.clone())?,
+            (Some(json), None) => {
+                insert.extend_from_slice(b"\"");
+                insert.extend_from_slice(key.as_bytes());
+                insert.extend_from_slice(b"\":");
+                insert.extend_from_slice(json);
+                insert.extend_from_slice(b",");
+            }
+            (None, _) => {}
+        }
+    }
+    if !insert.is_empty() {
+        let at = index.object_start + 1;
+        edits.push(at..at, insert.freeze())?;
+    }
+    if body.get(index.model.clone()) != Some(&route.model_json()[..]) {
+        edits.push(index.model.clone(), route.model_json().clone())?;
+    }
+    if route.get_endpoint().is_some_and(|e| !e.openrouter) {
+        // Other APIs refuse OpenRouter's extensions; the route's own
+        // `provider`/`models` are kept (setting them says the endpoint wants them).
+        let mut gone = [MemberSpan::default(); 4];
+        let mut n = 0;
+        for member in [
+            index.provider.filter(|_| route.provider_json().is_none()),
+            index.models.filter(|_| route.fallbacks_json().is_none()),
+            index.route,
+            index.transforms,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Some(slot) = gone.get_mut(n) {
+                *slot = member;
+                n += 1;
+            }
+        }
+        let gone = gone.get_mut(..n).unwrap_or_default();
+        gone.sort_unstable_by_key(|m| m.value_start);
+        for range in removals(gone) {
+            edits.push(range, Bytes::new())?;
+        }
+    }
+    edits.apply(body)
+}
+
+/// The edits of one attempt's body, kept on the stack: at most the
+/// `provider` and `models` replacements, one insertion, the model and four
+/// removals.
+#[derive(Default)]
+struct Edits {
+    list: [Edit; 8],
+    len: usize,
+}
+
+impl Edits {
+    fn push(&mut self, range: std::ops::Range<usize>, replacement: Bytes) -> Result<(), BadEdits> {
+        let Some(slot) = self.list.get_mut(self.len) else {
+            // Cannot happen (the bound above is exact); refuse rather than panic.
+            return Err(BadEdits {
+                range,
+                after: self.len,
+                len: 0,
+            });
+        };
+        *slot = Edit { range, replacement };
+        self.len += 1;
+        Ok(())
+    }
+
+    fn apply(mut self, body: &Bytes) -> Result<ReplayBody, BadEdits> {
+        let edits = self.list.get_mut(..self.len).unwrap_or_default();
+        if edits.is_empty() {
+            return Ok(ReplayBody::new(body.clone()));
+        }
+        edits.sort_unstable_by_key(|e| (e.range.start, e.range.end));
+        ReplayBody::rewrite(body, edits)
+    }
+}
+
+pub(super) fn attempt_request(
+    parts: http::request::Parts,
+    body: ReplayBody,
+    attempt: Attempt,
+    route: &Route,
+    credential_headers: &[HeaderName],
+    dialect: Dialect,
+) -> Request<ReplayBody> {
+    let len = body.len();
+    let mut req = Request::from_parts(parts, body);
+    if let Some(endpoint) = route.get_endpoint() {
+        *req.uri_mut() = dialect.endpoint_uri(endpoint).clone();
+        let headers = req.headers_mut();
+        // A key or host meant for the caller's upstream never goes elsewhere.
+        headers.remove(header::HOST);
+        for name in credential_headers {
+            // `remove` drops only the first value of a repeated header.
+            while headers.remove(name).is_some() {}
+        }
+        if let Some(auth) = &endpoint.authorization {
+            headers.insert(header::AUTHORIZATION, auth.clone());
+        }
+    }
+    if route.metadata() {
+        req.headers_mut()
+            .insert(X_OPENROUTER_METADATA, HeaderValue::from_static("enabled"));
+    }
+    req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    req.extensions_mut().insert(attempt);
+    req
+}
+
+/// `msg: source: source`, so "client error (Connect)" says what failed.
+pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !text.contains(&msg) {
+            text.push_str(": ");
+            text.push_str(&msg);
+        }
+        source = s.source();
+    }
+    crate::inspect::truncate(text)
+}

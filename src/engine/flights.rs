@@ -1,0 +1,407 @@
+//! The attempts in the air: each one's future (readiness, send, the look
+//! at its answer, within its time limit), its half-open probe, and the
+//! record of one dropped because another won.
+
+use super::verdict::Learned;
+use super::Shared;
+use crate::body::{collect_bounded, CollectError};
+use crate::dialect::Dialect;
+use crate::health::{HealthEvent, HealthStore};
+use crate::inspect::BodyFacts;
+use crate::json::ReplayBody;
+use crate::report::{AttemptRecord, Outcome};
+use crate::stream::{Signal, SseTracker};
+use crate::{Attempt, BoxError, Route};
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::BodyExt;
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::{Service, ServiceExt};
+
+/// An upstream response after the engine looked at it.
+pub(super) enum Looked<RB> {
+    /// Buffered whole and inspected.
+    Full(Bytes),
+    /// An event stream that reached its first content: the frames read so
+    /// far, the rest of the body, and what was seen.
+    Committed(VecDeque<Bytes>, RB, Box<SseTracker>),
+    /// Larger than `max_response_bytes`: the part read, then the rest.
+    Overflow(Bytes, RB),
+}
+
+pub(super) struct Answer<RB> {
+    pub(super) parts: http::response::Parts,
+    pub(super) body: Looked<RB>,
+    pub(super) facts: BodyFacts,
+}
+
+/// One attempt in flight.
+pub(super) struct Flight<'r, F> {
+    /// The route's index in its chain, and the chain.
+    pub(super) i: usize,
+    pub(super) chain: &'r Arc<str>,
+    /// Its position among every route the request could go through
+    /// (counting the chains it left).
+    pub(super) position: usize,
+    pub(super) route: &'r Route,
+    pub(super) attempt: Attempt,
+    pub(super) span: tracing::Span,
+    pub(super) started: Instant,
+    pub(super) by_deadline: bool,
+    /// Started beside another attempt.
+    pub(super) hedge: bool,
+    /// This attempt is its route's half-open probe.
+    pub(super) probe: Option<ProbeGuard>,
+    /// Set once the attempt has committed (a non-streaming response head,
+    /// or a stream's first content), which rules out hedging it.
+    pub(super) head: Arc<std::sync::atomic::AtomicBool>,
+    pub(super) fut: Pin<Box<F>>,
+}
+
+impl<F> Flight<'_, F> {
+    /// Records how the attempt ended on its span. Recording into a span
+    /// nobody listens to still costs a call per field (and a `log` check
+    /// when tracing's `log` feature is on), so a disabled one is skipped.
+    pub(super) fn record_span(&self, record: &AttemptRecord) {
+        if self.span.is_disabled() {
+            return;
+        }
+        self.span.record("fallback.outcome", record.outcome.as_str());
+        self.span
+            .record("fallback.latency_ms", record.elapsed.as_secs_f64() * 1000.0);
+        if let Some(s) = record.status {
+            self.span.record("http.response.status_code", s.as_u16());
+        }
+        if let Some(t) = record.error_type() {
+            self.span.record("error.type", t);
+        }
+    }
+
+    /// The record of an attempt dropped because another one won.
+    pub(super) fn cancelled(self) -> AttemptRecord {
+        let mut record = AttemptRecord::new(self.chain, self.i, self.route, Outcome::Cancelled);
+        record.hedged = self.hedge;
+        record.elapsed = self.started.elapsed();
+        crate::metrics::attempt(self.route, Outcome::Cancelled, record.elapsed);
+        // Dropping `self` drops the attempt's future (closing its connection)
+        // and releases a probe it held.
+        record
+    }
+
+    /// Tells the health store how the attempt went.
+    pub(super) fn settle_health<P>(&self, shared: &Shared<P>, learned: Learned) {
+        let Some(health) = &shared.health else { return };
+        let event = match learned {
+            Learned::Success => HealthEvent::Success,
+            Learned::Failure { retry_after } => HealthEvent::Failure { retry_after },
+            Learned::Nothing => HealthEvent::Released,
+        };
+        match &self.probe {
+            Some(probe) => probe.settle(event),
+            None if event != HealthEvent::Released => health.record(self.route.health_key(), event, Instant::now()),
+            None => {}
+        }
+    }
+}
+
+/// Holds a route's half-open probe; dropping it unsettled (the attempt was
+/// cancelled) releases the probe so another request can take it.
+pub(super) struct ProbeGuard {
+    health: Arc<dyn HealthStore>,
+    key: Arc<str>,
+    settled: std::sync::atomic::AtomicBool,
+}
+
+impl ProbeGuard {
+    pub(super) fn new(health: Arc<dyn HealthStore>, route: &Route) -> Self {
+        ProbeGuard {
+            health,
+            key: route.health_key_arc().clone(),
+            settled: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn settle(&self, event: HealthEvent) {
+        if !self.settled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.health.record(&self.key, event, Instant::now());
+        }
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        self.settle(HealthEvent::Released);
+    }
+}
+
+/// One attempt: wait for readiness, send, and look at the answer, within
+/// `limit`. Hands the service back for the next attempt.
+pub(super) async fn fly<S, RB>(
+    mut svc: S,
+    poll_ready: bool,
+    request: Request<ReplayBody>,
+    max_response_bytes: usize,
+    limit: Option<Duration>,
+    head: Arc<std::sync::atomic::AtomicBool>,
+    dialect: Dialect,
+) -> (S, Option<Result<Answer<RB>, BoxError>>)
+where
+    S: Service<Request<ReplayBody>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let call = send(&mut svc, poll_ready, request, max_response_bytes, &head, dialect);
+    let out = match limit {
+        Some(l) => tokio::time::timeout(l, call).await.ok(),
+        None => Some(call.await),
+    };
+    (svc, out)
+}
+
+/// Sends one attempt and, unless it is an event stream, buffers its body so
+/// the policy can see an error hidden in an HTTP 200.
+async fn send<S, RB>(
+    svc: &mut S,
+    poll_ready: bool,
+    request: Request<ReplayBody>,
+    max_response_bytes: usize,
+    head: &std::sync::atomic::AtomicBool,
+    dialect: Dialect,
+) -> Result<Answer<RB>, BoxError>
+where
+    S: Service<Request<ReplayBody>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: Body<Data = Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    // The service handed to the future was polled ready by our `poll_ready`;
+    // after a call it must be polled ready again before the next one.
+    if poll_ready {
+        svc.ready().await.map_err(Into::into)?;
+    }
+    let resp = svc.call(request).await.map_err(Into::into)?;
+    let (parts, mut rb) = resp.into_parts();
+    if parts.status.is_success() && crate::policy::is_event_stream(&parts.headers) {
+        // A stream commits at its first content, not at its head.
+        return until_first_token(parts, rb, max_response_bytes, dialect).await;
+    }
+    head.store(true, std::sync::atomic::Ordering::Release);
+    match collect_bounded(&mut rb, max_response_bytes).await {
+        Ok(bytes) => {
+            let facts = dialect.inspect(&bytes);
+            Ok(Answer {
+                parts,
+                body: Looked::Full(bytes),
+                facts,
+            })
+        }
+        Err(CollectError::TooLarge { head }) => Ok(Answer {
+            parts,
+            body: Looked::Overflow(head, rb),
+            facts: BodyFacts::default(),
+        }),
+        Err(CollectError::Body(e)) => Err(e.into()),
+    }
+}
+
+/// Reads an event stream up to its commit point, holding what was read.
+/// Keep-alives are held (and later passed on) but are not progress. An error
+/// chunk or the end of the stream before the first content is an answer the
+/// policy sees as an error inside an HTTP 200, like a non-streaming one.
+async fn until_first_token<RB>(
+    parts: http::response::Parts,
+    mut rb: RB,
+    max_held_bytes: usize,
+    dialect: Dialect,
+) -> Result<Answer<RB>, BoxError>
+where
+    RB: Body<Data = Bytes> + Unpin,
+    RB::Error: Into<BoxError>,
+{
+    let mut tracker = dialect.stream_tracker();
+    let mut held = VecDeque::new();
+    let mut held_len = 0usize;
+    let signal = loop {
+        match rb.frame().await {
+            None => {
+                break match tracker.finish() {
+                    Signal::None => Signal::Error(crate::report::UpstreamError {
+                        message: Some("the stream ended before its first token".into()),
+                        ..Default::default()
+                    }),
+                    s => s,
+                }
+            }
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                let s = tracker.feed(&data);
+                held_len += data.len();
+                held.push_back(data);
+                // Holding more than the response limit would let a stream of
+                // keep-alives grow without bound: commit and pass it on.
+                if s != Signal::None || held_len > max_held_bytes {
+                    if s == Signal::None {
+                        tracker.force_commit();
+                        break Signal::Commit;
+                    }
+                    break s;
+                }
+            }
+        }
+    };
+    match signal {
+        Signal::Error(error) => {
+            let mut body = BytesMut::with_capacity(held_len);
+            held.iter().for_each(|b| body.extend_from_slice(b));
+            let facts = BodyFacts {
+                json: true,
+                model: tracker.model.take(),
+                provider: tracker.provider.take(),
+                error: Some(error),
+                ..BodyFacts::default()
+            };
+            Ok(Answer {
+                parts,
+                body: Looked::Full(body.freeze()),
+                facts,
+            })
+        }
+        _ => {
+            let facts = BodyFacts {
+                model: tracker.model.clone(),
+                provider: tracker.provider.clone(),
+                usage: tracker.usage.clone(),
+                ..BodyFacts::default()
+            };
+            Ok(Answer {
+                parts,
+                body: Looked::Committed(held, rb, Box::new(tracker)),
+                facts,
+            })
+        }
+    }
+}
+
+/// Every attempt in the air for one request, and the hedge timer.
+///
+/// The engine's loop awaits [`Flights::land`] and nothing else, so this is
+/// the only place the attempts' futures are polled.
+pub(super) struct Flights<'r, F> {
+    list: Vec<Flight<'r, F>>,
+    /// When it fires with no attempt committed, the next route starts beside
+    /// the ones in the air.
+    hedge_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// What [`Flights::land`] brought.
+// Matched as soon as it is returned, never stored: boxing the flight would
+// cost an allocation per attempt for nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Landed<'r, F, O> {
+    /// An attempt finished (answered, failed or timed out).
+    Attempt(Flight<'r, F>, O),
+    /// The hedge timer fired first.
+    HedgeTimer,
+}
+
+impl<'r, F, O> Flights<'r, F>
+where
+    F: Future<Output = O>,
+{
+    pub(super) fn new() -> Self {
+        Flights {
+            list: Vec::new(),
+            hedge_timer: None,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub(super) fn push(&mut self, flight: Flight<'r, F>) {
+        self.list.push(flight);
+    }
+
+    /// The hedge timer fired and no attempt in the air has committed (a
+    /// non-streaming one whose head arrived has: its body is on the way, so
+    /// a hedge would only cost). A timer that fired after a commit is
+    /// dropped.
+    pub(super) fn hedge_due(&mut self) -> bool {
+        let fired = self.hedge_timer.as_ref().is_some_and(|t| t.is_elapsed());
+        if !fired {
+            return false;
+        }
+        let committed = self
+            .list
+            .iter()
+            .any(|f| f.head.load(std::sync::atomic::Ordering::Acquire));
+        if committed {
+            self.hedge_timer = None;
+        }
+        !committed
+    }
+
+    /// Starts the next route beside the ones in the air at `at`, unless one
+    /// has answered by then.
+    pub(super) fn arm_hedge_at(&mut self, at: Instant) {
+        self.hedge_timer = Some(Box::pin(tokio::time::sleep_until(at)));
+    }
+
+    /// [`Flights::arm_hedge_at`] `after` from now.
+    pub(super) fn arm_hedge_after(&mut self, after: Duration) {
+        self.hedge_timer = Some(Box::pin(tokio::time::sleep(after)));
+    }
+
+    pub(super) fn disarm_hedge(&mut self) {
+        self.hedge_timer = None;
+    }
+
+    /// Waits for the first attempt to finish, or for the hedge timer.
+    ///
+    /// CORRECTNESS: this future is `Pending` only after polling every
+    /// attempt's future and the armed timer with the same context, and each
+    /// of those that is `Pending` registered the waker (tokio's `Sleep` and
+    /// timeouts, hyper's and the inner service's futures all do). With no
+    /// attempt in the air and no timer armed there would be nothing to wake
+    /// it, so it never waits then: the engine only lands what it launched,
+    /// and an empty set answers `HedgeTimer` at once instead of hanging.
+    pub(super) async fn land(&mut self) -> Landed<'r, F, O> {
+        let (list, timer) = (&mut self.list, &mut self.hedge_timer);
+        std::future::poll_fn(|cx| {
+            for (k, f) in list.iter_mut().enumerate() {
+                if let std::task::Poll::Ready(out) = f.fut.as_mut().poll(cx) {
+                    return std::task::Poll::Ready(Some((k, out)));
+                }
+            }
+            match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
+                Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(None),
+                None if list.is_empty() => std::task::Poll::Ready(None),
+                _ => std::task::Poll::Pending,
+            }
+        })
+        .await
+        .map_or(Landed::HedgeTimer, |(k, out)| {
+            Landed::Attempt(self.list.swap_remove(k), out)
+        })
+    }
+
+    /// Drops every attempt still in the air (closing their connections,
+    /// releasing their probes), with their records.
+    pub(super) fn cancel_all(&mut self) -> impl Iterator<Item = AttemptRecord> + '_ {
+        self.hedge_timer = None;
+        self.list.drain(..).map(Flight::cancelled)
+    }
+}

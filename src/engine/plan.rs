@@ -1,0 +1,431 @@
+//! Which route a request tries next: a cursor over its chain that knows
+//! every reason to pass a route by.
+//!
+//! The plan does no I/O and owns no clock: the engine hands it the time and
+//! a way to ask the health store whether a route is admitted, and tells it
+//! what each attempt's verdict was. So every skip rule can be tested with
+//! plain values (see the tests below).
+
+use super::verdict::{Reroute, Verdict};
+use crate::capability::{Needs, Price, PriceGuard, SkipReason};
+use crate::health::Admission;
+use crate::{Chain, ChainSet, Route};
+use std::sync::Arc;
+use tokio::time::Instant;
+
+/// The cursor of one request over its chain (and the content-policy chain
+/// it may move to).
+pub(super) struct Plan<'c> {
+    chains: &'c ChainSet,
+    chain_name: &'c Arc<str>,
+    chain: &'c Chain,
+    first_chain: &'c Arc<str>,
+    /// Routes of the chains the request left, so positions count from the
+    /// first chain.
+    chain_offset: usize,
+    next: usize,
+    drill: bool,
+    needs: Option<&'c Needs>,
+    guard: Option<PriceGuard>,
+    cap: Option<Price>,
+    /// After a `context_length_exceeded`: only larger windows are worth a try.
+    overflowed_window: Option<u64>,
+    /// Routes skipped because they cool down, with when they recover: the
+    /// soonest is tried anyway if nothing else could be sent.
+    cooling: Vec<(Instant, usize)>,
+    forced: Option<usize>,
+    sent: usize,
+}
+
+/// What the plan says to do next.
+#[derive(Debug)]
+pub(super) enum Step<'c> {
+    /// Send this hop.
+    Launch(Hop<'c>),
+    /// Pass this route by (the engine records why) and ask again.
+    Skip {
+        index: usize,
+        route: &'c Route,
+        reason: SkipReason,
+    },
+    /// Nothing more to launch now.
+    Done,
+}
+
+/// A route the plan chose to send.
+#[derive(Debug)]
+pub(super) struct Hop<'c> {
+    pub(super) index: usize,
+    pub(super) route: &'c Route,
+    pub(super) chain: &'c Arc<str>,
+    /// Among every route the request could go through (counting the
+    /// chains it left).
+    pub(super) position: usize,
+    /// The health store let this request through as the route's probe.
+    pub(super) probe: bool,
+    /// Tried although it cools down, because nothing else could be sent:
+    /// its skip record is replaced by this attempt's.
+    pub(super) forced: bool,
+}
+
+impl<'c> Plan<'c> {
+    /// A plan over `chain` (called `name` in `chains`).
+    pub(super) fn new(
+        chains: &'c ChainSet,
+        name: &'c Arc<str>,
+        chain: &'c Chain,
+        drill: bool,
+        needs: Option<&'c Needs>,
+        guard: Option<PriceGuard>,
+    ) -> Self {
+        Plan {
+            chains,
+            chain_name: name,
+            chain,
+            first_chain: name,
+            chain_offset: 0,
+            next: 0,
+            drill,
+            needs,
+            guard,
+            cap: guard.and_then(|g| chain.price_cap(g)),
+            overflowed_window: None,
+            cooling: Vec::new(),
+            forced: None,
+            sent: 0,
+        }
+    }
+
+    /// The chain the request is on now.
+    pub(super) fn chain(&self) -> &'c Chain {
+        self.chain
+    }
+
+    pub(super) fn chain_name(&self) -> &'c Arc<str> {
+        self.chain_name
+    }
+
+    /// A price guard is set but the primary's price is unknown, so it
+    /// cannot cap anything.
+    pub(super) fn guard_inactive(&self) -> bool {
+        self.guard.is_some() && self.cap.is_none()
+    }
+
+    /// Some route of this chain is still ahead of the cursor.
+    pub(super) fn has_more(&self) -> bool {
+        self.next < self.chain.routes().len()
+    }
+
+    /// The request may still move to another chain (a content-policy one).
+    pub(super) fn may_switch(&self) -> bool {
+        self.chains
+            .content_policy_chain()
+            .is_some_and(|(n, _)| !Arc::ptr_eq(n, self.chain_name))
+    }
+
+    /// The next step. `in_air` says whether an attempt is in flight;
+    /// `admit` asks the health store about a route (not called when the
+    /// layer keeps no health).
+    pub(super) fn next(
+        &mut self,
+        now: Instant,
+        in_air: bool,
+        admit: Option<&mut dyn FnMut(&Route) -> Admission>,
+    ) -> Step<'c> {
+        let routes = self.chain.routes();
+        let (index, route, forced) = match routes.get(self.next) {
+            Some(route) => {
+                self.next += 1;
+                (self.next - 1, route, false)
+            }
+            // Nothing was sent and every skip was a cooldown: try the route
+            // that recovers first rather than fail untried.
+            None => match (self.sent, self.forced, self.cooling.iter().min()) {
+                (0, None, Some(&(_, i))) if !in_air => match routes.get(i) {
+                    Some(route) => {
+                        self.forced = Some(i);
+                        (i, route, true)
+                    }
+                    None => return Step::Done,
+                },
+                _ => return Step::Done,
+            },
+        };
+        let is_forced = self.forced == Some(index) && self.sent == 0;
+        if !is_forced {
+            if let Some(reason) = self.skip_reason(index, route) {
+                return Step::Skip { index, route, reason };
+            }
+        }
+        // Health: a cooling route is skipped; one that just recovered lets
+        // this request through as its probe.
+        let mut probe = false;
+        if let Some(admit) = admit {
+            match admit(route) {
+                Admission::Open => {}
+                Admission::Probe => probe = true,
+                Admission::Cooling { until } if !is_forced => {
+                    self.cooling.push((until, index));
+                    let remaining = until.saturating_duration_since(now);
+                    return Step::Skip {
+                        index,
+                        route,
+                        reason: SkipReason::Cooling { remaining },
+                    };
+                }
+                Admission::Cooling { .. } => {}
+            }
+        }
+        Step::Launch(Hop {
+            index,
+            route,
+            chain: self.chain_name,
+            position: self.chain_offset + index,
+            probe,
+            forced,
+        })
+    }
+
+    /// Why `route` (at `index`) is not worth sending, for reasons known
+    /// without asking anyone.
+    fn skip_reason(&self, index: usize, route: &Route) -> Option<SkipReason> {
+        let drilled = self.drill && index == 0 && Arc::ptr_eq(self.chain_name, self.first_chain);
+        drilled
+            .then_some(SkipReason::Drill)
+            .or_else(|| self.needs.and_then(|n| route.unfit(n)))
+            .or_else(|| {
+                let failed_window = self.overflowed_window?;
+                (route.get_context_window()? <= failed_window).then_some(SkipReason::NotLargerWindow { failed_window })
+            })
+            .or_else(|| {
+                let cap = self.cap?;
+                let primary_exempt = index == 0 && self.guard == Some(PriceGuard::NotAbovePrimary);
+                match route.get_price() {
+                    _ if primary_exempt => None,
+                    Some(p) if p.within(cap) => None,
+                    price => Some(SkipReason::PriceCap { price }),
+                }
+            })
+    }
+
+    /// A hop was sent.
+    pub(super) fn sent(&mut self) {
+        self.sent += 1;
+    }
+
+    /// Learns what an attempt on `route` meant for the rest of the request.
+    /// Returns the chain moved to, when the verdict moved the request.
+    pub(super) fn learn(&mut self, route: &Route, verdict: &Verdict) -> Option<&'c Arc<str>> {
+        match verdict.reroute {
+            Reroute::Stay => None,
+            Reroute::LargerWindow => {
+                self.overflowed_window = self.overflowed_window.max(route.get_context_window());
+                None
+            }
+            Reroute::ContentPolicy => {
+                let (name, chain) = self
+                    .chains
+                    .content_policy_chain()
+                    .filter(|(n, _)| !Arc::ptr_eq(n, self.chain_name))?;
+                self.chain_offset += self.chain.routes().len();
+                (self.chain_name, self.chain) = (name, chain);
+                self.next = 0;
+                Some(name)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::verdict::Learned;
+    use crate::policy::Action;
+    use crate::Capabilities;
+    use std::time::Duration;
+
+    /// Every step until `Done`, as (index, "launch"/skip reason).
+    fn walk(plan: &mut Plan<'_>, now: Instant, mut admit: impl FnMut(&Route) -> Admission) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for _ in 0..32 {
+            match plan.next(now, false, Some(&mut admit)) {
+                Step::Launch(hop) => {
+                    plan.sent();
+                    out.push((hop.index, if hop.forced { "forced" } else { "launch" }.to_owned()));
+                }
+                Step::Skip { index, reason, .. } => out.push((index, reason.as_str().to_owned())),
+                Step::Done => return out,
+            }
+        }
+        panic!("the plan did not end: {out:?}")
+    }
+
+    fn open(_: &Route) -> Admission {
+        Admission::Open
+    }
+
+    fn verdict(reroute: Reroute) -> Verdict {
+        Verdict {
+            action: Action::Fallback,
+            health: Learned::Nothing,
+            reroute,
+        }
+    }
+
+    #[test]
+    fn every_route_in_order() {
+        let chains = ChainSet::new(Chain::new([Route::new("a"), Route::new("b"), Route::new("c")]));
+        let (name, chain) = chains.select(None, None).unwrap();
+        let mut plan = Plan::new(&chains, name, chain, false, None, None);
+        let steps = walk(&mut plan, Instant::now(), open);
+        assert_eq!(
+            steps,
+            [(0, "launch".into()), (1, "launch".into()), (2, "launch".into())]
+        );
+        assert!(!plan.has_more());
+    }
+
+    #[test]
+    fn drill_needs_and_price_skip_routes() {
+        let priced = |m: &str, p: f64| Route::new(m).price(Price::per_million(p, p));
+        let chains = ChainSet::new(Chain::new([
+            priced("primary", 1.0),
+            priced("no-tools", 1.0).capabilities(Capabilities::VISION),
+            priced("pricey", 5.0).capabilities(Capabilities::TOOLS),
+            Route::new("unpriced").capabilities(Capabilities::TOOLS),
+            priced("cheap", 0.5).capabilities(Capabilities::TOOLS),
+        ]));
+        let (name, chain) = chains.select(None, None).unwrap();
+        let needs = Needs {
+            capabilities: Capabilities::TOOLS,
+            ..Needs::default()
+        };
+        // The primary is exempt from the price cap; the drill skips it.
+        let mut plan = Plan::new(
+            &chains,
+            name,
+            chain,
+            true,
+            Some(&needs),
+            Some(PriceGuard::NotAbovePrimary),
+        );
+        let steps = walk(&mut plan, Instant::now(), open);
+        assert_eq!(
+            steps,
+            [
+                (0, "drill".into()),
+                (1, "capability".into()),
+                (2, "price_cap".into()),
+                (3, "price_cap".into()),
+                (4, "launch".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_context_overflow_leaves_only_larger_windows() {
+        let chains = ChainSet::new(Chain::new([
+            Route::new("8k").context_window(8_000),
+            Route::new("also-8k").context_window(8_000),
+            Route::new("unknown"),
+            Route::new("128k").context_window(128_000),
+        ]));
+        let (name, chain) = chains.select(None, None).unwrap();
+        let mut plan = Plan::new(&chains, name, chain, false, None, None);
+        let Step::Launch(first) = plan.next(Instant::now(), false, None) else {
+            panic!("the first route launches")
+        };
+        plan.sent();
+        assert_eq!(plan.learn(first.route, &verdict(Reroute::LargerWindow)), None);
+        let steps = walk(&mut plan, Instant::now(), open);
+        // A route of unknown window is tried: it may be large.
+        assert_eq!(
+            steps,
+            [
+                (1, "not_larger_window".into()),
+                (2, "launch".into()),
+                (3, "launch".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn cooling_routes_are_skipped_and_the_soonest_forced_when_nothing_was_sent() {
+        let chains = ChainSet::new(Chain::new([Route::new("a"), Route::new("b"), Route::new("c")]));
+        let (name, chain) = chains.select(None, None).unwrap();
+        let now = Instant::now();
+        let until = |secs| now + Duration::from_secs(secs);
+        let mut plan = Plan::new(&chains, name, chain, false, None, None);
+        let recovers = |r: &Route| match r.model() {
+            "a" => Admission::Cooling { until: until(30) },
+            "b" => Admission::Cooling { until: until(5) },
+            _ => Admission::Cooling { until: until(60) },
+        };
+        let steps = walk(&mut plan, now, recovers);
+        assert_eq!(
+            steps,
+            [
+                (0, "cooling".into()),
+                (1, "cooling".into()),
+                (2, "cooling".into()),
+                (1, "forced".into())
+            ]
+        );
+
+        // With one route open, nothing is forced.
+        let mut plan = Plan::new(&chains, name, chain, false, None, None);
+        let one_open = |r: &Route| match r.model() {
+            "c" => Admission::Open,
+            _ => Admission::Cooling { until: until(5) },
+        };
+        let steps = walk(&mut plan, now, one_open);
+        assert_eq!(
+            steps,
+            [(0, "cooling".into()), (1, "cooling".into()), (2, "launch".into())]
+        );
+    }
+
+    #[test]
+    fn a_probe_is_reported_on_the_hop() {
+        let chains = ChainSet::new(Chain::new([Route::new("a")]));
+        let (name, chain) = chains.select(None, None).unwrap();
+        let mut plan = Plan::new(&chains, name, chain, false, None, None);
+        let mut probe = |_: &Route| Admission::Probe;
+        let Step::Launch(hop) = plan.next(Instant::now(), false, Some(&mut probe)) else {
+            panic!("a probe launches")
+        };
+        assert!(hop.probe && !hop.forced);
+    }
+
+    #[test]
+    fn a_content_policy_block_moves_to_that_chain_once() {
+        let chains = ChainSet::new(Chain::new([Route::new("strict"), Route::new("other")]))
+            .chain("lenient", Chain::new([Route::new("lenient"), Route::new("lenient-2")]))
+            .on_content_policy("lenient");
+        let (name, chain) = chains.select(None, None).unwrap();
+        let mut plan = Plan::new(&chains, name, chain, true, None, None);
+        // The drill skips the first chain's primary only.
+        assert!(matches!(
+            plan.next(Instant::now(), false, None),
+            Step::Skip {
+                reason: SkipReason::Drill,
+                ..
+            }
+        ));
+        let Step::Launch(hop) = plan.next(Instant::now(), false, None) else {
+            panic!()
+        };
+        assert_eq!((hop.index, hop.position), (1, 1));
+        assert!(plan.may_switch());
+        let moved = plan.learn(hop.route, &verdict(Reroute::ContentPolicy));
+        assert_eq!(moved.map(|n| &**n), Some("lenient"));
+        assert!(!plan.may_switch(), "the content-policy chain does not move again");
+        let Step::Launch(hop) = plan.next(Instant::now(), false, None) else {
+            panic!("the lenient chain's primary is not drilled")
+        };
+        assert_eq!((hop.index, hop.position, &**hop.chain), (0, 2, "lenient"));
+        assert_eq!(plan.learn(hop.route, &verdict(Reroute::ContentPolicy)), None);
+        assert!(matches!(plan.next(Instant::now(), false, None), Step::Launch(_)));
+        assert!(matches!(plan.next(Instant::now(), false, None), Step::Done));
+    }
+}

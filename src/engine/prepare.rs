@@ -1,0 +1,162 @@
+//! What happens once per request, before any attempt: bound and buffer the
+//! body, index its top-level keys, read what it needs, pick the chain, and
+//! take the layer's own headers off the caller's request. A request that
+//! cannot be served as it is gets its refusal here.
+
+use super::answer::{reject, too_large};
+use super::{Shared, X_FALLBACK_CHAIN};
+use crate::body::{collect_bounded, CollectError, ResponseBody};
+use crate::capability::{Needs, PriceGuard};
+use crate::dialect::Dialect;
+use crate::report::{FallbackReport, Resolution};
+use crate::request::{BadRequest, RequestIndex};
+use crate::{BoxError, Chain, ChainName};
+use bytes::Bytes;
+use http::{header, Request, Response, StatusCode};
+use http_body::Body;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A request ready for its attempts.
+pub(super) struct Prepared<'s> {
+    /// The caller's head, without framing headers and the layer's own.
+    pub(super) parts: http::request::Parts,
+    pub(super) body: Bytes,
+    pub(super) index: RequestIndex,
+    pub(super) report: FallbackReport,
+    /// Read only when some route declares limits or a chain is picked by them.
+    pub(super) needs: Option<Needs>,
+    pub(super) chain_name: &'s Arc<str>,
+    pub(super) chain: &'s Chain,
+    pub(super) deadline: Option<Instant>,
+    pub(super) guard: Option<PriceGuard>,
+    pub(super) drill: bool,
+    /// The request's API shape.
+    pub(super) dialect: Dialect,
+}
+
+/// Prepares `req`, or answers it with its refusal (`400`/`413`).
+pub(super) async fn prepare<'s, P, B, RB>(
+    shared: &'s Shared<P>,
+    req: Request<B>,
+    started: Instant,
+) -> Result<Prepared<'s>, Response<ResponseBody<RB>>>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let (mut parts, body) = req.into_parts();
+    let dialect = Dialect::of(parts.uri.path());
+
+    // Bound before buffering: a declared length over the limit is refused
+    // without reading a byte.
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > shared.max_body_bytes as u64) {
+        return Err(too_large(dialect, shared.max_body_bytes, started));
+    }
+    let body = std::pin::pin!(body);
+    let mut body = body;
+    let body = match collect_bounded(&mut body, shared.max_body_bytes).await {
+        Ok(b) => b,
+        Err(CollectError::TooLarge { .. }) => return Err(too_large(dialect, shared.max_body_bytes, started)),
+        Err(CollectError::Body(e)) => {
+            let e: BoxError = e.into();
+            return Err(reject(
+                dialect,
+                StatusCode::BAD_REQUEST,
+                &BadRequest {
+                    code: "unreadable_body",
+                    param: None,
+                    message: format!("the request body could not be read: {e}"),
+                },
+                started,
+            ));
+        }
+    };
+    // Media parts are counted only when something reads needs.
+    let mut index = match dialect.index(&body, shared.reads_needs) {
+        Ok(i) => i,
+        Err(bad) => return Err(reject(dialect, StatusCode::BAD_REQUEST, &bad, started)),
+    };
+    let current = tracing::Span::current();
+    if !current.is_disabled() {
+        current.record("gen_ai.request.model", index.requested_model.as_str());
+    }
+
+    // Each attempt gets its own Content-Length; a stale length or chunked
+    // framing from the caller must not reach the upstream.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts.headers.remove(header::EXPECT);
+
+    let mut report = FallbackReport {
+        requested_model: Some(std::mem::take(&mut index.requested_model)),
+        served_model: None,
+        provider: None,
+        attempts: Vec::with_capacity(shared.chains.default_chain().routes().len()),
+        resolution: Resolution::Exhausted,
+        usage: None,
+        chain: None,
+        drill: false,
+        elapsed: Duration::ZERO,
+    };
+    // Needs are only read when some route declares limits or some chain
+    // is picked by them.
+    let needs = shared.reads_needs.then(|| dialect.needs(&body, &index));
+    // Removed always; read only when the layer allows callers to pick.
+    let header_choice = parts
+        .headers
+        .remove(X_FALLBACK_CHAIN)
+        .filter(|_| shared.allow_chain_header);
+    let explicit = match (parts.extensions.get::<ChainName>(), &header_choice) {
+        (Some(ChainName(name)), _) => Some(name.as_str()),
+        (None, Some(v)) => Some(v.to_str().unwrap_or("\u{fffd}")),
+        (None, None) => None,
+    };
+    let (chain_name, chain) = match shared.chains.select(explicit, needs.as_ref()) {
+        Ok(picked) => picked,
+        Err(message) => {
+            let bad = BadRequest {
+                code: "unknown_chain",
+                param: None,
+                message,
+            };
+            return Err(reject(dialect, StatusCode::BAD_REQUEST, &bad, started));
+        }
+    };
+    report.chain = Some(chain_name.clone());
+    // A deadline too far to be an instant is no deadline.
+    let deadline = chain.get_deadline().and_then(|d| started.checked_add(d));
+    let guard = parts
+        .extensions
+        .get::<PriceGuard>()
+        .copied()
+        .or(chain.get_price_guard());
+    // The drill header is never forwarded, whether drills are on or not.
+    let drill = match &shared.drills {
+        Some(d) => d.pick(&mut parts.headers),
+        None => {
+            parts.headers.remove(crate::health::X_FALLBACK_DRILL);
+            false
+        }
+    };
+    report.drill = drill;
+    Ok(Prepared {
+        parts,
+        body,
+        index,
+        report,
+        needs,
+        chain_name,
+        chain,
+        deadline,
+        guard,
+        drill,
+        dialect,
+    })
+}
