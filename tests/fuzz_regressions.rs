@@ -223,10 +223,11 @@ fn the_dense_gear_risk_covers_the_scanner_reproducer() {
     ));
 }
 
-// Known bugs the engine target found, each behind a gate in
-// tests/support/engine_fuzz.rs: the case fails with every gate on
-// (`strict`) exactly while its gate is off, so a fix on `main` makes the
-// test say which gate to turn on.
+// Bugs the engine target found, each a hand-written case behind its gate
+// in tests/support/engine_fuzz.rs: the case passes with every gate on
+// (`strict`) exactly when its gate is on, so while a bug is open its test
+// says when `main` fixed it (turn the gate on), and once it is fixed the
+// case is a plain regression test. All four are fixed on `main` now.
 
 use engine_fuzz::{strict, AnswerKind, AnswerSpec, Blob, Case, Ending, Frames};
 
@@ -255,7 +256,7 @@ fn passes_strictly(case: &Case) -> bool {
 }
 
 #[test]
-fn known_bug_error_chunk_glued_to_a_clean_partial_line() {
+fn found_error_chunk_glued_to_a_clean_partial_line() {
     let case = stream_case(
         b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"b\"",
         vec![],
@@ -269,7 +270,7 @@ fn known_bug_error_chunk_glued_to_a_clean_partial_line() {
 }
 
 #[test]
-fn known_bug_error_chunk_joins_an_undispatched_event() {
+fn found_error_chunk_joins_an_undispatched_event() {
     let case = stream_case(
         b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[]}\n",
         vec![],
@@ -283,7 +284,7 @@ fn known_bug_error_chunk_joins_an_undispatched_event() {
 }
 
 #[test]
-fn known_bug_forced_commit_loses_done() {
+fn found_forced_commit_loses_done() {
     // 36 bytes of keep-alive commit the stream (more than 32 held); the
     // error chunk after it stops the tracker reading the frame, so the
     // [DONE] in it is not seen and the complete stream gets an error chunk.
@@ -299,7 +300,7 @@ fn known_bug_forced_commit_loses_done() {
 }
 
 #[test]
-fn known_bug_scanner_dense_gear_drops_its_escape_carry() {
+fn found_scanner_dense_gear_drops_its_escape_carry() {
     let a = |n| "a".repeat(n);
     let body = format!(r#"{{"model":"m","a":["{}\"{}\"{}\""]}}"#, a(30), a(16), a(63));
     assert!(serde_json::from_str::<serde_json::Value>(&body).is_ok());

@@ -73,31 +73,32 @@ pub const STRIP_ALL_CREDENTIALS: bool = true;
 pub const REFUSE_DUPLICATE_ROUTE_TRANSFORMS: bool = true;
 
 /// A committed stream's error chunk stands alone for an SSE client even
-/// when the upstream's bytes stop inside an event. Two ways it does not
-/// today, both found by this target:
+/// when the upstream's bytes stop inside an event. Two ways it did not,
+/// both found by this target and fixed on `main` in ef585bd:
 ///
 /// (a) a stream that ends cleanly in the middle of a line gets no `\n\n`
 /// before the chunk (`CommittedStream` asks `tracker.mid_line()` after
 /// `tracker.finish()` emptied the partial line), so the chunk is glued to
 /// that line;
-pub const CHUNK_AFTER_PARTIAL_LINE: bool = false;
+pub const CHUNK_AFTER_PARTIAL_LINE: bool = true;
 /// (b) after complete `data:` lines with no blank line yet (an event not
 /// dispatched), the chunk's `data:` line joins that event.
 ///
 /// While a gate is false, its case gets only the chunk's shape checked.
-pub const CHUNK_AFTER_PENDING_EVENT: bool = false;
+pub const CHUNK_AFTER_PENDING_EVENT: bool = true;
 
 /// A stream the engine commits to because it held more than
 /// `max_response_bytes` before any content (keep-alives) is tracked as
-/// committed. Found by this target: `until_first_token` returns
-/// `Signal::Commit` for it but never marks the tracker committed, so after
-/// commit a malformed or error chunk is a pre-commit `Signal::Error`, on
-/// which `SseTracker::feed` returns without reading the rest of the frame:
-/// the partial line is lost (the error chunk is glued to it) and events
-/// later in that frame (a `[DONE]`) are never seen (a complete stream gets
-/// an error chunk). While this is false, streams that may have been
+/// committed. Found by this target (fixed on `main` in ef585bd):
+/// `until_first_token` returned
+/// `Signal::Commit` for it but never marked the tracker committed, so after
+/// commit a malformed or error chunk was a pre-commit `Signal::Error`, on
+/// which `SseTracker::feed` returned without reading the rest of the frame:
+/// the partial line was lost (the error chunk glued to it) and events later
+/// in that frame (a `[DONE]`) were never seen (a complete stream got an
+/// error chunk). While this is false, streams that may have been
 /// committed that way get only the chunk's shape checked.
-pub const FORCED_COMMIT_TRACKED: bool = false;
+pub const FORCED_COMMIT_TRACKED: bool = true;
 
 /// The scanner accepts every object serde_json accepts. Found by this
 /// target (and fixed on `main` in 0153f8f): the dense-escape gear
@@ -408,27 +409,29 @@ impl PrefsKind {
         match self {
             PrefsKind::None => None,
             PrefsKind::Empty => Some(ProviderPrefs::default()),
-            PrefsKind::Order => Some(ProviderPrefs {
-                order: Some(vec!["Fuzz A".into(), "fuzz-b".into()]),
-                allow_fallbacks: Some(false),
-                ..ProviderPrefs::default()
-            }),
-            PrefsKind::Full => Some(ProviderPrefs {
-                order: Some(vec!["x\"y".into()]),
-                require_parameters: Some(true),
-                data_collection: Some(DataCollection::Deny),
-                zdr: Some(true),
-                ignore: Some(vec!["DeepInfra".into()]),
-                quantizations: Some(vec!["fp8".into()]),
-                sort: Some(ProviderSort::By(SortBy::Latency)),
-                max_price: Some(MaxPrice {
-                    prompt: Some(1.5),
-                    completion: Some(2.0),
-                    ..MaxPrice::default()
-                }),
-                preferred_min_throughput: Some(50.0),
-                ..ProviderPrefs::default()
-            }),
+            PrefsKind::Order => {
+                let mut p = ProviderPrefs::default();
+                p.order = Some(vec!["Fuzz A".into(), "fuzz-b".into()]);
+                p.allow_fallbacks = Some(false);
+                Some(p)
+            }
+            PrefsKind::Full => {
+                // `#[non_exhaustive]`: built field by field.
+                let mut max_price = MaxPrice::default();
+                max_price.prompt = Some(1.5);
+                max_price.completion = Some(2.0);
+                let mut p = ProviderPrefs::default();
+                p.order = Some(vec!["x\"y".into()]);
+                p.require_parameters = Some(true);
+                p.data_collection = Some(DataCollection::Deny);
+                p.zdr = Some(true);
+                p.ignore = Some(vec!["DeepInfra".into()]);
+                p.quantizations = Some(vec!["fp8".into()]);
+                p.sort = Some(ProviderSort::By(SortBy::Latency));
+                p.max_price = Some(max_price);
+                p.preferred_min_throughput = Some(50.0);
+                Some(p)
+            }
         }
     }
 }
@@ -1519,11 +1522,25 @@ fn sse_line(line: &[u8], data: &mut Option<Vec<u8>>, events: &mut Vec<Vec<u8>>) 
     }
 }
 
+/// `extra` without the line ends (at most two) it starts with.
+fn strip_separator(extra: &[u8]) -> &[u8] {
+    let mut rest = extra;
+    for _ in 0..2 {
+        rest = rest
+            .strip_prefix(b"\r\n")
+            .or_else(|| rest.strip_prefix(b"\n"))
+            .unwrap_or(rest);
+    }
+    rest
+}
+
 /// Checks that `extra` (what the caller got after the upstream's bytes
 /// `upstream`) is exactly one error chunk in the crate's shape, standing
 /// alone as an SSE event. Returns the chunk's `error.code`.
 pub fn check_error_chunk(upstream: &[u8], extra: &[u8]) -> Result<String, String> {
-    let rest = extra.strip_prefix(b"\n\n").unwrap_or(extra);
+    // A separator first: a line's end and a blank line, or just the blank
+    // line; the SSE parse below says whether it was the right one.
+    let rest = strip_separator(extra);
     if sse_tail(upstream).0 && rest.len() == extra.len() {
         return Err("the upstream's bytes end mid-line and the error chunk does not start on a new line".into());
     }
@@ -2150,7 +2167,7 @@ fn check(
                     if !extra.is_empty() {
                         // Known (see the gate): only the chunk's own shape is checked.
                         let checked = match known {
-                            true => check_error_chunk(b"", extra.strip_prefix(b"\n\n").unwrap_or(extra)),
+                            true => check_error_chunk(b"", strip_separator(extra)),
                             false => check_error_chunk(&yielded.bytes, extra),
                         };
                         match checked {
