@@ -227,7 +227,8 @@ fn the_dense_gear_risk_covers_the_scanner_reproducer() {
 // in tests/support/engine_fuzz.rs: the case passes with every gate on
 // (`strict`) exactly when its gate is on, so while a bug is open its test
 // says when `main` fixed it (turn the gate on), and once it is fixed the
-// case is a plain regression test. All four are fixed on `main` now.
+// case is a plain regression test. All but the hedge one are fixed on
+// `main` now.
 
 use engine_fuzz::{strict, AnswerKind, AnswerSpec, Blob, Case, Ending, Frames};
 
@@ -309,5 +310,39 @@ fn found_scanner_dense_gear_drops_its_escape_carry() {
         passes_strictly(&case),
         engine_fuzz::SCANNER_KEEPS_ESCAPE_CARRY,
         "flip SCANNER_KEEPS_ESCAPE_CARRY"
+    );
+}
+
+#[test]
+fn found_served_attempt_lost_after_a_hedge() {
+    use std::time::Duration;
+    // The primary answers after 45 s; the hedge after 1 s starts the second
+    // route, which answers at once and wins; the primary is cancelled.
+    let mut case = engine_fuzz::decode(br#"{"model":"m","messages":[]}"#);
+    case.routes.push(case.routes[0].clone());
+    case.routes[1].model = "fuzz/second".into();
+    case.hedge_after = Some(Duration::from_secs(1));
+    let ok = |latency| AnswerSpec {
+        latency,
+        kind: AnswerKind::Http {
+            status: 200,
+            headers: vec![("content-type", "application/json".into())],
+            body: Blob(
+                br#"{"choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}"#
+                    .to_vec(),
+            ),
+            frames: Frames {
+                sizes: vec![],
+                ending: Ending::Clean,
+            },
+        },
+    };
+    case.answers = vec![ok(Some(Duration::from_secs(45))), ok(None)];
+    let summary = engine_fuzz::run_case(&case);
+    assert_eq!((summary.received, summary.resolution), (2, Some(Resolution::Served)));
+    assert_eq!(
+        passes_strictly(&case),
+        engine_fuzz::SERVED_ATTEMPT_AFTER_HEDGE,
+        "flip SERVED_ATTEMPT_AFTER_HEDGE"
     );
 }

@@ -23,7 +23,8 @@
 //! 5. the answer the caller gets from an upstream is that upstream's bytes
 //!    unchanged, or (a committed stream only) them followed by exactly one
 //!    SSE error chunk that an SSE parser sees as its own event; a stream
-//!    that sent `[DONE]` and ended gets nothing added;
+//!    that sent `[DONE]` and ended gets nothing added; the report's
+//!    `served_attempt` is the attempt that answered;
 //! 6. a summary exhaustion body holds no upstream or transport text.
 //!
 //! Properties that need a fix on `main` are behind the gates below (a
@@ -99,6 +100,14 @@ pub const CHUNK_AFTER_PENDING_EVENT: bool = true;
 /// error chunk). While this is false, streams that may have been
 /// committed that way get only the chunk's shape checked.
 pub const FORCED_COMMIT_TRACKED: bool = true;
+
+/// `FallbackReport::served_attempt` (and so `served_label` and the
+/// `x-fallback-label` header) names the attempt that answered. Found by
+/// this target: when a hedge wins or loses, the engine pushes the answered
+/// record and then the cancelled flights' records, and `served_attempt` is
+/// `attempts.last()` filtered by `answered()`: `None`. While this is false,
+/// hedged cases are not checked for it.
+pub const SERVED_ATTEMPT_AFTER_HEDGE: bool = false;
 
 /// The scanner accepts every object serde_json accepts. Found by this
 /// target (and fixed on `main` in 0153f8f): the dense-escape gear
@@ -1425,9 +1434,12 @@ fn sse_parse(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<Vec<u8>>, bool) {
     (events.into_iter().map(|(_, e)| e).collect(), data, partial)
 }
 
-/// [`sse_parse`], each event with the offset just past the blank line
-/// that dispatched it.
-fn sse_parse_at(bytes: &[u8]) -> (Vec<(usize, Vec<u8>)>, Option<Vec<u8>>, bool) {
+/// An event's `data` and the offset just past the blank line that
+/// dispatched it.
+type EventAt = (usize, Vec<u8>);
+
+/// [`sse_parse`], each event with its offset.
+fn sse_parse_at(bytes: &[u8]) -> (Vec<EventAt>, Option<Vec<u8>>, bool) {
     let mut events = Vec::new();
     let mut data: Option<Vec<u8>> = None;
     let mut i = 0;
@@ -2061,6 +2073,20 @@ fn check(
                 .iter()
                 .filter(|a| matches!(a.outcome(), Outcome::Served | Outcome::Stopped))
                 .collect();
+            let cancelled = report.attempts().iter().any(|a| a.outcome() == Outcome::Cancelled);
+            if (fixed(SERVED_ATTEMPT_AFTER_HEDGE) || !cancelled)
+                && report.served_attempt().map(|a| (a.chain(), a.index(), a.outcome()))
+                    != answered.first().map(|a| (a.chain(), a.index(), a.outcome()))
+            {
+                violated!(
+                    case,
+                    5,
+                    "served_attempt() is {:?}, the answered attempt {:?} (attempts {:?})",
+                    report.served_attempt(),
+                    answered.first(),
+                    report.attempts()
+                );
+            }
             let [record] = answered[..] else {
                 violated!(
                     case,
