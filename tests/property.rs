@@ -224,7 +224,11 @@ fn fuzz_seeds_and_regressions() {
             continue;
         };
         for entry in entries {
-            let data = std::fs::read(entry.unwrap().path()).unwrap();
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                continue; // `engine/`: the engine target's (tests/fuzz_regressions.rs)
+            }
+            let data = std::fs::read(path).unwrap();
             // The fuzz target's input format: `<model> 0xFF <body>`, or a body.
             let (model, body) = match data.iter().position(|&b| b == 0xFF) {
                 Some(at) => (String::from_utf8_lossy(&data[..at]).into_owned(), &data[at + 1..]),
