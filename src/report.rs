@@ -480,7 +480,9 @@ impl FallbackReport {
     /// The attempt whose response was returned ([`Outcome::Served`] or
     /// [`Outcome::Stopped`]), if any.
     pub fn served_attempt(&self) -> Option<&AttemptRecord> {
-        self.attempts.last().filter(|a| a.outcome.answered())
+        // Not always the last record: attempts a hedge beat are recorded,
+        // as cancelled, after the one that answered.
+        self.attempts.iter().rev().find(|a| a.outcome.answered())
     }
 
     /// The label of the route that answered, if it has one.

@@ -504,7 +504,8 @@ impl Finisher {
         let mut report = self.report.clone();
         report.usage = tracker.usage.clone().or(report.usage);
         report.elapsed = self.started.elapsed();
-        if let Some(last) = report.attempts.last_mut() {
+        // The attempt that answered (hedges it beat are recorded after it).
+        if let Some(last) = report.attempts.iter_mut().rev().find(|a| a.outcome.answered()) {
             match ending {
                 Ending::Complete => {}
                 Ending::Failed(ref e) => {

@@ -665,3 +665,28 @@ async fn a_stream_committed_by_its_keep_alives_is_read_to_its_end() {
         "a complete stream passes unchanged, with no error chunk"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_served_attempt_is_found_after_a_hedge_it_beat() {
+    // Found by the engine fuzz target: the cancelled hedge's record comes
+    // after the served one, and `served_attempt()` read only the last.
+    use std::time::Duration;
+    let upstream = MockUpstream::new()
+        .model("slow/a", Reply::ok().latency(Duration::from_secs(5)))
+        .model("fast/b", Reply::ok().latency(Duration::from_millis(10)));
+    let layer = FallbackLayer::new(Chain::new([
+        Route::new("slow/a")
+            .label("primary")
+            .hedge_after(Duration::from_millis(100)),
+        Route::new("fast/b").label("hedge"),
+    ]))
+    .hedging(llm_fallback::health::HedgeBudget::new(1.0, Duration::from_secs(60)));
+    let (parts, answer) = ask(&layer, &upstream, caller_request(chat("slow/a"))).await;
+    assert_eq!(answer["model"], "fast/b");
+    let served = report(&parts);
+    let outcomes: Vec<_> = served.attempts().iter().map(|a| a.outcome()).collect();
+    assert_eq!(outcomes, [Outcome::Served, Outcome::Cancelled]);
+    assert_eq!(served.served_attempt().map(|a| a.model()), Some("fast/b"));
+    assert_eq!(served.served_label(), Some("hedge"));
+    assert_eq!(parts.headers["x-fallback-label"], "hedge");
+}

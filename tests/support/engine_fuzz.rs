@@ -107,7 +107,7 @@ pub const FORCED_COMMIT_TRACKED: bool = true;
 /// record and then the cancelled flights' records, and `served_attempt` is
 /// `attempts.last()` filtered by `answered()`: `None`. While this is false,
 /// hedged cases are not checked for it.
-pub const SERVED_ATTEMPT_AFTER_HEDGE: bool = false;
+pub const SERVED_ATTEMPT_AFTER_HEDGE: bool = true;
 
 /// The scanner accepts every object serde_json accepts. Found by this
 /// target (and fixed on `main` in 0153f8f): the dense-escape gear
