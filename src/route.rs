@@ -131,7 +131,7 @@ impl Route {
     /// Lets OpenRouter fall back on its side, within one attempt: the request
     /// carries `"models": [...]` and OpenRouter tries them in order after this
     /// route's model. OpenRouter accepts at most
-    /// [`MAX_NATIVE_FALLBACKS`](crate::native::MAX_NATIVE_FALLBACKS) there, so
+    /// [`crate::native::MAX_NATIVE_FALLBACKS`] there, so
     /// [`Chain::new`] splits a longer group into consecutive attempts
     /// (`a` + `[b, c, d]`, then `e` + `[f]`, ...) with this route's settings.
     /// The report tells which model served and whether OpenRouter fell back.

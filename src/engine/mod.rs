@@ -1,7 +1,21 @@
 //! The replay loop: one buffered request, tried route by route.
 //!
-//! Written as one `async fn` so the tower service and the other front ends
-//! share it; the tower service boxes it into its `ResponseFuture`.
+//! `run` only orchestrates its parts, each readable and tested alone:
+//!
+//! - [`prepare`](mod@prepare): once per request — bound and buffer the body, index it,
+//!   read its needs, pick the chain (or refuse the request);
+//! - [`plan`]: a pure cursor over the chain that says which route to launch
+//!   next and why others are skipped;
+//! - [`flights`]: the attempts in the air and the hedge timer, the only
+//!   place their futures are polled;
+//! - [`verdict`]: the one judgement of an attempt that health, the plan,
+//!   metrics and the report read;
+//! - [`attempt`]: what one attempt sends; [`answer`]: what the caller gets.
+//!
+//! Every API-shape question goes to the request's
+//! [`Dialect`](crate::dialect::Dialect). `run` is one `async fn` so the
+//! tower service and the other front ends share it; the tower service boxes
+//! it into its `ResponseFuture`.
 
 mod answer;
 mod attempt;
