@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 /// Top-level keys the crate refuses to see twice.
-const SINGLE_KEYS: [&str; 4] = ["model", "models", "provider", "stream"];
+const SINGLE_KEYS: [&str; 6] = ["model", "models", "provider", "stream", "route", "transforms"];
 
 /// A JSON object's members in order, duplicates kept (serde_json's `Value`
 /// keeps only the last).
