@@ -93,7 +93,9 @@ async fn proxy(stack: Stack, upstream: Uri) -> SocketAddr {
         Stack::Floor => {
             let client: Client<HttpConnector, llm_fallback::ReplayBody> =
                 Client::builder(TokioExecutor::new()).build_http();
-            let route = std::sync::Arc::new(llm_fallback::Route::new(NEW_MODEL));
+            let route = std::sync::Arc::new(llm_fallback::__private::Compiled::new(llm_fallback::Route::new(
+                NEW_MODEL,
+            )));
             let svc = tower::service_fn(move |req: Request<axum::body::Body>| {
                 let client = client.clone();
                 let route = route.clone();

@@ -43,7 +43,7 @@ fn bench(c: &mut Criterion) {
     assert!(needs
         .capabilities
         .contains(llm_fallback::Capabilities::VISION | llm_fallback::Capabilities::TOOLS));
-    let route = llm_fallback::Route::new("anthropic/claude-3.5-sonnet");
+    let route = llm_fallback::__private::Compiled::new(llm_fallback::Route::new("anthropic/claude-3.5-sonnet"));
     let mut group = c.benchmark_group("needs_1MiB_images_tools");
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("rewrite (baseline)", |b| {

@@ -25,6 +25,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
+use llm_fallback::__private::Compiled;
 use llm_fallback::ReplayBody;
 use llm_fallback::Route;
 use std::net::SocketAddr;
@@ -85,7 +86,7 @@ async fn forward(
     Ok((parts, body.collect().await?.to_bytes()))
 }
 
-async fn handle(client: Upstream, uri: Uri, models: Arc<[Route; 2]>, req: Request<Body>) -> Response<Body> {
+async fn handle(client: Upstream, uri: Uri, models: Arc<[Compiled; 2]>, req: Request<Body>) -> Response<Body> {
     let (head, body) = req.into_parts();
     let result = async {
         let bytes = body.collect().await?.to_bytes();
@@ -98,7 +99,7 @@ async fn handle(client: Upstream, uri: Uri, models: Arc<[Route; 2]>, req: Reques
                 match models.iter().find(|r| r.model() == v) {
                     Some(route) => route,
                     None => {
-                        named = Route::new(v);
+                        named = Compiled::new(Route::new(v));
                         &named
                     }
                 }
@@ -142,7 +143,7 @@ async fn main() {
     let client: Upstream = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .build(http);
-    let routes = Arc::new([Route::new(primary), Route::new(fallback)]);
+    let routes = Arc::new([Compiled::new(Route::new(primary)), Compiled::new(Route::new(fallback))]);
     let app = axum::Router::new().route(
         "/v1/chat/completions",
         axum::routing::post(move |req: Request<Body>| handle(client.clone(), upstream.clone(), routes.clone(), req)),

@@ -45,7 +45,7 @@ fn bench(c: &mut Criterion) {
                 group.sample_size(100).measurement_time(Duration::from_secs(3));
             }
             // The route is built once, as the layer builds its chain once.
-            let route = llm_fallback::Route::new(NEW_MODEL);
+            let route = llm_fallback::__private::Compiled::new(llm_fallback::Route::new(NEW_MODEL));
             group.bench_with_input(BenchmarkId::new("llm_fallback", name), &body, |b, body| {
                 b.iter(|| llm_fallback::__private::rewrite_for(black_box(body), black_box(&route)).unwrap())
             });

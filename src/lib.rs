@@ -171,6 +171,7 @@
 
 mod body;
 mod capability;
+mod chain;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
@@ -178,6 +179,7 @@ mod dialect;
 mod engine;
 mod future;
 pub mod health;
+mod hop;
 mod inspect;
 mod json;
 mod layer;
@@ -195,6 +197,7 @@ mod stream;
 pub use crate::reqwest::{FallbackMiddleware, StreamingBodyError};
 pub use body::ResponseBody;
 pub use capability::{Capabilities, Needs, Price, PriceGuard, SkipReason, BYTES_PER_TOKEN};
+pub use chain::{Chain, ChainName, ChainSet};
 pub use future::ResponseFuture;
 pub use json::ReplayBody;
 pub use layer::{FallbackLayer, FallbackService};
@@ -202,7 +205,7 @@ pub use policy::{DefaultPolicy, Policy};
 pub use report::{
     AttemptRecord, ExhaustionBody, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError, Usage,
 };
-pub use route::{Attempt, Chain, ChainName, ChainSet, Route};
+pub use route::{Attempt, Route};
 pub use stream::StreamReport;
 
 /// The boxed error type used where errors of different sources meet.
@@ -215,35 +218,53 @@ pub mod __private {
     //! request index and `attempt_body`), never a copy of them. May change
     //! in any release.
 
+    use crate::hop::Hop;
     use crate::json::ReplayBody;
     use crate::Route;
+
+    /// A route compiled as [`Chain::new`](crate::Chain::new) compiles it, so
+    /// a bench measures the rewrite and not the compiling.
+    #[derive(Debug)]
+    pub struct Compiled(Hop);
+
+    impl Compiled {
+        /// Compiles `route` (its native fallbacks must fit one attempt).
+        pub fn new(route: Route) -> Self {
+            Compiled(Hop::new(route))
+        }
+
+        /// The model id it sends.
+        pub fn model(&self) -> &str {
+            &self.0.model
+        }
+    }
 
     /// Indexes `body` like the layer does and reads what it needs
     /// (capabilities, prompt estimate); `Err` as for [`rewrite_for`].
     pub fn detect_needs(body: &bytes::Bytes) -> Result<crate::Needs, String> {
         let index = crate::request::index_request_with_media(body).map_err(|bad| bad.message)?;
-        Ok(crate::capability::detect(body, &index))
+        Ok(crate::request::detect_needs(body, &index))
     }
 
     /// What the layer does for a chain whose routes declare limits: one
     /// index, the needs read from it, and the attempt's body for `route`.
-    pub fn rewrite_with_needs(body: &bytes::Bytes, route: &Route) -> Result<(ReplayBody, crate::Needs), String> {
+    pub fn rewrite_with_needs(body: &bytes::Bytes, route: &Compiled) -> Result<(ReplayBody, crate::Needs), String> {
         let index = crate::request::index_request_with_media(body).map_err(|bad| bad.message)?;
-        let needs = crate::capability::detect(body, &index);
-        let replay = crate::engine::attempt_body(body, &index, route).map_err(|e| e.to_string())?;
+        let needs = crate::request::detect_needs(body, &index);
+        let replay = crate::engine::attempt_body(body, &index, &route.0).map_err(|e| e.to_string())?;
         Ok((replay, needs))
     }
 
     /// Indexes `body` like the layer does and builds the body the layer
     /// would send to `route`; `Err` carries the message of the `400` the
     /// layer would send.
-    pub fn rewrite_for(body: &bytes::Bytes, route: &Route) -> Result<ReplayBody, String> {
+    pub fn rewrite_for(body: &bytes::Bytes, route: &Compiled) -> Result<ReplayBody, String> {
         let index = crate::request::index_request(body).map_err(|bad| bad.message)?;
-        crate::engine::attempt_body(body, &index, route).map_err(|e| e.to_string())
+        crate::engine::attempt_body(body, &index, &route.0).map_err(|e| e.to_string())
     }
 
     /// [`rewrite_for`] a plain route to `model`.
     pub fn rewrite_model(body: &bytes::Bytes, model: &str) -> Result<ReplayBody, String> {
-        rewrite_for(body, &Route::new(model))
+        rewrite_for(body, &Compiled::new(Route::new(model)))
     }
 }

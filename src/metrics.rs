@@ -104,12 +104,12 @@ mod cache {
 }
 
 #[inline]
-pub(crate) fn attempt(route: &crate::Route, outcome: Outcome, elapsed: Duration) {
+pub(crate) fn attempt(route: &crate::hop::Hop, outcome: Outcome, elapsed: Duration) {
     #[cfg(feature = "metrics")]
-    route.metrics().attempts.with(
+    route.metrics.attempts.with(
         outcome as usize,
         || {
-            let model = metrics::SharedString::from(route.model_arc().clone());
+            let model = metrics::SharedString::from(route.model.clone());
             let labels = [
                 metrics::Label::new("model", model),
                 metrics::Label::new("outcome", outcome.as_str()),
@@ -194,12 +194,12 @@ pub(crate) fn hedge_won(model: &Arc<str>) {
 }
 
 #[inline]
-pub(crate) fn committed(route: &crate::Route, elapsed: Duration) {
+pub(crate) fn committed(route: &crate::hop::Hop, elapsed: Duration) {
     #[cfg(feature = "metrics")]
-    route.metrics().commit.with(
+    route.metrics.commit.with(
         0,
         || {
-            let model = metrics::SharedString::from(route.model_arc().clone());
+            let model = metrics::SharedString::from(route.model.clone());
             metrics::histogram!("llm_fallback_time_to_commit_seconds", "model" => model)
         },
         |h| h.record(elapsed.as_secs_f64()),
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn cached_handles_follow_the_recorder_in_effect() {
-        let route = crate::Route::new("m/one");
+        let route = crate::hop::Hop::new(crate::Route::new("m/one"));
         let requests = RequestMetrics::default();
         let first = DebuggingRecorder::new();
         let first_snap = first.snapshotter();

@@ -194,7 +194,7 @@ pub struct AttemptRecord {
 }
 
 impl AttemptRecord {
-    pub(crate) fn skipped(chain: &Arc<str>, index: usize, route: &crate::Route, reason: SkipReason) -> Self {
+    pub(crate) fn skipped(chain: &Arc<str>, index: usize, route: &crate::hop::Hop, reason: SkipReason) -> Self {
         AttemptRecord {
             skip_reason: Some(reason),
             ..AttemptRecord::new(chain, index, route, Outcome::Skipped)
@@ -203,12 +203,12 @@ impl AttemptRecord {
 
     /// A record for `route` (at `index` of `chain`) with `outcome` and
     /// nothing else known yet.
-    pub(crate) fn new(chain: &Arc<str>, index: usize, route: &crate::Route, outcome: Outcome) -> Self {
+    pub(crate) fn new(chain: &Arc<str>, index: usize, route: &crate::hop::Hop, outcome: Outcome) -> Self {
         AttemptRecord {
             index,
             chain: chain.clone(),
-            model: route.model_arc().clone(),
-            label: route.label_arc().cloned(),
+            model: route.model.clone(),
+            label: route.label.clone(),
             outcome,
             status: None,
             error: None,

@@ -95,7 +95,7 @@ fn a_rewrite_allocates_the_new_model_and_nothing_proportional_to_the_body() {
             drop(body.clone());
             for model in [NEW_MODEL, "m", &"vendor/".repeat(200)] {
                 // The layer builds its routes once, not per request.
-                let route = llm_fallback::Route::new(model);
+                let route = llm_fallback::__private::Compiled::new(llm_fallback::Route::new(model));
                 let (bytes, sent) = allocated_by(|| {
                     let replay = llm_fallback::__private::rewrite_for(&body, &route).unwrap();
                     send(replay)

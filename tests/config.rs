@@ -282,44 +282,47 @@ fn the_example_file_builds_a_layer_with_every_setting() {
     assert_eq!(chains.names().collect::<Vec<_>>(), ["default", "budget", "lenient"]);
 
     let default = chains.default_chain();
-    assert_eq!(default.get_deadline(), Some(Duration::from_secs(60)));
-    assert_eq!(default.get_price_guard(), Some(PriceGuard::NotAbovePrimary));
-    assert_eq!(default.get_hedge_after(), Some(Duration::from_secs(20)));
+    assert_eq!(default.deadline, Some(Duration::from_secs(60)));
+    assert_eq!(default.price_guard, Some(PriceGuard::NotAbovePrimary));
+    assert_eq!(default.hedge_after, Some(Duration::from_secs(20)));
     let [primary, secondary, direct] = default.routes() else {
         panic!("three routes: {:?}", default.routes())
     };
-    assert_eq!(primary.model(), "anthropic/claude-3.5-sonnet");
-    assert_eq!(primary.get_label(), Some("primary"));
-    assert_eq!(primary.get_timeout(), Some(Duration::from_secs(30)));
-    assert_eq!(primary.get_first_token_timeout(), Some(Duration::from_secs(10)));
-    assert_eq!(primary.get_idle_timeout(), Some(Duration::from_secs(30)));
-    assert_eq!(primary.get_hedge_after(), Some(Duration::from_secs(8)));
+    assert_eq!(&primary.model, "anthropic/claude-3.5-sonnet");
+    assert_eq!(primary.label.as_deref(), Some("primary"));
+    assert_eq!(primary.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(primary.first_token_timeout, Some(Duration::from_secs(10)));
+    assert_eq!(primary.idle_timeout, Some(Duration::from_secs(30)));
+    assert_eq!(primary.hedge_after, Some(Duration::from_secs(8)));
     assert_eq!(
-        primary.get_capabilities(),
+        primary.capabilities,
         Some(Capabilities::TOOLS | Capabilities::VISION | Capabilities::STRUCTURED_OUTPUT)
     );
-    assert_eq!(primary.get_context_window(), Some(200_000));
-    assert_eq!(primary.get_price(), Some(Price::per_million(3.0, 15.0)));
-    let prefs = primary.get_provider().expect("provider prefs");
+    assert_eq!(primary.context_window, Some(200_000));
+    assert_eq!(primary.effective_price(), Some(Price::per_million(3.0, 15.0)));
+    let prefs = primary.provider.as_ref().expect("provider prefs");
     assert_eq!(
         prefs.order.as_deref(),
         Some(&["Anthropic".to_owned(), "Amazon Bedrock".to_owned()][..])
     );
     assert_eq!(prefs.allow_fallbacks, Some(false));
     assert_eq!(
-        secondary.get_native_fallbacks(),
+        secondary.native_fallbacks,
         ["openai/gpt-4o-2024-11-20", "openai/gpt-4o-2024-08-06"]
     );
-    let endpoint = direct.get_endpoint().expect("endpoint");
+    let endpoint = direct.endpoint.as_ref().expect("endpoint");
     assert_eq!(endpoint.base_url(), "https://api.openai.com/v1");
     assert!(!format!("{endpoint:?}").contains("sk-"), "keys never show");
 
     let lenient = chains.get("lenient").unwrap();
     assert_eq!(
-        lenient.get_price_guard(),
+        lenient.price_guard,
         Some(PriceGuard::Max(Price::per_million(3.0, 15.0)))
     );
-    assert_eq!(chains.get("budget").unwrap().routes()[0].get_price(), Some(Price::FREE));
+    assert_eq!(
+        chains.get("budget").unwrap().routes()[0].effective_price(),
+        Some(Price::FREE)
+    );
 
     let gateway = config.gateway.as_ref().unwrap();
     assert_eq!(gateway.listen_addr().to_string(), "127.0.0.1:8080");

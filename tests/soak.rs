@@ -190,7 +190,7 @@ async fn check(
             answered: a.status().is_some(),
         })
         .collect();
-    let routes: Vec<&str> = chain.routes().iter().map(|r| r.model()).collect();
+    let routes: Vec<&str> = chain.routes().iter().map(|r| r.model.as_str()).collect();
     match parts.status {
         StatusCode::OK => {
             assert_eq!(report.resolution(), Resolution::Served);
@@ -383,7 +383,7 @@ async fn twenty_thousand_requests_with_random_faults() {
     let started = Instant::now();
 
     for chain in chains() {
-        let mut models: Vec<&str> = chain.routes().iter().map(|r| r.model()).collect();
+        let mut models: Vec<&str> = chain.routes().iter().map(|r| r.model.as_str()).collect();
         models.sort_unstable();
         models.dedup();
         assert_eq!(

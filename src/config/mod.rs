@@ -34,8 +34,8 @@
 //! "#)?;
 //!
 //! let layer = FallbackLayer::from_config(&config)?;
-//! assert_eq!(layer.chain().routes()[0].get_timeout(), Some(Duration::from_secs(30)));
-//! assert_eq!(layer.chain().get_deadline(), Some(Duration::from_secs(60)));
+//! assert_eq!(layer.chain().routes()[0].timeout, Some(Duration::from_secs(30)));
+//! assert_eq!(layer.chain().deadline, Some(Duration::from_secs(60)));
 //! # Ok::<(), llm_fallback::config::ConfigError>(())
 //! ```
 //!

@@ -20,7 +20,7 @@ pub(super) fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest
 
 /// Tools, image and audio parts, `json_schema`, prompt size and `max_tokens`.
 pub(super) fn needs(body: &[u8], index: &RequestIndex) -> Needs {
-    crate::capability::detect(body, index)
+    crate::request::detect_needs(body, index)
 }
 
 /// Good: a JSON object with `choices`, none finished with `"error"`, no

@@ -5,11 +5,11 @@ use super::flights::{Answer, Looked};
 use super::{X_FALLBACK_ATTEMPTS, X_FALLBACK_LABEL, X_FALLBACK_MODEL};
 use crate::body::ResponseBody;
 use crate::dialect::{Dialect, ErrorBody};
+use crate::hop::Hop;
 use crate::json::BadEdits;
 use crate::report::{Exhausted, ExhaustionBody, FallbackReport, Resolution};
 use crate::request::BadRequest;
 use crate::stream::CommittedStream;
-use crate::Route;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use serde_json::json;
@@ -22,13 +22,13 @@ pub(super) fn finish<B>(
     mut resp: Response<B>,
     mut report: FallbackReport,
     started: Instant,
-    route: Option<&Route>,
+    route: Option<&Hop>,
 ) -> Response<B> {
     report.elapsed = started.elapsed();
     let headers = resp.headers_mut();
-    let model = route.and_then(|r| Some((r.model(), r.model_header()?)));
+    let model = route.and_then(|r| Some((&*r.model, r.model_header.as_ref()?)));
     set_header(headers, X_FALLBACK_MODEL, report.served_model(), model);
-    let label = route.and_then(|r| Some((r.get_label()?, r.label_header()?)));
+    let label = route.and_then(|r| Some((r.label.as_deref()?, r.label_header.as_ref()?)));
     set_header(headers, X_FALLBACK_LABEL, report.served_label().unwrap_or(""), label);
     let sent = report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
     let sent = crate::report::digit(sent).map_or_else(|| HeaderValue::from(sent), HeaderValue::from_static);
@@ -43,7 +43,7 @@ pub(super) fn finish<B>(
 fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str, prebuilt: Option<(&str, &HeaderValue)>) {
     let v = match prebuilt {
         Some((text, v)) if text == value => Some(v.clone()),
-        _ => crate::route::header_value(value),
+        _ => crate::hop::header_value(value),
     };
     match v {
         Some(v) => {
@@ -205,7 +205,7 @@ pub(super) fn exhausted<B>(
 pub(super) fn served<RB>(
     answer: Answer<RB>,
     mut report: FallbackReport,
-    route: &Route,
+    route: &Hop,
     span: &tracing::Span,
     started: Instant,
 ) -> Response<ResponseBody<RB>>
@@ -214,7 +214,7 @@ where
     RB::Error: Into<crate::BoxError>,
 {
     let facts = answer.facts;
-    report.served_model = Some(facts.model.unwrap_or_else(|| route.model().to_owned()));
+    report.served_model = Some(facts.model.unwrap_or_else(|| route.model.to_string()));
     report.provider = facts.provider;
     report.usage = facts.usage;
     span.record("gen_ai.response.model", report.served_model());
@@ -227,7 +227,7 @@ where
             parts.headers.remove(header::CONTENT_LENGTH);
             report.elapsed = started.elapsed();
             let (body, handle) =
-                CommittedStream::new(held, rb, *tracker, route.get_idle_timeout(), report.clone(), started);
+                CommittedStream::new(held, rb, *tracker, route.route.idle_timeout, report.clone(), started);
             (ResponseBody::stream(body), Some(handle))
         }
     };

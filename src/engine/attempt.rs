@@ -2,9 +2,10 @@
 //! copy), and the caller's request head for the route's endpoint.
 
 use crate::dialect::Dialect;
+use crate::hop::Hop;
 use crate::json::{BadEdits, Edit, ReplayBody};
 use crate::request::{removals, MemberSpan, RequestIndex};
-use crate::{Attempt, Route};
+use crate::Attempt;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Request};
 
@@ -15,12 +16,12 @@ const X_OPENROUTER_METADATA: HeaderName = HeaderName::from_static("x-openrouter-
 /// when it sets them (replacing the caller's or inserted first), and without
 /// the OpenRouter-only keys when its endpoint is not OpenRouter. Everything
 /// else is the caller's bytes, shared, not copied.
-pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) -> Result<ReplayBody, BadEdits> {
+pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Hop) -> Result<ReplayBody, BadEdits> {
     let mut edits = Edits::default();
     let mut insert = BytesMut::new();
     for (key, ours, theirs) in [
-        ("provider", route.provider_json(), index.provider),
-        ("models", route.fallbacks_json(), index.models),
+        ("provider", route.provider_json.as_ref(), index.provider),
+        ("models", route.fallbacks_json.as_ref(), index.models),
     ] {
         match (ours, theirs) {
             (Some(json), Some(span)) => edits.push(span.value_start..span.value_end, json.clone())?,
@@ -38,17 +39,17 @@ pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Route) ->
         let at = index.object_start + 1;
         edits.push(at..at, insert.freeze())?;
     }
-    if body.get(index.model.clone()) != Some(&route.model_json()[..]) {
-        edits.push(index.model.clone(), route.model_json().clone())?;
+    if body.get(index.model.clone()) != Some(&route.model_json[..]) {
+        edits.push(index.model.clone(), route.model_json.clone())?;
     }
-    if route.get_endpoint().is_some_and(|e| !e.openrouter) {
+    if route.route.endpoint.as_ref().is_some_and(|e| !e.openrouter) {
         // Other APIs refuse OpenRouter's extensions; the route's own
         // `provider`/`models` are kept (setting them says the endpoint wants them).
         let mut gone = [MemberSpan::default(); 4];
         let mut n = 0;
         for member in [
-            index.provider.filter(|_| route.provider_json().is_none()),
-            index.models.filter(|_| route.fallbacks_json().is_none()),
+            index.provider.filter(|_| route.provider_json.as_ref().is_none()),
+            index.models.filter(|_| route.fallbacks_json.as_ref().is_none()),
             index.route,
             index.transforms,
         ]
@@ -107,13 +108,13 @@ pub(super) fn attempt_request(
     parts: http::request::Parts,
     body: ReplayBody,
     attempt: Attempt,
-    route: &Route,
+    route: &Hop,
     credential_headers: &[HeaderName],
     dialect: Dialect,
 ) -> Request<ReplayBody> {
     let len = body.len();
     let mut req = Request::from_parts(parts, body);
-    if let Some(endpoint) = route.get_endpoint() {
+    if let Some(endpoint) = route.route.endpoint.as_ref() {
         *req.uri_mut() = dialect.endpoint_uri(endpoint).clone();
         let headers = req.headers_mut();
         // A key or host meant for the caller's upstream never goes elsewhere.
@@ -126,7 +127,7 @@ pub(super) fn attempt_request(
             headers.insert(header::AUTHORIZATION, auth.clone());
         }
     }
-    if route.metadata() {
+    if route.route.openrouter_metadata {
         req.headers_mut()
             .insert(X_OPENROUTER_METADATA, HeaderValue::from_static("enabled"));
     }

@@ -7,11 +7,12 @@ use super::Shared;
 use crate::body::{collect_bounded, CollectError};
 use crate::dialect::Dialect;
 use crate::health::{HealthEvent, HealthStore};
+use crate::hop::Hop;
 use crate::inspect::BodyFacts;
 use crate::json::ReplayBody;
 use crate::report::{AttemptRecord, Outcome};
 use crate::stream::{Signal, SseTracker};
-use crate::{Attempt, BoxError, Route};
+use crate::{Attempt, BoxError};
 use bytes::{Bytes, BytesMut};
 use http::{Request, Response};
 use http_body::Body;
@@ -49,7 +50,7 @@ pub(super) struct Flight<'r, F> {
     /// Its position among every route the request could go through
     /// (counting the chains it left).
     pub(super) position: usize,
-    pub(super) route: &'r Route,
+    pub(super) route: &'r Hop,
     pub(super) attempt: Attempt,
     pub(super) span: tracing::Span,
     pub(super) started: Instant,
@@ -104,7 +105,7 @@ impl<F> Flight<'_, F> {
         };
         match &self.probe {
             Some(probe) => probe.settle(event),
-            None if event != HealthEvent::Released => health.record(self.route.health_key(), event, Instant::now()),
+            None if event != HealthEvent::Released => health.record(&self.route.health_key, event, Instant::now()),
             None => {}
         }
     }
@@ -119,10 +120,10 @@ pub(super) struct ProbeGuard {
 }
 
 impl ProbeGuard {
-    pub(super) fn new(health: Arc<dyn HealthStore>, route: &Route) -> Self {
+    pub(super) fn new(health: Arc<dyn HealthStore>, route: &Hop) -> Self {
         ProbeGuard {
             health,
-            key: route.health_key_arc().clone(),
+            key: route.health_key.clone(),
             settled: std::sync::atomic::AtomicBool::new(false),
         }
     }

@@ -34,10 +34,11 @@ use self::verdict::judge;
 use crate::body::ResponseBody;
 use crate::capability::SkipReason;
 use crate::health::{Admission, DrillConfig, HealthStore, HedgeBudget};
+use crate::hop::Hop;
 use crate::json::ReplayBody;
 use crate::policy::{Action, Policy};
 use crate::report::{AttemptRecord, ExhaustionBody, FallbackReport, Outcome, Resolution};
-use crate::{Attempt, BoxError, ChainSet, Route};
+use crate::{Attempt, BoxError, ChainSet};
 use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body::Body;
@@ -201,11 +202,11 @@ where
                 flights.disarm_hedge();
                 let mut launched = false;
                 while !launched {
-                    let mut admit = |route: &Route| {
+                    let mut admit = |route: &Hop| {
                         let health = shared.health.as_ref();
-                        health.map_or(Admission::Open, |h| h.admit(route.health_key(), Instant::now()))
+                        health.map_or(Admission::Open, |h| h.admit(&route.health_key, Instant::now()))
                     };
-                    let admit: Option<&mut dyn FnMut(&Route) -> Admission> = match shared.health {
+                    let admit: Option<&mut dyn FnMut(&Hop) -> Admission> = match shared.health {
                         Some(_) => Some(&mut admit),
                         None => None,
                     };
@@ -237,7 +238,7 @@ where
                         report.resolution = Resolution::DeadlineExceeded;
                         break 'chain;
                     }
-                    let route_limit = match (route.get_timeout(), route.get_first_token_timeout()) {
+                    let route_limit = match (route.route.timeout, route.route.first_token_timeout) {
                         (Some(t), Some(f)) if index.stream => Some(t.min(f)),
                         (None, Some(f)) if index.stream => Some(f),
                         (t, _) => t,
@@ -250,8 +251,8 @@ where
                     };
                     let attempt = Attempt {
                         index: i,
-                        model: route.model_arc().clone(),
-                        label: route.label_arc().cloned(),
+                        model: route.model.clone(),
+                        label: route.label.clone(),
                         timeout: limit,
                     };
                     let replay = match attempt_body(&body, &index, route) {
@@ -301,7 +302,7 @@ where
                     };
                     let hedge = !flights.is_empty();
                     if hedge {
-                        crate::metrics::hedge_started(route.model_arc());
+                        crate::metrics::hedge_started(&route.model);
                     }
                     let head = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let fut = Box::pin(
@@ -317,7 +318,7 @@ where
                         .instrument(span.clone()),
                     );
                     plan.sent();
-                    let hedge_after = route.get_hedge_after().or(plan.chain().get_hedge_after());
+                    let hedge_after = route.route.hedge_after.or(plan.chain().hedge_after);
                     flights.push(Flight {
                         i,
                         chain: chain_name,
@@ -381,7 +382,7 @@ where
             }
             if record.outcome.is_failure() {
                 // The one still in flight gets a new hedge window.
-                let after = route.get_hedge_after().or(plan.chain().get_hedge_after());
+                let after = route.route.hedge_after.or(plan.chain().hedge_after);
                 if let (false, Some(after)) = (flights.is_empty(), after) {
                     if plan.has_more() && shared.hedge_budget.as_ref().is_some_and(|b| b.admits_more()) {
                         flights.arm_hedge_after(after);
@@ -397,7 +398,7 @@ where
                     // (their connections released) and reported as cancelled.
                     report.attempts.extend(flights.cancel_all());
                     if hedge_won {
-                        crate::metrics::hedge_won(route.model_arc());
+                        crate::metrics::hedge_won(&route.model);
                     }
                     report.resolution = if action == Action::Accept {
                         Resolution::Served
@@ -446,8 +447,8 @@ where
 }
 
 /// Records a route that was not tried.
-fn skip_route(report: &mut FallbackReport, chain: &Arc<str>, i: usize, route: &Route, reason: SkipReason) {
-    tracing::debug!(model = route.model(), reason = %reason, "llm fallback skipped a route");
-    crate::metrics::skip(route.model_arc(), reason.as_str());
+fn skip_route(report: &mut FallbackReport, chain: &Arc<str>, i: usize, route: &Hop, reason: SkipReason) {
+    tracing::debug!(model = &*route.model, reason = %reason, "llm fallback skipped a route");
+    crate::metrics::skip(&route.model, reason.as_str());
     report.attempts.push(AttemptRecord::skipped(chain, i, route, reason));
 }

@@ -9,7 +9,8 @@
 use super::verdict::{Reroute, Verdict};
 use crate::capability::{Needs, Price, PriceGuard, SkipReason};
 use crate::health::Admission;
-use crate::{Chain, ChainSet, Route};
+use crate::hop::Hop;
+use crate::{Chain, ChainSet};
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -41,11 +42,11 @@ pub(super) struct Plan<'c> {
 #[derive(Debug)]
 pub(super) enum Step<'c> {
     /// Send this hop.
-    Launch(Hop<'c>),
+    Launch(Launch<'c>),
     /// Pass this route by (the engine records why) and ask again.
     Skip {
         index: usize,
-        route: &'c Route,
+        route: &'c Hop,
         reason: SkipReason,
     },
     /// Nothing more to launch now.
@@ -54,9 +55,9 @@ pub(super) enum Step<'c> {
 
 /// A route the plan chose to send.
 #[derive(Debug)]
-pub(super) struct Hop<'c> {
+pub(super) struct Launch<'c> {
     pub(super) index: usize,
-    pub(super) route: &'c Route,
+    pub(super) route: &'c Hop,
     pub(super) chain: &'c Arc<str>,
     /// Among every route the request could go through (counting the
     /// chains it left).
@@ -113,7 +114,7 @@ impl<'c> Plan<'c> {
 
     /// Some route of this chain is still ahead of the cursor.
     pub(super) fn has_more(&self) -> bool {
-        self.next < self.chain.routes().len()
+        self.next < self.chain.hops().len()
     }
 
     /// The request may still move to another chain (a content-policy one).
@@ -130,9 +131,9 @@ impl<'c> Plan<'c> {
         &mut self,
         now: Instant,
         in_air: bool,
-        admit: Option<&mut dyn FnMut(&Route) -> Admission>,
+        admit: Option<&mut dyn FnMut(&Hop) -> Admission>,
     ) -> Step<'c> {
-        let routes = self.chain.routes();
+        let routes = self.chain.hops();
         let (index, route, forced) = match routes.get(self.next) {
             Some(route) => {
                 self.next += 1;
@@ -176,7 +177,7 @@ impl<'c> Plan<'c> {
                 Admission::Cooling { .. } => {}
             }
         }
-        Step::Launch(Hop {
+        Step::Launch(Launch {
             index,
             route,
             chain: self.chain_name,
@@ -188,19 +189,19 @@ impl<'c> Plan<'c> {
 
     /// Why `route` (at `index`) is not worth sending, for reasons known
     /// without asking anyone.
-    fn skip_reason(&self, index: usize, route: &Route) -> Option<SkipReason> {
+    fn skip_reason(&self, index: usize, route: &Hop) -> Option<SkipReason> {
         let drilled = self.drill && index == 0 && Arc::ptr_eq(self.chain_name, self.first_chain);
         drilled
             .then_some(SkipReason::Drill)
             .or_else(|| self.needs.and_then(|n| route.unfit(n)))
             .or_else(|| {
                 let failed_window = self.overflowed_window?;
-                (route.get_context_window()? <= failed_window).then_some(SkipReason::NotLargerWindow { failed_window })
+                (route.route.context_window? <= failed_window).then_some(SkipReason::NotLargerWindow { failed_window })
             })
             .or_else(|| {
                 let cap = self.cap?;
                 let primary_exempt = index == 0 && self.guard == Some(PriceGuard::NotAbovePrimary);
-                match route.get_price() {
+                match route.price {
                     _ if primary_exempt => None,
                     Some(p) if p.within(cap) => None,
                     price => Some(SkipReason::PriceCap { price }),
@@ -215,11 +216,11 @@ impl<'c> Plan<'c> {
 
     /// Learns what an attempt on `route` meant for the rest of the request.
     /// Returns the chain moved to, when the verdict moved the request.
-    pub(super) fn learn(&mut self, route: &Route, verdict: &Verdict) -> Option<&'c Arc<str>> {
+    pub(super) fn learn(&mut self, route: &Hop, verdict: &Verdict) -> Option<&'c Arc<str>> {
         match verdict.reroute {
             Reroute::Stay => None,
             Reroute::LargerWindow => {
-                self.overflowed_window = self.overflowed_window.max(route.get_context_window());
+                self.overflowed_window = self.overflowed_window.max(route.route.context_window);
                 None
             }
             Reroute::ContentPolicy => {
@@ -227,7 +228,7 @@ impl<'c> Plan<'c> {
                     .chains
                     .content_policy_chain()
                     .filter(|(n, _)| !Arc::ptr_eq(n, self.chain_name))?;
-                self.chain_offset += self.chain.routes().len();
+                self.chain_offset += self.chain.hops().len();
                 (self.chain_name, self.chain) = (name, chain);
                 self.next = 0;
                 Some(name)
@@ -241,11 +242,11 @@ mod tests {
     use super::*;
     use crate::engine::verdict::Learned;
     use crate::policy::Action;
-    use crate::Capabilities;
+    use crate::{Capabilities, Route};
     use std::time::Duration;
 
     /// Every step until `Done`, as (index, "launch"/skip reason).
-    fn walk(plan: &mut Plan<'_>, now: Instant, mut admit: impl FnMut(&Route) -> Admission) -> Vec<(usize, String)> {
+    fn walk(plan: &mut Plan<'_>, now: Instant, mut admit: impl FnMut(&Hop) -> Admission) -> Vec<(usize, String)> {
         let mut out = Vec::new();
         for _ in 0..32 {
             match plan.next(now, false, Some(&mut admit)) {
@@ -260,7 +261,7 @@ mod tests {
         panic!("the plan did not end: {out:?}")
     }
 
-    fn open(_: &Route) -> Admission {
+    fn open(_: &Hop) -> Admission {
         Admission::Open
     }
 
@@ -356,7 +357,7 @@ mod tests {
         let now = Instant::now();
         let until = |secs| now + Duration::from_secs(secs);
         let mut plan = Plan::new(&chains, name, chain, false, None, None);
-        let recovers = |r: &Route| match r.model() {
+        let recovers = |r: &Hop| match &*r.model {
             "a" => Admission::Cooling { until: until(30) },
             "b" => Admission::Cooling { until: until(5) },
             _ => Admission::Cooling { until: until(60) },
@@ -374,7 +375,7 @@ mod tests {
 
         // With one route open, nothing is forced.
         let mut plan = Plan::new(&chains, name, chain, false, None, None);
-        let one_open = |r: &Route| match r.model() {
+        let one_open = |r: &Hop| match &*r.model {
             "c" => Admission::Open,
             _ => Admission::Cooling { until: until(5) },
         };
@@ -390,7 +391,7 @@ mod tests {
         let chains = ChainSet::new(Chain::new([Route::new("a")]));
         let (name, chain) = chains.select(None, None).unwrap();
         let mut plan = Plan::new(&chains, name, chain, false, None, None);
-        let mut probe = |_: &Route| Admission::Probe;
+        let mut probe = |_: &Hop| Admission::Probe;
         let Step::Launch(hop) = plan.next(Instant::now(), false, Some(&mut probe)) else {
             panic!("a probe launches")
         };

@@ -131,12 +131,8 @@ where
     };
     report.chain = Some(chain_name.clone());
     // A deadline too far to be an instant is no deadline.
-    let deadline = chain.get_deadline().and_then(|d| started.checked_add(d));
-    let guard = parts
-        .extensions
-        .get::<PriceGuard>()
-        .copied()
-        .or(chain.get_price_guard());
+    let deadline = chain.deadline.and_then(|d| started.checked_add(d));
+    let guard = parts.extensions.get::<PriceGuard>().copied().or(chain.price_guard);
     // The drill header is never forwarded, whether drills are on or not.
     let drill = match &shared.drills {
         Some(d) => d.pick(&mut parts.headers),

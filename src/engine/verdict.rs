@@ -132,7 +132,7 @@ pub(super) fn judge<P: Policy, F, RB>(
             record.served_model = answer.facts.model.clone();
             record.upstream_fell_back = answer.parts.status.is_success()
                 && answer.facts.model.as_deref().is_some_and(|served| {
-                    native::upstream_fell_back(route.model(), route.get_native_fallbacks(), served)
+                    native::upstream_fell_back(&route.model, &route.route.native_fallbacks, served)
                 });
             record.upstream_attempts = answer.facts.upstream_attempts.clone();
             record.retry_after = info.retry_after();
@@ -161,13 +161,14 @@ pub(super) fn judge<P: Policy, F, RB>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hop::Hop;
     use crate::Route;
     use http::StatusCode;
     use std::sync::Arc;
 
     fn record(outcome: Outcome, status: Option<u16>, error: Option<UpstreamError>) -> AttemptRecord {
         let chain: Arc<str> = Arc::from("default");
-        let mut r = AttemptRecord::new(&chain, 0, &Route::new("m"), outcome);
+        let mut r = AttemptRecord::new(&chain, 0, &Hop::new(Route::new("m")), outcome);
         r.status = status.map(|s| StatusCode::from_u16(s).unwrap());
         r.error = error;
         r.retry_after = Some(Duration::from_secs(7));

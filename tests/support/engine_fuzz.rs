@@ -1355,9 +1355,10 @@ pub fn expected_members(
     strips_openrouter_keys: bool,
 ) -> Vec<(String, Value)> {
     let provider = route
-        .get_provider()
+        .provider
+        .as_ref()
         .map(|p| serde_json::to_value(p).unwrap_or_else(|e| panic!("engine fuzz harness: prefs: {e}")));
-    let models = (!route.get_native_fallbacks().is_empty()).then(|| Value::from(route.get_native_fallbacks().to_vec()));
+    let models = (!route.native_fallbacks.is_empty()).then(|| Value::from(route.native_fallbacks.to_vec()));
     let has = |key: &str| caller.iter().any(|(k, _)| k == key);
     let mut out = Vec::new();
     if let (Some(p), false) = (&provider, has("provider")) {
@@ -1368,7 +1369,7 @@ pub fn expected_members(
     }
     for (key, value) in caller {
         let replaced = match key.as_str() {
-            "model" => Some(Value::from(route.model())),
+            "model" => Some(Value::from(route.model.as_str())),
             "provider" => provider.clone(),
             "models" => models.clone(),
             _ => None,
@@ -1925,14 +1926,14 @@ fn check(
                 attempt.index()
             );
         };
-        if attempt.model() != route.model() {
+        if attempt.model() != route.model {
             violated!(
                 case,
                 3,
                 "attempt {} names model {:?}, its route {:?}",
                 attempt.index(),
                 attempt.model(),
-                route.model()
+                &route.model
             );
         }
 
@@ -1959,7 +1960,7 @@ fn check(
                     3,
                     "attempt {} (route {:?}, endpoint {:?}) sent\n  {}\nexpected\n  {}",
                     attempt.index(),
-                    route.model(),
+                    &route.model,
                     spec.endpoint,
                     show(&sent),
                     show(&want)
@@ -1994,7 +1995,7 @@ fn check(
 
         // 4. Credentials.
         let headers = &r.head.headers;
-        match route.get_endpoint() {
+        match route.endpoint.as_ref() {
             Some(_) => {
                 summary.endpoint_requests += 1;
                 let want_uri = format!("{}/chat/completions", spec.endpoint.base().trim_end_matches('/'));

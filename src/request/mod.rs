@@ -4,6 +4,10 @@
 use crate::json::scan::{self, ScanFail, ValueKind};
 use std::ops::Range;
 
+mod needs;
+
+pub(crate) use needs::{detect_needs, MediaScan};
+
 /// What the engine needs from a chat-completions request body.
 #[derive(Debug)]
 pub(crate) struct RequestIndex {
@@ -34,7 +38,7 @@ pub(crate) struct NeedSpans {
     pub(crate) response_format: Option<Range<usize>>,
     pub(crate) max_tokens: Option<Range<usize>>,
     /// Media parts seen in `messages`, when the index was asked to look.
-    pub(crate) media: Option<crate::capability::MediaScan>,
+    pub(crate) media: Option<MediaScan>,
 }
 
 /// Where a top-level member sits among its neighbours, so it can be
@@ -119,7 +123,7 @@ fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
     let mut prev_value_end = None;
     let mut last_recorded: Option<usize> = None;
     let mut needs = NeedSpans::default();
-    let mut media_scan = crate::capability::MediaScan::default();
+    let mut media_scan = MediaScan::default();
     let mut on_string = |open: usize, end: usize| media_scan.on_string(body, open, end);
     let watch = match media {
         true => scan::Watch::Strings("messages", &mut on_string),

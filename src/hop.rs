@@ -1,0 +1,191 @@
+//! What the engine uses of a route: the route compiled once, with
+//! everything derived from it.
+
+use crate::capability::{Needs, Price, SkipReason};
+use crate::native::{self, MAX_NATIVE_FALLBACKS};
+use crate::Route;
+use bytes::Bytes;
+use http::HeaderValue;
+use std::sync::Arc;
+
+/// A [`Route`] as the engine sends it: built by [`Chain::new`](crate::Chain::new)
+/// from a route (after splitting long native groups), never changed after.
+pub(crate) struct Hop {
+    /// The configuration this hop was compiled from.
+    pub(crate) route: Route,
+    pub(crate) model: Arc<str>,
+    /// The model id as a JSON string literal, quotes included.
+    pub(crate) model_json: Bytes,
+    pub(crate) label: Option<Arc<str>>,
+    /// `x-fallback-model` / `x-fallback-label` values, built once (a clone
+    /// shares the bytes) instead of per response.
+    pub(crate) model_header: Option<HeaderValue>,
+    pub(crate) label_header: Option<HeaderValue>,
+    /// The `provider` object's JSON, when the route sets one.
+    pub(crate) provider_json: Option<Bytes>,
+    /// The `models` array's JSON, when the route has native fallbacks.
+    pub(crate) fallbacks_json: Option<Bytes>,
+    /// Declared, or free for `:free` model ids.
+    pub(crate) price: Option<Price>,
+    /// The key route health is kept under: the model, plus the endpoint.
+    pub(crate) health_key: Arc<str>,
+    /// Metric handles for this hop's model, registered once per recorder.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: crate::metrics::RouteMetrics,
+}
+
+impl Hop {
+    /// Compiles `route`. Its native fallbacks must already fit OpenRouter's
+    /// cap (see [`Hop::split`]).
+    pub(crate) fn new(route: Route) -> Self {
+        let model: Arc<str> = Arc::from(route.model.as_str());
+        let health_key = match &route.endpoint {
+            Some(e) => format!("{}@{}", route.model, e.base_url()).into(),
+            None => model.clone(),
+        };
+        Hop {
+            model_json: crate::json::scan::encode_string(&route.model),
+            model_header: header_value(&route.model),
+            label: route.label.as_deref().map(Arc::from),
+            label_header: route.label.as_deref().and_then(header_value),
+            provider_json: route.provider.as_ref().map(native::provider_json),
+            fallbacks_json: (!route.native_fallbacks.is_empty()).then(|| native::models_json(&route.native_fallbacks)),
+            price: route.effective_price(),
+            health_key,
+            model,
+            #[cfg(feature = "metrics")]
+            metrics: Default::default(),
+            route,
+        }
+    }
+
+    /// Splits a native group longer than OpenRouter's cap into routes that
+    /// each fit: `a` + `[b, c, d]`, then `e` + `[f]`, with `route`'s settings.
+    pub(crate) fn split(route: Route) -> Vec<Route> {
+        if route.native_fallbacks.len() <= MAX_NATIVE_FALLBACKS {
+            return vec![route];
+        }
+        let all: Vec<&String> = std::iter::once(&route.model)
+            .chain(route.native_fallbacks.iter())
+            .collect();
+        all.chunks(MAX_NATIVE_FALLBACKS + 1)
+            .filter_map(|group| {
+                let (first, rest) = group.split_first()?;
+                let mut part = route.clone();
+                part.model = (*first).clone();
+                part.native_fallbacks = rest.iter().map(|m| (*m).clone()).collect();
+                Some(part)
+            })
+            .collect()
+    }
+
+    /// Declares anything a request's needs are checked against.
+    pub(crate) fn has_limits(&self) -> bool {
+        let r = &self.route;
+        r.capabilities.is_some() || r.context_window.is_some() || r.max_output_tokens.is_some()
+    }
+
+    /// Why this hop cannot serve a request with `needs`, if it cannot.
+    pub(crate) fn unfit(&self, needs: &Needs) -> Option<SkipReason> {
+        let r = &self.route;
+        if let Some(caps) = r.capabilities {
+            let missing = needs.capabilities.missing_from(caps);
+            if !missing.is_empty() {
+                return Some(SkipReason::Capability { missing });
+            }
+        }
+        if let Some(window) = r.context_window {
+            if needs.context_tokens() > window {
+                return Some(SkipReason::ContextWindow {
+                    needed: needs.context_tokens(),
+                    window,
+                });
+            }
+        }
+        match (r.max_output_tokens, needs.max_output_tokens) {
+            (Some(limit), Some(requested)) if requested > limit => Some(SkipReason::MaxOutput { requested, limit }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Everything else is derived from the route.
+        self.route.fmt(f)
+    }
+}
+
+/// `text` as a response header value; `None` when empty (the header is
+/// then left out) or not a valid header value.
+pub(crate) fn header_value(text: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(text).ok().filter(|_| !text.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Chain;
+
+    #[test]
+    fn empty_models_and_labels_make_no_header() {
+        let hop = Hop::new(Route::new("").label(""));
+        assert!(hop.model_header.is_none());
+        assert!(hop.label_header.is_none());
+        let hop = Hop::new(Route::new("m/x").label("primary"));
+        assert_eq!(hop.model_header.unwrap(), "m/x");
+        assert_eq!(hop.label_header.unwrap(), "primary");
+    }
+
+    #[test]
+    fn health_is_kept_per_model_and_endpoint() {
+        let endpoint = crate::native::Endpoint::new("https://api.example.com/v1").unwrap();
+        assert_eq!(&*Hop::new(Route::new("m/x")).health_key, "m/x");
+        assert_eq!(
+            &*Hop::new(Route::new("m/x").endpoint(endpoint)).health_key,
+            "m/x@https://api.example.com/v1"
+        );
+    }
+
+    #[test]
+    fn long_native_groups_are_split_to_fit_openrouter() {
+        let chain = Chain::new([
+            Route::new("a")
+                .label("group")
+                .native_fallbacks(["b", "c", "d", "e", "f"]),
+            Route::new("z"),
+        ]);
+        let shape: Vec<(&str, Vec<&str>, Option<&str>)> = chain
+            .routes()
+            .iter()
+            .map(|r| {
+                (
+                    r.model.as_str(),
+                    r.native_fallbacks.iter().map(String::as_str).collect(),
+                    r.label.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            [
+                ("a", vec!["b", "c", "d"], Some("group")),
+                ("e", vec!["f"], Some("group")),
+                ("z", vec![], None),
+            ]
+        );
+        let hops = chain.hops();
+        assert_eq!(&hops[1].model_json[..], br#""e""#);
+        // Everything derived from the model follows the split.
+        assert_eq!(hops[1].model_header.as_ref().unwrap(), "e");
+        assert_eq!(&*hops[1].health_key, "e");
+        assert_eq!(&hops[0].fallbacks_json.as_ref().unwrap()[..], br#"["b","c","d"]"#);
+        assert!(hops[2].fallbacks_json.is_none());
+    }
+
+    #[test]
+    fn free_models_are_priced_free() {
+        assert_eq!(Hop::new(Route::new("x/y:free")).price, Some(Price::FREE));
+        assert_eq!(Hop::new(Route::new("x/y")).price, None);
+    }
+}
