@@ -22,13 +22,13 @@ pub(super) fn finish<B>(
     mut resp: Response<B>,
     mut report: FallbackReport,
     started: Instant,
-    route: Option<&Hop>,
+    hop: Option<&Hop>,
 ) -> Response<B> {
     report.elapsed = started.elapsed();
     let headers = resp.headers_mut();
-    let model = route.and_then(|r| Some((&*r.model, r.model_header.as_ref()?)));
+    let model = hop.and_then(|r| Some((&*r.model, r.model_header.as_ref()?)));
     set_header(headers, X_FALLBACK_MODEL, report.served_model(), model);
-    let label = route.and_then(|r| Some((r.label.as_deref()?, r.label_header.as_ref()?)));
+    let label = hop.and_then(|r| Some((r.label.as_deref()?, r.label_header.as_ref()?)));
     set_header(headers, X_FALLBACK_LABEL, report.served_label().unwrap_or(""), label);
     let sent = report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
     let sent = crate::report::digit(sent).map_or_else(|| HeaderValue::from(sent), HeaderValue::from_static);
@@ -205,7 +205,7 @@ pub(super) fn exhausted<B>(
 pub(super) fn served<RB>(
     answer: Answer<RB>,
     mut report: FallbackReport,
-    route: &Hop,
+    hop: &Hop,
     span: &tracing::Span,
     started: Instant,
 ) -> Response<ResponseBody<RB>>
@@ -214,7 +214,7 @@ where
     RB::Error: Into<crate::BoxError>,
 {
     let facts = answer.facts;
-    report.served_model = Some(facts.model.unwrap_or_else(|| route.model.to_string()));
+    report.served_model = Some(facts.model.unwrap_or_else(|| hop.model.to_string()));
     report.provider = facts.provider;
     report.usage = facts.usage;
     span.record("gen_ai.response.model", report.served_model());
@@ -227,11 +227,11 @@ where
             parts.headers.remove(header::CONTENT_LENGTH);
             report.elapsed = started.elapsed();
             let (body, handle) =
-                CommittedStream::new(held, rb, *tracker, route.route.idle_timeout, report.clone(), started);
+                CommittedStream::new(held, rb, *tracker, hop.route.idle_timeout, report.clone(), started);
             (ResponseBody::stream(body), Some(handle))
         }
     };
-    let mut resp = finish(Response::from_parts(parts, body), report, started, Some(route));
+    let mut resp = finish(Response::from_parts(parts, body), report, started, Some(hop));
     if let Some(handle) = handle {
         resp.extensions_mut().insert(handle);
     }

@@ -16,12 +16,12 @@ const X_OPENROUTER_METADATA: HeaderName = HeaderName::from_static("x-openrouter-
 /// when it sets them (replacing the caller's or inserted first), and without
 /// the OpenRouter-only keys when its endpoint is not OpenRouter. Everything
 /// else is the caller's bytes, shared, not copied.
-pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Hop) -> Result<ReplayBody, BadEdits> {
+pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<ReplayBody, BadEdits> {
     let mut edits = Edits::default();
     let mut insert = BytesMut::new();
     for (key, ours, theirs) in [
-        ("provider", route.provider_json.as_ref(), index.provider),
-        ("models", route.fallbacks_json.as_ref(), index.models),
+        ("provider", hop.provider_json.as_ref(), index.provider),
+        ("models", hop.fallbacks_json.as_ref(), index.models),
     ] {
         match (ours, theirs) {
             (Some(json), Some(span)) => edits.push(span.value_start..span.value_end, json.clone())?,
@@ -39,17 +39,17 @@ pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, route: &Hop) -> R
         let at = index.object_start + 1;
         edits.push(at..at, insert.freeze())?;
     }
-    if body.get(index.model.clone()) != Some(&route.model_json[..]) {
-        edits.push(index.model.clone(), route.model_json.clone())?;
+    if body.get(index.model.clone()) != Some(&hop.model_json[..]) {
+        edits.push(index.model.clone(), hop.model_json.clone())?;
     }
-    if route.route.endpoint.as_ref().is_some_and(|e| !e.openrouter) {
+    if hop.route.endpoint.as_ref().is_some_and(|e| !e.openrouter) {
         // Other APIs refuse OpenRouter's extensions; the route's own
         // `provider`/`models` are kept (setting them says the endpoint wants them).
         let mut gone = [MemberSpan::default(); 4];
         let mut n = 0;
         for member in [
-            index.provider.filter(|_| route.provider_json.as_ref().is_none()),
-            index.models.filter(|_| route.fallbacks_json.as_ref().is_none()),
+            index.provider.filter(|_| hop.provider_json.as_ref().is_none()),
+            index.models.filter(|_| hop.fallbacks_json.as_ref().is_none()),
             index.route,
             index.transforms,
         ]
@@ -108,13 +108,13 @@ pub(super) fn attempt_request(
     parts: http::request::Parts,
     body: ReplayBody,
     attempt: Attempt,
-    route: &Hop,
+    hop: &Hop,
     credential_headers: &[HeaderName],
     dialect: Dialect,
 ) -> Request<ReplayBody> {
     let len = body.len();
     let mut req = Request::from_parts(parts, body);
-    if let Some(endpoint) = route.route.endpoint.as_ref() {
+    if let Some(endpoint) = hop.route.endpoint.as_ref() {
         *req.uri_mut() = dialect.endpoint_uri(endpoint).clone();
         let headers = req.headers_mut();
         // A key or host meant for the caller's upstream never goes elsewhere.
@@ -127,7 +127,7 @@ pub(super) fn attempt_request(
             headers.insert(header::AUTHORIZATION, auth.clone());
         }
     }
-    if route.route.openrouter_metadata {
+    if hop.route.openrouter_metadata {
         req.headers_mut()
             .insert(X_OPENROUTER_METADATA, HeaderValue::from_static("enabled"));
     }

@@ -42,6 +42,10 @@ pub(super) struct Answer<RB> {
     pub(super) facts: BodyFacts,
 }
 
+/// What a flight brings back: the service, and the attempt's answer or
+/// error (`None`: it ran out of time).
+pub(super) type Landing<S, RB> = (S, Option<Result<Answer<RB>, BoxError>>);
+
 /// One attempt in flight.
 pub(super) struct Flight<'r, F> {
     /// The route's index in its chain, and the chain.
@@ -50,7 +54,7 @@ pub(super) struct Flight<'r, F> {
     /// Its position among every route the request could go through
     /// (counting the chains it left).
     pub(super) position: usize,
-    pub(super) route: &'r Hop,
+    pub(super) hop: &'r Hop,
     pub(super) attempt: Attempt,
     pub(super) span: tracing::Span,
     pub(super) started: Instant,
@@ -86,10 +90,10 @@ impl<F> Flight<'_, F> {
 
     /// The record of an attempt dropped because another one won.
     pub(super) fn cancelled(self) -> AttemptRecord {
-        let mut record = AttemptRecord::new(self.chain, self.i, self.route, Outcome::Cancelled);
+        let mut record = AttemptRecord::new(self.chain, self.i, self.hop, Outcome::Cancelled);
         record.hedged = self.hedge;
         record.elapsed = self.started.elapsed();
-        crate::metrics::attempt(self.route, Outcome::Cancelled, record.elapsed);
+        crate::metrics::attempt(self.hop, Outcome::Cancelled, record.elapsed);
         // Dropping `self` drops the attempt's future (closing its connection)
         // and releases a probe it held.
         record
@@ -105,7 +109,7 @@ impl<F> Flight<'_, F> {
         };
         match &self.probe {
             Some(probe) => probe.settle(event),
-            None if event != HealthEvent::Released => health.record(&self.route.health_key, event, Instant::now()),
+            None if event != HealthEvent::Released => health.record(&self.hop.health_key, event, Instant::now()),
             None => {}
         }
     }
@@ -120,10 +124,10 @@ pub(super) struct ProbeGuard {
 }
 
 impl ProbeGuard {
-    pub(super) fn new(health: Arc<dyn HealthStore>, route: &Hop) -> Self {
+    pub(super) fn new(health: Arc<dyn HealthStore>, hop: &Hop) -> Self {
         ProbeGuard {
             health,
-            key: route.health_key.clone(),
+            key: hop.health_key.clone(),
             settled: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -151,7 +155,7 @@ pub(super) async fn fly<S, RB>(
     limit: Option<Duration>,
     head: Arc<std::sync::atomic::AtomicBool>,
     dialect: Dialect,
-) -> (S, Option<Result<Answer<RB>, BoxError>>)
+) -> Landing<S, RB>
 where
     S: Service<Request<ReplayBody>, Response = Response<RB>>,
     S::Error: Into<BoxError>,

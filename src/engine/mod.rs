@@ -10,6 +10,9 @@
 //!   place their futures are polled;
 //! - [`verdict`]: the one judgement of an attempt that health, the plan,
 //!   metrics and the report read;
+//! - [`trip`]: the request's state between attempts, with its two steps:
+//!   *board* (ask the plan, build and time the next attempt, arm the hedge)
+//!   and *settle* (apply an attempt's verdict; serve, end or go on);
 //! - [`attempt`]: what one attempt sends; [`answer`]: what the caller gets.
 //!
 //! Every API-shape question goes to the request's
@@ -22,28 +25,24 @@ mod attempt;
 mod flights;
 mod plan;
 mod prepare;
+mod trip;
 mod verdict;
 
-use self::answer::{exhausted, internal_error, served};
+use self::answer::internal_error;
 pub(crate) use self::attempt::attempt_body;
-use self::attempt::attempt_request;
-use self::flights::{fly, Flight, Flights, Landed, ProbeGuard};
-use self::plan::{Plan, Step};
-use self::prepare::{prepare, Prepared};
-use self::verdict::judge;
+use self::flights::{Flights, Landed};
+use self::prepare::prepare;
+use self::trip::{Board, Settled, Trip};
 use crate::body::ResponseBody;
-use crate::capability::SkipReason;
-use crate::health::{Admission, DrillConfig, HealthStore, HedgeBudget};
-use crate::hop::Hop;
+use crate::health::{DrillConfig, HealthStore, HedgeBudget};
 use crate::json::ReplayBody;
-use crate::policy::{Action, Policy};
-use crate::report::{AttemptRecord, ExhaustionBody, FallbackReport, Outcome, Resolution};
-use crate::{Attempt, BoxError, ChainSet};
+use crate::policy::Policy;
+use crate::report::{ExhaustionBody, FallbackReport};
+use crate::{BoxError, ChainSet};
 use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body::Body;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::time::Instant;
 use tower::Service;
 use tracing::{field::Empty, Instrument};
@@ -165,271 +164,49 @@ where
         fallback.resolution = Empty,
     );
     let work = async {
-        let Prepared {
-            parts,
-            body,
-            index,
-            mut report,
-            needs,
-            chain_name,
-            chain,
-            deadline,
-            guard,
-            drill,
-            dialect,
-        } = match prepare(&shared, req, started).await {
+        let prepared = match prepare(&shared, req, started).await {
             Ok(prepared) => prepared,
             Err(refused) => return refused,
         };
-        let mut plan = Plan::new(&shared.chains, chain_name, chain, drill, needs.as_ref(), guard);
-        if plan.guard_inactive() {
-            tracing::warn!("llm fallback price guard inactive: the primary's price is unknown");
-        }
-        // Hedges need a second service; clone one only when hedging is on.
-        let template: Option<S> = shared.hedge_budget.as_ref().map(|b| {
-            b.request();
-            svc.clone()
-        });
-        let mut spare: Option<(S, bool)> = Some((svc, false));
+        let mut trip = Trip::new(&shared, prepared, svc, started);
         let mut flights = Flights::new();
-        let mut caller_parts = Some(parts);
-
-        'chain: loop {
+        loop {
             // Launch the next route when nothing is in flight, or when the
             // hedge timer of the ones in flight fired before they committed.
             let hedge_now = flights.hedge_due();
             if flights.is_empty() || hedge_now {
                 flights.disarm_hedge();
-                let mut launched = false;
-                while !launched {
-                    let mut admit = |route: &Hop| {
-                        let health = shared.health.as_ref();
-                        health.map_or(Admission::Open, |h| h.admit(&route.health_key, Instant::now()))
-                    };
-                    let admit: Option<&mut dyn FnMut(&Hop) -> Admission> = match shared.health {
-                        Some(_) => Some(&mut admit),
-                        None => None,
-                    };
-                    let hop = match plan.next(Instant::now(), !flights.is_empty(), admit) {
-                        Step::Launch(hop) => hop,
-                        Step::Skip { index, route, reason } => {
-                            skip_route(&mut report, plan.chain_name(), index, route, reason);
-                            continue;
+                match trip.board(flights.len()) {
+                    Board::Ready(boarding) => {
+                        let hedge_at = boarding.hedge_at();
+                        flights.push(boarding.take_off(shared.max_response_bytes, trip.dialect()));
+                        if let Some(at) = hedge_at {
+                            flights.arm_hedge_at(at);
                         }
-                        Step::Done => break,
-                    };
-                    let (i, route, chain_name) = (hop.index, hop.route, hop.chain);
-                    if hop.forced {
-                        // This attempt's record replaces the route's skip.
-                        report
-                            .attempts
-                            .retain(|a| !(a.index == i && a.outcome == Outcome::Skipped && a.chain == *chain_name));
-                    }
-                    let probe = match (&shared.health, hop.probe) {
-                        (Some(health), true) => Some(ProbeGuard::new(health.clone(), route)),
-                        _ => None,
-                    };
-                    let now = Instant::now();
-                    let remaining = deadline.map(|d| d.saturating_duration_since(now));
-                    if remaining == Some(Duration::ZERO) {
-                        if !flights.is_empty() {
-                            break; // no new attempt; the one in flight may still answer
-                        }
-                        report.resolution = Resolution::DeadlineExceeded;
-                        break 'chain;
-                    }
-                    let route_limit = match (route.route.timeout, route.route.first_token_timeout) {
-                        (Some(t), Some(f)) if index.stream => Some(t.min(f)),
-                        (None, Some(f)) if index.stream => Some(f),
-                        (t, _) => t,
-                    };
-                    let (limit, by_deadline) = match (route_limit, remaining) {
-                        (Some(t), Some(r)) if r <= t => (Some(r), true),
-                        (Some(t), _) => (Some(t), false),
-                        (None, Some(r)) => (Some(r), true),
-                        (None, None) => (None, false),
-                    };
-                    let attempt = Attempt {
-                        index: i,
-                        model: route.model.clone(),
-                        label: route.label.clone(),
-                        timeout: limit,
-                    };
-                    let replay = match attempt_body(&body, &index, route) {
-                        Ok(replay) => replay,
-                        // The edits come from the scanner's spans; this is a
-                        // bug of the crate, answered without sending anything
-                        // rather than with a panic or a mangled body.
-                        Err(bad) => return internal_error(dialect, &bad, started),
-                    };
-                    // The last attempt this request can make (no route after
-                    // it, no switch to a content-policy chain) takes the
-                    // caller's parts; earlier ones take a copy.
-                    let parts = if !plan.has_more() && !plan.may_switch() {
-                        caller_parts.take()
-                    } else {
-                        caller_parts.clone()
-                    };
-                    let Some(parts) = parts else {
-                        break; // cannot happen: nothing launches after the last attempt
-                    };
-                    let request = attempt_request(
-                        parts,
-                        replay,
-                        attempt.clone(),
-                        route,
-                        &shared.credential_headers,
-                        dialect,
-                    );
-                    let span = tracing::info_span!(
-                        "llm_fallback.attempt",
-                        fallback.attempt = i,
-                        fallback.label = attempt.label().unwrap_or(""),
-                        fallback.hedge = !flights.is_empty(),
-                        gen_ai.request.model = attempt.model(),
-                        gen_ai.response.model = Empty,
-                        http.response.status_code = Empty,
-                        fallback.outcome = Empty,
-                        fallback.latency_ms = Empty,
-                        error.type = Empty,
-                    );
-                    // The caller's service was polled ready by `poll_ready`;
-                    // a service back from an attempt, or a clone for a
-                    // hedge, is polled ready again before its call.
-                    let (svc, must_poll) = match spare.take() {
-                        Some(pair) => pair,
-                        None => (template.clone().expect("a hedge is only armed with a template"), true),
-                    };
-                    let hedge = !flights.is_empty();
-                    if hedge {
-                        crate::metrics::hedge_started(&route.model);
-                    }
-                    let head = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let fut = Box::pin(
-                        fly(
-                            svc,
-                            must_poll,
-                            request,
-                            shared.max_response_bytes,
-                            limit,
-                            head.clone(),
-                            dialect,
-                        )
-                        .instrument(span.clone()),
-                    );
-                    plan.sent();
-                    let hedge_after = route.route.hedge_after.or(plan.chain().hedge_after);
-                    flights.push(Flight {
-                        i,
-                        chain: chain_name,
-                        position: hop.position,
-                        route,
-                        attempt,
-                        span,
-                        started: now,
-                        by_deadline,
-                        hedge,
-                        probe,
-                        head,
-                        fut,
-                    });
-                    launched = true;
-                    // Arm the hedge: if this attempt has no answer by then,
-                    // the next route starts beside it (budget allowing).
-                    if let (Some(after), Some(budget)) = (hedge_after, &shared.hedge_budget) {
-                        if plan.has_more() && budget.admits_more() {
-                            let at = now.checked_add(after);
-                            if let Some(at) = at.filter(|at| deadline.is_none_or(|d| *at < d)) {
-                                flights.arm_hedge_at(at);
-                            }
+                        if hedge_now && flights.len() > 1 {
+                            trip.spend_hedge();
                         }
                     }
-                }
-                if flights.is_empty() {
-                    break 'chain;
-                }
-                if hedge_now && flights.len() > 1 {
-                    if let Some(budget) = &shared.hedge_budget {
-                        budget.spend();
-                    }
+                    Board::Nothing | Board::DeadlinePassed if flights.is_empty() => break,
+                    Board::Nothing | Board::DeadlinePassed => {}
+                    // A bug of the crate, answered without sending anything
+                    // rather than with a panic or a mangled body.
+                    Board::Broken(bad) => return internal_error(trip.dialect(), &bad, started),
                 }
             }
-
             // Wait for the first attempt to finish, or for the hedge timer.
-            let (flight, (svc, result)) = match flights.land().await {
+            let (flight, landed) = match flights.land().await {
                 Landed::Attempt(flight, out) => (flight, out),
                 // The hedge timer fired: launch beside the one in flight.
                 Landed::HedgeTimer => continue,
             };
-            spare = Some((svc, true));
-            let (verdict, answer, record) = judge(&*shared.policy, &flight, result);
-            let action = verdict.action;
-            flight.record_span(&record);
-            crate::metrics::attempt(flight.route, record.outcome, record.elapsed);
-            flight.settle_health(&shared, verdict.health);
-            let route = flight.route;
-            if record.outcome.is_failure() {
-                tracing::warn!(parent: &flight.span, attempt = %record, "llm fallback attempt failed");
-            }
-            let from = plan.chain_name();
-            if let Some(to) = plan.learn(route, &verdict) {
-                tracing::info!(
-                    from = &**from,
-                    to = &**to,
-                    "llm fallback moved to the content-policy chain"
-                );
-                report.chain = Some(to.clone());
-            }
-            if record.outcome.is_failure() {
-                // The one still in flight gets a new hedge window.
-                let after = route.route.hedge_after.or(plan.chain().hedge_after);
-                if let (false, Some(after)) = (flights.is_empty(), after) {
-                    if plan.has_more() && shared.hedge_budget.as_ref().is_some_and(|b| b.admits_more()) {
-                        flights.arm_hedge_after(after);
-                    }
-                }
-            }
-            let hedge_won = flight.hedge && record.outcome == Outcome::Served;
-            report.attempts.push(record);
-
-            match (action, answer) {
-                (Action::Accept | Action::Stop, Some(answer)) => {
-                    // The first acceptable answer wins: the others are dropped
-                    // (their connections released) and reported as cancelled.
-                    report.attempts.extend(flights.cancel_all());
-                    if hedge_won {
-                        crate::metrics::hedge_won(&route.model);
-                    }
-                    report.resolution = if action == Action::Accept {
-                        Resolution::Served
-                    } else {
-                        Resolution::Stopped
-                    };
-                    crate::metrics::committed(route, started.elapsed());
-                    crate::metrics::request(&shared.request_metrics, report.resolution, Some(flight.position), drill);
-                    return served(answer, report, route, &flight.span, started);
-                }
-                // Accepting a timeout or an error makes no sense; stopping on
-                // one ends the chain with the exhaustion answer.
-                (Action::Stop, None) => {
-                    report.attempts.extend(flights.cancel_all());
-                    if report
-                        .attempts
-                        .iter()
-                        .rev()
-                        .find(|a| a.outcome.was_sent())
-                        .map(AttemptRecord::outcome)
-                        == Some(Outcome::DeadlineExceeded)
-                    {
-                        report.resolution = Resolution::DeadlineExceeded;
-                    }
-                    break;
-                }
-                _ => {}
+            match trip.settle(flight, landed, &mut flights) {
+                Settled::Won(winner) => return trip.serve(winner),
+                Settled::Ended => break,
+                Settled::Onward => {}
             }
         }
-        crate::metrics::request(&shared.request_metrics, report.resolution, None, drill);
-        exhausted(dialect, report, shared.exhaustion_body, started)
+        trip.exhausted()
     };
     let resp = work.instrument(span.clone()).await;
     if let Some(report) = resp
@@ -444,11 +221,4 @@ where
         }
     }
     resp
-}
-
-/// Records a route that was not tried.
-fn skip_route(report: &mut FallbackReport, chain: &Arc<str>, i: usize, route: &Hop, reason: SkipReason) {
-    tracing::debug!(model = &*route.model, reason = %reason, "llm fallback skipped a route");
-    crate::metrics::skip(&route.model, reason.as_str());
-    report.attempts.push(AttemptRecord::skipped(chain, i, route, reason));
 }

@@ -26,7 +26,7 @@ pub(super) struct Plan<'c> {
     chain_offset: usize,
     next: usize,
     drill: bool,
-    needs: Option<&'c Needs>,
+    needs: Option<Needs>,
     guard: Option<PriceGuard>,
     cap: Option<Price>,
     /// After a `context_length_exceeded`: only larger windows are worth a try.
@@ -46,7 +46,7 @@ pub(super) enum Step<'c> {
     /// Pass this route by (the engine records why) and ask again.
     Skip {
         index: usize,
-        route: &'c Hop,
+        hop: &'c Hop,
         reason: SkipReason,
     },
     /// Nothing more to launch now.
@@ -57,7 +57,7 @@ pub(super) enum Step<'c> {
 #[derive(Debug)]
 pub(super) struct Launch<'c> {
     pub(super) index: usize,
-    pub(super) route: &'c Hop,
+    pub(super) hop: &'c Hop,
     pub(super) chain: &'c Arc<str>,
     /// Among every route the request could go through (counting the
     /// chains it left).
@@ -76,7 +76,7 @@ impl<'c> Plan<'c> {
         name: &'c Arc<str>,
         chain: &'c Chain,
         drill: bool,
-        needs: Option<&'c Needs>,
+        needs: Option<Needs>,
         guard: Option<PriceGuard>,
     ) -> Self {
         Plan {
@@ -133,19 +133,19 @@ impl<'c> Plan<'c> {
         in_air: bool,
         admit: Option<&mut dyn FnMut(&Hop) -> Admission>,
     ) -> Step<'c> {
-        let routes = self.chain.hops();
-        let (index, route, forced) = match routes.get(self.next) {
-            Some(route) => {
+        let hops = self.chain.hops();
+        let (index, hop, forced) = match hops.get(self.next) {
+            Some(hop) => {
                 self.next += 1;
-                (self.next - 1, route, false)
+                (self.next - 1, hop, false)
             }
             // Nothing was sent and every skip was a cooldown: try the route
             // that recovers first rather than fail untried.
             None => match (self.sent, self.forced, self.cooling.iter().min()) {
-                (0, None, Some(&(_, i))) if !in_air => match routes.get(i) {
-                    Some(route) => {
+                (0, None, Some(&(_, i))) if !in_air => match hops.get(i) {
+                    Some(hop) => {
                         self.forced = Some(i);
-                        (i, route, true)
+                        (i, hop, true)
                     }
                     None => return Step::Done,
                 },
@@ -154,15 +154,15 @@ impl<'c> Plan<'c> {
         };
         let is_forced = self.forced == Some(index) && self.sent == 0;
         if !is_forced {
-            if let Some(reason) = self.skip_reason(index, route) {
-                return Step::Skip { index, route, reason };
+            if let Some(reason) = self.skip_reason(index, hop) {
+                return Step::Skip { index, hop, reason };
             }
         }
         // Health: a cooling route is skipped; one that just recovered lets
         // this request through as its probe.
         let mut probe = false;
         if let Some(admit) = admit {
-            match admit(route) {
+            match admit(hop) {
                 Admission::Open => {}
                 Admission::Probe => probe = true,
                 Admission::Cooling { until } if !is_forced => {
@@ -170,7 +170,7 @@ impl<'c> Plan<'c> {
                     let remaining = until.saturating_duration_since(now);
                     return Step::Skip {
                         index,
-                        route,
+                        hop,
                         reason: SkipReason::Cooling { remaining },
                     };
                 }
@@ -179,7 +179,7 @@ impl<'c> Plan<'c> {
         }
         Step::Launch(Launch {
             index,
-            route,
+            hop,
             chain: self.chain_name,
             position: self.chain_offset + index,
             probe,
@@ -189,19 +189,19 @@ impl<'c> Plan<'c> {
 
     /// Why `route` (at `index`) is not worth sending, for reasons known
     /// without asking anyone.
-    fn skip_reason(&self, index: usize, route: &Hop) -> Option<SkipReason> {
+    fn skip_reason(&self, index: usize, hop: &Hop) -> Option<SkipReason> {
         let drilled = self.drill && index == 0 && Arc::ptr_eq(self.chain_name, self.first_chain);
         drilled
             .then_some(SkipReason::Drill)
-            .or_else(|| self.needs.and_then(|n| route.unfit(n)))
+            .or_else(|| self.needs.as_ref().and_then(|n| hop.unfit(n)))
             .or_else(|| {
                 let failed_window = self.overflowed_window?;
-                (route.route.context_window? <= failed_window).then_some(SkipReason::NotLargerWindow { failed_window })
+                (hop.route.context_window? <= failed_window).then_some(SkipReason::NotLargerWindow { failed_window })
             })
             .or_else(|| {
                 let cap = self.cap?;
                 let primary_exempt = index == 0 && self.guard == Some(PriceGuard::NotAbovePrimary);
-                match route.price {
+                match hop.price {
                     _ if primary_exempt => None,
                     Some(p) if p.within(cap) => None,
                     price => Some(SkipReason::PriceCap { price }),
@@ -216,11 +216,11 @@ impl<'c> Plan<'c> {
 
     /// Learns what an attempt on `route` meant for the rest of the request.
     /// Returns the chain moved to, when the verdict moved the request.
-    pub(super) fn learn(&mut self, route: &Hop, verdict: &Verdict) -> Option<&'c Arc<str>> {
+    pub(super) fn learn(&mut self, hop: &Hop, verdict: &Verdict) -> Option<&'c Arc<str>> {
         match verdict.reroute {
             Reroute::Stay => None,
             Reroute::LargerWindow => {
-                self.overflowed_window = self.overflowed_window.max(route.route.context_window);
+                self.overflowed_window = self.overflowed_window.max(hop.route.context_window);
                 None
             }
             Reroute::ContentPolicy => {
@@ -307,7 +307,7 @@ mod tests {
             name,
             chain,
             true,
-            Some(&needs),
+            Some(needs),
             Some(PriceGuard::NotAbovePrimary),
         );
         let steps = walk(&mut plan, Instant::now(), open);
@@ -337,7 +337,7 @@ mod tests {
             panic!("the first route launches")
         };
         plan.sent();
-        assert_eq!(plan.learn(first.route, &verdict(Reroute::LargerWindow)), None);
+        assert_eq!(plan.learn(first.hop, &verdict(Reroute::LargerWindow)), None);
         let steps = walk(&mut plan, Instant::now(), open);
         // A route of unknown window is tried: it may be large.
         assert_eq!(
@@ -418,14 +418,14 @@ mod tests {
         };
         assert_eq!((hop.index, hop.position), (1, 1));
         assert!(plan.may_switch());
-        let moved = plan.learn(hop.route, &verdict(Reroute::ContentPolicy));
+        let moved = plan.learn(hop.hop, &verdict(Reroute::ContentPolicy));
         assert_eq!(moved.map(|n| &**n), Some("lenient"));
         assert!(!plan.may_switch(), "the content-policy chain does not move again");
         let Step::Launch(hop) = plan.next(Instant::now(), false, None) else {
             panic!("the lenient chain's primary is not drilled")
         };
         assert_eq!((hop.index, hop.position, &**hop.chain), (0, 2, "lenient"));
-        assert_eq!(plan.learn(hop.route, &verdict(Reroute::ContentPolicy)), None);
+        assert_eq!(plan.learn(hop.hop, &verdict(Reroute::ContentPolicy)), None);
         assert!(matches!(plan.next(Instant::now(), false, None), Step::Launch(_)));
         assert!(matches!(plan.next(Instant::now(), false, None), Step::Done));
     }

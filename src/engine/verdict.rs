@@ -97,9 +97,9 @@ pub(super) fn judge<P: Policy, F, RB>(
     flight: &Flight<'_, F>,
     result: Option<Result<Answer<RB>, BoxError>>,
 ) -> (Verdict, Option<Answer<RB>>, AttemptRecord) {
-    let route = flight.route;
+    let hop = flight.hop;
     let attempt = &flight.attempt;
-    let mut record = AttemptRecord::new(flight.chain, flight.i, route, Outcome::Timeout);
+    let mut record = AttemptRecord::new(flight.chain, flight.i, hop, Outcome::Timeout);
     record.hedged = flight.hedge;
     record.elapsed = flight.started.elapsed();
     let (action, answer) = match result {
@@ -130,10 +130,11 @@ pub(super) fn judge<P: Policy, F, RB>(
             let action = policy.classify(attempt, &Observed::Response(&info));
             record.status = Some(answer.parts.status);
             record.served_model = answer.facts.model.clone();
-            record.upstream_fell_back = answer.parts.status.is_success()
-                && answer.facts.model.as_deref().is_some_and(|served| {
-                    native::upstream_fell_back(&route.model, &route.route.native_fallbacks, served)
-                });
+            record.upstream_fell_back =
+                answer.parts.status.is_success()
+                    && answer.facts.model.as_deref().is_some_and(|served| {
+                        native::upstream_fell_back(&hop.model, &hop.route.native_fallbacks, served)
+                    });
             record.upstream_attempts = answer.facts.upstream_attempts.clone();
             record.retry_after = info.retry_after();
             record.error = answer.facts.error.clone().or_else(|| {

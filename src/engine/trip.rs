@@ -1,0 +1,484 @@
+//! One request's trip down its chains: the state `run`'s loop carries
+//! between its two steps, *board* (choose and build the next attempt) and
+//! *settle* (act on the verdict of one that landed).
+//!
+//! The trip owns no future: `run` puts what [`Trip::board`] returns into
+//! its [`Flights`] and waits on them, so every `Pending` of the request is
+//! one of theirs (see the waker note in [`flights`](super::flights)).
+
+use super::answer::{exhausted, served};
+use super::attempt::{attempt_body, attempt_request};
+use super::flights::{fly, Answer, Flight, Flights, Landing, ProbeGuard};
+use super::plan::{Plan, Step};
+use super::prepare::Prepared;
+use super::verdict::judge;
+use super::Shared;
+use crate::body::ResponseBody;
+use crate::capability::SkipReason;
+use crate::dialect::Dialect;
+use crate::health::Admission;
+use crate::hop::Hop;
+use crate::json::{BadEdits, ReplayBody};
+use crate::policy::{Action, Policy};
+use crate::report::{AttemptRecord, FallbackReport, Outcome, Resolution};
+use crate::request::RequestIndex;
+use crate::{Attempt, BoxError};
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tower::Service;
+use tracing::{field::Empty, Instrument};
+
+/// The request's state between attempts.
+pub(super) struct Trip<'s, S, P> {
+    shared: &'s Shared<P>,
+    plan: Plan<'s>,
+    report: FallbackReport,
+    body: Bytes,
+    index: RequestIndex,
+    deadline: Option<Instant>,
+    drill: bool,
+    dialect: Dialect,
+    started: Instant,
+    /// The caller's head; the last attempt takes it, earlier ones a copy.
+    caller_parts: Option<http::request::Parts>,
+    /// The service for the next attempt, and whether it must be polled
+    /// ready first (the caller's was, by `poll_ready`; one back from an
+    /// attempt was not).
+    spare: Option<(S, bool)>,
+    /// A clone of the caller's service to make hedges from; only with hedging.
+    template: Option<S>,
+}
+
+/// What [`Trip::board`] found to do.
+// Returned once per attempt and moved straight into its flight: boxing the
+// large variant would cost an allocation per attempt.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Board<'s, S> {
+    /// An attempt ready to fly.
+    Ready(Boarding<'s, S>),
+    /// Nothing to launch now (every route left was passed by, or the
+    /// deadline leaves no time while an attempt is still in flight).
+    Nothing,
+    /// The deadline passed with nothing in flight.
+    DeadlinePassed,
+    /// Building the attempt's body failed: a bug of the crate, answered
+    /// without sending anything.
+    Broken(BadEdits),
+}
+
+/// An attempt built and about to be sent.
+pub(super) struct Boarding<'s, S> {
+    svc: S,
+    must_poll: bool,
+    request: Request<ReplayBody>,
+    limit: Option<Duration>,
+    flight: FlightPlan<'s>,
+    /// When the next route starts beside this one, if it has no answer by then.
+    hedge_at: Option<Instant>,
+}
+
+/// What a [`Flight`] knows besides its future.
+struct FlightPlan<'s> {
+    i: usize,
+    chain: &'s Arc<str>,
+    position: usize,
+    hop: &'s Hop,
+    attempt: Attempt,
+    span: tracing::Span,
+    started: Instant,
+    by_deadline: bool,
+    hedge: bool,
+    probe: Option<ProbeGuard>,
+}
+
+impl<'s, S> Boarding<'s, S> {
+    /// When the hedge timer should fire for this attempt.
+    pub(super) fn hedge_at(&self) -> Option<Instant> {
+        self.hedge_at
+    }
+
+    /// Sends the attempt: its future, with what the engine knows of it.
+    pub(super) fn take_off<RB>(
+        self,
+        max_response_bytes: usize,
+        dialect: Dialect,
+    ) -> Flight<'s, impl Future<Output = Landing<S, RB>>>
+    where
+        S: Service<Request<ReplayBody>, Response = Response<RB>>,
+        S::Error: Into<BoxError>,
+        RB: Body<Data = Bytes> + Unpin,
+        RB::Error: Into<BoxError>,
+    {
+        let f = self.flight;
+        let head = Arc::new(AtomicBool::new(false));
+        let fut = fly(
+            self.svc,
+            self.must_poll,
+            self.request,
+            max_response_bytes,
+            self.limit,
+            head.clone(),
+            dialect,
+        )
+        .instrument(f.span.clone());
+        Flight {
+            i: f.i,
+            chain: f.chain,
+            position: f.position,
+            hop: f.hop,
+            attempt: f.attempt,
+            span: f.span,
+            started: f.started,
+            by_deadline: f.by_deadline,
+            hedge: f.hedge,
+            probe: f.probe,
+            head,
+            fut: Box::pin(fut),
+        }
+    }
+}
+
+/// What [`Trip::settle`] decided.
+// Returned once per landing and consumed at once (see `Board`).
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Settled<'s, RB> {
+    /// This attempt's answer is the caller's ([`Trip::serve`]).
+    Won(Winner<'s, RB>),
+    /// The chain ends here (a stop without an answer).
+    Ended,
+    /// On to the next attempt (or the one still in flight).
+    Onward,
+}
+
+/// The attempt whose answer the caller gets.
+pub(super) struct Winner<'s, RB> {
+    answer: Answer<RB>,
+    hop: &'s Hop,
+    span: tracing::Span,
+    position: usize,
+}
+
+impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
+    /// The trip of a prepared request, with the caller's (ready) service.
+    pub(super) fn new(shared: &'s Shared<P>, prepared: Prepared<'s>, svc: S, started: Instant) -> Self {
+        let p = prepared;
+        let plan = Plan::new(&shared.chains, p.chain_name, p.chain, p.drill, p.needs, p.guard);
+        if plan.guard_inactive() {
+            tracing::warn!("llm fallback price guard inactive: the primary's price is unknown");
+        }
+        // Hedges need a second service; clone one only when hedging is on.
+        let template = shared.hedge_budget.as_ref().map(|b| {
+            b.request();
+            svc.clone()
+        });
+        Trip {
+            shared,
+            plan,
+            report: p.report,
+            body: p.body,
+            index: p.index,
+            deadline: p.deadline,
+            drill: p.drill,
+            dialect: p.dialect,
+            started,
+            caller_parts: Some(p.parts),
+            spare: Some((svc, false)),
+            template,
+        }
+    }
+
+    /// Chooses the next route (recording every route passed by) and builds
+    /// its attempt. `in_air` counts the attempts in flight: with one, the
+    /// new attempt is a hedge.
+    pub(super) fn board(&mut self, in_air: usize) -> Board<'s, S> {
+        let shared = self.shared;
+        loop {
+            let mut admit = |hop: &Hop| {
+                let health = shared.health.as_ref();
+                health.map_or(Admission::Open, |h| h.admit(&hop.health_key, Instant::now()))
+            };
+            let admit: Option<&mut dyn FnMut(&Hop) -> Admission> = match shared.health {
+                Some(_) => Some(&mut admit),
+                None => None,
+            };
+            let launch = match self.plan.next(Instant::now(), in_air > 0, admit) {
+                Step::Launch(launch) => launch,
+                Step::Skip { index, hop, reason } => {
+                    skip(&mut self.report, self.plan.chain_name(), index, hop, reason);
+                    continue;
+                }
+                Step::Done => return Board::Nothing,
+            };
+            let (i, hop, chain) = (launch.index, launch.hop, launch.chain);
+            if launch.forced {
+                // This attempt's record replaces the route's skip.
+                self.report
+                    .attempts
+                    .retain(|a| !(a.index == i && a.outcome == Outcome::Skipped && a.chain == *chain));
+            }
+            let probe = match (&shared.health, launch.probe) {
+                (Some(health), true) => Some(ProbeGuard::new(health.clone(), hop)),
+                _ => None,
+            };
+            let now = Instant::now();
+            let remaining = self.deadline.map(|d| d.saturating_duration_since(now));
+            if remaining == Some(Duration::ZERO) {
+                if in_air > 0 {
+                    return Board::Nothing; // no new attempt; the one in flight may still answer
+                }
+                self.report.resolution = Resolution::DeadlineExceeded;
+                return Board::DeadlinePassed;
+            }
+            let (limit, by_deadline) = attempt_limit(hop, self.index.stream, remaining);
+            let attempt = Attempt {
+                index: i,
+                model: hop.model.clone(),
+                label: hop.label.clone(),
+                timeout: limit,
+            };
+            let replay = match attempt_body(&self.body, &self.index, hop) {
+                Ok(replay) => replay,
+                Err(bad) => return Board::Broken(bad),
+            };
+            // The last attempt this request can make (no route after it, no
+            // switch to a content-policy chain) takes the caller's parts.
+            let parts = if !self.plan.has_more() && !self.plan.may_switch() {
+                self.caller_parts.take()
+            } else {
+                self.caller_parts.clone()
+            };
+            let Some(parts) = parts else {
+                return Board::Nothing; // cannot happen: nothing launches after the last attempt
+            };
+            let request = attempt_request(
+                parts,
+                replay,
+                attempt.clone(),
+                hop,
+                &shared.credential_headers,
+                self.dialect,
+            );
+            let hedge = in_air > 0;
+            let span = tracing::info_span!(
+                "llm_fallback.attempt",
+                fallback.attempt = i,
+                fallback.label = attempt.label().unwrap_or(""),
+                fallback.hedge = hedge,
+                gen_ai.request.model = attempt.model(),
+                gen_ai.response.model = Empty,
+                http.response.status_code = Empty,
+                fallback.outcome = Empty,
+                fallback.latency_ms = Empty,
+                error.type = Empty,
+            );
+            let (svc, must_poll) = match (self.spare.take(), &self.template) {
+                (Some(pair), _) => pair,
+                // A hedge: a clone of the caller's service, polled ready first.
+                (None, Some(template)) => (template.clone(), true),
+                // Cannot happen: only hedging launches beside an attempt,
+                // and hedging keeps a template.
+                (None, None) => return Board::Nothing,
+            };
+            if hedge {
+                crate::metrics::hedge_started(&hop.model);
+            }
+            self.plan.sent();
+            // Arm the hedge: if this attempt has no answer by then, the next
+            // route starts beside it (budget allowing).
+            let hedge_after = hop.route.hedge_after.or(self.plan.chain().hedge_after);
+            let hedge_at = match (hedge_after, &shared.hedge_budget) {
+                (Some(after), Some(budget)) if self.plan.has_more() && budget.admits_more() => now
+                    .checked_add(after)
+                    .filter(|at| self.deadline.is_none_or(|d| *at < d)),
+                _ => None,
+            };
+            return Board::Ready(Boarding {
+                svc,
+                must_poll,
+                request,
+                limit,
+                hedge_at,
+                flight: FlightPlan {
+                    i,
+                    chain,
+                    position: launch.position,
+                    hop,
+                    attempt,
+                    span,
+                    started: now,
+                    by_deadline,
+                    hedge,
+                    probe,
+                },
+            });
+        }
+    }
+
+    /// Acts on an attempt that landed: its one verdict goes to health, the
+    /// plan, metrics and the report; an acceptable answer (or a stop with
+    /// one) is the caller's, and cancels the others in flight.
+    pub(super) fn settle<F, RB>(
+        &mut self,
+        flight: Flight<'s, F>,
+        (svc, result): Landing<S, RB>,
+        flights: &mut Flights<'s, F>,
+    ) -> Settled<'s, RB>
+    where
+        F: Future,
+        RB: Body<Data = Bytes> + Unpin,
+        RB::Error: Into<BoxError>,
+    {
+        let shared = self.shared;
+        self.spare = Some((svc, true));
+        let (verdict, answer, record) = judge(&*shared.policy, &flight, result);
+        let action = verdict.action;
+        let hop = flight.hop;
+        flight.record_span(&record);
+        crate::metrics::attempt(hop, record.outcome, record.elapsed);
+        flight.settle_health(shared, verdict.health);
+        if record.outcome.is_failure() {
+            tracing::warn!(parent: &flight.span, attempt = %record, "llm fallback attempt failed");
+        }
+        let from = self.plan.chain_name();
+        if let Some(to) = self.plan.learn(hop, &verdict) {
+            tracing::info!(
+                from = &**from,
+                to = &**to,
+                "llm fallback moved to the content-policy chain"
+            );
+            self.report.chain = Some(to.clone());
+        }
+        if record.outcome.is_failure() {
+            // The one still in flight gets a new hedge window.
+            let after = hop.route.hedge_after.or(self.plan.chain().hedge_after);
+            if let (false, Some(after)) = (flights.is_empty(), after) {
+                if self.plan.has_more() && shared.hedge_budget.as_ref().is_some_and(|b| b.admits_more()) {
+                    flights.arm_hedge_after(after);
+                }
+            }
+        }
+        let hedge_won = flight.hedge && record.outcome == Outcome::Served;
+        self.report.attempts.push(record);
+
+        match (action, answer) {
+            (Action::Accept | Action::Stop, Some(answer)) => {
+                // The first acceptable answer wins: the others are dropped
+                // (their connections released) and reported as cancelled.
+                self.report.attempts.extend(flights.cancel_all());
+                if hedge_won {
+                    crate::metrics::hedge_won(&hop.model);
+                }
+                self.report.resolution = if action == Action::Accept {
+                    Resolution::Served
+                } else {
+                    Resolution::Stopped
+                };
+                crate::metrics::committed(hop, self.started.elapsed());
+                Settled::Won(Winner {
+                    answer,
+                    hop,
+                    span: flight.span.clone(),
+                    position: flight.position,
+                })
+            }
+            // Accepting a timeout or an error makes no sense; stopping on
+            // one ends the chain with the exhaustion answer.
+            (Action::Stop, None) => {
+                self.report.attempts.extend(flights.cancel_all());
+                let last_sent = self.report.attempts.iter().rev().find(|a| a.outcome.was_sent());
+                if last_sent.map(AttemptRecord::outcome) == Some(Outcome::DeadlineExceeded) {
+                    self.report.resolution = Resolution::DeadlineExceeded;
+                }
+                Settled::Ended
+            }
+            _ => Settled::Onward,
+        }
+    }
+
+    /// A hedge launched beside an attempt in flight: it spends the budget.
+    pub(super) fn spend_hedge(&self) {
+        if let Some(budget) = &self.shared.hedge_budget {
+            budget.spend();
+        }
+    }
+
+    /// The caller's answer from the attempt that won.
+    pub(super) fn serve<RB>(self, won: Winner<'s, RB>) -> Response<ResponseBody<RB>>
+    where
+        RB: Body<Data = Bytes> + Unpin,
+        RB::Error: Into<BoxError>,
+    {
+        let shared = self.shared;
+        crate::metrics::request(
+            &shared.request_metrics,
+            self.report.resolution,
+            Some(won.position),
+            self.drill,
+        );
+        served(won.answer, self.report, won.hop, &won.span, self.started)
+    }
+
+    /// The answer when no attempt served: every route is named.
+    pub(super) fn exhausted<RB>(self) -> Response<ResponseBody<RB>> {
+        let shared = self.shared;
+        crate::metrics::request(&shared.request_metrics, self.report.resolution, None, self.drill);
+        exhausted(self.dialect, self.report, shared.exhaustion_body, self.started)
+    }
+
+    /// The request's API shape.
+    pub(super) fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+}
+
+/// The time an attempt on `hop` has, and whether the chain's deadline (not
+/// the route's own timeout) sets it. A stream's limit is the sooner of the
+/// route's timeout and its first-token timeout.
+fn attempt_limit(hop: &Hop, stream: bool, remaining: Option<Duration>) -> (Option<Duration>, bool) {
+    let route_limit = match (hop.route.timeout, hop.route.first_token_timeout) {
+        (Some(t), Some(f)) if stream => Some(t.min(f)),
+        (None, Some(f)) if stream => Some(f),
+        (t, _) => t,
+    };
+    match (route_limit, remaining) {
+        (Some(t), Some(r)) if r <= t => (Some(r), true),
+        (Some(t), _) => (Some(t), false),
+        (None, Some(r)) => (Some(r), true),
+        (None, None) => (None, false),
+    }
+}
+
+/// Records a route that was not tried.
+fn skip(report: &mut FallbackReport, chain: &Arc<str>, i: usize, hop: &Hop, reason: SkipReason) {
+    tracing::debug!(model = &*hop.model, reason = %reason, "llm fallback skipped a route");
+    crate::metrics::skip(&hop.model, reason.as_str());
+    report.attempts.push(AttemptRecord::skipped(chain, i, hop, reason));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Route;
+
+    #[test]
+    fn the_sooner_of_timeout_first_token_and_deadline_limits_an_attempt() {
+        let s = Duration::from_secs;
+        let hop = Hop::new(Route::new("m").timeout(s(30)).first_token_timeout(s(5)));
+        assert_eq!(attempt_limit(&hop, false, None), (Some(s(30)), false));
+        assert_eq!(attempt_limit(&hop, true, None), (Some(s(5)), false));
+        assert_eq!(attempt_limit(&hop, true, Some(s(3))), (Some(s(3)), true));
+        assert_eq!(attempt_limit(&hop, false, Some(s(30))), (Some(s(30)), true));
+        let bare = Hop::new(Route::new("m"));
+        assert_eq!(attempt_limit(&bare, true, None), (None, false));
+        assert_eq!(attempt_limit(&bare, false, Some(s(9))), (Some(s(9)), true));
+        let first_only = Hop::new(Route::new("m").first_token_timeout(s(5)));
+        assert_eq!(attempt_limit(&first_only, false, None), (None, false));
+        assert_eq!(attempt_limit(&first_only, true, None), (Some(s(5)), false));
+    }
+}
