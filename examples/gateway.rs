@@ -61,7 +61,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use llm_fallback::config::{Config, ConfigError, GatewayConfig};
-use llm_fallback::{ExhaustionBody, FallbackLayer, ReplayBody};
+use llm_fallback::{ExhaustionBody, FallbackBuilder, ReplayBody};
 use llm_fallback_mock::{MockUpstream, Reply};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use std::future::Future;
@@ -284,10 +284,11 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     // and outcomes only, never transport errors or provider text (the
     // report keeps the detail).
     // `exhaustion_body = "full"` in the config file says otherwise.
-    let mut layer = FallbackLayer::from_config(config)?;
+    let mut settings = FallbackBuilder::from_config(config)?;
     if config.exhaustion_body.is_none() {
-        layer = layer.exhaustion_body(ExhaustionBody::Summary);
+        settings = settings.exhaustion_body(ExhaustionBody::Summary);
     }
+    let layer = settings.layer();
     let metrics = gateway.metrics_enabled().then(prometheus).flatten();
 
     let mut http = HttpConnector::new();

@@ -6,7 +6,7 @@ mod common;
 
 use common::{body_json, chat, post, report};
 use llm_fallback::config::{Config, ConfigError};
-use llm_fallback::{Capabilities, FallbackLayer, Price, PriceGuard};
+use llm_fallback::{Capabilities, FallbackBuilder, Price, PriceGuard};
 use llm_fallback_mock::{MockUpstream, Reply, Script};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -136,7 +136,7 @@ fn missing_key_variables_name_the_file_the_key_and_the_variable() {
         ),
     );
     let config = Config::from_path(&file.0).expect("the file itself is fine");
-    let err = FallbackLayer::from_config(&config).unwrap_err();
+    let err = FallbackBuilder::from_config(&config).unwrap_err();
     assert_eq!(err.file(), Some(file.0.as_path()));
     assert_eq!(err.key(), "chains.default.routes[1].endpoint.api_key_env");
     assert_eq!(
@@ -277,7 +277,9 @@ fn example() -> Config {
 #[test]
 fn the_example_file_builds_a_layer_with_every_setting() {
     let config = example();
-    let layer = FallbackLayer::from_config(&config).expect("examples/fallback.toml builds");
+    let layer = FallbackBuilder::from_config(&config)
+        .expect("examples/fallback.toml builds")
+        .layer();
     let chains = layer.chains();
     assert_eq!(chains.names().collect::<Vec<_>>(), ["default", "budget", "lenient"]);
 
@@ -502,7 +504,10 @@ async fn policy_knobs_change_what_falls_back() {
             ]),
         )
         .model("b/secondary", Reply::ok());
-    let svc = FallbackLayer::from_config(&config).unwrap().layer(upstream.clone());
+    let svc = FallbackBuilder::from_config(&config)
+        .unwrap()
+        .layer()
+        .layer(upstream.clone());
     let send = || {
         svc.clone()
             .oneshot(post("http://mock/api/v1/chat/completions", chat("a/primary")))
@@ -543,7 +548,10 @@ async fn health_settings_turn_cooldowns_on() {
     let upstream = MockUpstream::new()
         .model("a/primary", Reply::status(503))
         .model("b/secondary", Reply::ok());
-    let svc = FallbackLayer::from_config(&config).unwrap().layer(upstream.clone());
+    let svc = FallbackBuilder::from_config(&config)
+        .unwrap()
+        .layer()
+        .layer(upstream.clone());
     for _ in 0..3 {
         let resp = svc
             .clone()

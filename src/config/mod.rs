@@ -3,14 +3,14 @@
 //!
 //! A [`Config`] is plain data read from TOML ([`Config::from_path`],
 //! [`Config::from_toml_str`]) or JSON ([`Config::from_json_str`]);
-//! [`FallbackLayer::from_config`](crate::FallbackLayer::from_config) turns it
-//! into a layer. API keys are never in the file: a route's endpoint names the
-//! environment variable that holds its key (`api_key_env`), read when the
-//! layer is built.
+//! [`FallbackBuilder::from_config`](crate::FallbackBuilder::from_config)
+//! turns it into the settings of a layer or a middleware. API keys are never
+//! in the file: a route's endpoint names the environment variable that holds
+//! its key (`api_key_env`), read when the layer is built.
 //!
 //! ```
 //! use llm_fallback::config::Config;
-//! use llm_fallback::FallbackLayer;
+//! use llm_fallback::FallbackBuilder;
 //! use std::time::Duration;
 //!
 //! let config = Config::from_toml_str(r#"
@@ -33,7 +33,7 @@
 //!     provider = { order = ["OpenAI", "Azure"], allow_fallbacks = false }
 //! "#)?;
 //!
-//! let layer = FallbackLayer::from_config(&config)?;
+//! let layer = FallbackBuilder::from_config(&config)?.layer();
 //! assert_eq!(layer.chain().routes()[0].get_timeout(), Some(Duration::from_secs(30)));
 //! assert_eq!(layer.chain().get_deadline(), Some(Duration::from_secs(60)));
 //! # Ok::<(), llm_fallback::config::ConfigError>(())
@@ -66,7 +66,7 @@
 //!
 //! | key | meaning |
 //! |---|---|
-//! | `max_body_bytes`, `max_response_bytes` | [`FallbackLayer::max_body_bytes`](crate::FallbackLayer::max_body_bytes), [`max_response_bytes`](crate::FallbackLayer::max_response_bytes): an integer or `"32MiB"` |
+//! | `max_body_bytes`, `max_response_bytes` | [`FallbackBuilder::max_body_bytes`](crate::FallbackBuilder::max_body_bytes), [`max_response_bytes`](crate::FallbackBuilder::max_response_bytes): an integer or `"32MiB"` |
 //! | `on_content_policy` | [`ChainSet::on_content_policy`](crate::ChainSet::on_content_policy) |
 //! | `[policy]` | [`ConfigPolicy`]: statuses and error types that fall back or stop |
 //! | `[health]` | [`Cooldowns`](crate::health::Cooldowns): `failures`, `cooldown`, `max_cooldown`, `max_retry_after` |
@@ -99,7 +99,8 @@ use std::time::Duration;
 /// The whole setup: named chains of routes, policy knobs, limits, and the
 /// settings of a gateway in front of the layer.
 ///
-/// Build a layer with [`FallbackLayer::from_config`](crate::FallbackLayer::from_config).
+/// Build a layer with
+/// [`FallbackBuilder::from_config`](crate::FallbackBuilder::from_config).
 /// Fields left `None` (or empty) keep the layer's defaults. The types are
 /// `#[non_exhaustive]`, so to build one in code start from
 /// `Config::default()` (or parse a string) and set fields.
@@ -127,7 +128,7 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_content_policy: Option<String>,
     /// Honour the callers' `x-fallback-chain` header (default false; see
-    /// [`FallbackLayer::allow_chain_header`](crate::FallbackLayer::allow_chain_header)).
+    /// [`FallbackBuilder::allow_chain_header`](crate::FallbackBuilder::allow_chain_header)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_chain_header: Option<bool>,
     /// What the exhaustion answer says: `"full"` (default) or `"summary"`
@@ -520,10 +521,10 @@ impl Config {
     ///
     /// ```no_run
     /// use llm_fallback::config::Config;
-    /// use llm_fallback::FallbackLayer;
+    /// use llm_fallback::FallbackBuilder;
     ///
     /// let config = Config::from_path("fallback.toml")?;
-    /// let layer = FallbackLayer::from_config(&config)?;
+    /// let layer = FallbackBuilder::from_config(&config)?.layer();
     /// # Ok::<(), llm_fallback::config::ConfigError>(())
     /// ```
     pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
@@ -590,7 +591,7 @@ impl Config {
     /// chain is empty, model ids and durations are not empty or zero,
     /// `on_content_policy` names a chain, policy statuses are error statuses
     /// listed once, endpoint URLs parse. (Key variables are read by
-    /// [`FallbackLayer::from_config`](crate::FallbackLayer::from_config).)
+    /// [`FallbackBuilder::from_config`](crate::FallbackBuilder::from_config).)
     pub fn validate(&self) -> Result<(), ConfigError> {
         build::validate(self).map_err(|e| self.locate(e))
     }
