@@ -154,7 +154,7 @@ fn build_route(config: &Config, key: &str, r: &RouteConfig) -> Result<Route, Con
         let mut endpoint = Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(key, err))?;
         if let Some(var) = &e.api_key_env {
             // Checked here first so the error names the file and the key.
-            config.env_var(&format!("{key}.endpoint.api_key_env"), var)?;
+            config.require_env_var(&format!("{key}.endpoint.api_key_env"), var)?;
             endpoint = endpoint
                 .api_key_env(var.as_str())
                 .map_err(|err| endpoint_error(key, err))?;
@@ -307,48 +307,8 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(d) = &config.drills {
         share("drills.fraction", Some(d.fraction))?;
     }
-    if let Some(g) = &config.gateway {
-        if let Some(url) = &g.upstream {
-            Endpoint::new(url.as_str()).map_err(|err| match err {
-                EndpointError::InvalidUrl { url, reason } => ConfigError::new(
-                    "gateway.upstream",
-                    format!(
-                        "invalid URL {url:?} ({reason}); expected an API base such as \"https://openrouter.ai/api/v1\""
-                    ),
-                ),
-                other => ConfigError::new("gateway.upstream", other.to_string()),
-            })?;
-        }
-        if g.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            return Err(ConfigError::new(
-                "gateway.api_key_env",
-                "empty; expected the name of an environment variable such as \"OPENROUTER_API_KEY\"",
-            ));
-        }
-        if g.client_keys_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            return Err(ConfigError::new(
-                "gateway.client_keys_env",
-                "empty; expected the name of an environment variable such as \"GATEWAY_CLIENT_KEYS\" \
-                 (leave the key out for no caller authentication)",
-            ));
-        }
-        for (key, d, example) in [
-            ("gateway.header_read_timeout", g.header_read_timeout, "10s"),
-            ("gateway.request_body_timeout", g.request_body_timeout, "30s"),
-        ] {
-            if d == Some(Duration::ZERO) {
-                return Err(ConfigError::new(
-                    key,
-                    format!("zero; expected a duration above zero, such as \"{example}\" (leave the key out for the default)"),
-                ));
-            }
-        }
-        if g.max_concurrent_requests == Some(0) {
-            return Err(ConfigError::new(
-                "gateway.max_concurrent_requests",
-                "0; expected at least 1 request, such as 1024",
-            ));
-        }
+    if let Some(table) = &config.gateway {
+        no_null("gateway", table)?;
     }
     for (i, name) in config.credential_headers.iter().enumerate() {
         credential_header(i, name)?;
@@ -365,6 +325,23 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A `null` (JSON only) in the `[gateway]` table is refused: TOML has none,
+/// so such a config could not be written back as TOML.
+fn no_null(key: &str, value: &serde_json::Value) -> Result<(), ConfigError> {
+    match value {
+        serde_json::Value::Null => Err(ConfigError::new(
+            key,
+            "null; expected a value (leave the key out for its default)",
+        )),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| no_null(&format!("{key}.{k}"), v)),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| no_null(&format!("{key}[{i}]"), v)),
+        _ => Ok(()),
+    }
 }
 
 fn credential_header(i: usize, name: &str) -> Result<http::HeaderName, ConfigError> {
