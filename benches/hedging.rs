@@ -71,11 +71,12 @@ async fn main() {
     )
     .await
     .unwrap();
-    let hedged = FallbackLayer::new(Chain::new([
+    let hedged = FallbackLayer::builder(Chain::new([
         Route::new("slow/primary").hedge_after(Duration::from_millis(200)),
         Route::new("fast/secondary"),
     ]))
-    .hedging(HedgeBudget::new(1.0, Duration::from_secs(60)));
+    .hedging(HedgeBudget::new(1.0, Duration::from_secs(60)))
+    .layer();
     let plain = FallbackLayer::new(Chain::new([
         Route::new("slow/primary").timeout(Duration::from_secs(10)),
         Route::new("fast/secondary"),
@@ -100,8 +101,9 @@ async fn main() {
     )
     .await
     .unwrap();
-    let cooled = FallbackLayer::new(Chain::new([Route::new("down/primary"), Route::new("ok/secondary")]))
-        .cooldowns(Cooldowns::new().failures(3).base(Duration::from_secs(60)));
+    let cooled = FallbackLayer::builder(Chain::new([Route::new("down/primary"), Route::new("ok/secondary")]))
+        .cooldowns(Cooldowns::new().failures(3).base(Duration::from_secs(60)))
+        .layer();
     let direct = FallbackLayer::new(Chain::new([Route::new("ok/secondary")]));
     let through = run_batch(cooled, &server.chat_url(), 205, 1).await;
     let straight = sorted(run_batch(direct, &server.chat_url(), 200, 1).await);

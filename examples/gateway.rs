@@ -36,6 +36,10 @@
 //! connections and lets in-flight requests and streams finish, for at most
 //! `gateway.shutdown_grace` (default 30s).
 //!
+//! The `[gateway]` table of the config file is this example's own
+//! ([`GatewayConfig`], with its defaults and checks): the library keeps it
+//! for the gateway (`Config::gateway`) and reads nothing in it.
+//!
 //! The tests (`tests/gateway.rs`) include this file as a module and drive
 //! [`app`] and [`serve`] with the `async-openai` client.
 
@@ -60,12 +64,15 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use llm_fallback::config::{Config, ConfigError, GatewayConfig};
-use llm_fallback::{ExhaustionBody, FallbackLayer, ReplayBody};
+use llm_fallback::config::{Config, ConfigError};
+use llm_fallback::native::{Endpoint, EndpointError};
+use llm_fallback::{ExhaustionBody, FallbackBuilder, ReplayBody};
 use llm_fallback_mock::{MockUpstream, Reply};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -164,7 +171,8 @@ async fn run() -> Result<(), BoxError> {
             (Config::from_toml_str(&text)?, Some(mock))
         }
     };
-    let gateway = config.gateway.clone().unwrap_or_default();
+    // The `[gateway]` table first: a bad key there is named before anything starts.
+    let gateway = GatewayConfig::from_config(&config)?;
     let listen = args.listen.unwrap_or_else(|| gateway.listen_addr());
     let app = app(&config)?;
     // Before binding: an open gateway never listens beyond loopback by accident.
@@ -268,6 +276,245 @@ fn openrouter_config() -> Result<Config, ConfigError> {
     )
 }
 
+// ===== the [gateway] settings =====
+
+/// `[gateway]` in the config file: this server's own settings. The library
+/// keeps the table for it ([`Config::gateway`]) and reads nothing in it; the
+/// type, its defaults and its checks are the gateway's.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Address to listen on (default `127.0.0.1:8080`).
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// The upstream API base requests are forwarded to (default OpenRouter's).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The environment variable holding the upstream's key; required when
+    /// named. Left out: `OPENROUTER_API_KEY` for an OpenRouter upstream, no
+    /// key for others.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Serve Prometheus metrics on `GET /metrics` (default false).
+    #[serde(default)]
+    pub metrics: Option<bool>,
+    /// How long in-flight requests and streams may take to finish after a
+    /// shutdown signal (default 30s).
+    #[serde(default, deserialize_with = "duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// How long a caller may take to send a request head, from the moment
+    /// the gateway waits for one (an idle keep-alive connection included);
+    /// past it the connection is closed (default 10s).
+    #[serde(default, deserialize_with = "duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// How long a caller may take to send a whole request body, from the
+    /// end of its head; past it the caller gets a `408` and the connection is
+    /// closed (default 30s).
+    #[serde(default, deserialize_with = "duration")]
+    pub request_body_timeout: Option<Duration>,
+    /// Most chat requests in flight at once, streams included until their
+    /// last byte; past it a request gets a `503` at once (default 1024).
+    #[serde(default)]
+    pub max_concurrent_requests: Option<usize>,
+    /// The environment variable holding the keys callers must send as
+    /// `Authorization: Bearer <key>` (comma-separated); required and
+    /// non-empty when named. Left out: callers are not authenticated, and the
+    /// gateway listens on loopback only unless `allow_unauthenticated`.
+    #[serde(default)]
+    pub client_keys_env: Option<String>,
+    /// Without `client_keys_env`, listen on a non-loopback address anyway,
+    /// for anyone who can reach it (default false; no effect with keys).
+    #[serde(default)]
+    pub allow_unauthenticated: Option<bool>,
+}
+
+impl GatewayConfig {
+    /// Default of `listen`.
+    pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+    /// Default of `upstream`.
+    pub const DEFAULT_UPSTREAM: &'static str = "https://openrouter.ai/api/v1";
+    /// Default of `api_key_env`.
+    pub const DEFAULT_API_KEY_ENV: &'static str = "OPENROUTER_API_KEY";
+    /// Default of `shutdown_grace`.
+    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+    /// Default of `header_read_timeout`.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// Default of `request_body_timeout`.
+    pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    /// Default of `max_concurrent_requests`.
+    pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+
+    /// `config`'s `[gateway]` table (the defaults without one), checked;
+    /// an error names the file and the key, like the library's own.
+    pub fn from_config(config: &Config) -> Result<GatewayConfig, ConfigError> {
+        let gateway: GatewayConfig = config.gateway()?.unwrap_or_default();
+        gateway.check().map_err(|e| located(config, e))?;
+        Ok(gateway)
+    }
+
+    /// What the types alone cannot check.
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Some(url) = &self.upstream {
+            Endpoint::new(url.as_str()).map_err(|err| match err {
+                EndpointError::InvalidUrl { url, reason } => ConfigError::new(
+                    "gateway.upstream",
+                    format!(
+                        "invalid URL {url:?} ({reason}); expected an API base such as \"https://openrouter.ai/api/v1\""
+                    ),
+                ),
+                other => ConfigError::new("gateway.upstream", other.to_string()),
+            })?;
+        }
+        if self.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "gateway.api_key_env",
+                "empty; expected the name of an environment variable such as \"OPENROUTER_API_KEY\"",
+            ));
+        }
+        if self.client_keys_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "gateway.client_keys_env",
+                "empty; expected the name of an environment variable such as \"GATEWAY_CLIENT_KEYS\" \
+                 (leave the key out for no caller authentication)",
+            ));
+        }
+        for (key, d, example) in [
+            ("gateway.header_read_timeout", self.header_read_timeout, "10s"),
+            ("gateway.request_body_timeout", self.request_body_timeout, "30s"),
+        ] {
+            if d == Some(Duration::ZERO) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("zero; expected a duration above zero, such as \"{example}\" (leave the key out for the default)"),
+                ));
+            }
+        }
+        if self.max_concurrent_requests == Some(0) {
+            return Err(ConfigError::new(
+                "gateway.max_concurrent_requests",
+                "0; expected at least 1 request, such as 1024",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `listen`, or its default.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen.unwrap_or(Self::DEFAULT_LISTEN)
+    }
+
+    /// `upstream`, or its default, without a trailing `/`.
+    pub fn upstream_url(&self) -> &str {
+        self.upstream
+            .as_deref()
+            .unwrap_or(Self::DEFAULT_UPSTREAM)
+            .trim_end_matches('/')
+    }
+
+    /// `metrics`, or its default.
+    pub fn metrics_enabled(&self) -> bool {
+        self.metrics.unwrap_or(false)
+    }
+
+    /// `shutdown_grace`, or its default.
+    pub fn grace(&self) -> Duration {
+        self.shutdown_grace.unwrap_or(Self::DEFAULT_SHUTDOWN_GRACE)
+    }
+
+    /// `header_read_timeout`, or its default.
+    pub fn header_timeout(&self) -> Duration {
+        self.header_read_timeout.unwrap_or(Self::DEFAULT_HEADER_READ_TIMEOUT)
+    }
+
+    /// `request_body_timeout`, or its default.
+    pub fn body_timeout(&self) -> Duration {
+        self.request_body_timeout.unwrap_or(Self::DEFAULT_REQUEST_BODY_TIMEOUT)
+    }
+
+    /// `max_concurrent_requests`, or its default.
+    pub fn concurrency_limit(&self) -> usize {
+        self.max_concurrent_requests
+            .unwrap_or(Self::DEFAULT_MAX_CONCURRENT_REQUESTS)
+    }
+
+    /// `allow_unauthenticated`, or its default.
+    pub fn unauthenticated_allowed(&self) -> bool {
+        self.allow_unauthenticated.unwrap_or(false)
+    }
+}
+
+const DURATION_EXPECTED: &str =
+    "a duration: a number and a unit (h, m, s, ms, us, ns), such as \"30s\", \"250ms\", \"1.5s\" or \"1m30s\"";
+
+/// A duration key, written like the library's: `"30s"`, `"250ms"`, `"1.5s"`,
+/// `"1m30s"`.
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(DURATION_EXPECTED)
+        }
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse_duration(text)
+                .ok_or_else(|| E::custom(format!("invalid duration {text:?}: expected {DURATION_EXPECTED}")))
+        }
+    }
+    d.deserialize_str(V).map(Some)
+}
+
+/// Groups of a number and a unit, optionally separated by spaces; `None`
+/// for anything else or a duration too long to hold.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(number_len);
+        let unit_len = tail.find(|c: char| !c.is_alphabetic()).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let unit_ns: u128 = match unit {
+            "h" => 3_600_000_000_000,
+            "m" | "min" => 60_000_000_000,
+            "s" => 1_000_000_000,
+            "ms" => 1_000_000,
+            "us" | "µs" => 1_000,
+            "ns" => 1,
+            _ => return None,
+        };
+        let part = match number.split_once('.') {
+            None => number.parse::<u128>().ok()?.checked_mul(unit_ns)?,
+            Some(("", "")) => return None,
+            Some(_) => (number.parse::<f64>().ok()? * unit_ns as f64).round() as u128,
+        };
+        total = total.checked_add(part)?;
+        rest = tail.trim_start();
+    }
+    Some(Duration::from_nanos(u64::try_from(total).ok()?))
+}
+
+/// The upstream key from the environment variable `var`, which the config
+/// names at `gateway.api_key_env`; never printed.
+fn upstream_key(config: &Config, var: &str) -> Result<String, ConfigError> {
+    let refuse = |what: &str| {
+        located(
+            config,
+            ConfigError::new(
+                "gateway.api_key_env",
+                format!("the environment variable {var} {what}; expected it to hold the API key"),
+            ),
+        )
+    };
+    match std::env::var(var) {
+        Ok(key) if !key.trim().is_empty() => Ok(key),
+        Ok(_) => Err(refuse("is empty")),
+        Err(_) => Err(refuse("is not set")),
+    }
+}
+
 // ===== the app =====
 
 /// The gateway's router for `config`: chat completions through the
@@ -277,17 +524,18 @@ fn openrouter_config() -> Result<Config, ConfigError> {
 /// Fails when the config names a key variable (upstream or callers') that is
 /// not set.
 pub fn app(config: &Config) -> Result<Router, ConfigError> {
-    let gateway = config.gateway.clone().unwrap_or_default();
+    let gateway = GatewayConfig::from_config(config)?;
     let upstream = Upstream::from_config(config, &gateway)?;
     let keys = ClientKeys::from_config(config, &gateway)?;
     // Callers are other processes: the exhaustion answer is to name models
     // and outcomes only, never transport errors or provider text (the
     // report keeps the detail).
     // `exhaustion_body = "full"` in the config file says otherwise.
-    let mut layer = FallbackLayer::from_config(config)?;
+    let mut settings = FallbackBuilder::from_config(config)?;
     if config.exhaustion_body.is_none() {
-        layer = layer.exhaustion_body(ExhaustionBody::Summary);
+        settings = settings.exhaustion_body(ExhaustionBody::Summary);
     }
+    let layer = settings.layer();
     let metrics = gateway.metrics_enabled().then(prometheus).flatten();
 
     let mut http = HttpConnector::new();
@@ -377,7 +625,7 @@ pub enum Access {
 /// `gateway.allow_unauthenticated = true`. (The keys themselves are read by
 /// [`app`].)
 pub fn access(config: &Config, listen: SocketAddr) -> Result<Access, ConfigError> {
-    let gateway = config.gateway.clone().unwrap_or_default();
+    let gateway = GatewayConfig::from_config(config)?;
     if gateway.client_keys_env.is_some() {
         Ok(Access::Keys)
     } else if listen.ip().to_canonical().is_loopback() {
@@ -722,7 +970,7 @@ impl Upstream {
         };
         let authorization = match var {
             Some(var) => {
-                let key = config.env_var("gateway.api_key_env", var)?;
+                let key = upstream_key(config, var)?;
                 let mut value = HeaderValue::try_from(format!("Bearer {}", key.trim())).map_err(|_| {
                     ConfigError::new(
                         "gateway.api_key_env",

@@ -35,10 +35,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             .hedge_after(Duration::from_millis(50)),
         Route::new("openai/gpt-4o-mini").label("budget"),
     ]);
-    let svc = FallbackLayer::new(chain)
+    let layer = FallbackLayer::builder(chain)
         .cooldowns(Cooldowns::new().failures(3).base(Duration::from_secs(30)))
         .hedging(HedgeBudget::new(0.25, Duration::from_secs(60)))
-        .layer(upstream);
+        .layer();
+    let svc = layer.layer(upstream);
 
     for _ in 0..20 {
         let body = r#"{"model":"anthropic/claude-3.5-sonnet","messages":[{"role":"user","content":"hi"}]}"#;

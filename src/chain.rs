@@ -128,7 +128,7 @@ impl std::fmt::Debug for Chain {
 ///
 /// A request picks its chain explicitly with a [`ChainName`] in its
 /// extensions or, when the layer allows it
-/// ([`FallbackLayer::allow_chain_header`](crate::FallbackLayer::allow_chain_header)),
+/// ([`FallbackBuilder::allow_chain_header`](crate::FallbackBuilder::allow_chain_header)),
 /// an `x-fallback-chain` header (removed before forwarding either way; an
 /// unknown name is a `400`). Otherwise, when the set has chains with these
 /// names, the request's detected needs pick them, first match wins:

@@ -74,8 +74,9 @@ pub trait HealthStore: Send + Sync + fmt::Debug + 'static {
 /// use llm_fallback::{Chain, FallbackLayer, Route};
 /// use std::time::Duration;
 ///
-/// let layer = FallbackLayer::new(Chain::new([Route::new("a/primary"), Route::new("b/secondary")]))
-///     .cooldowns(Cooldowns::new().failures(3).base(Duration::from_secs(5)).max(Duration::from_secs(300)));
+/// let layer = FallbackLayer::builder(Chain::new([Route::new("a/primary"), Route::new("b/secondary")]))
+///     .cooldowns(Cooldowns::new().failures(3).base(Duration::from_secs(5)).max(Duration::from_secs(300)))
+///     .layer();
 /// # let _ = layer;
 /// ```
 #[derive(Debug)]
@@ -207,7 +208,9 @@ impl HealthStore for Cooldowns {
 /// use std::time::Duration;
 ///
 /// let chain = Chain::new([Route::new("a/slow").hedge_after(Duration::from_millis(200)), Route::new("b/fast")]);
-/// let layer = FallbackLayer::new(chain).hedging(HedgeBudget::new(0.1, Duration::from_secs(10)));
+/// let layer = FallbackLayer::builder(chain)
+///     .hedging(HedgeBudget::new(0.1, Duration::from_secs(10)))
+///     .layer();
 /// # let _ = layer;
 /// ```
 #[derive(Debug)]
@@ -295,8 +298,9 @@ impl HedgeBudget {
 /// use llm_fallback::{Chain, FallbackLayer, Route};
 ///
 /// // One request in a hundred, plus any request with `x-fallback-drill: 1`.
-/// let layer = FallbackLayer::new(Chain::new([Route::new("a/primary"), Route::new("b/secondary")]))
-///     .drills(Drills::fraction(0.01).allow_header(true));
+/// let layer = FallbackLayer::builder(Chain::new([Route::new("a/primary"), Route::new("b/secondary")]))
+///     .drills(Drills::fraction(0.01).allow_header(true))
+///     .layer();
 /// # let _ = layer;
 /// ```
 #[derive(Debug)]

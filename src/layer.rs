@@ -3,12 +3,11 @@
 use crate::body::ResponseBody;
 use crate::engine::{self, Shared};
 use crate::future::ResponseFuture;
-use crate::health::{Cooldowns, Drills, HealthStore, HedgeBudget};
 use crate::json::ReplayBody;
 use crate::policy::{DefaultPolicy, Policy};
-use crate::{BoxError, Chain, ChainSet, ExhaustionBody};
+use crate::{BoxError, Chain, ChainSet, FallbackBuilder};
 use bytes::Bytes;
-use http::{HeaderName, Request, Response};
+use http::{Request, Response};
 use http_body::Body;
 use std::{
     fmt,
@@ -21,12 +20,15 @@ use tower_service::Service;
 /// Applies [`FallbackService`] to an inner HTTP client service.
 ///
 /// See the [crate docs](crate) for what it does and a full example.
+/// [`FallbackLayer::new`] uses the default settings;
+/// [`FallbackLayer::builder`] (a [`FallbackBuilder`]) sets the others.
 ///
 /// ```
 /// use llm_fallback::{Chain, FallbackLayer, Route};
 ///
-/// let layer = FallbackLayer::new(Chain::new([Route::new("openai/gpt-4o"), Route::new("openai/gpt-4o-mini")]))
-///     .max_body_bytes(4 * 1024 * 1024);
+/// let layer = FallbackLayer::builder(Chain::new([Route::new("openai/gpt-4o"), Route::new("openai/gpt-4o-mini")]))
+///     .max_body_bytes(4 * 1024 * 1024)
+///     .layer();
 /// # let _ = layer;
 /// ```
 pub struct FallbackLayer<P = DefaultPolicy> {
@@ -34,105 +36,28 @@ pub struct FallbackLayer<P = DefaultPolicy> {
 }
 
 impl FallbackLayer {
-    /// A layer trying `chain` with the [`DefaultPolicy`].
+    /// A layer trying `chain` with the [`DefaultPolicy`] and the default
+    /// settings; [`FallbackLayer::builder`] gives it others.
     pub fn new(chain: Chain) -> Self {
-        Self::with_chains(ChainSet::new(chain))
+        FallbackBuilder::new(chain).layer()
     }
 
-    /// A layer with named chains (see [`ChainSet`]) and the [`DefaultPolicy`].
+    /// A layer with named chains (see [`ChainSet`]), the [`DefaultPolicy`]
+    /// and the default settings.
     pub fn with_chains(chains: ChainSet) -> Self {
-        FallbackLayer {
-            shared: Shared::new(chains, DefaultPolicy),
-        }
+        FallbackBuilder::with_chains(chains).layer()
+    }
+
+    /// The [`FallbackBuilder`] for `chain`: the policy, limits, health,
+    /// hedging and the other settings, then [`layer`](FallbackBuilder::layer).
+    pub fn builder(chain: Chain) -> FallbackBuilder {
+        FallbackBuilder::new(chain)
     }
 }
 
 impl<P> FallbackLayer<P> {
-    /// Replaces the classification policy.
-    pub fn with_policy<Q: Policy>(self, policy: Q) -> FallbackLayer<Q> {
-        FallbackLayer {
-            shared: self.shared.with_policy(policy),
-        }
-    }
-
-    /// Largest request body buffered (default 32 MiB). A larger declared
-    /// `Content-Length` is refused before reading; a chunked body is refused
-    /// as soon as it passes the limit. Either way the caller gets `413` in
-    /// OpenAI error JSON and the upstream is never called.
-    pub fn max_body_bytes(mut self, limit: usize) -> Self {
-        self.shared.max_body_bytes = limit;
-        self
-    }
-
-    /// Largest non-streaming response body buffered for inspection (default
-    /// 16 MiB). A larger body is passed through unread and judged on its
-    /// status alone.
-    pub fn max_response_bytes(mut self, limit: usize) -> Self {
-        self.shared.max_response_bytes = limit;
-        self
-    }
-
-    /// Turns on per-route cooldowns with the in-memory [`Cooldowns`] store,
-    /// shared by every service this layer makes and their clones.
-    pub fn cooldowns(self, cooldowns: Cooldowns) -> Self {
-        self.health_store(Arc::new(cooldowns))
-    }
-
-    /// Keeps route health in `store` (for a fleet-wide store).
-    pub fn health_store(mut self, store: Arc<dyn HealthStore>) -> Self {
-        self.shared.health = Some(store);
-        self
-    }
-
-    /// Turns on hedging for routes (or chains) with `hedge_after`, within
-    /// `budget`.
-    pub fn hedging(mut self, budget: HedgeBudget) -> Self {
-        self.shared.hedge_budget = Some(Arc::new(budget));
-        self
-    }
-
-    /// Turns on drills (see [`Drills`]).
-    pub fn drills(mut self, drills: Drills) -> Self {
-        self.shared.drills = Some(Arc::new(drills));
-        self
-    }
-
-    /// Lets callers pick a named chain with the `x-fallback-chain` request
-    /// header (default off). The header is removed before forwarding either
-    /// way; without this it is ignored, so a caller cannot choose a more
-    /// expensive chain than the one the layer picks. A
-    /// [`ChainName`](crate::ChainName) request extension, which only your
-    /// own code can set, is always honoured.
-    pub fn allow_chain_header(mut self, yes: bool) -> Self {
-        self.shared.allow_chain_header = yes;
-        self
-    }
-
-    /// What the `502`/`504` body says when every route failed (default
-    /// [`ExhaustionBody::Full`]). Use [`ExhaustionBody::Summary`] when the
-    /// callers are not your own code: transport errors can name internal
-    /// hosts, and providers' texts can say more than you want to pass on.
-    /// The [`FallbackReport`](crate::FallbackReport) keeps the full detail.
-    pub fn exhaustion_body(mut self, body: ExhaustionBody) -> Self {
-        self.shared.exhaustion_body = body;
-        self
-    }
-
-    /// Also removes the caller's `name` header from attempts sent to a route
-    /// on another [`Endpoint`](crate::native::Endpoint), besides
-    /// [`CREDENTIAL_HEADERS`](crate::native::CREDENTIAL_HEADERS) (for a
-    /// custom auth header of your upstream).
-    ///
-    /// ```
-    /// use llm_fallback::{Chain, FallbackLayer, Route};
-    ///
-    /// let layer = FallbackLayer::new(Chain::new([Route::new("openai/gpt-4o")]))
-    ///     .credential_header(http::HeaderName::from_static("x-internal-token"));
-    /// # let _ = layer;
-    /// ```
-    pub fn credential_header(mut self, name: HeaderName) -> Self {
-        self.shared.add_credential_header(name);
-        self
+    pub(crate) fn from_shared(shared: Shared<P>) -> Self {
+        FallbackLayer { shared }
     }
 
     /// The default chain this layer tries.

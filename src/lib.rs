@@ -43,6 +43,13 @@
 //! # }
 //! ```
 //!
+//! `FallbackLayer::new(chain)` uses the default settings. The others (the
+//! [`Policy`], body limits, cooldowns, hedging, drills, what the exhaustion
+//! answer says) are given once on a [`FallbackBuilder`]
+//! (`FallbackLayer::builder(chain)`), which builds the tower layer with
+//! [`layer`](FallbackBuilder::layer) or the reqwest middleware with
+//! `middleware` (feature `reqwest`).
+//!
 //! # What falls back and what stops
 //!
 //! The [`DefaultPolicy`]:
@@ -101,7 +108,7 @@
 //! upstream `Retry-After` is passed on. The [`FallbackReport`] says the same
 //! in the response extensions ([`Resolution::Exhausted`]). For callers who
 //! should not see upstream texts or transport errors (a gateway), set
-//! [`FallbackLayer::exhaustion_body`] to [`ExhaustionBody::Summary`].
+//! [`FallbackBuilder::exhaustion_body`] to [`ExhaustionBody::Summary`].
 //!
 //! A response the policy *stops* on (a `401`, a caller-fault `400`) is the
 //! upstream's own response, unchanged, with the report attached.
@@ -112,7 +119,7 @@
 //! is never called — when it is not a JSON object, has no top-level `model`,
 //! has a `model` that is not a string, has a duplicate top-level `model`
 //! (also `models`, `provider`, `stream`, `route`, `transforms`), or is malformed around its
-//! top-level keys. A body larger than [`FallbackLayer::max_body_bytes`] is
+//! top-level keys. A body larger than [`FallbackBuilder::max_body_bytes`] is
 //! refused with `413`.
 //!
 //! # Composition
@@ -151,7 +158,7 @@
 //!   extensions. Off by default; needs Rust 1.85 (reqwest 0.13).
 //! - `config`: [`config::Config`], the whole setup (named chains, routes,
 //!   policy knobs, limits) from a TOML or JSON file, and
-//!   [`FallbackLayer::from_config`]. Unknown keys and bad values are errors
+//!   [`FallbackBuilder::from_config`]. Unknown keys and bad values are errors
 //!   naming the file, the key and what is expected; API keys come only from
 //!   the environment variables the file names. Off by default; needs Rust
 //!   1.85 (toml 1).
@@ -170,6 +177,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
+mod builder;
 mod capability;
 mod chain;
 #[cfg(feature = "config")]
@@ -196,6 +204,7 @@ mod stream;
 #[cfg(feature = "reqwest")]
 pub use crate::reqwest::{FallbackMiddleware, StreamingBodyError};
 pub use body::ResponseBody;
+pub use builder::FallbackBuilder;
 pub use capability::{Capabilities, Needs, Price, PriceGuard, SkipReason, BYTES_PER_TOKEN};
 pub use chain::{Chain, ChainName, ChainSet};
 pub use future::ResponseFuture;

@@ -258,7 +258,7 @@ impl fmt::Debug for Endpoint {
 /// it has one, is then set as `Authorization`.
 ///
 /// Add names with
-/// [`FallbackLayer::credential_header`](crate::FallbackLayer::credential_header)
+/// [`FallbackBuilder::credential_header`](crate::FallbackBuilder::credential_header)
 /// (for a custom auth header of your upstream). Routes without an endpoint
 /// go to the caller's own upstream and keep every header.
 ///

@@ -146,8 +146,9 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 ///     Observed::Response(r) if r.status() == http::StatusCode::PAYLOAD_TOO_LARGE => Action::Fallback,
 ///     other => DefaultPolicy.classify(attempt, other),
 /// };
-/// let layer = FallbackLayer::new(Chain::new([Route::new("a/b"), Route::new("c/d")]))
-///     .with_policy(policy);
+/// let layer = FallbackLayer::builder(Chain::new([Route::new("a/b"), Route::new("c/d")]))
+///     .with_policy(policy)
+///     .layer();
 /// # let _ = layer;
 /// ```
 pub trait Policy: Send + Sync + 'static {

@@ -631,7 +631,7 @@ impl fmt::Display for Exhausted {
 impl std::error::Error for Exhausted {}
 
 /// What the `502`/`504` body says when every route failed
-/// ([`FallbackLayer::exhaustion_body`](crate::FallbackLayer::exhaustion_body)).
+/// ([`FallbackBuilder::exhaustion_body`](crate::FallbackBuilder::exhaustion_body)).
 ///
 /// Either way the [`FallbackReport`] in the response's extensions keeps the
 /// full detail; this only chooses what the caller reads.
@@ -641,8 +641,9 @@ impl std::error::Error for Exhausted {}
 ///
 /// // A gateway whose callers are other people: name the models and what
 /// // happened, not the transport errors or the providers' own texts.
-/// let layer = FallbackLayer::new(Chain::new([Route::new("openai/gpt-4o")]))
-///     .exhaustion_body(ExhaustionBody::Summary);
+/// let layer = FallbackLayer::builder(Chain::new([Route::new("openai/gpt-4o")]))
+///     .exhaustion_body(ExhaustionBody::Summary)
+///     .layer();
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

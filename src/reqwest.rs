@@ -8,7 +8,7 @@
 use crate::engine::{self, Shared};
 use crate::json::ReplayBody;
 use crate::policy::{DefaultPolicy, Policy};
-use crate::{Attempt, Chain, ChainSet};
+use crate::{Attempt, Chain, ChainSet, FallbackBuilder};
 use ::reqwest::{Request, Response, ResponseBuilderExt, Url};
 use http::Extensions;
 use http_body_util::BodyExt;
@@ -31,6 +31,11 @@ use std::{fmt, mem};
 /// run once per attempt; they find the [`Attempt`] in the middleware
 /// `Extensions`, which each attempt gets a fresh clone of. The serving
 /// attempt's extensions are merged back into the caller's.
+///
+/// [`FallbackMiddleware::new`] uses the default settings; the policy,
+/// limits, health, hedging and the other settings it shares with the layer
+/// are given on a [`FallbackBuilder`]
+/// (`FallbackMiddleware::builder(chain).max_body_bytes(..).middleware()`).
 ///
 /// The response carries the [`FallbackReport`](crate::FallbackReport) (and,
 /// for a stream, the [`StreamReport`](crate::StreamReport)) in
@@ -154,46 +159,32 @@ impl std::error::Error for StreamingBodyError {}
 // ===== impl FallbackMiddleware =====
 
 impl FallbackMiddleware {
-    /// A middleware trying `chain` with the [`DefaultPolicy`].
+    /// A middleware trying `chain` with the [`DefaultPolicy`] and the
+    /// default settings; [`FallbackMiddleware::builder`] gives it others.
     pub fn new(chain: Chain) -> Self {
-        FallbackMiddleware {
-            shared: Arc::new(Shared::new(ChainSet::new(chain), DefaultPolicy)),
-            reusable_bodies: false,
-        }
+        FallbackBuilder::new(chain).middleware()
     }
 
-    /// A middleware with named chains (see [`ChainSet`]) and the [`DefaultPolicy`].
+    /// A middleware with named chains (see [`ChainSet`]), the
+    /// [`DefaultPolicy`] and the default settings.
     pub fn with_chains(chains: ChainSet) -> Self {
-        FallbackMiddleware {
-            shared: Arc::new(Shared::new(chains, DefaultPolicy)),
-            reusable_bodies: false,
-        }
+        FallbackBuilder::with_chains(chains).middleware()
+    }
+
+    /// The [`FallbackBuilder`] for `chain`: the policy, limits, health,
+    /// hedging and the other settings, then
+    /// [`middleware`](FallbackBuilder::middleware).
+    pub fn builder(chain: Chain) -> FallbackBuilder {
+        FallbackBuilder::new(chain)
     }
 }
 
 impl<P> FallbackMiddleware<P> {
-    /// Replaces the classification policy (see [`Policy`]).
-    pub fn with_policy<Q: Policy>(self, policy: Q) -> FallbackMiddleware<Q> {
+    pub(crate) fn from_shared(shared: Shared<P>) -> Self {
         FallbackMiddleware {
-            shared: Arc::new(self.shared.with_policy(policy)),
-            reusable_bodies: self.reusable_bodies,
+            shared: Arc::new(shared),
+            reusable_bodies: false,
         }
-    }
-
-    /// Largest request body accepted (default 32 MiB); a larger one gets a
-    /// `413` and the upstream is never called. As
-    /// [`FallbackLayer::max_body_bytes`](crate::FallbackLayer::max_body_bytes).
-    pub fn max_body_bytes(mut self, limit: usize) -> Self {
-        self.shared_mut().max_body_bytes = limit;
-        self
-    }
-
-    /// Largest non-streaming response body buffered for inspection (default
-    /// 16 MiB). As
-    /// [`FallbackLayer::max_response_bytes`](crate::FallbackLayer::max_response_bytes).
-    pub fn max_response_bytes(mut self, limit: usize) -> Self {
-        self.shared_mut().max_response_bytes = limit;
-        self
     }
 
     /// Sends each attempt's body as a buffered, cloneable `reqwest::Body`
@@ -207,59 +198,9 @@ impl<P> FallbackMiddleware<P> {
         self
     }
 
-    /// Per-route cooldowns; as [`FallbackLayer::cooldowns`](crate::FallbackLayer::cooldowns).
-    pub fn cooldowns(self, cooldowns: crate::health::Cooldowns) -> Self {
-        self.health_store(Arc::new(cooldowns))
-    }
-
-    /// Route health in `store`; as [`FallbackLayer::health_store`](crate::FallbackLayer::health_store).
-    pub fn health_store(mut self, store: Arc<dyn crate::health::HealthStore>) -> Self {
-        self.shared_mut().health = Some(store);
-        self
-    }
-
-    /// Hedging within `budget`; as [`FallbackLayer::hedging`](crate::FallbackLayer::hedging).
-    pub fn hedging(mut self, budget: crate::health::HedgeBudget) -> Self {
-        self.shared_mut().hedge_budget = Some(Arc::new(budget));
-        self
-    }
-
-    /// Drills; as [`FallbackLayer::drills`](crate::FallbackLayer::drills).
-    pub fn drills(mut self, drills: crate::health::Drills) -> Self {
-        self.shared_mut().drills = Some(Arc::new(drills));
-        self
-    }
-
-    /// Lets callers pick a named chain with the `x-fallback-chain` request
-    /// header (default off); as
-    /// [`FallbackLayer::allow_chain_header`](crate::FallbackLayer::allow_chain_header).
-    pub fn allow_chain_header(mut self, yes: bool) -> Self {
-        self.shared_mut().allow_chain_header = yes;
-        self
-    }
-
-    /// What the exhaustion answer's body says; as
-    /// [`FallbackLayer::exhaustion_body`](crate::FallbackLayer::exhaustion_body).
-    pub fn exhaustion_body(mut self, body: crate::ExhaustionBody) -> Self {
-        self.shared_mut().exhaustion_body = body;
-        self
-    }
-
-    /// Another credential header removed for routes on another endpoint; as
-    /// [`FallbackLayer::credential_header`](crate::FallbackLayer::credential_header).
-    pub fn credential_header(mut self, name: http::HeaderName) -> Self {
-        self.shared_mut().add_credential_header(name);
-        self
-    }
-
     /// The default chain this middleware tries.
     pub fn chain(&self) -> &Chain {
         self.shared.chains.default_chain()
-    }
-
-    fn shared_mut(&mut self) -> &mut Shared<P> {
-        // A clone shares the old settings; this one gets its own.
-        Arc::make_mut(&mut self.shared)
     }
 }
 

@@ -142,7 +142,7 @@ impl Route {
     /// Hedging: if this route's attempt has no answer after `after` (for a
     /// stream, no first content chunk), the next route starts beside it and
     /// the first acceptable answer wins; the other is cancelled. Needs
-    /// [`FallbackLayer::hedging`](crate::FallbackLayer::hedging) (the budget).
+    /// [`FallbackBuilder::hedging`](crate::FallbackBuilder::hedging) (the budget).
     pub fn hedge_after(mut self, after: Duration) -> Self {
         self.hedge_after = Some(after);
         self

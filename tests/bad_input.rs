@@ -6,20 +6,20 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use http::StatusCode;
-use llm_fallback::{Chain, FallbackLayer, Resolution, Route};
+use llm_fallback::{Chain, FallbackBuilder, FallbackLayer, Resolution, Route};
 use llm_fallback_mock::{MockUpstream, Reply};
 use tower::{Layer, ServiceExt};
 
-fn setup() -> (MockUpstream, impl Fn() -> FallbackLayer) {
+fn setup() -> (MockUpstream, impl Fn() -> FallbackBuilder) {
     let upstream = MockUpstream::new().model("a/a", Reply::ok()).model("b/b", Reply::ok());
     (upstream, || {
-        FallbackLayer::new(Chain::new([Route::new("a/a"), Route::new("b/b")]))
+        FallbackLayer::builder(Chain::new([Route::new("a/a"), Route::new("b/b")]))
     })
 }
 
 async fn refused(body: &'static str, status: StatusCode, code: &str, says: &str) {
-    let (upstream, layer) = setup();
-    let svc = layer().layer(upstream.clone());
+    let (upstream, settings) = setup();
+    let svc = settings().layer().layer(upstream.clone());
     let resp = svc
         .oneshot(post("http://mock/api/v1/chat/completions", body))
         .await
@@ -158,8 +158,8 @@ async fn malformed_around_the_keys() {
 
 #[tokio::test]
 async fn declared_length_over_the_limit_is_refused_before_reading() {
-    let (upstream, layer) = setup();
-    let svc = layer().max_body_bytes(1024).layer(upstream.clone());
+    let (upstream, settings) = setup();
+    let svc = settings().max_body_bytes(1024).layer().layer(upstream.clone());
     // The header promises more than the limit; the body itself is never read.
     let req = http::Request::post("http://mock/api/v1/chat/completions")
         .header("content-length", "4096")
@@ -175,8 +175,8 @@ async fn declared_length_over_the_limit_is_refused_before_reading() {
 
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_refused_while_reading() {
-    let (upstream, layer) = setup();
-    let svc = layer().max_body_bytes(1024).layer(upstream.clone());
+    let (upstream, settings) = setup();
+    let svc = settings().max_body_bytes(1024).layer().layer(upstream.clone());
     let piece = Bytes::from(vec![b' '; 300]);
     let mut parts = vec![Bytes::from_static(b"{\"model\":\"a/a\",\"pad\":\"")];
     parts.extend(std::iter::repeat_n(piece, 10));
@@ -192,9 +192,9 @@ async fn chunked_body_over_the_limit_is_refused_while_reading() {
 
 #[tokio::test]
 async fn a_body_exactly_at_the_limit_passes() {
-    let (upstream, layer) = setup();
+    let (upstream, settings) = setup();
     let body = chat("a/a");
-    let svc = layer().max_body_bytes(body.len()).layer(upstream.clone());
+    let svc = settings().max_body_bytes(body.len()).layer().layer(upstream.clone());
     let resp = svc
         .oneshot(post("http://mock/api/v1/chat/completions", body))
         .await

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use http::StatusCode;
-use llm_fallback::{Capabilities, Chain, ChainName, ChainSet, FallbackLayer, Outcome, Route};
+use llm_fallback::{Capabilities, Chain, ChainName, ChainSet, FallbackBuilder, Outcome, Route};
 use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use serde_json::{json, Value};
 use tower::{Layer, ServiceExt};
@@ -46,8 +46,9 @@ async fn send(
     server: &MockServer,
 ) -> (http::response::Parts, Value) {
     let _ = server;
-    let resp = FallbackLayer::with_chains(chains())
+    let resp = FallbackBuilder::with_chains(chains())
         .allow_chain_header(true)
+        .layer()
         .layer(http_client())
         .oneshot(req)
         .await

@@ -6,7 +6,7 @@ mod common;
 
 use common::{body_json, chat, post, report};
 use llm_fallback::config::{Config, ConfigError};
-use llm_fallback::{Capabilities, FallbackLayer, Price, PriceGuard};
+use llm_fallback::{Capabilities, FallbackBuilder, Price, PriceGuard};
 use llm_fallback_mock::{MockUpstream, Reply, Script};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -136,7 +136,7 @@ fn missing_key_variables_name_the_file_the_key_and_the_variable() {
         ),
     );
     let config = Config::from_path(&file.0).expect("the file itself is fine");
-    let err = FallbackLayer::from_config(&config).unwrap_err();
+    let err = FallbackBuilder::from_config(&config).unwrap_err();
     assert_eq!(err.file(), Some(file.0.as_path()));
     assert_eq!(err.key(), "chains.default.routes[1].endpoint.api_key_env");
     assert_eq!(
@@ -146,12 +146,8 @@ fn missing_key_variables_name_the_file_the_key_and_the_variable() {
             file.0.display()
         )
     );
-    // The same rule for settings a server reads itself.
-    let err = config
-        .env_var("gateway.api_key_env", "LLM_FALLBACK_TEST_UNSET_KEY")
-        .unwrap_err();
-    assert_eq!(err.key(), "gateway.api_key_env");
-    assert_eq!(err.file(), Some(file.0.as_path()));
+    // The same rule for the gateway's own key variable: tests/gateway.rs
+    // (`the_upstream_gets_the_gateways_key_and_a_missing_one_is_named`).
 }
 
 #[test]
@@ -206,16 +202,7 @@ fn other_mistakes_are_named_too() {
         ),
         ("[drills]\nallow_header = true", "drills", "missing field `fraction`"),
         ("[health]\nfailures = 0", "health.failures", "expected at least 1"),
-        (
-            "[gateway]\nlisten = \"localhost\"",
-            "gateway.listen",
-            "invalid socket address",
-        ),
-        (
-            "[gateway]\nupstream = \"openrouter\"",
-            "gateway.upstream",
-            "expected an API base",
-        ),
+        ("gateway = 5", "gateway", "invalid type: integer `5`, expected a map"),
         (
             "max_body_bytes = \"3 parsecs\"",
             "max_body_bytes",
@@ -233,6 +220,93 @@ fn other_mistakes_are_named_too() {
     assert_eq!(err.key(), "");
     assert_eq!(err.position(), Some((1, 25)));
     assert!(err.to_string().starts_with("fallback.toml:1:25: "), "{err}");
+}
+
+/// A server's own settings, read from `[gateway]` (the example gateway has
+/// its own type; this one stands in for it).
+#[derive(Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSettings {
+    listen: Option<std::net::SocketAddr>,
+    #[serde(default)]
+    limits: Vec<Limit>,
+}
+
+#[derive(Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limit {
+    requests: u32,
+}
+
+#[test]
+fn the_gateway_table_is_kept_for_the_server_that_reads_it() {
+    let route = route_with("");
+    // No table: nothing to read.
+    let config = Config::from_toml_str(&route).unwrap();
+    assert_eq!(config.gateway::<ServerSettings>().unwrap(), None);
+
+    // Any keys are kept as read: the library does not know them...
+    let text = format!("[gateway]\nlisten = \"127.0.0.1:9\"\n[[gateway.limits]]\nrequests = 5\n{route}");
+    let config = Config::from_toml_str(&text).unwrap();
+    let want = ServerSettings {
+        listen: Some("127.0.0.1:9".parse().unwrap()),
+        limits: vec![Limit { requests: 5 }],
+    };
+    assert_eq!(config.gateway::<ServerSettings>().unwrap(), Some(want));
+    // ... and written back.
+    let again = Config::from_toml_str(&config.to_toml_string()).unwrap();
+    assert_eq!(again, config);
+    let json = Config::from_json_str(&serde_json::to_string(&config).unwrap()).unwrap();
+    assert_eq!(json, config);
+
+    // ... but the server's type refuses what it does not know, and the
+    // error names the key path and the file like the config's own.
+    let err = |text: &str| {
+        Config::from_toml_str(&format!("[gateway]\n{text}\n{route}"))
+            .unwrap()
+            .with_source("fallback.toml")
+            .gateway::<ServerSettings>()
+            .unwrap_err()
+    };
+    let e = err("lisen = \"127.0.0.1:9\"");
+    assert_eq!(e.key(), "gateway.lisen");
+    assert_eq!(e.file(), Some(Path::new("fallback.toml")));
+    assert!(
+        e.to_string()
+            .starts_with("fallback.toml: gateway.lisen: unknown field `lisen`, expected `listen` or `limits`"),
+        "{e}"
+    );
+    let e = err("listen = \"localhost\"");
+    assert_eq!(
+        e.to_string(),
+        "fallback.toml: gateway.listen: invalid socket address syntax"
+    );
+    let e = err("[[gateway.limits]]\nrequests = -1");
+    assert_eq!(e.key(), "gateway.limits[0].requests", "{e}");
+    let e = err("[[gateway.limits]]\nrate = 1");
+    assert_eq!(e.key(), "gateway.limits[0].rate", "{e}");
+
+    // The same from JSON; a `null` (which TOML cannot write back) is refused
+    // when the file is read.
+    let json = |gateway: &str| {
+        Config::from_json_str(&format!(
+            r#"{{"gateway": {gateway}, "chains": {{"default": {{"routes": [{{"model": "a/b"}}]}}}}}}"#
+        ))
+    };
+    let e = json(r#"{"listen": "nowhere"}"#)
+        .unwrap()
+        .gateway::<ServerSettings>()
+        .unwrap_err();
+    assert_eq!(e.key(), "gateway.listen", "{e}");
+    let e = json(r#"{"listen": null}"#).unwrap_err();
+    assert_eq!(e.key(), "gateway.listen", "{e}");
+    assert!(e.message().contains("null"), "{e}");
+    let e = json(r#"{"limits": [{"requests": 1}, null]}"#).unwrap_err();
+    assert_eq!(e.key(), "gateway.limits[1]", "{e}");
+    let e = json("[1]").unwrap_err();
+    assert_eq!(e.key(), "gateway", "{e}");
+    // `"gateway": null` is no table, as before.
+    assert_eq!(json("null").unwrap().gateway::<ServerSettings>().unwrap(), None);
 }
 
 #[test]
@@ -277,7 +351,9 @@ fn example() -> Config {
 #[test]
 fn the_example_file_builds_a_layer_with_every_setting() {
     let config = example();
-    let layer = FallbackLayer::from_config(&config).expect("examples/fallback.toml builds");
+    let layer = FallbackBuilder::from_config(&config)
+        .expect("examples/fallback.toml builds")
+        .layer();
     let chains = layer.chains();
     assert_eq!(chains.names().collect::<Vec<_>>(), ["default", "budget", "lenient"]);
 
@@ -324,9 +400,10 @@ fn the_example_file_builds_a_layer_with_every_setting() {
         Some(Price::FREE)
     );
 
-    let gateway = config.gateway.as_ref().unwrap();
-    assert_eq!(gateway.listen_addr().to_string(), "127.0.0.1:8080");
-    assert!(gateway.metrics_enabled());
+    // `[gateway]` is kept as read, for the gateway (tests/gateway.rs reads it).
+    let gateway: toml::Table = config.gateway().unwrap().expect("the example has [gateway]");
+    assert_eq!(gateway["listen"].as_str(), Some("127.0.0.1:8080"));
+    assert_eq!(gateway["metrics"].as_bool(), Some(true));
     assert_eq!(config.max_body_bytes, Some(32 << 20));
 }
 
@@ -363,13 +440,12 @@ fn accepted_keys(text_with_zzz: &str) -> Vec<String> {
 /// Every leaf key path the config types accept, in the README's notation.
 fn keys_from_types() -> BTreeSet<String> {
     let route = "[[chains.default.routes]]\nmodel = \"a/b\"\n";
-    let probes: [(&str, String); 10] = [
+    let probes: [(&str, String); 9] = [
         ("", format!("zzz = 1\n{route}")),
         ("policy.", format!("[policy]\nzzz = 1\n{route}")),
         ("health.", format!("[health]\nzzz = 1\n{route}")),
         ("hedging.", format!("[hedging]\nzzz = 1\n{route}")),
         ("drills.", format!("[drills]\nzzz = 1\n{route}")),
-        ("gateway.", format!("[gateway]\nzzz = 1\n{route}")),
         ("chains.<name>.", format!("[chains.default]\nzzz = 1\n{route}")),
         ("chains.<name>.routes[].", format!("{route}zzz = 1\n")),
         (
@@ -381,9 +457,12 @@ fn keys_from_types() -> BTreeSet<String> {
             format!("{route}price = {{ prompt = 1.0, completion = 1.0, zzz = 1 }}\n"),
         ),
     ];
+    // `gateway` is a table the library keeps for the gateway (its keys are
+    // the example's, checked by tests/gateway.rs).
     let containers: BTreeSet<String> = probes
         .iter()
         .map(|(prefix, _)| prefix.trim_end_matches('.').replace("[]", "").replace(".<name>", ""))
+        .chain(["gateway".to_owned()])
         .collect();
     let mut keys = BTreeSet::new();
     for (prefix, text) in &probes {
@@ -410,6 +489,8 @@ fn keys_from_readme() -> BTreeSet<String> {
         .lines()
         .filter_map(|line| line.strip_prefix("| `"))
         .filter_map(|line| line.split_once('`').map(|(key, _)| key.to_owned()))
+        // The gateway's keys: checked against its type in tests/gateway.rs.
+        .filter(|key| !key.starts_with("gateway."))
         .collect()
 }
 
@@ -434,6 +515,8 @@ fn keys_from_example() -> BTreeSet<String> {
                     walk(&format!("{prefix}[]"), item, out);
                 }
             }
+            // The gateway's keys: checked against its type in tests/gateway.rs.
+            _ if prefix.starts_with("gateway.") => {}
             _ => {
                 out.insert(prefix.to_owned());
             }
@@ -505,7 +588,10 @@ async fn policy_knobs_change_what_falls_back() {
             ]),
         )
         .model("b/secondary", Reply::ok());
-    let svc = FallbackLayer::from_config(&config).unwrap().layer(upstream.clone());
+    let svc = FallbackBuilder::from_config(&config)
+        .unwrap()
+        .layer()
+        .layer(upstream.clone());
     let send = || {
         svc.clone()
             .oneshot(post("http://mock/api/v1/chat/completions", chat("a/primary")))
@@ -546,7 +632,10 @@ async fn health_settings_turn_cooldowns_on() {
     let upstream = MockUpstream::new()
         .model("a/primary", Reply::status(503))
         .model("b/secondary", Reply::ok());
-    let svc = FallbackLayer::from_config(&config).unwrap().layer(upstream.clone());
+    let svc = FallbackBuilder::from_config(&config)
+        .unwrap()
+        .layer()
+        .layer(upstream.clone());
     for _ in 0..3 {
         let resp = svc
             .clone()

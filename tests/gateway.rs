@@ -20,7 +20,7 @@ use async_openai::types::chat::{ChatCompletionRequestUserMessageArgs, CreateChat
 use async_openai::Client as OpenAI;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use gateway::Drained;
+use gateway::{Drained, GatewayConfig};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -53,7 +53,7 @@ impl Running {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let config = Config::from_toml_str(config).expect("test config parses");
         let app = gateway::app(&config).expect("the gateway builds");
-        let mut settings = config.gateway.clone().unwrap_or_default();
+        let mut settings = GatewayConfig::from_config(&config).expect("the [gateway] table reads");
         settings.shutdown_grace = Some(grace);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -816,25 +816,42 @@ async fn the_gateway_refuses_to_start_open_beyond_loopback_or_with_a_missing_key
 #[test]
 fn the_gateway_keys_have_defaults_and_refuse_nonsense() {
     let route = "[[chains.default.routes]]\nmodel = \"a/b\"\n";
-    let gateway = |text: &str| Config::from_toml_str(&format!("[gateway]\n{text}\n{route}"));
-    let defaults = gateway("").unwrap().gateway.unwrap();
+    let parse = |text: &str| Config::from_toml_str(&format!("[gateway]\n{text}\n{route}"));
+    let gateway = |text: &str| {
+        parse(text)
+            .map(|config| config.with_source("gateway.toml"))
+            .and_then(|config| GatewayConfig::from_config(&config))
+    };
+    let defaults = gateway("").unwrap();
     assert_eq!(defaults.header_timeout(), Duration::from_secs(10));
     assert_eq!(defaults.body_timeout(), Duration::from_secs(30));
     assert_eq!(defaults.concurrency_limit(), 1024);
     assert!(!defaults.unauthenticated_allowed());
     assert_eq!(defaults.client_keys_env, None);
+    assert_eq!(defaults.listen_addr().to_string(), "127.0.0.1:8080");
+    assert_eq!(defaults.upstream_url(), "https://openrouter.ai/api/v1");
+    // No [gateway] table at all: the same defaults.
+    let bare = Config::from_toml_str(route).unwrap();
+    assert_eq!(GatewayConfig::from_config(&bare).unwrap(), defaults);
 
-    let set = gateway(
-        "header_read_timeout = \"2s\"\nrequest_body_timeout = \"1m\"\nmax_concurrent_requests = 8\n\
-         client_keys_env = \"KEYS\"\nallow_unauthenticated = true",
-    )
-    .unwrap();
-    let g = set.gateway.as_ref().unwrap();
+    let text = "header_read_timeout = \"2s\"\nrequest_body_timeout = \"1m\"\nmax_concurrent_requests = 8\n\
+                client_keys_env = \"KEYS\"\nallow_unauthenticated = true\nshutdown_grace = \"1m30s\"\n\
+                listen = \"0.0.0.0:9000\"\nupstream = \"http://127.0.0.1:9/v1/\"";
+    let g = gateway(text).unwrap();
     assert_eq!(g.header_timeout(), Duration::from_secs(2));
     assert_eq!(g.body_timeout(), Duration::from_secs(60));
+    assert_eq!(g.grace(), Duration::from_secs(90));
     assert_eq!(g.concurrency_limit(), 8);
     assert!(g.unauthenticated_allowed());
-    assert_eq!(Config::from_toml_str(&set.to_toml_string()).unwrap(), set);
+    assert_eq!(g.listen_addr().to_string(), "0.0.0.0:9000");
+    assert_eq!(g.upstream_url(), "http://127.0.0.1:9/v1");
+    // The library keeps the table as read: through TOML and JSON and back.
+    let set = parse(text).unwrap();
+    let toml_again = Config::from_toml_str(&set.to_toml_string()).unwrap();
+    assert_eq!(toml_again, set);
+    assert_eq!(GatewayConfig::from_config(&toml_again).unwrap(), g);
+    let json_again = Config::from_json_str(&serde_json::to_string(&set).unwrap()).unwrap();
+    assert_eq!(GatewayConfig::from_config(&json_again).unwrap(), g);
 
     for (text, key, says) in [
         ("header_read_timeout = \"0s\"", "gateway.header_read_timeout", "zero"),
@@ -845,10 +862,87 @@ fn the_gateway_keys_have_defaults_and_refuse_nonsense() {
             "at least 1",
         ),
         ("client_keys_env = \" \"", "gateway.client_keys_env", "empty"),
+        ("api_key_env = \"\"", "gateway.api_key_env", "empty"),
         ("max_concurrent_requests = -1", "gateway.max_concurrent_requests", ""),
+        ("listen = \"localhost\"", "gateway.listen", "invalid socket address"),
+        ("upstream = \"openrouter\"", "gateway.upstream", "expected an API base"),
+        (
+            "shutdown_grace = \"30\"",
+            "gateway.shutdown_grace",
+            "invalid duration \"30\": expected a duration: a number and a unit",
+        ),
+        (
+            "shutdown_grace = 30",
+            "gateway.shutdown_grace",
+            "invalid type: integer `30`",
+        ),
+        ("metrics = \"yes\"", "gateway.metrics", "invalid type: string \"yes\""),
+        (
+            "lisen = \"127.0.0.1:1\"",
+            "gateway.lisen",
+            "unknown field `lisen`, expected one of `listen`",
+        ),
     ] {
         let err = gateway(text).unwrap_err();
         assert_eq!(err.key(), key, "{text}: {err}");
         assert!(err.message().contains(says), "{text}: {err}");
+        // Named in the file like the library's own errors.
+        assert_eq!(err.file(), Some(std::path::Path::new("gateway.toml")), "{text}: {err}");
+        assert!(
+            err.to_string().starts_with(&format!("gateway.toml: {key}: ")),
+            "{text}: {err}"
+        );
     }
+    // JSON files carry the same table.
+    let json = r#"{"gateway": {"listen": "nowhere"}, "chains": {"default": {"routes": [{"model": "a/b"}]}}}"#;
+    let err = GatewayConfig::from_config(&Config::from_json_str(json).unwrap()).unwrap_err();
+    assert_eq!(err.key(), "gateway.listen", "{err}");
+}
+
+/// The keys `GatewayConfig` accepts, read from serde's own "unknown field"
+/// error, so the list comes from the type.
+fn gateway_keys_from_type() -> std::collections::BTreeSet<String> {
+    let config = Config::from_toml_str("[gateway]\nzzz = 1\n[[chains.default.routes]]\nmodel = \"a/b\"\n").unwrap();
+    let err = GatewayConfig::from_config(&config).unwrap_err();
+    assert_eq!(err.key(), "gateway.zzz");
+    let list = err
+        .message()
+        .split_once("unknown field `zzz`, expected one of ")
+        .unwrap_or_else(|| panic!("not an unknown-field error: {err}"))
+        .1;
+    list.split(", ")
+        .map(|k| format!("gateway.{}", k.trim_matches('`')))
+        .collect()
+}
+
+#[test]
+fn the_readme_and_the_example_file_list_exactly_the_gateway_keys() {
+    let types = gateway_keys_from_type();
+    assert!(types.len() >= 10, "{types:?}");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("<!-- config-reference:start -->")
+        .nth(1)
+        .and_then(|rest| rest.split("<!-- config-reference:end -->").next())
+        .expect("README has the config reference markers");
+    let documented: std::collections::BTreeSet<String> = table
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|line| line.split_once('`').map(|(key, _)| key.to_owned()))
+        .filter(|key| key.starts_with("gateway."))
+        .collect();
+    assert_eq!(documented, types, "README config reference vs GatewayConfig");
+
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/fallback.toml")).unwrap();
+    let file: toml::Value = toml::from_str(&text).unwrap();
+    let used: std::collections::BTreeSet<String> = file["gateway"]
+        .as_table()
+        .expect("examples/fallback.toml has [gateway]")
+        .keys()
+        .map(|k| format!("gateway.{k}"))
+        .collect();
+    assert_eq!(used, types, "examples/fallback.toml should show every gateway key");
+    // And the gateway reads it.
+    let config = Config::from_toml_str(&text).unwrap();
+    assert!(GatewayConfig::from_config(&config).is_ok());
 }

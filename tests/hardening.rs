@@ -10,7 +10,8 @@ use http::{HeaderName, StatusCode};
 use llm_fallback::health::Drills;
 use llm_fallback::native::{Endpoint, ProviderPrefs, CREDENTIAL_HEADERS};
 use llm_fallback::{
-    BoxError, Chain, ChainName, ChainSet, ExhaustionBody, FallbackLayer, Outcome, ReplayBody, Resolution, Route,
+    BoxError, Chain, ChainName, ChainSet, ExhaustionBody, FallbackBuilder, FallbackLayer, Outcome, ReplayBody,
+    Resolution, Route,
 };
 use llm_fallback_mock::{MockBody, MockUpstream, Reply};
 use proptest::prelude::*;
@@ -182,12 +183,13 @@ async fn no_credential_header_reaches_another_endpoint() {
         .unwrap()
         .api_key_env(ENDPOINT_KEY_VAR)
         .unwrap();
-    let layer = FallbackLayer::new(Chain::new([
+    let layer = FallbackLayer::builder(Chain::new([
         Route::new("caller/model"),
         Route::new("keyed").endpoint(keyed),
         Route::new("keyless").endpoint(plain_endpoint()),
     ]))
-    .credential_header(HeaderName::from_static("x-internal-token"));
+    .credential_header(HeaderName::from_static("x-internal-token"))
+    .layer();
     let mut req = caller_request(chat("caller/model"));
     let names = [
         "authorization",
@@ -341,7 +343,9 @@ const INTERNALS: [&str; 6] = [
 
 #[tokio::test]
 async fn the_summary_exhaustion_body_holds_no_transport_or_provider_text() {
-    let layer = FallbackLayer::new(leaky_chain()).exhaustion_body(ExhaustionBody::Summary);
+    let layer = FallbackLayer::builder(leaky_chain())
+        .exhaustion_body(ExhaustionBody::Summary)
+        .layer();
     let resp = layer
         .layer(leaky_upstream())
         .oneshot(caller_request(chat("a/transport")))
@@ -424,11 +428,15 @@ async fn the_chain_header_is_ignored_unless_allowed_and_never_forwarded() {
     let (parts, _) = ask(&layer, &upstream, unknown).await;
     assert_eq!(parts.status, StatusCode::OK);
     // Allowed: honoured.
-    let allowed = FallbackLayer::with_chains(chain_set()).allow_chain_header(true);
+    let allowed = FallbackBuilder::with_chains(chain_set())
+        .allow_chain_header(true)
+        .layer();
     let (_, answer) = ask(&allowed, &upstream, with_header()).await;
     assert_eq!(answer["model"], "pricey/m");
     // With drills on (header not allowed), too.
-    let drilled = FallbackLayer::with_chains(chain_set()).drills(Drills::fraction(0.0));
+    let drilled = FallbackBuilder::with_chains(chain_set())
+        .drills(Drills::fraction(0.0))
+        .layer();
     let (parts, _) = ask(&drilled, &upstream, with_header()).await;
     assert!(!report(&parts).is_drill());
     // An extension is the operator's own code: always honoured.
@@ -538,8 +546,9 @@ async fn a_retry_after_too_large_for_a_duration_is_ignored_not_a_panic() {
         .model("a/m", Reply::status(429).header("retry-after", "99999999999999999999"))
         .model("b/m", Reply::status(503).header("retry-after", "2e19"))
         .model("c/m", Reply::ok());
-    let layer = FallbackLayer::new(Chain::new([Route::new("a/m"), Route::new("b/m"), Route::new("c/m")]))
-        .cooldowns(llm_fallback::health::Cooldowns::new());
+    let layer = FallbackLayer::builder(Chain::new([Route::new("a/m"), Route::new("b/m"), Route::new("c/m")]))
+        .cooldowns(llm_fallback::health::Cooldowns::new())
+        .layer();
     let (parts, answer) = ask(&layer, &upstream, caller_request(chat("a/m"))).await;
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(answer["model"], "c/m");
@@ -624,14 +633,14 @@ fn assert_one_error_chunk(got: &str, sent: &str, separator: &str, code: &str) {
     assert_eq!(chunk["choices"][0]["finish_reason"], "error");
 }
 
-fn one_route() -> FallbackLayer {
-    FallbackLayer::new(Chain::new([Route::new("m")]))
+fn one_route() -> FallbackBuilder {
+    FallbackLayer::builder(Chain::new([Route::new("m")]))
 }
 
 #[tokio::test]
 async fn a_stream_cut_mid_line_gets_its_line_and_event_ended_before_the_error_chunk() {
     let frames = vec![CONTENT, "data: {\"model\":\"m\",\"choi"];
-    let got = stream_through(one_route(), frames.clone()).await;
+    let got = stream_through(one_route().layer(), frames.clone()).await;
     assert_one_error_chunk(&got, &frames.concat(), "\n\n", "stream_truncated");
 }
 
@@ -640,7 +649,7 @@ async fn a_stream_cut_after_an_undispatched_event_gets_the_blank_line_before_the
     // Complete `data:` lines, no blank line yet: without one, the error
     // chunk's `data:` line would join that event.
     let frames = vec![CONTENT, "data: {\"model\":\"m\",\n", "data: \"choices\":[]}\n"];
-    let got = stream_through(one_route(), frames.clone()).await;
+    let got = stream_through(one_route().layer(), frames.clone()).await;
     assert_one_error_chunk(&got, &frames.concat(), "\n", "stream_truncated");
 }
 
@@ -649,7 +658,7 @@ async fn a_stream_committed_by_its_keep_alives_is_read_to_its_end() {
     // More keep-alives than the layer holds before content: it commits
     // without a content event, and must still read what follows as a
     // committed stream (here a whole answer: no error chunk at all).
-    let layer = one_route().max_response_bytes(64);
+    let layer = one_route().max_response_bytes(64).layer();
     let keep_alive = ": OPENROUTER PROCESSING\n\n";
     let frames = vec![
         keep_alive,
@@ -674,13 +683,14 @@ async fn the_served_attempt_is_found_after_a_hedge_it_beat() {
     let upstream = MockUpstream::new()
         .model("slow/a", Reply::ok().latency(Duration::from_secs(5)))
         .model("fast/b", Reply::ok().latency(Duration::from_millis(10)));
-    let layer = FallbackLayer::new(Chain::new([
+    let layer = FallbackLayer::builder(Chain::new([
         Route::new("slow/a")
             .label("primary")
             .hedge_after(Duration::from_millis(100)),
         Route::new("fast/b").label("hedge"),
     ]))
-    .hedging(llm_fallback::health::HedgeBudget::new(1.0, Duration::from_secs(60)));
+    .hedging(llm_fallback::health::HedgeBudget::new(1.0, Duration::from_secs(60)))
+    .layer();
     let (parts, answer) = ask(&layer, &upstream, caller_request(chat("slow/a"))).await;
     assert_eq!(answer["model"], "fast/b");
     let served = report(&parts);

@@ -46,8 +46,9 @@ async fn a_failing_primary_cools_down_then_a_probe_restores_it() {
     let up = MockUpstream::new()
         .model("a/a", Reply::status(503))
         .model("b/b", Reply::ok());
-    let layer = FallbackLayer::new(Chain::new([Route::new("a/a"), Route::new("b/b")]))
-        .cooldowns(Cooldowns::new().failures(2).base(secs(10)));
+    let layer = FallbackLayer::builder(Chain::new([Route::new("a/a"), Route::new("b/b")]))
+        .cooldowns(Cooldowns::new().failures(2).base(secs(10)))
+        .layer();
     let svc = layer.layer(up.clone());
 
     ask(&svc).await;
@@ -82,8 +83,9 @@ async fn retry_after_is_honoured_at_once() {
     let up = MockUpstream::new()
         .model("a/a", Reply::status(429).retry_after(30))
         .model("b/b", Reply::ok());
-    let svc = FallbackLayer::new(Chain::new([Route::new("a/a"), Route::new("b/b")]))
+    let svc = FallbackLayer::builder(Chain::new([Route::new("a/a"), Route::new("b/b")]))
         .cooldowns(Cooldowns::new().failures(5))
+        .layer()
         .layer(up.clone());
     ask(&svc).await;
     tokio::time::advance(secs(29)).await;
@@ -99,8 +101,9 @@ async fn with_every_route_cooling_the_soonest_is_tried_anyway() {
     let up = MockUpstream::new()
         .model("a/a", Reply::status(503).retry_after(60))
         .model("b/b", Reply::status(503).retry_after(20));
-    let svc = FallbackLayer::new(Chain::new([Route::new("a/a"), Route::new("b/b")]))
+    let svc = FallbackLayer::builder(Chain::new([Route::new("a/a"), Route::new("b/b")]))
         .cooldowns(Cooldowns::new())
+        .layer()
         .layer(up.clone());
     ask(&svc).await; // both fail, both cool
     up.set_script("b/b", Reply::ok());
@@ -123,8 +126,9 @@ async fn with_every_route_cooling_the_soonest_is_tried_anyway() {
 #[tokio::test(start_paused = true)]
 async fn a_chain_of_one_model_still_cools_down() {
     let up = MockUpstream::new().model("a/a", Reply::status(502));
-    let svc = FallbackLayer::new(Chain::new([Route::new("a/a")]))
+    let svc = FallbackLayer::builder(Chain::new([Route::new("a/a")]))
         .cooldowns(Cooldowns::new().failures(1).base(secs(5)))
+        .layer()
         .layer(up.clone());
     ask(&svc).await;
     let r = ask(&svc).await;
@@ -137,8 +141,9 @@ async fn a_chain_of_one_model_still_cools_down() {
 #[tokio::test(start_paused = true)]
 async fn drills_skip_the_primary_at_a_fixed_fraction_and_by_header() {
     let up = MockUpstream::new().model("a/a", Reply::ok()).model("b/b", Reply::ok());
-    let svc = FallbackLayer::new(Chain::new([Route::new("a/a"), Route::new("b/b")]))
+    let svc = FallbackLayer::builder(Chain::new([Route::new("a/a"), Route::new("b/b")]))
         .drills(Drills::fraction(0.25).allow_header(true))
+        .layer()
         .layer(up.clone());
     let mut drills = 0;
     for _ in 0..8 {
@@ -214,8 +219,9 @@ async fn dropping_the_response_future_stops_every_attempt_and_frees_the_probe() 
     let up = MockUpstream::new()
         .model("a/a", Reply::status(503))
         .model("b/b", Reply::hang());
-    let svc = FallbackLayer::new(Chain::new([Route::new("a/a"), Route::new("b/b")]))
+    let svc = FallbackLayer::builder(Chain::new([Route::new("a/a"), Route::new("b/b")]))
         .cooldowns(Cooldowns::new().failures(1).base(secs(1)))
+        .layer()
         .layer(Live {
             inner: up.clone(),
             alive: alive.clone(),

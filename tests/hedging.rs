@@ -37,11 +37,12 @@ async fn a_hedge_wins_over_a_slow_primary_which_is_cancelled() {
     let up = MockUpstream::new()
         .model("slow/a", Reply::ok().latency(ms(10_000)))
         .model("fast/b", Reply::ok().latency(ms(50)));
-    let layer = FallbackLayer::new(Chain::new([
+    let layer = FallbackLayer::builder(Chain::new([
         Route::new("slow/a").hedge_after(ms(200)),
         Route::new("fast/b"),
     ]))
-    .hedging(generous());
+    .hedging(generous())
+    .layer();
     let (r, took) = ask(&layer, &up).await;
     assert_eq!(took, ms(250), "hedge at 200 ms + 50 ms answer");
     assert_eq!(r.served_model(), "fast/b");
@@ -60,8 +61,9 @@ async fn the_primary_can_still_win_after_the_hedge_starts() {
     let up = MockUpstream::new()
         .model("a/a", Reply::ok().latency(ms(300)))
         .model("b/b", Reply::ok().latency(ms(1_000)));
-    let layer =
-        FallbackLayer::new(Chain::new([Route::new("a/a"), Route::new("b/b")]).hedge_after(ms(200))).hedging(generous());
+    let layer = FallbackLayer::builder(Chain::new([Route::new("a/a"), Route::new("b/b")]).hedge_after(ms(200)))
+        .hedging(generous())
+        .layer();
     let (r, took) = ask(&layer, &up).await;
     assert_eq!(took, ms(300));
     assert_eq!(r.served_model(), "a/a");
@@ -75,8 +77,9 @@ async fn a_fast_answer_never_starts_a_hedge() {
     let up = MockUpstream::new()
         .model("a/a", Reply::ok().latency(ms(100)))
         .model("b/b", Reply::ok());
-    let layer =
-        FallbackLayer::new(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")])).hedging(generous());
+    let layer = FallbackLayer::builder(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")]))
+        .hedging(generous())
+        .layer();
     let (r, _) = ask(&layer, &up).await;
     assert_eq!(r.attempts().len(), 1);
     assert_eq!(up.request_count("b/b"), 0);
@@ -87,8 +90,9 @@ async fn a_failed_hedge_leaves_the_primary_running() {
     let up = MockUpstream::new()
         .model("a/a", Reply::ok().latency(ms(500)))
         .model("b/b", Reply::status(503));
-    let layer =
-        FallbackLayer::new(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")])).hedging(generous());
+    let layer = FallbackLayer::builder(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")]))
+        .hedging(generous())
+        .layer();
     let (r, took) = ask(&layer, &up).await;
     assert_eq!(took, ms(500));
     assert_eq!(r.served_model(), "a/a");
@@ -101,8 +105,9 @@ async fn the_hedge_budget_caps_extra_requests() {
     let up = MockUpstream::new()
         .model("a/a", Reply::ok().latency(ms(300)))
         .model("b/b", Reply::ok().latency(ms(500)));
-    let layer = FallbackLayer::new(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")]))
-        .hedging(HedgeBudget::new(0.1, Duration::from_secs(3600)));
+    let layer = FallbackLayer::builder(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")]))
+        .hedging(HedgeBudget::new(0.1, Duration::from_secs(3600)))
+        .layer();
     for _ in 0..20 {
         ask(&layer, &up).await;
     }
@@ -115,7 +120,7 @@ async fn hedging_respects_the_deadline() {
         .model("a/a", Reply::hang())
         .model("b/b", Reply::ok());
     let chain = Chain::new([Route::new("a/a").hedge_after(ms(500)), Route::new("b/b")]).deadline(ms(400));
-    let layer = FallbackLayer::new(chain).hedging(generous());
+    let layer = FallbackLayer::builder(chain).hedging(generous()).layer();
     let (r, took) = ask(&layer, &up).await;
     assert_eq!(took, ms(400));
     assert_eq!(up.request_count("b/b"), 0, "no hedge past the deadline");
@@ -138,12 +143,13 @@ fn metrics_count_attempts_skips_hedges_and_fallback_position() {
                 .model("a/a", Reply::status(503))
                 .model("b/b", Reply::ok().latency(ms(1_000)))
                 .model("c/c", Reply::ok().latency(ms(10)));
-            let layer = FallbackLayer::new(Chain::new([
+            let layer = FallbackLayer::builder(Chain::new([
                 Route::new("a/a"),
                 Route::new("b/b").hedge_after(ms(100)),
                 Route::new("c/c"),
             ]))
-            .hedging(generous());
+            .hedging(generous())
+            .layer();
             ask(&layer, &up).await;
         });
     });
@@ -253,8 +259,9 @@ async fn a_response_head_in_time_rules_out_the_hedge() {
             )
         }
     });
-    let layer =
-        FallbackLayer::new(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")])).hedging(generous());
+    let layer = FallbackLayer::builder(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")]))
+        .hedging(generous())
+        .layer();
     let started = tokio::time::Instant::now();
     let resp = layer.layer(inner).oneshot(post(URL, chat("x"))).await.unwrap();
     assert_eq!(started.elapsed(), ms(500));
@@ -268,8 +275,9 @@ async fn a_stream_without_a_first_token_is_hedged() {
     let up = MockUpstream::new()
         .model("a/a", Reply::stream().keep_alive(100, ms(50)))
         .model("b/b", Reply::stream().latency(ms(10)));
-    let layer =
-        FallbackLayer::new(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")])).hedging(generous());
+    let layer = FallbackLayer::builder(Chain::new([Route::new("a/a").hedge_after(ms(200)), Route::new("b/b")]))
+        .hedging(generous())
+        .layer();
     let started = tokio::time::Instant::now();
     let body = serde_json::json!({"model": "x", "stream": true, "messages": []}).to_string();
     let resp = layer.clone().layer(up.clone()).oneshot(post(URL, body)).await.unwrap();

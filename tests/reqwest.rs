@@ -541,7 +541,11 @@ async fn bad_input_is_refused_before_the_upstream() {
     let server = MockServer::start(MockUpstream::new().model(PRIMARY, Reply::ok()))
         .await
         .unwrap();
-    let client = client(FallbackMiddleware::new(two_routes()).max_body_bytes(64));
+    let client = client(
+        FallbackMiddleware::builder(two_routes())
+            .max_body_bytes(64)
+            .middleware(),
+    );
     let resp = send(&client, &server.chat_url(), r#"{"messages":[]}"#).await;
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     assert_eq!(report(&resp).resolution(), Resolution::Rejected);

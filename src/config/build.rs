@@ -1,14 +1,15 @@
-//! Checking a [`Config`] and turning it into a [`FallbackLayer`].
+//! Checking a [`Config`] and turning it into a [`FallbackBuilder`].
 
 use super::{ChainConfig, Config, ConfigError, ConfigPolicy, HedgingConfig, PriceGuardConfig, RouteConfig};
 use crate::health::{Cooldowns, Drills, HedgeBudget};
 use crate::native::{Endpoint, EndpointError};
-use crate::{Chain, ChainSet, FallbackLayer, Price, PriceGuard, Route};
+use crate::{Chain, ChainSet, FallbackBuilder, Price, PriceGuard, Route};
 use std::time::Duration;
 
-impl FallbackLayer<ConfigPolicy> {
-    /// A layer with every chain, route, policy override and limit of
-    /// `config`.
+impl FallbackBuilder<ConfigPolicy> {
+    /// Settings with every chain, route, policy override and limit of
+    /// `config` (feature `config`); more can be given before
+    /// [`layer`](FallbackBuilder::layer) or `middleware`.
     ///
     /// Endpoint keys are read from the environment variables the config
     /// names, now; a missing one is an error naming the file, the key and
@@ -16,8 +17,15 @@ impl FallbackLayer<ConfigPolicy> {
     ///
     /// ```
     /// use llm_fallback::config::Config;
-    /// use llm_fallback::FallbackLayer;
+    /// use llm_fallback::{ExhaustionBody, FallbackBuilder};
     ///
+    /// let config = Config::from_toml_str("[[chains.default.routes]]\nmodel = \"openai/gpt-4o\"\n")?;
+    /// let layer = FallbackBuilder::from_config(&config)?
+    ///     .exhaustion_body(ExhaustionBody::Summary)
+    ///     .layer();
+    /// assert_eq!(layer.chain().routes()[0].model, "openai/gpt-4o");
+    ///
+    /// // A key variable the config names must be set.
     /// let config = Config::from_toml_str(r#"
     ///     [[chains.default.routes]]
     ///     model = "openai/gpt-4o"
@@ -26,7 +34,7 @@ impl FallbackLayer<ConfigPolicy> {
     ///     model = "gpt-4o-mini"
     ///     endpoint = { base_url = "https://api.openai.com/v1", api_key_env = "SURELY_UNSET_OPENAI_KEY" }
     /// "#)?;
-    /// let err = FallbackLayer::from_config(&config.with_source("fallback.toml")).unwrap_err();
+    /// let err = FallbackBuilder::from_config(&config.with_source("fallback.toml")).unwrap_err();
     /// assert_eq!(
     ///     err.to_string(),
     ///     "fallback.toml: chains.default.routes[1].endpoint.api_key_env: the environment variable \
@@ -34,6 +42,7 @@ impl FallbackLayer<ConfigPolicy> {
     /// );
     /// # Ok::<(), llm_fallback::config::ConfigError>(())
     /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         config.validate()?;
         let build = |name: &str, chain: &ChainConfig| build_chain(config, name, chain).map_err(|e| config.locate(e));
@@ -45,12 +54,12 @@ impl FallbackLayer<ConfigPolicy> {
         if let Some(name) = &config.on_content_policy {
             set = set.on_content_policy(name.as_str());
         }
-        let mut layer = FallbackLayer::with_chains(set).with_policy(ConfigPolicy::new(&config.policy));
+        let mut builder = FallbackBuilder::with_chains(set).with_policy(ConfigPolicy::new(&config.policy));
         if let Some(n) = config.max_body_bytes {
-            layer = layer.max_body_bytes(usize::try_from(n).unwrap_or(usize::MAX));
+            builder = builder.max_body_bytes(usize::try_from(n).unwrap_or(usize::MAX));
         }
         if let Some(n) = config.max_response_bytes {
-            layer = layer.max_response_bytes(usize::try_from(n).unwrap_or(usize::MAX));
+            builder = builder.max_response_bytes(usize::try_from(n).unwrap_or(usize::MAX));
         }
         if let Some(h) = &config.health {
             let mut cooldowns = Cooldowns::new();
@@ -66,28 +75,28 @@ impl FallbackLayer<ConfigPolicy> {
             if let Some(d) = h.max_retry_after {
                 cooldowns = cooldowns.max_retry_after(d);
             }
-            layer = layer.cooldowns(cooldowns);
+            builder = builder.cooldowns(cooldowns);
         }
         if let Some(h) = &config.hedging {
-            layer = layer.hedging(HedgeBudget::new(
+            builder = builder.hedging(HedgeBudget::new(
                 h.ratio.unwrap_or(HedgingConfig::DEFAULT_RATIO),
                 h.window.unwrap_or(HedgingConfig::DEFAULT_WINDOW),
             ));
         }
         if let Some(d) = &config.drills {
-            layer = layer.drills(Drills::fraction(d.fraction).allow_header(d.allow_header.unwrap_or(false)));
+            builder = builder.drills(Drills::fraction(d.fraction).allow_header(d.allow_header.unwrap_or(false)));
         }
         if let Some(yes) = config.allow_chain_header {
-            layer = layer.allow_chain_header(yes);
+            builder = builder.allow_chain_header(yes);
         }
         if let Some(body) = config.exhaustion_body {
-            layer = layer.exhaustion_body(body);
+            builder = builder.exhaustion_body(body);
         }
         for (i, name) in config.credential_headers.iter().enumerate() {
             let name = credential_header(i, name).map_err(|e| config.locate(e))?;
-            layer = layer.credential_header(name);
+            builder = builder.credential_header(name);
         }
-        Ok(layer)
+        Ok(builder)
     }
 }
 
@@ -145,7 +154,7 @@ fn build_route(config: &Config, key: &str, r: &RouteConfig) -> Result<Route, Con
         let mut endpoint = Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(key, err))?;
         if let Some(var) = &e.api_key_env {
             // Checked here first so the error names the file and the key.
-            config.env_var(&format!("{key}.endpoint.api_key_env"), var)?;
+            config.require_env_var(&format!("{key}.endpoint.api_key_env"), var)?;
             endpoint = endpoint
                 .api_key_env(var.as_str())
                 .map_err(|err| endpoint_error(key, err))?;
@@ -298,48 +307,8 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
     if let Some(d) = &config.drills {
         share("drills.fraction", Some(d.fraction))?;
     }
-    if let Some(g) = &config.gateway {
-        if let Some(url) = &g.upstream {
-            Endpoint::new(url.as_str()).map_err(|err| match err {
-                EndpointError::InvalidUrl { url, reason } => ConfigError::new(
-                    "gateway.upstream",
-                    format!(
-                        "invalid URL {url:?} ({reason}); expected an API base such as \"https://openrouter.ai/api/v1\""
-                    ),
-                ),
-                other => ConfigError::new("gateway.upstream", other.to_string()),
-            })?;
-        }
-        if g.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            return Err(ConfigError::new(
-                "gateway.api_key_env",
-                "empty; expected the name of an environment variable such as \"OPENROUTER_API_KEY\"",
-            ));
-        }
-        if g.client_keys_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
-            return Err(ConfigError::new(
-                "gateway.client_keys_env",
-                "empty; expected the name of an environment variable such as \"GATEWAY_CLIENT_KEYS\" \
-                 (leave the key out for no caller authentication)",
-            ));
-        }
-        for (key, d, example) in [
-            ("gateway.header_read_timeout", g.header_read_timeout, "10s"),
-            ("gateway.request_body_timeout", g.request_body_timeout, "30s"),
-        ] {
-            if d == Some(Duration::ZERO) {
-                return Err(ConfigError::new(
-                    key,
-                    format!("zero; expected a duration above zero, such as \"{example}\" (leave the key out for the default)"),
-                ));
-            }
-        }
-        if g.max_concurrent_requests == Some(0) {
-            return Err(ConfigError::new(
-                "gateway.max_concurrent_requests",
-                "0; expected at least 1 request, such as 1024",
-            ));
-        }
+    if let Some(table) = &config.gateway {
+        no_null("gateway", table)?;
     }
     for (i, name) in config.credential_headers.iter().enumerate() {
         credential_header(i, name)?;
@@ -356,6 +325,23 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// A `null` (JSON only) in the `[gateway]` table is refused: TOML has none,
+/// so such a config could not be written back as TOML.
+fn no_null(key: &str, value: &serde_json::Value) -> Result<(), ConfigError> {
+    match value {
+        serde_json::Value::Null => Err(ConfigError::new(
+            key,
+            "null; expected a value (leave the key out for its default)",
+        )),
+        serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| no_null(&format!("{key}.{k}"), v)),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| no_null(&format!("{key}[{i}]"), v)),
+        _ => Ok(()),
+    }
 }
 
 fn credential_header(i: usize, name: &str) -> Result<http::HeaderName, ConfigError> {

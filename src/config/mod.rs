@@ -3,14 +3,14 @@
 //!
 //! A [`Config`] is plain data read from TOML ([`Config::from_path`],
 //! [`Config::from_toml_str`]) or JSON ([`Config::from_json_str`]);
-//! [`FallbackLayer::from_config`](crate::FallbackLayer::from_config) turns it
-//! into a layer. API keys are never in the file: a route's endpoint names the
-//! environment variable that holds its key (`api_key_env`), read when the
-//! layer is built.
+//! [`FallbackBuilder::from_config`](crate::FallbackBuilder::from_config)
+//! turns it into the settings of a layer or a middleware. API keys are never
+//! in the file: a route's endpoint names the environment variable that holds
+//! its key (`api_key_env`), read when the layer is built.
 //!
 //! ```
 //! use llm_fallback::config::Config;
-//! use llm_fallback::FallbackLayer;
+//! use llm_fallback::FallbackBuilder;
 //! use std::time::Duration;
 //!
 //! let config = Config::from_toml_str(r#"
@@ -33,7 +33,7 @@
 //!     provider = { order = ["OpenAI", "Azure"], allow_fallbacks = false }
 //! "#)?;
 //!
-//! let layer = FallbackLayer::from_config(&config)?;
+//! let layer = FallbackBuilder::from_config(&config)?.layer();
 //! assert_eq!(layer.chain().routes()[0].timeout, Some(Duration::from_secs(30)));
 //! assert_eq!(layer.chain().deadline, Some(Duration::from_secs(60)));
 //! # Ok::<(), llm_fallback::config::ConfigError>(())
@@ -66,7 +66,7 @@
 //!
 //! | key | meaning |
 //! |---|---|
-//! | `max_body_bytes`, `max_response_bytes` | [`FallbackLayer::max_body_bytes`](crate::FallbackLayer::max_body_bytes), [`max_response_bytes`](crate::FallbackLayer::max_response_bytes): an integer or `"32MiB"` |
+//! | `max_body_bytes`, `max_response_bytes` | [`FallbackBuilder::max_body_bytes`](crate::FallbackBuilder::max_body_bytes), [`max_response_bytes`](crate::FallbackBuilder::max_response_bytes): an integer or `"32MiB"` |
 //! | `on_content_policy` | [`ChainSet::on_content_policy`](crate::ChainSet::on_content_policy) |
 //! | `[policy]` | [`ConfigPolicy`]: statuses and error types that fall back or stop |
 //! | `[health]` | [`Cooldowns`](crate::health::Cooldowns): `failures`, `cooldown`, `max_cooldown`, `max_retry_after` |
@@ -74,7 +74,7 @@
 //! | `[drills]` | [`Drills`](crate::health::Drills): `fraction`, `allow_header` |
 //! | `[chains.NAME]` | a [`Chain`](crate::Chain): `deadline`, `price_guard`, `hedge_after`, `routes`; `default` is required |
 //! | `[[chains.NAME.routes]]` | a [`Route`](crate::Route): `model`, `label`, `timeout`, `first_token_timeout`, `idle_timeout`, `hedge_after`, `provider`, `native_fallbacks`, `openrouter_metadata`, `endpoint`, `capabilities`, `context_window`, `max_output_tokens`, `price` |
-//! | `[gateway]` | settings for a server in front of the layer (`examples/gateway.rs`); the layer ignores them |
+//! | `[gateway]` | settings of a server in front of the layer, read by that server with [`Config::gateway`] (the example gateway, `examples/gateway.rs`, documents its keys); the library does not read them |
 //!
 //! Durations are strings with a unit: `"30s"`, `"250ms"`, `"1.5s"`, `"2m"`,
 //! `"1m30s"`.
@@ -87,19 +87,21 @@ pub use policy::ConfigPolicy;
 
 use crate::native::ProviderPrefs;
 use crate::Capabilities;
-use serde::{Deserialize, Serialize};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 // ===== the format =====
 
-/// The whole setup: named chains of routes, policy knobs, limits, and the
-/// settings of a gateway in front of the layer.
+/// The whole setup: named chains of routes, policy knobs, limits, and (kept
+/// for a server in front of the layer, read with [`Config::gateway`]) a
+/// `[gateway]` table.
 ///
-/// Build a layer with [`FallbackLayer::from_config`](crate::FallbackLayer::from_config).
+/// Build a layer with
+/// [`FallbackBuilder::from_config`](crate::FallbackBuilder::from_config).
 /// Fields left `None` (or empty) keep the layer's defaults. The types are
 /// `#[non_exhaustive]`, so to build one in code start from
 /// `Config::default()` (or parse a string) and set fields.
@@ -127,7 +129,7 @@ pub struct Config {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_content_policy: Option<String>,
     /// Honour the callers' `x-fallback-chain` header (default false; see
-    /// [`FallbackLayer::allow_chain_header`](crate::FallbackLayer::allow_chain_header)).
+    /// [`FallbackBuilder::allow_chain_header`](crate::FallbackBuilder::allow_chain_header)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_chain_header: Option<bool>,
     /// What the exhaustion answer says: `"full"` (default) or `"summary"`
@@ -150,9 +152,10 @@ pub struct Config {
     /// Drills; present means on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drills: Option<DrillsConfig>,
-    /// Settings for a server in front of the layer; the layer ignores them.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<GatewayConfig>,
+    /// `[gateway]`: a server's own settings, kept as read (a JSON object)
+    /// for [`Config::gateway`]; the library does not read them.
+    #[serde(default, deserialize_with = "table", skip_serializing_if = "Option::is_none")]
+    gateway: Option<serde_json::Value>,
     /// The chains by name; `default` is required.
     pub chains: BTreeMap<String, ChainConfig>,
     #[serde(skip)]
@@ -400,117 +403,6 @@ pub struct DrillsConfig {
     pub allow_header: Option<bool>,
 }
 
-/// `[gateway]`: settings for an HTTP server in front of the layer, such as
-/// `examples/gateway.rs`. The layer itself ignores them.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct GatewayConfig {
-    /// Address to listen on (default `127.0.0.1:8080`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub listen: Option<SocketAddr>,
-    /// The upstream API base requests are forwarded to (default OpenRouter's).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub upstream: Option<String>,
-    /// The environment variable holding the upstream's key; required when
-    /// named. Left out: `OPENROUTER_API_KEY` for an OpenRouter upstream, no
-    /// key for others.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key_env: Option<String>,
-    /// Serve Prometheus metrics on `GET /metrics` (default false).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics: Option<bool>,
-    /// How long in-flight requests and streams may take to finish after a
-    /// shutdown signal (default 30s).
-    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub shutdown_grace: Option<Duration>,
-    /// How long a caller may take to send a request head, from the moment
-    /// the gateway waits for one (an idle keep-alive connection included);
-    /// past it the connection is closed (default 10s).
-    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub header_read_timeout: Option<Duration>,
-    /// How long a caller may take to send a whole request body, from the
-    /// end of its head; past it the caller gets a `408` and the connection is
-    /// closed (default 30s).
-    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
-    pub request_body_timeout: Option<Duration>,
-    /// Most chat requests in flight at once, streams included until their
-    /// last byte; past it a request gets a `503` at once (default 1024).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_concurrent_requests: Option<usize>,
-    /// The environment variable holding the keys callers must send as
-    /// `Authorization: Bearer <key>` (comma-separated); required and
-    /// non-empty when named. Left out: callers are not authenticated, and the
-    /// gateway listens on loopback only unless `allow_unauthenticated`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_keys_env: Option<String>,
-    /// Without `client_keys_env`, listen on a non-loopback address anyway,
-    /// for anyone who can reach it (default false; no effect with keys).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allow_unauthenticated: Option<bool>,
-}
-
-impl GatewayConfig {
-    /// Default of `listen`.
-    pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
-    /// Default of `upstream`.
-    pub const DEFAULT_UPSTREAM: &'static str = "https://openrouter.ai/api/v1";
-    /// Default of `api_key_env`.
-    pub const DEFAULT_API_KEY_ENV: &'static str = "OPENROUTER_API_KEY";
-    /// Default of `shutdown_grace`.
-    pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
-    /// Default of `header_read_timeout`.
-    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-    /// Default of `request_body_timeout`.
-    pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(30);
-    /// Default of `max_concurrent_requests`.
-    pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
-
-    /// `listen`, or its default.
-    pub fn listen_addr(&self) -> SocketAddr {
-        self.listen.unwrap_or(Self::DEFAULT_LISTEN)
-    }
-
-    /// `upstream`, or its default, without a trailing `/`.
-    pub fn upstream_url(&self) -> &str {
-        self.upstream
-            .as_deref()
-            .unwrap_or(Self::DEFAULT_UPSTREAM)
-            .trim_end_matches('/')
-    }
-
-    /// `metrics`, or its default.
-    pub fn metrics_enabled(&self) -> bool {
-        self.metrics.unwrap_or(false)
-    }
-
-    /// `shutdown_grace`, or its default.
-    pub fn grace(&self) -> Duration {
-        self.shutdown_grace.unwrap_or(Self::DEFAULT_SHUTDOWN_GRACE)
-    }
-
-    /// `header_read_timeout`, or its default.
-    pub fn header_timeout(&self) -> Duration {
-        self.header_read_timeout.unwrap_or(Self::DEFAULT_HEADER_READ_TIMEOUT)
-    }
-
-    /// `request_body_timeout`, or its default.
-    pub fn body_timeout(&self) -> Duration {
-        self.request_body_timeout.unwrap_or(Self::DEFAULT_REQUEST_BODY_TIMEOUT)
-    }
-
-    /// `max_concurrent_requests`, or its default.
-    pub fn concurrency_limit(&self) -> usize {
-        self.max_concurrent_requests
-            .unwrap_or(Self::DEFAULT_MAX_CONCURRENT_REQUESTS)
-    }
-
-    /// `allow_unauthenticated`, or its default.
-    pub fn unauthenticated_allowed(&self) -> bool {
-        self.allow_unauthenticated.unwrap_or(false)
-    }
-}
-
 // ===== loading =====
 
 impl Config {
@@ -520,10 +412,10 @@ impl Config {
     ///
     /// ```no_run
     /// use llm_fallback::config::Config;
-    /// use llm_fallback::FallbackLayer;
+    /// use llm_fallback::FallbackBuilder;
     ///
     /// let config = Config::from_path("fallback.toml")?;
-    /// let layer = FallbackLayer::from_config(&config)?;
+    /// let layer = FallbackBuilder::from_config(&config)?.layer();
     /// # Ok::<(), llm_fallback::config::ConfigError>(())
     /// ```
     pub fn from_path(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
@@ -589,18 +481,64 @@ impl Config {
     /// Checks what the types alone cannot: a `default` chain exists, no
     /// chain is empty, model ids and durations are not empty or zero,
     /// `on_content_policy` names a chain, policy statuses are error statuses
-    /// listed once, endpoint URLs parse. (Key variables are read by
-    /// [`FallbackLayer::from_config`](crate::FallbackLayer::from_config).)
+    /// listed once, endpoint URLs parse, the `[gateway]` table holds no
+    /// `null`. (Key variables are read by
+    /// [`FallbackBuilder::from_config`](crate::FallbackBuilder::from_config);
+    /// the `[gateway]` keys by whoever reads [`Config::gateway`].)
     pub fn validate(&self) -> Result<(), ConfigError> {
         build::validate(self).map_err(|e| self.locate(e))
     }
 
-    /// Reads the environment variable `variable`, which the config names at
-    /// `key` (such as `gateway.api_key_env`): a missing variable is an error
-    /// naming the file, the key and the variable.
-    pub fn env_var(&self, key: &str, variable: &str) -> Result<String, ConfigError> {
+    /// The `[gateway]` table read as `T`: the settings of a server in front
+    /// of the layer, such as the example gateway (`examples/gateway.rs`),
+    /// which owns their type, defaults and checks. The library keeps the
+    /// table as the file had it and reads nothing in it. `Ok(None)` when the
+    /// file has no `[gateway]`.
+    ///
+    /// Errors name the file and the key path (`gateway.listen`) like the
+    /// config's own; give `T` `#[serde(deny_unknown_fields)]` so a typo is
+    /// refused too.
+    ///
+    /// ```
+    /// use llm_fallback::config::Config;
+    /// use std::net::SocketAddr;
+    ///
+    /// #[derive(serde::Deserialize)]
+    /// #[serde(deny_unknown_fields)]
+    /// struct Gateway {
+    ///     listen: Option<SocketAddr>,
+    /// }
+    ///
+    /// let route = "[[chains.default.routes]]\nmodel = \"a/b\"\n";
+    /// let config = Config::from_toml_str(&format!("[gateway]\nlisten = \"127.0.0.1:9000\"\n{route}"))?;
+    /// let gateway: Gateway = config.gateway()?.expect("the file has [gateway]");
+    /// assert_eq!(gateway.listen, Some("127.0.0.1:9000".parse().unwrap()));
+    ///
+    /// let config = Config::from_toml_str(&format!("[gateway]\nlisten = \"localhost\"\n{route}"))?
+    ///     .with_source("fallback.toml");
+    /// let err = config.gateway::<Gateway>().map(|_| ()).unwrap_err();
+    /// assert_eq!(err.to_string(), "fallback.toml: gateway.listen: invalid socket address syntax");
+    /// # Ok::<(), llm_fallback::config::ConfigError>(())
+    /// ```
+    pub fn gateway<T: DeserializeOwned>(&self) -> Result<Option<T>, ConfigError> {
+        let Some(table) = &self.gateway else {
+            return Ok(None);
+        };
+        serde_path_to_error::deserialize(table).map(Some).map_err(|e| {
+            let key = match key_path(e.path()) {
+                p if p.is_empty() => "gateway".to_owned(),
+                p => format!("gateway.{p}"),
+            };
+            self.locate(ConfigError::new(key, strip_json_position(&e.into_inner().to_string())))
+        })
+    }
+
+    /// Checks that the environment variable `variable`, which the config
+    /// names at `key`, holds something: an unset or empty one is an error
+    /// naming the file, the key and the variable. The value is not kept.
+    fn require_env_var(&self, key: &str, variable: &str) -> Result<(), ConfigError> {
         match std::env::var(variable) {
-            Ok(v) if !v.trim().is_empty() => Ok(v),
+            Ok(v) if !v.trim().is_empty() => Ok(()),
             Ok(_) => Err(self.locate(ConfigError::new(
                 key,
                 format!("the environment variable {variable} is empty; expected it to hold the API key"),
@@ -619,6 +557,12 @@ impl Config {
             _ => err,
         }
     }
+}
+
+/// Keeps a `[gateway]` table as read (JSON `null`: none); anything but a
+/// table is refused here.
+fn table<'de, D: Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    Ok(Option::<serde_json::Map<String, serde_json::Value>>::deserialize(d)?.map(serde_json::Value::Object))
 }
 
 /// `chains.default.routes[1].timeout`; empty for the top level.
@@ -672,8 +616,8 @@ pub struct ConfigError {
 impl ConfigError {
     /// An error about the setting at `key` (a key path such as
     /// `gateway.upstream`), for code that reads settings of its own from a
-    /// [`Config`], like a gateway reading `[gateway]`. Add the file with
-    /// [`ConfigError::in_file`].
+    /// [`Config`], like a gateway checking what [`Config::gateway`] read.
+    /// Add the file with [`ConfigError::in_file`].
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigError {
             file: None,

@@ -22,8 +22,9 @@ use crate::Attempt;
 /// let mut knobs = PolicyConfig::default();
 /// knobs.stop_on_status = vec![429];
 /// knobs.fallback_on_status = vec![409];
-/// let layer = FallbackLayer::new(Chain::new([Route::new("a/b"), Route::new("c/d")]))
-///     .with_policy(ConfigPolicy::new(&knobs));
+/// let layer = FallbackLayer::builder(Chain::new([Route::new("a/b"), Route::new("c/d")]))
+///     .with_policy(ConfigPolicy::new(&knobs))
+///     .layer();
 /// # let _ = layer;
 /// ```
 #[derive(Clone, Debug, Default)]

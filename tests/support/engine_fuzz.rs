@@ -51,7 +51,7 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use llm_fallback::native::{DataCollection, Endpoint, MaxPrice, ProviderPrefs, ProviderSort, SortBy};
 use llm_fallback::{
-    Attempt, Chain, ChainSet, ExhaustionBody, FallbackLayer, FallbackReport, Outcome, ReplayBody, Resolution, Route,
+    Attempt, Chain, ChainSet, ExhaustionBody, FallbackBuilder, FallbackReport, Outcome, ReplayBody, Resolution, Route,
     StreamReport,
 };
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -1737,11 +1737,11 @@ async fn drive(case: &Case) -> Summary {
     let (chain, default) = build_chain("default", &case.routes, case);
     let mut chains = Chains { default, policy: None };
     let mut layer = match case.policy_routes.is_empty() {
-        true => FallbackLayer::new(chain),
+        true => FallbackBuilder::new(chain),
         false => {
             let (policy_chain, policy) = build_chain("policy", &case.policy_routes, case);
             chains.policy = Some(policy);
-            FallbackLayer::with_chains(
+            FallbackBuilder::with_chains(
                 ChainSet::new(chain)
                     .chain("policy", policy_chain)
                     .on_content_policy("policy"),
@@ -1766,7 +1766,7 @@ async fn drive(case: &Case) -> Summary {
     }
     let state = Arc::new(Mutex::new(UpstreamState::default()));
     let svc = tower::ServiceBuilder::new()
-        .layer(layer)
+        .layer(layer.layer())
         .service(upstream(Arc::new(case.answers.clone()), state.clone()));
 
     let mut req = Request::post("http://caller.example/api/v1/chat/completions");
