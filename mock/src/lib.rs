@@ -959,6 +959,10 @@ impl RecordedRequest {
 }
 
 #[cfg(test)]
+mod dialect_stream_tests;
+#[cfg(test)]
+mod dialect_tests;
+#[cfg(test)]
 mod routing_tests;
 #[cfg(test)]
 mod stream_tests;
