@@ -6,12 +6,17 @@
 //! `Retry-After`, HTTP 200 bodies that are really errors, latency, hangs and
 //! dropped connections. Each model follows a [`Script`] of [`Reply`]s; every
 //! request is recorded so tests can check what was sent.
+//! It serves the OpenAI Responses API (`…/responses`), Anthropic Messages
+//! (`…/messages`), embeddings (`…/embeddings`) and legacy completions
+//! (`…/completions`) the same way, each reply in the shape of the
+//! request's API: see [Dialects](#dialects).
 //! [`MockServer`] puts the same upstream behind a real loopback HTTP/1.1
 //! server for clients that need a URL.
 //!
 //! It is the upstream [llm-fallback](https://docs.rs/llm-fallback)'s own
 //! tests, examples and benches run against, and works for any client of an
-//! OpenAI-compatible chat-completions API. Add it as a dev-dependency:
+//! OpenAI-compatible chat-completions, Responses or embeddings API, or of
+//! the Anthropic Messages API. Add it as a dev-dependency:
 //! `cargo add --dev llm-fallback-mock`. It does not depend on llm-fallback.
 //!
 //! ```
@@ -62,10 +67,12 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | a path other than the two chat-completions paths | `404` JSON error |
+//! | a path other than `/api/v1/<endpoint>` and `/v1/<endpoint>` of the five [`Dialect`]s | `404` JSON error (OpenRouter's shape) |
 //! | a method other than `POST` | `405` JSON error with `Allow: POST` |
 //! | a body that is not a JSON object | `400` `Invalid JSON body: ...` |
 //! | no string `model` | `400` `No model specified` |
+//! | embeddings: no `input`, or one that is not a string, token array or array of those (or objects); `dimensions` not 1..=3072; `encoding_format` not `float` or `base64` | `400` naming the field in `error.param` |
+//! | embeddings: a `models` array | `400` `'models' is not supported on embeddings ...` |
 //! | more than 3 entries in `models` | `400` `'models' array must have 3 items or fewer` |
 //! | `models` not an array of strings | `400` `'models' must be an array of model IDs, found ...` |
 //! | a `provider` object OpenRouter would refuse (unknown key, wrong type) | `400` `Invalid provider preferences: ...` (serde's message, naming the key) |
@@ -74,9 +81,18 @@
 //! | a scripted model | the script's next [`Reply`] |
 //! | `model` plus `models`, or a model with [provider scripts](MockUpstream::provider) | OpenRouter's server-side routing, below |
 //!
+//! The mock's own errors (these rows) come in the error shape of the
+//! path's dialect; every request, valid or not, is recorded with its
+//! [`dialect`](RecordedRequest::dialect).
+//!
 //! # Server-side routing
 //!
 //! Like OpenRouter, the mock falls back on its side within one HTTP request.
+//! It does so on chat completions, Responses, Messages and completions,
+//! whose OpenRouter references all list `models`, `provider` and `route`.
+//! Embeddings take `provider` (their reference lists it) but not `models`:
+//! the mock refuses a `models` there with a 400, so a test sees a client
+//! that would mix two models' vector spaces.
 //! The candidates are `model`, then each entry of `models` in order; a
 //! model scripted per provider with [`MockUpstream::provider`] is one
 //! candidate per allowed provider, all of them before the next model. For
@@ -146,6 +162,196 @@
 //! # }
 //! ```
 //!
+//! # Dialects
+//!
+//! The path picks the [`Dialect`]: `…/chat/completions`, `…/responses`,
+//! `…/messages`, `…/embeddings` or `…/completions`, under `/api/v1`
+//! (OpenRouter's base; [`MockServer::base_url`]) or `/v1` (what the OpenAI
+//! and Anthropic SDKs add to a bare host). Scripts are per model, not per
+//! dialect: one [`Reply`] is rendered in the dialect of each request it
+//! answers, so existing chat scripts keep working and the same fault can be
+//! played in any API's shape.
+//!
+//! | reply | Responses | Messages | embeddings | completions |
+//! |---|---|---|---|---|
+//! | [`ok`](Reply::ok) | `{"object":"response","status":"completed","error":null,"output":[{"type":"message",.."content":[{"type":"output_text",..}]}],"usage":..}` | `{"type":"message","role":"assistant","content":[{"type":"text",..}],"stop_reason":"end_turn","usage":..}` | `{"object":"list","data":[{"object":"embedding","index":0,"embedding":[..]}],"model":..,"usage":..}` | `{"object":"text_completion","choices":[{"text":..,"index":0,"finish_reason":"stop"}],..}` |
+//! | [`length_stop`](Reply::length_stop) | `status: "incomplete"`, `incomplete_details.reason: "max_output_tokens"` | `stop_reason: "max_tokens"` | — | `finish_reason: "length"` |
+//! | [`status`](Reply::status), [`error`](Reply::error) | OpenAI error JSON | Anthropic error JSON | OpenAI error JSON | as chat |
+//! | [`ok_with_error`](Reply::ok_with_error) | 200, `status: "failed"`, an `error` object | 200, `{"type":"error",..}` (`api_error`) | 200, an `error` object, no `data` | as chat |
+//! | [`finish_reason_error`](Reply::finish_reason_error) | 200, `status: "failed"` with the partial output | as `ok_with_error` | as `ok_with_error` | `finish_reason: "error"` |
+//! | [`no_choices`](Reply::no_choices) | no `status`, no `output` | no `content`, no `stop_reason` | no `data` | no `choices` |
+//! | [`stream`](Reply::stream) | named events, `response.created` .. `response.completed`, no `[DONE]` | `message_start` .. `message_stop` | as `ok` | `text_completion` chunks, `[DONE]` |
+//! | [`error_after`](Reply::error_after) | `response.failed` | `event: error`, `overloaded_error` | — | as chat |
+//! | [`error_event_after`](Reply::error_event_after) | `event: error` (`{type, code, message, param, sequence_number}`) | as `error_after` | — | as chat |
+//! | [`no_done`](Reply::no_done) | no `response.completed` | no `message_stop` | — | no `[DONE]` |
+//! | [`hang`](Reply::hang), [`latency`](Reply::latency), [`transport_error`](Reply::transport_error), [`raw`](Reply::raw), [`retry_after`](Reply::retry_after), [`header`](Reply::header), [`cut_after`](Reply::cut_after), [`stall_after`](Reply::stall_after), [`keep_alive`](Reply::keep_alive), [`chunk_interval`](Reply::chunk_interval) | the same in every dialect ||||
+//!
+//! The error bodies by status:
+//!
+//! | status | OpenAI `type` / `code` (Responses, embeddings) | Anthropic `error.type` (Messages) |
+//! |---|---|---|
+//! | 400 | `invalid_request_error` / `invalid_prompt` | `invalid_request_error` |
+//! | 401 | `authentication_error` / `invalid_api_key` | `authentication_error` |
+//! | 402 | `insufficient_quota` / `insufficient_quota` | `billing_error` |
+//! | 403 | `permission_error` / `content_policy_violation` | `permission_error` |
+//! | 404 | `invalid_request_error` / `model_not_found` | `not_found_error` |
+//! | 408 | `timeout` / `timeout` | `timeout_error` |
+//! | 413 | `invalid_request_error` / `request_too_large` | `request_too_large` |
+//! | 429 | `rate_limit_error` / `rate_limit_exceeded` | `rate_limit_error` |
+//! | 504, 524 | `server_error` / `server_error` | `timeout_error` |
+//! | 529 | `server_error` / `server_error` | `overloaded_error` |
+//! | other 5xx | `server_error` / `server_error` | `api_error` |
+//! | other 4xx | `invalid_request_error` / `null` | `invalid_request_error` |
+//!
+//! The OpenAI shape is `{"error":{"message":..,"type":..,"param":null,
+//! "code":..}}` (`code` a string, as the SDKs read it; the codes are the
+//! ones OpenRouter's Responses API documents), Anthropic's `{"type":"error",
+//! "error":{"type":..,"message":..},"request_id":"req_mock_<n>"}`; the
+//! messages are the chat ones. [`Reply::error`]'s `error_type` sets the
+//! OpenAI `type` and `code`, or the Anthropic `error.type`.
+//! [`provider`](Reply::provider) and [`raw_message`](Reply::raw_message)
+//! show only in chat and completions bodies (the other shapes have no
+//! field for them); `openrouter_metadata` (with `X-OpenRouter-Metadata:
+//! enabled`) comes on a good buffered answer of every dialect. Ids:
+//! `resp_mock_<n>` (a response), `msg_mock_<n>` (its output message, or a
+//! Messages message), `gen-mock-<n>` (chat, completions and the
+//! `X-Generation-Id` header of every good answer).
+//!
+//! Streams of the Responses and Messages dialects send a preamble at once
+//! (Responses: `response.created`, `response.in_progress`,
+//! `response.output_item.added` with an empty item,
+//! `response.content_part.added`; Messages: `message_start`,
+//! `content_block_start` and [`pings`](Reply::pings), one by default),
+//! then one event per token (`response.output_text.delta`,
+//! `content_block_delta`) after each [`chunk_interval`](Reply::chunk_interval),
+//! then the closing events. [Keep-alive comments](Reply::keep_alive) come
+//! first, before the preamble, in every dialect. Each event is in its own
+//! body frame, as `event: <type>` and one `data:` line whose JSON `type`
+//! says the same; Responses events carry a `sequence_number` counting
+//! every event. [`parse_sse_named`] reads them back with their names.
+//!
+//! An OpenAI Responses request, first rate limited, then answered:
+//!
+//! ```
+//! use llm_fallback_mock::{Dialect, MockUpstream, Reply, Script};
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstream = MockUpstream::new().model(
+//!     "openai/gpt-4o",
+//!     Script::sequence([Reply::status(429).retry_after(1), Reply::ok().content("pong")]),
+//! );
+//! let request = || {
+//!     http::Request::post("http://openrouter.test/api/v1/responses")
+//!         .body(r#"{"model":"openai/gpt-4o","input":"ping"}"#.to_string())
+//!         .unwrap()
+//! };
+//! let limited = upstream.clone().oneshot(request()).await.unwrap();
+//! assert_eq!(limited.status(), 429);
+//! let bytes = limited.into_body().collect().await.unwrap().to_bytes();
+//! let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+//! assert_eq!(error["error"]["code"], "rate_limit_exceeded");
+//!
+//! let answer = upstream.clone().oneshot(request()).await.unwrap();
+//! let bytes = answer.into_body().collect().await.unwrap().to_bytes();
+//! let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+//! assert_eq!(body["object"], "response");
+//! assert_eq!(body["status"], "completed");
+//! assert_eq!(body["output"][0]["content"][0]["text"], "pong");
+//! assert_eq!(upstream.requests()[1].dialect, Some(Dialect::Responses));
+//! # }
+//! ```
+//!
+//! An Anthropic Messages stream that fails with `overloaded_error` before
+//! its first content, after `message_start` and a `ping`:
+//!
+//! ```
+//! use llm_fallback_mock::{parse_sse_named, MockUpstream, Reply};
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstream = MockUpstream::new().model(
+//!     "anthropic/claude-sonnet-4",
+//!     Reply::stream().error_before_first_token(),
+//! );
+//! let request = http::Request::post("http://openrouter.test/v1/messages")
+//!     .header("x-api-key", "sk-ant-test")
+//!     .header("anthropic-version", "2023-06-01")
+//!     .body(r#"{"model":"anthropic/claude-sonnet-4","max_tokens":64,"stream":true,"messages":[]}"#.to_string())
+//!     .unwrap();
+//! let response = upstream.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), 200);
+//! let bytes = response.into_body().collect().await.unwrap().to_bytes();
+//! let events = parse_sse_named(&bytes);
+//! let names: Vec<_> = events.iter().map(|e| e.name().unwrap()).collect();
+//! assert_eq!(names, ["message_start", "content_block_start", "ping", "error"]);
+//! assert_eq!(events[3].json().unwrap()["error"]["type"], "overloaded_error");
+//! # }
+//! ```
+//!
+//! Embeddings: one small deterministic unit vector per input (8 floats, or
+//! `dimensions`; base64 with `encoding_format: "base64"`), the same for the
+//! same model and input and different for another model, as the vectors of
+//! two real models are not comparable:
+//!
+//! ```
+//! use llm_fallback_mock::{MockUpstream, Reply};
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstream = MockUpstream::new()
+//!     .model("openai/text-embedding-3-small", Reply::ok())
+//!     .model("other/embedder", Reply::ok());
+//! let embed = |model: &str| {
+//!     let body = format!(r#"{{"model":"{model}","input":["cat","kitten"]}}"#);
+//!     let request = http::Request::post("http://openrouter.test/api/v1/embeddings").body(body).unwrap();
+//!     let upstream = upstream.clone();
+//!     async move {
+//!         let response = upstream.oneshot(request).await.unwrap();
+//!         let bytes = response.into_body().collect().await.unwrap().to_bytes();
+//!         serde_json::from_slice::<serde_json::Value>(&bytes).unwrap()
+//!     }
+//! };
+//! let small = embed("openai/text-embedding-3-small").await;
+//! assert_eq!(small["object"], "list");
+//! assert_eq!(small["data"].as_array().unwrap().len(), 2);
+//! assert_eq!(small["data"][1]["index"], 1);
+//! assert_eq!(small["data"][0]["embedding"].as_array().unwrap().len(), 8);
+//! let other = embed("other/embedder").await;
+//! assert_ne!(small["data"][0]["embedding"], other["data"][0]["embedding"]);
+//! # }
+//! ```
+//!
+//! A legacy completions stream: `text_completion` chunks with
+//! `choices[0].text`, then `[DONE]`, as chat:
+//!
+//! ```
+//! use llm_fallback_mock::{parse_sse, MockUpstream, Reply};
+//! use http_body_util::BodyExt;
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstream = MockUpstream::new().model("openai/gpt-3.5-turbo-instruct", Reply::stream().tokens(["4", "2"]));
+//! let request = http::Request::post("http://openrouter.test/api/v1/completions")
+//!     .body(r#"{"model":"openai/gpt-3.5-turbo-instruct","prompt":"6*7=","stream":true}"#.to_string())
+//!     .unwrap();
+//! let response = upstream.oneshot(request).await.unwrap();
+//! let bytes = response.into_body().collect().await.unwrap().to_bytes();
+//! let events = parse_sse(&bytes);
+//! let first = events[0].json().unwrap();
+//! assert_eq!(first["object"], "text_completion");
+//! assert_eq!(first["choices"][0]["text"], "4");
+//! assert!(events.last().unwrap().is_done());
+//! # }
+//! ```
+//!
 //! # Streams
 //!
 //! [`Reply::stream`] answers like OpenRouter with `"stream": true`: a
@@ -166,16 +372,20 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod body;
+mod dialect;
+mod embeddings;
 mod reply;
 mod routing;
 mod server;
+mod shapes;
 mod sse;
 mod stream;
 
 pub use body::{MockBody, MockBodyError, MockTransportError};
+pub use dialect::Dialect;
 pub use reply::{Reply, Script};
 pub use server::MockServer;
-pub use sse::{parse_sse, SseEvent};
+pub use sse::{parse_sse, parse_sse_named, NamedEvent, SseEvent};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -192,14 +402,13 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower_service::Service;
 
-use reply::{error_body, Action, Ctx, Verdict};
+use dialect::error_value;
+use embeddings::EmbeddingRequest;
+use reply::{Action, Ctx, Verdict};
 use routing::{Attempt, METADATA_HEADER};
 
 /// The 404 of a model whose providers the `provider` object all excludes.
 const NO_ALLOWED_PROVIDERS: &str = "No allowed providers are available for the selected model.";
-
-/// The paths the mock serves.
-const CHAT_PATHS: [&str; 2] = ["/api/v1/chat/completions", "/v1/chat/completions"];
 
 // ===== MockUpstream =====
 
@@ -464,43 +673,59 @@ impl MockUpstream {
             .headers
             .get(METADATA_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"enabled"));
+        let dialect = Dialect::from_path(parts.uri.path());
         lock(&self.shared.requests).push(RecordedRequest {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers,
             body: body.clone(),
             model: model.clone(),
+            dialect,
         });
 
-        let path = parts.uri.path();
-        if !CHAT_PATHS.contains(&path) {
-            let message = format!("Not Found: no route for {path}");
-            return Ok(json_error(StatusCode::NOT_FOUND, &message));
-        }
+        let Some(dialect) = dialect else {
+            let message = format!("Not Found: no route for {}", parts.uri.path());
+            return Ok(json_error(Dialect::Chat, StatusCode::NOT_FOUND, &message));
+        };
         if parts.method != Method::POST {
             let message = format!("Method {} not allowed; use POST", parts.method);
-            let mut resp = json_error(StatusCode::METHOD_NOT_ALLOWED, &message);
+            let mut resp = json_error(dialect, StatusCode::METHOD_NOT_ALLOWED, &message);
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
             return Ok(resp);
         }
+        let bad_request = |message: &str| Ok(json_error(dialect, StatusCode::BAD_REQUEST, message));
         let value = match parsed {
             Ok(value) => value,
-            Err(e) => {
-                let message = format!("Invalid JSON body: {e}");
-                return Ok(json_error(StatusCode::BAD_REQUEST, &message));
-            }
+            Err(e) => return bad_request(&format!("Invalid JSON body: {e}")),
         };
         let Value::Object(fields) = value else {
-            let message = "Invalid JSON body: expected a JSON object";
-            return Ok(json_error(StatusCode::BAD_REQUEST, message));
+            return bad_request("Invalid JSON body: expected a JSON object");
         };
         let Some(model) = model else {
-            let message = "No model specified: the body needs a string \"model\"";
-            return Ok(json_error(StatusCode::BAD_REQUEST, message));
+            return bad_request("No model specified: the body needs a string \"model\"");
         };
-        let plan = match routing::plan(&fields, model) {
+        let plan = match routing::plan(&fields, model, dialect) {
             Ok(plan) => plan,
-            Err(message) => return Ok(json_error(StatusCode::BAD_REQUEST, &message)),
+            Err(message) => return bad_request(&message),
+        };
+        let embedding = if dialect == Dialect::Embeddings {
+            match embeddings::read(&fields) {
+                Ok(request) => Some(request),
+                Err((message, param)) => {
+                    let mut body = error_value(dialect, StatusCode::BAD_REQUEST, None, &message, None, None);
+                    if let Some(error) = body.get_mut("error").and_then(Value::as_object_mut) {
+                        error.insert("param".into(), Value::from(param));
+                    }
+                    return Ok(json_response(StatusCode::BAD_REQUEST, &body));
+                }
+            }
+        } else {
+            None
+        };
+        let request = Served {
+            dialect,
+            bytes: body.len(),
+            embedding,
         };
 
         // Server-side routing: each model in turn, each allowed provider of
@@ -555,9 +780,9 @@ impl MockUpstream {
                             error: None,
                         });
                         let metadata = want_metadata.then(|| routing::metadata(&attempts));
-                        return self.serve(pick, body.len(), metadata).await;
+                        return self.serve(pick, &request, metadata).await;
                     }
-                    Verdict::Final => return self.serve(pick, body.len(), None).await,
+                    Verdict::Final => return self.serve(pick, &request, None).await,
                     Verdict::Failure { status, message } => {
                         tracing::debug!(model = %candidate, provider = %shown, status, "mock upstream: server-side try failed");
                         attempts.push(Attempt {
@@ -574,27 +799,34 @@ impl MockUpstream {
                 }
             }
         }
-        let last = last.expect("a plan has at least one model, and each try that fails sets `last`");
-        self.serve(last, body.len(), None).await
+        let Some(last) = last else {
+            // Unreachable: a plan has at least one model, and each try that
+            // fails sets `last`.
+            let message = "mock upstream: no candidate was tried";
+            return Ok(json_error(dialect, StatusCode::INTERNAL_SERVER_ERROR, message));
+        };
+        self.serve(last, &request, None).await
     }
 
     /// Answers with `pick`: renders a drawn reply after its latency.
     async fn serve(
         &self,
         pick: Pick,
-        request_bytes: usize,
+        request: &Served,
         metadata: Option<Value>,
     ) -> Result<Response<MockBody>, MockTransportError> {
         let (reply, model, provider) = match pick {
-            Pick::Mock { status, message } => return Ok(json_error(status, &message)),
+            Pick::Mock { status, message } => return Ok(json_error(request.dialect, status, &message)),
             Pick::Reply { reply, model, provider } => (reply, model, provider),
         };
         let ctx = Ctx {
             model: &model,
             provider: provider.as_deref(),
             generation: self.shared.generations.fetch_add(1, Ordering::Relaxed) + 1,
-            request_bytes,
+            request_bytes: request.bytes,
             metadata,
+            dialect: request.dialect,
+            embedding: request.embedding.as_ref(),
         };
         let action = reply.render(&ctx);
         if let Some(delay) = reply.delay() {
@@ -619,9 +851,23 @@ fn mock_failure(attempts: &mut Vec<Attempt>, model: &str, status: StatusCode, me
     Pick::Mock { status, message }
 }
 
-/// A JSON error answer of the mock itself (routing, bad body, unknown model).
-fn json_error(status: StatusCode, message: &str) -> Response<MockBody> {
-    let body = serde_json::to_vec(&error_body(status.as_u16(), message, None)).expect("serializing a JSON value");
+/// A valid request, as the reply that answers it needs it.
+struct Served {
+    dialect: Dialect,
+    /// Size of the request body.
+    bytes: usize,
+    /// What an embeddings request asked for.
+    embedding: Option<EmbeddingRequest>,
+}
+
+/// A JSON error answer of the mock itself (routing, bad body, unknown
+/// model), in `dialect`'s error shape.
+fn json_error(dialect: Dialect, status: StatusCode, message: &str) -> Response<MockBody> {
+    json_response(status, &error_value(dialect, status, None, message, None, None))
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<MockBody> {
+    let body = serde_json::to_vec(body).expect("serializing a JSON value");
     let len = body.len();
     let mut resp = Response::new(MockBody::full(body));
     *resp.status_mut() = status;
@@ -691,6 +937,9 @@ pub struct RecordedRequest {
     /// The body's top-level `"model"`, when it is a JSON object with a string
     /// `model`.
     pub model: Option<String>,
+    /// The dialect of the request's path; `None` for a path the mock does
+    /// not serve (answered with 404).
+    pub dialect: Option<Dialect>,
 }
 
 impl RecordedRequest {
@@ -709,6 +958,10 @@ impl RecordedRequest {
     }
 }
 
+#[cfg(test)]
+mod dialect_stream_tests;
+#[cfg(test)]
+mod dialect_tests;
 #[cfg(test)]
 mod routing_tests;
 #[cfg(test)]

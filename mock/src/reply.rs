@@ -9,6 +9,9 @@ use http::{Response, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::body::{MockBody, MockTransportError};
+use super::dialect::{error_value, openrouter_error, Dialect};
+use super::embeddings::EmbeddingRequest;
+use super::shapes::Answer;
 use super::stream::{split_words, End, Meta, SseBody, StreamScript};
 
 /// The provider name used when a reply does not set one.
@@ -22,6 +25,12 @@ const DEFAULT_PROVIDER: &str = "MockProvider";
 /// [`Reply::hang`], ...) and refine it with the chainable setters. A setter
 /// that does not apply to the kind of reply (say [`content`](Reply::content)
 /// on a 429) is ignored.
+///
+/// A reply names no API shape: it is rendered in the [`Dialect`] of the
+/// request it answers (told by the path), so one script serves chat,
+/// Responses, Messages, embeddings and completions requests alike. The
+/// docs of each constructor describe the chat answer; [the crate
+/// docs](crate#dialects) list what each becomes in the other dialects.
 ///
 /// ```
 /// use llm_fallback_mock::Reply;
@@ -42,6 +51,7 @@ pub struct Reply {
     retry_after: Option<u64>,
     latency: Option<Duration>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    length_stop: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +87,7 @@ impl Reply {
             retry_after: None,
             latency: None,
             headers: Vec::new(),
+            length_stop: false,
         }
     }
 
@@ -85,6 +96,11 @@ impl Reply {
     /// choice with `finish_reason: "stop"` and the text `Hello from <model>`,
     /// and `usage`. Carries `Content-Type: application/json` and
     /// `X-Generation-Id`.
+    ///
+    /// In the other dialects: a Responses `response` with `status:
+    /// "completed"` and one `output_text`, an Anthropic `message` with one
+    /// `text` block and `stop_reason: "end_turn"`, an embeddings `list` with
+    /// one vector per input, a `text_completion` with `choices[0].text`.
     pub fn ok() -> Self {
         Self::new(Kind::Completion)
     }
@@ -109,7 +125,9 @@ impl Reply {
     /// [`stream`](Reply::stream)), or `error.metadata.provider_name` of an
     /// error. Default: the provider the reply was scripted for with
     /// [`MockUpstream::provider`](super::MockUpstream::provider), else
-    /// `MockProvider`.
+    /// `MockProvider`. Chat and completions bodies only (the Responses,
+    /// Messages and embeddings shapes have no such field); every dialect
+    /// names it in `openrouter_metadata.attempts`.
     pub fn provider(mut self, name: impl Into<String>) -> Self {
         self.provider = Some(name.into());
         self
@@ -144,6 +162,14 @@ impl Reply {
     /// a 2xx code gives that status with an error body (see
     /// [`ok_with_error`](Reply::ok_with_error) for OpenRouter's own shape).
     ///
+    /// Responses and embeddings requests get the same status and message in
+    /// OpenAI's shape, `{"error":{"message":..,"type":..,"param":null,
+    /// "code":..}}`; Messages requests in Anthropic's, `{"type":"error",
+    /// "error":{"type":..,"message":..},"request_id":..}` (529 is
+    /// `overloaded_error`, 429 `rate_limit_error`, 401
+    /// `authentication_error`, 400 `invalid_request_error`, ...: the table is
+    /// in [the crate docs](crate#dialects)).
+    ///
     /// # Panics
     ///
     /// If `code` is not a valid HTTP status (100..=999).
@@ -157,7 +183,10 @@ impl Reply {
 
     /// An error reply with the given status, `metadata.error_type` and
     /// message: `{"error":{"code":status,"message":..,"metadata":
-    /// {"error_type":..,"provider_name":..,"raw":..}}}`.
+    /// {"error_type":..,"provider_name":..,"raw":..}}}`. In the OpenAI shape
+    /// (Responses, embeddings) `error_type` is the error's `type` and
+    /// `code`; in Anthropic's (Messages) its `error.type`, e.g.
+    /// `Reply::error(529, "overloaded_error", "Overloaded")`.
     ///
     /// # Panics
     ///
@@ -171,7 +200,9 @@ impl Reply {
     }
 
     /// Sets `error.metadata.raw`: the upstream provider's own message, the
-    /// real cause behind an opaque "Provider returned error".
+    /// real cause behind an opaque "Provider returned error" (chat and
+    /// completions errors; the other dialects' error shapes have no
+    /// `metadata`).
     pub fn raw_message(mut self, raw: impl Into<String>) -> Self {
         self.raw_message = Some(raw.into());
         self
@@ -199,19 +230,26 @@ impl Reply {
 
     /// `200 OK` whose body is an error and has no `choices`:
     /// `{"error":{"code":502,"message":"Provider returned error","metadata":
-    /// {"error_type":"provider_unavailable",..}}}`.
+    /// {"error_type":"provider_unavailable",..}}}`. Responses: a `response`
+    /// with `status: "failed"`, an `error` object and no output; Messages:
+    /// `{"type":"error","error":{"type":"api_error",..}}`; embeddings: an
+    /// OpenAI `error` object and no `data`.
     pub fn ok_with_error() -> Self {
         Self::new(Kind::OkWithError)
     }
 
-    /// `200 OK` with valid JSON (`id`, `model`, `usage`, ...) but no `choices`.
+    /// `200 OK` with valid JSON (`id`, `model`, `usage`, ...) but no `choices`
+    /// (Responses: no `status` or `output`; Messages: no `content` or
+    /// `stop_reason`; embeddings: no `data`).
     pub fn no_choices() -> Self {
         Self::new(Kind::NoChoices)
     }
 
     /// `200 OK` whose `choices[0].finish_reason` is `"error"`, with
     /// `choices[0].error` `{code, message}`: the provider failed after
-    /// generation began.
+    /// generation began. Responses: `status: "failed"` with the partial
+    /// output; Messages and embeddings, which have no partial answer, get
+    /// [`ok_with_error`](Reply::ok_with_error)'s body.
     pub fn finish_reason_error() -> Self {
         Self::new(Kind::FinishReasonError)
     }
@@ -238,10 +276,24 @@ impl Reply {
     /// 4. `data: [DONE]`.
     ///
     /// Every chunk carries the same `id` (`gen-mock-<n>`), `provider`,
-    /// `model` and `created`. The setters below add
+    /// `model` and `created`. A completions request gets the same stream
+    /// of `text_completion` chunks with `choices[0].text`. A Responses
+    /// request gets named events (`response.created`,
+    /// `response.in_progress`, `response.output_item.added`,
+    /// `response.content_part.added`, one `response.output_text.delta` per
+    /// token, `response.output_text.done`, `response.content_part.done`,
+    /// `response.output_item.done`, `response.completed`; no `[DONE]`), a
+    /// Messages request Anthropic's (`message_start`, `content_block_start`,
+    /// `ping`, one `content_block_delta` per token, `content_block_stop`,
+    /// `message_delta`, `message_stop`), an embeddings request the answer
+    /// of [`ok`](Reply::ok) (embeddings do not stream).
+    ///
+    /// The setters below add
     /// [keep-alive comments](Reply::keep_alive), [delays](Reply::chunk_interval)
     /// and faults; of [`error_before_first_token`](Reply::error_before_first_token),
-    /// [`error_after`](Reply::error_after), [`cut_after`](Reply::cut_after),
+    /// [`error_after`](Reply::error_after),
+    /// [`error_event_after`](Reply::error_event_after),
+    /// [`cut_after`](Reply::cut_after),
     /// [`stall_after`](Reply::stall_after) and [`no_done`](Reply::no_done)
     /// the last one set wins. [`latency`](Reply::latency) delays the response
     /// head; then the body is lazy: each frame is made when the body is
@@ -296,7 +348,9 @@ impl Reply {
 
     /// Before the first token of a [`stream`](Reply::stream), sends `count`
     /// comments `: OPENROUTER PROCESSING`, waiting `every` before each, as
-    /// OpenRouter does while a provider is slow to start.
+    /// OpenRouter does while a provider is slow to start. They open the body
+    /// in every dialect, before a Responses or Messages preamble (for
+    /// Anthropic's own keep-alive events see [`pings`](Reply::pings)).
     pub fn keep_alive(mut self, count: usize, every: Duration) -> Self {
         if let Kind::Stream(script) = &mut self.kind {
             script.keep_alives = count;
@@ -306,8 +360,9 @@ impl Reply {
     }
 
     /// Waits `d` before each data chunk of a [`stream`](Reply::stream) (each
-    /// token, the finish, usage, error and `[DONE]` chunks) and before a
-    /// [cut](Reply::cut_after). Default: no wait.
+    /// token, the finish, usage, error and `[DONE]` chunks; in Responses and
+    /// Messages each event after the preamble, which comes at once) and
+    /// before a [cut](Reply::cut_after). Default: no wait.
     pub fn chunk_interval(mut self, d: Duration) -> Self {
         if let Kind::Stream(script) = &mut self.kind {
             script.chunk_interval = d;
@@ -327,8 +382,23 @@ impl Reply {
     /// `"error":{"code":"server_error","message":"Provider disconnected"}`
     /// with `"finish_reason":"error"`, then the body ends cleanly with no
     /// finish, usage or `[DONE]` chunk.
+    ///
+    /// Responses: a terminal `response.failed` (its `response` has `status:
+    /// "failed"`, `error: {code: "server_error", ..}` and the output so far);
+    /// Messages: `event: error` with `{"type":"error","error":{"type":
+    /// "overloaded_error","message":"Overloaded"}}`. The preamble
+    /// (`response.created` .., `message_start` ..) comes first either way.
     pub fn error_after(self, k: usize) -> Self {
         self.stream_end(End::ErrorAfter(k))
+    }
+
+    /// Like [`error_after`](Reply::error_after), but a Responses stream
+    /// fails with a stand-alone `event: error` (`{"type":"error","code":
+    /// "server_error","message":..,"param":null,"sequence_number":..}`)
+    /// instead of `response.failed`, as OpenAI reports quota errors right
+    /// after `response.created`. Other dialects: the same as `error_after`.
+    pub fn error_event_after(self, k: usize) -> Self {
+        self.stream_end(End::ErrorEventAfter(k))
     }
 
     /// The [`stream`](Reply::stream) breaks after `k` tokens (all of them if
@@ -349,9 +419,35 @@ impl Reply {
     }
 
     /// The [`stream`](Reply::stream) sends every token, the finish and the
-    /// usage chunks, then ends cleanly without `data: [DONE]`.
+    /// usage chunks, then ends cleanly without `data: [DONE]`: a stream
+    /// without its terminal event. Responses: everything up to
+    /// `response.output_item.done`, no `response.completed`; Messages: up to
+    /// `message_delta`, no `message_stop`.
     pub fn no_done(self) -> Self {
         self.stream_end(End::NoDone)
+    }
+
+    /// Anthropic's keep-alive: a Messages [`stream`](Reply::stream) sends
+    /// `count` `event: ping` events after `content_block_start`, waiting
+    /// `every` before each. Default: one ping, at once (as Anthropic sends
+    /// it). Other dialects have no ping.
+    pub fn pings(mut self, count: usize, every: Duration) -> Self {
+        if let Kind::Stream(script) = &mut self.kind {
+            script.pings = count;
+            script.ping_every = every;
+        }
+        self
+    }
+
+    /// The answer stops at the output-token limit, a good answer that was
+    /// cut short: chat and completions `finish_reason: "length"`; Responses
+    /// `status: "incomplete"` with `incomplete_details: {reason:
+    /// "max_output_tokens"}` (a stream ends with `response.incomplete`);
+    /// Messages `stop_reason: "max_tokens"`. For [`ok`](Reply::ok) and
+    /// [`stream`](Reply::stream).
+    pub fn length_stop(mut self) -> Self {
+        self.length_stop = true;
+        self
     }
 
     fn stream_end(mut self, end: End) -> Self {
@@ -438,11 +534,22 @@ impl Reply {
         }
     }
 
-    /// Turns the reply into what the service does for one request.
+    /// Turns the reply into what the service does for one request, in the
+    /// dialect of that request.
     pub(super) fn render(&self, ctx: &Ctx<'_>) -> Action {
         let provider = self.provider_name(ctx.provider);
         let served = self.served_model.as_deref().unwrap_or(ctx.model);
         let generation_id = format!("gen-mock-{}", ctx.generation);
+        let answer = Answer {
+            dialect: ctx.dialect,
+            generation: ctx.generation,
+            provider,
+            model: served,
+            created: now_secs(),
+            prompt_tokens: prompt_tokens(ctx),
+            length_stop: self.length_stop,
+            embedding: ctx.embedding,
+        };
         let (status, body, generation) = match &self.kind {
             Kind::Hang => return Action::Hang,
             Kind::TransportError => return Action::Fail(MockTransportError::reset()),
@@ -457,110 +564,67 @@ impl Reply {
                 resp.headers_mut().insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
                 return Action::Respond(self.finish(resp));
             }
-            Kind::Stream(script) => {
+            // Embeddings do not stream: a stream reply answers as `ok` would.
+            Kind::Stream(script) if ctx.dialect != Dialect::Embeddings => {
                 let tokens = script.tokens.clone().unwrap_or_else(|| {
                     let content = self.content.clone().unwrap_or_else(|| format!("Hello from {served}"));
                     split_words(&content).into()
                 });
                 let meta = Meta {
-                    id: generation_id.clone(),
+                    dialect: ctx.dialect,
+                    generation: ctx.generation,
                     provider: provider.to_owned(),
                     model: served.to_owned(),
-                    created: now_secs(),
-                    prompt_tokens: prompt_tokens(ctx),
+                    created: answer.created,
+                    prompt_tokens: answer.prompt_tokens,
+                    length_stop: self.length_stop,
                 };
                 let body = SseBody::new(script.clone(), tokens, meta);
                 let mut resp = Response::new(MockBody::new(body));
                 let headers = resp.headers_mut();
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
                 headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-                let id = HeaderValue::from_str(&generation_id).expect("generation ids are ASCII");
-                headers.insert(HeaderName::from_static("x-generation-id"), id);
+                insert_generation_id(headers, &generation_id);
                 return Action::Respond(self.finish(resp));
             }
-            Kind::Completion => {
+            Kind::Completion | Kind::Stream(_) => {
                 let content = self.content.clone().unwrap_or_else(|| format!("Hello from {served}"));
-                let mut body = envelope(&generation_id, provider, served);
-                body.insert(
-                    "choices".into(),
-                    json!([{
-                        "index": 0,
-                        "logprobs": null,
-                        "finish_reason": "stop",
-                        "native_finish_reason": "stop",
-                        "message": {"role": "assistant", "content": content, "refusal": null},
-                    }]),
-                );
-                body.insert("usage".into(), usage(ctx, &content));
-                if let Some(metadata) = &ctx.metadata {
-                    body.insert("openrouter_metadata".into(), metadata.clone());
-                }
-                (StatusCode::OK, Value::Object(body), true)
+                (StatusCode::OK, answer.good(&content, ctx.metadata.as_ref()), true)
             }
-            Kind::NoChoices => {
-                let mut body = envelope(&generation_id, provider, served);
-                body.insert("usage".into(), usage(ctx, ""));
-                (StatusCode::OK, Value::Object(body), true)
-            }
+            Kind::NoChoices => (StatusCode::OK, answer.without_answer(), true),
             Kind::FinishReasonError => {
                 let content = self.content.clone().unwrap_or_default();
-                let mut body = envelope(&generation_id, provider, served);
-                body.insert(
-                    "choices".into(),
-                    json!([{
-                        "index": 0,
-                        "logprobs": null,
-                        "finish_reason": "error",
-                        "native_finish_reason": "error",
-                        "message": {"role": "assistant", "content": content, "refusal": null},
-                        "error": {"code": 502, "message": "Provider returned error"},
-                    }]),
-                );
-                body.insert("usage".into(), usage(ctx, &content));
-                (StatusCode::OK, Value::Object(body), true)
-            }
-            Kind::OkWithError => {
-                let metadata = json!({
-                    "error_type": "provider_unavailable",
-                    "provider_name": provider,
-                    "raw": self.raw_message,
-                });
-                let body = error_body(502, "Provider returned error", Some(metadata));
+                let body = answer.failed_after_start(&content, self.unavailable_metadata(provider));
                 (StatusCode::OK, body, true)
             }
+            Kind::OkWithError => (
+                StatusCode::OK,
+                answer.error_in_2xx(self.unavailable_metadata(provider)),
+                true,
+            ),
             Kind::Error {
                 status,
                 error_type,
                 message,
             } => {
                 let (default_message, default_type) = defaults(*status, ctx.model);
-                let error_type = error_type.clone().or(default_type.map(str::to_owned));
                 let message = message.clone().unwrap_or(default_message);
-                let metadata = if *status == StatusCode::FORBIDDEN && message_is_default(self) {
-                    Some(json!({
-                        "error_type": error_type,
-                        "reasons": ["harassment"],
-                        "flagged_input": "[mock] flagged input",
-                        "provider_name": provider,
-                        "model_slug": ctx.model,
-                        "raw": self.raw_message,
-                    }))
-                } else if error_type.is_some()
-                    || self.provider.is_some()
-                    || ctx.provider.is_some()
-                    || self.raw_message.is_some()
-                {
-                    let mut m = Map::new();
-                    if let Some(t) = error_type {
-                        m.insert("error_type".into(), Value::String(t));
-                    }
-                    m.insert("provider_name".into(), Value::String(provider.to_owned()));
-                    m.insert("raw".into(), json!(self.raw_message));
-                    Some(Value::Object(m))
+                let body = if ctx.dialect.is_openrouter_shaped() {
+                    let error_type = error_type.clone().or(default_type.map(str::to_owned));
+                    let metadata = self.openrouter_metadata(*status, error_type, provider, ctx);
+                    openrouter_error(status.as_u16(), &message, metadata)
                 } else {
-                    None
+                    let request_id = format!("req_mock_{}", ctx.generation);
+                    error_value(
+                        ctx.dialect,
+                        *status,
+                        error_type.as_deref(),
+                        &message,
+                        None,
+                        Some(&request_id),
+                    )
                 };
-                (*status, error_body(status.as_u16(), &message, metadata), false)
+                (*status, body, false)
             }
         };
         let bytes = Bytes::from(serde_json::to_vec(&body).expect("serializing a JSON value"));
@@ -571,10 +635,53 @@ impl Reply {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
         if generation {
-            let id = HeaderValue::from_str(&generation_id).expect("generation ids are ASCII");
-            headers.insert(HeaderName::from_static("x-generation-id"), id);
+            insert_generation_id(headers, &generation_id);
         }
         Action::Respond(self.finish(resp))
+    }
+
+    /// `error.metadata` of OpenRouter's "Provider returned error" (chat and
+    /// completions).
+    fn unavailable_metadata(&self, provider: &str) -> Value {
+        json!({
+            "error_type": "provider_unavailable",
+            "provider_name": provider,
+            "raw": self.raw_message,
+        })
+    }
+
+    /// `error.metadata` of an OpenRouter error status, if it has one.
+    fn openrouter_metadata(
+        &self,
+        status: StatusCode,
+        error_type: Option<String>,
+        provider: &str,
+        ctx: &Ctx<'_>,
+    ) -> Option<Value> {
+        if status == StatusCode::FORBIDDEN && message_is_default(self) {
+            Some(json!({
+                "error_type": error_type,
+                "reasons": ["harassment"],
+                "flagged_input": "[mock] flagged input",
+                "provider_name": provider,
+                "model_slug": ctx.model,
+                "raw": self.raw_message,
+            }))
+        } else if error_type.is_some()
+            || self.provider.is_some()
+            || ctx.provider.is_some()
+            || self.raw_message.is_some()
+        {
+            let mut m = Map::new();
+            if let Some(t) = error_type {
+                m.insert("error_type".into(), Value::String(t));
+            }
+            m.insert("provider_name".into(), Value::String(provider.to_owned()));
+            m.insert("raw".into(), json!(self.raw_message));
+            Some(Value::Object(m))
+        } else {
+            None
+        }
     }
 
     /// Adds `Retry-After` and the custom headers.
@@ -638,17 +745,6 @@ fn defaults(status: StatusCode, model: &str) -> (String, Option<&'static str>) {
     (message.to_owned(), error_type)
 }
 
-/// The fields every generation body starts with.
-fn envelope(id: &str, provider: &str, model: &str) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("id".into(), Value::from(id));
-    m.insert("provider".into(), Value::from(provider));
-    m.insert("model".into(), Value::from(model));
-    m.insert("object".into(), Value::from("chat.completion"));
-    m.insert("created".into(), Value::from(now_secs()));
-    m
-}
-
 fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -656,29 +752,6 @@ fn now_secs() -> u64 {
 /// Made-up but stable prompt size: a quarter of the request's bytes.
 fn prompt_tokens(ctx: &Ctx<'_>) -> u64 {
     (ctx.request_bytes / 4).max(1) as u64
-}
-
-/// Made-up but stable token counts: [`prompt_tokens`], one per word of the
-/// answer.
-fn usage(ctx: &Ctx<'_>, content: &str) -> Value {
-    let prompt = prompt_tokens(ctx);
-    let completion = content.split_whitespace().count() as u64;
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    })
-}
-
-/// OpenRouter's error body (shared with the routing errors of the service).
-pub(super) fn error_body(code: u16, message: &str, metadata: Option<Value>) -> Value {
-    let mut error = Map::new();
-    error.insert("code".into(), Value::from(code));
-    error.insert("message".into(), Value::from(message));
-    if let Some(metadata) = metadata {
-        error.insert("metadata".into(), metadata);
-    }
-    json!({ "error": error })
 }
 
 /// What a reply needs to know about the request it answers.
@@ -695,6 +768,16 @@ pub(super) struct Ctx<'a> {
     pub(super) request_bytes: usize,
     /// `openrouter_metadata` for a completion, when the request asked for it.
     pub(super) metadata: Option<Value>,
+    /// The dialect of the request's path: the shape of the answer.
+    pub(super) dialect: Dialect,
+    /// What an embeddings request asked for.
+    pub(super) embedding: Option<&'a EmbeddingRequest>,
+}
+
+fn insert_generation_id(headers: &mut http::HeaderMap, id: &str) {
+    if let Ok(value) = HeaderValue::from_str(id) {
+        headers.insert(HeaderName::from_static("x-generation-id"), value);
+    }
 }
 
 /// How the router treats a reply (see [`Reply::verdict`]).

@@ -5,6 +5,8 @@
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::dialect::Dialect;
+
 /// The `X-OpenRouter-Metadata: enabled` request header.
 pub(super) const METADATA_HEADER: &str = "x-openrouter-metadata";
 
@@ -108,11 +110,18 @@ pub(super) struct Plan {
 }
 
 /// Reads `models`, `provider` and `route` of a request body the way
-/// OpenRouter checks them; `Err` holds the 400's message.
-pub(super) fn plan(body: &Map<String, Value>, model: String) -> Result<Plan, String> {
+/// OpenRouter checks them; `Err` holds the 400's message. An embeddings
+/// request (`dialect`) may not carry `models`.
+pub(super) fn plan(body: &Map<String, Value>, model: String, dialect: Dialect) -> Result<Plan, String> {
     let mut models = vec![model];
     match body.get("models") {
         None | Some(Value::Null) => {}
+        Some(_) if !dialect.accepts_models() => {
+            return Err(format!(
+                "'models' is not supported on {}: one model serves an embeddings request",
+                dialect.endpoint()
+            ))
+        }
         Some(Value::Array(list)) => {
             if list.len() > MAX_MODELS {
                 return Err(format!("'models' array must have {MAX_MODELS} items or fewer"));

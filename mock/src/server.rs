@@ -8,7 +8,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::MockUpstream;
+use super::{Dialect, MockUpstream};
 
 /// A real HTTP/1.1 server on `127.0.0.1` (a free port) serving a
 /// [`MockUpstream`], for clients that need a URL.
@@ -53,7 +53,41 @@ impl MockServer {
 
     /// The chat-completions URL, `http://127.0.0.1:<port>/api/v1/chat/completions`.
     pub fn chat_url(&self) -> String {
-        format!("{}/api/v1/chat/completions", self.url())
+        self.url_for(Dialect::Chat)
+    }
+
+    /// The API base, `http://127.0.0.1:<port>/api/v1`, as OpenRouter's
+    /// `https://openrouter.ai/api/v1`: the base URL an OpenAI SDK takes.
+    /// (An Anthropic SDK adds `/v1/messages` to its base: give it
+    /// [`url`](Self::url), which serves `/v1/…` too.)
+    pub fn base_url(&self) -> String {
+        format!("{}/api/v1", self.url())
+    }
+
+    /// The URL of `dialect`'s endpoint under [`base_url`](Self::base_url),
+    /// e.g. `http://127.0.0.1:<port>/api/v1/responses`.
+    pub fn url_for(&self, dialect: Dialect) -> String {
+        format!("{}{}", self.url(), dialect.path())
+    }
+
+    /// The OpenAI Responses URL, `http://127.0.0.1:<port>/api/v1/responses`.
+    pub fn responses_url(&self) -> String {
+        self.url_for(Dialect::Responses)
+    }
+
+    /// The Anthropic Messages URL, `http://127.0.0.1:<port>/api/v1/messages`.
+    pub fn messages_url(&self) -> String {
+        self.url_for(Dialect::Messages)
+    }
+
+    /// The embeddings URL, `http://127.0.0.1:<port>/api/v1/embeddings`.
+    pub fn embeddings_url(&self) -> String {
+        self.url_for(Dialect::Embeddings)
+    }
+
+    /// The legacy completions URL, `http://127.0.0.1:<port>/api/v1/completions`.
+    pub fn completions_url(&self) -> String {
+        self.url_for(Dialect::Completions)
     }
 
     /// The upstream behind the server: change its scripts or read what it

@@ -346,6 +346,7 @@ fn recorded_json_panics_on_non_json() {
         headers: HeaderMap::new(),
         body: Bytes::from_static(b"nope"),
         model: None,
+        dialect: None,
     };
     let _ = r.json();
 }
