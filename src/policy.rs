@@ -111,10 +111,12 @@ impl<'a> ResponseInfo<'a> {
 }
 
 pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
+    const EVENT_STREAM: &[u8] = b"text/event-stream";
+    headers.get(http::header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes().trim_ascii_start();
+        v.get(..EVENT_STREAM.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(EVENT_STREAM))
+    })
 }
 
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {

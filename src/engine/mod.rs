@@ -177,9 +177,8 @@ where
             if flights.is_empty() || hedge_now {
                 flights.disarm_hedge();
                 match trip.board(flights.len()) {
-                    Board::Ready(boarding) => {
-                        let hedge_at = boarding.hedge_at();
-                        flights.push(boarding.take_off(shared.max_response_bytes, trip.dialect()));
+                    Board::Flying(flight, hedge_at) => {
+                        flights.push(flight);
                         if let Some(at) = hedge_at {
                             flights.arm_hedge_at(at);
                         }
@@ -208,7 +207,7 @@ where
         }
         trip.exhausted()
     };
-    let resp = work.instrument(span.clone()).await;
+    let resp = work.instrument(trip::quiet(&span)).await;
     if let Some(report) = resp
         .extensions()
         .get::<FallbackReport>()

@@ -12,7 +12,7 @@ use crate::report::{FallbackReport, Resolution};
 use crate::request::{BadRequest, RequestIndex};
 use crate::{BoxError, Chain, ChainName};
 use bytes::Bytes;
-use http::{header, Request, Response, StatusCode};
+use http::{header, HeaderName, Request, Response, StatusCode};
 use http_body::Body;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +34,32 @@ pub(super) struct Prepared<'s> {
     pub(super) drill: bool,
     /// The request's API shape.
     pub(super) dialect: Dialect,
+}
+
+/// The caller's headers an attempt never carries: framing (each attempt
+/// gets its own `Content-Length`; a stale length or chunked framing must not
+/// reach the upstream), then the layer's own two.
+const STRIPPED: [HeaderName; 5] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::EXPECT,
+    X_FALLBACK_CHAIN,
+    crate::health::X_FALLBACK_DRILL,
+];
+const FRAMING: usize = 3;
+const CHAIN: usize = 3;
+const DRILL: usize = 4;
+
+/// Which of [`STRIPPED`] the request has, found in one pass over its names
+/// (a request has a few): a `remove` of an absent name still hashes it.
+fn present(headers: &http::HeaderMap) -> [bool; 5] {
+    let mut present = [false; 5];
+    for name in headers.keys() {
+        if let Some(i) = STRIPPED.iter().position(|s| s == name) {
+            present[i] = true;
+        }
+    }
+    present
 }
 
 /// Prepares `req`, or answers it with its refusal (`400`/`413`).
@@ -90,9 +116,12 @@ where
 
     // Each attempt gets its own Content-Length; a stale length or chunked
     // framing from the caller must not reach the upstream.
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.remove(header::TRANSFER_ENCODING);
-    parts.headers.remove(header::EXPECT);
+    let present = present(&parts.headers);
+    for (name, here) in STRIPPED.iter().zip(present).take(FRAMING) {
+        if here {
+            parts.headers.remove(name);
+        }
+    }
 
     let mut report = FallbackReport {
         requested_model: Some(std::mem::take(&mut index.requested_model)),
@@ -109,9 +138,9 @@ where
     // is picked by them.
     let needs = shared.reads_needs.then(|| dialect.needs(&body, &index));
     // Removed always; read only when the layer allows callers to pick.
-    let header_choice = parts
-        .headers
-        .remove(X_FALLBACK_CHAIN)
+    let header_choice = present[CHAIN]
+        .then(|| parts.headers.remove(X_FALLBACK_CHAIN))
+        .flatten()
         .filter(|_| shared.allow_chain_header);
     let explicit = match (parts.extensions.get::<ChainName>(), &header_choice) {
         (Some(ChainName(name)), _) => Some(name.as_str()),
@@ -137,7 +166,9 @@ where
     let drill = match &shared.drills {
         Some(d) => d.pick(&mut parts.headers),
         None => {
-            parts.headers.remove(crate::health::X_FALLBACK_DRILL);
+            if present[DRILL] {
+                parts.headers.remove(crate::health::X_FALLBACK_DRILL);
+            }
             false
         }
     };

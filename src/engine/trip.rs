@@ -56,12 +56,10 @@ pub(super) struct Trip<'s, S, P> {
 }
 
 /// What [`Trip::board`] found to do.
-// Returned once per attempt and moved straight into its flight: boxing the
-// large variant would cost an allocation per attempt.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Board<'s, S> {
-    /// An attempt ready to fly.
-    Ready(Boarding<'s, S>),
+pub(super) enum Board<'s, F> {
+    /// An attempt sent, and when the next route starts beside it if it has
+    /// no answer by then.
+    Flying(Flight<'s, F>, Option<Instant>),
     /// Nothing to launch now (every route left was passed by, or the
     /// deadline leaves no time while an attempt is still in flight).
     Nothing,
@@ -70,78 +68,6 @@ pub(super) enum Board<'s, S> {
     /// Building the attempt's body failed: a bug of the crate, answered
     /// without sending anything.
     Broken(BadEdits),
-}
-
-/// An attempt built and about to be sent.
-pub(super) struct Boarding<'s, S> {
-    svc: S,
-    must_poll: bool,
-    request: Request<ReplayBody>,
-    limit: Option<Duration>,
-    flight: FlightPlan<'s>,
-    /// When the next route starts beside this one, if it has no answer by then.
-    hedge_at: Option<Instant>,
-}
-
-/// What a [`Flight`] knows besides its future.
-struct FlightPlan<'s> {
-    i: usize,
-    chain: &'s Arc<str>,
-    position: usize,
-    hop: &'s Hop,
-    attempt: Attempt,
-    span: tracing::Span,
-    started: Instant,
-    by_deadline: bool,
-    hedge: bool,
-    probe: Option<ProbeGuard>,
-}
-
-impl<'s, S> Boarding<'s, S> {
-    /// When the hedge timer should fire for this attempt.
-    pub(super) fn hedge_at(&self) -> Option<Instant> {
-        self.hedge_at
-    }
-
-    /// Sends the attempt: its future, with what the engine knows of it.
-    pub(super) fn take_off<RB>(
-        self,
-        max_response_bytes: usize,
-        dialect: Dialect,
-    ) -> Flight<'s, impl Future<Output = Landing<S, RB>>>
-    where
-        S: Service<Request<ReplayBody>, Response = Response<RB>>,
-        S::Error: Into<BoxError>,
-        RB: Body<Data = Bytes> + Unpin,
-        RB::Error: Into<BoxError>,
-    {
-        let f = self.flight;
-        let head = Arc::new(AtomicBool::new(false));
-        let fut = fly(
-            self.svc,
-            self.must_poll,
-            self.request,
-            max_response_bytes,
-            self.limit,
-            head.clone(),
-            dialect,
-        )
-        .instrument(f.span.clone());
-        Flight {
-            i: f.i,
-            chain: f.chain,
-            position: f.position,
-            hop: f.hop,
-            attempt: f.attempt,
-            span: f.span,
-            started: f.started,
-            by_deadline: f.by_deadline,
-            hedge: f.hedge,
-            probe: f.probe,
-            head,
-            fut: Box::pin(fut),
-        }
-    }
 }
 
 /// What [`Trip::settle`] decided.
@@ -196,7 +122,13 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     /// Chooses the next route (recording every route passed by) and builds
     /// its attempt. `in_air` counts the attempts in flight: with one, the
     /// new attempt is a hedge.
-    pub(super) fn board(&mut self, in_air: usize) -> Board<'s, S> {
+    pub(super) fn board<RB>(&mut self, in_air: usize) -> Board<'s, impl Future<Output = Landing<S, RB>>>
+    where
+        S: Service<Request<ReplayBody>, Response = Response<RB>>,
+        S::Error: Into<BoxError>,
+        RB: Body<Data = Bytes> + Unpin,
+        RB::Error: Into<BoxError>,
+    {
         let shared = self.shared;
         loop {
             let mut admit = |hop: &Hop| {
@@ -298,25 +230,32 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                     .filter(|at| self.deadline.is_none_or(|d| *at < d)),
                 _ => None,
             };
-            return Board::Ready(Boarding {
+            let head = Arc::new(AtomicBool::new(false));
+            let fut = fly(
                 svc,
                 must_poll,
                 request,
+                shared.max_response_bytes,
                 limit,
-                hedge_at,
-                flight: FlightPlan {
-                    i,
-                    chain,
-                    position: launch.position,
-                    hop,
-                    attempt,
-                    span,
-                    started: now,
-                    by_deadline,
-                    hedge,
-                    probe,
-                },
-            });
+                head.clone(),
+                self.dialect,
+            )
+            .instrument(quiet(&span));
+            let flight = Flight {
+                i,
+                chain,
+                position: launch.position,
+                hop,
+                attempt,
+                span,
+                started: now,
+                by_deadline,
+                hedge,
+                probe,
+                head,
+                fut: Box::pin(fut),
+            };
+            return Board::Flying(flight, hedge_at);
         }
     }
 
@@ -451,6 +390,17 @@ fn attempt_limit(hop: &Hop, stream: bool, remaining: Option<Duration>) -> (Optio
         (Some(t), _) => (Some(t), false),
         (None, Some(r)) => (Some(r), true),
         (None, None) => (None, false),
+    }
+}
+
+/// The span a future runs in: `span`, or none when nobody listens to it.
+/// Entering a disabled span still costs a call per poll (and a `log` check
+/// when tracing's `log` feature is on); `Span::none()` costs nothing.
+pub(super) fn quiet(span: &tracing::Span) -> tracing::Span {
+    if span.is_disabled() {
+        tracing::Span::none()
+    } else {
+        span.clone()
     }
 }
 
