@@ -66,7 +66,9 @@ pub(super) struct Flight<'r, F> {
     /// Set once the attempt has committed (a non-streaming response head,
     /// or a stream's first content), which rules out hedging it.
     pub(super) head: Arc<std::sync::atomic::AtomicBool>,
-    pub(super) fut: Pin<Box<F>>,
+    /// Boxed before it is wrapped in its span, so the large attempt future
+    /// is moved once, into its box.
+    pub(super) fut: F,
 }
 
 impl<F> Flight<'_, F> {
@@ -319,7 +321,7 @@ pub(super) enum Landed<'r, F, O> {
 
 impl<'r, F, O> Flights<'r, F>
 where
-    F: Future<Output = O>,
+    F: Future<Output = O> + Unpin,
 {
     pub(super) fn new() -> Self {
         Flights {
@@ -387,7 +389,7 @@ where
         let (list, timer) = (&mut self.list, &mut self.hedge_timer);
         std::future::poll_fn(|cx| {
             for (k, f) in list.iter_mut().enumerate() {
-                if let std::task::Poll::Ready(out) = f.fut.as_mut().poll(cx) {
+                if let std::task::Poll::Ready(out) = Pin::new(&mut f.fut).poll(cx) {
                     return std::task::Poll::Ready(Some((k, out)));
                 }
             }

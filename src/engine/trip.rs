@@ -122,7 +122,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     /// Chooses the next route (recording every route passed by) and builds
     /// its attempt. `in_air` counts the attempts in flight: with one, the
     /// new attempt is a hedge.
-    pub(super) fn board<RB>(&mut self, in_air: usize) -> Board<'s, impl Future<Output = Landing<S, RB>>>
+    pub(super) fn board<RB>(&mut self, in_air: usize) -> Board<'s, impl Future<Output = Landing<S, RB>> + Unpin>
     where
         S: Service<Request<ReplayBody>, Response = Response<RB>>,
         S::Error: Into<BoxError>,
@@ -231,7 +231,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 _ => None,
             };
             let head = Arc::new(AtomicBool::new(false));
-            let fut = fly(
+            let fut = Box::pin(fly(
                 svc,
                 must_poll,
                 request,
@@ -239,7 +239,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 limit,
                 head.clone(),
                 self.dialect,
-            )
+            ))
             .instrument(quiet(&span));
             let flight = Flight {
                 i,
@@ -253,7 +253,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 hedge,
                 probe,
                 head,
-                fut: Box::pin(fut),
+                fut,
             };
             return Board::Flying(flight, hedge_at);
         }
@@ -269,7 +269,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
         flights: &mut Flights<'s, F>,
     ) -> Settled<'s, RB>
     where
-        F: Future,
+        F: Future + Unpin,
         RB: Body<Data = Bytes> + Unpin,
         RB::Error: Into<BoxError>,
     {
