@@ -9,7 +9,7 @@ use std::{
     task::{Context, Poll},
 };
 
-type Boxed<RB, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<RB>>, E>> + Send>>;
+type Boxed<RB> = Pin<Box<dyn Future<Output = Response<ResponseBody<RB>>> + Send>>;
 
 /// Response future of [`FallbackService`](crate::FallbackService).
 ///
@@ -17,12 +17,19 @@ type Boxed<RB, E> = Pin<Box<dyn Future<Output = Result<Response<ResponseBody<RB>
 /// is a box around it: one allocation per request, measured in `BENCHMARKS.md`.
 /// Dropping it cancels the attempt in flight.
 pub struct ResponseFuture<RB, E> {
-    inner: Boxed<RB, E>,
+    // The engine never fails a request (every failure is an answer), so
+    // the box holds its future as it is, and `poll` wraps the answer in
+    // `Ok`: no wrapping future, so the large engine future is moved once.
+    inner: Boxed<RB>,
+    _error: std::marker::PhantomData<fn() -> E>,
 }
 
 impl<RB, E> ResponseFuture<RB, E> {
-    pub(crate) fn new(fut: impl Future<Output = Result<Response<ResponseBody<RB>>, E>> + Send + 'static) -> Self {
-        ResponseFuture { inner: Box::pin(fut) }
+    pub(crate) fn new(fut: impl Future<Output = Response<ResponseBody<RB>>> + Send + 'static) -> Self {
+        ResponseFuture {
+            inner: Box::pin(fut),
+            _error: std::marker::PhantomData,
+        }
     }
 }
 
@@ -30,7 +37,7 @@ impl<RB, E> Future for ResponseFuture<RB, E> {
     type Output = Result<Response<ResponseBody<RB>>, E>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
+        self.inner.as_mut().poll(cx).map(Ok)
     }
 }
 

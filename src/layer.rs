@@ -198,6 +198,6 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        ResponseFuture::new(async move { Ok(engine::run(shared, inner, req).await) })
+        ResponseFuture::new(engine::run(shared, inner, req))
     }
 }

@@ -42,10 +42,11 @@ use crate::{BoxError, ChainSet};
 use bytes::Bytes;
 use http::{HeaderName, Request, Response};
 use http_body::Body;
+use std::future::Future;
 use std::sync::Arc;
 use tokio::time::Instant;
 use tower::Service;
-use tracing::{field::Empty, Instrument};
+use tracing::field::Empty;
 
 /// Response header naming the model that served.
 pub(crate) const X_FALLBACK_MODEL: HeaderName = HeaderName::from_static("x-fallback-model");
@@ -207,7 +208,15 @@ where
         }
         trip.exhausted()
     };
-    let resp = work.instrument(trip::quiet(&span)).await;
+    // Entered around each poll of `work` where it lies, rather than by
+    // `Instrumented`, which would move the large future into itself first.
+    let mut work = std::pin::pin!(work);
+    let entered = trip::quiet(&span);
+    let resp = std::future::poll_fn(|cx| {
+        let _in_span = entered.enter();
+        work.as_mut().poll(cx)
+    })
+    .await;
     if let Some(report) = resp
         .extensions()
         .get::<FallbackReport>()
