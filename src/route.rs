@@ -218,6 +218,7 @@ impl Route {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Attempt {
+    pub(crate) chain: Arc<str>,
     pub(crate) index: usize,
     pub(crate) model: Arc<str>,
     pub(crate) label: Option<Arc<str>>,
@@ -225,7 +226,14 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// Position of the route in the chain, from 0.
+    /// The name of the chain this route is in (see
+    /// [`ChainSet`](crate::ChainSet); `"default"` unless the request picked
+    /// another or moved to the content-policy chain).
+    pub fn chain(&self) -> &str {
+        &self.chain
+    }
+
+    /// Position of the route in its chain, from 0.
     pub fn index(&self) -> usize {
         self.index
     }

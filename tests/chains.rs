@@ -144,3 +144,37 @@ async fn a_moderation_block_moves_to_the_content_policy_chain() {
         "the rest of the moderated chain is not tried"
     );
 }
+
+#[tokio::test]
+async fn each_attempt_is_told_its_chain() {
+    // Inner layers (retry, tracing) read the `Attempt` extension: after a
+    // moderation block it names the content-policy chain, not the first.
+    let up = upstream();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let inner = tower::service_fn(move |req: http::Request<llm_fallback::ReplayBody>| {
+        let a = req.extensions().get::<llm_fallback::Attempt>().cloned();
+        record
+            .lock()
+            .unwrap()
+            .push(a.map(|a| (a.chain().to_owned(), a.index(), a.model().to_owned())));
+        up.clone().oneshot(req)
+    });
+    let mut req = post("http://mock/api/v1/chat/completions", chat_body());
+    req.extensions_mut().insert(ChainName("moderated".into()));
+    let resp = FallbackBuilder::with_chains(chains())
+        .layer()
+        .layer(inner)
+        .oneshot(req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        [
+            Some(("moderated".to_owned(), 0, "strict/m".to_owned())),
+            Some(("lenient".to_owned(), 0, "lenient/m".to_owned())),
+        ]
+    );
+}

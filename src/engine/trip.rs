@@ -169,6 +169,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
             }
             let (limit, by_deadline) = attempt_limit(hop, self.index.stream, remaining);
             let attempt = Attempt {
+                chain: chain.clone(),
                 index: i,
                 model: hop.model.clone(),
                 label: hop.label.clone(),
