@@ -207,6 +207,7 @@ pub use body::ResponseBody;
 pub use builder::FallbackBuilder;
 pub use capability::{Capabilities, Needs, Price, PriceGuard, SkipReason, BYTES_PER_TOKEN};
 pub use chain::{Chain, ChainName, ChainSet};
+pub use dialect::Dialect;
 pub use future::ResponseFuture;
 pub use json::ReplayBody;
 pub use layer::{FallbackLayer, FallbackService};
