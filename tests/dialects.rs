@@ -760,3 +760,49 @@ async fn embeddings_never_send_native_model_fallbacks() {
     send_to(&upstream, chain, post(&url(d), body(d, false).to_string())).await;
     assert_eq!(upstream.requests()[1].json()["models"], json!([B]));
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_anthropic_prompt_too_long_moves_to_a_larger_window() {
+    let too_long = Reply::error(
+        400,
+        "invalid_request_error",
+        "prompt is too long: 210000 tokens > 200000 maximum",
+    );
+    let upstream = MockUpstream::new()
+        .model(A, too_long)
+        .model("small/model", Reply::ok())
+        .model(B, Reply::ok());
+    let chain = [
+        Route::new(A).context_window(200_000),
+        Route::new("small/model").context_window(100_000),
+        Route::new(B).context_window(1_000_000),
+    ];
+    let d = MockDialect::Messages;
+    let a = send_to(&upstream, chain, post(&url(d), body(d, false).to_string())).await;
+    assert_eq!(a.status, StatusCode::OK);
+    assert_eq!(a.report.served_model(), B);
+    assert!(matches!(
+        a.report.attempts()[1].skip_reason(),
+        Some(SkipReason::NotLargerWindow { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn spans_name_the_dialects_operation() {
+    for (d, operation) in [
+        (MockDialect::Embeddings, "embeddings"),
+        (MockDialect::Completions, "text_completion"),
+        (MockDialect::Responses, "chat"),
+    ] {
+        let (out, guard) = Captured::install(tracing::Level::TRACE);
+        let upstream = MockUpstream::new().model(A, Reply::ok());
+        send(&upstream, d, false).await;
+        drop(guard);
+        let text = out.text();
+        let named = [
+            format!("gen_ai.operation.name=\"{operation}\""),
+            format!("gen_ai.operation.name={operation}"),
+        ];
+        assert!(named.iter().any(|n| text.contains(n.as_str())), "{d:?}: {text}");
+    }
+}
