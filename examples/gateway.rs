@@ -46,7 +46,7 @@
 //! ([`GatewayConfig`], with its defaults and checks): the library keeps it
 //! for the gateway (`Config::gateway`) and reads nothing in it.
 //!
-//! The tests (`tests/gateway.rs`) include this file as a module and drive
+//! The tests (`tests/gateway.rs`, `tests/gateway_dialects.rs`) include this file as a module and drive
 //! [`app`] and [`serve`] with the `async-openai` client.
 
 // Items only the tests use are dead code in the example binary, and the
