@@ -607,6 +607,98 @@ mod tests {
 /// The scanner's reading of a completion against serde_json's, on random
 /// completion-shaped bodies: the facts the policy decides on must agree.
 #[cfg(test)]
+mod dialect_tests {
+    use super::*;
+
+    #[test]
+    fn responses_answers() {
+        let good = BodyFacts::inspect_responses(
+            br#"{"id":"resp_1","object":"response","status":"completed","error":null,"model":"m","output":[{"type":"message","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":3,"output_tokens":2,"total_tokens":5,"output_tokens_details":{"reasoning_tokens":0}}}"#,
+        );
+        assert_eq!(good.choices, Some(1));
+        assert!(good.error.is_none());
+        assert_eq!(good.model.as_deref(), Some("m"));
+        assert_eq!(
+            good.usage
+                .map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)),
+            Some((3, 2, 5))
+        );
+        for status in ["incomplete", "queued", "in_progress"] {
+            let body = format!(r#"{{"object":"response","status":"{status}","error":null}}"#);
+            assert_eq!(
+                BodyFacts::inspect_responses(body.as_bytes()).choices,
+                Some(1),
+                "{status}"
+            );
+        }
+        let failed = BodyFacts::inspect_responses(
+            br#"{"object":"response","status":"failed","error":{"code":"server_error","message":"boom"}}"#,
+        );
+        assert_eq!(failed.choices, None);
+        assert_eq!(failed.error.unwrap().message(), Some("boom"));
+        // `failed` without an error object is still an error.
+        let failed = BodyFacts::inspect_responses(br#"{"object":"response","status":"failed","error":null}"#);
+        assert!(failed.error.is_some() && failed.choices.is_none());
+        // A completed status with an error, no status, another object: not good.
+        for body in [
+            &br#"{"object":"response","status":"completed","error":{"message":"x"}}"#[..],
+            br#"{"object":"response","output":[]}"#,
+            br#"{"object":"chat.completion","status":"completed"}"#,
+            br#"{"object":"response","status":"cancelled"}"#,
+        ] {
+            assert_eq!(
+                BodyFacts::inspect_responses(body).choices,
+                None,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Cut short: not JSON.
+        assert!(!BodyFacts::inspect_responses(br#"{"object":"response","status":"completed""#).json);
+    }
+
+    #[test]
+    fn messages_answers() {
+        let good = BodyFacts::inspect_messages(
+            br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":4,"output_tokens":6,"cache_read_input_tokens":null}}"#,
+        );
+        assert_eq!(good.choices, Some(1));
+        assert_eq!(good.model.as_deref(), Some("claude"));
+        assert_eq!(good.usage.map(|u| u.total_tokens), Some(10));
+        let error = BodyFacts::inspect_messages(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#,
+        );
+        assert_eq!(error.choices, None);
+        assert_eq!(error.error.unwrap().error_type(), Some("overloaded_error"));
+        assert!(BodyFacts::inspect_messages(br#"{"type":"error"}"#).error.is_some());
+        // No content: not an answer.
+        assert_eq!(
+            BodyFacts::inspect_messages(br#"{"type":"message","role":"assistant"}"#).choices,
+            None
+        );
+        assert!(!BodyFacts::inspect_messages(br#"{"type":"message","content":["#).json);
+    }
+
+    #[test]
+    fn embeddings_answers() {
+        let good = BodyFacts::inspect_embeddings(
+            br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]},{"object":"embedding","index":1,"embedding":"AAAA"}],"model":"e","usage":{"prompt_tokens":2,"total_tokens":2}}"#,
+        );
+        assert_eq!(good.choices, Some(2));
+        assert_eq!(good.model.as_deref(), Some("e"));
+        assert_eq!(good.usage.map(|u| u.total_tokens), Some(2));
+        let error = BodyFacts::inspect_embeddings(br#"{"error":{"message":"no","code":"server_error"}}"#);
+        assert_eq!(error.choices, None);
+        assert!(error.error.is_some());
+        assert_eq!(
+            BodyFacts::inspect_embeddings(br#"{"object":"list","data":[]}"#).choices,
+            Some(0)
+        );
+        assert!(!BodyFacts::inspect_embeddings(br#"{"object":"list","data":[1,"#).json);
+    }
+}
+
+#[cfg(test)]
 mod oracle {
     use super::*;
     use proptest::prelude::*;

@@ -280,3 +280,36 @@ fn data_event(name: Option<&str>, data: &serde_json::Value) -> Vec<u8> {
     out.extend_from_slice(b"\n\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_path_tells_the_dialect() {
+        let cases = [
+            ("/v1/chat/completions", Dialect::Chat),
+            ("/api/v1/chat/completions/", Dialect::Chat),
+            ("/openai/deployments/x/chat/completions", Dialect::Chat),
+            ("/v1/responses", Dialect::Responses),
+            ("/gateway/v1/responses/", Dialect::Responses),
+            ("/v1/messages", Dialect::Messages),
+            ("/api/v1/embeddings", Dialect::Embeddings),
+            ("/v1/completions", Dialect::Completions),
+            // Not the create endpoints: read as chat, as before.
+            ("/v1/messages/count_tokens", Dialect::Chat),
+            ("/v1/responses/resp_123", Dialect::Chat),
+            ("/", Dialect::Chat),
+            ("", Dialect::Chat),
+            ("/messages", Dialect::Messages),
+            ("/v1/xmessages", Dialect::Chat),
+        ];
+        for (path, dialect) in cases {
+            assert_eq!(Dialect::from_path(path), dialect, "{path}");
+        }
+        for d in Dialect::ALL {
+            assert_eq!(Dialect::from_path(&format!("/v1{}", d.path())), d);
+            assert_eq!(Dialect::ALL[d.index_of()], d);
+        }
+    }
+}
