@@ -1,6 +1,7 @@
-//! An OpenAI-compatible gateway: `FallbackLayer` from a config file behind
-//! `POST /v1/chat/completions`, so any OpenAI client gets fallbacks by
-//! changing its base URL.
+//! An OpenAI- and Anthropic-compatible gateway: `FallbackLayer` from a
+//! config file behind `POST /v1/chat/completions`, `/v1/responses`,
+//! `/v1/messages`, `/v1/embeddings` and `/v1/completions`, so any OpenAI or
+//! Anthropic client gets fallbacks by changing its base URL.
 //!
 //! Run with:
 //!
@@ -13,16 +14,21 @@
 //! (overrides `gateway.listen`), `--serve-mock ADDR` (serve only the built-in
 //! mock upstream, for `benches/gateway.sh`).
 //!
-//! Routes: `POST /v1/chat/completions` and `POST /api/v1/chat/completions`
-//! (the fallback chain), `GET /health`, and `GET /metrics` (Prometheus text)
-//! when `gateway.metrics = true`. Every request gets an `x-request-id` (kept
+//! Routes: `POST /v1/chat/completions`, `/v1/responses`, `/v1/messages`,
+//! `/v1/embeddings`, `/v1/completions` and their `/api/v1/…` forms (the
+//! fallback chain, each request forwarded to the same API's path on the
+//! upstream), `GET /v1/models` (the models the chains can serve), `GET
+//! /health`, and `GET /metrics` (Prometheus text) when `gateway.metrics =
+//! true`. Anything else is a JSON `404` in OpenAI's error shape (Anthropic's
+//! under `/v1/messages`). Every request gets an `x-request-id` (kept
 //! if the caller sent one) and a `tower-http` trace span. The caller's
 //! `Authorization` is never forwarded: the upstream gets the gateway's own key
 //! (`gateway.api_key_env`, default `OPENROUTER_API_KEY` for OpenRouter).
 //!
 //! Callers: with `gateway.client_keys_env` (a variable holding keys,
 //! comma-separated) every route but `/health` wants `Authorization: Bearer
-//! <one of them>` and answers `401` otherwise, before reading the body. Without
+//! <one of them>` (or `x-api-key: <one of them>`, as the Anthropic SDKs
+//! send it) and answers `401` otherwise, before reading the body. Without
 //! it the gateway refuses to listen on anything but loopback unless
 //! `gateway.allow_unauthenticated = true`. A caller gets
 //! `gateway.header_read_timeout` (10s) for a request head and
@@ -40,7 +46,7 @@
 //! ([`GatewayConfig`], with its defaults and checks): the library keeps it
 //! for the gateway (`Config::gateway`) and reads nothing in it.
 //!
-//! The tests (`tests/gateway.rs`) include this file as a module and drive
+//! The tests (`tests/gateway.rs`, `tests/gateway_dialects.rs`) include this file as a module and drive
 //! [`app`] and [`serve`] with the `async-openai` client.
 
 // Items only the tests use are dead code in the example binary, and the
@@ -66,7 +72,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use llm_fallback::config::{Config, ConfigError};
 use llm_fallback::native::{Endpoint, EndpointError};
-use llm_fallback::{ExhaustionBody, FallbackBuilder, ReplayBody};
+use llm_fallback::{Dialect, ExhaustionBody, FallbackBuilder, ReplayBody};
 use llm_fallback_mock::{MockUpstream, Reply};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::de::{self, Deserializer, Visitor};
@@ -193,7 +199,7 @@ async fn run() -> Result<(), BoxError> {
         ),
     }
     println!(
-        "gateway on http://{addr}: POST /v1/chat/completions, GET /health{}",
+        "gateway on http://{addr}: POST /v1/{{chat/completions,responses,messages,embeddings,completions}}, GET /v1/models, GET /health{}",
         if gateway.metrics_enabled() {
             ", GET /metrics"
         } else {
@@ -569,9 +575,14 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
 
     let slots = Arc::new(Semaphore::new(gateway.concurrency_limit().min(Semaphore::MAX_PERMITS)));
     let chains: Vec<String> = config.chains.keys().cloned().collect();
-    let mut router = Router::new()
-        .route_service("/v1/chat/completions", chat.clone())
-        .route_service("/api/v1/chat/completions", chat)
+    let mut router = Router::new();
+    for base in ["/v1", "/api/v1"] {
+        for dialect in Dialect::ALL {
+            router = router.route_service(&format!("{base}{}", dialect.path()), chat.clone());
+        }
+    }
+    let models = models_list(config);
+    let mut router = router
         // Route layers wrap the routes added so far, the last one outermost:
         // a request refused at the cap gets no body deadline.
         .route_layer(middleware::from_fn_with_state(gateway.body_timeout(), body_deadline))
@@ -585,8 +596,12 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
             }),
         );
     }
+    for path in ["/v1/models", "/api/v1/models"] {
+        let models = models.clone();
+        router = router.route(path, get(move || std::future::ready(axum::Json(models.clone()))));
+    }
     if let Some(keys) = keys {
-        // Everything so far: chat and metrics; `/health` stays open.
+        // Everything so far: the APIs, models and metrics; `/health` stays open.
         router = router.route_layer(middleware::from_fn_with_state(Arc::new(keys), authenticate));
     }
     router = router.route(
@@ -596,6 +611,7 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
             async move { axum::Json(body) }
         }),
     );
+    router = router.fallback(|uri: Uri| std::future::ready(not_found(uri.path())));
     let x_request_id = HeaderName::from_static("x-request-id");
     Ok(router.layer(
         ServiceBuilder::new()
@@ -606,6 +622,38 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
             }))
             .layer(PropagateRequestIdLayer::new(x_request_id)),
     ))
+}
+
+/// `GET /v1/models`: every model a chain of `config` can serve, in OpenAI's
+/// list shape.
+fn models_list(config: &Config) -> serde_json::Value {
+    let mut ids: Vec<&str> = config
+        .chains
+        .values()
+        .flat_map(|c| c.routes.iter().map(|r| r.model.as_str()))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let data: Vec<serde_json::Value> = ids
+        .into_iter()
+        .map(|id| serde_json::json!({"id": id, "object": "model", "created": 0, "owned_by": "llm-fallback"}))
+        .collect();
+    serde_json::json!({"object": "list", "data": data})
+}
+
+/// The `404` of a path the gateway does not serve: Anthropic's error shape
+/// under `/v1/messages` (what an Anthropic SDK reads), OpenAI's elsewhere.
+fn not_found(path: &str) -> Response<Body> {
+    let message = format!("the gateway serves no {path}");
+    let anthropic = ["/v1/messages", "/api/v1/messages"].iter().any(|p| {
+        path.strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    });
+    if anthropic {
+        let body = serde_json::json!({"type": "error", "error": {"type": "not_found_error", "message": message}});
+        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
+    }
+    error_response(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", &message)
 }
 
 /// Who may call a gateway listening on `listen`, from `config`'s
@@ -778,12 +826,16 @@ impl ClientKeys {
     /// Why `headers` do not carry an accepted key, if they do not.
     fn check(&self, headers: &HeaderMap) -> Result<(), &'static str> {
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
-        let value = match (values.next(), values.next()) {
-            (Some(value), None) => value,
-            (None, _) => return Err("no API key: send Authorization: Bearer <key>"),
-            (Some(_), Some(_)) => return Err("more than one Authorization header; send one"),
+        let mut api_keys = headers.get_all(X_API_KEY).iter();
+        let key = match (values.next(), values.next(), api_keys.next(), api_keys.next()) {
+            (Some(value), None, None, _) => {
+                bearer(value.as_bytes()).ok_or("the Authorization header is not Bearer <key>")?
+            }
+            // Anthropic's SDKs send the key this way.
+            (None, _, Some(value), None) => value.as_bytes(),
+            (None, _, None, _) => return Err("no API key: send Authorization: Bearer <key>"),
+            _ => return Err("more than one API key header; send one"),
         };
-        let key = bearer(value.as_bytes()).ok_or("the Authorization header is not Bearer <key>")?;
         if self.accepts(key) {
             Ok(())
         } else {
@@ -815,6 +867,7 @@ async fn authenticate(State(keys): State<Arc<ClientKeys>>, mut request: Request<
     match keys.check(request.headers()) {
         Ok(()) => {
             request.headers_mut().remove(header::AUTHORIZATION);
+            request.headers_mut().remove(X_API_KEY);
             next.run(request).await
         }
         Err(why) => {
@@ -947,19 +1000,29 @@ impl http_body::Body for Deadline {
     }
 }
 
-/// Where requests go: `{upstream}/chat/completions`, with the gateway's key.
+/// Where requests go: the same API's path on the upstream
+/// (`{upstream}/chat/completions`, `{upstream}/messages`, …), with the
+/// gateway's key.
 #[derive(Clone)]
 struct Upstream {
-    chat_uri: Uri,
+    /// One URI per dialect, in `Dialect::ALL` order.
+    uris: Arc<[(Dialect, Uri)]>,
     authorization: Option<HeaderValue>,
 }
 
 impl Upstream {
     fn from_config(config: &Config, gateway: &GatewayConfig) -> Result<Upstream, ConfigError> {
         let base = gateway.upstream_url();
-        let chat_uri: Uri = format!("{base}/chat/completions")
-            .parse()
-            .map_err(|e| ConfigError::new("gateway.upstream", format!("invalid URL {base:?}: {e}")))?;
+        let uris = Dialect::ALL
+            .into_iter()
+            .map(|d| {
+                let uri: Uri = format!("{base}{}", d.path())
+                    .parse()
+                    .map_err(|e| ConfigError::new("gateway.upstream", format!("invalid URL {base:?}: {e}")))?;
+                Ok((d, uri))
+            })
+            .collect::<Result<Arc<[_]>, ConfigError>>()?;
+        let chat_uri = &uris[0].1;
         let openrouter = chat_uri
             .host()
             .is_some_and(|h| h == "openrouter.ai" || h.ends_with(".openrouter.ai"));
@@ -982,14 +1045,14 @@ impl Upstream {
             }
             None => None,
         };
-        Ok(Upstream {
-            chat_uri,
-            authorization,
-        })
+        Ok(Upstream { uris, authorization })
     }
 
     fn prepare(&self, mut request: Request<Body>) -> Request<Body> {
-        *request.uri_mut() = self.chat_uri.clone();
+        let dialect = Dialect::from_path(request.uri().path());
+        if let Some((_, uri)) = self.uris.iter().find(|(d, _)| *d == dialect) {
+            *request.uri_mut() = uri.clone();
+        }
         *request.version_mut() = Version::HTTP_11;
         let headers = request.headers_mut();
         // The caller's key is for the gateway, never for the upstream; the
@@ -1007,9 +1070,13 @@ impl Upstream {
     }
 }
 
+/// Anthropic's key header: a caller's key for the gateway, never forwarded.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 /// Request headers never forwarded upstream.
-const DROPPED: [HeaderName; 8] = [
+const DROPPED: [HeaderName; 9] = [
     header::AUTHORIZATION,
+    X_API_KEY,
     header::HOST,
     header::CONNECTION,
     header::TE,

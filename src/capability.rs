@@ -6,7 +6,11 @@
 //! scanner as it passes over the strings of `messages`: no second pass, no
 //! DOM); a `response_format`
 //! of type `json_schema` means structured output; the prompt size is
-//! estimated from the bytes of `messages` and `tools`.
+//! estimated from the bytes of `messages` and `tools`. Each
+//! [`Dialect`](crate::Dialect) reads its own members: Responses `input`
+//! items (`input_image`, `input_audio`, `input_file`), `text.format` and
+//! `max_output_tokens`; Messages `image` and `document` blocks, `thinking`
+//! and `max_tokens`; embeddings `input`; completions `prompt`.
 
 use std::fmt;
 use std::ops::{BitOr, BitOrAssign};
@@ -42,14 +46,22 @@ impl Capabilities {
     pub const VISION: Capabilities = Capabilities(2);
     /// Audio input: content parts `input_audio`.
     pub const AUDIO: Capabilities = Capabilities(4);
-    /// Structured output: `response_format` of type `json_schema`.
+    /// Structured output: `response_format` of type `json_schema`
+    /// (Responses: `text.format`).
     pub const STRUCTURED_OUTPUT: Capabilities = Capabilities(8);
+    /// Document input: Responses `input_file` items, Messages `document`
+    /// blocks.
+    pub const FILES: Capabilities = Capabilities(16);
+    /// Extended thinking: a Messages `thinking` that is not `disabled`.
+    pub const THINKING: Capabilities = Capabilities(32);
 
-    const NAMES: [(Capabilities, &'static str); 4] = [
+    const NAMES: [(Capabilities, &'static str); 6] = [
         (Capabilities::TOOLS, "tools"),
         (Capabilities::VISION, "vision"),
         (Capabilities::AUDIO, "audio"),
         (Capabilities::STRUCTURED_OUTPUT, "structured_output"),
+        (Capabilities::FILES, "files"),
+        (Capabilities::THINKING, "thinking"),
     ];
 
     /// Every capability in `other` is in `self`.
@@ -68,7 +80,7 @@ impl Capabilities {
     }
 
     /// Parses a name used in config files and headers: `tools`, `vision`,
-    /// `audio`, `structured_output`.
+    /// `audio`, `structured_output`, `files`, `thinking`.
     pub fn from_name(name: &str) -> Option<Capabilities> {
         Self::NAMES.iter().find(|(_, n)| *n == name).map(|(c, _)| *c)
     }
@@ -164,8 +176,16 @@ pub struct Needs {
     pub capabilities: Capabilities,
     /// Conservative estimate of the prompt's tokens (see [`BYTES_PER_TOKEN`]).
     pub prompt_tokens: u64,
-    /// `max_tokens` / `max_completion_tokens`, when set.
+    /// `max_tokens` / `max_completion_tokens` (Responses:
+    /// `max_output_tokens`), when set.
     pub max_output_tokens: Option<u64>,
+    /// The request's API shape: a route whose endpoint does not serve it is
+    /// skipped.
+    pub dialect: crate::Dialect,
+    /// A Responses request that refers to state kept by its upstream
+    /// (`previous_response_id`, `conversation`): not sent to a route on
+    /// another endpoint.
+    pub stateful: bool,
 }
 
 impl Needs {
@@ -217,6 +237,17 @@ pub enum SkipReason {
     },
     /// A drill: the primary is skipped on purpose (see [`Drills`](crate::health::Drills)).
     Drill,
+    /// The route's endpoint does not serve the request's API shape (see
+    /// [`Endpoint::dialects`](crate::native::Endpoint::dialects)).
+    Dialect {
+        /// The request's shape.
+        dialect: crate::Dialect,
+    },
+    /// A stateful Responses request (`previous_response_id` or
+    /// `conversation`): its state lives on the upstream that created it, so
+    /// it is not sent to a route on another endpoint (see
+    /// [`Endpoint::shares_state`](crate::native::Endpoint::shares_state)).
+    Stateful,
 }
 
 impl fmt::Display for SkipReason {
@@ -238,6 +269,10 @@ impl fmt::Display for SkipReason {
             SkipReason::PriceCap { price: None } => f.write_str("price unknown under a price cap"),
             SkipReason::Cooling { remaining } => write!(f, "cooling down for {}ms more", remaining.as_millis()),
             SkipReason::Drill => f.write_str("drill: primary skipped on purpose"),
+            SkipReason::Dialect { dialect } => write!(f, "its endpoint does not serve {dialect}"),
+            SkipReason::Stateful => {
+                f.write_str("stateful request (previous_response_id or conversation) not sent to another endpoint")
+            }
         }
     }
 }
@@ -253,6 +288,8 @@ impl SkipReason {
             SkipReason::PriceCap { .. } => "price_cap",
             SkipReason::Cooling { .. } => "cooling",
             SkipReason::Drill => "drill",
+            SkipReason::Dialect { .. } => "dialect",
+            SkipReason::Stateful => "stateful",
         }
     }
 }

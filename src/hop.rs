@@ -82,12 +82,23 @@ impl Hop {
     /// Declares anything a request's needs are checked against.
     pub(crate) fn has_limits(&self) -> bool {
         let r = &self.route;
-        r.capabilities.is_some() || r.context_window.is_some() || r.max_output_tokens.is_some()
+        r.capabilities.is_some()
+            || r.context_window.is_some()
+            || r.max_output_tokens.is_some()
+            || r.endpoint.as_ref().is_some_and(|e| !e.serves(crate::Dialect::Chat))
     }
 
     /// Why this hop cannot serve a request with `needs`, if it cannot.
     pub(crate) fn unfit(&self, needs: &Needs) -> Option<SkipReason> {
         let r = &self.route;
+        if let Some(e) = &r.endpoint {
+            if !e.serves(needs.dialect) {
+                return Some(SkipReason::Dialect { dialect: needs.dialect });
+            }
+            if needs.stateful && !e.shares_state {
+                return Some(SkipReason::Stateful);
+            }
+        }
         if let Some(caps) = r.capabilities {
             let missing = needs.capabilities.missing_from(caps);
             if !missing.is_empty() {

@@ -94,7 +94,7 @@ impl BodyFacts {
             return BodyFacts::default();
         }
         facts.json = true;
-        facts.usage = usage_span.and_then(|span| usage(&body[span]));
+        facts.usage = usage_span.and_then(|span| usage(&body[span], USAGE_CHAT));
         if let Some(span) = metadata_span {
             facts.upstream_attempts = upstream_attempts(&body[span]);
         }
@@ -114,6 +114,144 @@ impl BodyFacts {
                 );
             }
         }
+        facts
+    }
+
+    /// Reads a Responses answer: good when `object` is `"response"`, its
+    /// `status` one of `completed`, `incomplete`, `queued`, `in_progress`,
+    /// and `error` null or absent. `choices` is then `Some(1)` (one
+    /// answer), else `None`; `status: "failed"` without an error object is
+    /// still an error.
+    pub(crate) fn inspect_responses(body: &[u8]) -> Self {
+        let mut facts = BodyFacts::default();
+        let (mut object, mut status) = (None, None);
+        let (mut error_span, mut usage_span, mut metadata_span) = (None, None, None);
+        let scanned = scan::scan_object(body, |m| {
+            let text = || scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned());
+            match (&*m.key, m.kind) {
+                (b"model", ValueKind::String) => facts.model = text(),
+                (b"object", ValueKind::String) => object = text(),
+                (b"status", ValueKind::String) => status = text(),
+                (b"error", ValueKind::Null) => {}
+                (b"error", _) => error_span = Some(m.value.clone()),
+                (b"usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
+                (b"openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
+                _ => {}
+            }
+            Ok::<(), ()>(())
+        });
+        if scanned.is_err() {
+            return BodyFacts::default();
+        }
+        facts.json = true;
+        facts.usage = usage_span.and_then(|span| usage(&body[span], USAGE_IN_OUT));
+        if let Some(span) = metadata_span {
+            facts.upstream_attempts = upstream_attempts(&body[span]);
+        }
+        facts.error = error_span.map(|span| error_at(&body[span]).unwrap_or_default());
+        let good_status = matches!(
+            status.as_deref(),
+            Some("completed" | "incomplete" | "queued" | "in_progress")
+        );
+        if facts.error.is_none() && status.as_deref() == Some("failed") {
+            facts.error = Some(UpstreamError {
+                message: Some("the response failed (status \"failed\")".into()),
+                ..UpstreamError::default()
+            });
+        }
+        if object.as_deref() == Some("response") && good_status && facts.error.is_none() {
+            facts.choices = Some(1);
+        }
+        facts
+    }
+
+    /// Reads an Anthropic Messages answer: good when `type` is `"message"`
+    /// with a `content` array (`choices` is then `Some(1)`); `type:
+    /// "error"` carries its `error`.
+    pub(crate) fn inspect_messages(body: &[u8]) -> Self {
+        let mut facts = BodyFacts::default();
+        let (mut kind, mut content) = (None, false);
+        let (mut error_span, mut usage_span, mut metadata_span) = (None, None, None);
+        let scanned = scan::scan_object(body, |m| {
+            match (&*m.key, m.kind) {
+                (b"model", ValueKind::String) => {
+                    facts.model = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
+                }
+                (b"type", ValueKind::String) => {
+                    kind = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
+                }
+                (b"content", ValueKind::Array) => content = true,
+                (b"error", ValueKind::Null) => {}
+                (b"error", _) => error_span = Some(m.value.clone()),
+                (b"usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
+                (b"openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
+                _ => {}
+            }
+            Ok::<(), ()>(())
+        });
+        if scanned.is_err() {
+            return BodyFacts::default();
+        }
+        facts.json = true;
+        facts.usage = usage_span.and_then(|span| usage(&body[span], USAGE_IN_OUT));
+        if let Some(span) = metadata_span {
+            facts.upstream_attempts = upstream_attempts(&body[span]);
+        }
+        facts.error = error_span.map(|span| error_at(&body[span]).unwrap_or_default());
+        if facts.error.is_none() && kind.as_deref() == Some("error") {
+            facts.error = Some(UpstreamError {
+                message: Some("the answer is an error (type \"error\")".into()),
+                ..UpstreamError::default()
+            });
+        }
+        if kind.as_deref() == Some("message") && content && facts.error.is_none() {
+            facts.choices = Some(1);
+        }
+        facts
+    }
+
+    /// Reads an embeddings answer: good when `data` is a non-empty array
+    /// (`choices` counts its entries) and there is no `error`.
+    pub(crate) fn inspect_embeddings(body: &[u8]) -> Self {
+        let mut facts = BodyFacts::default();
+        let mut data = None;
+        let (mut error_span, mut usage_span, mut metadata_span) = (None, None, None);
+        let mut count = |start| -> Result<usize, scan::ScanError> {
+            let mut n = 0usize;
+            let end = scan::scan_array_at(body, start, |at| {
+                n += 1;
+                scan::scan_value(body, at).map(|(end, _)| end)
+            })?;
+            data = Some(n);
+            Ok(end)
+        };
+        let watch = scan::Watch::Value("data", &mut count);
+        let scanned = scan::scan_object_watching(body, watch, |m| {
+            match (&*m.key, m.kind) {
+                (b"model", ValueKind::String) => {
+                    facts.model = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
+                }
+                (b"provider", ValueKind::String) => {
+                    facts.provider = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
+                }
+                (b"error", ValueKind::Null) => {}
+                (b"error", _) => error_span = Some(m.value.clone()),
+                (b"usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
+                (b"openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
+                _ => {}
+            }
+            Ok::<(), ()>(())
+        });
+        if scanned.is_err() {
+            return BodyFacts::default();
+        }
+        facts.json = true;
+        facts.usage = usage_span.and_then(|span| usage(&body[span], USAGE_CHAT));
+        if let Some(span) = metadata_span {
+            facts.upstream_attempts = upstream_attempts(&body[span]);
+        }
+        facts.error = error_span.map(|span| error_at(&body[span]).unwrap_or_default());
+        facts.choices = data.filter(|_| facts.error.is_none());
         facts
     }
 
@@ -226,16 +364,28 @@ impl Choices {
     }
 }
 
+/// The names of `usage`'s prompt, completion and total counts.
+type UsageKeys = [&'static [u8]; 3];
+const USAGE_CHAT: UsageKeys = [b"prompt_tokens", b"completion_tokens", b"total_tokens"];
+/// Responses and Messages (which has no total: it is the sum).
+const USAGE_IN_OUT: UsageKeys = [b"input_tokens", b"output_tokens", b"total_tokens"];
+
 /// Reads `usage`'s token counts; `None` when one of them is not a
 /// non-negative integer.
-fn usage(object: &[u8]) -> Option<Usage> {
+fn usage(object: &[u8], keys: UsageKeys) -> Option<Usage> {
     let mut usage = Usage::default();
+    let mut total = false;
     scan::scan_object(object, |m| {
-        let slot = match &*m.key {
-            b"prompt_tokens" => &mut usage.prompt_tokens,
-            b"completion_tokens" => &mut usage.completion_tokens,
-            b"total_tokens" => &mut usage.total_tokens,
-            _ => return Ok::<(), ()>(()),
+        let key = &*m.key;
+        let slot = if key == keys[0] {
+            &mut usage.prompt_tokens
+        } else if key == keys[1] {
+            &mut usage.completion_tokens
+        } else if key == keys[2] {
+            total = true;
+            &mut usage.total_tokens
+        } else {
+            return Ok::<(), ()>(());
         };
         // A JSON number (the scanner validated it) that parses as a u64 is a
         // plain non-negative integer: a sign, fraction or exponent fails.
@@ -247,6 +397,9 @@ fn usage(object: &[u8]) -> Option<Usage> {
         Ok(())
     })
     .ok()?;
+    if !total && keys[0] == USAGE_IN_OUT[0] {
+        usage.total_tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
+    }
     Some(usage)
 }
 
@@ -453,6 +606,98 @@ mod tests {
 
 /// The scanner's reading of a completion against serde_json's, on random
 /// completion-shaped bodies: the facts the policy decides on must agree.
+#[cfg(test)]
+mod dialect_tests {
+    use super::*;
+
+    #[test]
+    fn responses_answers() {
+        let good = BodyFacts::inspect_responses(
+            br#"{"id":"resp_1","object":"response","status":"completed","error":null,"model":"m","output":[{"type":"message","content":[{"type":"output_text","text":"hi"}]}],"usage":{"input_tokens":3,"output_tokens":2,"total_tokens":5,"output_tokens_details":{"reasoning_tokens":0}}}"#,
+        );
+        assert_eq!(good.choices, Some(1));
+        assert!(good.error.is_none());
+        assert_eq!(good.model.as_deref(), Some("m"));
+        assert_eq!(
+            good.usage
+                .map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens)),
+            Some((3, 2, 5))
+        );
+        for status in ["incomplete", "queued", "in_progress"] {
+            let body = format!(r#"{{"object":"response","status":"{status}","error":null}}"#);
+            assert_eq!(
+                BodyFacts::inspect_responses(body.as_bytes()).choices,
+                Some(1),
+                "{status}"
+            );
+        }
+        let failed = BodyFacts::inspect_responses(
+            br#"{"object":"response","status":"failed","error":{"code":"server_error","message":"boom"}}"#,
+        );
+        assert_eq!(failed.choices, None);
+        assert_eq!(failed.error.unwrap().message(), Some("boom"));
+        // `failed` without an error object is still an error.
+        let failed = BodyFacts::inspect_responses(br#"{"object":"response","status":"failed","error":null}"#);
+        assert!(failed.error.is_some() && failed.choices.is_none());
+        // A completed status with an error, no status, another object: not good.
+        for body in [
+            &br#"{"object":"response","status":"completed","error":{"message":"x"}}"#[..],
+            br#"{"object":"response","output":[]}"#,
+            br#"{"object":"chat.completion","status":"completed"}"#,
+            br#"{"object":"response","status":"cancelled"}"#,
+        ] {
+            assert_eq!(
+                BodyFacts::inspect_responses(body).choices,
+                None,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        // Cut short: not JSON.
+        assert!(!BodyFacts::inspect_responses(br#"{"object":"response","status":"completed""#).json);
+    }
+
+    #[test]
+    fn messages_answers() {
+        let good = BodyFacts::inspect_messages(
+            br#"{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[{"type":"text","text":"hi"}],"stop_reason":"end_turn","usage":{"input_tokens":4,"output_tokens":6,"cache_read_input_tokens":null}}"#,
+        );
+        assert_eq!(good.choices, Some(1));
+        assert_eq!(good.model.as_deref(), Some("claude"));
+        assert_eq!(good.usage.map(|u| u.total_tokens), Some(10));
+        let error = BodyFacts::inspect_messages(
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#,
+        );
+        assert_eq!(error.choices, None);
+        assert_eq!(error.error.unwrap().error_type(), Some("overloaded_error"));
+        assert!(BodyFacts::inspect_messages(br#"{"type":"error"}"#).error.is_some());
+        // No content: not an answer.
+        assert_eq!(
+            BodyFacts::inspect_messages(br#"{"type":"message","role":"assistant"}"#).choices,
+            None
+        );
+        assert!(!BodyFacts::inspect_messages(br#"{"type":"message","content":["#).json);
+    }
+
+    #[test]
+    fn embeddings_answers() {
+        let good = BodyFacts::inspect_embeddings(
+            br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]},{"object":"embedding","index":1,"embedding":"AAAA"}],"model":"e","usage":{"prompt_tokens":2,"total_tokens":2}}"#,
+        );
+        assert_eq!(good.choices, Some(2));
+        assert_eq!(good.model.as_deref(), Some("e"));
+        assert_eq!(good.usage.map(|u| u.total_tokens), Some(2));
+        let error = BodyFacts::inspect_embeddings(br#"{"error":{"message":"no","code":"server_error"}}"#);
+        assert_eq!(error.choices, None);
+        assert!(error.error.is_some());
+        assert_eq!(
+            BodyFacts::inspect_embeddings(br#"{"object":"list","data":[]}"#).choices,
+            Some(0)
+        );
+        assert!(!BodyFacts::inspect_embeddings(br#"{"object":"list","data":[1,"#).json);
+    }
+}
+
 #[cfg(test)]
 mod oracle {
     use super::*;

@@ -97,6 +97,52 @@
 //! last chunk. The chain's deadline bounds the wait for the commit point; a
 //! stream that has begun is bounded by its idle timeout only.
 //!
+//! # API shapes
+//!
+//! The same guarantees hold for every [`Dialect`], told by the request's
+//! path (`…/chat/completions`, `…/responses`, `…/messages`, `…/embeddings`,
+//! `…/completions`) or by a `Dialect` the caller puts in the request's
+//! extensions. Each reads its own answers: a Responses `status` and
+//! `error`, a Messages `type`, an embeddings `data`. Each stream commits at
+//! its own first output (a Responses output delta, never
+//! `response.created`; a Messages `content_block_delta`, never
+//! `message_start` or `ping`), ends properly its own way
+//! (`response.completed`, `message_stop`), and when broken after commit gets
+//! one terminal event of its own shape (`response.failed`; Anthropic's
+//! `event: error`). Errors the layer writes (exhaustion, refusals) are
+//! OpenAI's error JSON, or Anthropic's for Messages. An
+//! [`Endpoint`](native::Endpoint) maps a request to its dialect's path on
+//! another base, with that API's key header (`x-api-key` and
+//! `anthropic-version` for Messages on Anthropic's own API), skips routes
+//! whose endpoint does not serve the dialect, and keeps stateful Responses
+//! requests (`previous_response_id`, `conversation`) on their upstream
+//! ([`SkipReason::Stateful`]).
+//!
+//! ```
+//! use llm_fallback_mock::{MockUpstream, Reply};
+//! use llm_fallback::{Chain, FallbackLayer, FallbackReport, Route};
+//! use http_body_util::BodyExt;
+//! use tower::{Layer, ServiceExt};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! // Anthropic overloaded (529): the Messages request falls back.
+//! let upstream = MockUpstream::new()
+//!     .model("anthropic/claude-sonnet-4", Reply::status(529))
+//!     .model("anthropic/claude-3.5-haiku", Reply::ok().content("pong"));
+//! let chain = Chain::new([Route::new("anthropic/claude-sonnet-4"), Route::new("anthropic/claude-3.5-haiku")]);
+//! let request = http::Request::post("http://openrouter.test/api/v1/messages")
+//!     .body(r#"{"model":"anthropic/claude-sonnet-4","max_tokens":64,"messages":[{"role":"user","content":"ping"}]}"#.to_string())
+//!     .unwrap();
+//! let resp = FallbackLayer::new(chain).layer(upstream).oneshot(request).await.unwrap();
+//! assert_eq!(resp.extensions().get::<FallbackReport>().unwrap().served_model(), "anthropic/claude-3.5-haiku");
+//! let body = resp.into_body().collect().await.unwrap().to_bytes();
+//! let message: serde_json::Value = serde_json::from_slice(&body).unwrap();
+//! assert_eq!(message["type"], "message");
+//! assert_eq!(message["content"][0]["text"], "pong");
+//! # }
+//! ```
+//!
 //! # When everything fails
 //!
 //! The caller gets **one synthesized answer**, whatever the last failure was
@@ -207,6 +253,7 @@ pub use body::ResponseBody;
 pub use builder::FallbackBuilder;
 pub use capability::{Capabilities, Needs, Price, PriceGuard, SkipReason, BYTES_PER_TOKEN};
 pub use chain::{Chain, ChainName, ChainSet};
+pub use dialect::Dialect;
 pub use future::ResponseFuture;
 pub use json::ReplayBody;
 pub use layer::{FallbackLayer, FallbackService};

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `llm_fallback_attempts_total` | counter | `model`, `outcome` |
 //! | `llm_fallback_attempt_duration_seconds` | histogram | `model`, `outcome` |
-//! | `llm_fallback_requests_total` | counter | `resolution`, `position` (route index that answered, or `none`), `drill` |
+//! | `llm_fallback_requests_total` | counter | `resolution`, `position` (route index that answered, or `none`), `drill`, `dialect` (`chat`, `responses`, `messages`, `embeddings`, `completions`) |
 //! | `llm_fallback_skips_total` | counter | `model`, `reason` |
 //! | `llm_fallback_hedges_started_total` | counter | `model` |
 //! | `llm_fallback_hedges_won_total` | counter | `model` |
@@ -140,16 +140,25 @@ const RESOLUTIONS: usize = match Resolution::Served {
 #[cfg(feature = "metrics")]
 const POSITIONS: usize = 8;
 
-/// A layer's request counters, by resolution, position and drill; shared by
-/// the layer's clones, not by other layers.
+#[cfg(feature = "metrics")]
+const DIALECTS: usize = crate::Dialect::ALL.len();
+
+/// A layer's request counters, by resolution, position, drill and dialect;
+/// shared by the layer's clones, not by other layers.
 #[derive(Default)]
 pub(crate) struct RequestMetrics {
     #[cfg(feature = "metrics")]
-    counters: cache::Cache<metrics::Counter, { RESOLUTIONS * (POSITIONS + 1) * 2 }>,
+    counters: cache::Cache<metrics::Counter, { RESOLUTIONS * (POSITIONS + 1) * 2 * DIALECTS }>,
 }
 
 #[inline]
-pub(crate) fn request(requests: &RequestMetrics, resolution: Resolution, position: Option<usize>, drill: bool) {
+pub(crate) fn request(
+    requests: &RequestMetrics,
+    resolution: Resolution,
+    position: Option<usize>,
+    drill: bool,
+    dialect: crate::Dialect,
+) {
     #[cfg(feature = "metrics")]
     {
         let register = |position: metrics::SharedString| {
@@ -158,6 +167,7 @@ pub(crate) fn request(requests: &RequestMetrics, resolution: Resolution, positio
                 "resolution" => resolution.as_str(),
                 "position" => position,
                 "drill" => if drill { "true" } else { "false" },
+                "dialect" => dialect.as_str(),
             )
         };
         let (slot, label) = match position {
@@ -168,7 +178,8 @@ pub(crate) fn request(requests: &RequestMetrics, resolution: Resolution, positio
                 None => return register(p.to_string().into()).increment(1),
             },
         };
-        let i = (resolution as usize * (POSITIONS + 1) + slot) * 2 + usize::from(drill);
+        let i =
+            ((resolution as usize * (POSITIONS + 1) + slot) * 2 + usize::from(drill)) * DIALECTS + dialect.index_of();
         requests.counters.with(i, || register(label.into()), |c| c.increment(1));
     }
 }
@@ -241,7 +252,7 @@ mod tests {
             attempt(&route, Outcome::Served, Duration::from_millis(3));
             attempt(&route, Outcome::Served, Duration::from_millis(3));
             attempt(&route, Outcome::Timeout, Duration::from_millis(3));
-            request(&requests, Resolution::Served, Some(0), false);
+            request(&requests, Resolution::Served, Some(0), false, crate::Dialect::Chat);
         });
         // The same route (its handles cached) under another recorder: the
         // records go to that one, not to the first one's handles.
@@ -249,8 +260,8 @@ mod tests {
         let second_snap = second.snapshotter();
         metrics::with_local_recorder(&second, || {
             attempt(&route, Outcome::Served, Duration::from_millis(3));
-            request(&requests, Resolution::Served, Some(0), false);
-            request(&requests, Resolution::Exhausted, None, true);
+            request(&requests, Resolution::Served, Some(0), false, crate::Dialect::Chat);
+            request(&requests, Resolution::Exhausted, None, true, crate::Dialect::Messages);
         });
         let (first_snap, second_snap) = (first_snap.snapshot().into_vec(), second_snap.snapshot().into_vec());
         let served = ("outcome", "served");
@@ -265,6 +276,8 @@ mod tests {
         assert_eq!(counter(&second_snap, requests, ("position", "0")), Some(1));
         assert_eq!(counter(&second_snap, requests, ("position", "none")), Some(1));
         assert_eq!(counter(&first_snap, requests, ("position", "none")), None);
+        assert_eq!(counter(&second_snap, requests, ("dialect", "messages")), Some(1));
+        assert_eq!(counter(&first_snap, requests, ("dialect", "messages")), None);
     }
 
     #[test]
@@ -275,7 +288,9 @@ mod tests {
             let requests = RequestMetrics::default();
             let recorder = DebuggingRecorder::new();
             let snapshotter = recorder.snapshotter();
-            metrics::with_local_recorder(&recorder, || request(&requests, Resolution::Served, Some(1), false));
+            metrics::with_local_recorder(&recorder, || {
+                request(&requests, Resolution::Served, Some(1), false, crate::Dialect::Chat)
+            });
             counter(
                 &snapshotter.snapshot().into_vec(),
                 "llm_fallback_requests_total",

@@ -1,6 +1,7 @@
 //! OpenRouter's own routing: provider preferences, native model groups, and
 //! endpoints beyond OpenRouter.
 
+use crate::Dialect;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
@@ -156,13 +157,31 @@ pub const MAX_NATIVE_FALLBACKS: usize = 3;
 /// Another OpenAI-compatible API for a route: a base URL and, optionally,
 /// the name of the environment variable holding its API key.
 ///
-/// For an attempt on such a route the layer sends the request to
-/// `{base}/chat/completions`, drops the caller's `Host` and its
+/// For an attempt on such a route the layer sends the request to the
+/// request's [`Dialect`] path on the base (`{base}/chat/completions`,
+/// `{base}/responses`, `{base}/messages`, `{base}/embeddings`,
+/// `{base}/completions`), drops the caller's `Host` and its
 /// [`CREDENTIAL_HEADERS`] (`Authorization`, `x-api-key`, `api-key`,
 /// cookies, ...: a key meant for one provider never goes to another) and sets
-/// `Authorization: Bearer <key>` from the variable. The key is read once,
-/// when the endpoint is built; it never appears in `Debug` output, reports,
-/// errors or spans.
+/// `Authorization: Bearer <key>` from the variable — or, for a Messages
+/// request to Anthropic's own API ([`Endpoint::anthropic`], detected from
+/// `api.anthropic.com`), `x-api-key: <key>` and `anthropic-version`
+/// (the caller's, else `2023-06-01`; a caller's `anthropic-beta` is kept).
+/// The key is read once, when the endpoint is built; it never appears in
+/// `Debug` output, reports, errors or spans.
+///
+/// An endpoint serves the dialects [`Endpoint::dialects`] says: by default
+/// every one, except on hosts known to lack some (`api.openai.com` has no
+/// Messages; `api.anthropic.com` serves Messages and chat completions only).
+/// A request of another dialect skips the route, with
+/// [`SkipReason::Dialect`](crate::SkipReason::Dialect) in the report.
+///
+/// A stateful Responses request (`previous_response_id`, `conversation`)
+/// refers to state kept by the upstream that created it; another provider
+/// has never seen it and would fail or, worse, answer without the context.
+/// So it is not sent to a route with an endpoint
+/// ([`SkipReason::Stateful`](crate::SkipReason::Stateful)) unless the
+/// endpoint says it [shares the state](Endpoint::shares_state).
 ///
 /// Unless [`Endpoint::openrouter`] says the endpoint is OpenRouter, the
 /// OpenRouter-only top-level keys `provider`, `models`, `route` and
@@ -181,9 +200,24 @@ pub const MAX_NATIVE_FALLBACKS: usize = 3;
 pub struct Endpoint {
     pub(crate) base: String,
     pub(crate) chat_uri: Uri,
+    /// The other dialects' URIs, in [`Dialect::ALL`] order (chat's too).
+    pub(crate) uris: [Uri; 5],
     pub(crate) key_var: Option<String>,
     pub(crate) authorization: Option<HeaderValue>,
+    /// The key alone, for `x-api-key`.
+    pub(crate) api_key: Option<HeaderValue>,
     pub(crate) openrouter: bool,
+    pub(crate) anthropic: bool,
+    /// Served dialects, a bit per [`Dialect::index_of`].
+    pub(crate) dialects: u8,
+    pub(crate) shares_state: bool,
+}
+
+/// Every dialect's bit.
+const ALL_DIALECTS: u8 = 0b1_1111;
+
+fn dialect_bits(dialects: impl IntoIterator<Item = Dialect>) -> u8 {
+    dialects.into_iter().fold(0, |bits, d| bits | 1 << d.index_of())
 }
 
 impl Endpoint {
@@ -204,16 +238,80 @@ impl Endpoint {
                 reason: "an absolute http(s) URL is needed".into(),
             });
         }
-        let openrouter = chat_uri
-            .host()
-            .is_some_and(|h| h == "openrouter.ai" || h.ends_with(".openrouter.ai"));
+        let host = chat_uri.host().unwrap_or_default().to_ascii_lowercase();
+        let openrouter = host == "openrouter.ai" || host.ends_with(".openrouter.ai");
+        let anthropic = host == "api.anthropic.com";
+        let dialects = match host.as_str() {
+            "api.openai.com" => ALL_DIALECTS & !dialect_bits([Dialect::Messages]),
+            "api.anthropic.com" => dialect_bits([Dialect::Messages, Dialect::Chat]),
+            _ => ALL_DIALECTS,
+        };
+        let mut uris: [Uri; 5] = Default::default();
+        for (slot, d) in uris.iter_mut().zip(Dialect::ALL) {
+            // The same base with another path: it parses when chat's did.
+            *slot = format!("{trimmed}{}", d.path())
+                .parse()
+                .unwrap_or_else(|_| chat_uri.clone());
+        }
         Ok(Endpoint {
             base: trimmed.to_owned(),
             chat_uri,
+            uris,
             key_var: None,
             authorization: None,
+            api_key: None,
             openrouter,
+            anthropic,
+            dialects,
+            shares_state: false,
         })
+    }
+
+    /// Says whether this is Anthropic's own API, whose Messages requests
+    /// carry the key as `x-api-key` with an `anthropic-version` rather than
+    /// as `Authorization: Bearer`. Detected from the host
+    /// (`api.anthropic.com`); set it for a proxy of it on another host.
+    pub fn anthropic(mut self, yes: bool) -> Self {
+        self.anthropic = yes;
+        self
+    }
+
+    /// Limits the endpoint to these dialects: a request of another one is
+    /// not sent to its routes (they are skipped with
+    /// [`SkipReason::Dialect`](crate::SkipReason::Dialect)).
+    ///
+    /// ```
+    /// use llm_fallback::{native::Endpoint, Dialect};
+    ///
+    /// let openai = Endpoint::new("https://api.openai.com/v1")?;
+    /// assert!(!openai.serves(Dialect::Messages), "known: OpenAI has no /messages");
+    /// let embedder = Endpoint::new("https://embed.internal/v1")?.dialects([Dialect::Embeddings]);
+    /// assert!(embedder.serves(Dialect::Embeddings) && !embedder.serves(Dialect::Chat));
+    /// # Ok::<(), llm_fallback::native::EndpointError>(())
+    /// ```
+    pub fn dialects(mut self, dialects: impl IntoIterator<Item = Dialect>) -> Self {
+        self.dialects = dialect_bits(dialects);
+        self
+    }
+
+    /// Whether the endpoint serves `dialect`.
+    pub fn serves(&self, dialect: Dialect) -> bool {
+        self.dialects & (1 << dialect.index_of()) != 0
+    }
+
+    /// Says that this endpoint holds the state stateful Responses requests
+    /// (`previous_response_id`, `conversation`) refer to — it is the
+    /// caller's own upstream under another name — so they may be sent to
+    /// it. Off by default.
+    pub fn shares_state(mut self, yes: bool) -> Self {
+        self.shares_state = yes;
+        self
+    }
+
+    /// The URI of `dialect` on this endpoint's base.
+    pub(crate) fn uri_for(&self, dialect: Dialect) -> &Uri {
+        // `uris` has one entry per dialect.
+        self.uris.get(dialect.index_of()).unwrap_or(&self.chat_uri)
     }
 
     /// Reads the API key from the environment variable `name` now.
@@ -223,7 +321,11 @@ impl Endpoint {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim()))
             .map_err(|_| EndpointError::InvalidKey { variable: name.clone() })?;
         value.set_sensitive(true);
+        let mut bare =
+            HeaderValue::from_str(key.trim()).map_err(|_| EndpointError::InvalidKey { variable: name.clone() })?;
+        bare.set_sensitive(true);
         self.authorization = Some(value);
+        self.api_key = Some(bare);
         self.key_var = Some(name);
         Ok(self)
     }
@@ -248,6 +350,7 @@ impl fmt::Debug for Endpoint {
             .field("base", &self.base)
             .field("key_var", &self.key_var)
             .field("openrouter", &self.openrouter)
+            .field("anthropic", &self.anthropic)
             .finish_non_exhaustive()
     }
 }

@@ -52,6 +52,8 @@ impl UpstreamError {
         use crate::policy::{mentions, CONTEXT_LENGTH_PHRASES};
         self.error_type.as_deref() == Some("context_length_exceeded")
             || mentions([self.message(), self.raw()], CONTEXT_LENGTH_PHRASES)
+            // Anthropic: "prompt is too long: 210000 tokens > 200000 maximum".
+            || mentions([self.message(), self.raw()], &["prompt is too long"])
     }
 
     /// The error is a moderation or content-policy block

@@ -12,6 +12,7 @@
 //! bounds every buffer upstream bytes fill, before commit (the attempt
 //! fails) and after (the stream ends with a `stream_event_too_large` chunk).
 
+use crate::dialect::Dialect;
 use crate::inspect::error_from_value;
 use crate::report::{FallbackReport, Outcome, Resolution, UpstreamError, Usage};
 use bytes::{Bytes, BytesMut};
@@ -97,6 +98,12 @@ pub(crate) struct SseTracker {
     pub(crate) finish_reason: Option<String>,
     pub(crate) error: Option<UpstreamError>,
     pub(crate) usage: Option<Usage>,
+    /// The API shape whose events these are.
+    pub(crate) dialect: Dialect,
+    /// Responses: the `response.id` the stream announced, and the last
+    /// `sequence_number` seen (the terminal event of ours continues both).
+    pub(crate) response_id: Option<String>,
+    pub(crate) sequence: Option<u64>,
 }
 
 impl Default for SseTracker {
@@ -127,6 +134,9 @@ struct ChunkChoice {
     finish_reason: Option<String>,
     #[serde(default)]
     error: Option<Value>,
+    /// Legacy completions carry their text here, not in a `delta`.
+    #[serde(default)]
+    text: Option<String>,
 }
 
 impl SseTracker {
@@ -148,6 +158,18 @@ impl SseTracker {
             finish_reason: None,
             error: None,
             usage: None,
+            dialect: Dialect::Chat,
+            response_id: None,
+            sequence: None,
+        }
+    }
+
+    /// A tracker of `dialect`'s events, refusing events larger than
+    /// [`MAX_EVENT_BYTES`].
+    pub(crate) fn for_dialect(dialect: Dialect) -> Self {
+        SseTracker {
+            dialect,
+            ..Self::default()
         }
     }
 
@@ -263,9 +285,14 @@ impl SseTracker {
         self.dispatch()
     }
 
-    /// The stream ended properly: `[DONE]`, or a final `finish_reason`.
+    /// The stream ended properly: `[DONE]`, or a final `finish_reason`
+    /// (Responses: `response.completed` or `response.incomplete`; Messages:
+    /// `message_stop` after a `stop_reason`, both recorded as `done`).
     pub(crate) fn complete(&self) -> bool {
-        self.done || self.finish_reason.as_deref().is_some_and(|r| r != "error")
+        match self.dialect {
+            Dialect::Responses | Dialect::Messages => self.done,
+            _ => self.done || self.finish_reason.as_deref().is_some_and(|r| r != "error"),
+        }
     }
 
     /// A line ended mid-event (the client's parser holds a partial line).
@@ -335,6 +362,11 @@ impl SseTracker {
     }
 
     fn event(&mut self, data: &[u8]) -> Signal {
+        if !matches!(self.dialect, Dialect::Chat | Dialect::Completions) {
+            if let Some(signal) = crate::dialect::judge_event(self.dialect, self, data) {
+                return signal;
+            }
+        }
         if data.trim_ascii() == b"[DONE]" {
             self.done = true;
             return self.commit();
@@ -377,7 +409,8 @@ impl SseTracker {
                     content = true;
                 }
             }
-            content |= choice.delta.as_ref().is_some_and(carries_content);
+            content |= choice.delta.as_ref().is_some_and(carries_content)
+                || choice.text.as_deref().is_some_and(|t| !t.is_empty());
         }
         if let Some(e) = error {
             self.finish_reason = Some("error".into());
@@ -394,7 +427,8 @@ impl SseTracker {
         }
     }
 
-    fn commit(&mut self) -> Signal {
+    /// Commits (once): the first decisive content.
+    pub(crate) fn commit(&mut self) -> Signal {
         if self.committed {
             Signal::None
         } else {
@@ -588,23 +622,21 @@ impl<B> CommittedStream<B> {
     }
 }
 
-/// An SSE error chunk in OpenRouter's mid-stream shape, so OpenAI-style
-/// clients see `finish_reason: "error"` instead of a silent end.
-fn error_chunk(model: &str, code: &str, message: &str, separator: &[u8]) -> Bytes {
-    let chunk = serde_json::json!({
-        "id": "llm-fallback-error",
-        "object": "chat.completion.chunk",
-        "created": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        "model": model,
-        "error": {"code": code, "message": message},
-        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error", "native_finish_reason": "error"}],
-    });
+/// The one terminal error event of a broken stream, in its dialect's shape
+/// (chat: a chunk with `finish_reason: "error"`; Responses:
+/// `response.failed`; Messages: `event: error`), after what the client
+/// needs so it stands alone.
+fn error_chunk(tracker: &SseTracker, model: &str, code: &str, message: &str) -> Bytes {
     let mut out = BytesMut::new();
     // End the upstream's half-written line or event so ours stands alone.
-    out.extend_from_slice(separator);
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&serde_json::to_vec(&chunk).expect("JSON serializes"));
-    out.extend_from_slice(b"\n\n");
+    out.extend_from_slice(tracker.separator());
+    out.extend_from_slice(&crate::dialect::terminal_event(
+        tracker.dialect,
+        tracker,
+        model,
+        code,
+        message,
+    ));
     out.freeze()
 }
 
@@ -686,8 +718,10 @@ where
                         }
                         (
                             "stream_truncated",
-                            "the upstream stream ended without [DONE] or a final finish_reason; the answer is incomplete"
-                                .to_owned(),
+                            format!(
+                                "the upstream stream ended without {}; the answer is incomplete",
+                                crate::dialect::proper_end(this.tracker.dialect)
+                            ),
                         )
                     }
                     Poll::Pending => {
@@ -711,7 +745,7 @@ where
                 .as_ref()
                 .map(|f| f.report.served_model().to_owned())
                 .unwrap_or_default();
-            *this.tail = Some(error_chunk(&model, code, &message, this.tracker.separator()));
+            *this.tail = Some(error_chunk(this.tracker, &model, code, &message));
             *this.sleep = None;
             // Nothing more is read: release the upstream's connection now,
             // not when the caller drops the body.

@@ -51,3 +51,18 @@ pub(super) fn error_body(error: ErrorBody<'_>, metadata: Option<serde_json::Valu
     // A `Value` always serializes; an empty body would still be an answer.
     Bytes::from(serde_json::to_vec(&json!({ "error": inner })).unwrap_or_default())
 }
+
+/// The data of the chunk a broken committed stream ends with, in
+/// OpenRouter's mid-stream shape, so OpenAI-style clients see
+/// `finish_reason: "error"` instead of a silent end.
+pub(super) fn terminal_event(model: &str, code: &str, message: &str) -> Vec<u8> {
+    let chunk = json!({
+        "id": "llm-fallback-error",
+        "object": "chat.completion.chunk",
+        "created": super::unix_now(),
+        "model": model,
+        "error": {"code": code, "message": message},
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error", "native_finish_reason": "error"}],
+    });
+    super::data_event(None, &chunk)
+}

@@ -9,6 +9,10 @@ use crate::Attempt;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Request};
 
+/// Anthropic's key header and API version header.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+
 /// Asks OpenRouter to report its own attempts in the body.
 const X_OPENROUTER_METADATA: HeaderName = HeaderName::from_static("x-openrouter-metadata");
 
@@ -19,9 +23,16 @@ const X_OPENROUTER_METADATA: HeaderName = HeaderName::from_static("x-openrouter-
 pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<ReplayBody, BadEdits> {
     let mut edits = Edits::default();
     let mut insert = BytesMut::new();
+    // OpenRouter takes `models` on every dialect but embeddings (where two
+    // models' vectors would be mixed): the route's native fallbacks are not
+    // sent there.
+    let fallbacks = hop
+        .fallbacks_json
+        .as_ref()
+        .filter(|_| index.dialect != Dialect::Embeddings);
     for (key, ours, theirs) in [
         ("provider", hop.provider_json.as_ref(), index.provider),
-        ("models", hop.fallbacks_json.as_ref(), index.models),
+        ("models", fallbacks, index.models),
     ] {
         match (ours, theirs) {
             (Some(json), Some(span)) => edits.push(span.value_start..span.value_end, json.clone())?,
@@ -49,7 +60,7 @@ pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Res
         let mut n = 0;
         for member in [
             index.provider.filter(|_| hop.provider_json.as_ref().is_none()),
-            index.models.filter(|_| hop.fallbacks_json.as_ref().is_none()),
+            index.models.filter(|_| fallbacks.is_none()),
             index.route,
             index.transforms,
         ]
@@ -123,7 +134,18 @@ pub(super) fn attempt_request(
             // `remove` drops only the first value of a repeated header.
             while headers.remove(name).is_some() {}
         }
-        if let Some(auth) = &endpoint.authorization {
+        if dialect == Dialect::Messages && endpoint.anthropic {
+            // Anthropic's own API: its key header and version.
+            if let Some(key) = &endpoint.api_key {
+                headers.insert(X_API_KEY, key.clone());
+            }
+            if !headers.contains_key(ANTHROPIC_VERSION) {
+                headers.insert(
+                    ANTHROPIC_VERSION,
+                    HeaderValue::from_static(crate::dialect::ANTHROPIC_VERSION),
+                );
+            }
+        } else if let Some(auth) = &endpoint.authorization {
             headers.insert(header::AUTHORIZATION, auth.clone());
         }
     }

@@ -73,7 +73,15 @@ where
     B::Error: Into<BoxError>,
 {
     let (mut parts, body) = req.into_parts();
-    let dialect = Dialect::of(parts.uri.path());
+    // The caller's word wins over the path.
+    let dialect = match parts.extensions.get::<Dialect>() {
+        Some(d) => *d,
+        None => Dialect::from_path(parts.uri.path()),
+    };
+    if dialect != Dialect::Chat {
+        // Chat's name is the span's default.
+        tracing::Span::current().record("gen_ai.operation.name", dialect.operation_name());
+    }
 
     // Bound before buffering: a declared length over the limit is refused
     // without reading a byte.
@@ -135,8 +143,9 @@ where
         elapsed: Duration::ZERO,
     };
     // Needs are only read when some route declares limits or some chain
-    // is picked by them.
-    let needs = shared.reads_needs.then(|| dialect.needs(&body, &index));
+    // is picked by them, and for every dialect but chat (a route's endpoint
+    // may not serve it; a stateful request stays on its upstream).
+    let needs = (shared.reads_needs || dialect != Dialect::Chat).then(|| dialect.needs(&body, &index));
     // Removed always; read only when the layer allows callers to pick.
     let header_choice = present[CHAIN]
         .then(|| parts.headers.remove(X_FALLBACK_CHAIN))

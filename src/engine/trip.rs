@@ -360,6 +360,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
             self.report.resolution,
             Some(won.position),
             self.drill,
+            self.dialect,
         );
         served(won.answer, self.report, won.hop, &won.span, self.started)
     }
@@ -367,7 +368,13 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     /// The answer when no attempt served: every route is named.
     pub(super) fn exhausted<RB>(self) -> Response<ResponseBody<RB>> {
         let shared = self.shared;
-        crate::metrics::request(&shared.request_metrics, self.report.resolution, None, self.drill);
+        crate::metrics::request(
+            &shared.request_metrics,
+            self.report.resolution,
+            None,
+            self.drill,
+            self.dialect,
+        );
         exhausted(self.dialect, self.report, shared.exhaustion_body, self.started)
     }
 

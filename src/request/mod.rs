@@ -1,6 +1,7 @@
 //! Reading the caller's request once: the indexed top-level keys and the
 //! reasons a body is refused before any attempt.
 
+use crate::dialect::Dialect;
 use crate::json::scan::{self, ScanFail, ValueKind};
 use std::ops::Range;
 
@@ -8,9 +9,11 @@ mod needs;
 
 pub(crate) use needs::{detect_needs, MediaScan};
 
-/// What the engine needs from a chat-completions request body.
+/// What the engine needs from a request body.
 #[derive(Debug)]
 pub(crate) struct RequestIndex {
+    /// The API shape the body was read as.
+    pub(crate) dialect: Dialect,
     /// Span of the `model` value, quotes included.
     pub(crate) model: Range<usize>,
     /// The caller's model, decoded.
@@ -37,8 +40,20 @@ pub(crate) struct NeedSpans {
     pub(crate) tool_choice: Option<Range<usize>>,
     pub(crate) response_format: Option<Range<usize>>,
     pub(crate) max_tokens: Option<Range<usize>>,
-    /// Media parts seen in `messages`, when the index was asked to look.
+    /// Media parts seen in `messages` (Responses: `input`), when the index
+    /// was asked to look.
     pub(crate) media: Option<MediaScan>,
+    /// Responses `input`, embeddings `input`, completions `prompt`: the
+    /// prompt's bytes beside (or instead of) `messages`.
+    pub(crate) input: Option<Range<usize>>,
+    /// Responses `instructions`, Messages `system`.
+    pub(crate) system: Option<Range<usize>>,
+    /// Responses `text` (its `format`).
+    pub(crate) text: Option<Range<usize>>,
+    /// Messages `thinking`.
+    pub(crate) thinking: Option<(Range<usize>, ValueKind)>,
+    /// Responses `previous_response_id` or `conversation` is set.
+    pub(crate) stateful: bool,
 }
 
 /// Where a top-level member sits among its neighbours, so it can be
@@ -105,16 +120,52 @@ const SINGLE_KEYS: &[&str] = &["model", "models", "provider", "stream", "route",
 const OPENROUTER_KEYS: [&str; 4] = ["provider", "models", "route", "transforms"];
 
 pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
-    index(body, false)
+    index(body, false, Dialect::Chat)
 }
 
 /// [`index_request`], also reading the media parts of `messages` in the same
 /// pass (for the capability checks).
 pub(crate) fn index_request_with_media(body: &[u8]) -> Result<RequestIndex, BadRequest> {
-    index(body, true)
+    index(body, true, Dialect::Chat)
 }
 
-fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
+/// Indexes a request body of `dialect` (its own keys for needs).
+pub(crate) fn index_dialect(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, BadRequest> {
+    index(body, media, dialect)
+}
+
+/// The member whose strings the media scan reads.
+fn media_key(dialect: Dialect) -> &'static str {
+    match dialect {
+        Dialect::Responses => "input",
+        _ => "messages",
+    }
+}
+
+/// Records the members of `dialect` (other than chat's) that say what a
+/// request needs.
+fn dialect_member(dialect: Dialect, m: &scan::Member<'_>, needs: &mut NeedSpans) {
+    let number = m.kind == ValueKind::Number;
+    let set = !matches!(m.kind, ValueKind::Null);
+    match (dialect, &*m.key) {
+        (Dialect::Responses, b"input") | (Dialect::Embeddings, b"input") | (Dialect::Completions, b"prompt") => {
+            needs.input = Some(m.value.clone())
+        }
+        (Dialect::Responses, b"instructions") | (Dialect::Messages, b"system") => needs.system = Some(m.value.clone()),
+        (Dialect::Responses, b"text") => needs.text = Some(m.value.clone()),
+        (Dialect::Responses, b"max_output_tokens") | (Dialect::Messages | Dialect::Completions, b"max_tokens")
+            if number =>
+        {
+            needs.max_tokens = Some(m.value.clone())
+        }
+        (Dialect::Responses, b"previous_response_id" | b"conversation") if set => needs.stateful = true,
+        (Dialect::Messages, b"messages") => needs.messages = Some(m.value.clone()),
+        (Dialect::Messages, b"thinking") => needs.thinking = Some((m.value.clone(), m.kind)),
+        _ => {}
+    }
+}
+
+fn index(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, BadRequest> {
     let mut model: Option<(Range<usize>, ValueKind)> = None;
     let mut stream = None;
     let mut seen = [false; SINGLE_KEYS.len()];
@@ -123,10 +174,10 @@ fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
     let mut prev_value_end = None;
     let mut last_recorded: Option<usize> = None;
     let mut needs = NeedSpans::default();
-    let mut media_scan = MediaScan::default();
+    let mut media_scan = MediaScan::for_dialect(dialect);
     let mut on_string = |open: usize, end: usize| media_scan.on_string(body, open, end);
     let watch = match media {
-        true => scan::Watch::Strings("messages", &mut on_string),
+        true => scan::Watch::Strings(media_key(dialect), &mut on_string),
         false => scan::Watch::Nothing,
     };
     let scanned = scan::scan_object_watching(body, watch, |m| {
@@ -163,10 +214,11 @@ fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
         match &*m.key {
             b"model" => model = Some((m.value.clone(), m.kind)),
             b"stream" => stream = Some(m.kind == ValueKind::True),
-            b"messages" => needs.messages = Some(m.value.clone()),
             b"tools" => needs.tools = Some((m.value.clone(), m.kind)),
-            b"functions" => needs.functions = Some((m.value.clone(), m.kind)),
             b"tool_choice" => needs.tool_choice = Some(m.value.clone()),
+            _ if dialect != Dialect::Chat => dialect_member(dialect, &m, &mut needs),
+            b"messages" => needs.messages = Some(m.value.clone()),
+            b"functions" => needs.functions = Some((m.value.clone(), m.kind)),
             b"response_format" => needs.response_format = Some(m.value.clone()),
             b"max_tokens" | b"max_completion_tokens" if m.kind == ValueKind::Number => {
                 needs.max_tokens = Some(m.value.clone())
@@ -215,6 +267,7 @@ fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
     let [provider, models, route, transforms] = openrouter;
     needs.media = media.then_some(media_scan);
     Ok(RequestIndex {
+        dialect,
         model: span,
         requested_model,
         stream: stream.unwrap_or(false),

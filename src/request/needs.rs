@@ -1,13 +1,22 @@
-//! What a chat request needs (tools, images, audio, structured output, a
-//! prompt estimate), read from the index the scanner built in its one pass.
+//! What a request needs (tools, images, audio, files, structured output,
+//! thinking, a prompt estimate), read from the index the scanner built in
+//! its one pass, by the members of the request's dialect.
 
 use super::RequestIndex;
 use crate::capability::{Capabilities, Needs, BYTES_PER_TOKEN, MEDIA_PART_TOKENS};
+use crate::dialect::Dialect;
 use crate::json::scan::ValueKind;
+
+/// `type` of the JSON object at `span`, when it is a small one that parses.
+fn object_type(body: &[u8], span: &std::ops::Range<usize>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(body.get(span.clone())?).ok()?;
+    v.get("type")?.as_str().map(str::to_owned)
+}
 
 /// Reads what the request needs from the indexed body.
 pub(crate) fn detect_needs(body: &[u8], index: &RequestIndex) -> Needs {
     let n = &index.needs;
+    let dialect = index.dialect;
     let mut caps = Capabilities::NONE;
     let non_empty = |span: &Option<(std::ops::Range<usize>, ValueKind)>| {
         span.as_ref().is_some_and(|(r, kind)| match kind {
@@ -16,7 +25,11 @@ pub(crate) fn detect_needs(body: &[u8], index: &RequestIndex) -> Needs {
             _ => true,
         })
     };
-    let tool_choice_none = n.tool_choice.as_ref().is_some_and(|r| &body[r.clone()] == b"\"none\"");
+    let tool_choice_none = n.tool_choice.as_ref().is_some_and(|r| {
+        &body[r.clone()] == b"\"none\""
+            // Anthropic's `{"type": "none"}`.
+            || (dialect == Dialect::Messages && object_type(body, r).as_deref() == Some("none"))
+    });
     if (non_empty(&n.tools) || non_empty(&n.functions)) && !tool_choice_none {
         caps |= Capabilities::TOOLS;
     }
@@ -27,6 +40,20 @@ pub(crate) fn detect_needs(body: &[u8], index: &RequestIndex) -> Needs {
             caps |= Capabilities::STRUCTURED_OUTPUT;
         }
     }
+    // Responses: `text.format.type == "json_schema"`.
+    if let Some(r) = n.text.as_ref().filter(|_| dialect == Dialect::Responses) {
+        if serde_json::from_slice::<serde_json::Value>(&body[r.clone()])
+            .is_ok_and(|v| v.get("format").and_then(|f| f.get("type")).and_then(|t| t.as_str()) == Some("json_schema"))
+        {
+            caps |= Capabilities::STRUCTURED_OUTPUT;
+        }
+    }
+    // Messages: `thinking` of any type but `disabled`.
+    if let Some((r, kind)) = &n.thinking {
+        if *kind == ValueKind::Object && object_type(body, r).is_some_and(|t| t != "disabled") {
+            caps |= Capabilities::THINKING;
+        }
+    }
     let media = n.media.unwrap_or_default();
     if media.vision {
         caps |= Capabilities::VISION;
@@ -34,16 +61,22 @@ pub(crate) fn detect_needs(body: &[u8], index: &RequestIndex) -> Needs {
     if media.audio {
         caps |= Capabilities::AUDIO;
     }
-    let media_bytes = if media.vision || media.audio { media.bytes } else { 0 };
+    if media.files {
+        caps |= Capabilities::FILES;
+    }
+    let media_bytes = if media.vision || media.audio || media.files {
+        media.bytes
+    } else {
+        0
+    };
     let media_parts = media.parts;
-    let text_bytes = n
-        .messages
-        .as_ref()
-        .map_or(0, |r| r.len() as u64)
-        .saturating_sub(media_bytes)
+    let len = |r: &Option<std::ops::Range<usize>>| r.as_ref().map_or(0, |r| r.len() as u64);
+    let text_bytes = (len(&n.messages) + len(&n.input) + len(&n.system)).saturating_sub(media_bytes)
         + n.tools.as_ref().map_or(0, |(r, _)| r.len() as u64)
         + n.functions.as_ref().map_or(0, |(r, _)| r.len() as u64);
     Needs {
+        dialect,
+        stateful: n.stateful,
         capabilities: caps,
         prompt_tokens: text_bytes.div_ceil(BYTES_PER_TOKEN) + media_parts * MEDIA_PART_TOKENS,
         max_output_tokens: n
@@ -93,6 +126,10 @@ fn marker(hay: &[u8], at: usize, len: usize) -> Marker {
 pub(crate) struct MediaScan {
     pub(crate) vision: bool,
     pub(crate) audio: bool,
+    /// Document input: Responses `input_file`, Messages `document` blocks.
+    pub(crate) files: bool,
+    /// Messages blocks (`"type": "image"`, `"document"`) are read too.
+    pub(crate) anthropic: bool,
     /// Content parts (`"type": "image_url"`, ...).
     pub(crate) parts: u64,
     /// Bytes of strings that are inline media.
@@ -100,6 +137,14 @@ pub(crate) struct MediaScan {
 }
 
 impl MediaScan {
+    /// A scan of the media parts of `dialect`'s requests.
+    pub(crate) fn for_dialect(dialect: Dialect) -> Self {
+        MediaScan {
+            anthropic: dialect == Dialect::Messages,
+            ..MediaScan::default()
+        }
+    }
+
     /// Looks at one string of `messages` (`open..end`, quotes included), as
     /// the scanner passes over it: a few comparisons per string.
     pub(crate) fn on_string(&mut self, body: &[u8], open: usize, end: usize) {
@@ -107,6 +152,9 @@ impl MediaScan {
         let cap = match content {
             b"image_url" | b"input_image" => Capabilities::VISION,
             b"input_audio" => Capabilities::AUDIO,
+            b"input_file" => Capabilities::FILES,
+            b"image" if self.anthropic => Capabilities::VISION,
+            b"document" if self.anthropic => Capabilities::FILES,
             _ => {
                 // Inline media: long, and no whitespace where text would have some.
                 // Inline media: long, and only data-URL/base64 characters where
@@ -122,12 +170,16 @@ impl MediaScan {
         match marker(body, open, end - open) {
             Marker::Text => return,
             Marker::Type => self.parts += 1,
+            // Anthropic's words are block types only, never keys.
+            Marker::Key if matches!(content, b"image" | b"document") => return,
             Marker::Key => {}
         }
         if cap == Capabilities::VISION {
             self.vision = true;
-        } else {
+        } else if cap == Capabilities::AUDIO {
             self.audio = true;
+        } else {
+            self.files = true;
         }
     }
 }

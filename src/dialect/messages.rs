@@ -1,0 +1,281 @@
+//! Anthropic Messages (`POST …/messages`: Anthropic's own API with
+//! `x-api-key` and `anthropic-version`, or OpenRouter's `/api/v1/messages`
+//! with `Authorization: Bearer`).
+//!
+//! - A good answer: `type: "message"` with a `content` array. `type:
+//!   "error"` is an error inside a 2xx.
+//! - Errors: `{"type":"error","error":{"type","message"}}`; `529
+//!   overloaded_error` falls back as every 5xx does.
+//! - A stream commits at the first `content_block_delta` (text, tool input,
+//!   thinking), a non-empty `content_block_start` (a `tool_use`, or text
+//!   already in it) or a `message_delta` with a `stop_reason` (an empty
+//!   answer); never at `message_start`, `ping` or an empty
+//!   `content_block_start`. `event: error` before that is a failed attempt.
+//!   A whole stream ends with `message_stop` after a `message_delta` with
+//!   `stop_reason`. A broken committed stream gets one `event: error` with
+//!   `{"type":"error","error":{"type":"api_error","message":…}}`, the
+//!   message naming the cause (`stream_broken: …`).
+
+use super::ErrorBody;
+use crate::capability::Needs;
+use crate::inspect::{error_from_value, BodyFacts};
+use crate::report::UpstreamError;
+use crate::request::RequestIndex;
+use crate::stream::{Signal, SseTracker};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::borrow::Cow;
+
+/// The `anthropic-version` an attempt to Anthropic's own API carries when
+/// the caller sent none.
+pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// Tools, image and document blocks, `thinking`, `max_tokens`; the prompt
+/// from `messages`, `system` and `tools`.
+pub(super) fn needs(body: &[u8], index: &RequestIndex) -> Needs {
+    crate::request::detect_needs(body, index)
+}
+
+pub(super) fn inspect(body: &[u8]) -> BodyFacts {
+    BodyFacts::inspect_messages(body)
+}
+
+/// Anthropic's error JSON. `kind` is mapped to Anthropic's error types
+/// (`invalid_request_error`, `request_too_large`, `api_error`); the code,
+/// the parameter and the metadata (the attempts of an exhausted chain) ride
+/// along in the `error` object, where the SDKs ignore what they do not know.
+pub(super) fn error_body(error: ErrorBody<'_>, metadata: Option<Value>) -> Bytes {
+    let kind = match (error.kind, error.code) {
+        (_, "request_too_large") => "request_too_large",
+        ("invalid_request_error", _) => "invalid_request_error",
+        (_, "fallback_deadline_exceeded") => "timeout_error",
+        _ => "api_error",
+    };
+    let mut inner = json!({
+        "type": kind,
+        "message": error.message,
+        "code": error.code,
+    });
+    if let Some(obj) = inner.as_object_mut() {
+        if let Some(p) = error.param {
+            obj.insert("param".to_owned(), Value::from(p));
+        }
+        if let Some(m) = metadata {
+            obj.insert("metadata".to_owned(), m);
+        }
+    }
+    Bytes::from(serde_json::to_vec(&json!({"type": "error", "error": inner})).unwrap_or_default())
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    message: Option<Head>,
+    #[serde(default)]
+    content_block: Option<Value>,
+    #[serde(default)]
+    delta: Option<Delta>,
+    #[serde(default)]
+    usage: Option<super::responses::ResponsesUsage>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<super::responses::ResponsesUsage>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+/// A content block that already holds something: a tool call (its name),
+/// or text or thinking already in it.
+fn block_filled(block: &Value) -> bool {
+    if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+        return true;
+    }
+    ["text", "thinking", "data"]
+        .iter()
+        .any(|k| block.get(k).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+}
+
+/// Judges one event of a Messages stream.
+pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
+    if data.trim_ascii() == b"[DONE]" {
+        return Signal::None;
+    }
+    let ev: Event<'_> = match serde_json::from_slice(data) {
+        Ok(e) => e,
+        Err(e) if !t.committed => {
+            return Signal::Error(UpstreamError {
+                message: Some(format!("malformed stream event before the first content: {e}")),
+                ..UpstreamError::default()
+            })
+        }
+        Err(_) => return Signal::None,
+    };
+    match ev.kind.as_deref().unwrap_or("") {
+        "message_start" => {
+            if let Some(head) = ev.message {
+                if t.model.is_none() {
+                    t.model = head.model;
+                }
+                if let Some(u) = head.usage {
+                    t.usage = Some(u.usage(t.usage.as_ref()));
+                }
+            }
+            Signal::None
+        }
+        "content_block_start" => match ev.content_block.as_ref().is_some_and(block_filled) {
+            true => t.commit(),
+            false => Signal::None,
+        },
+        "content_block_delta" => t.commit(),
+        "message_delta" => {
+            if let Some(u) = ev.usage {
+                t.usage = Some(u.usage(t.usage.as_ref()));
+            }
+            match ev.delta.and_then(|d| d.stop_reason) {
+                Some(reason) => {
+                    t.finish_reason = Some(reason);
+                    t.commit()
+                }
+                None => Signal::None,
+            }
+        }
+        "message_stop" => {
+            let stopped = t.finish_reason.as_deref().is_some_and(|r| r != "error");
+            t.done = stopped;
+            match stopped {
+                true => t.commit(),
+                false => Signal::None,
+            }
+        }
+        "error" => {
+            let error = match ev.error.filter(|e| !e.is_null()) {
+                Some(e) => error_from_value(&e),
+                None => UpstreamError {
+                    message: Some("the stream sent an error event".into()),
+                    ..UpstreamError::default()
+                },
+            };
+            t.finish_reason = Some("error".into());
+            if t.committed {
+                t.error.get_or_insert(error);
+                Signal::None
+            } else {
+                Signal::Error(error)
+            }
+        }
+        // `ping`, `content_block_stop`, and whatever comes next.
+        _ => Signal::None,
+    }
+}
+
+/// `event: error` in Anthropic's shape; the message starts with the cause.
+pub(super) fn terminal_event(code: &str, message: &str) -> Vec<u8> {
+    let event = json!({
+        "type": "error",
+        "error": {"type": "api_error", "message": format!("{code}: {message}")},
+    });
+    super::data_event(Some("error"), &event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::Dialect;
+
+    fn named(kind: &str, data: Value) -> Vec<u8> {
+        let mut data = data;
+        data["type"] = Value::from(kind);
+        format!("event: {kind}\ndata: {data}\n\n").into_bytes()
+    }
+
+    #[test]
+    fn a_whole_stream() {
+        let mut t = SseTracker::for_dialect(Dialect::Messages);
+        let start = named(
+            "message_start",
+            json!({"message": {"model": "claude", "content": [], "usage": {"input_tokens": 7, "output_tokens": 1}}}),
+        );
+        assert_eq!(t.feed(&start), Signal::None);
+        assert_eq!(
+            t.feed(&named(
+                "content_block_start",
+                json!({"index": 0, "content_block": {"type": "text", "text": ""}})
+            )),
+            Signal::None
+        );
+        assert_eq!(t.feed(&named("ping", json!({}))), Signal::None);
+        assert_eq!(
+            t.feed(&named(
+                "content_block_delta",
+                json!({"delta": {"type": "text_delta", "text": "Hi"}})
+            )),
+            Signal::Commit
+        );
+        assert_eq!(t.model.as_deref(), Some("claude"));
+        assert!(!t.complete());
+        t.feed(&named(
+            "message_delta",
+            json!({"delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 4}}),
+        ));
+        assert!(!t.complete(), "message_stop is the end");
+        t.feed(&named("message_stop", json!({})));
+        assert!(t.complete());
+        let u = t.usage.clone().unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), (7, 4, 11));
+    }
+
+    #[test]
+    fn an_error_event_before_content_fails_and_one_after_is_kept() {
+        let mut t = SseTracker::for_dialect(Dialect::Messages);
+        t.feed(&named("message_start", json!({"message": {"model": "claude"}})));
+        let s = t.feed(&named(
+            "error",
+            json!({"error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ));
+        assert!(matches!(s, Signal::Error(e) if e.error_type() == Some("overloaded_error")));
+        // A message_stop without a stop_reason is no proper end.
+        let mut t = SseTracker::for_dialect(Dialect::Messages);
+        t.feed(&named("content_block_delta", json!({"delta": {"text": "x"}})));
+        t.feed(&named("message_stop", json!({})));
+        assert!(!t.complete());
+        // A tool call commits at its block.
+        let mut t = SseTracker::for_dialect(Dialect::Messages);
+        let tool = named(
+            "content_block_start",
+            json!({"content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}}),
+        );
+        assert_eq!(t.feed(&tool), Signal::Commit);
+    }
+
+    #[test]
+    fn error_bodies_are_anthropic_shaped() {
+        let body = error_body(
+            ErrorBody {
+                kind: "upstream_error",
+                code: "fallback_exhausted",
+                param: None,
+                message: "all failed",
+            },
+            Some(json!({"attempts": []})),
+        );
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "api_error");
+        assert_eq!(v["error"]["message"], "all failed");
+        assert_eq!(v["error"]["metadata"]["attempts"], json!([]));
+    }
+}

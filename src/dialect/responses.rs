@@ -1,0 +1,324 @@
+//! The OpenAI Responses API (`POST …/responses`; OpenRouter serves it
+//! statelessly at `/api/v1/responses`).
+//!
+//! - A good answer: `object: "response"` whose `status` is `completed`,
+//!   `incomplete` (a length stop, served as a chat `length` finish is), or
+//!   `queued`/`in_progress` (a `background` request the upstream accepted),
+//!   with a null `error`. `status: "failed"` or a non-null `error` is an
+//!   error inside a 2xx.
+//! - A stream commits at the first event that carries output (a non-empty
+//!   `….delta`: text, function-call arguments, reasoning, refusal, audio; an
+//!   output item or part that already holds content), never at
+//!   `response.created`, `response.in_progress`, `response.queued` or an
+//!   empty `response.output_item.added`. `event: error` and
+//!   `response.failed` before that are a failed attempt. A whole stream ends
+//!   with `response.completed` or `response.incomplete` (there is no
+//!   `[DONE]`; one is accepted and means nothing). A broken committed stream
+//!   gets one `response.failed` event, its `response.error.code`
+//!   `stream_broken`, `stream_stalled`, `stream_truncated` or
+//!   `stream_event_too_large`, continuing the stream's `sequence_number` and
+//!   response id.
+//! - Errors are OpenAI's error JSON.
+
+use crate::capability::Needs;
+use crate::inspect::{error_from_value, BodyFacts};
+use crate::report::{UpstreamError, Usage};
+use crate::request::RequestIndex;
+use crate::stream::{Signal, SseTracker};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::borrow::Cow;
+
+/// Tools, image/audio/file input items, a `text.format` JSON schema,
+/// `max_output_tokens`; the prompt from `input`, `instructions` and `tools`;
+/// stateful when `previous_response_id` or `conversation` is set.
+pub(super) fn needs(body: &[u8], index: &RequestIndex) -> Needs {
+    crate::request::detect_needs(body, index)
+}
+
+pub(super) fn inspect(body: &[u8]) -> BodyFacts {
+    BodyFacts::inspect_responses(body)
+}
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    sequence_number: Option<u64>,
+    #[serde(default)]
+    delta: Option<Value>,
+    #[serde(default)]
+    text: Option<Value>,
+    #[serde(default)]
+    arguments: Option<Value>,
+    #[serde(default)]
+    item: Option<Value>,
+    #[serde(default)]
+    part: Option<Value>,
+    #[serde(default)]
+    response: Option<Head>,
+    #[serde(default)]
+    code: Option<Value>,
+    #[serde(default)]
+    message: Option<Value>,
+}
+
+/// What matters of an event's `response`.
+#[derive(Deserialize)]
+struct Head {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    usage: Option<ResponsesUsage>,
+}
+
+/// Responses (and Messages) usage: `input_tokens`, `output_tokens`.
+#[derive(Deserialize, Default, Clone, Copy)]
+pub(crate) struct ResponsesUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+}
+
+impl ResponsesUsage {
+    pub(crate) fn usage(self, before: Option<&Usage>) -> Usage {
+        let prompt = self.input_tokens.or(before.map(|u| u.prompt_tokens)).unwrap_or(0);
+        let completion = self.output_tokens.or(before.map(|u| u.completion_tokens)).unwrap_or(0);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: self.total_tokens.unwrap_or(prompt.saturating_add(completion)),
+        }
+    }
+}
+
+/// A value that holds something: a non-empty string, array or object, a
+/// number or `true`.
+fn filled(v: &Value) -> bool {
+    match v {
+        Value::Null | Value::Bool(false) => false,
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+        _ => true,
+    }
+}
+
+/// An output item or content part that already carries output: text,
+/// arguments, or content parts.
+fn carries_output(v: &Value) -> bool {
+    ["text", "arguments", "content", "refusal"]
+        .iter()
+        .any(|k| v.get(k).is_some_and(filled))
+}
+
+/// Judges one event of a Responses stream.
+pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
+    if data.trim_ascii() == b"[DONE]" {
+        // Not OpenAI's, but some proxies send it: accepted, and no end.
+        return Signal::None;
+    }
+    let ev: Event<'_> = match serde_json::from_slice(data) {
+        Ok(e) => e,
+        Err(e) if !t.committed => {
+            return Signal::Error(UpstreamError {
+                message: Some(format!("malformed stream event before the first output: {e}")),
+                ..UpstreamError::default()
+            })
+        }
+        Err(_) => return Signal::None,
+    };
+    if let Some(n) = ev.sequence_number {
+        t.sequence = Some(n);
+    }
+    let mut status = None;
+    let mut response_error = None;
+    if let Some(head) = ev.response {
+        if t.model.is_none() {
+            t.model = head.model;
+        }
+        if t.response_id.is_none() {
+            t.response_id = head.id;
+        }
+        if let Some(u) = head.usage {
+            t.usage = Some(u.usage(t.usage.as_ref()));
+        }
+        status = head.status;
+        response_error = head.error.filter(|e| !e.is_null());
+    }
+    let kind = ev.kind.as_deref().unwrap_or("");
+    match kind {
+        "response.created" | "response.in_progress" | "response.queued" => Signal::None,
+        "response.completed" | "response.incomplete" => {
+            t.done = true;
+            t.finish_reason = Some(status.unwrap_or_else(|| kind.trim_start_matches("response.").to_owned()));
+            t.commit()
+        }
+        "response.failed" | "error" => {
+            let error = match (response_error, kind) {
+                (Some(e), _) => error_from_value(&e),
+                (None, "error") => error_from_value(&json!({"code": ev.code, "message": ev.message})),
+                (None, _) => UpstreamError {
+                    message: Some("the response failed (response.failed without an error)".into()),
+                    ..UpstreamError::default()
+                },
+            };
+            t.finish_reason = Some("error".into());
+            if t.committed {
+                t.error.get_or_insert(error);
+                Signal::None
+            } else {
+                Signal::Error(error)
+            }
+        }
+        _ => {
+            let output = ev.delta.as_ref().is_some_and(filled)
+                || ev.text.as_ref().is_some_and(filled)
+                || ev.arguments.as_ref().is_some_and(filled)
+                || ev.item.as_ref().is_some_and(carries_output)
+                || ev.part.as_ref().is_some_and(carries_output);
+            if output {
+                t.commit()
+            } else {
+                Signal::None
+            }
+        }
+    }
+}
+
+/// `event: response.failed` with a whole `response` (the OpenAI SDKs parse
+/// it as they parse OpenAI's own).
+pub(super) fn terminal_event(t: &SseTracker, model: &str, code: &str, message: &str) -> Vec<u8> {
+    let event = json!({
+        "type": "response.failed",
+        "sequence_number": t.sequence.map_or(0, |n| n.saturating_add(1)),
+        "response": {
+            "id": t.response_id.as_deref().unwrap_or("resp_llm_fallback_error"),
+            "object": "response",
+            "created_at": super::unix_now(),
+            "status": "failed",
+            "error": {"code": code, "message": message},
+            "incomplete_details": null,
+            "model": model,
+            "output": [],
+            "usage": null,
+        },
+    });
+    super::data_event(Some("response.failed"), &event)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dialect::Dialect;
+
+    fn named(kind: &str, data: Value) -> Vec<u8> {
+        let mut data = data;
+        data["type"] = Value::from(kind);
+        format!("event: {kind}\ndata: {data}\n\n").into_bytes()
+    }
+
+    #[test]
+    fn preamble_events_do_not_commit_output_does() {
+        let mut t = SseTracker::for_dialect(Dialect::Responses);
+        let created = named(
+            "response.created",
+            json!({"sequence_number": 0, "response": {"id": "resp_1", "model": "m", "status": "in_progress", "error": null}}),
+        );
+        assert_eq!(t.feed(&created), Signal::None);
+        assert_eq!(t.feed(&named("response.in_progress", json!({}))), Signal::None);
+        assert_eq!(
+            t.feed(&named(
+                "response.output_item.added",
+                json!({"item": {"type": "message", "content": []}})
+            )),
+            Signal::None
+        );
+        assert_eq!(
+            t.feed(&named(
+                "response.content_part.added",
+                json!({"part": {"type": "output_text", "text": ""}})
+            )),
+            Signal::None
+        );
+        assert_eq!(
+            t.feed(&named("response.output_text.delta", json!({"delta": ""}))),
+            Signal::None
+        );
+        assert_eq!(
+            t.feed(&named(
+                "response.output_text.delta",
+                json!({"delta": "Hi", "sequence_number": 5})
+            )),
+            Signal::Commit
+        );
+        assert_eq!(t.model.as_deref(), Some("m"));
+        assert_eq!(t.response_id.as_deref(), Some("resp_1"));
+        assert!(!t.complete());
+        let done = named(
+            "response.completed",
+            json!({"response": {"status": "completed", "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}}}),
+        );
+        assert_eq!(t.feed(&done), Signal::None);
+        assert!(t.complete());
+        assert_eq!(t.usage.as_ref().map(|u| u.total_tokens), Some(5));
+        // Our terminal event continues the stream.
+        let tail = String::from_utf8(terminal_event(&t, "m", "stream_broken", "x")).unwrap();
+        assert!(tail.starts_with("event: response.failed\ndata: "), "{tail}");
+        let v: Value = serde_json::from_str(tail.trim_start_matches("event: response.failed\ndata: ").trim()).unwrap();
+        assert_eq!(v["sequence_number"], 6);
+        assert_eq!(v["response"]["id"], "resp_1");
+        assert_eq!(v["response"]["error"]["code"], "stream_broken");
+    }
+
+    #[test]
+    fn errors_before_commit_fail_the_attempt() {
+        let mut t = SseTracker::for_dialect(Dialect::Responses);
+        t.feed(&named("response.created", json!({"response": {"model": "m"}})));
+        let s = t.feed(&named(
+            "error",
+            json!({"code": "insufficient_quota", "message": "You exceeded your quota", "param": null}),
+        ));
+        assert!(
+            matches!(s, Signal::Error(ref e) if e.code() == Some("insufficient_quota")),
+            "{s:?}"
+        );
+        let mut t = SseTracker::for_dialect(Dialect::Responses);
+        let s = t.feed(&named(
+            "response.failed",
+            json!({"response": {"status": "failed", "error": {"code": "server_error", "message": "boom"}}}),
+        ));
+        assert!(matches!(s, Signal::Error(e) if e.message() == Some("boom")));
+        // [DONE] is neither a commit nor an end.
+        let mut t = SseTracker::for_dialect(Dialect::Responses);
+        assert_eq!(t.feed(b"data: [DONE]\n\n"), Signal::None);
+        assert!(!t.complete());
+    }
+
+    #[test]
+    fn a_function_call_commits_at_its_arguments() {
+        let mut t = SseTracker::for_dialect(Dialect::Responses);
+        let added = named(
+            "response.output_item.added",
+            json!({"item": {"type": "function_call", "name": "f", "arguments": ""}}),
+        );
+        assert_eq!(t.feed(&added), Signal::None);
+        assert_eq!(
+            t.feed(&named(
+                "response.function_call_arguments.delta",
+                json!({"delta": "{\""})
+            )),
+            Signal::Commit
+        );
+    }
+}
