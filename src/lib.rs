@@ -319,6 +319,14 @@ pub mod __private {
         crate::engine::attempt_body(body, &index, &route.0).map_err(|e| e.to_string())
     }
 
+    /// Reads a buffered answer as the engine does for `dialect` (one scan:
+    /// its error, its answer parts, model, usage); true when it is a JSON
+    /// object. For the inspection bench.
+    pub fn inspect_answer(dialect: crate::Dialect, body: &[u8]) -> bool {
+        let facts = dialect.inspect(body);
+        facts.json && facts.error.is_none()
+    }
+
     /// [`rewrite_for`] a plain route to `model`.
     pub fn rewrite_model(body: &bytes::Bytes, model: &str) -> Result<ReplayBody, String> {
         rewrite_for(body, &Compiled::new(Route::new(model)))

@@ -1,0 +1,111 @@
+//! The buffered-answer inspection of each dialect against serde_json
+//! parsing the same body, in the same run.
+//!
+//! ```text
+//! cargo bench --bench inspect
+//! ```
+//!
+//! Each body is a good ~64 KiB answer of its API shape (chat completion,
+//! Responses `response`, Anthropic `message`, embeddings `list`, legacy
+//! `text_completion`), built by serde_json so its escaping is a real
+//! server's. The layer reads it once, in `Dialect::inspect` (reached through
+//! `__private::inspect_answer`, the engine's own function); the baseline is
+//! `serde_json::from_slice::<Value>`, what a proxy that parses answers does.
+//! The target is at least 5x faster than the parse.
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use llm_fallback::Dialect;
+use serde_json::{json, Value};
+
+const SIZE: usize = 64 << 10;
+
+/// Prose with a newline escape every sentence or so and the odd quote.
+fn text(len: usize) -> String {
+    let words = [
+        "the",
+        "model",
+        "answered",
+        "with",
+        "a",
+        "long",
+        "\"quoted\"",
+        "explanation",
+        "of",
+        "fallbacks,",
+        "timeouts",
+        "and",
+        "streams.\n",
+    ];
+    let mut out = String::with_capacity(len + 16);
+    let mut i = 0usize;
+    while out.len() < len {
+        out.push_str(words[i % words.len()]);
+        out.push(' ');
+        i = i.wrapping_mul(31).wrapping_add(7) % 1009;
+    }
+    out
+}
+
+fn body(dialect: Dialect) -> Vec<u8> {
+    let t = text(SIZE);
+    let v: Value = match dialect {
+        Dialect::Chat => json!({
+            "id": "gen-1", "object": "chat.completion", "created": 1, "model": "m/1", "provider": "P",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2000, "total_tokens": 2010}
+        }),
+        Dialect::Responses => json!({
+            "id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": "m/1",
+            "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                "content": [{"type": "output_text", "text": t, "annotations": []}]}],
+            "usage": {"input_tokens": 10, "output_tokens": 2000, "total_tokens": 2010}
+        }),
+        Dialect::Messages => json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": "m/1",
+            "content": [{"type": "text", "text": t}], "stop_reason": "end_turn", "stop_sequence": null,
+            "usage": {"input_tokens": 10, "output_tokens": 2000}
+        }),
+        Dialect::Embeddings => {
+            // Vectors as a server prints them: ~9 bytes per float.
+            let floats: Vec<f64> = (0..SIZE / 9).map(|i| ((i as f64) * 0.618).sin() * 0.5).collect();
+            json!({"object": "list", "model": "m/1",
+                "data": [{"object": "embedding", "index": 0, "embedding": floats}],
+                "usage": {"prompt_tokens": 10, "total_tokens": 10}})
+        }
+        Dialect::Completions => json!({
+            "id": "cmpl-1", "object": "text_completion", "created": 1, "model": "m/1",
+            "choices": [{"text": t, "index": 0, "logprobs": null, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 2000, "total_tokens": 2010}
+        }),
+        _ => unreachable!("a dialect this bench does not know"),
+    };
+    serde_json::to_vec(&v).unwrap()
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("inspect_64KiB");
+    for dialect in [
+        Dialect::Chat,
+        Dialect::Responses,
+        Dialect::Messages,
+        Dialect::Embeddings,
+        Dialect::Completions,
+    ] {
+        let body = body(dialect);
+        assert!(
+            llm_fallback::__private::inspect_answer(dialect, &body),
+            "{dialect:?}: a good answer"
+        );
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_with_input(BenchmarkId::new("layer", dialect.as_str()), &body, |b, body| {
+            b.iter(|| llm_fallback::__private::inspect_answer(dialect, black_box(body)))
+        });
+        group.bench_with_input(BenchmarkId::new("serde_json", dialect.as_str()), &body, |b, body| {
+            b.iter(|| serde_json::from_slice::<Value>(black_box(body)).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
