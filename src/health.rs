@@ -8,6 +8,11 @@
 //! a route after consecutive failures, on a `Retry-After`, or (with a
 //! [`Breaker`]) when its failure rate over a rolling window is too high.
 
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisHealth, RedisHealthBuilder, RedisHealthError};
+
 use http::{HeaderMap, HeaderName};
 use std::collections::HashMap;
 use std::fmt;
@@ -275,12 +280,8 @@ impl Cooldowns {
         self
     }
 
-    /// The consecutive failures that eject a route.
-    pub(crate) fn failure_threshold(&self) -> u32 {
-        self.failures
-    }
-
     /// The breaker, if one is set.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn breaker_config(&self) -> Option<Breaker> {
         self.breaker
     }
@@ -398,6 +399,7 @@ impl Cooldowns {
     /// Ejects a route a fleet's shared counts condemn (`consecutive`
     /// failures in a row, `requests`/`failures` in the breaker's window)
     /// unless it already cools. Returns the cooldown it set.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn fleet_counts(
         &self,
         key: &str,
@@ -421,6 +423,7 @@ impl Cooldowns {
 
     /// Adopts a cooldown learned elsewhere, ending at `until`: a cooldown
     /// is only ever extended. Returns whether it changed anything.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn adopt(&self, key: &str, until: Instant, ejections: u32) -> bool {
         let mut routes = self.lock();
         let h = routes.entry(key.to_owned()).or_default();
@@ -435,6 +438,7 @@ impl Cooldowns {
 
     /// Ends a cooldown another replica's probe ended (not one this store
     /// is probing itself).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn restore(&self, key: &str) {
         let mut routes = self.lock();
         if let Some(h) = routes.get_mut(key) {
