@@ -15,7 +15,11 @@
 //!
 //! Routes: `POST /v1/chat/completions` and `POST /api/v1/chat/completions`
 //! (the fallback chain), `GET /health`, and `GET /metrics` (Prometheus text)
-//! when `gateway.metrics = true`. Every request gets an `x-request-id` (kept
+//! when `gateway.metrics = true`. With a `[health]` table, `/health` also
+//! says where route health is kept (`memory`; with `store = "redis://..."`,
+//! `connected`, or `local-only` while Redis is unreachable) and which routes
+//! cool down: replicas naming one Redis and `key_prefix` learn together.
+//! Every request gets an `x-request-id` (kept
 //! if the caller sent one) and a `tower-http` trace span. The caller's
 //! `Authorization` is never forwarded: the upstream gets the gateway's own key
 //! (`gateway.api_key_env`, default `OPENROUTER_API_KEY` for OpenRouter).
@@ -535,6 +539,9 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     if config.exhaustion_body.is_none() {
         settings = settings.exhaustion_body(ExhaustionBody::Summary);
     }
+    // `/health` shows the store (memory, or Redis connected / local-only)
+    // and the routes cooling down.
+    let health = settings.health();
     let layer = settings.layer();
     let metrics = gateway.metrics_enabled().then(prometheus).flatten();
 
@@ -592,7 +599,10 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     router = router.route(
         "/health",
         get(move || {
-            let body = serde_json::json!({"status": "ok", "chains": chains});
+            let mut body = serde_json::json!({"status": "ok", "chains": chains});
+            if let Some(health) = &health {
+                body["health"] = health_json(&health.status(tokio::time::Instant::now()));
+            }
             async move { axum::Json(body) }
         }),
     );
@@ -606,6 +616,18 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
             }))
             .layer(PropagateRequestIdLayer::new(x_request_id)),
     ))
+}
+
+/// `/health`'s `health` member: `{"store": "connected", "cooling":
+/// [{"route": "...", "remaining_ms": 1200}]}` (route names carry no
+/// endpoint credentials).
+fn health_json(status: &llm_fallback::health::HealthStatus) -> serde_json::Value {
+    let cooling: Vec<_> = status
+        .cooling
+        .iter()
+        .map(|(route, left)| serde_json::json!({"route": route, "remaining_ms": left.as_millis() as u64}))
+        .collect();
+    serde_json::json!({"store": status.store.as_str(), "cooling": cooling})
 }
 
 /// Who may call a gateway listening on `listen`, from `config`'s

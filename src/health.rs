@@ -76,6 +76,79 @@ pub trait HealthStore: Send + Sync + fmt::Debug + 'static {
     fn max_open_share(&self) -> f64 {
         1.0
     }
+
+    /// What a health endpoint shows: where health is kept and the routes
+    /// cooling at `now`. The default says nothing of either.
+    fn status(&self, now: Instant) -> HealthStatus {
+        let _ = now;
+        HealthStatus::new(StoreState::Unknown, Vec::new())
+    }
+}
+
+/// A health store's state, for a health endpoint ([`HealthStore::status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HealthStatus {
+    /// Where health is kept, and whether it is shared now.
+    pub store: StoreState,
+    /// The routes cooling down, with how long each has left (zero: its
+    /// cooldown is over and it waits for its probe). An endpoint's user
+    /// info and query are left out of the route names.
+    pub cooling: Vec<(String, Duration)>,
+}
+
+impl HealthStatus {
+    /// A status.
+    pub fn new(store: StoreState, cooling: Vec<(String, Duration)>) -> Self {
+        HealthStatus { store, cooling }
+    }
+}
+
+/// Where a store keeps route health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreState {
+    /// In this process only ([`Cooldowns`]).
+    Memory,
+    /// Shared, and the shared store answers.
+    Connected,
+    /// Shared, but the shared store is unreachable: local health only.
+    LocalOnly,
+    /// A store that does not say.
+    Unknown,
+}
+
+impl StoreState {
+    /// `memory`, `connected`, `local-only` or `unknown`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreState::Memory => "memory",
+            StoreState::Connected => "connected",
+            StoreState::LocalOnly => "local-only",
+            StoreState::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for StoreState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A route key fit to show or store: an endpoint's user info and query
+/// are left out (they may hold a credential).
+pub(crate) fn redact(route: &str) -> std::borrow::Cow<'_, str> {
+    let Some((model, url)) = route.split_once('@') else {
+        return route.into();
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return route.into();
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    format!("{model}@{scheme}://{host}{path}").into()
 }
 
 /// A circuit breaker by failure rate: a route whose failures reach
@@ -449,12 +522,13 @@ impl Cooldowns {
     }
 
     /// The routes cooling at `now`, with how long they have left (a route
-    /// whose cooldown ended but has not been probed yet shows zero).
+    /// whose cooldown ended but has not been probed yet shows zero). An
+    /// endpoint's user info and query are left out of the names.
     pub fn cooling(&self, now: Instant) -> Vec<(String, Duration)> {
         let routes = self.lock();
         let mut out: Vec<_> = routes
             .iter()
-            .filter_map(|(k, h)| Some((k.clone(), h.until?.saturating_duration_since(now))))
+            .filter_map(|(k, h)| Some((redact(k).into_owned(), h.until?.saturating_duration_since(now))))
             .collect();
         out.sort();
         out
@@ -491,6 +565,10 @@ impl HealthStore for Cooldowns {
 
     fn max_open_share(&self) -> f64 {
         self.max_open_share
+    }
+
+    fn status(&self, now: Instant) -> HealthStatus {
+        HealthStatus::new(StoreState::Memory, self.cooling(now))
     }
 }
 

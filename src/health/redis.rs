@@ -24,7 +24,7 @@
 //!
 //! Nothing else is stored: no API key, prompt, header or body.
 
-use super::{Admission, Change, Cooldowns, HealthEvent, HealthStore};
+use super::{redact, Admission, Change, Cooldowns, HealthEvent, HealthStatus, HealthStore, StoreState};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use std::collections::HashMap;
@@ -51,7 +51,8 @@ use tokio::time::Instant;
 ///   (logged once, and the `llm_fallback_health_store_connected` gauge
 ///   drops to 0 with the `metrics` feature); sharing resumes by itself.
 ///
-/// Build it inside a tokio runtime (it spawns its background task):
+/// Its background task runs on the tokio runtime it is built in (or, built
+/// outside one, on a thread of its own):
 ///
 /// ```no_run
 /// use llm_fallback::health::{Cooldowns, RedisHealth};
@@ -135,7 +136,7 @@ pub struct RedisHealthError {
 #[derive(Debug)]
 enum ErrorKind {
     Url(String),
-    NoRuntime,
+    Runtime(String),
 }
 
 impl fmt::Display for RedisHealthError {
@@ -145,7 +146,7 @@ impl fmt::Display for RedisHealthError {
                 f,
                 "invalid redis health store URL ({why}); expected redis://[user:password@]host:port/db"
             ),
-            ErrorKind::NoRuntime => f.write_str("the redis health store must be built inside a tokio runtime"),
+            ErrorKind::Runtime(why) => write!(f, "the redis health store could not start its background task: {why}"),
         }
     }
 }
@@ -194,9 +195,6 @@ impl RedisHealthBuilder {
         let client = redis::Client::open(self.url.as_str()).map_err(|e| RedisHealthError {
             kind: ErrorKind::Url(url_problem(&e)),
         })?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| RedisHealthError {
-            kind: ErrorKind::NoRuntime,
-        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
             .set_response_timeout(Some(self.timeout))
@@ -233,7 +231,25 @@ impl RedisHealthBuilder {
             down_logged: false,
             ever_connected: false,
         };
-        runtime.spawn(task.run(rx));
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn(task.run(rx))),
+            // Built outside a runtime (a config loaded before one starts):
+            // the task gets a thread and a small runtime of its own.
+            Err(_) => {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| RedisHealthError {
+                        kind: ErrorKind::Runtime(e.kind().to_string()),
+                    })?;
+                std::thread::Builder::new()
+                    .name("llm-fallback-redis".into())
+                    .spawn(move || runtime.block_on(task.run(rx)))
+                    .map_err(|e| RedisHealthError {
+                        kind: ErrorKind::Runtime(e.kind().to_string()),
+                    })?;
+            }
+        }
         Ok(RedisHealth { inner })
     }
 }
@@ -362,6 +378,15 @@ impl HealthStore for RedisHealth {
 
     fn max_open_share(&self) -> f64 {
         HealthStore::max_open_share(&self.inner.local)
+    }
+
+    fn status(&self, now: Instant) -> HealthStatus {
+        let state = if self.connected() {
+            StoreState::Connected
+        } else {
+            StoreState::LocalOnly
+        };
+        HealthStatus::new(state, self.cooling(now))
     }
 }
 
@@ -723,19 +748,6 @@ fn index(prefix: &str) -> String {
     format!("{prefix}:routes")
 }
 
-fn redact(route: &str) -> std::borrow::Cow<'_, str> {
-    let Some((model, url)) = route.split_once('@') else {
-        return route.into();
-    };
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return route.into();
-    };
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    format!("{model}@{scheme}://{host}{path}").into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -760,8 +772,9 @@ mod tests {
     }
 
     #[test]
-    fn outside_a_runtime_the_error_says_so() {
-        let e = RedisHealth::builder("redis://127.0.0.1:1/0").build().unwrap_err();
-        assert!(e.to_string().contains("tokio runtime"), "{e}");
+    fn outside_a_runtime_it_runs_on_a_thread_of_its_own() {
+        let h = RedisHealth::builder("redis://127.0.0.1:1/0").build().unwrap();
+        assert!(!h.connected());
+        assert_eq!(h.status(Instant::now()).store, StoreState::LocalOnly);
     }
 }

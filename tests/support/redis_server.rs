@@ -56,6 +56,7 @@ impl RedisServer {
     }
 
     /// Starts it again on the same port.
+    #[allow(dead_code)] // not every test binary restarts it
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
