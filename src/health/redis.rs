@@ -102,7 +102,8 @@ struct Fleet {
 #[derive(Debug)]
 enum Op {
     Failed(String),
-    Succeeded(String),
+    /// This many successes in a row.
+    Succeeded(String, u32),
     Cooled {
         route: String,
         cool: Duration,
@@ -365,7 +366,7 @@ impl HealthStore for RedisHealth {
         match inner.local.apply(key, event, now) {
             Change::None => {}
             Change::Failed => inner.send(Op::Failed(route())),
-            Change::Succeeded => inner.send(Op::Succeeded(route())),
+            Change::Succeeded => inner.send(Op::Succeeded(route(), 1)),
             Change::Cooled { cool, ejections } => inner.send(Op::Cooled {
                 route: route(),
                 cool,
@@ -421,11 +422,12 @@ local ok = redis.call('HGET', KEYS[2], 'ok')
 return {n, tonumber(ok or '0'), f}
 ";
 
-/// Counts a success. KEYS: fails, rate. ARGV: window ms (0: no breaker).
+/// Counts successes. KEYS: fails, rate. ARGV: window ms (0: no breaker),
+/// how many.
 const SUCCEEDED: &str = r"
 redis.call('DEL', KEYS[1])
 if ARGV[1] ~= '0' then
-  redis.call('HINCRBY', KEYS[2], 'ok', 1)
+  redis.call('HINCRBY', KEYS[2], 'ok', ARGV[2])
   if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
 end
 return 1
@@ -520,11 +522,29 @@ impl Task {
                 }
                 Ok(Some(op)) => {
                     let Some(inner) = self.inner.upgrade() else { return };
-                    if inner.connected.load(Ordering::Relaxed) {
-                        let done = self.apply(&inner, &scripts, op).await;
-                        self.outcome(&inner, done);
+                    // Everything queued now, with runs of successes on a
+                    // route folded into one command: a busy route costs
+                    // Redis one call per batch, not one per request.
+                    let mut batch = vec![op];
+                    while batch.len() < 256 {
+                        match rx.try_recv() {
+                            Ok(op) => batch.push(op),
+                            Err(_) => break,
+                        }
                     }
-                    // Down: the change stays local; the poll reconnects.
+                    for op in fold(batch) {
+                        if let Op::Sync(reply) = op {
+                            // Answered in order, like the other ops.
+                            let done = self.poll(&inner, &scripts).await;
+                            let ok = done.is_ok();
+                            self.outcome(&inner, done);
+                            let _ = reply.send(ok);
+                        } else if inner.connected.load(Ordering::Relaxed) {
+                            let done = self.apply(&inner, &scripts, op).await;
+                            self.outcome(&inner, done);
+                        }
+                        // Down: the change stays local; the poll reconnects.
+                    }
                 }
                 Err(_) => {
                     let Some(inner) = self.inner.upgrade() else { return };
@@ -612,9 +632,9 @@ impl Task {
                     self.cool(inner, s, &mut con, &route, cool, ejections).await?;
                 }
             }
-            Op::Succeeded(route) => {
+            Op::Succeeded(route, n) => {
                 let mut call = s.succeeded.key(k("fails", &route));
-                call.key(k("rate", &route)).arg(window_ms);
+                call.key(k("rate", &route)).arg(window_ms).arg(n);
                 let _: i64 = self.bounded(call.invoke_async(&mut con)).await?;
             }
             Op::Cooled { route, cool, ejections } => {
@@ -732,6 +752,39 @@ impl Task {
     }
 }
 
+/// `batch` in order, with a success folded into the one before it when
+/// nothing else happened to that route in between.
+fn fold(batch: Vec<Op>) -> Vec<Op> {
+    let mut out: Vec<Op> = Vec::with_capacity(batch.len());
+    // Per route, where its last op sits in `out`.
+    let mut last: HashMap<String, usize> = HashMap::new();
+    for op in batch {
+        if let Op::Succeeded(route, n) = &op {
+            if let Some(&i) = last.get(route) {
+                if let Some(Op::Succeeded(_, m)) = out.get_mut(i) {
+                    *m = m.saturating_add(*n);
+                    continue;
+                }
+            }
+        }
+        if let Some(route) = op.route() {
+            last.insert(route.to_owned(), out.len());
+        }
+        out.push(op);
+    }
+    out
+}
+
+impl Op {
+    fn route(&self) -> Option<&str> {
+        match self {
+            Op::Failed(r) | Op::Succeeded(r, _) | Op::Restored(r) | Op::ProbeReleased(r) => Some(r),
+            Op::Cooled { route, .. } => Some(route),
+            Op::Sync(_) => None,
+        }
+    }
+}
+
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -751,6 +804,29 @@ fn index(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_of_successes_fold_and_keep_their_order() {
+        let ok = |r: &str| Op::Succeeded(r.into(), 1);
+        let ops = fold(vec![
+            ok("a"),
+            ok("b"),
+            ok("a"),
+            Op::Failed("a".into()),
+            ok("a"),
+            ok("a"),
+            ok("b"),
+        ]);
+        let shape: Vec<_> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Succeeded(r, n) => format!("ok {r} {n}"),
+                Op::Failed(r) => format!("fail {r}"),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(shape, ["ok a 2", "ok b 2", "fail a", "ok a 2"]);
+    }
 
     #[test]
     fn keys_are_namespaced_and_carry_no_credential() {
