@@ -96,14 +96,15 @@ struct Fleet {
     token: bool,
     /// A request found the cooldown over: take the lock at the next poll.
     wants_probe: bool,
+    /// Successes not yet sent: counted here, sent at the next poll (or
+    /// before a failure of the route), so a success wakes no task.
+    pending_ok: u32,
 }
 
 /// A change queued for Redis.
 #[derive(Debug)]
 enum Op {
     Failed(String),
-    /// This many successes in a row.
-    Succeeded(String, u32),
     Cooled {
         route: String,
         cool: Duration,
@@ -366,7 +367,19 @@ impl HealthStore for RedisHealth {
         match inner.local.apply(key, event, now) {
             Change::None => {}
             Change::Failed => inner.send(Op::Failed(route())),
-            Change::Succeeded => inner.send(Op::Succeeded(route(), 1)),
+            Change::Succeeded => {
+                let mut routes = inner.fleet();
+                match routes.get_mut(key) {
+                    Some(f) => f.pending_ok = f.pending_ok.saturating_add(1),
+                    None => drop(routes.insert(
+                        route(),
+                        Fleet {
+                            pending_ok: 1,
+                            ..Fleet::default()
+                        },
+                    )),
+                }
+            }
             Change::Cooled { cool, ejections } => inner.send(Op::Cooled {
                 route: route(),
                 cool,
@@ -522,9 +535,7 @@ impl Task {
                 }
                 Ok(Some(op)) => {
                     let Some(inner) = self.inner.upgrade() else { return };
-                    // Everything queued now, with runs of successes on a
-                    // route folded into one command: a busy route costs
-                    // Redis one call per batch, not one per request.
+                    // Everything queued now, in order.
                     let mut batch = vec![op];
                     while batch.len() < 256 {
                         match rx.try_recv() {
@@ -532,7 +543,7 @@ impl Task {
                             Err(_) => break,
                         }
                     }
-                    for op in fold(batch) {
+                    for op in batch {
                         if let Op::Sync(reply) = op {
                             // Answered in order, like the other ops.
                             let done = self.poll(&inner, &scripts).await;
@@ -620,6 +631,7 @@ impl Task {
         let k = |kind: &str, route: &str| key(&inner.prefix, kind, route);
         match op {
             Op::Failed(route) => {
+                self.flush_ok(inner, s, &mut con, &route).await?;
                 // The consecutive count needs a window too: a day.
                 let window = if window_ms == 0 { 86_400_000 } else { window_ms };
                 let mut call = s.failed.key(k("fails", &route));
@@ -631,11 +643,6 @@ impl Task {
                 if let Some((cool, ejections)) = counts {
                     self.cool(inner, s, &mut con, &route, cool, ejections).await?;
                 }
-            }
-            Op::Succeeded(route, n) => {
-                let mut call = s.succeeded.key(k("fails", &route));
-                call.key(k("rate", &route)).arg(window_ms).arg(n);
-                let _: i64 = self.bounded(call.invoke_async(&mut con)).await?;
             }
             Op::Cooled { route, cool, ejections } => {
                 self.cool(inner, s, &mut con, &route, cool, ejections).await?;
@@ -655,6 +662,39 @@ impl Task {
                 let _: i64 = self.bounded(call.invoke_async(&mut con)).await?;
             }
             Op::Sync(_) => {} // answered by the loop
+        }
+        Ok(())
+    }
+
+    async fn succeeded(
+        &self,
+        inner: &Inner,
+        s: &Scripts,
+        con: &mut ConnectionManager,
+        route: &str,
+        n: u32,
+    ) -> Result<(), String> {
+        let window_ms = inner.local.breaker_config().map_or(0, |b| millis(b.window));
+        let mut call = s.succeeded.key(key(&inner.prefix, "fails", route));
+        call.key(key(&inner.prefix, "rate", route)).arg(window_ms).arg(n);
+        let _: i64 = self.bounded(call.invoke_async(con)).await?;
+        Ok(())
+    }
+
+    /// Sends the successes counted on `route` since the last time.
+    async fn flush_ok(
+        &self,
+        inner: &Inner,
+        s: &Scripts,
+        con: &mut ConnectionManager,
+        route: &str,
+    ) -> Result<(), String> {
+        let n = inner
+            .fleet()
+            .get_mut(route)
+            .map_or(0, |f| std::mem::take(&mut f.pending_ok));
+        if n > 0 {
+            self.succeeded(inner, s, con, route, n).await?;
         }
         Ok(())
     }
@@ -697,6 +737,9 @@ impl Task {
             call.arg(name);
         }
         let out: Vec<String> = self.bounded(call.invoke_async(&mut con)).await?;
+        for name in known.values() {
+            self.flush_ok(inner, s, &mut con, name).await?;
+        }
         // TTLs count from about now (the reply), on the server's clock.
         let now = Instant::now();
         for row in out.chunks(4) {
@@ -752,39 +795,6 @@ impl Task {
     }
 }
 
-/// `batch` in order, with a success folded into the one before it when
-/// nothing else happened to that route in between.
-fn fold(batch: Vec<Op>) -> Vec<Op> {
-    let mut out: Vec<Op> = Vec::with_capacity(batch.len());
-    // Per route, where its last op sits in `out`.
-    let mut last: HashMap<String, usize> = HashMap::new();
-    for op in batch {
-        if let Op::Succeeded(route, n) = &op {
-            if let Some(&i) = last.get(route) {
-                if let Some(Op::Succeeded(_, m)) = out.get_mut(i) {
-                    *m = m.saturating_add(*n);
-                    continue;
-                }
-            }
-        }
-        if let Some(route) = op.route() {
-            last.insert(route.to_owned(), out.len());
-        }
-        out.push(op);
-    }
-    out
-}
-
-impl Op {
-    fn route(&self) -> Option<&str> {
-        match self {
-            Op::Failed(r) | Op::Succeeded(r, _) | Op::Restored(r) | Op::ProbeReleased(r) => Some(r),
-            Op::Cooled { route, .. } => Some(route),
-            Op::Sync(_) => None,
-        }
-    }
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -804,29 +814,6 @@ fn index(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn runs_of_successes_fold_and_keep_their_order() {
-        let ok = |r: &str| Op::Succeeded(r.into(), 1);
-        let ops = fold(vec![
-            ok("a"),
-            ok("b"),
-            ok("a"),
-            Op::Failed("a".into()),
-            ok("a"),
-            ok("a"),
-            ok("b"),
-        ]);
-        let shape: Vec<_> = ops
-            .iter()
-            .map(|op| match op {
-                Op::Succeeded(r, n) => format!("ok {r} {n}"),
-                Op::Failed(r) => format!("fail {r}"),
-                _ => "other".into(),
-            })
-            .collect();
-        assert_eq!(shape, ["ok a 2", "ok b 2", "fail a", "ok a 2"]);
-    }
 
     #[test]
     fn keys_are_namespaced_and_carry_no_credential() {
