@@ -131,6 +131,12 @@ async fn serve(config: &Config) -> String {
     format!("http://{addr}")
 }
 
+/// A plain HTTP client (reqwest's rustls wants a provider installed first).
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 async fn get_json(client: &reqwest::Client, url: String) -> serde_json::Value {
     let resp = timeout(Duration::from_secs(5), client.get(url).send())
         .await
@@ -174,7 +180,7 @@ async fn two_gateways_on_one_redis_the_second_skips_the_dead_primary_the_first_l
     );
     let config = Config::from_toml_str(&text).unwrap();
     let (first, second) = (serve(&config).await, serve(&config).await);
-    let client = reqwest::Client::new();
+    let client = http();
 
     // Each gateway polls its store: wait until both are connected.
     for gw in [&first, &second] {
@@ -215,5 +221,119 @@ async fn two_gateways_on_one_redis_the_second_skips_the_dead_primary_the_first_l
         upstream.request_count("a/primary"),
         2,
         "the second gateway never sent to the dead primary"
+    );
+}
+
+/// The gateway example as a process of its own (`target/debug/examples/
+/// gateway`, built by `cargo test`), killed on drop.
+struct GatewayProcess {
+    child: std::process::Child,
+    base: String,
+}
+
+impl GatewayProcess {
+    fn start(config: &std::path::Path) -> Option<GatewayProcess> {
+        use std::io::BufRead;
+        let exe = std::env::current_exe().ok()?;
+        let bin = exe.parent()?.parent()?.join("examples").join("gateway");
+        if !bin.exists() {
+            eprintln!(
+                "\n!!!!! SKIPPED: {} is not built (cargo test builds it) !!!!!\n",
+                bin.display()
+            );
+            return None;
+        }
+        let mut child = std::process::Command::new(bin)
+            .args(["--config".as_ref(), config.as_os_str()])
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the gateway starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("gateway on ") {
+                    let _ = tx.send(rest.split(':').take(3).collect::<Vec<_>>().join(":"));
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the gateway says where it listens");
+        Some(GatewayProcess { child, base })
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_processes_on_one_redis_the_second_stops_sending_to_a_dead_primary() {
+    let Some(server) = RedisServer::start() else { return };
+    let upstream = MockUpstream::new()
+        .model("a/primary", Reply::status(503))
+        .model("b/secondary", Reply::ok());
+    let mock = MockServer::start(upstream.clone()).await.unwrap();
+    let text = format!(
+        "[gateway]\nupstream = \"{}/api/v1\"\n\n[health]\nstore = \"{}\"\nkey_prefix = \"proc-{}\"\nfailures = 2\ncooldown = \"1m\"\n\n{ROUTES}",
+        mock.url(),
+        server.url(),
+        std::process::id()
+    );
+    let path = std::env::temp_dir().join(format!("llm-fallback-shared-health-{}.toml", std::process::id()));
+    std::fs::write(&path, text).unwrap();
+    let Some(first) = GatewayProcess::start(&path) else {
+        return;
+    };
+    let Some(second) = GatewayProcess::start(&path) else {
+        return;
+    };
+    let _ = std::fs::remove_file(&path);
+    let client = http();
+    for gw in [&first.base, &second.base] {
+        let start = Instant::now();
+        while get_json(&client, format!("{gw}/health")).await["health"]["store"] != "connected" {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "the gateway process connects to redis"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for _ in 0..2 {
+        assert_eq!(chat_via(&client, &first.base).await, "b/secondary");
+    }
+    assert_eq!(
+        upstream.request_count("a/primary"),
+        2,
+        "the first gateway learned the primary is dead"
+    );
+    let start = Instant::now();
+    loop {
+        let health = get_json(&client, format!("{}/health", second.base)).await;
+        let cooling = health["health"]["cooling"].as_array().cloned().unwrap_or_default();
+        if cooling.iter().any(|c| c["route"] == "a/primary") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "the second process learns within 1 s: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(chat_via(&client, &second.base).await, "b/secondary");
+    }
+    assert_eq!(
+        upstream.request_count("a/primary"),
+        2,
+        "the second process never sent to it"
     );
 }
