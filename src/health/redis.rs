@@ -117,7 +117,6 @@ enum Op {
 }
 
 /// Builds a [`RedisHealth`] (see there).
-#[derive(Debug)]
 pub struct RedisHealthBuilder {
     url: String,
     prefix: String,
@@ -154,6 +153,19 @@ impl fmt::Display for RedisHealthError {
 }
 
 impl std::error::Error for RedisHealthError {}
+
+impl fmt::Debug for RedisHealthBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // No URL: it may carry a password.
+        f.debug_struct("RedisHealthBuilder")
+            .field("prefix", &self.prefix)
+            .field("local", &self.local)
+            .field("poll_interval", &self.poll_interval)
+            .field("probe_lock", &self.probe_lock)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
 
 impl RedisHealthBuilder {
     /// Key prefix shared by the fleet (default `llm-fallback`); replicas
@@ -831,6 +843,10 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("invalid redis health store URL"), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
+        let builder = RedisHealth::builder("redis://:hunter2@127.0.0.1:1/0");
+        assert!(!format!("{builder:?}").contains("hunter2"));
+        let store = builder.build().unwrap();
+        assert!(!format!("{store:?}").contains("hunter2"));
         assert!(RedisHealth::builder("not a url").build().is_err());
     }
 
