@@ -20,7 +20,11 @@
 //! upstream), `GET /v1/models` (the models the chains can serve), `GET
 //! /health`, and `GET /metrics` (Prometheus text) when `gateway.metrics =
 //! true`. Anything else is a JSON `404` in OpenAI's error shape (Anthropic's
-//! under `/v1/messages`). Every request gets an `x-request-id` (kept
+//! under `/v1/messages`). With a `[health]` table, `/health` also says where
+//! route health is kept (`memory`; with `store = "redis://..."`,
+//! `connected`, or `local-only` while Redis is unreachable) and which routes
+//! cool down: replicas naming one Redis and `key_prefix` learn together.
+//! Every request gets an `x-request-id` (kept
 //! if the caller sent one) and a `tower-http` trace span. The caller's
 //! `Authorization` is never forwarded: the upstream gets the gateway's own key
 //! (`gateway.api_key_env`, default `OPENROUTER_API_KEY` for OpenRouter).
@@ -541,6 +545,9 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     if config.exhaustion_body.is_none() {
         settings = settings.exhaustion_body(ExhaustionBody::Summary);
     }
+    // `/health` shows the store (memory, or Redis connected / local-only)
+    // and the routes cooling down.
+    let health = settings.health();
     let layer = settings.layer();
     let metrics = gateway.metrics_enabled().then(prometheus).flatten();
 
@@ -607,7 +614,10 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     router = router.route(
         "/health",
         get(move || {
-            let body = serde_json::json!({"status": "ok", "chains": chains});
+            let mut body = serde_json::json!({"status": "ok", "chains": chains});
+            if let Some(health) = &health {
+                body["health"] = health_json(&health.status(tokio::time::Instant::now()));
+            }
             async move { axum::Json(body) }
         }),
     );
@@ -654,6 +664,18 @@ fn not_found(path: &str) -> Response<Body> {
         return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
     }
     error_response(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", &message)
+}
+
+/// `/health`'s `health` member: `{"store": "connected", "cooling":
+/// [{"route": "...", "remaining_ms": 1200}]}` (route names carry no
+/// endpoint credentials).
+fn health_json(status: &llm_fallback::health::HealthStatus) -> serde_json::Value {
+    let cooling: Vec<_> = status
+        .cooling
+        .iter()
+        .map(|(route, left)| serde_json::json!({"route": route, "remaining_ms": left.as_millis() as u64}))
+        .collect();
+    serde_json::json!({"store": status.store.as_str(), "cooling": cooling})
 }
 
 /// Who may call a gateway listening on `listen`, from `config`'s

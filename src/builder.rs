@@ -96,6 +96,12 @@ impl<P> FallbackBuilder<P> {
         self
     }
 
+    /// The store route health will be kept in, if any: for a health
+    /// endpoint ([`HealthStore::status`]).
+    pub fn health(&self) -> Option<Arc<dyn HealthStore>> {
+        self.shared.health.clone()
+    }
+
     /// Turns on hedging for routes (or chains) with `hedge_after`, within
     /// `budget`.
     pub fn hedging(mut self, budget: HedgeBudget) -> Self {

@@ -1,7 +1,7 @@
 //! Checking a [`Config`] and turning it into a [`FallbackBuilder`].
 
 use super::{ChainConfig, Config, ConfigError, ConfigPolicy, HedgingConfig, PriceGuardConfig, RouteConfig};
-use crate::health::{Cooldowns, Drills, HedgeBudget};
+use crate::health::{Breaker, Cooldowns, Drills, HedgeBudget};
 use crate::native::{Endpoint, EndpointError};
 use crate::{Chain, ChainSet, FallbackBuilder, Price, PriceGuard, Route};
 use std::time::Duration;
@@ -62,20 +62,7 @@ impl FallbackBuilder<ConfigPolicy> {
             builder = builder.max_response_bytes(usize::try_from(n).unwrap_or(usize::MAX));
         }
         if let Some(h) = &config.health {
-            let mut cooldowns = Cooldowns::new();
-            if let Some(n) = h.failures {
-                cooldowns = cooldowns.failures(n);
-            }
-            if let Some(d) = h.cooldown {
-                cooldowns = cooldowns.base(d);
-            }
-            if let Some(d) = h.max_cooldown {
-                cooldowns = cooldowns.max(d);
-            }
-            if let Some(d) = h.max_retry_after {
-                cooldowns = cooldowns.max_retry_after(d);
-            }
-            builder = builder.cooldowns(cooldowns);
+            builder = with_health(builder, h).map_err(|e| config.locate(e))?;
         }
         if let Some(h) = &config.hedging {
             builder = builder.hedging(HedgeBudget::new(
@@ -299,6 +286,32 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
         positive("health.cooldown", h.cooldown)?;
         positive("health.max_cooldown", h.max_cooldown)?;
+        positive("health.breaker_window", h.breaker_window)?;
+        if h.breaker_min_requests == Some(0) {
+            return Err(ConfigError::new(
+                "health.breaker_min_requests",
+                "0; expected at least 1 request",
+            ));
+        }
+        share("health.breaker_failure_ratio", h.breaker_failure_ratio)?;
+        share("health.max_open_share", h.max_open_share)?;
+        if let Some(url) = h.redis_url() {
+            if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+                return Err(ConfigError::new(
+                    "health.store",
+                    "expected \"memory\" or a redis:// URL, such as \"redis://127.0.0.1:6379/0\"",
+                ));
+            }
+        }
+        if h.key_prefix
+            .as_deref()
+            .is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::new(
+                "health.key_prefix",
+                "empty or with spaces; expected a word such as \"my-gateway\"",
+            ));
+        }
     }
     if let Some(h) = &config.hedging {
         share("hedging.ratio", h.ratio)?;
@@ -361,6 +374,62 @@ fn needs_hedging(config: &Config, key: &str) -> Result<(), ConfigError> {
             "hedging is not enabled; expected a [hedging] section (its budget caps the extra requests), \
              such as [hedging] ratio = 0.1, window = \"10s\"",
         )),
+    }
+}
+
+/// Cooldowns (and the breaker) from `[health]`, kept in memory or, with
+/// `store` a Redis URL, in a [`RedisHealth`](crate::health) the fleet shares.
+fn with_health<P>(builder: FallbackBuilder<P>, h: &super::HealthConfig) -> Result<FallbackBuilder<P>, ConfigError> {
+    let mut cooldowns = Cooldowns::new();
+    if let Some(n) = h.failures {
+        cooldowns = cooldowns.failures(n);
+    }
+    if let Some(d) = h.cooldown {
+        cooldowns = cooldowns.base(d);
+    }
+    if let Some(d) = h.max_cooldown {
+        cooldowns = cooldowns.max(d);
+    }
+    if let Some(d) = h.max_retry_after {
+        cooldowns = cooldowns.max_retry_after(d);
+    }
+    if h.breaker_window.is_some() || h.breaker_min_requests.is_some() || h.breaker_failure_ratio.is_some() {
+        let mut breaker = Breaker::new();
+        if let Some(d) = h.breaker_window {
+            breaker = breaker.window(d);
+        }
+        if let Some(n) = h.breaker_min_requests {
+            breaker = breaker.min_requests(n);
+        }
+        if let Some(r) = h.breaker_failure_ratio {
+            breaker = breaker.failure_ratio(r);
+        }
+        cooldowns = cooldowns.breaker(breaker);
+    }
+    if let Some(share) = h.max_open_share {
+        cooldowns = cooldowns.max_open_share(share);
+    }
+    let Some(url) = h.redis_url() else {
+        return Ok(builder.cooldowns(cooldowns));
+    };
+    #[cfg(feature = "redis")]
+    {
+        let mut store = crate::health::RedisHealth::builder(url).cooldowns(cooldowns);
+        if let Some(p) = &h.key_prefix {
+            store = store.key_prefix(p.as_str());
+        }
+        let store = store
+            .build()
+            .map_err(|e| ConfigError::new("health.store", e.to_string()))?;
+        Ok(builder.health_store(std::sync::Arc::new(store)))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (url, builder);
+        Err(ConfigError::new(
+            "health.store",
+            "a redis:// store needs llm-fallback's `redis` feature; expected \"memory\" without it",
+        ))
     }
 }
 

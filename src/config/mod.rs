@@ -69,7 +69,7 @@
 //! | `max_body_bytes`, `max_response_bytes` | [`FallbackBuilder::max_body_bytes`](crate::FallbackBuilder::max_body_bytes), [`max_response_bytes`](crate::FallbackBuilder::max_response_bytes): an integer or `"32MiB"` |
 //! | `on_content_policy` | [`ChainSet::on_content_policy`](crate::ChainSet::on_content_policy) |
 //! | `[policy]` | [`ConfigPolicy`]: statuses and error types that fall back or stop |
-//! | `[health]` | [`Cooldowns`](crate::health::Cooldowns): `failures`, `cooldown`, `max_cooldown`, `max_retry_after` |
+//! | `[health]` | [`Cooldowns`](crate::health::Cooldowns): `failures`, `cooldown`, `max_cooldown`, `max_retry_after`; the [`Breaker`](crate::health::Breaker): `breaker_window`, `breaker_min_requests`, `breaker_failure_ratio`; `max_open_share`; `store` (`"memory"` or a `redis://` URL for a fleet's [`RedisHealth`](crate::health), feature `redis`) and `key_prefix` |
 //! | `[hedging]` | [`HedgeBudget`](crate::health::HedgeBudget): `ratio`, `window`; needed by `hedge_after` |
 //! | `[drills]` | [`Drills`](crate::health::Drills): `fraction`, `allow_header` |
 //! | `[chains.NAME]` | a [`Chain`](crate::Chain): `deadline`, `price_guard`, `hedge_after`, `routes`; `default` is required |
@@ -368,6 +368,38 @@ pub struct HealthConfig {
     /// Longest `Retry-After` honoured (default 10m).
     #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
     pub max_retry_after: Option<Duration>,
+    /// The breaker's rolling window (default 60s); any `breaker_*` key
+    /// turns the breaker by failure rate on.
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub breaker_window: Option<Duration>,
+    /// Attempts in the window before the breaker may open (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_min_requests: Option<u32>,
+    /// Share of failed attempts that opens the breaker (0.0–1.0, default 0.5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub breaker_failure_ratio: Option<f64>,
+    /// Largest share of a chain's routes a request skips as cooling
+    /// (0.0–1.0, default 1.0: no limit; at least one route may always cool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_open_share: Option<f64>,
+    /// Where health is kept: `"memory"` (the default) or a
+    /// `redis://host:port/db` URL shared by a fleet (feature `redis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Prefix of the Redis keys (default `llm-fallback`): replicas that
+    /// share health use the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
+}
+
+impl HealthConfig {
+    /// The `store` value that keeps health in memory.
+    pub const MEMORY: &'static str = "memory";
+
+    /// The Redis URL of `store`, if it names one.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.store.as_deref().filter(|s| *s != Self::MEMORY)
+    }
 }
 
 /// `[hedging]`: the budget for `hedge_after` ([`HedgeBudget`](crate::health::HedgeBudget)).

@@ -36,6 +36,10 @@ pub(super) struct Plan<'c> {
     cooling: Vec<(Instant, usize)>,
     forced: Option<usize>,
     sent: usize,
+    /// The share of a chain's routes that may be skipped as cooling (the
+    /// health store's), and how many of this chain's were.
+    open_share: f64,
+    cooled: usize,
 }
 
 /// What the plan says to do next.
@@ -94,7 +98,24 @@ impl<'c> Plan<'c> {
             cooling: Vec::new(),
             forced: None,
             sent: 0,
+            open_share: 1.0,
+            cooled: 0,
         }
+    }
+
+    /// Skips at most `share` of the chain's routes as cooling (at least
+    /// one): the health store's [`max_open_share`](crate::health::HealthStore::max_open_share).
+    pub(super) fn max_open_share(mut self, share: f64) -> Self {
+        self.open_share = share;
+        self
+    }
+
+    /// Another cooling route of this chain may be skipped.
+    fn may_skip_cooling(&self) -> bool {
+        let routes = self.chain.hops().len();
+        // Floor of the share, but at least one route (Envoy's rule).
+        let budget = ((self.open_share * routes as f64).floor() as usize).max(1);
+        self.open_share >= 1.0 || self.cooled < budget
     }
 
     /// The chain the request is on now.
@@ -165,7 +186,8 @@ impl<'c> Plan<'c> {
             match admit(hop) {
                 Admission::Open => {}
                 Admission::Probe => probe = true,
-                Admission::Cooling { until } if !is_forced => {
+                Admission::Cooling { until } if !is_forced && self.may_skip_cooling() => {
+                    self.cooled += 1;
                     self.cooling.push((until, index));
                     let remaining = until.saturating_duration_since(now);
                     return Step::Skip {
@@ -229,6 +251,7 @@ impl<'c> Plan<'c> {
                     .content_policy_chain()
                     .filter(|(n, _)| !Arc::ptr_eq(n, self.chain_name))?;
                 self.chain_offset += self.chain.hops().len();
+                self.cooled = 0;
                 (self.chain_name, self.chain) = (name, chain);
                 self.next = 0;
                 Some(name)
@@ -383,6 +406,44 @@ mod tests {
         assert_eq!(
             steps,
             [(0, "cooling".into()), (1, "cooling".into()), (2, "launch".into())]
+        );
+    }
+
+    #[test]
+    fn cooling_routes_past_the_open_share_are_tried() {
+        let chains = ChainSet::new(Chain::new([
+            Route::new("a"),
+            Route::new("b"),
+            Route::new("c"),
+            Route::new("d"),
+        ]));
+        let (name, chain) = chains.select(None, None).unwrap();
+        let now = Instant::now();
+        let all_cool = |_: &Hop| Admission::Cooling {
+            until: now + Duration::from_secs(5),
+        };
+        // Half of four routes may be skipped as cooling; the rest are tried.
+        let mut plan = Plan::new(&chains, name, chain, false, None, None).max_open_share(0.5);
+        let steps = walk(&mut plan, now, all_cool);
+        assert_eq!(
+            steps,
+            [
+                (0, "cooling".into()),
+                (1, "cooling".into()),
+                (2, "launch".into()),
+                (3, "launch".into())
+            ]
+        );
+        // At least one route may always cool, whatever the share.
+        let mut plan = Plan::new(&chains, name, chain, false, None, None).max_open_share(0.0);
+        let steps = walk(&mut plan, now, all_cool);
+        assert_eq!(steps[..2], [(0, "cooling".into()), (1, "launch".into())]);
+        // Routes skipped for other reasons do not spend the share.
+        let mut plan = Plan::new(&chains, name, chain, true, None, None).max_open_share(0.25);
+        let steps = walk(&mut plan, now, all_cool);
+        assert_eq!(
+            steps[..3],
+            [(0, "drill".into()), (1, "cooling".into()), (2, "launch".into())]
         );
     }
 

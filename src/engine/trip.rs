@@ -94,7 +94,8 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     /// The trip of a prepared request, with the caller's (ready) service.
     pub(super) fn new(shared: &'s Shared<P>, prepared: Prepared<'s>, svc: S, started: Instant) -> Self {
         let p = prepared;
-        let plan = Plan::new(&shared.chains, p.chain_name, p.chain, p.drill, p.needs, p.guard);
+        let plan = Plan::new(&shared.chains, p.chain_name, p.chain, p.drill, p.needs, p.guard)
+            .max_open_share(shared.health.as_ref().map_or(1.0, |h| h.max_open_share()));
         if plan.guard_inactive() {
             tracing::warn!("llm fallback price guard inactive: the primary's price is unknown");
         }
