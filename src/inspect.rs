@@ -65,9 +65,7 @@ impl BodyFacts {
     /// simply absent (`json == false` when the body is not a JSON object).
     pub(crate) fn inspect(body: &[u8]) -> Self {
         let mut facts = BodyFacts::default();
-        let mut error_span = None;
-        let mut usage_span = None;
-        let mut metadata_span = None;
+        let mut common = Common::default();
         // `choices` is most of a completion: it is read in the scanner's own
         // pass (only `finish_reason` and `error` matter), not skipped and
         // then parsed again.
@@ -75,31 +73,13 @@ impl BodyFacts {
         let mut read_choices = |start| choices.read(body, start);
         let watch = scan::Watch::Value("choices", &mut read_choices);
         let scanned = scan::scan_object_watching(body, watch, |m| {
-            match (&*m.key, m.kind) {
-                (b"model", ValueKind::String) => {
-                    facts.model = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned());
-                }
-                (b"provider", ValueKind::String) => {
-                    facts.provider = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned());
-                }
-                (b"error", ValueKind::Null) => {}
-                (b"error", _) => error_span = Some(m.value.clone()),
-                (b"usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
-                (b"openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
-                _ => {}
-            }
+            common.member(&mut facts, body, &m);
             Ok::<(), ()>(())
         });
         if scanned.is_err() {
             return BodyFacts::default();
         }
-        facts.json = true;
-        facts.usage = usage_span.and_then(|span| usage(&body[span], USAGE_CHAT));
-        if let Some(span) = metadata_span {
-            facts.upstream_attempts = upstream_attempts(&body[span]);
-        }
-        // An error object that does not parse is still an error.
-        facts.error = error_span.map(|span| error_at(&body[span]).unwrap_or_default());
+        common.finish(&mut facts, body, USAGE_CHAT);
         facts.choices = choices.count;
         if let (Some(_), Some(failed)) = (facts.choices, choices.failed) {
             facts.finish_error = true;
@@ -124,31 +104,22 @@ impl BodyFacts {
     /// still an error.
     pub(crate) fn inspect_responses(body: &[u8]) -> Self {
         let mut facts = BodyFacts::default();
+        let mut common = Common::default();
         let (mut object, mut status) = (None, None);
-        let (mut error_span, mut usage_span, mut metadata_span) = (None, None, None);
         let scanned = scan::scan_object(body, |m| {
-            let text = || scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned());
-            match (&*m.key, m.kind) {
-                (b"model", ValueKind::String) => facts.model = text(),
-                (b"object", ValueKind::String) => object = text(),
-                (b"status", ValueKind::String) => status = text(),
-                (b"error", ValueKind::Null) => {}
-                (b"error", _) => error_span = Some(m.value.clone()),
-                (b"usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
-                (b"openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
-                _ => {}
+            if !common.member(&mut facts, body, &m) {
+                match (&*m.key, m.kind) {
+                    (b"object", ValueKind::String) => object = text(body, &m),
+                    (b"status", ValueKind::String) => status = text(body, &m),
+                    _ => {}
+                }
             }
             Ok::<(), ()>(())
         });
         if scanned.is_err() {
             return BodyFacts::default();
         }
-        facts.json = true;
-        facts.usage = usage_span.and_then(|span| usage(&body[span], USAGE_IN_OUT));
-        if let Some(span) = metadata_span {
-            facts.upstream_attempts = upstream_attempts(&body[span]);
-        }
-        facts.error = error_span.map(|span| error_at(&body[span]).unwrap_or_default());
+        common.finish(&mut facts, body, USAGE_IN_OUT);
         let good_status = matches!(
             status.as_deref(),
             Some("completed" | "incomplete" | "queued" | "in_progress")
@@ -170,34 +141,22 @@ impl BodyFacts {
     /// "error"` carries its `error`.
     pub(crate) fn inspect_messages(body: &[u8]) -> Self {
         let mut facts = BodyFacts::default();
+        let mut common = Common::default();
         let (mut kind, mut content) = (None, false);
-        let (mut error_span, mut usage_span, mut metadata_span) = (None, None, None);
         let scanned = scan::scan_object(body, |m| {
-            match (&*m.key, m.kind) {
-                (b"model", ValueKind::String) => {
-                    facts.model = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
+            if !common.member(&mut facts, body, &m) {
+                match (&*m.key, m.kind) {
+                    (b"type", ValueKind::String) => kind = text(body, &m),
+                    (b"content", ValueKind::Array) => content = true,
+                    _ => {}
                 }
-                (b"type", ValueKind::String) => {
-                    kind = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
-                }
-                (b"content", ValueKind::Array) => content = true,
-                (b"error", ValueKind::Null) => {}
-                (b"error", _) => error_span = Some(m.value.clone()),
-                (b"usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
-                (b"openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
-                _ => {}
             }
             Ok::<(), ()>(())
         });
         if scanned.is_err() {
             return BodyFacts::default();
         }
-        facts.json = true;
-        facts.usage = usage_span.and_then(|span| usage(&body[span], USAGE_IN_OUT));
-        if let Some(span) = metadata_span {
-            facts.upstream_attempts = upstream_attempts(&body[span]);
-        }
-        facts.error = error_span.map(|span| error_at(&body[span]).unwrap_or_default());
+        common.finish(&mut facts, body, USAGE_IN_OUT);
         if facts.error.is_none() && kind.as_deref() == Some("error") {
             facts.error = Some(UpstreamError {
                 message: Some("the answer is an error (type \"error\")".into()),
@@ -214,8 +173,8 @@ impl BodyFacts {
     /// (`choices` counts its entries) and there is no `error`.
     pub(crate) fn inspect_embeddings(body: &[u8]) -> Self {
         let mut facts = BodyFacts::default();
+        let mut common = Common::default();
         let mut data = None;
-        let (mut error_span, mut usage_span, mut metadata_span) = (None, None, None);
         let mut count = |start| -> Result<usize, scan::ScanError> {
             let mut n = 0usize;
             let end = scan::scan_array_at(body, start, |at| {
@@ -227,30 +186,13 @@ impl BodyFacts {
         };
         let watch = scan::Watch::Value("data", &mut count);
         let scanned = scan::scan_object_watching(body, watch, |m| {
-            match (&*m.key, m.kind) {
-                (b"model", ValueKind::String) => {
-                    facts.model = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
-                }
-                (b"provider", ValueKind::String) => {
-                    facts.provider = scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
-                }
-                (b"error", ValueKind::Null) => {}
-                (b"error", _) => error_span = Some(m.value.clone()),
-                (b"usage", ValueKind::Object) => usage_span = Some(m.value.clone()),
-                (b"openrouter_metadata", ValueKind::Object) => metadata_span = Some(m.value.clone()),
-                _ => {}
-            }
+            common.member(&mut facts, body, &m);
             Ok::<(), ()>(())
         });
         if scanned.is_err() {
             return BodyFacts::default();
         }
-        facts.json = true;
-        facts.usage = usage_span.and_then(|span| usage(&body[span], USAGE_CHAT));
-        if let Some(span) = metadata_span {
-            facts.upstream_attempts = upstream_attempts(&body[span]);
-        }
-        facts.error = error_span.map(|span| error_at(&body[span]).unwrap_or_default());
+        common.finish(&mut facts, body, USAGE_CHAT);
         facts.choices = data.filter(|_| facts.error.is_none());
         facts
     }
@@ -261,6 +203,49 @@ impl BodyFacts {
         let text = std::str::from_utf8(body).ok()?.trim();
         (!text.is_empty()).then(|| truncate(text.to_owned()))
     }
+}
+
+/// The members every answer shape reads the same way: the served model
+/// and provider, a top-level `error` (`null` is none), `usage` and
+/// OpenRouter's metadata. Each `inspect_*` passes its members here first and
+/// reads only its own.
+#[derive(Default)]
+struct Common {
+    error: Option<Range<usize>>,
+    usage: Option<Range<usize>>,
+    metadata: Option<Range<usize>>,
+}
+
+impl Common {
+    /// Takes `m` when it is one of the shared members; false otherwise.
+    fn member(&mut self, facts: &mut BodyFacts, body: &[u8], m: &scan::Member<'_>) -> bool {
+        match (&*m.key, m.kind) {
+            (b"model", ValueKind::String) => facts.model = text(body, m),
+            (b"provider", ValueKind::String) => facts.provider = text(body, m),
+            (b"error", ValueKind::Null) => {}
+            (b"error", _) => self.error = Some(m.value.clone()),
+            (b"usage", ValueKind::Object) => self.usage = Some(m.value.clone()),
+            (b"openrouter_metadata", ValueKind::Object) => self.metadata = Some(m.value.clone()),
+            _ => return false,
+        }
+        true
+    }
+
+    /// Fills `facts` from a body that scanned whole.
+    fn finish(self, facts: &mut BodyFacts, body: &[u8], usage_keys: UsageKeys) {
+        facts.json = true;
+        facts.usage = self.usage.and_then(|span| usage(&body[span], usage_keys));
+        if let Some(span) = self.metadata {
+            facts.upstream_attempts = upstream_attempts(&body[span]);
+        }
+        // An error object that does not parse is still an error.
+        facts.error = self.error.map(|span| error_at(&body[span]).unwrap_or_default());
+    }
+}
+
+/// A string member's decoded text; `None` when it does not decode.
+fn text(body: &[u8], m: &scan::Member<'_>) -> Option<String> {
+    scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
 }
 
 /// The error object (or string) `json` holds, if it parses.
