@@ -794,8 +794,13 @@ async fn spans_name_the_dialects_operation() {
         (MockDialect::Completions, "text_completion"),
         (MockDialect::Responses, "chat"),
     ] {
-        let (out, guard) = Captured::install(tracing::Level::TRACE);
         let upstream = MockUpstream::new().model(A, Reply::ok());
+        // Register the layer's callsites on this thread first: the other
+        // tests of this binary run on threads with no subscriber, and one
+        // registering a callsite while this one installs its subscriber could
+        // cache "never" for it (tests/tracing.rs runs alone for this reason).
+        send(&upstream, d, false).await;
+        let (out, guard) = Captured::install(tracing::Level::TRACE);
         send(&upstream, d, false).await;
         drop(guard);
         let text = out.text();

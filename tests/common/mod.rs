@@ -101,7 +101,13 @@ impl Captured {
             .with_max_level(level)
             .with_ansi(false)
             .finish();
-        (out, tracing::subscriber::set_default(subscriber))
+        let guard = tracing::subscriber::set_default(subscriber);
+        // Another test's thread may have registered a callsite with no
+        // subscriber in sight while this one was being installed, caching
+        // "never" for it; recompute every callsite's interest now that this
+        // subscriber is in place.
+        tracing::callsite::rebuild_interest_cache();
+        (out, guard)
     }
 
     /// Everything written so far.
