@@ -179,7 +179,8 @@ impl BodyFacts {
             let mut n = 0usize;
             let end = scan::scan_array_at(body, start, |at| {
                 n += 1;
-                scan::scan_value(body, at).map(|(end, _)| end)
+                // Each entry holds a vector: long runs of numbers.
+                scan::scan_numeric_value(body, at).map(|(end, _)| end)
             })?;
             data = Some(n);
             Ok(end)

@@ -258,7 +258,7 @@ fn scan_members<'a, const STRICT: bool, E>(
             let value_start = skip_ws(input, pos + 1);
             let (value_end, kind) = match (&mut watch, input.get(value_start)) {
                 (Watch::Strings(name, on_string), Some(&open @ (b'[' | b'{'))) if name.as_bytes() == &*key => {
-                    let end = skip_nested_with(input, value_start, &mut |a, b| on_string(a, b))?;
+                    let end = skip_nested_with::<false, _>(input, value_start, &mut |a, b| on_string(a, b))?;
                     (
                         end,
                         if open == b'[' {
@@ -366,14 +366,31 @@ fn skip_ws(input: &[u8], mut pos: usize) -> usize {
 /// Validates the value at `start` like a top-level one (scalars strictly,
 /// nested values skipped); returns its end and kind.
 pub(crate) fn scan_value(input: &[u8], start: usize) -> Result<(usize, ValueKind), ScanError> {
+    scan_value_with::<false>(input, start)
+}
+
+/// [`scan_value`] for a value that may hold long arrays of numbers (an
+/// embedding): runs of numbers are passed over 64 bytes at a time.
+pub(crate) fn scan_numeric_value(input: &[u8], start: usize) -> Result<(usize, ValueKind), ScanError> {
+    scan_value_with::<true>(input, start)
+}
+
+#[inline(always)]
+fn scan_value_with<const NUMBERS: bool>(input: &[u8], start: usize) -> Result<(usize, ValueKind), ScanError> {
     use ScanErrorKind::*;
     let Some(&b) = input.get(start) else {
         return Err(ScanError::new(UnexpectedEnd, start));
     };
     Ok(match b {
         b'"' => (checked_string_end(input, start)?, ValueKind::String),
-        b'{' => (skip_nested(input, start)?, ValueKind::Object),
-        b'[' => (skip_nested(input, start)?, ValueKind::Array),
+        b'{' => (
+            skip_nested_with::<NUMBERS, _>(input, start, &mut |_, _| {})?,
+            ValueKind::Object,
+        ),
+        b'[' => (
+            skip_nested_with::<NUMBERS, _>(input, start, &mut |_, _| {})?,
+            ValueKind::Array,
+        ),
         b't' => (literal(input, start, b"true")?, ValueKind::True),
         b'f' => (literal(input, start, b"false")?, ValueKind::False),
         b'n' => (literal(input, start, b"null")?, ValueKind::Null),
@@ -448,11 +465,11 @@ fn number_end(input: &[u8], start: usize) -> Result<usize, ScanError> {
 /// - Past that: `memchr` to the next `"` and count the backslashes right
 ///   before it (odd: escaped), so long text goes at vector speed and costs
 ///   one call per quote, not per backslash.
-/// - Where escaped quotes come close together (code, JSON inside a string):
-///   64-byte blocks classified without branches ([`Block`]), until the
-///   string ends or a whole block has no quote (then back to `memchr`).
-///   Dense escapes cost the same as none there, where a `memchr` call per
-///   `\"` would not.
+/// - Where an escaped quote comes soon after the last (code, JSON inside a
+///   string, prose that quotes): 64-byte blocks classified without branches
+///   ([`Block`]), until the string ends or a few blocks in a row have no
+///   quote (then back to `memchr`). Dense escapes cost the same as none
+///   there, where a `memchr` call per `\"` would not.
 #[inline(always)]
 fn string_end(input: &[u8], open: usize) -> Result<usize, ScanError> {
     // Most strings (keys, roles, short values) end in the first two words:
@@ -480,9 +497,6 @@ fn string_end(input: &[u8], open: usize) -> Result<usize, ScanError> {
 #[inline(never)]
 fn string_end_far(input: &[u8], mut i: usize) -> Result<usize, ScanError> {
     const INLINE: usize = 16;
-    // Escaped quotes that `memchr` found close to where it started: two in a
-    // row mean dense text (prose has the odd `\"word\"`, code and JSON many).
-    let mut near = 0;
     loop {
         // `i` is never inside an escape here, so a `\` hit starts one.
         let stop = i + INLINE;
@@ -525,10 +539,11 @@ fn string_end_far(input: &[u8], mut i: usize) -> Result<usize, ScanError> {
         if run % 2 == 0 {
             return Ok(quote + 1);
         }
-        near = if found < 32 { near + 1 } else { 0 };
         i = quote + 1;
-        if near == 2 {
-            near = 0;
+        // An escaped quote close to where `memchr` started: the text has
+        // them often (code, JSON, quoted prose), where a call per quote
+        // costs more than classifying blocks.
+        if found < DENSE_NEAR {
             match dense_string_end(input, i)? {
                 Ok(end) => return Ok(end),
                 Err(sparse) => i = sparse,
@@ -537,12 +552,20 @@ fn string_end_far(input: &[u8], mut i: usize) -> Result<usize, ScanError> {
     }
 }
 
+/// An escaped quote found within this many bytes of where `memchr`
+/// started switches [`string_end_far`] to the block gear.
+const DENSE_NEAR: usize = 256;
+/// Consecutive blocks without a quote after which the block gear hands
+/// back to `memchr` (faster on quote-free stretches).
+const DENSE_EXIT: usize = 4;
+
 /// [`string_end`]'s third gear, from `i` (not inside an escape): `Ok(end)`
-/// when the string ends, or `Err(at)` once a whole block had no quote (so
-/// `memchr` is faster again); `at` is past the escape a block's last
+/// when the string ends, or `Err(at)` once [`DENSE_EXIT`] blocks in a row
+/// had no quote (so `memchr` is faster again); `at` is past the escape a block's last
 /// backslash begins, so it is never inside one.
 fn dense_string_end(input: &[u8], mut i: usize) -> Result<Result<usize, usize>, ScanError> {
     let mut escape_carry = 0;
+    let mut quiet = 0;
     loop {
         let block = Block::at(input, i);
         let escaped = block.escaped(&mut escape_carry);
@@ -556,10 +579,15 @@ fn dense_string_end(input: &[u8], mut i: usize) -> Result<Result<usize, usize>, 
         if i >= input.len() {
             return Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()));
         }
-        if block.quote == 0 {
-            // A block ending in an odd run of backslashes escapes the next
-            // block's first byte: resume after it.
-            return Ok(Err(i + escape_carry as usize));
+        if block.quote != 0 {
+            quiet = 0;
+        } else {
+            quiet += 1;
+            if quiet == DENSE_EXIT {
+                // A block ending in an odd run of backslashes escapes the next
+                // block's first byte: resume after it.
+                return Ok(Err(i + escape_carry as usize));
+            }
         }
     }
 }
@@ -670,15 +698,19 @@ fn escape_len(input: &[u8], at: usize) -> Result<usize, ScanError> {
 }
 
 /// Skips the object or array opening at `start`; returns one past its
-/// closing bracket. Brackets are matched with a bit stack (1 = object), and
-/// strings jumped over; everything else is passed over unchecked.
-fn skip_nested(input: &[u8], start: usize) -> Result<usize, ScanError> {
-    skip_nested_with(input, start, &mut |_, _| {})
-}
-
-/// [`skip_nested`], calling `on_string` with each string's span.
+/// closing bracket, calling `on_string` with each string's span. Brackets
+/// are matched with a bit stack (1 = object), strings jumped over, and
+/// everything else passed over unchecked, byte by byte. With `NUMBERS`, a number that starts an array
+/// element starts a run to the next quote or bracket, found 64 bytes at a
+/// time (`json::simd`), so a long array of numbers (an embedding) costs a
+/// few instructions per block, not per byte; without it the loop is the
+/// plain one (requests: the extra arms cost ~10 % on their short values).
 #[inline]
-fn skip_nested_with<F: FnMut(usize, usize)>(input: &[u8], start: usize, on_string: &mut F) -> Result<usize, ScanError> {
+fn skip_nested_with<const NUMBERS: bool, F: FnMut(usize, usize)>(
+    input: &[u8],
+    start: usize,
+    on_string: &mut F,
+) -> Result<usize, ScanError> {
     use ScanErrorKind::*;
     let mut stack: u128 = 0;
     let mut depth = 0usize; // open levels below the top-level object
@@ -697,6 +729,10 @@ fn skip_nested_with<F: FnMut(usize, usize)>(input: &[u8], start: usize, on_strin
                 }
                 stack = (stack << 1) | u128::from(b == b'{');
                 depth += 1;
+                if NUMBERS && b == b'[' && starts_number(input, i + 1) {
+                    i = number_run(input, i + 1);
+                    continue;
+                }
             }
             b'}' | b']' => {
                 let open_is_object = stack & 1 == 1;
@@ -710,11 +746,49 @@ fn skip_nested_with<F: FnMut(usize, usize)>(input: &[u8], start: usize, on_strin
                     return Ok(i + 1);
                 }
             }
-            _ => {}
+            _ => {
+                if NUMBERS && b == b',' && stack & 1 == 0 && starts_number(input, i + 1) {
+                    i = number_run(input, i + 1);
+                    continue;
+                }
+            }
         }
         i += 1;
     }
     Err(ScanError::new(UnexpectedEnd, input.len()))
+}
+
+/// A number starts at `at` (its first byte, unchecked: the skip does not
+/// validate).
+#[inline(always)]
+fn starts_number(input: &[u8], at: usize) -> bool {
+    matches!(input.get(at), Some(b'0'..=b'9' | b'-'))
+}
+
+/// Where the next quote or bracket is from `at` (the end of the input when
+/// there is none): past a run of array elements that hold none.
+#[inline(never)]
+fn number_run(input: &[u8], mut at: usize) -> usize {
+    while let Some(hits) = structural_at(input, at) {
+        if hits != 0 {
+            return at + hits.trailing_zeros() as usize;
+        }
+        at += 64;
+    }
+    input.len()
+}
+
+/// The structural bytes among the 64 of `input` from `at` (blanks past its
+/// end); `None` when `at` is past the end.
+#[inline(always)]
+fn structural_at(input: &[u8], at: usize) -> Option<u64> {
+    if let Some(bytes) = input.get(at..at + 64).and_then(|b| <&[u8; 64]>::try_from(b).ok()) {
+        return Some(super::simd::structural_mask(bytes));
+    }
+    let rest = input.get(at..).filter(|rest| !rest.is_empty())?;
+    let mut padded = [b' '; 64];
+    padded[..rest.len()].copy_from_slice(rest);
+    Some(super::simd::structural_mask(&padded))
 }
 
 /// Decodes a JSON string literal (quotes included): every escape, surrogate
@@ -965,21 +1039,24 @@ pub(super) mod tests {
 
     #[test]
     fn the_dense_gear_hands_back_past_a_carried_escape() {
-        // Two near escaped quotes switch to the block gear; its block with no
-        // quote ends in a backslash whose escaped quote opens the next
-        // block. That quote is text, not the string's end.
-        let s = format!(
-            "\"{}\\\"{}\\\"{}\\\"tail\"",
-            "x".repeat(20),
-            "y".repeat(20),
-            "a".repeat(63)
-        );
-        assert_eq!(string_end(s.as_bytes(), 0), Ok(s.len()));
-        let body = format!(r#"{{"messages":[{s}],"model":"m"}}"#);
-        let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(parsed["model"], "m");
-        let m = members(body.as_bytes()).unwrap();
-        assert_eq!(m.len(), 2, "{body}");
+        // Near escaped quotes switch to the block gear; after DENSE_EXIT
+        // blocks without a quote it hands back to memchr. At one of these
+        // pads the last quiet block ends in a backslash whose escaped quote
+        // opens the next block: that quote is text, not the string's end.
+        for pad in 0..64 * (DENSE_EXIT + 2) {
+            let s = format!(
+                "\"{}\\\"{}\\\"{}\\\"tail\"",
+                "x".repeat(20),
+                "y".repeat(20),
+                "a".repeat(pad)
+            );
+            assert_eq!(string_end(s.as_bytes(), 0), Ok(s.len()), "pad {pad}");
+            let body = format!(r#"{{"messages":[{s}],"model":"m"}}"#);
+            let parsed: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(parsed["model"], "m");
+            let m = members(body.as_bytes()).unwrap();
+            assert_eq!(m.len(), 2, "{body}");
+        }
     }
 
     #[test]
@@ -1258,6 +1335,27 @@ pub(super) mod tests {
     }
 
     proptest! {
+        #[test]
+        fn number_runs_end_where_the_plain_skip_ends(
+            v in value(),
+            floats in prop::collection::vec(-1e3f64..1e3, 0..60),
+            pad in 0usize..70,
+            pretty in any::<bool>(),
+        ) {
+            // Any value, and an embedding-like entry whose brackets fall at
+            // every offset of a block; cut short, both skips fail alike.
+            let entry = serde_json::json!({"pad": "x".repeat(pad), "embedding": floats, "more": [v.clone(), [1, 2], "]"]});
+            for value in [v, entry] {
+                let text = if pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) }.unwrap();
+                let bytes = text.as_bytes();
+                prop_assert_eq!(scan_numeric_value(bytes, 0), scan_value(bytes, 0));
+                prop_assert_eq!(scan_numeric_value(bytes, 0).map(|(end, _)| end), Ok(bytes.len()));
+                for cut in [bytes.len() / 2, bytes.len().saturating_sub(1)] {
+                    prop_assert_eq!(scan_numeric_value(&bytes[..cut], 0).is_ok(), scan_value(&bytes[..cut], 0).is_ok());
+                }
+            }
+        }
+
         #[test]
         fn spans_match_serde_json(text in object_text()) {
             let whole: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();

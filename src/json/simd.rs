@@ -1,5 +1,8 @@
 //! The crate's only `unsafe`: sorting 64 bytes of a string into "quote" and
-//! "backslash" bit masks with SSE2, for the scanner's dense-escape gear.
+//! "backslash" bit masks with SSE2, for the scanner's dense-escape gear, and
+//! 64 bytes of a nested value into a mask of its structural bytes (quotes
+//! and brackets), so long runs without any (an embedding's numbers) are
+//! passed over a block at a time.
 //!
 //! Why: in text where escaped quotes come every few bytes (code, JSON inside
 //! JSON) the scanner classifies whole 64-byte blocks. Without `unsafe` the
@@ -39,6 +42,45 @@ pub(super) fn quote_backslash_masks(bytes: &[u8; 64]) -> (u64, u64) {
     (quote, backslash)
 }
 
+/// Bit `k` is set when `bytes[k]` is `"`, `{`, `}`, `[` or `]`: the bytes
+/// that matter when a nested value is skipped (`b | 0x20` folds the square
+/// brackets onto the curly ones).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(super) fn structural_mask(bytes: &[u8; 64]) -> u64 {
+    use core::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
+    let mut mask = 0u64;
+    // SAFETY: as for `quote_backslash_masks`: SSE2 is always present on
+    // x86_64, and each load reads 16 bytes at offset 0, 16, 32 or 48.
+    unsafe {
+        let fold = _mm_set1_epi8(0x20);
+        let quote = _mm_set1_epi8(b'"' as i8);
+        let open = _mm_set1_epi8(b'{' as i8);
+        let close = _mm_set1_epi8(b'}' as i8);
+        for k in 0..4 {
+            let v = _mm_loadu_si128(bytes.as_ptr().add(16 * k).cast());
+            let folded = _mm_or_si128(v, fold);
+            let hits = _mm_or_si128(
+                _mm_cmpeq_epi8(v, quote),
+                _mm_or_si128(_mm_cmpeq_epi8(folded, open), _mm_cmpeq_epi8(folded, close)),
+            );
+            mask |= u64::from(_mm_movemask_epi8(hits) as u16) << (16 * k);
+        }
+    }
+    mask
+}
+
+/// [`structural_mask`] without `unsafe`.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+#[inline(always)]
+pub(super) fn structural_mask_portable(bytes: &[u8; 64]) -> u64 {
+    let mut flags = [0u8; 64];
+    for k in 0..64 {
+        flags[k] = u8::from(matches!(bytes[k], b'"' | b'{' | b'}' | b'[' | b']'));
+    }
+    bits(&flags)
+}
+
 /// The same without `unsafe`, for other architectures (and as the reference).
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 #[inline(always)]
@@ -66,6 +108,8 @@ fn bits(flags: &[u8; 64]) -> u64 {
 
 #[cfg(not(target_arch = "x86_64"))]
 pub(super) use quote_backslash_masks_portable as quote_backslash_masks;
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) use structural_mask_portable as structural_mask;
 
 #[cfg(test)]
 mod tests {
@@ -87,6 +131,24 @@ mod tests {
                 );
             }
         }
+        for value in 0..=255u8 {
+            for at in 0..64 {
+                let mut bytes = [b'a'; 64];
+                bytes[at] = value;
+                bytes[(at + 23) % 64] = b'[';
+                assert_eq!(
+                    structural_mask(&bytes),
+                    structural_mask_portable(&bytes),
+                    "{value:#x} at {at}"
+                );
+            }
+        }
+        let mut all = [0u8; 64];
+        for (k, b) in all.iter_mut().enumerate() {
+            *b = b"\"{}[]"[k % 5];
+        }
+        assert_eq!(structural_mask(&all), u64::MAX);
+        assert_eq!(structural_mask(&[b'0'; 64]), 0);
         let all_quotes = [b'"'; 64];
         assert_eq!(quote_backslash_masks(&all_quotes), (u64::MAX, 0));
         let all_backslashes = [b'\\'; 64];
