@@ -13,15 +13,28 @@
 //! Messages' `message_start` and `ping` come before it and commit nothing),
 //! so the difference is what the commit decision adds to the first token:
 //! the target is at most 5 µs per stream.
+//!
+//! Only the wait for the first token is timed; the rest of the stream is
+//! then read to its end, untimed, so the connection is reused (a body
+//! dropped mid-stream closes its connection, and every iteration would
+//! time a reconnect in both arms).
+//!
+//! `STREAM_PROFILE=<alone|layer>:<dialect>` (dialect `chat`, `responses`,
+//! `messages`, `completions`) only sends `STREAM_REQUESTS` (default 1000)
+//! whole streams, one after the other on one current-thread runtime, for a
+//! profiler: `valgrind --tool=callgrind` of the two arms, their
+//! instruction counts' difference divided by the requests, is the layer's
+//! CPU per stream without the noise of a shared machine.
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use llm_fallback::{Chain, FallbackLayer, Route};
 use llm_fallback_mock::{Dialect, MockServer, MockUpstream, Reply};
+use std::time::{Duration, Instant};
 use tower::{Layer, Service, ServiceExt};
 
 /// A streaming request of `dialect`'s shape.
@@ -39,7 +52,9 @@ fn body(dialect: Dialect) -> &'static str {
 /// The first token the mock streams; the frame holding it ends an iteration.
 const FIRST_TOKEN: &[u8] = b"Hel";
 
-async fn first_token<S, B>(svc: S, url: &str, body: &'static str)
+/// Sends the request; returns when the first token arrived, with the rest
+/// of the body.
+async fn first_token<S, B>(svc: S, url: &str, body: &'static str) -> B
 where
     S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>>,
     S::Error: std::fmt::Debug,
@@ -57,10 +72,84 @@ where
             .data_ref()
             .is_some_and(|d| d.windows(FIRST_TOKEN.len()).any(|w| w == FIRST_TOKEN))
         {
-            return;
+            return body;
         }
     }
     panic!("no first token");
+}
+
+/// Reads the rest of a stream (so its connection goes back to the pool).
+async fn drain<B>(mut body: B)
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+    }
+}
+
+/// Times `iters` first tokens, draining each stream untimed.
+async fn timed<S, B>(svc: S, url: &str, body: &'static str, iters: u64) -> Duration
+where
+    S: Service<http::Request<Full<Bytes>>, Response = http::Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut total = Duration::ZERO;
+    for _ in 0..iters {
+        let start = Instant::now();
+        let rest = first_token(svc.clone(), url, body).await;
+        total += start.elapsed();
+        drain(rest).await;
+    }
+    total
+}
+
+const DIALECTS: [Dialect; 4] = [
+    Dialect::Chat,
+    Dialect::Responses,
+    Dialect::Messages,
+    Dialect::Completions,
+];
+
+fn upstream() -> MockUpstream {
+    MockUpstream::new().model("m/1", Reply::stream().tokens(["Hel", "lo", " there", "!"]))
+}
+
+/// `STREAM_PROFILE=<alone|layer>:<dialect>`: whole streams, one arm only.
+fn profile(spec: &str) {
+    let (arm, dialect) = spec.split_once(':').expect("STREAM_PROFILE=<alone|layer>:<dialect>");
+    let dialect = *DIALECTS
+        .iter()
+        .find(|d| d.as_str() == dialect)
+        .unwrap_or_else(|| panic!("unknown dialect {dialect}"));
+    let requests: u64 = std::env::var("STREAM_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = MockServer::start(upstream()).await.unwrap();
+        let url = server.url_for(dialect);
+        let body = body(dialect);
+        match arm {
+            "alone" => {
+                let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+                timed(client, &url, body, requests).await
+            }
+            "layer" => {
+                let layered = FallbackLayer::new(Chain::new([Route::new("m/1")]))
+                    .layer(Client::builder(TokioExecutor::new()).build_http());
+                timed(layered, &url, body, requests).await
+            }
+            other => panic!("unknown arm {other}: alone or layer"),
+        }
+    });
 }
 
 fn bench(c: &mut Criterion) {
@@ -69,33 +158,33 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let server = rt
-        .block_on(MockServer::start(
-            MockUpstream::new().model("m/1", Reply::stream().tokens(["Hel", "lo", " there", "!"])),
-        ))
-        .unwrap();
+    let server = rt.block_on(MockServer::start(upstream())).unwrap();
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let layered =
         FallbackLayer::new(Chain::new([Route::new("m/1")])).layer(Client::builder(TokioExecutor::new()).build_http());
 
     let mut group = c.benchmark_group("stream_first_token");
-    for dialect in [
-        Dialect::Chat,
-        Dialect::Responses,
-        Dialect::Messages,
-        Dialect::Completions,
-    ] {
+    for dialect in DIALECTS {
         let url = server.url_for(dialect);
         let body = body(dialect);
         group.bench_function(format!("{}/client alone", dialect.as_str()), |b| {
-            b.to_async(&rt).iter(|| first_token(client.clone(), &url, body))
+            b.to_async(&rt)
+                .iter_custom(|iters| timed(client.clone(), &url, body, iters))
         });
         group.bench_function(format!("{}/through FallbackLayer", dialect.as_str()), |b| {
-            b.to_async(&rt).iter(|| first_token(layered.clone(), &url, body))
+            b.to_async(&rt)
+                .iter_custom(|iters| timed(layered.clone(), &url, body, iters))
         });
     }
     group.finish();
 }
 
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(spec) = std::env::var("STREAM_PROFILE") {
+        return profile(&spec);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
