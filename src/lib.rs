@@ -252,7 +252,7 @@ pub use crate::reqwest::{FallbackMiddleware, StreamingBodyError};
 pub use body::ResponseBody;
 pub use builder::FallbackBuilder;
 pub use capability::{Capabilities, Needs, Price, PriceGuard, SkipReason, BYTES_PER_TOKEN};
-pub use chain::{Chain, ChainName, ChainSet};
+pub use chain::{CallerChains, Chain, ChainName, ChainSet, ModelTarget, UnknownModel};
 pub use dialect::Dialect;
 pub use future::ResponseFuture;
 pub use json::ReplayBody;
