@@ -128,6 +128,20 @@ async fn an_unknown_model_passes_through_untouched_by_default_once_models_are_ke
 }
 
 #[tokio::test]
+async fn a_passed_through_request_is_not_drilled() {
+    // A drill skips a chain's primary; a request passed through has nothing
+    // after it, so it is sent anyway.
+    let server = MockServer::start(upstream()).await.unwrap();
+    let builder = FallbackBuilder::with_chains(keyed()).drills(llm_fallback::health::Drills::fraction(1.0));
+    let (parts, v) = send(builder.clone(), post(&server.chat_url(), body("vendor/other"))).await;
+    assert_eq!(parts.status, StatusCode::OK, "{v}");
+    assert!(!report(&parts).is_drill());
+    let (parts, v) = send(builder, post(&server.chat_url(), body("smart"))).await;
+    assert_eq!(v["model"], "strong/b");
+    assert!(report(&parts).is_drill(), "a model's chain is drilled as any chain");
+}
+
+#[tokio::test]
 async fn a_passed_through_model_is_judged_like_any_attempt() {
     // The mock refuses a model it has no script for: 400 naming the model,
     // which falls back; nothing is left, so the caller gets the exhaustion.

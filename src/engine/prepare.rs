@@ -196,6 +196,11 @@ where
             false
         }
     };
+    // A request passed through has no fallback to drill.
+    let drill = drill
+        && !own
+            .as_ref()
+            .is_some_and(|(name, _)| &**name == crate::ChainSet::PASS_THROUGH);
     report.drill = drill;
     Ok(Prepared {
         parts,
