@@ -143,6 +143,17 @@
 //! # }
 //! ```
 //!
+//! # Routing by the requested model
+//!
+//! A [`ChainSet`] maps model names and aliases to chains
+//! ([`ChainSet::model`]), so the caller's `model` picks its fallbacks; a
+//! model that names no chain is passed through, sent to the default chain
+//! or refused ([`UnknownModel`]). With
+//! [`FallbackBuilder::caller_chains`] a request's OpenRouter-style `models`
+//! array is its chain ([`CallerChains`], off by default). The order in which
+//! explicit picks, the caller's list, the model and the request's needs
+//! choose a chain is in [`ChainSet`]'s docs.
+//!
 //! # When everything fails
 //!
 //! The caller gets **one synthesized answer**, whatever the last failure was

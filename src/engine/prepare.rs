@@ -197,10 +197,10 @@ where
         }
     };
     // A request passed through has no fallback to drill.
-    let drill = drill
-        && !own
-            .as_ref()
-            .is_some_and(|(name, _)| &**name == crate::ChainSet::PASS_THROUGH);
+    let passed_through = own
+        .as_ref()
+        .is_some_and(|(name, _)| &**name == crate::ChainSet::PASS_THROUGH);
+    let drill = drill && !passed_through;
     report.drill = drill;
     Ok(Prepared {
         parts,
