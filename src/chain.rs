@@ -586,6 +586,9 @@ pub enum UnknownModel {
     /// [`ChainSet::PASS_THROUGH`] and holds that one attempt. The default
     /// chain's deadline bounds it. The in-process default once a set has
     /// model keys: code that asks for a model nobody configured gets it.
+    /// Each model passed through is kept apart in route health and metrics
+    /// (under its name), so with callers you do not control prefer
+    /// [`Reject`](Self::Reject).
     PassThrough,
     /// The default chain, or a chain picked by the request's needs: what a
     /// set without model keys does with every request.
@@ -621,7 +624,9 @@ pub enum UnknownModel {
 /// ([`max_models`](Self::max_models), default 3 as on OpenRouter) and,
 /// with [`allow`](Self::allow), each entry must be on an allow-list;
 /// either way a refused list is a `400` in the dialect's error JSON naming
-/// why (`too_many_models`, `model_not_allowed` naming the entry).
+/// why (`too_many_models`, `model_not_allowed` naming the entry). Each
+/// model of a caller's chain is kept apart in route health and metrics, one
+/// more reason to bound the list.
 ///
 /// ```
 /// use llm_fallback::{CallerChains, Chain, FallbackBuilder, Route};

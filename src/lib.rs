@@ -306,6 +306,18 @@ pub mod __private {
         }
     }
 
+    /// The name of the chain `chains` picks for a request asking for
+    /// `model` (no explicit pick, no `models`, no needs), as the layer picks
+    /// it; `None` when the model is refused. For the model-choice bench.
+    pub fn pick_chain(chains: &crate::ChainSet, model: &str) -> Option<std::sync::Arc<str>> {
+        // The literal is only sent by a pass-through chain, never here.
+        match chains.pick(None, model, model.as_bytes(), None, None) {
+            Ok(crate::chain::Picked::Set(name, _)) => Some(name.clone()),
+            Ok(crate::chain::Picked::Own(name, _)) => Some(name),
+            Err(_) => None,
+        }
+    }
+
     /// Indexes `body` like the layer does and reads what it needs
     /// (capabilities, prompt estimate); `Err` as for [`rewrite_for`].
     pub fn detect_needs(body: &bytes::Bytes) -> Result<crate::Needs, String> {
