@@ -1,7 +1,10 @@
 //! Layer overhead in process: `FallbackService` over an instant inner
 //! service against the same inner service alone, in the same run, for
 //! 1 KiB and 1 MiB bodies, on the happy path and with two failures before
-//! the third route serves.
+//! the third route serves; and the happy path with the chain picked by the
+//! requested model among 32 model keys (`fallback_by_model`) against the
+//! single-chain path (`fallback_happy`), the first part of issue 17's
+//! 300 ns budget.
 //!
 //! ```text
 //! cargo bench --bench overhead
@@ -20,15 +23,17 @@ mod instant;
 #[path = "support/summary.rs"]
 mod summary;
 
-use bodies::{chat_body, Flavour};
+use bodies::{chat_body, Flavour, REQUESTED_MODEL};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use instant::{drain, request, Instant};
-use llm_fallback::{Chain, FallbackLayer, Route};
+use llm_fallback::{Chain, ChainSet, FallbackLayer, Route};
 use std::time::SystemTime;
 use tower::{Layer, ServiceExt};
 
 const GROUP: &str = "layer_overhead";
+const PICK_GROUP: &str = "chain_pick";
+const PICK_PARAMETER: &str = "32_keys";
 const SIZES: [(&str, usize); 2] = [("1KiB", 1 << 10), ("1MiB", 1 << 20)];
 
 fn chain() -> Chain {
@@ -37,6 +42,19 @@ fn chain() -> Chain {
         Route::new("b/secondary"),
         Route::new("c/budget"),
     ])
+}
+
+/// A set like a gateway's: 16 named chains, 32 model keys (ids and
+/// aliases), the requested model keyed to a chain like [`chain`].
+fn keyed_chains() -> ChainSet {
+    let mut set = ChainSet::new(Chain::new([Route::new("z/default")]));
+    for i in 0..16 {
+        set = set.chain(format!("chain-{i}"), Chain::new([Route::new(format!("v{i}/m"))]));
+    }
+    for i in 0..31 {
+        set = set.model(format!("vendor-{i}/model-{i}"), format!("chain-{}", i % 16).as_str());
+    }
+    set.model(REQUESTED_MODEL, chain())
 }
 
 fn bench(c: &mut Criterion) {
@@ -63,6 +81,13 @@ fn bench(c: &mut Criterion) {
                 async move { drain(svc.oneshot(request(body)).await.unwrap()).await }
             })
         });
+        group.bench_with_input(BenchmarkId::new("fallback_by_model", name), &body, |b, body| {
+            let svc = FallbackLayer::with_chains(keyed_chains()).layer(Instant::new(0));
+            b.to_async(&rt).iter(|| {
+                let svc = svc.clone();
+                async move { drain(svc.oneshot(request(body)).await.unwrap()).await }
+            })
+        });
         group.bench_with_input(BenchmarkId::new("fallback_two_failures", name), &body, |b, body| {
             let svc = FallbackLayer::new(chain()).layer(Instant::new(2));
             b.to_async(&rt).iter(|| {
@@ -73,6 +98,18 @@ fn bench(c: &mut Criterion) {
                     drain(resp).await
                 }
             })
+        });
+    }
+    group.finish();
+
+    // The choice alone: a lookup among 32 model keys against a set
+    // without keys (the single-chain path), same run.
+    let mut group = c.benchmark_group(PICK_GROUP);
+    let single = ChainSet::new(chain());
+    let keyed = keyed_chains();
+    for (function, set) in [("single_chain", &single), ("by_model", &keyed)] {
+        group.bench_with_input(BenchmarkId::new(function, PICK_PARAMETER), set, |b, set| {
+            b.iter(|| llm_fallback::__private::pick_chain(std::hint::black_box(set), REQUESTED_MODEL))
         });
     }
     group.finish();
@@ -96,6 +133,31 @@ fn summary(since: SystemTime) {
             summary::time(happy - alone),
             summary::time(two),
             summary::time(two - alone),
+        );
+    }
+    println!("\nchain picked by model (32 keys) against the single-chain path, same run");
+    println!("| body | fallback, happy | fallback, by model | added by the model choice |");
+    println!("|---|---|---|---|");
+    for (name, _) in SIZES {
+        let get = |f: &str| summary::mean_ns(since, GROUP, f, name);
+        if let (Some(happy), Some(by_model)) = (get("fallback_happy"), get("fallback_by_model")) {
+            let added = by_model - happy;
+            let sign = if added < 0.0 { "-" } else { "+" };
+            println!(
+                "| {name} | {} | {} | {sign}{} |",
+                summary::time(happy),
+                summary::time(by_model),
+                summary::time(added.abs()),
+            );
+        }
+    }
+    let get = |f: &str| summary::mean_ns(since, PICK_GROUP, f, PICK_PARAMETER);
+    if let (Some(single), Some(by_model)) = (get("single_chain"), get("by_model")) {
+        println!(
+            "| the choice alone | {} | {} | +{} |",
+            summary::time(single),
+            summary::time(by_model),
+            summary::time(by_model - single),
         );
     }
 }

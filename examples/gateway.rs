@@ -17,7 +17,8 @@
 //! Routes: `POST /v1/chat/completions`, `/v1/responses`, `/v1/messages`,
 //! `/v1/embeddings`, `/v1/completions` and their `/api/v1/…` forms (the
 //! fallback chain, each request forwarded to the same API's path on the
-//! upstream), `GET /v1/models` (the models the chains can serve), `GET
+//! upstream), `GET /v1/models` (the model names and aliases of
+//! `[models.*]`, or else the models the chains can serve), `GET
 //! /health`, and `GET /metrics` (Prometheus text) when `gateway.metrics =
 //! true`. Anything else is a JSON `404` in OpenAI's error shape (Anthropic's
 //! under `/v1/messages`). With a `[health]` table, `/health` also says where
@@ -45,6 +46,14 @@
 //! on `127.0.0.1:8080`, printing a `curl` line to try. Ctrl-C stops accepting
 //! connections and lets in-flight requests and streams finish, for at most
 //! `gateway.shutdown_grace` (default 30s).
+//!
+//! Routing by model: each `[models.NAME]` of the config (a model id or an
+//! alias such as `smart`) is served by its chain, so one client asks for
+//! `"smart"` or `"cheap"` and each has its own fallbacks; `x-fallback-model`
+//! says which model served. With `[models.*]` and no `unknown_model`, a
+//! model the gateway does not serve is a `400` (`model_not_found`) listing
+//! what it serves. A config without `[models.*]` sends every request down
+//! the default chain, as before.
 //!
 //! The `[gateway]` table of the config file is this example's own
 //! ([`GatewayConfig`], with its defaults and checks): the library keeps it
@@ -76,7 +85,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use llm_fallback::config::{Config, ConfigError};
 use llm_fallback::native::{Endpoint, EndpointError};
-use llm_fallback::{Dialect, ExhaustionBody, FallbackBuilder, ReplayBody};
+use llm_fallback::{Dialect, ExhaustionBody, FallbackBuilder, ReplayBody, UnknownModel};
 use llm_fallback_mock::{MockUpstream, Reply};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde::de::{self, Deserializer, Visitor};
@@ -137,6 +146,17 @@ timeout = "15s"
 model = "openai/gpt-4o"
 label = "primary"
 timeout = "25s"
+
+# The models callers may ask for (`GET /v1/models` lists them); any other is
+# a 400 listing these.
+[models."anthropic/claude-3.5-sonnet"]
+chain = "default"
+
+[models.smart]
+chain = "default"
+
+[models."openai/gpt-4o"]
+chain = "healthy"
 "#;
 
 #[tokio::main]
@@ -541,6 +561,18 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     // and outcomes only, never transport errors or provider text (the
     // report keeps the detail).
     // `exhaustion_body = "full"` in the config file says otherwise.
+    // With `[models.*]`, a model the gateway does not serve is a 400 that
+    // lists what it serves, unless `unknown_model` says otherwise: a
+    // caller learns at once, rather than from a provider's error.
+    let rejecting;
+    let config = if config.unknown_model.is_none() && !config.models.is_empty() {
+        let mut with = config.clone();
+        with.unknown_model = Some(UnknownModel::Reject);
+        rejecting = with;
+        &rejecting
+    } else {
+        config
+    };
     let mut settings = FallbackBuilder::from_config(config)?;
     if config.exhaustion_body.is_none() {
         settings = settings.exhaustion_body(ExhaustionBody::Summary);
@@ -634,14 +666,19 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
     ))
 }
 
-/// `GET /v1/models`: every model a chain of `config` can serve, in OpenAI's
-/// list shape.
+/// `GET /v1/models`, in OpenAI's list shape: the model names and aliases
+/// of `[models.*]`, what callers may ask for; without them, every model a
+/// chain of `config` can serve.
 fn models_list(config: &Config) -> serde_json::Value {
-    let mut ids: Vec<&str> = config
-        .chains
-        .values()
-        .flat_map(|c| c.routes.iter().map(|r| r.model.as_str()))
-        .collect();
+    let mut ids: Vec<&str> = if config.models.is_empty() {
+        config
+            .chains
+            .values()
+            .flat_map(|c| c.routes.iter().map(|r| r.model.as_str()))
+            .collect()
+    } else {
+        config.models.keys().map(String::as_str).collect()
+    };
     ids.sort_unstable();
     ids.dedup();
     let data: Vec<serde_json::Value> = ids

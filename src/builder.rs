@@ -4,7 +4,7 @@
 use crate::engine::Shared;
 use crate::health::{Cooldowns, Drills, HealthStore, HedgeBudget};
 use crate::policy::{DefaultPolicy, Policy};
-use crate::{Chain, ChainSet, ExhaustionBody, FallbackLayer};
+use crate::{CallerChains, Chain, ChainSet, ExhaustionBody, FallbackLayer};
 use http::HeaderName;
 use std::fmt;
 use std::sync::Arc;
@@ -123,6 +123,33 @@ impl<P> FallbackBuilder<P> {
     /// own code can set, is always honoured.
     pub fn allow_chain_header(mut self, yes: bool) -> Self {
         self.shared.allow_chain_header = yes;
+        self
+    }
+
+    /// Lets a request's OpenRouter-style `models` array be its chain (off
+    /// by default; see [`CallerChains`] for the order, the cap, the
+    /// allow-list and where the routes' settings come from), so a body
+    /// written for OpenRouter gets its fallbacks through the layer against
+    /// any endpoint. Off, `models` is the caller's OpenRouter key like any
+    /// other (sent to OpenRouter, removed for other endpoints).
+    ///
+    /// It is off by default because the list is the caller's: a caller
+    /// could run up cost on models the operator did not choose. Turn it on
+    /// for callers you trust, or bound it with
+    /// [`CallerChains::allow`]. An explicit chain pick (a
+    /// [`ChainName`](crate::ChainName), an allowed `x-fallback-chain`)
+    /// wins over it; it wins over the request's `model` key.
+    ///
+    /// ```
+    /// use llm_fallback::{CallerChains, Chain, FallbackLayer, Route};
+    ///
+    /// let layer = FallbackLayer::builder(Chain::new([Route::new("openai/gpt-4o-mini")]))
+    ///     .caller_chains(CallerChains::new().allow(["openai/*", "anthropic/*"]))
+    ///     .layer();
+    /// # let _ = layer;
+    /// ```
+    pub fn caller_chains(mut self, caller: CallerChains) -> Self {
+        self.shared.chains.set_caller_chains(Some(caller));
         self
     }
 

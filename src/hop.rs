@@ -29,6 +29,9 @@ pub(crate) struct Hop {
     pub(crate) price: Option<Price>,
     /// The key route health is kept under: the model, plus the endpoint.
     pub(crate) health_key: Arc<str>,
+    /// The caller's `models` is never sent (a caller's own chain, which
+    /// the layer runs itself).
+    pub(crate) drop_models: bool,
     /// Metric handles for this hop's model, registered once per recorder.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::RouteMetrics,
@@ -52,6 +55,7 @@ impl Hop {
             fallbacks_json: (!route.native_fallbacks.is_empty()).then(|| native::models_json(&route.native_fallbacks)),
             price: route.effective_price(),
             health_key,
+            drop_models: false,
             model,
             #[cfg(feature = "metrics")]
             metrics: Default::default(),

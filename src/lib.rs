@@ -143,6 +143,17 @@
 //! # }
 //! ```
 //!
+//! # Routing by the requested model
+//!
+//! A [`ChainSet`] maps model names and aliases to chains
+//! ([`ChainSet::model`]), so the caller's `model` picks its fallbacks; a
+//! model that names no chain is passed through, sent to the default chain
+//! or refused ([`UnknownModel`]). With
+//! [`FallbackBuilder::caller_chains`] a request's OpenRouter-style `models`
+//! array is its chain ([`CallerChains`], off by default). The order in which
+//! explicit picks, the caller's list, the model and the request's needs
+//! choose a chain is in [`ChainSet`]'s docs.
+//!
 //! # When everything fails
 //!
 //! The caller gets **one synthesized answer**, whatever the last failure was
@@ -252,7 +263,7 @@ pub use crate::reqwest::{FallbackMiddleware, StreamingBodyError};
 pub use body::ResponseBody;
 pub use builder::FallbackBuilder;
 pub use capability::{Capabilities, Needs, Price, PriceGuard, SkipReason, BYTES_PER_TOKEN};
-pub use chain::{Chain, ChainName, ChainSet};
+pub use chain::{CallerChains, Chain, ChainName, ChainSet, ModelTarget, UnknownModel};
 pub use dialect::Dialect;
 pub use future::ResponseFuture;
 pub use json::ReplayBody;
@@ -292,6 +303,18 @@ pub mod __private {
         /// The model id it sends.
         pub fn model(&self) -> &str {
             &self.0.model
+        }
+    }
+
+    /// The name of the chain `chains` picks for a request asking for
+    /// `model` (no explicit pick, no `models`, no needs), as the layer picks
+    /// it; `None` when the model is refused. For the model-choice bench.
+    pub fn pick_chain(chains: &crate::ChainSet, model: &str) -> Option<std::sync::Arc<str>> {
+        // The literal is only sent by a pass-through chain, never here.
+        match chains.pick(None, model, model.as_bytes(), None, None) {
+            Ok(crate::chain::Picked::Set(name, _)) => Some(name.clone()),
+            Ok(crate::chain::Picked::Own(name, _)) => Some(name),
+            Err(_) => None,
         }
     }
 

@@ -440,7 +440,7 @@ fn accepted_keys(text_with_zzz: &str) -> Vec<String> {
 /// Every leaf key path the config types accept, in the README's notation.
 fn keys_from_types() -> BTreeSet<String> {
     let route = "[[chains.default.routes]]\nmodel = \"a/b\"\n";
-    let probes: [(&str, String); 9] = [
+    let probes: [(&str, String); 11] = [
         ("", format!("zzz = 1\n{route}")),
         ("policy.", format!("[policy]\nzzz = 1\n{route}")),
         ("health.", format!("[health]\nzzz = 1\n{route}")),
@@ -452,6 +452,8 @@ fn keys_from_types() -> BTreeSet<String> {
             "chains.<name>.routes[].endpoint.",
             format!("{route}endpoint = {{ base_url = \"http://x\", zzz = 1 }}\n"),
         ),
+        ("models.<name>.", format!("[models.m]\nzzz = 1\n{route}")),
+        ("caller_chains.", format!("[caller_chains]\nzzz = 1\n{route}")),
         (
             "chains.<name>.routes[].price.",
             format!("{route}price = {{ prompt = 1.0, completion = 1.0, zzz = 1 }}\n"),
@@ -495,22 +497,25 @@ fn keys_from_readme() -> BTreeSet<String> {
 }
 
 /// Every leaf key path the example file uses (`provider` and `price_guard`
-/// values are leaves, as in the README).
+/// values, and a model's own `routes`, are leaves, as in the README).
 fn keys_from_example() -> BTreeSet<String> {
     fn walk(prefix: &str, value: &toml::Value, out: &mut BTreeSet<String>) {
-        let leaf = prefix.ends_with(".provider") || prefix.ends_with(".price_guard");
+        // A model's own routes have the keys of a chain's (checked there).
+        let leaf = prefix.ends_with(".provider")
+            || prefix.ends_with(".price_guard")
+            || (prefix.starts_with("models.") && prefix.ends_with(".routes"));
         match value {
             toml::Value::Table(t) if !leaf => {
                 for (k, v) in t {
                     let key = match prefix {
                         "" => k.clone(),
-                        "chains" => format!("{prefix}.<name>"),
+                        "chains" | "models" => format!("{prefix}.<name>"),
                         _ => format!("{prefix}.{k}"),
                     };
                     walk(&key, v, out);
                 }
             }
-            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) && !items.is_empty() => {
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_table) && !items.is_empty() && !leaf => {
                 for item in items {
                     walk(&format!("{prefix}[]"), item, out);
                 }

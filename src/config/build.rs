@@ -3,6 +3,7 @@
 use super::{ChainConfig, Config, ConfigError, ConfigPolicy, HedgingConfig, PriceGuardConfig, RouteConfig};
 use crate::health::{Breaker, Cooldowns, Drills, HedgeBudget};
 use crate::native::{Endpoint, EndpointError};
+use crate::CallerChains;
 use crate::{Chain, ChainSet, FallbackBuilder, Price, PriceGuard, Route};
 use std::time::Duration;
 
@@ -45,16 +46,36 @@ impl FallbackBuilder<ConfigPolicy> {
     #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         config.validate()?;
-        let build = |name: &str, chain: &ChainConfig| build_chain(config, name, chain).map_err(|e| config.locate(e));
+        let build = |key: &str, chain: &ChainConfig| build_chain(config, key, chain).map_err(|e| config.locate(e));
         let default = config.chains.get(ChainSet::DEFAULT).expect("validated");
-        let mut set = ChainSet::new(build(ChainSet::DEFAULT, default)?);
+        let mut set = ChainSet::new(build("chains.default", default)?);
         for (name, chain) in config.chains.iter().filter(|(n, _)| *n != ChainSet::DEFAULT) {
-            set = set.chain(name.as_str(), build(name, chain)?);
+            set = set.chain(name.as_str(), build(&format!("chains.{name}"), chain)?);
         }
         if let Some(name) = &config.on_content_policy {
             set = set.on_content_policy(name.as_str());
         }
+        for (model, entry) in &config.models {
+            set = match (&entry.chain, entry.own_chain()) {
+                (Some(name), _) => set.model(model.as_str(), name.as_str()),
+                (None, Some(chain)) => set.model(model.as_str(), build(&format!("models.{model}"), &chain)?),
+                (None, None) => set, // cannot happen: one or the other
+            };
+        }
+        if let Some(choice) = config.unknown_model {
+            set = set.unknown_model(choice);
+        }
         let mut builder = FallbackBuilder::with_chains(set).with_policy(ConfigPolicy::new(&config.policy));
+        if let Some(c) = &config.caller_chains {
+            let mut caller = CallerChains::new();
+            if let Some(n) = c.max_models {
+                caller = caller.max_models(n);
+            }
+            if let Some(allow) = &c.allow {
+                caller = caller.allow(allow.iter().map(|p| p.trim().to_owned()));
+            }
+            builder = builder.caller_chains(caller);
+        }
         if let Some(n) = config.max_body_bytes {
             builder = builder.max_body_bytes(usize::try_from(n).unwrap_or(usize::MAX));
         }
@@ -87,12 +108,13 @@ impl FallbackBuilder<ConfigPolicy> {
     }
 }
 
-fn build_chain(config: &Config, name: &str, chain: &ChainConfig) -> Result<Chain, ConfigError> {
+/// The chain at `key` (`chains.NAME` or `models.NAME`).
+fn build_chain(config: &Config, key: &str, chain: &ChainConfig) -> Result<Chain, ConfigError> {
     let routes = chain
         .routes
         .iter()
         .enumerate()
-        .map(|(i, r)| build_route(config, &format!("chains.{name}.routes[{i}]"), r))
+        .map(|(i, r)| build_route(config, &format!("{key}.routes[{i}]"), r))
         .collect::<Result<Vec<_>, _>>()?;
     let mut out = Chain::new(routes);
     if let Some(d) = chain.deadline {
@@ -203,44 +225,118 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 "a chain has an empty name; expected a name such as \"budget\"",
             ));
         }
-        let key = format!("chains.{name}");
-        if chain.routes.is_empty() {
+        validate_chain(config, &format!("chains.{name}"), chain)?;
+    }
+    for (name, entry) in &config.models {
+        if name.trim().is_empty() {
             return Err(ConfigError::new(
-                format!("{key}.routes"),
-                "the chain has no routes; expected at least one [[chains.NAME.routes]] with a model",
+                "models",
+                "a model has an empty name; expected a model id or an alias such as \"smart\"",
             ));
         }
-        positive(&format!("{key}.deadline"), chain.deadline)?;
-        positive(&format!("{key}.hedge_after"), chain.hedge_after)?;
-        if chain.hedge_after.is_some() {
-            needs_hedging(config, &format!("{key}.hedge_after"))?;
-        }
-        for (i, r) in chain.routes.iter().enumerate() {
-            let key = format!("{key}.routes[{i}]");
-            if r.model.trim().is_empty() {
+        let key = format!("models.{name}");
+        match (&entry.chain, entry.routes.is_empty()) {
+            (None, true) => {
                 return Err(ConfigError::new(
-                    format!("{key}.model"),
-                    "the model id is empty; expected one such as \"openai/gpt-4o\"",
-                ));
+                    key,
+                    "neither a chain nor routes; expected chain = \"NAME\" or [[models.NAME.routes]]",
+                ))
             }
-            positive(&format!("{key}.timeout"), r.timeout)?;
-            positive(&format!("{key}.first_token_timeout"), r.first_token_timeout)?;
-            positive(&format!("{key}.idle_timeout"), r.idle_timeout)?;
-            positive(&format!("{key}.hedge_after"), r.hedge_after)?;
-            if r.hedge_after.is_some() {
-                needs_hedging(config, &format!("{key}.hedge_after"))?;
+            (Some(_), false) => {
+                return Err(ConfigError::new(
+                    key,
+                    "both a chain and routes; expected chain = \"NAME\" or [[models.NAME.routes]], not both",
+                ))
             }
-            if let Some(e) = &r.endpoint {
-                Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(&key, err))?;
-                if e.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            (Some(chain), true) => {
+                if !config.chains.contains_key(chain) {
                     return Err(ConfigError::new(
-                        format!("{key}.endpoint.api_key_env"),
-                        "empty; expected the name of an environment variable such as \"OPENAI_API_KEY\"",
+                        format!("{key}.chain"),
+                        format!(
+                            "no chain is called {chain:?}; expected one of: {}",
+                            config.chains.keys().map(String::as_str).collect::<Vec<_>>().join(", ")
+                        ),
                     ));
+                }
+                for (set, what) in [
+                    (entry.deadline.is_some(), "deadline"),
+                    (entry.price_guard.is_some(), "price_guard"),
+                    (entry.hedge_after.is_some(), "hedge_after"),
+                ] {
+                    if set {
+                        return Err(ConfigError::new(
+                            format!("{key}.{what}"),
+                            format!("set on the named chain; expected it in [chains.{chain}]"),
+                        ));
+                    }
+                }
+            }
+            (None, false) => {
+                if let Some(chain) = entry.own_chain() {
+                    validate_chain(config, &key, &chain)?;
                 }
             }
         }
     }
+    if let Some(c) = &config.caller_chains {
+        if c.max_models == Some(0) {
+            return Err(ConfigError::new("caller_chains.max_models", "0; expected at least 1"));
+        }
+        for (i, p) in c.allow.iter().flatten().enumerate() {
+            if p.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("caller_chains.allow[{i}]"),
+                    "empty; expected a model id or a prefix ending in *, such as \"openai/*\"",
+                ));
+            }
+        }
+    }
+    validate_rest(config)
+}
+
+/// The checks of one chain at `key` (`chains.NAME` or `models.NAME`).
+fn validate_chain(config: &Config, key: &str, chain: &ChainConfig) -> Result<(), ConfigError> {
+    if chain.routes.is_empty() {
+        return Err(ConfigError::new(
+            format!("{key}.routes"),
+            "the chain has no routes; expected at least one [[chains.NAME.routes]] with a model",
+        ));
+    }
+    positive(&format!("{key}.deadline"), chain.deadline)?;
+    positive(&format!("{key}.hedge_after"), chain.hedge_after)?;
+    if chain.hedge_after.is_some() {
+        needs_hedging(config, &format!("{key}.hedge_after"))?;
+    }
+    for (i, r) in chain.routes.iter().enumerate() {
+        let key = format!("{key}.routes[{i}]");
+        if r.model.trim().is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.model"),
+                "the model id is empty; expected one such as \"openai/gpt-4o\"",
+            ));
+        }
+        positive(&format!("{key}.timeout"), r.timeout)?;
+        positive(&format!("{key}.first_token_timeout"), r.first_token_timeout)?;
+        positive(&format!("{key}.idle_timeout"), r.idle_timeout)?;
+        positive(&format!("{key}.hedge_after"), r.hedge_after)?;
+        if r.hedge_after.is_some() {
+            needs_hedging(config, &format!("{key}.hedge_after"))?;
+        }
+        if let Some(e) = &r.endpoint {
+            Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(&key, err))?;
+            if e.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(ConfigError::new(
+                    format!("{key}.endpoint.api_key_env"),
+                    "empty; expected the name of an environment variable such as \"OPENAI_API_KEY\"",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The checks of everything but the chains and models.
+fn validate_rest(config: &Config) -> Result<(), ConfigError> {
     if let Some(name) = &config.on_content_policy {
         if !config.chains.contains_key(name) {
             return Err(ConfigError::new(

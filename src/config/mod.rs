@@ -68,6 +68,9 @@
 //! |---|---|
 //! | `max_body_bytes`, `max_response_bytes` | [`FallbackBuilder::max_body_bytes`](crate::FallbackBuilder::max_body_bytes), [`max_response_bytes`](crate::FallbackBuilder::max_response_bytes): an integer or `"32MiB"` |
 //! | `on_content_policy` | [`ChainSet::on_content_policy`](crate::ChainSet::on_content_policy) |
+//! | `unknown_model` | [`ChainSet::unknown_model`](crate::ChainSet::unknown_model): `"pass_through"`, `"default_chain"` or `"reject"` |
+//! | `[models.NAME]` | [`ModelConfig`]: the chain of a model name or alias, by name (`chain = "strong"`) or its own (`routes`, `deadline`, ...) |
+//! | `[caller_chains]` | [`CallerChainsConfig`]: a request's `models` array is its chain; `max_models`, `allow` |
 //! | `[policy]` | [`ConfigPolicy`]: statuses and error types that fall back or stop |
 //! | `[health]` | [`Cooldowns`](crate::health::Cooldowns): `failures`, `cooldown`, `max_cooldown`, `max_retry_after`; the [`Breaker`](crate::health::Breaker): `breaker_window`, `breaker_min_requests`, `breaker_failure_ratio`; `max_open_share`; `store` (`"memory"` or a `redis://` URL for a fleet's [`RedisHealth`](crate::health), feature `redis`) and `key_prefix` |
 //! | `[hedging]` | [`HedgeBudget`](crate::health::HedgeBudget): `ratio`, `window`; needed by `hedge_after` |
@@ -132,6 +135,12 @@ pub struct Config {
     /// [`FallbackBuilder::allow_chain_header`](crate::FallbackBuilder::allow_chain_header)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_chain_header: Option<bool>,
+    /// What a request whose `model` names no `[models.*]` entry gets:
+    /// `"pass_through"`, `"default_chain"` or `"reject"` (see
+    /// [`UnknownModel`](crate::UnknownModel); the default depends on
+    /// whether `[models]` has entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_model: Option<crate::UnknownModel>,
     /// What the exhaustion answer says: `"full"` (default) or `"summary"`
     /// (see [`ExhaustionBody`](crate::ExhaustionBody)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +161,14 @@ pub struct Config {
     /// Drills; present means on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drills: Option<DrillsConfig>,
+    /// `[caller_chains]`: a request's `models` array is its chain; present
+    /// means on (see [`CallerChains`](crate::CallerChains)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_chains: Option<CallerChainsConfig>,
+    /// `[models.NAME]`: model names and aliases callers ask for, each with
+    /// its chain ([`ChainSet::model`](crate::ChainSet::model)).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, ModelConfig>,
     /// `[gateway]`: a server's own settings, kept as read (a JSON object)
     /// for [`Config::gateway`]; the library does not read them.
     #[serde(default, deserialize_with = "table", skip_serializing_if = "Option::is_none")]
@@ -169,6 +186,9 @@ impl PartialEq for Config {
             && self.max_response_bytes == other.max_response_bytes
             && self.on_content_policy == other.on_content_policy
             && self.allow_chain_header == other.allow_chain_header
+            && self.unknown_model == other.unknown_model
+            && self.caller_chains == other.caller_chains
+            && self.models == other.models
             && self.exhaustion_body == other.exhaustion_body
             && self.credential_headers == other.credential_headers
             && self.policy == other.policy
@@ -206,6 +226,99 @@ impl ChainConfig {
             ..ChainConfig::default()
         }
     }
+}
+
+/// `[models.NAME]`: the chain serving requests whose `model` is `NAME`
+/// (a model id or an alias): a chain by name (`chain = "strong"`,
+/// `"default"` for the default chain), or a chain of its own with the keys
+/// of a `[chains.NAME]` table (`routes`, `deadline`, `price_guard`,
+/// `hedge_after`). One or the other.
+///
+/// ```
+/// use llm_fallback::config::Config;
+///
+/// let config = Config::from_toml_str(r#"
+///     [models.smart]
+///     chain = "default"
+///
+///     [[models."openai/gpt-4o-mini".routes]]
+///     model = "openai/gpt-4o-mini"
+///
+///     [[models."openai/gpt-4o-mini".routes]]
+///     model = "google/gemini-flash-1.5"
+///
+///     [[chains.default.routes]]
+///     model = "anthropic/claude-3.5-sonnet"
+/// "#)?;
+/// assert_eq!(config.models["smart"].chain.as_deref(), Some("default"));
+/// assert_eq!(config.models["openai/gpt-4o-mini"].routes.len(), 2);
+/// # Ok::<(), llm_fallback::config::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct ModelConfig {
+    /// The chain by name (a key of `[chains]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
+    /// Its own chain's deadline ([`Chain::deadline`](crate::Chain::deadline)).
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Duration>,
+    /// Its own chain's price guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_guard: Option<PriceGuardConfig>,
+    /// Its own chain's hedge delay.
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub hedge_after: Option<Duration>,
+    /// Its own chain's routes, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+}
+
+impl ModelConfig {
+    /// A model served by the chain called `name`.
+    pub fn chain(name: impl Into<String>) -> Self {
+        ModelConfig {
+            chain: Some(name.into()),
+            ..ModelConfig::default()
+        }
+    }
+
+    /// A model served by a chain of its own.
+    pub fn inline(chain: ChainConfig) -> Self {
+        ModelConfig {
+            chain: None,
+            deadline: chain.deadline,
+            price_guard: chain.price_guard,
+            hedge_after: chain.hedge_after,
+            routes: chain.routes,
+        }
+    }
+
+    /// The chain of its own, when it has one.
+    pub(crate) fn own_chain(&self) -> Option<ChainConfig> {
+        (self.chain.is_none()).then(|| ChainConfig {
+            deadline: self.deadline,
+            price_guard: self.price_guard,
+            hedge_after: self.hedge_after,
+            routes: self.routes.clone(),
+        })
+    }
+}
+
+/// `[caller_chains]`: a request's OpenRouter-style `models` array is its
+/// chain ([`CallerChains`](crate::CallerChains); the routes take the
+/// settings of the default chain's first route). Present means on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct CallerChainsConfig {
+    /// The longest `models` array accepted (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_models: Option<usize>,
+    /// When set, the model ids (or `prefix*` patterns) an entry must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
 }
 
 /// `price_guard`: `"not_above_primary"`, `"free_only"` or

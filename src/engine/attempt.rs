@@ -53,16 +53,20 @@ pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Res
     if body.get(index.model.clone()) != Some(&hop.model_json[..]) {
         edits.push(index.model.clone(), hop.model_json.clone())?;
     }
-    if hop.route.endpoint.as_ref().is_some_and(|e| !e.openrouter) {
+    let foreign = hop.route.endpoint.as_ref().is_some_and(|e| !e.openrouter);
+    if foreign || (hop.drop_models && index.models.is_some()) {
         // Other APIs refuse OpenRouter's extensions; the route's own
         // `provider`/`models` are kept (setting them says the endpoint wants them).
+        // A caller's own chain never sends its `models`: the layer runs it.
         let mut gone = [MemberSpan::default(); 4];
         let mut n = 0;
         for member in [
-            index.provider.filter(|_| hop.provider_json.as_ref().is_none()),
+            index
+                .provider
+                .filter(|_| foreign && hop.provider_json.as_ref().is_none()),
             index.models.filter(|_| fallbacks.is_none()),
-            index.route,
-            index.transforms,
+            index.route.filter(|_| foreign),
+            index.transforms.filter(|_| foreign),
         ]
         .into_iter()
         .flatten()

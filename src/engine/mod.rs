@@ -165,10 +165,16 @@ where
         fallback.resolution = Empty,
     );
     let work = async {
-        let prepared = match prepare(&shared, req, started).await {
+        let mut prepared = match prepare(&shared, req, started).await {
             Ok(prepared) => prepared,
             Err(refused) => return refused,
         };
+        // A chain made for this request lives here, beside the trip.
+        let own = prepared.own.take();
+        if let Some((name, chain)) = &own {
+            prepared.chain_name = name;
+            prepared.chain = chain;
+        }
         let mut trip = Trip::new(&shared, prepared, svc, started);
         let mut flights = Flights::new();
         loop {

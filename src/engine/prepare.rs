@@ -7,6 +7,7 @@ use super::answer::{reject, too_large};
 use super::{Shared, X_FALLBACK_CHAIN};
 use crate::body::{collect_bounded, CollectError, ResponseBody};
 use crate::capability::{Needs, PriceGuard};
+use crate::chain::Picked;
 use crate::dialect::Dialect;
 use crate::report::{FallbackReport, Resolution};
 use crate::request::{BadRequest, RequestIndex};
@@ -29,6 +30,10 @@ pub(super) struct Prepared<'s> {
     pub(super) needs: Option<Needs>,
     pub(super) chain_name: &'s Arc<str>,
     pub(super) chain: &'s Chain,
+    /// A chain made for this request (pass-through or the caller's own):
+    /// `run` points `chain_name` and `chain` at it, since it cannot borrow
+    /// from the settings.
+    pub(super) own: Option<(Arc<str>, Chain)>,
     pub(super) deadline: Option<Instant>,
     pub(super) guard: Option<PriceGuard>,
     pub(super) drill: bool,
@@ -156,21 +161,31 @@ where
         (None, Some(v)) => Some(v.to_str().unwrap_or("\u{fffd}")),
         (None, None) => None,
     };
-    let (chain_name, chain) = match shared.chains.select(explicit, needs.as_ref()) {
-        Ok(picked) => picked,
-        Err(message) => {
-            let bad = BadRequest {
-                code: "unknown_chain",
-                param: None,
-                message,
-            };
-            return Err(reject(dialect, StatusCode::BAD_REQUEST, &bad, started));
-        }
+    let requested = report.requested_model.as_deref().unwrap_or_default();
+    let model_json = body.get(index.model.clone()).unwrap_or_default();
+    let models_json = index.models.and_then(|m| body.get(m.value_start..m.value_end));
+    let (chain_name, chain, own) =
+        match shared
+            .chains
+            .pick(explicit, requested, model_json, models_json, needs.as_ref())
+        {
+            Ok(Picked::Set(name, chain)) => (name, chain, None),
+            Ok(Picked::Own(name, chain)) => {
+                let (default_name, default) = shared.chains.default_entry();
+                (default_name, default, Some((name, chain)))
+            }
+            Err(bad) => return Err(reject(dialect, StatusCode::BAD_REQUEST, &bad, started)),
+        };
+    let (name, chain_used) = match &own {
+        Some((name, chain)) => (name, chain),
+        None => (chain_name, chain),
     };
-    report.chain = Some(chain_name.clone());
+    report.chain = Some(name.clone());
+    let chain_deadline = chain_used.deadline;
+    let chain_guard = chain_used.price_guard;
     // A deadline too far to be an instant is no deadline.
-    let deadline = chain.deadline.and_then(|d| started.checked_add(d));
-    let guard = parts.extensions.get::<PriceGuard>().copied().or(chain.price_guard);
+    let deadline = chain_deadline.and_then(|d| started.checked_add(d));
+    let guard = parts.extensions.get::<PriceGuard>().copied().or(chain_guard);
     // The drill header is never forwarded, whether drills are on or not.
     let drill = match &shared.drills {
         Some(d) => d.pick(&mut parts.headers),
@@ -181,6 +196,11 @@ where
             false
         }
     };
+    // A request passed through has no fallback to drill.
+    let passed_through = own
+        .as_ref()
+        .is_some_and(|(name, _)| &**name == crate::ChainSet::PASS_THROUGH);
+    let drill = drill && !passed_through;
     report.drill = drill;
     Ok(Prepared {
         parts,
@@ -190,6 +210,7 @@ where
         needs,
         chain_name,
         chain,
+        own,
         deadline,
         guard,
         drill,
