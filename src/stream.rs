@@ -18,11 +18,11 @@ use crate::report::{FallbackReport, Outcome, Resolution, UpstreamError, Usage};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -110,33 +110,6 @@ impl Default for SseTracker {
     fn default() -> Self {
         Self::new(MAX_EVENT_BYTES)
     }
-}
-
-#[derive(Deserialize)]
-struct Chunk {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    provider: Option<String>,
-    #[serde(default)]
-    error: Option<Value>,
-    #[serde(default)]
-    choices: Option<Vec<ChunkChoice>>,
-    #[serde(default)]
-    usage: Option<Usage>,
-}
-
-#[derive(Deserialize)]
-struct ChunkChoice {
-    #[serde(default)]
-    delta: Option<Map<String, Value>>,
-    #[serde(default)]
-    finish_reason: Option<String>,
-    #[serde(default)]
-    error: Option<Value>,
-    /// Legacy completions carry their text here, not in a `delta`.
-    #[serde(default)]
-    text: Option<String>,
 }
 
 impl SseTracker {
@@ -371,15 +344,22 @@ impl SseTracker {
             self.done = true;
             return self.commit();
         }
-        let chunk: Chunk = match serde_json::from_slice(data) {
-            Ok(c) => c,
-            Err(e) if !self.committed => {
+        // Before commit the chunk decides: it must be UTF-8 JSON as a
+        // client's parser takes it (serde_json, building nothing); after it
+        // a malformed chunk is the client's to see and is skipped.
+        let checked = self.committed || valid_json(data);
+        let chunk = match ChunkFacts::read(data, self.model.is_none(), self.provider.is_none()).filter(|_| checked) {
+            Some(c) => c,
+            None if !self.committed => {
                 return Signal::Error(UpstreamError {
-                    message: Some(format!("malformed stream chunk before the first token: {e}")),
+                    message: Some(format!(
+                        "malformed stream chunk before the first token: {}",
+                        chunk_error(data)
+                    )),
                     ..UpstreamError::default()
                 })
             }
-            Err(_) => return Signal::None,
+            None => return Signal::None,
         };
         if self.model.is_none() {
             self.model = chunk.model;
@@ -390,28 +370,19 @@ impl SseTracker {
         if let Some(u) = chunk.usage {
             self.usage = Some(u);
         }
-        let mut error = chunk.error.filter(|e| !e.is_null()).map(|e| error_from_value(&e));
-        let mut content = false;
-        for choice in chunk.choices.iter().flatten() {
-            match choice.finish_reason.as_deref() {
-                Some("error") if error.is_none() => {
-                    error = Some(match &choice.error {
-                        Some(e) => error_from_value(e),
-                        None => UpstreamError {
-                            message: Some("stream chunk finished with finish_reason \"error\"".into()),
-                            ..UpstreamError::default()
-                        },
-                    });
-                }
-                Some("error") | None => {}
-                Some(reason) => {
-                    self.finish_reason = Some(reason.to_owned());
-                    content = true;
-                }
-            }
-            content |= choice.delta.as_ref().is_some_and(carries_content)
-                || choice.text.as_deref().is_some_and(|t| !t.is_empty());
+        if let Some(reason) = chunk.finish_reason {
+            self.finish_reason = Some(reason);
         }
+        let error = match (chunk.error, chunk.failed) {
+            (Some(span), _) => Some(error_at(data, span)),
+            (None, Some(Some(span))) => Some(error_at(data, span)),
+            (None, Some(None)) => Some(UpstreamError {
+                message: Some("stream chunk finished with finish_reason \"error\"".into()),
+                ..UpstreamError::default()
+            }),
+            (None, None) => None,
+        };
+        let content = chunk.content;
         if let Some(e) = error {
             self.finish_reason = Some("error".into());
             if self.committed {
@@ -450,19 +421,192 @@ fn extend_bounded(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
     buf.extend_from_slice(bytes);
 }
 
-/// A delta carries content when any field other than `role` holds something:
-/// text, tool calls, reasoning, a refusal.
-fn carries_content(delta: &Map<String, Value>) -> bool {
-    delta.iter().any(|(k, v)| {
-        k != "role"
-            && match v {
-                Value::Null => false,
-                Value::String(s) => !s.is_empty(),
-                Value::Array(a) => !a.is_empty(),
-                Value::Object(o) => !o.is_empty(),
-                _ => true,
+/// What a chat or legacy-completions chunk says, read by the scanner in
+/// one pass (nothing is built but the few strings kept): the first model and
+/// provider, `usage`, an `error`, each choice's `finish_reason`, and whether
+/// a choice carries content.
+#[derive(Default)]
+struct ChunkFacts {
+    model: Option<String>,
+    provider: Option<String>,
+    usage: Option<Usage>,
+    /// A non-null top-level `error`.
+    error: Option<Range<usize>>,
+    /// The last `finish_reason` that is not `"error"`.
+    finish_reason: Option<String>,
+    /// The first choice that finished with `"error"`, and its `error`.
+    failed: Option<Option<Range<usize>>>,
+    /// A choice finished, or its `delta` (or legacy `text`) holds something.
+    content: bool,
+}
+
+impl ChunkFacts {
+    /// `None` when the chunk is not an object of that shape: a known member
+    /// of another type (`model` a number, a choice not an object, …), as a
+    /// typed client would refuse it. `model` and `provider` are decoded
+    /// only when asked for (the tracker keeps the first).
+    fn read(data: &[u8], want_model: bool, want_provider: bool) -> Option<ChunkFacts> {
+        use crate::json::scan::{self, ValueKind};
+        let mut facts = ChunkFacts::default();
+        let mut choices_ok = true;
+        let mut read_choices = |start| {
+            scan::scan_array_at(data, start, |at| {
+                if data.get(at) != Some(&b'{') {
+                    choices_ok = false;
+                    return scan::scan_value(data, at).map(|(end, _)| end);
+                }
+                let mut choice = Choice::default();
+                let end = scan::scan_object_at(data, at, |m| {
+                    choice.member(data, &m);
+                    Ok::<(), std::convert::Infallible>(())
+                })
+                .map_err(|e| match e {
+                    scan::ScanFail::Scan(e) => e,
+                    scan::ScanFail::Callback(never) => match never {},
+                })?;
+                choices_ok &= choice.typed;
+                match choice.finish_reason.as_deref() {
+                    Some("error") => {
+                        if facts.failed.is_none() {
+                            facts.failed = Some(choice.error);
+                        }
+                    }
+                    Some(_) => {
+                        facts.finish_reason = choice.finish_reason;
+                        facts.content = true;
+                    }
+                    None => {}
+                }
+                facts.content |= choice.content;
+                Ok(end)
+            })
+        };
+        let mut typed = true;
+        let (mut model, mut provider, mut usage, mut error) = (None, None, None, None);
+        let scanned = scan::scan_object_watching(data, scan::Watch::Value("choices", &mut read_choices), |m| {
+            match (&*m.key, m.kind) {
+                (b"model" | b"provider" | b"usage" | b"error" | b"choices", ValueKind::Null) => {}
+                (b"model", ValueKind::String) => model = Some(m.value),
+                (b"provider", ValueKind::String) => provider = Some(m.value),
+                (b"usage", ValueKind::Object) => usage = Some(m.value),
+                (b"error", _) => error = Some(m.value),
+                (b"choices", ValueKind::Array) => {}
+                (b"model" | b"provider" | b"usage" | b"choices", _) => typed = false,
+                _ => {}
             }
+            Ok::<(), ()>(())
+        });
+        if scanned.is_err() || !typed || !choices_ok {
+            return None;
+        }
+        let text = |span: Option<Range<usize>>, wanted: bool| match span.filter(|_| wanted) {
+            None => Ok(None),
+            Some(span) => scan::decode_string(&data[span]).map(|s| Some(s.into_owned())),
+        };
+        let facts = ChunkFacts {
+            model: text(model, want_model).ok()?,
+            provider: text(provider, want_provider).ok()?,
+            usage: match usage {
+                Some(span) => Some(serde_json::from_slice(&data[span]).ok()?),
+                None => None,
+            },
+            error,
+            ..facts
+        };
+        Some(facts)
+    }
+}
+
+/// One choice of a chunk.
+struct Choice {
+    finish_reason: Option<String>,
+    error: Option<Range<usize>>,
+    content: bool,
+    /// Its known members have their types.
+    typed: bool,
+}
+
+impl Default for Choice {
+    fn default() -> Self {
+        Choice {
+            finish_reason: None,
+            error: None,
+            content: false,
+            typed: true,
+        }
+    }
+}
+
+impl Choice {
+    fn member(&mut self, data: &[u8], m: &crate::json::scan::Member<'_>) {
+        use crate::json::scan::{self, ValueKind};
+        match (&*m.key, m.kind) {
+            (b"finish_reason" | b"delta" | b"text" | b"error", ValueKind::Null) => {}
+            (b"finish_reason", ValueKind::String) => match scan::decode_string(&data[m.value.clone()]) {
+                Ok(reason) => self.finish_reason = Some(reason.into_owned()),
+                Err(_) => self.typed = false,
+            },
+            (b"error", _) => self.error = Some(m.value.clone()),
+            // Legacy completions carry their text here, not in a `delta`.
+            (b"text", ValueKind::String) => self.content |= m.value.len() > 2,
+            (b"delta", ValueKind::Object) => match carries_content(data, m.value.start) {
+                Some(content) => self.content |= content,
+                None => self.typed = false,
+            },
+            (b"finish_reason" | b"delta" | b"text", _) => self.typed = false,
+            _ => {}
+        }
+    }
+}
+
+/// A delta carries content when any member other than `role` holds
+/// something: text, tool calls, reasoning, a refusal. `None` when the
+/// object does not scan.
+fn carries_content(data: &[u8], start: usize) -> Option<bool> {
+    use crate::json::scan::{self, ValueKind};
+    let mut content = false;
+    scan::scan_object_at(data, start, |m| {
+        if &*m.key != b"role" {
+            let inner = data
+                .get(m.value.start + 1..m.value.end.saturating_sub(1))
+                .unwrap_or_default();
+            content |= match m.kind {
+                ValueKind::Null => false,
+                ValueKind::String => !inner.is_empty(),
+                ValueKind::Array | ValueKind::Object => !inner.trim_ascii().is_empty(),
+                _ => true,
+            };
+        }
+        Ok::<(), ()>(())
     })
+    .ok()?;
+    Some(content)
+}
+
+/// The error object at `span` of a chunk (an unreadable one is still an
+/// error).
+fn error_at(data: &[u8], span: Range<usize>) -> UpstreamError {
+    serde_json::from_slice::<Value>(&data[span])
+        .map(|v| error_from_value(&v))
+        .unwrap_or_default()
+}
+
+/// `data` is UTF-8 and one JSON value.
+fn valid_json(data: &[u8]) -> bool {
+    std::str::from_utf8(data).is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+}
+
+/// Why a chunk before commit is refused, for the report: serde_json's
+/// message when it is not JSON, else that a member has the wrong type.
+fn chunk_error(data: &[u8]) -> String {
+    match std::str::from_utf8(data).map(serde_json::from_str::<serde::de::IgnoredAny>) {
+        Err(e) => format!("not UTF-8: {e}"),
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) => {
+            "a member has the wrong type (model, provider, usage, choices or a choice's finish_reason, delta, text)"
+                .to_owned()
+        }
+    }
 }
 
 /// The final report of a streamed response, once the stream has ended.
@@ -1065,5 +1209,172 @@ mod tests {
         let mut split = SseTracker::new(largest - 1);
         feed_bytewise(&mut split, stream.as_bytes());
         assert!(split.too_large());
+    }
+}
+
+/// The scanner's reading of a chat chunk against the serde_json reading it
+/// replaced (kept here as the oracle), on random chunk-shaped values: the
+/// signal, and what the tracker records, must agree.
+#[cfg(test)]
+mod chunk_oracle {
+    use super::*;
+    use proptest::prelude::*;
+    use serde::Deserialize;
+    use serde_json::{json, Map};
+
+    #[derive(Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        model: Option<String>,
+        #[serde(default)]
+        provider: Option<String>,
+        #[serde(default)]
+        error: Option<Value>,
+        #[serde(default)]
+        choices: Option<Vec<ChunkChoice>>,
+        #[serde(default)]
+        usage: Option<Usage>,
+    }
+
+    #[derive(Deserialize)]
+    struct ChunkChoice {
+        #[serde(default)]
+        delta: Option<Map<String, Value>>,
+        #[serde(default)]
+        finish_reason: Option<String>,
+        #[serde(default)]
+        error: Option<Value>,
+        #[serde(default)]
+        text: Option<String>,
+    }
+
+    /// What the old tracker did with one chunk before commit: (signal is an
+    /// error, commits, model, finish_reason, usage).
+    fn oracle(data: &[u8]) -> (bool, bool, Option<String>, Option<String>, Option<Usage>) {
+        let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
+            return (true, false, None, None, None);
+        };
+        let mut finish = None;
+        let mut error = chunk.error.filter(|e| !e.is_null()).is_some();
+        let mut content = false;
+        for choice in chunk.choices.iter().flatten() {
+            match choice.finish_reason.as_deref() {
+                Some("error") => error = true,
+                None => {}
+                Some(reason) => {
+                    finish = Some(reason.to_owned());
+                    content = true;
+                }
+            }
+            content |= choice.delta.as_ref().is_some_and(|d| {
+                d.iter().any(|(k, v)| {
+                    k != "role"
+                        && match v {
+                            Value::Null => false,
+                            Value::String(s) => !s.is_empty(),
+                            Value::Array(a) => !a.is_empty(),
+                            Value::Object(o) => !o.is_empty(),
+                            _ => true,
+                        }
+                })
+            }) || choice.text.as_deref().is_some_and(|t| !t.is_empty());
+        }
+        if error {
+            finish = Some("error".into());
+        }
+        (error, content && !error, chunk.model, finish, chunk.usage)
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            (0u32..100).prop_map(Value::from),
+            Just(json!(-1.5)),
+            prop::sample::select(vec!["", "stop", "error", "length", "hi", "é\"\n"]).prop_map(Value::from),
+            Just(json!([])),
+            Just(json!({})),
+            Just(json!([1])),
+            Just(json!({"a": null})),
+        ]
+    }
+
+    fn choice() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(prop_oneof![
+                3 => prop::collection::btree_map(
+                    prop::sample::select(vec!["role", "content", "tool_calls", "reasoning", "refusal"]).prop_map(String::from),
+                    scalar(),
+                    0..3,
+                ).prop_map(|m| Value::Object(m.into_iter().collect())),
+                1 => scalar(),
+            ]),
+            prop::option::of(scalar()),
+            prop::option::of(scalar()),
+            prop::option::of(prop_oneof![Just(json!({"code": 502, "message": "boom"})), scalar()]),
+        )
+            .prop_map(|(delta, finish, text, error)| {
+                let mut c = Map::new();
+                c.insert("index".into(), json!(0));
+                for (k, v) in [("delta", delta), ("finish_reason", finish), ("text", text), ("error", error)] {
+                    if let Some(v) = v {
+                        c.insert(k.into(), v);
+                    }
+                }
+                Value::Object(c)
+            })
+    }
+
+    fn chunk() -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(prop_oneof![3 => Just(json!("m/1")), 1 => scalar()]),
+            prop::option::of(prop_oneof![
+                4 => prop::collection::vec(prop_oneof![6 => choice(), 1 => scalar()], 0..3).prop_map(Value::Array),
+                1 => scalar(),
+            ]),
+            prop::option::of(prop_oneof![
+                Just(json!({"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})),
+                Just(json!({"total_tokens": -1})),
+                scalar(),
+            ]),
+            prop::option::of(prop_oneof![Just(json!({"message": "top"})), scalar()]),
+        )
+            .prop_map(|(model, choices, usage, error)| {
+                let mut b = Map::new();
+                b.insert("id".into(), json!("chatcmpl-1"));
+                for (k, v) in [
+                    ("model", model),
+                    ("choices", choices),
+                    ("usage", usage),
+                    ("error", error),
+                ] {
+                    if let Some(v) = v {
+                        b.insert(k.into(), v);
+                    }
+                }
+                Value::Object(b)
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_scanner_reads_a_chunk_as_serde_json_did(value in chunk(), cut in any::<prop::sample::Index>(), whole in any::<bool>()) {
+            let mut data = serde_json::to_vec(&value).unwrap();
+            if !whole {
+                // Cut short, or a stray byte: malformed both ways.
+                let at = cut.index(data.len());
+                data.truncate(at);
+            }
+            let (error, commits, model, finish, usage) = oracle(&data);
+            let mut t = SseTracker::default();
+            let signal = t.event(&data);
+            prop_assert_eq!(matches!(signal, Signal::Error(_)), error, "{}", String::from_utf8_lossy(&data));
+            prop_assert_eq!(signal == Signal::Commit, commits, "{}", String::from_utf8_lossy(&data));
+            if !error {
+                prop_assert_eq!(t.model, model);
+                prop_assert_eq!(t.finish_reason, finish);
+                prop_assert_eq!(t.usage, usage);
+            }
+        }
     }
 }
