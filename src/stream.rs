@@ -466,11 +466,8 @@ impl ChunkFacts {
                 })?;
                 choices_ok &= choice.typed;
                 match choice.finish_reason.as_deref() {
-                    Some("error") => {
-                        if facts.failed.is_none() {
-                            facts.failed = Some(choice.error);
-                        }
-                    }
+                    Some("error") if facts.failed.is_none() => facts.failed = Some(choice.error),
+                    Some("error") => {}
                     Some(_) => {
                         facts.finish_reason = choice.finish_reason;
                         facts.content = true;
