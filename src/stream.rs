@@ -1219,6 +1219,8 @@ mod chunk_oracle {
     use serde::Deserialize;
     use serde_json::{json, Map};
 
+    // Every member is typed as the old reader typed it, read or not.
+    #[allow(dead_code)]
     #[derive(Deserialize)]
     struct Chunk {
         #[serde(default)]
@@ -1233,6 +1235,7 @@ mod chunk_oracle {
         usage: Option<Usage>,
     }
 
+    #[allow(dead_code)]
     #[derive(Deserialize)]
     struct ChunkChoice {
         #[serde(default)]
@@ -1248,7 +1251,16 @@ mod chunk_oracle {
     /// What the old tracker did with one chunk before commit: (signal is an
     /// error, commits, model, finish_reason, usage).
     fn oracle(data: &[u8]) -> (bool, bool, Option<String>, Option<String>, Option<Usage>) {
-        let Ok(chunk) = serde_json::from_slice::<Chunk>(data) else {
+        // serde reads a struct from an array too (`"usage": []`); the
+        // scanner, as a client's typed parser would, does not.
+        let arrays = serde_json::from_slice::<Value>(data).is_ok_and(|v| {
+            v["usage"].is_array() || v["choices"].as_array().is_some_and(|c| c.iter().any(Value::is_array))
+        });
+        let Ok(chunk) =
+            serde_json::from_slice::<Chunk>(data)
+                .map_err(drop)
+                .and_then(|c| if arrays { Err(()) } else { Ok(c) })
+        else {
             return (true, false, None, None, None);
         };
         let mut finish = None;
