@@ -589,20 +589,26 @@ fn error_at(data: &[u8], span: Range<usize>) -> UpstreamError {
 }
 
 /// `data` is UTF-8 and one JSON value.
-fn valid_json(data: &[u8]) -> bool {
+pub(crate) fn valid_json(data: &[u8]) -> bool {
     std::str::from_utf8(data).is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
 }
 
 /// Why a chunk before commit is refused, for the report: serde_json's
 /// message when it is not JSON, else that a member has the wrong type.
 fn chunk_error(data: &[u8]) -> String {
+    malformed(
+        data,
+        "model, provider, usage, choices or a choice's finish_reason, delta, text",
+    )
+}
+
+/// Why an event before commit is refused: serde_json's message when it is
+/// not JSON, else that one of `typed` (the members read) has the wrong type.
+pub(crate) fn malformed(data: &[u8], typed: &str) -> String {
     match std::str::from_utf8(data).map(serde_json::from_str::<serde::de::IgnoredAny>) {
         Err(e) => format!("not UTF-8: {e}"),
         Ok(Err(e)) => e.to_string(),
-        Ok(Ok(_)) => {
-            "a member has the wrong type (model, provider, usage, choices or a choice's finish_reason, delta, text)"
-                .to_owned()
-        }
+        Ok(Ok(_)) => format!("a member has the wrong type ({typed})"),
     }
 }
 

@@ -16,16 +16,18 @@
 //!   `{"type":"error","error":{"type":"api_error","message":…}}`, the
 //!   message naming the cause (`stream_broken: …`).
 
+use super::events;
+use super::responses::ResponsesUsage;
 use super::ErrorBody;
 use crate::capability::Needs;
 use crate::inspect::{error_from_value, BodyFacts};
+use crate::json::scan::ValueKind;
 use crate::report::UpstreamError;
 use crate::request::RequestIndex;
 use crate::stream::{Signal, SseTracker};
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::{json, Value};
-use std::borrow::Cow;
+use std::ops::Range;
 
 /// The `anthropic-version` an attempt to Anthropic's own API carries when
 /// the caller sent none.
@@ -68,45 +70,86 @@ pub(super) fn error_body(error: ErrorBody<'_>, metadata: Option<Value>) -> Bytes
     Bytes::from(serde_json::to_vec(&json!({"type": "error", "error": inner})).unwrap_or_default())
 }
 
-#[derive(Deserialize)]
-struct Event<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default)]
-    message: Option<Head>,
-    #[serde(default)]
-    content_block: Option<Value>,
-    #[serde(default)]
-    delta: Option<Delta>,
-    #[serde(default)]
-    usage: Option<super::responses::ResponsesUsage>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Head {
-    #[serde(default)]
+/// What matters of one Messages event, read by the scanner.
+#[derive(Default)]
+struct Event {
+    kind: Option<String>,
+    /// `message_start`'s `message`: its model (while the tracker lacks one)
+    /// and usage.
     model: Option<String>,
-    #[serde(default)]
-    usage: Option<super::responses::ResponsesUsage>,
-}
-
-#[derive(Deserialize)]
-struct Delta {
-    #[serde(default)]
+    head_usage: Option<ResponsesUsage>,
+    /// `content_block_start`'s block already holds something.
+    block_filled: bool,
+    /// `message_delta`'s `delta.stop_reason`.
     stop_reason: Option<String>,
+    usage: Option<ResponsesUsage>,
+    error: Option<Range<usize>>,
 }
 
-/// A content block that already holds something: a tool call (its name),
-/// or text or thinking already in it.
-fn block_filled(block: &Value) -> bool {
-    if block.get("type").and_then(Value::as_str) == Some("tool_use") {
-        return true;
+impl Event {
+    /// `None` when `data` is not an object or a member read has the wrong
+    /// type (as a typed client would refuse it).
+    fn read(data: &[u8], t: &SseTracker) -> Option<Event> {
+        let mut ev = Event::default();
+        let (mut message, mut delta, mut usage) = (None, None, None);
+        let read = events::members(data, None, |m| match &*m.key {
+            b"type" => events::text(data, m).map(|k| ev.kind = k).is_ok(),
+            b"message" => events::object(m).map(|v| message = v).is_ok(),
+            b"content_block" => {
+                ev.block_filled = m.kind == ValueKind::Object && block_filled(data, m.value.start);
+                true
+            }
+            b"delta" => events::object(m).map(|v| delta = v).is_ok(),
+            b"usage" => events::object(m).map(|v| usage = v).is_ok(),
+            b"error" => {
+                ev.error = Some(m.value.clone());
+                true
+            }
+            _ => true,
+        });
+        if !read {
+            return None;
+        }
+        ev.usage = events::usage(data, usage).ok()?;
+        if let Some(span) = message {
+            let mut usage = None;
+            let read = events::members(data, Some(span.start), |m| match &*m.key {
+                b"model" if t.model.is_none() => events::text(data, m).map(|v| ev.model = v).is_ok(),
+                b"model" => events::valid_text(data, m),
+                b"usage" => events::object(m).map(|v| usage = v).is_ok(),
+                _ => true,
+            });
+            ev.head_usage = events::usage(data, usage).ok()?;
+            if !read {
+                return None;
+            }
+        }
+        if let Some(span) = delta {
+            let read = events::members(data, Some(span.start), |m| match &*m.key {
+                b"stop_reason" => events::text(data, m).map(|v| ev.stop_reason = v).is_ok(),
+                _ => true,
+            });
+            if !read {
+                return None;
+            }
+        }
+        Some(ev)
     }
-    ["text", "thinking", "data"]
-        .iter()
-        .any(|k| block.get(k).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+}
+
+/// The content block at `start` already holds something: a tool call (its
+/// name), or text or thinking already in it.
+fn block_filled(data: &[u8], start: usize) -> bool {
+    let (mut tool, mut filled) = (false, false);
+    events::members(data, Some(start), |m| {
+        match &*m.key {
+            b"type" => tool |= events::is_text(data, m, "tool_use"),
+            b"text" | b"thinking" | b"data" => filled |= m.kind == ValueKind::String && events::filled(data, m),
+            _ => {}
+        }
+        true
+    });
+    tool || filled
 }
 
 /// Judges one event of a Messages stream.
@@ -114,29 +157,31 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
     if data.trim_ascii() == b"[DONE]" {
         return Signal::None;
     }
-    let ev: Event<'_> = match serde_json::from_slice(data) {
-        Ok(e) => e,
-        Err(e) if !t.committed => {
+    let checked = t.committed || crate::stream::valid_json(data);
+    let ev = match Event::read(data, t).filter(|_| checked) {
+        Some(e) => e,
+        None if !t.committed => {
             return Signal::Error(UpstreamError {
-                message: Some(format!("malformed stream event before the first content: {e}")),
+                message: Some(format!(
+                    "malformed stream event before the first content: {}",
+                    crate::stream::malformed(data, "type, message and its model, usage, delta.stop_reason")
+                )),
                 ..UpstreamError::default()
             })
         }
-        Err(_) => return Signal::None,
+        None => return Signal::None,
     };
     match ev.kind.as_deref().unwrap_or("") {
         "message_start" => {
-            if let Some(head) = ev.message {
-                if t.model.is_none() {
-                    t.model = head.model;
-                }
-                if let Some(u) = head.usage {
-                    t.usage = Some(u.usage(t.usage.as_ref()));
-                }
+            if t.model.is_none() {
+                t.model = ev.model;
+            }
+            if let Some(u) = ev.head_usage {
+                t.usage = Some(u.usage(t.usage.as_ref()));
             }
             Signal::None
         }
-        "content_block_start" => match ev.content_block.as_ref().is_some_and(block_filled) {
+        "content_block_start" => match ev.block_filled {
             true => t.commit(),
             false => Signal::None,
         },
@@ -145,7 +190,7 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
             if let Some(u) = ev.usage {
                 t.usage = Some(u.usage(t.usage.as_ref()));
             }
-            match ev.delta.and_then(|d| d.stop_reason) {
+            match ev.stop_reason {
                 Some(reason) => {
                     t.finish_reason = Some(reason);
                     t.commit()
@@ -162,7 +207,7 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
             }
         }
         "error" => {
-            let error = match ev.error.filter(|e| !e.is_null()) {
+            let error = match events::value(data, ev.error) {
                 Some(e) => error_from_value(&e),
                 None => UpstreamError {
                     message: Some("the stream sent an error event".into()),

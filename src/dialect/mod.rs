@@ -12,6 +12,7 @@
 mod chat;
 mod completions;
 mod embeddings;
+mod events;
 mod messages;
 mod responses;
 

@@ -20,14 +20,16 @@
 //!   response id.
 //! - Errors are OpenAI's error JSON.
 
+use super::events;
 use crate::capability::Needs;
 use crate::inspect::{error_from_value, BodyFacts};
+use crate::json::scan::ValueKind;
 use crate::report::{UpstreamError, Usage};
 use crate::request::RequestIndex;
 use crate::stream::{Signal, SseTracker};
 use serde::Deserialize;
-use serde_json::{json, Value};
-use std::borrow::Cow;
+use serde_json::json;
+use std::ops::Range;
 
 /// Tools, image/audio/file input items, a `text.format` JSON schema,
 /// `max_output_tokens`; the prompt from `input`, `instructions` and `tools`;
@@ -40,43 +42,84 @@ pub(super) fn inspect(body: &[u8]) -> BodyFacts {
     BodyFacts::inspect_responses(body)
 }
 
-#[derive(Deserialize)]
-struct Event<'a> {
-    #[serde(rename = "type", borrow, default)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default)]
+/// What matters of one Responses event, read by the scanner.
+#[derive(Default)]
+struct Event {
+    kind: Option<String>,
     sequence_number: Option<u64>,
-    #[serde(default)]
-    delta: Option<Value>,
-    #[serde(default)]
-    text: Option<Value>,
-    #[serde(default)]
-    arguments: Option<Value>,
-    #[serde(default)]
-    item: Option<Value>,
-    #[serde(default)]
-    part: Option<Value>,
-    #[serde(default)]
+    /// A `delta`, `text` or `arguments` that holds something, or an `item`
+    /// or `part` that already carries output.
+    output: bool,
     response: Option<Head>,
-    #[serde(default)]
-    code: Option<Value>,
-    #[serde(default)]
-    message: Option<Value>,
+    code: Option<Range<usize>>,
+    message: Option<Range<usize>>,
 }
 
 /// What matters of an event's `response`.
-#[derive(Deserialize)]
+#[derive(Default)]
 struct Head {
-    #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
     model: Option<String>,
-    #[serde(default)]
     status: Option<String>,
-    #[serde(default)]
-    error: Option<Value>,
-    #[serde(default)]
+    error: Option<Range<usize>>,
     usage: Option<ResponsesUsage>,
+}
+
+impl Event {
+    /// `None` when `data` is not an object or a member read has the wrong
+    /// type (as a typed client would refuse it). `id` and `model` are
+    /// decoded only while the tracker lacks them.
+    fn read(data: &[u8], t: &SseTracker) -> Option<Event> {
+        let mut ev = Event::default();
+        let mut response = None;
+        let read = events::members(data, None, |m| match &*m.key {
+            b"type" => events::text(data, m).map(|k| ev.kind = k).is_ok(),
+            b"sequence_number" => events::unsigned(data, m).map(|n| ev.sequence_number = n).is_ok(),
+            b"delta" | b"text" | b"arguments" => {
+                ev.output |= events::filled(data, m);
+                true
+            }
+            b"item" | b"part" => {
+                ev.output |= m.kind == ValueKind::Object && carries_output(data, m.value.start);
+                true
+            }
+            b"response" => events::object(m).map(|r| response = r).is_ok(),
+            b"code" => {
+                ev.code = Some(m.value.clone());
+                true
+            }
+            b"message" => {
+                ev.message = Some(m.value.clone());
+                true
+            }
+            _ => true,
+        });
+        if !read {
+            return None;
+        }
+        if let Some(span) = response {
+            let mut head = Head::default();
+            let mut usage = None;
+            let read = events::members(data, Some(span.start), |m| match &*m.key {
+                b"id" if t.response_id.is_none() => events::text(data, m).map(|v| head.id = v).is_ok(),
+                b"model" if t.model.is_none() => events::text(data, m).map(|v| head.model = v).is_ok(),
+                b"id" | b"model" => events::valid_text(data, m),
+                b"status" => events::text(data, m).map(|v| head.status = v).is_ok(),
+                b"error" => {
+                    head.error = Some(m.value.clone());
+                    true
+                }
+                b"usage" => events::object(m).map(|u| usage = u).is_ok(),
+                _ => true,
+            });
+            head.usage = events::usage(data, usage).ok()?;
+            if !read {
+                return None;
+            }
+            ev.response = Some(head);
+        }
+        Some(ev)
+    }
 }
 
 /// Responses (and Messages) usage: `input_tokens`, `output_tokens`.
@@ -102,24 +145,17 @@ impl ResponsesUsage {
     }
 }
 
-/// A value that holds something: a non-empty string, array or object, a
-/// number or `true`.
-fn filled(v: &Value) -> bool {
-    match v {
-        Value::Null | Value::Bool(false) => false,
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-        _ => true,
-    }
-}
-
-/// An output item or content part that already carries output: text,
-/// arguments, or content parts.
-fn carries_output(v: &Value) -> bool {
-    ["text", "arguments", "content", "refusal"]
-        .iter()
-        .any(|k| v.get(k).is_some_and(filled))
+/// The output item or content part at `start` already carries output:
+/// text, arguments, content parts or a refusal.
+fn carries_output(data: &[u8], start: usize) -> bool {
+    let mut output = false;
+    events::members(data, Some(start), |m| {
+        if matches!(&*m.key, b"text" | b"arguments" | b"content" | b"refusal") {
+            output |= events::filled(data, m);
+        }
+        true
+    });
+    output
 }
 
 /// Judges one event of a Responses stream.
@@ -128,15 +164,19 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
         // Not OpenAI's, but some proxies send it: accepted, and no end.
         return Signal::None;
     }
-    let ev: Event<'_> = match serde_json::from_slice(data) {
-        Ok(e) => e,
-        Err(e) if !t.committed => {
+    let checked = t.committed || crate::stream::valid_json(data);
+    let ev = match Event::read(data, t).filter(|_| checked) {
+        Some(e) => e,
+        None if !t.committed => {
             return Signal::Error(UpstreamError {
-                message: Some(format!("malformed stream event before the first output: {e}")),
+                message: Some(format!(
+                    "malformed stream event before the first output: {}",
+                    crate::stream::malformed(data, "type, sequence_number, response and its id, model, status, usage")
+                )),
                 ..UpstreamError::default()
             })
         }
-        Err(_) => return Signal::None,
+        None => return Signal::None,
     };
     if let Some(n) = ev.sequence_number {
         t.sequence = Some(n);
@@ -154,7 +194,7 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
             t.usage = Some(u.usage(t.usage.as_ref()));
         }
         status = head.status;
-        response_error = head.error.filter(|e| !e.is_null());
+        response_error = events::value(data, head.error);
     }
     let kind = ev.kind.as_deref().unwrap_or("");
     match kind {
@@ -167,7 +207,10 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
         "response.failed" | "error" => {
             let error = match (response_error, kind) {
                 (Some(e), _) => error_from_value(&e),
-                (None, "error") => error_from_value(&json!({"code": ev.code, "message": ev.message})),
+                (None, "error") => error_from_value(&json!({
+                    "code": events::value(data, ev.code),
+                    "message": events::value(data, ev.message),
+                })),
                 (None, _) => UpstreamError {
                     message: Some("the response failed (response.failed without an error)".into()),
                     ..UpstreamError::default()
@@ -182,11 +225,7 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
             }
         }
         _ => {
-            let output = ev.delta.as_ref().is_some_and(filled)
-                || ev.text.as_ref().is_some_and(filled)
-                || ev.arguments.as_ref().is_some_and(filled)
-                || ev.item.as_ref().is_some_and(carries_output)
-                || ev.part.as_ref().is_some_and(carries_output);
+            let output = ev.output;
             if output {
                 t.commit()
             } else {
@@ -221,6 +260,7 @@ pub(super) fn terminal_event(t: &SseTracker, model: &str, code: &str, message: &
 mod tests {
     use super::*;
     use crate::dialect::Dialect;
+    use serde_json::Value;
 
     fn named(kind: &str, data: Value) -> Vec<u8> {
         let mut data = data;

@@ -1,0 +1,526 @@
+//! Reading one SSE event's JSON with the scanner, for the stream trackers of
+//! the dialects whose events are objects with a `type` (Responses,
+//! Messages): the members the judgement needs are found in one pass and
+//! decoded only when kept; nothing else is built.
+//!
+//! Before commit an event decides the attempt, so it must also be JSON as a
+//! client's parser takes it ([`crate::stream::valid_json`]); after commit a
+//! malformed event is the client's to see and is skipped.
+
+use crate::json::scan::{self, Member, ValueKind};
+use std::ops::Range;
+
+/// The members of the object `data` (or the one at `start`), one by one.
+/// `false` when it does not scan or `on_member` refused one (a known member
+/// of the wrong type).
+pub(super) fn members(data: &[u8], start: Option<usize>, mut on_member: impl FnMut(&Member<'_>) -> bool) -> bool {
+    let mut call = |m: Member<'_>| if on_member(&m) { Ok(()) } else { Err(()) };
+    match start {
+        None => scan::scan_object(data, &mut call).is_ok(),
+        Some(at) => scan::scan_object_at(data, at, &mut call).is_ok(),
+    }
+}
+
+/// A value that holds something: a non-empty string, array or object, a
+/// number or `true` (not `null`, `false`, `""`, `[]`, `{}`).
+pub(super) fn filled(data: &[u8], m: &Member<'_>) -> bool {
+    let inner = || {
+        data.get(m.value.start + 1..m.value.end.saturating_sub(1))
+            .unwrap_or_default()
+    };
+    match m.kind {
+        ValueKind::Null | ValueKind::False => false,
+        ValueKind::String => !inner().is_empty(),
+        ValueKind::Array | ValueKind::Object => !inner().trim_ascii().is_empty(),
+        ValueKind::Number | ValueKind::True => true,
+    }
+}
+
+/// A string member decoded (`Ok(None)` for `null`); `Err` for another type
+/// or a string that does not decode.
+pub(super) fn text(data: &[u8], m: &Member<'_>) -> Result<Option<String>, ()> {
+    match m.kind {
+        ValueKind::Null => Ok(None),
+        ValueKind::String => scan::decode_string(&data[m.value.clone()])
+            .map(|s| Some(s.into_owned()))
+            .map_err(drop),
+        _ => Err(()),
+    }
+}
+
+/// The member is a string that decodes, or `null` ([`text`] without
+/// keeping it).
+pub(super) fn valid_text(data: &[u8], m: &Member<'_>) -> bool {
+    match m.kind {
+        ValueKind::Null => true,
+        ValueKind::String => scan::decode_string(&data[m.value.clone()]).is_ok(),
+        _ => false,
+    }
+}
+
+/// The member is the string `want` (escapes decoded).
+pub(super) fn is_text(data: &[u8], m: &Member<'_>, want: &str) -> bool {
+    m.kind == ValueKind::String && scan::decode_string(&data[m.value.clone()]).is_ok_and(|s| s == want)
+}
+
+/// A number member as a `u64` (`Ok(None)` for `null`); `Err` for another
+/// type or a number that is not a non-negative integer.
+pub(super) fn unsigned(data: &[u8], m: &Member<'_>) -> Result<Option<u64>, ()> {
+    match m.kind {
+        ValueKind::Null => Ok(None),
+        ValueKind::Number => std::str::from_utf8(&data[m.value.clone()])
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .map(Some)
+            .ok_or(()),
+        _ => Err(()),
+    }
+}
+
+/// An object member's span (`Ok(None)` for `null`); `Err` for another type.
+pub(super) fn object(m: &Member<'_>) -> Result<Option<Range<usize>>, ()> {
+    match m.kind {
+        ValueKind::Null => Ok(None),
+        ValueKind::Object => Ok(Some(m.value.clone())),
+        _ => Err(()),
+    }
+}
+
+/// `usage` of a Responses or Messages event, read by serde from its span
+/// (one small object, in a few events).
+pub(super) fn usage(data: &[u8], span: Option<Range<usize>>) -> Result<Option<super::responses::ResponsesUsage>, ()> {
+    match span {
+        None => Ok(None),
+        Some(span) => serde_json::from_slice(&data[span]).map(Some).map_err(drop),
+    }
+}
+
+/// The non-null value at `span` as JSON (for an error object, on the
+/// failure path).
+pub(super) fn value(data: &[u8], span: Option<Range<usize>>) -> Option<serde_json::Value> {
+    span.and_then(|span| serde_json::from_slice(&data[span]).ok())
+        .filter(|v: &serde_json::Value| !v.is_null())
+}
+
+/// The scanner readers of Responses and Messages events against the serde
+/// readers they replaced (kept here verbatim as the oracle), on random
+/// event-shaped values: the signal and everything the tracker records must
+/// agree.
+#[cfg(test)]
+mod oracle {
+    use crate::dialect::Dialect;
+    use crate::inspect::error_from_value;
+    use crate::report::UpstreamError;
+    use crate::stream::{Signal, SseTracker};
+    use proptest::prelude::*;
+    use serde::Deserialize;
+    use serde_json::{json, Map, Value};
+    use std::borrow::Cow;
+
+    type ResponsesUsage = super::super::responses::ResponsesUsage;
+
+    #[derive(Deserialize)]
+    struct REvent<'a> {
+        #[serde(rename = "type", borrow, default)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(default)]
+        sequence_number: Option<u64>,
+        #[serde(default)]
+        delta: Option<Value>,
+        #[serde(default)]
+        text: Option<Value>,
+        #[serde(default)]
+        arguments: Option<Value>,
+        #[serde(default)]
+        item: Option<Value>,
+        #[serde(default)]
+        part: Option<Value>,
+        #[serde(default)]
+        response: Option<RHead>,
+        #[serde(default)]
+        code: Option<Value>,
+        #[serde(default)]
+        message: Option<Value>,
+    }
+
+    #[derive(Deserialize)]
+    struct RHead {
+        #[serde(default)]
+        id: Option<String>,
+        #[serde(default)]
+        model: Option<String>,
+        #[serde(default)]
+        status: Option<String>,
+        #[serde(default)]
+        error: Option<Value>,
+        #[serde(default)]
+        usage: Option<ResponsesUsage>,
+    }
+
+    fn filled(v: &Value) -> bool {
+        match v {
+            Value::Null | Value::Bool(false) => false,
+            Value::String(s) => !s.is_empty(),
+            Value::Array(a) => !a.is_empty(),
+            Value::Object(o) => !o.is_empty(),
+            _ => true,
+        }
+    }
+
+    fn carries_output(v: &Value) -> bool {
+        ["text", "arguments", "content", "refusal"]
+            .iter()
+            .any(|k| v.get(k).is_some_and(filled))
+    }
+
+    #[derive(Deserialize)]
+    struct MEvent<'a> {
+        #[serde(rename = "type", borrow, default)]
+        kind: Option<Cow<'a, str>>,
+        #[serde(default)]
+        message: Option<MHead>,
+        #[serde(default)]
+        content_block: Option<Value>,
+        #[serde(default)]
+        delta: Option<MDelta>,
+        #[serde(default)]
+        usage: Option<ResponsesUsage>,
+        #[serde(default)]
+        error: Option<Value>,
+    }
+
+    #[derive(Deserialize)]
+    struct MHead {
+        #[serde(default)]
+        model: Option<String>,
+        #[serde(default)]
+        usage: Option<ResponsesUsage>,
+    }
+
+    #[derive(Deserialize)]
+    struct MDelta {
+        #[serde(default)]
+        stop_reason: Option<String>,
+    }
+
+    fn old_block_filled(block: &Value) -> bool {
+        if block.get("type").and_then(Value::as_str) == Some("tool_use") {
+            return true;
+        }
+        ["text", "thinking", "data"]
+            .iter()
+            .any(|k| block.get(k).and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
+    }
+
+    fn old_responses(t: &mut SseTracker, data: &[u8]) -> Signal {
+        if data.trim_ascii() == b"[DONE]" {
+            // Not OpenAI's, but some proxies send it: accepted, and no end.
+            return Signal::None;
+        }
+        let ev: REvent<'_> = match serde_json::from_slice(data) {
+            Ok(e) => e,
+            Err(e) if !t.committed => {
+                return Signal::Error(UpstreamError {
+                    message: Some(format!("malformed stream event before the first output: {e}")),
+                    ..UpstreamError::default()
+                })
+            }
+            Err(_) => return Signal::None,
+        };
+        if let Some(n) = ev.sequence_number {
+            t.sequence = Some(n);
+        }
+        let mut status = None;
+        let mut response_error = None;
+        if let Some(head) = ev.response {
+            if t.model.is_none() {
+                t.model = head.model;
+            }
+            if t.response_id.is_none() {
+                t.response_id = head.id;
+            }
+            if let Some(u) = head.usage {
+                t.usage = Some(u.usage(t.usage.as_ref()));
+            }
+            status = head.status;
+            response_error = head.error.filter(|e| !e.is_null());
+        }
+        let kind = ev.kind.as_deref().unwrap_or("");
+        match kind {
+            "response.created" | "response.in_progress" | "response.queued" => Signal::None,
+            "response.completed" | "response.incomplete" => {
+                t.done = true;
+                t.finish_reason = Some(status.unwrap_or_else(|| kind.trim_start_matches("response.").to_owned()));
+                t.commit()
+            }
+            "response.failed" | "error" => {
+                let error = match (response_error, kind) {
+                    (Some(e), _) => error_from_value(&e),
+                    (None, "error") => error_from_value(&json!({"code": ev.code, "message": ev.message})),
+                    (None, _) => UpstreamError {
+                        message: Some("the response failed (response.failed without an error)".into()),
+                        ..UpstreamError::default()
+                    },
+                };
+                t.finish_reason = Some("error".into());
+                if t.committed {
+                    t.error.get_or_insert(error);
+                    Signal::None
+                } else {
+                    Signal::Error(error)
+                }
+            }
+            _ => {
+                let output = ev.delta.as_ref().is_some_and(filled)
+                    || ev.text.as_ref().is_some_and(filled)
+                    || ev.arguments.as_ref().is_some_and(filled)
+                    || ev.item.as_ref().is_some_and(carries_output)
+                    || ev.part.as_ref().is_some_and(carries_output);
+                if output {
+                    t.commit()
+                } else {
+                    Signal::None
+                }
+            }
+        }
+    }
+
+    fn old_messages(t: &mut SseTracker, data: &[u8]) -> Signal {
+        if data.trim_ascii() == b"[DONE]" {
+            return Signal::None;
+        }
+        let ev: MEvent<'_> = match serde_json::from_slice(data) {
+            Ok(e) => e,
+            Err(e) if !t.committed => {
+                return Signal::Error(UpstreamError {
+                    message: Some(format!("malformed stream event before the first content: {e}")),
+                    ..UpstreamError::default()
+                })
+            }
+            Err(_) => return Signal::None,
+        };
+        match ev.kind.as_deref().unwrap_or("") {
+            "message_start" => {
+                if let Some(head) = ev.message {
+                    if t.model.is_none() {
+                        t.model = head.model;
+                    }
+                    if let Some(u) = head.usage {
+                        t.usage = Some(u.usage(t.usage.as_ref()));
+                    }
+                }
+                Signal::None
+            }
+            "content_block_start" => match ev.content_block.as_ref().is_some_and(old_block_filled) {
+                true => t.commit(),
+                false => Signal::None,
+            },
+            "content_block_delta" => t.commit(),
+            "message_delta" => {
+                if let Some(u) = ev.usage {
+                    t.usage = Some(u.usage(t.usage.as_ref()));
+                }
+                match ev.delta.and_then(|d| d.stop_reason) {
+                    Some(reason) => {
+                        t.finish_reason = Some(reason);
+                        t.commit()
+                    }
+                    None => Signal::None,
+                }
+            }
+            "message_stop" => {
+                let stopped = t.finish_reason.as_deref().is_some_and(|r| r != "error");
+                t.done = stopped;
+                match stopped {
+                    true => t.commit(),
+                    false => Signal::None,
+                }
+            }
+            "error" => {
+                let error = match ev.error.filter(|e| !e.is_null()) {
+                    Some(e) => error_from_value(&e),
+                    None => UpstreamError {
+                        message: Some("the stream sent an error event".into()),
+                        ..UpstreamError::default()
+                    },
+                };
+                t.finish_reason = Some("error".into());
+                if t.committed {
+                    t.error.get_or_insert(error);
+                    Signal::None
+                } else {
+                    Signal::Error(error)
+                }
+            }
+            // `ping`, `content_block_stop`, and whatever comes next.
+            _ => Signal::None,
+        }
+    }
+
+    fn scalar() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            1 => Just(Value::Null),
+            1 => any::<bool>().prop_map(Value::from),
+            1 => (0u32..100).prop_map(Value::from),
+            1 => Just(json!(-1)),
+            1 => Just(json!(2.5)),
+            2 => prop::sample::select(vec!["", "tool_use", "completed", "end_turn", "hi", "\u{e9}\"\n"]).prop_map(Value::from),
+            1 => Just(json!([])),
+            1 => Just(json!({})),
+            1 => Just(json!([1])),
+            1 => Just(json!({"message": "boom", "code": "server_error"})),
+        ]
+    }
+
+    /// An object of some of `keys`, each a scalar or (for the `nested`
+    /// ones) an object of the same kind.
+    fn object(keys: &'static [&'static str], inner: &'static [&'static str]) -> impl Strategy<Value = Value> {
+        prop::collection::vec((prop::sample::select(keys), any::<bool>(), scalar()), 0..5)
+            .prop_flat_map(move |picked| {
+                let word = prop::sample::select(vec!["tool_use", "end_turn", "completed", "x"]).prop_map(Value::from);
+                let nested = prop::collection::vec((prop::sample::select(inner), prop_oneof![scalar(), word]), 0..4);
+                (Just(picked), nested)
+            })
+            .prop_map(|(picked, nested)| {
+                let inner: Map<String, Value> = nested.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                let mut m = Map::new();
+                for (k, as_object, v) in picked {
+                    m.insert(k.to_owned(), if as_object { Value::Object(inner.clone()) } else { v });
+                }
+                Value::Object(m)
+            })
+    }
+
+    const RESPONSES: &[&str] = &[
+        "response.created",
+        "response.in_progress",
+        "response.queued",
+        "response.output_text.delta",
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+        "error",
+        "other",
+    ];
+    const MESSAGES: &[&str] = &[
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+        "other",
+    ];
+
+    fn event(
+        types: &'static [&'static str],
+        keys: &'static [&'static str],
+        inner: &'static [&'static str],
+    ) -> impl Strategy<Value = Value> {
+        (
+            prop::option::of(prop_oneof![6 => prop::sample::select(types).prop_map(Value::from), 1 => scalar()]),
+            object(keys, inner),
+        )
+            .prop_map(|(kind, mut v)| {
+                if let (Some(k), Some(o)) = (kind, v.as_object_mut()) {
+                    o.insert("type".into(), k);
+                }
+                v
+            })
+    }
+
+    /// serde reads a struct from an array too; the scanner, as a typed
+    /// client would, does not: such events are malformed for both here.
+    fn struct_from_array(v: &Value, paths: &[&[&str]]) -> bool {
+        paths.iter().any(|path| {
+            let mut at = v;
+            for key in *path {
+                match at.get(key) {
+                    Some(next) => at = next,
+                    None => return false,
+                }
+            }
+            at.is_array()
+        })
+    }
+
+    fn state(t: &SseTracker) -> String {
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {} {}",
+            t.model, t.response_id, t.sequence, t.usage, t.finish_reason, t.error, t.done, t.committed
+        )
+    }
+
+    fn compare(
+        dialect: Dialect,
+        value: &Value,
+        committed: bool,
+        arrays: &[&[&str]],
+        old: fn(&mut SseTracker, &[u8]) -> Signal,
+        new: fn(&mut SseTracker, &[u8]) -> Signal,
+    ) -> Result<(), TestCaseError> {
+        let data = serde_json::to_vec(value).unwrap();
+        let mut was = SseTracker::for_dialect(dialect);
+        let mut now = SseTracker::for_dialect(dialect);
+        if committed {
+            was.force_commit();
+            now.force_commit();
+        }
+        let expected = if struct_from_array(value, arrays) {
+            if committed {
+                Signal::None
+            } else {
+                Signal::Error(UpstreamError::default())
+            }
+        } else {
+            old(&mut was, &data)
+        };
+        let got = new(&mut now, &data);
+        let text = String::from_utf8_lossy(&data);
+        let malformed = |e: &UpstreamError| e.message().is_some_and(|m| m.starts_with("malformed"));
+        match (&expected, &got) {
+            // The reasons are worded apart; that both refuse is what counts.
+            (Signal::Error(was), Signal::Error(e)) if struct_from_array(value, arrays) || malformed(was) => {
+                prop_assert!(malformed(e), "{text}");
+            }
+            _ => {
+                prop_assert_eq!(format!("{expected:?}"), format!("{got:?}"), "{}", text);
+                if !struct_from_array(value, arrays) {
+                    prop_assert_eq!(state(&was), state(&now), "{}", text);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1500))]
+
+        #[test]
+        fn responses_events_read_as_serde_json_did(
+            value in event(
+                RESPONSES,
+                &["sequence_number", "delta", "text", "arguments", "item", "part", "response", "code", "message"],
+                &["id", "model", "status", "error", "usage", "text", "arguments", "content", "refusal", "input_tokens"],
+            ),
+            committed in any::<bool>(),
+        ) {
+            compare(Dialect::Responses, &value, committed, &[&["response"], &["response", "usage"]], old_responses, super::super::responses::event)?;
+        }
+
+        #[test]
+        fn messages_events_read_as_serde_json_did(
+            value in event(
+                MESSAGES,
+                &["message", "content_block", "delta", "usage", "error", "index"],
+                &["model", "usage", "type", "text", "thinking", "data", "stop_reason", "output_tokens"],
+            ),
+            committed in any::<bool>(),
+        ) {
+            compare(Dialect::Messages, &value, committed, &[&["message"], &["message", "usage"], &["delta"], &["usage"]], old_messages, super::super::messages::event)?;
+        }
+    }
+}
