@@ -89,7 +89,11 @@ impl<'a> ResponseInfo<'a> {
         self.facts.error.as_ref()
     }
 
-    /// The body has a non-empty `choices` array.
+    /// The body is an answer of its API shape: for chat and legacy
+    /// completions a non-empty `choices` array; for the Responses API a
+    /// `response` whose `status` is good and whose `error` is null; for
+    /// Anthropic Messages a `message` with `content`; for embeddings a
+    /// non-empty `data` array. (The name is chat's, the first shape.)
     pub fn has_choices(&self) -> bool {
         self.facts.choices.is_some_and(|n| n > 0)
     }
@@ -175,7 +179,7 @@ where
 /// | 408, 429, 500, 502, 503, 504, 524, 529, any other 5xx | fall back |
 /// | 400 or 404 naming the model (unknown model, no endpoints, context length) | fall back |
 /// | 403 moderation (`content_policy_violation`, moderation metadata) | fall back |
-/// | 2xx JSON with an `error` object, no `choices`, or `finish_reason: "error"` | fall back |
+/// | 2xx JSON with an `error` object, no answer of its shape (chat: no `choices`; see [`ResponseInfo::has_choices`]), or `finish_reason: "error"` | fall back |
 /// | 2xx body that is not JSON | fall back |
 /// | 2xx JSON completion, 2xx `text/event-stream` | accept |
 /// | 401, 402, other 400/403/404, any other status | stop (returned as-is) |

@@ -380,7 +380,7 @@ pub struct RouteConfig {
     /// Another OpenAI-compatible API for this route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<EndpointConfig>,
-    /// What the model can do: `["tools", "vision", "audio", "structured_output"]`.
+    /// What the model can do: `["tools", "vision", "audio", "structured_output", "files", "thinking"]`.
     #[serde(default, with = "units::opt_capabilities", skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<Capabilities>,
     /// The context window in tokens.
