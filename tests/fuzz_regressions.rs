@@ -569,6 +569,40 @@ fn stream_facts_tell_whole_streams() {
     let error = ("error", json!({"error": {"type": "overloaded_error", "message": "x"}}));
     let f = stream_facts(m, &sse(&[text.clone(), stop.clone(), error.clone(), end.clone()]));
     assert!(!f.whole && f.error_event);
+
+    // The commit point: only preamble before an error (or the end) means no
+    // content came first; a delta, or anything not surely preamble, does.
+    let start = ("message_start", json!({"message": {"model": "c", "content": []}}));
+    let empty_block = (
+        "content_block_start",
+        json!({"index": 0, "content_block": {"type": "text", "text": ""}}),
+    );
+    let ping = ("ping", json!({}));
+    assert!(
+        stream_facts(
+            m,
+            &sse(&[start.clone(), empty_block.clone(), ping.clone(), error.clone()])
+        )
+        .no_content_before_error
+    );
+    assert!(stream_facts(m, &sse(&[start.clone(), ping.clone()])).no_content_before_error);
+    assert!(!stream_facts(m, &sse(&[start.clone(), text.clone(), error.clone()])).no_content_before_error);
+    let tool = (
+        "content_block_start",
+        json!({"index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {}}}),
+    );
+    assert!(!stream_facts(m, &sse(&[start, tool, error])).no_content_before_error);
+    let created = ("response.created", json!({"response": {"id": "r"}}));
+    let added = (
+        "response.output_item.added",
+        json!({"item": {"type": "message", "content": []}}),
+    );
+    let failed = (
+        "response.failed",
+        json!({"response": {"status": "failed", "error": {"code": "x", "message": "y"}}}),
+    );
+    assert!(stream_facts(r, &sse(&[created.clone(), added.clone(), failed.clone()])).no_content_before_error);
+    assert!(!stream_facts(r, &sse(&[created, added, delta, failed])).no_content_before_error);
 }
 
 fn dialect_case(dialect: Dialect, body: &str) -> Case {
@@ -745,4 +779,62 @@ fn stateful_requests_and_anthropic_keys() {
     case.routes[0].endpoint = EndpointKind::AnthropicHost;
     let s = engine_fuzz::run_case(&case);
     assert_eq!((s.rejection.as_deref(), s.skipped), (Some("no_route_fits"), 1));
+}
+
+/// `cargo test --all-features --test fuzz_regressions write_dialect_seeds -- --ignored`:
+/// writes `fuzz/seeds/engine/<dialect>_<what>`, for each dialect but chat
+/// the first generated input (xorshift, as `generated_cases`) that reaches
+/// each of: a committed stream that got a terminal event, a whole committed
+/// stream, a buffered answer served, an exhausted chain, a route skipped
+/// for the dialect or for state, a request to an endpoint.
+#[test]
+#[ignore]
+fn write_dialect_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/engine");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let pool: &[u8] =
+        b"pool \"text\" \\ \xc3\xa9 event: response.output_text.delta\ndata: {\"type\":\"message_stop\"}\n\n{}";
+    for dialect in &Dialect::ALL[1..] {
+        let mut wanted: Vec<&str> = vec![
+            "terminal_event",
+            "whole_stream",
+            "served",
+            "exhausted",
+            "skipped",
+            "endpoint",
+        ];
+        for _ in 0..20_000 {
+            if wanted.is_empty() {
+                break;
+            }
+            let mut data = vec![0xFE, engine_fuzz::dialect_index(*dialect) as u8];
+            data.extend((1..engine_fuzz::DIALECT_PREFIX).map(|_| (next() % 256) as u8));
+            let len = 8 + (next() % 120) as usize;
+            let mut control: Vec<u8> = (0..len).map(|_| (next() % 255) as u8).collect();
+            control[0] = 1 + (next() % 2) as u8;
+            data.extend_from_slice(&control);
+            data.push(0xFF);
+            data.extend_from_slice(pool);
+            let s = run(&data);
+            let reached = |what: &str| match what {
+                "terminal_event" => s.error_chunk.is_some(),
+                "whole_stream" => s.committed_stream && s.error_chunk.is_none(),
+                "served" => s.resolution == Some(Resolution::Served) && !s.committed_stream,
+                "exhausted" => s.resolution == Some(Resolution::Exhausted),
+                "skipped" => s.skipped > 0,
+                _ => s.endpoint_requests > 0,
+            };
+            if let Some(i) = wanted.iter().position(|w| reached(w)) {
+                let what = wanted.remove(i);
+                std::fs::write(dir.join(format!("{dialect}_{what}")), &data).unwrap();
+            }
+        }
+        println!("{dialect}: not reached: {wanted:?}");
+    }
 }

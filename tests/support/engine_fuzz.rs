@@ -2396,6 +2396,10 @@ pub struct StreamFacts {
     pub whole: bool,
     /// It holds an error event of the upstream (`error`, `response.failed`).
     pub error_event: bool,
+    /// The first event that is not surely preamble (see [`preamble`]) is an
+    /// error event, or there is none: no content came before an error, and
+    /// the layer must not commit to the stream (the API docs' commit point).
+    pub no_content_before_error: bool,
     pub continues: Continues,
 }
 
@@ -2479,18 +2483,66 @@ struct MessagesDeltaShape {
     stop_reason: Option<String>,
 }
 
+/// An event that surely carries no output, by the API references (issue
+/// 15's commit point): Responses `response.created`, `.in_progress`,
+/// `.queued`, an `output_item.added` / `content_part.added` with nothing in
+/// it; Messages `message_start`, `ping`, an empty text `content_block_start`.
+pub fn preamble(dialect: Dialect, v: &Value) -> bool {
+    let empty_str = |v: &Value| v.is_null() || v == "";
+    let kind = v["type"].as_str().unwrap_or_default();
+    match dialect {
+        Dialect::Responses => match kind {
+            "response.created" | "response.in_progress" | "response.queued" => true,
+            "response.output_item.added" | "response.content_part.added" => {
+                let x = if kind == "response.output_item.added" {
+                    &v["item"]
+                } else {
+                    &v["part"]
+                };
+                x.is_object()
+                    && empty_str(&x["text"])
+                    && empty_str(&x["arguments"])
+                    && empty_str(&x["refusal"])
+                    && (x["content"].is_null() || x["content"] == serde_json::json!([]))
+            }
+            _ => false,
+        },
+        Dialect::Messages => match kind {
+            "message_start" | "ping" => true,
+            "content_block_start" => {
+                let b = &v["content_block"];
+                b["type"] == "text" && b["text"] == "" && b.as_object().is_some_and(|o| o.len() == 2)
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// Reads a Responses or Messages stream as its API's clients do.
 pub fn stream_facts(dialect: Dialect, bytes: &[u8]) -> StreamFacts {
     let mut facts = StreamFacts {
         tidy: !has_bare_cr(bytes),
+        no_content_before_error: true,
         ..StreamFacts::default()
     };
+    // Still only preamble events so far.
+    let mut before_content = true;
     // Messages: the stop reason of the last `message_delta` (or "error").
     let mut stop: Option<String> = None;
     for data in sse_events(bytes) {
         if data.len() > MAX_EVENT_BYTES {
             facts.tidy = false;
             continue;
+        }
+        if before_content {
+            let v: Value = serde_json::from_slice(&data).unwrap_or(Value::Null);
+            let kind = v["type"].as_str().unwrap_or_default();
+            if !preamble(dialect, &v) {
+                before_content = false;
+                facts.no_content_before_error =
+                    kind == "error" || (dialect == Dialect::Responses && kind == "response.failed");
+            }
         }
         if data.trim_ascii() == b"[DONE]" {
             continue;
@@ -3615,6 +3667,20 @@ fn check(
                         None => sse_events(&yielded.bytes).iter().any(|e| e.trim_ascii() == b"[DONE]"),
                         Some(f) => f.tidy && f.whole,
                     };
+                    // 5d. Preamble events are no commit, and an error event
+                    // before any content is a failed attempt: such a stream
+                    // is never committed (unless the layer held more than
+                    // `max_response_bytes` before it decided).
+                    if let Some(f) = facts.as_ref() {
+                        if f.tidy && f.no_content_before_error && case.max_response_bytes.is_none() {
+                            violated!(
+                                case,
+                                5,
+                                "a {dialect} stream was committed though no event before its first error (or its end) carries output\n  upstream sent {:?}",
+                                Blob(yielded.bytes.clone())
+                            );
+                        }
+                    }
                     // 5c. One that ended cleanly without its terminal event
                     // (and without an error event of the upstream's, its own
                     // terminal) is not complete: the caller must be told.
