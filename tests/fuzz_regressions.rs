@@ -838,3 +838,42 @@ fn write_dialect_seeds() {
         println!("{dialect}: not reached: {wanted:?}");
     }
 }
+
+/// A Responses stream whose `response.completed` has no blank line after it
+/// (see `PENDING_TERMINAL_EVENT_REACHES_CLIENT`): the layer calls it whole
+/// and adds nothing; an SSE client never sees the event. Open.
+#[test]
+fn found_pending_terminal_event_never_dispatched() {
+    use serde_json::json;
+    for (dialect, tail) in [
+        (
+            Dialect::Responses,
+            &b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"status\":\"completed\"}}"[..],
+        ),
+        (
+            Dialect::Messages,
+            &b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n"[..],
+        ),
+    ] {
+        let mut stream = match dialect {
+            Dialect::Responses => sse(&[
+                ("response.created", json!({"sequence_number": 0, "response": {"id": "resp_1"}})),
+                ("response.output_text.delta", json!({"sequence_number": 1, "delta": "a"})),
+            ]),
+            _ => sse(&[
+                ("content_block_delta", json!({"delta": {"type": "text_delta", "text": "a"}})),
+                ("message_delta", json!({"delta": {"stop_reason": "end_turn"}})),
+            ]),
+        };
+        stream.extend_from_slice(tail);
+        let mut case = dialect_case(dialect, r#"{"model":"m","stream":true,"max_tokens":5,"input":"hi"}"#);
+        case.answers = vec![sse_answer(stream, Ending::Clean)];
+        let s = engine_fuzz::run_case(&case);
+        assert_eq!((s.committed_stream, s.error_chunk.as_deref()), (true, None), "{dialect}");
+        assert_eq!(
+            passes_strictly(&case),
+            engine_fuzz::PENDING_TERMINAL_EVENT_REACHES_CLIENT,
+            "{dialect}: flip PENDING_TERMINAL_EVENT_REACHES_CLIENT"
+        );
+    }
+}

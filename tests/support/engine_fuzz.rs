@@ -109,6 +109,20 @@ pub const FORCED_COMMIT_TRACKED: bool = true;
 /// hedged cases are not checked for it.
 pub const SERVED_ATTEMPT_AFTER_HEDGE: bool = true;
 
+/// A Responses or Messages stream whose terminal event
+/// (`response.completed`, `message_stop`) the upstream sent without the
+/// blank line that dispatches it, then ended cleanly, reaches the caller as
+/// a stream an SSE client sees end without any terminal event: the layer's
+/// tracker reads the pending event at the end of the body
+/// (`SseTracker::finish`, `src/stream.rs`) and calls the stream complete,
+/// so `CommittedStream` adds nothing — neither the blank line that would
+/// let the client see the upstream's event, nor a terminal event of its
+/// own. The WHATWG SSE rules (and the OpenAI and Anthropic SDKs' decoders)
+/// drop an undispatched event at the end. Found by hand while writing the
+/// dialect checks (`found_pending_terminal_event_never_dispatched`); open.
+/// While this is false, such streams are not checked for it.
+pub const PENDING_TERMINAL_EVENT_REACHES_CLIENT: bool = false;
+
 /// The scanner accepts every object serde_json accepts. Found by this
 /// target (and fixed on `main` in 0153f8f): the dense-escape gear
 /// (`dense_string_end` in `src/json/scan.rs`) handed back the next block's
@@ -3679,6 +3693,29 @@ fn check(
                                 "a {dialect} stream was committed though no event before its first error (or its end) carries output\n  upstream sent {:?}",
                                 Blob(yielded.bytes.clone())
                             );
+                        }
+                    }
+                    // 5e. A terminal event the upstream left undispatched at
+                    // its end is no terminal event for the caller's client.
+                    if let Some(f) = facts.as_ref() {
+                        if yielded.ended
+                            && !yielded.failed
+                            && extra.is_empty()
+                            && !f.whole
+                            && !f.error_event
+                            && fixed(PENDING_TERMINAL_EVENT_REACHES_CLIENT)
+                        {
+                            let mut closed = yielded.bytes.clone();
+                            closed.extend_from_slice(b"\n\n");
+                            let closed = stream_facts(dialect, &closed);
+                            if closed.tidy && closed.whole {
+                                violated!(
+                                    case,
+                                    5,
+                                    "a {dialect} stream's terminal event was never dispatched (no blank line after it) and the caller got nothing added: its client sees no end\n  upstream sent {:?}",
+                                    Blob(yielded.bytes.clone())
+                                );
+                            }
                         }
                     }
                     // 5c. One that ended cleanly without its terminal event
