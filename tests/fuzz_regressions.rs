@@ -876,4 +876,14 @@ fn found_pending_terminal_event_never_dispatched() {
             "{dialect}: flip PENDING_TERMINAL_EVENT_REACHES_CLIENT"
         );
     }
+    // What the fuzzer found (minimized).
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/regressions/engine/responses_pending_terminal_event_never_dispatched");
+    let case = engine_fuzz::decode(&std::fs::read(path).unwrap());
+    assert_eq!(case.dialect, Dialect::Responses);
+    assert_eq!(
+        passes_strictly(&case),
+        engine_fuzz::PENDING_TERMINAL_EVENT_REACHES_CLIENT,
+        "flip PENDING_TERMINAL_EVENT_REACHES_CLIENT"
+    );
 }
