@@ -541,7 +541,7 @@ fn stream_facts_tell_whole_streams() {
         (f.continues.sequence, f.continues.response_id.as_deref()),
         (Some(3), Some("resp_9"))
     );
-    let cut = sse(&[delta.clone()]);
+    let cut = sse(std::slice::from_ref(&delta));
     let f = stream_facts(r, &cut);
     assert!(f.tidy && !f.whole);
     // [DONE] is no end of a Responses stream.

@@ -1952,7 +1952,7 @@ fn decode_pass(control: &[u8], tail: &[u8], dialect: Dialect) -> Case {
             r.model.insert(0, 'x');
         }
     }
-    let case = Case {
+    Case {
         body: Blob(body),
         body_mode,
         caller_frames,
@@ -1977,8 +1977,7 @@ fn decode_pass(control: &[u8], tail: &[u8], dialect: Dialect) -> Case {
         anthropic_version: false,
         anthropic_beta: false,
         dialect_prefix: false,
-    };
-    case
+    }
 }
 
 // ---------------------------------------------------------------------------
