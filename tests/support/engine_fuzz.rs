@@ -27,6 +27,16 @@
 //!    `served_attempt` is the attempt that answered;
 //! 6. a summary exhaustion body holds no upstream or transport text.
 //!
+//! Every dialect (issue 15: chat, Responses, Messages, embeddings,
+//! completions) is a case: its bodies and answers are generated in its
+//! shapes, and the checks are its own — the dialect's path on an
+//! endpoint, Anthropic's `x-api-key` / `anthropic-version` for Messages on
+//! Anthropic's API, no route that does not serve the dialect (or hold a
+//! stateful request's state) sent to, the dialect's error JSON for the
+//! layer's own 4xx and for exhaustion, the dialect's one terminal event
+//! after a committed stream, nothing after a whole one, a terminal event
+//! after one cut short, and no commit before the first content.
+//!
 //! Properties that need a fix on `main` are behind the gates below (a
 //! gate off: the known failing case is not checked); `strict` turns them
 //! all on, for the tests that tell when a gate can be turned on.
@@ -42,7 +52,9 @@
 //! models and stream bytes. Without a `0xFF` the whole input is the raw
 //! body with the default case: one route, on a non-OpenRouter endpoint,
 //! every credential header sent, the upstream answering 200 with a
-//! completion. So any JSON file is a seed.
+//! completion. So any JSON file is a seed. An input that starts with `0xFE`
+//! has a dialect prefix first (see [`decode_as`]); no other input does, so
+//! every input saved before dialects is the chat case it was.
 #![allow(dead_code)]
 
 use bytes::Bytes;
