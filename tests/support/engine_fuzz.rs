@@ -27,6 +27,16 @@
 //!    `served_attempt` is the attempt that answered;
 //! 6. a summary exhaustion body holds no upstream or transport text.
 //!
+//! Every dialect (issue 15: chat, Responses, Messages, embeddings,
+//! completions) is a case: its bodies and answers are generated in its
+//! shapes, and the checks are its own — the dialect's path on an
+//! endpoint, Anthropic's `x-api-key` / `anthropic-version` for Messages on
+//! Anthropic's API, no route that does not serve the dialect (or hold a
+//! stateful request's state) sent to, the dialect's error JSON for the
+//! layer's own 4xx and for exhaustion, the dialect's one terminal event
+//! after a committed stream, nothing after a whole one, a terminal event
+//! after one cut short, and no commit before the first content.
+//!
 //! Properties that need a fix on `main` are behind the gates below (a
 //! gate off: the known failing case is not checked); `strict` turns them
 //! all on, for the tests that tell when a gate can be turned on.
@@ -42,7 +52,9 @@
 //! models and stream bytes. Without a `0xFF` the whole input is the raw
 //! body with the default case: one route, on a non-OpenRouter endpoint,
 //! every credential header sent, the upstream answering 200 with a
-//! completion. So any JSON file is a seed.
+//! completion. So any JSON file is a seed. An input that starts with `0xFE`
+//! has a dialect prefix first (see [`decode_as`]); no other input does, so
+//! every input saved before dialects is the chat case it was.
 #![allow(dead_code)]
 
 use bytes::Bytes;
@@ -51,8 +63,8 @@ use http_body::{Body, Frame};
 use http_body_util::BodyExt;
 use llm_fallback::native::{DataCollection, Endpoint, MaxPrice, ProviderPrefs, ProviderSort, SortBy};
 use llm_fallback::{
-    Attempt, Chain, ChainSet, ExhaustionBody, FallbackBuilder, FallbackReport, Outcome, ReplayBody, Resolution, Route,
-    StreamReport,
+    Attempt, Chain, ChainSet, Dialect, ExhaustionBody, FallbackBuilder, FallbackReport, Outcome, ReplayBody,
+    Resolution, Route, StreamReport,
 };
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
@@ -108,6 +120,20 @@ pub const FORCED_COMMIT_TRACKED: bool = true;
 /// `attempts.last()` filtered by `answered()`: `None`. While this is false,
 /// hedged cases are not checked for it.
 pub const SERVED_ATTEMPT_AFTER_HEDGE: bool = true;
+
+/// A Responses or Messages stream whose terminal event
+/// (`response.completed`, `message_stop`) the upstream sent without the
+/// blank line that dispatches it, then ended cleanly, reaches the caller as
+/// a stream an SSE client sees end without any terminal event: the layer's
+/// tracker reads the pending event at the end of the body
+/// (`SseTracker::finish`, `src/stream.rs`) and calls the stream complete,
+/// so `CommittedStream` adds nothing — neither the blank line that would
+/// let the client see the upstream's event, nor a terminal event of its
+/// own. The WHATWG SSE rules (and the OpenAI and Anthropic SDKs' decoders)
+/// drop an undispatched event at the end. Found by hand while writing the
+/// dialect checks (`found_pending_terminal_event_never_dispatched`); open.
+/// While this is false, such streams are not checked for it.
+pub const PENDING_TERMINAL_EVENT_REACHES_CLIENT: bool = false;
 
 /// The scanner accepts every object serde_json accepts. Found by this
 /// target (and fixed on `main` in 0153f8f): the dense-escape gear
@@ -201,6 +227,8 @@ pub const CUSTOM_CREDENTIAL: &str = "x-fuzz-credential";
 const POLICY_PREFIX: &str = "policy/";
 /// Every caller credential value starts with this.
 const MARKER: &str = "caller-secret-";
+/// The `anthropic-version` the caller sends when it sends one.
+const CALLER_ANTHROPIC_VERSION: &str = "2023-01-01";
 
 /// The environment variable holding the endpoints' key, set by the harness.
 pub const KEY_VAR: &str = "LLM_FALLBACK_FUZZ_ENDPOINT_KEY";
@@ -222,6 +250,8 @@ struct Input<'a> {
     at: usize,
     pool: &'a [u8],
     pool_at: usize,
+    /// The request's API shape: what generated bodies and answers look like.
+    dialect: Dialect,
 }
 
 impl<'a> Input<'a> {
@@ -317,6 +347,50 @@ pub struct Case {
     pub summary_exhaustion: bool,
     /// A chain `policy` the layer moves to on a content-policy failure.
     pub policy_routes: Vec<RouteSpec>,
+    /// The request's API shape (chat for every input without a dialect
+    /// prefix, so for every input saved before dialects existed).
+    pub dialect: Dialect,
+    /// How the layer is told the dialect.
+    pub dialect_via: DialectVia,
+    /// The caller sends `anthropic-version` (its own value) and
+    /// `anthropic-beta`.
+    pub anthropic_version: bool,
+    pub anthropic_beta: bool,
+    /// The input has a dialect prefix (see [`decode_as`]).
+    pub dialect_prefix: bool,
+}
+
+/// How the caller's request says its dialect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialectVia {
+    /// `/api/v1/<dialect path>` (chat: `/api/v1/chat/completions`, as before).
+    Path,
+    /// `/v1/<dialect path>/` (a trailing slash).
+    PathSlash,
+    /// A `Dialect` request extension on a path that names none.
+    Extension,
+    /// A `Dialect` extension on the path of another dialect: the extension wins.
+    ExtensionOverPath,
+}
+
+impl DialectVia {
+    /// The caller's path, and the extension it sets.
+    pub fn request(self, dialect: Dialect) -> (String, Option<Dialect>) {
+        match self {
+            DialectVia::Path => (format!("/api/v1{}", dialect.path()), None),
+            DialectVia::PathSlash => (format!("/v1{}/", dialect.path()), None),
+            DialectVia::Extension => ("/gateway/generate".into(), Some(dialect)),
+            DialectVia::ExtensionOverPath => {
+                let other = Dialect::ALL[(dialect_index(dialect) + 2) % Dialect::ALL.len()];
+                (format!("/v1{}", other.path()), Some(dialect))
+            }
+        }
+    }
+}
+
+/// `dialect`'s position in [`Dialect::ALL`].
+pub fn dialect_index(dialect: Dialect) -> usize {
+    Dialect::ALL.iter().position(|d| *d == dialect).unwrap_or(0)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,6 +411,48 @@ pub struct RouteSpec {
     pub timeout: Option<Duration>,
     pub first_token_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
+    /// `Endpoint::anthropic(true)`: a Messages request carries the key as
+    /// `x-api-key` with an `anthropic-version`.
+    pub anthropic: bool,
+    /// `Endpoint::dialects`: the dialects served, a bit per
+    /// [`dialect_index`] (`None`: the host's default).
+    pub serves: Option<u8>,
+    /// `Endpoint::shares_state(true)`.
+    pub shares_state: bool,
+}
+
+impl RouteSpec {
+    /// The route has an endpoint that talks Anthropic's own API.
+    fn anthropic_api(&self) -> bool {
+        self.endpoint != EndpointKind::None && (self.anthropic || self.endpoint == EndpointKind::AnthropicHost)
+    }
+
+    /// Why the layer must not send a request of `dialect` (stateful or
+    /// not) to this route: its endpoint does not serve the dialect, or the
+    /// request is stateful and the endpoint does not hold its state.
+    pub fn unfit(&self, dialect: Dialect, stateful: bool) -> Option<&'static str> {
+        if self.endpoint == EndpointKind::None {
+            return None;
+        }
+        let default = match self.endpoint {
+            EndpointKind::AnthropicHost => dialect_bit(Dialect::Messages) | dialect_bit(Dialect::Chat),
+            EndpointKind::OpenAiHost => ALL_DIALECT_BITS & !dialect_bit(Dialect::Messages),
+            _ => ALL_DIALECT_BITS,
+        };
+        if self.serves.unwrap_or(default) & dialect_bit(dialect) == 0 {
+            return Some("dialect");
+        }
+        if stateful && !self.shares_state {
+            return Some("stateful");
+        }
+        None
+    }
+}
+
+const ALL_DIALECT_BITS: u8 = 0b1_1111;
+
+fn dialect_bit(d: Dialect) -> u8 {
+    1 << dialect_index(d)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,6 +471,11 @@ pub enum EndpointKind {
     OpenRouter,
     /// `https://openrouter.ai/api/v1/`, `.openrouter(false)`.
     OpenRouterHostDenied,
+    /// `https://api.anthropic.com/v1` (detected: Anthropic's API, serves
+    /// Messages and chat only), with a key.
+    AnthropicHost,
+    /// `https://api.openai.com/v1` (serves everything but Messages), with a key.
+    OpenAiHost,
 }
 
 impl EndpointKind {
@@ -362,6 +483,8 @@ impl EndpointKind {
         match self {
             EndpointKind::OpenRouter => OPENROUTER_BASE,
             EndpointKind::OpenRouterHostDenied => "https://openrouter.ai/api/v1/",
+            EndpointKind::AnthropicHost => "https://api.anthropic.com/v1",
+            EndpointKind::OpenAiHost => "https://api.openai.com/v1",
             _ => LOCAL_BASE,
         }
     }
@@ -369,7 +492,11 @@ impl EndpointKind {
     fn keyed(self) -> bool {
         matches!(
             self,
-            EndpointKind::LocalKeyed | EndpointKind::LocalOpenRouterKeyed | EndpointKind::OpenRouter
+            EndpointKind::LocalKeyed
+                | EndpointKind::LocalOpenRouterKeyed
+                | EndpointKind::OpenRouter
+                | EndpointKind::AnthropicHost
+                | EndpointKind::OpenAiHost
         )
     }
 
@@ -377,7 +504,11 @@ impl EndpointKind {
     fn strips_openrouter_keys(self) -> bool {
         matches!(
             self,
-            EndpointKind::Local | EndpointKind::LocalKeyed | EndpointKind::OpenRouterHostDenied
+            EndpointKind::Local
+                | EndpointKind::LocalKeyed
+                | EndpointKind::OpenRouterHostDenied
+                | EndpointKind::AnthropicHost
+                | EndpointKind::OpenAiHost
         )
     }
 
@@ -563,10 +694,16 @@ fn decode_route(inp: &mut Input<'_>) -> RouteSpec {
         timeout,
         first_token_timeout,
         idle_timeout,
+        anthropic: false,
+        serves: None,
+        shares_state: false,
     }
 }
 
 fn decode_answer(inp: &mut Input<'_>) -> AnswerSpec {
+    if inp.dialect != Dialect::Chat {
+        return decode_dialect_answer(inp);
+    }
     let latency = inp.pick(&[
         None,
         None,
@@ -650,6 +787,532 @@ fn decode_answer(inp: &mut Input<'_>) -> AnswerSpec {
     AnswerSpec { latency, kind }
 }
 
+/// An answer in the shape of the request's dialect (not chat).
+fn decode_dialect_answer(inp: &mut Input<'_>) -> AnswerSpec {
+    let dialect = inp.dialect;
+    let latency = inp.pick(&[
+        None,
+        None,
+        None,
+        Some(Duration::from_millis(50)),
+        Some(Duration::from_millis(1500)),
+        Some(Duration::from_secs(45)),
+    ]);
+    let streams = dialect != Dialect::Embeddings || inp.chance(40);
+    let kind = match inp.below(12) {
+        0 | 1 => {
+            let model = inp.pick(&MODELS);
+            let body = good_answer(inp, dialect, model);
+            json_answer(inp, 200, body)
+        }
+        2 => {
+            let statuses: &[u16] = match dialect {
+                Dialect::Messages => &[529, 529, 429, 500, 503, 400, 401, 403, 404, 413, 408, 502],
+                _ => &STATUSES[1..],
+            };
+            let status = inp.pick(statuses);
+            let body = match dialect {
+                Dialect::Messages => anthropic_error(inp, status),
+                _ => error_body(inp),
+            };
+            let mut answer = json_answer(inp, status, body);
+            if let AnswerKind::Http { headers, .. } = &mut answer {
+                if inp.chance(80) {
+                    headers.push(("retry-after", inp.pick(&["1", "120", "0", "soon"]).into()));
+                }
+            }
+            answer
+        }
+        3 => {
+            let body = error_in_2xx(inp, dialect);
+            json_answer(inp, 200, body)
+        }
+        4..=8 if streams => {
+            let status = match inp.chance(40) {
+                true => inp.pick(&STATUSES),
+                false => 200,
+            };
+            let content_type = inp.pick(&[
+                "text/event-stream",
+                "text/event-stream; charset=utf-8",
+                "TEXT/EVENT-STREAM",
+                "application/json",
+            ]);
+            let body = match dialect {
+                Dialect::Responses => responses_sse(inp),
+                Dialect::Messages => messages_sse(inp),
+                Dialect::Completions => completions_sse(inp),
+                _ => sse_body(inp),
+            };
+            AnswerKind::Http {
+                status,
+                headers: vec![("content-type", content_type.into())],
+                body: Blob(body),
+                frames: decode_frames(inp, true),
+            }
+        }
+        9 => AnswerKind::Transport,
+        10 => {
+            let status = inp.pick(&STATUSES);
+            let content_type = inp.pick(&["application/json", "text/plain", "text/event-stream", ""]);
+            let body = inp.pool_bytes(1024);
+            AnswerKind::Http {
+                status,
+                headers: vec![("content-type", content_type.into())],
+                body: Blob(body),
+                frames: decode_frames(inp, true),
+            }
+        }
+        _ => match inp.chance(60) {
+            true => AnswerKind::Hang,
+            false => {
+                let model = inp.pick(&MODELS);
+                let body = good_answer(inp, dialect, model);
+                json_answer(inp, 200, body)
+            }
+        },
+    };
+    AnswerSpec { latency, kind }
+}
+
+fn to_vec(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// A good answer of `dialect`.
+fn good_answer(inp: &mut Input<'_>, dialect: Dialect, model: &str) -> Vec<u8> {
+    let v = match dialect {
+        Dialect::Responses => {
+            let status = inp.pick(&["completed", "completed", "incomplete", "in_progress"]);
+            let incomplete = match status {
+                "incomplete" => serde_json::json!({"reason": "max_output_tokens"}),
+                _ => Value::Null,
+            };
+            serde_json::json!({"id": "resp_fuzz", "object": "response", "created_at": 1, "model": model,
+                "status": status, "error": null, "incomplete_details": incomplete,
+                "output": [{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+                    "content": [{"type": "output_text", "text": "ok", "annotations": []}]}],
+                "usage": {"input_tokens": 3, "output_tokens": 1, "total_tokens": 4}})
+        }
+        Dialect::Messages => {
+            let content = match inp.below(3) {
+                0 => {
+                    serde_json::json!([{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Oslo"}}])
+                }
+                _ => serde_json::json!([{"type": "text", "text": "ok"}]),
+            };
+            serde_json::json!({"id": "msg_fuzz", "type": "message", "role": "assistant", "model": model,
+                "content": content, "stop_reason": inp.pick(&["end_turn", "max_tokens", "tool_use"]),
+                "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1}})
+        }
+        Dialect::Embeddings => serde_json::json!({"object": "list",
+            "data": [{"object": "embedding", "index": 0, "embedding": [0.0023, -0.0093, 0.5]}],
+            "model": model, "usage": {"prompt_tokens": 3, "total_tokens": 3}}),
+        _ => serde_json::json!({"id": "cmpl-fuzz", "object": "text_completion", "created": 1, "model": model,
+            "provider": "Fuzz",
+            "choices": [{"text": "ok", "index": 0, "logprobs": null, "finish_reason": inp.pick(&["stop", "length"])}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}),
+    };
+    to_vec(&v)
+}
+
+/// Anthropic's error JSON for `status`.
+fn anthropic_error(inp: &mut Input<'_>, status: u16) -> Vec<u8> {
+    let kind = match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    let message = match inp.below(4) {
+        0 => "Overloaded".to_owned(),
+        1 => "prompt is too long: 210000 tokens > 200000 maximum".to_owned(),
+        2 => "Provider returned error".to_owned(),
+        _ => inp.pool_string(48),
+    };
+    to_vec(&serde_json::json!({"type": "error", "error": {"type": kind, "message": message}}))
+}
+
+/// An error inside a 2xx, in `dialect`'s shape.
+fn error_in_2xx(inp: &mut Input<'_>, dialect: Dialect) -> Vec<u8> {
+    match (dialect, inp.below(4)) {
+        (Dialect::Responses, 0 | 1) => to_vec(&serde_json::json!({"id": "resp_f", "object": "response",
+            "status": "failed", "model": "fuzz/first",
+            "error": {"code": inp.pick(&["server_error", "rate_limit_exceeded", "invalid_prompt"]),
+                "message": "Provider returned error"},
+            "output": [], "usage": null})),
+        (Dialect::Responses, 2) => br#"{"id":"resp_f","object":"response","status":"completed","error":{"code":"x","message":"y"},"output":[]}"#.to_vec(),
+        (Dialect::Messages, 0 | 1) => anthropic_error(inp, 529),
+        (Dialect::Messages, 2) => br#"{"type":"message","role":"assistant"}"#.to_vec(),
+        (Dialect::Embeddings, 0 | 1) => error_body(inp),
+        (Dialect::Embeddings, 2) => br#"{"object":"list","data":[],"model":"m"}"#.to_vec(),
+        (Dialect::Completions, 0 | 1) => br#"{"choices":[{"index":0,"text":"","finish_reason":"error"}]}"#.to_vec(),
+        (_, 3) => b"<html>upstream down</html>".to_vec(),
+        _ => error_body(inp),
+    }
+}
+
+/// The line ending of one event (see [`sse_body`] for the styles).
+fn eol_of(inp: &mut Input<'_>, style: usize) -> &'static [u8] {
+    match style {
+        0 => b"\n",
+        1 => b"\r\n",
+        2 => b"",
+        3 => b"\r",
+        _ => inp.pick(&[&b"\n"[..], b"\r\n", b"", b"\r"]),
+    }
+}
+
+/// One SSE event: `event: <name>` when named, `data: <payload>`, a blank line.
+fn push_event(out: &mut Vec<u8>, name: Option<&str>, payload: &[u8], eol: &[u8]) {
+    if let Some(name) = name {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(eol);
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(payload);
+    out.extend_from_slice(eol);
+    out.extend_from_slice(eol);
+}
+
+/// The kinds of events a stream of a dialect is made of: a whole stream,
+/// one cut before its end, one that errs first, or any mix.
+fn stream_plan(inp: &mut Input<'_>, preamble: &[u8], content: &[u8], end: &[u8], error: u8, kinds: u8) -> Vec<u8> {
+    let deltas = 1 + inp.below(4);
+    match inp.below(5) {
+        // Whole: preamble, content, the proper end.
+        0 | 1 => {
+            let mut plan = preamble.to_vec();
+            for _ in 0..deltas {
+                plan.push(inp.pick(content));
+            }
+            plan.extend_from_slice(end);
+            plan
+        }
+        // Cut before its end, maybe with an error after the content.
+        2 => {
+            let mut plan = preamble.to_vec();
+            for _ in 0..deltas {
+                plan.push(inp.pick(content));
+            }
+            if inp.chance(100) {
+                plan.push(error);
+            }
+            plan
+        }
+        // An error before any content, then (a replay would not see it) more.
+        3 => {
+            let mut plan = preamble[..1.min(preamble.len())].to_vec();
+            plan.push(error);
+            plan.extend_from_slice(&content[..1]);
+            plan
+        }
+        _ => (0..1 + inp.below(10))
+            .map(|_| inp.below(kinds as usize) as u8)
+            .collect(),
+    }
+}
+
+/// A Responses event stream: `event:` lines, `sequence_number`s, the
+/// preamble events, deltas of every kind, the terminal events, errors,
+/// keep-alives, `[DONE]`, malformed and huge events.
+fn responses_sse(inp: &mut Input<'_>) -> Vec<u8> {
+    let style = inp.below(10).min(4);
+    // 0 created, 1 in_progress, 2 output_item.added (empty), 3
+    // content_part.added (empty), 4 text delta, 5 empty text delta, 6
+    // arguments delta, 7 reasoning delta, 8 completed, 9 incomplete, 10
+    // response.failed, 11 error, 12 keep-alive, 13 [DONE], 14 text done, 15
+    // pool bytes, 16 huge delta, 17 refusal delta, 18 queued, 19 an item
+    // with content.
+    let plan = stream_plan(inp, &[0, 1, 2, 3, 12], &[4, 4, 6, 7, 17, 19, 5], &[14, 8], 11, 20);
+    let mut out = Vec::new();
+    let id = inp.pick(&["resp_abc", "resp_\u{e9}\"x", ""]);
+    let model = inp.pick(&MODELS);
+    for (seq, kind) in plan.into_iter().enumerate() {
+        let eol = eol_of(inp, style);
+        let head = |status: &str| {
+            serde_json::json!({"id": id, "object": "response", "created_at": 1,
+            "model": model, "status": status, "error": null, "output": []})
+        };
+        let (name, data): (&str, Value) = match kind {
+            0 => ("response.created", serde_json::json!({"response": head("in_progress")})),
+            1 => (
+                "response.in_progress",
+                serde_json::json!({"response": head("in_progress")}),
+            ),
+            2 => (
+                "response.output_item.added",
+                serde_json::json!({"output_index": 0,
+                "item": {"type": "message", "id": "msg_1", "role": "assistant", "status": "in_progress", "content": []}}),
+            ),
+            3 => (
+                "response.content_part.added",
+                serde_json::json!({"item_id": "msg_1", "output_index": 0,
+                "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}),
+            ),
+            4 | 5 => {
+                let text = match (kind, inp.below(3)) {
+                    (5, _) => String::new(),
+                    (_, 0) => "Hel".to_owned(),
+                    (_, 1) => "lo \\n\"".to_owned(),
+                    _ => inp.pool_string(16),
+                };
+                (
+                    "response.output_text.delta",
+                    serde_json::json!({"item_id": "msg_1", "output_index": 0,
+                    "content_index": 0, "delta": text}),
+                )
+            }
+            6 => (
+                "response.function_call_arguments.delta",
+                serde_json::json!({"item_id": "fc_1",
+                "output_index": 0, "delta": "{\"city\":"}),
+            ),
+            7 => (
+                "response.reasoning_summary_text.delta",
+                serde_json::json!({"item_id": "rs_1",
+                "output_index": 0, "summary_index": 0, "delta": "Thinking"}),
+            ),
+            8 => {
+                let mut r = head("completed");
+                r["usage"] = serde_json::json!({"input_tokens": 3, "output_tokens": 2, "total_tokens": 5});
+                ("response.completed", serde_json::json!({"response": r}))
+            }
+            9 => {
+                let mut r = head("incomplete");
+                r["incomplete_details"] = serde_json::json!({"reason": "max_output_tokens"});
+                ("response.incomplete", serde_json::json!({"response": r}))
+            }
+            10 => {
+                let mut r = head("failed");
+                r["error"] = serde_json::json!({"code": "server_error", "message": "Provider disconnected"});
+                ("response.failed", serde_json::json!({"response": r}))
+            }
+            11 => (
+                "error",
+                serde_json::json!({"code": inp.pick(&["insufficient_quota", "rate_limit_exceeded"]),
+                "message": "Provider returned error", "param": null}),
+            ),
+            12 => {
+                out.extend_from_slice(b": keep-alive");
+                out.extend_from_slice(eol);
+                out.extend_from_slice(eol);
+                continue;
+            }
+            13 => {
+                push_event(&mut out, None, b"[DONE]", eol);
+                continue;
+            }
+            14 => (
+                "response.output_text.done",
+                serde_json::json!({"item_id": "msg_1", "output_index": 0,
+                "content_index": 0, "text": "Hello"}),
+            ),
+            15 => {
+                out.extend_from_slice(&inp.pool_bytes(128));
+                continue;
+            }
+            16 => {
+                let size = match inp.chance(3) {
+                    true => 8 * 1024 * 1024 + 1,
+                    false => 1024usize << inp.below(11),
+                };
+                (
+                    "response.output_text.delta",
+                    serde_json::json!({"item_id": "msg_1", "output_index": 0,
+                    "content_index": 0, "delta": "x".repeat(size)}),
+                )
+            }
+            17 => (
+                "response.refusal.delta",
+                serde_json::json!({"item_id": "msg_1", "output_index": 0,
+                "content_index": 0, "delta": "I can't"}),
+            ),
+            18 => ("response.queued", serde_json::json!({"response": head("queued")})),
+            _ => (
+                "response.output_item.added",
+                serde_json::json!({"output_index": 0,
+                "item": {"type": "function_call", "id": "fc_1", "call_id": "call_1", "name": "get_weather", "arguments": "{}"}}),
+            ),
+        };
+        let mut data = data;
+        data["type"] = Value::from(name);
+        if !inp.chance(20) {
+            data["sequence_number"] = Value::from(seq);
+        }
+        // Now and then the `event:` line is missing (the type is in the data).
+        let named = !inp.chance(20);
+        push_event(&mut out, named.then_some(name), &to_vec(&data), eol);
+    }
+    cut_tail(inp, &mut out);
+    out
+}
+
+/// An Anthropic Messages event stream: `message_start`, `ping`, empty and
+/// filled `content_block_start`, deltas of every kind, `message_delta`,
+/// `message_stop`, `error` events, keep-alives, malformed and huge events.
+fn messages_sse(inp: &mut Input<'_>) -> Vec<u8> {
+    let style = inp.below(10).min(4);
+    // 0 message_start, 1 empty content_block_start, 2 ping, 3 text delta, 4
+    // input_json delta, 5 thinking delta, 6 content_block_stop, 7
+    // message_delta with stop_reason, 8 message_stop, 9 error
+    // (overloaded), 10 keep-alive, 11 message_delta without stop_reason, 12
+    // tool_use content_block_start, 13 pool bytes, 14 huge delta, 15
+    // [DONE], 16 an empty text delta.
+    let plan = stream_plan(inp, &[0, 1, 2, 10], &[3, 3, 4, 5, 12, 16], &[6, 7, 8], 9, 17);
+    let mut out = Vec::new();
+    let model = inp.pick(&MODELS);
+    for kind in plan {
+        let eol = eol_of(inp, style);
+        let (name, data): (&str, Value) = match kind {
+            0 => (
+                "message_start",
+                serde_json::json!({"message": {"id": "msg_1", "type": "message",
+                "role": "assistant", "model": model, "content": [], "stop_reason": null,
+                "usage": {"input_tokens": 7, "output_tokens": 1}}}),
+            ),
+            1 => (
+                "content_block_start",
+                serde_json::json!({"index": 0, "content_block": {"type": "text", "text": ""}}),
+            ),
+            2 => ("ping", serde_json::json!({})),
+            3 | 16 => {
+                let text = match (kind, inp.below(3)) {
+                    (16, _) => String::new(),
+                    (_, 0) => "Hel".to_owned(),
+                    (_, 1) => "lo \\n\"".to_owned(),
+                    _ => inp.pool_string(16),
+                };
+                (
+                    "content_block_delta",
+                    serde_json::json!({"index": 0, "delta": {"type": "text_delta", "text": text}}),
+                )
+            }
+            4 => (
+                "content_block_delta",
+                serde_json::json!({"index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"city\": \"Os"}}),
+            ),
+            5 => (
+                "content_block_delta",
+                serde_json::json!({"index": 0, "delta": {"type": "thinking_delta", "thinking": "Let me"}}),
+            ),
+            6 => ("content_block_stop", serde_json::json!({"index": 0})),
+            7 => (
+                "message_delta",
+                serde_json::json!({"delta": {"stop_reason": inp.pick(&["end_turn", "max_tokens", "tool_use"]),
+                "stop_sequence": null}, "usage": {"output_tokens": 15}}),
+            ),
+            8 => ("message_stop", serde_json::json!({})),
+            9 => (
+                "error",
+                serde_json::json!({"error": {"type": inp.pick(&["overloaded_error", "api_error"]),
+                "message": "Overloaded"}}),
+            ),
+            10 => {
+                out.extend_from_slice(b": keep-alive");
+                out.extend_from_slice(eol);
+                out.extend_from_slice(eol);
+                continue;
+            }
+            11 => (
+                "message_delta",
+                serde_json::json!({"delta": {"stop_reason": null}, "usage": {"output_tokens": 2}}),
+            ),
+            12 => (
+                "content_block_start",
+                serde_json::json!({"index": 1, "content_block": {"type": "tool_use",
+                "id": "toolu_1", "name": "get_weather", "input": {}}}),
+            ),
+            13 => {
+                out.extend_from_slice(&inp.pool_bytes(128));
+                continue;
+            }
+            14 => {
+                let size = match inp.chance(3) {
+                    true => 8 * 1024 * 1024 + 1,
+                    false => 1024usize << inp.below(11),
+                };
+                (
+                    "content_block_delta",
+                    serde_json::json!({"index": 0, "delta": {"type": "text_delta", "text": "x".repeat(size)}}),
+                )
+            }
+            _ => {
+                push_event(&mut out, None, b"[DONE]", eol);
+                continue;
+            }
+        };
+        let mut data = data;
+        data["type"] = Value::from(name);
+        let named = !inp.chance(20);
+        push_event(&mut out, named.then_some(name), &to_vec(&data), eol);
+    }
+    cut_tail(inp, &mut out);
+    out
+}
+
+/// Now and then the stream's last line break or blank line is missing (an
+/// upstream that stopped one or two bytes short).
+fn cut_tail(inp: &mut Input<'_>, out: &mut Vec<u8>) {
+    let cut = match inp.below(10) {
+        0 => 1,
+        1 => 2,
+        _ => 0,
+    };
+    out.truncate(out.len().saturating_sub(cut));
+}
+
+/// A legacy completions stream: `text_completion` chunks with
+/// `choices[].text`, a final `finish_reason`, `[DONE]`, errors,
+/// keep-alives, malformed events.
+fn completions_sse(inp: &mut Input<'_>) -> Vec<u8> {
+    let style = inp.below(10).min(4);
+    // 0 keep-alive, 1 text, 2 empty text, 3 finish, 4 [DONE], 5 error chunk,
+    // 6 pool bytes, 7 malformed.
+    let plan = stream_plan(inp, &[0, 2], &[1, 1, 2], &[3, 4], 5, 8);
+    let mut out = Vec::new();
+    for kind in plan {
+        let eol = eol_of(inp, style);
+        let chunk = |text: &str, finish: Value| {
+            to_vec(
+                &serde_json::json!({"id": "cmpl-1", "object": "text_completion", "created": 1,
+                "model": "fuzz/first", "choices": [{"text": text, "index": 0, "logprobs": null, "finish_reason": finish}]}),
+            )
+        };
+        match kind {
+            0 => {
+                out.extend_from_slice(b": OPENROUTER PROCESSING");
+                out.extend_from_slice(eol);
+                out.extend_from_slice(eol);
+            }
+            1 => {
+                let text = match inp.below(2) {
+                    0 => "Hel".to_owned(),
+                    _ => inp.pool_string(16),
+                };
+                push_event(&mut out, None, &chunk(&text, Value::Null), eol);
+            }
+            2 => push_event(&mut out, None, &chunk("", Value::Null), eol),
+            3 => push_event(&mut out, None, &chunk("", Value::from("stop")), eol),
+            4 => push_event(&mut out, None, b"[DONE]", eol),
+            5 => push_event(
+                &mut out,
+                None,
+                br#"{"error":{"code":"server_error","message":"Provider disconnected"},"choices":[{"index":0,"text":"","finish_reason":"error"}]}"#,
+                eol,
+            ),
+            6 => out.extend_from_slice(&inp.pool_bytes(128)),
+            _ => push_event(&mut out, None, b"{not json", eol),
+        }
+    }
+    out
+}
+
 fn json_answer(inp: &mut Input<'_>, status: u16, body: Vec<u8>) -> AnswerKind {
     let content_type = inp.pick(&["application/json", "application/json", "text/plain", ""]);
     AnswerKind::Http {
@@ -657,6 +1320,22 @@ fn json_answer(inp: &mut Input<'_>, status: u16, body: Vec<u8>) -> AnswerKind {
         headers: vec![("content-type", content_type.into())],
         body: Blob(body),
         frames: decode_frames(inp, true),
+    }
+}
+
+/// The answer to an attempt the script has none for: a good one of the
+/// dialect (chat: a completion, as always).
+fn default_answer(dialect: Dialect) -> Vec<u8> {
+    let mut inp = Input {
+        control: &[],
+        at: 0,
+        pool: &[],
+        pool_at: 0,
+        dialect,
+    };
+    match dialect {
+        Dialect::Chat => completion("fuzz/served", "ok"),
+        d => good_answer(&mut inp, d, "fuzz/served"),
     }
 }
 
@@ -871,6 +1550,12 @@ fn model_value(inp: &mut Input<'_>) -> String {
 }
 
 fn member(inp: &mut Input<'_>) -> (String, String) {
+    if inp.dialect != Dialect::Chat {
+        // Half the members the dialect's own, half the keys every body has.
+        if !inp.chance(110) {
+            return dialect_member(inp);
+        }
+    }
     let key = inp.below(20);
     let (key, value): (&str, String) = match key {
         0 => ("\"model\"", model_value(inp)),
@@ -922,6 +1607,109 @@ fn member(inp: &mut Input<'_>) -> (String, String) {
         _ => (inp.pick(&["\"a\"", "\"b\"", "\"user\""]), generic_value(inp)),
     };
     (key.to_owned(), value)
+}
+
+/// A member of the dialect's own request shape.
+fn dialect_member(inp: &mut Input<'_>) -> (String, String) {
+    let (key, value): (&str, String) = match inp.dialect {
+        Dialect::Responses => match inp.below(17) {
+            0..=2 | 14..=16 => ("\"input\"", responses_input(inp)),
+            3 => ("\"instructions\"", inp.pick(&["\"Be brief.\"", "null", "\"\\\"model\\\": x\""]).into()),
+            4 => ("\"tools\"", inp.pick(&[
+                "[]",
+                r#"[{"type":"function","name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}]"#,
+                r#"[{"type":"web_search"}]"#,
+                "null",
+            ]).into()),
+            5 => ("\"max_output_tokens\"", inp.pick(&["64", "100000000", "null", "\"x\"", "0"]).into()),
+            6 => ("\"previous_response_id\"", inp.pick(&["\"resp_123\"", "null", "null", "null", "\"\"", "7"]).into()),
+            7 => ("\"conversation\"", inp.pick(&["\"conv_1\"", "{\"id\":\"conv_1\"}", "null", "null", "null"]).into()),
+            8 => ("\"text\"", inp.pick(&[
+                r#"{"format":{"type":"json_schema","name":"x","schema":{"type":"object"}}}"#,
+                r#"{"format":{"type":"text"}}"#,
+            ]).into()),
+            9 => ("\"reasoning\"", "{\"effort\":\"low\"}".into()),
+            10 => ("\"store\"", inp.pick(&["false", "true"]).into()),
+            11 => ("\"include\"", "[\"reasoning.encrypted_content\"]".into()),
+            12 => (inp.pick(&["\"prev\\u0069ous_response_id\"", "\"c\\u006fnversation\"", "\"\\u0069nput\""]), inp.pick(&["\"resp_9\"", "null", "null", "[]"]).into()),
+            _ => ("\"background\"", inp.pick(&["true", "false"]).into()),
+        },
+        Dialect::Messages => match inp.below(12) {
+            0..=2 => ("\"messages\"", messages_blocks(inp)),
+            3 => ("\"system\"", inp.pick(&[
+                "\"You are terse.\"",
+                r#"[{"type":"text","text":"sys","cache_control":{"type":"ephemeral"}}]"#,
+                "null",
+            ]).into()),
+            4 => ("\"tools\"", inp.pick(&[
+                r#"[{"name":"get_weather","description":"d","input_schema":{"type":"object"}}]"#,
+                "[]",
+            ]).into()),
+            5..=6 => ("\"max_tokens\"", inp.pick(&["1024", "64", "100000000", "\"x\"", "null", "-1"]).into()),
+            7 => ("\"thinking\"", inp.pick(&[
+                r#"{"type":"enabled","budget_tokens":2048}"#,
+                r#"{"type":"disabled"}"#,
+                "null",
+            ]).into()),
+            8 => ("\"tool_choice\"", inp.pick(&[r#"{"type":"auto"}"#, r#"{"type":"none"}"#, r#"{"type":"tool","name":"f"}"#]).into()),
+            9 => ("\"stop_sequences\"", "[\"\\n\\nHuman:\"]".into()),
+            10 => ("\"metadata\"", "{\"user_id\":\"u-1\"}".into()),
+            _ => ("\"temperature\"", inp.pick(&["0.5", "1"]).into()),
+        },
+        Dialect::Embeddings => match inp.below(6) {
+            0..=2 => ("\"input\"", inp.pick(&[
+                "\"The food was delicious\"",
+                "[\"a\",\"b\",\"\\u00e9\"]",
+                "[1,2,3,50256]",
+                "[[1,2],[3]]",
+                "[]",
+                "\"\"",
+            ]).into()),
+            3 => ("\"encoding_format\"", inp.pick(&["\"float\"", "\"base64\""]).into()),
+            4 => ("\"dimensions\"", inp.pick(&["256", "0", "\"x\""]).into()),
+            _ => ("\"user\"", json_string(&inp.pool_string(16))),
+        },
+        _ => match inp.below(6) {
+            0..=2 => ("\"prompt\"", match inp.below(4) {
+                0 => "\"Say this is a test\"".into(),
+                1 => "[\"a\",\"b\"]".into(),
+                2 => "[1,2,3]".into(),
+                _ => json_string(&inp.pool_string(48)),
+            }),
+            3 => ("\"max_tokens\"", inp.pick(&["16", "100000000", "null", "\"x\""]).into()),
+            4 => ("\"suffix\"", "\"end\"".into()),
+            _ => ("\"echo\"", inp.pick(&["true", "false"]).into()),
+        },
+    };
+    (key.to_owned(), value)
+}
+
+/// A Responses `input`: a string, or items (messages with text, image and
+/// file parts, function call outputs).
+fn responses_input(inp: &mut Input<'_>) -> String {
+    match inp.below(7) {
+        0 => "\"Hello\"".into(),
+        1 => json_string(&inp.pool_string(64)),
+        2 => r#"[{"role":"user","content":[{"type":"input_text","text":"What is in this image?"},{"type":"input_image","image_url":"data:image/png;base64,AAAA"}]}]"#.into(),
+        3 => r#"[{"role":"user","content":[{"type":"input_file","filename":"a.pdf","file_data":"data:application/pdf;base64,JVBERi0="}]}]"#.into(),
+        4 => r#"[{"type":"function_call_output","call_id":"call_1","output":"{\"t\":21}"},{"role":"user","content":"model"}]"#.into(),
+        5 => "[]".into(),
+        _ => format!(r#"[{{"role":"user","content":"{}"}}]"#, "y".repeat(16usize << inp.below(12))),
+    }
+}
+
+/// Anthropic `messages`: string content, or blocks (text, image, document,
+/// tool use and result).
+fn messages_blocks(inp: &mut Input<'_>) -> String {
+    match inp.below(7) {
+        0 => r#"[{"role":"user","content":"Hello, Claude"}]"#.into(),
+        1 => format!(r#"[{{"role":"user","content":{}}}]"#, json_string(&inp.pool_string(64))),
+        2 => r#"[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"AAAA"}},{"type":"text","text":"model?"}]}]"#.into(),
+        3 => r#"[{"role":"user","content":[{"type":"document","source":{"type":"base64","media_type":"application/pdf","data":"JVBERi0="}}]}]"#.into(),
+        4 => r#"[{"role":"user","content":"w?"},{"role":"assistant","content":[{"type":"tool_use","id":"toolu_1","name":"get_weather","input":{"city":"Oslo"}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"toolu_1","content":"21C"}]}]"#.into(),
+        5 => "[]".into(),
+        _ => format!(r#"[{{"role":"user","content":"{}"}}]"#, "y".repeat(16usize << inp.below(12))),
+    }
 }
 
 fn messages(inp: &mut Input<'_>) -> String {
@@ -989,15 +1777,105 @@ fn generic_value(inp: &mut Input<'_>) -> String {
 
 /// Reads a case from any bytes (see the module docs for the format).
 pub fn decode(data: &[u8]) -> Case {
-    let (control, tail) = match data.iter().position(|&b| b == 0xFF) {
-        Some(at) => (&data[..at], &data[at + 1..]),
-        None => (&[][..], data),
+    decode_as(data, None)
+}
+
+/// The dialect prefix: `0xFE` and this many bytes (zeros past the input's
+/// end).
+pub const DIALECT_PREFIX: usize = 16;
+
+/// [`decode`], with the dialect `dialect` when given (else the input's).
+///
+/// An input that starts with `0xFE` has a dialect prefix: the
+/// [`DIALECT_PREFIX`] bytes after it pick the dialect (zero: chat), how
+/// the caller says it (path or extension), the caller's Anthropic headers,
+/// and for each route whether its endpoint is Anthropic's API, OpenAI's,
+/// limited to some dialects, or shares a stateful request's state. The rest
+/// is an input of the format above, whose generated bodies and answers are
+/// in the dialect's shapes. No input saved before dialects starts with
+/// `0xFE` (a JSON body cannot): each is the same chat case.
+pub fn decode_as(data: &[u8], dialect: Option<Dialect>) -> Case {
+    let (prefix, rest) = match data.first() {
+        Some(&0xFE) => {
+            let p = &data[1..];
+            let n = p.len().min(DIALECT_PREFIX);
+            (&p[..n], &p[n..])
+        }
+        _ => (&[][..], data),
     };
+    let (control, tail) = match rest.iter().position(|&b| b == 0xFF) {
+        Some(at) => (&rest[..at], &rest[at + 1..]),
+        None => (&[][..], rest),
+    };
+    let mut inp = Input {
+        control: prefix,
+        at: 0,
+        pool: &[],
+        pool_at: 0,
+        dialect: Dialect::Chat,
+    };
+    let chosen = Dialect::ALL[inp.byte() as usize % Dialect::ALL.len()];
+    let dialect = dialect.unwrap_or(chosen);
+    let mut case = decode_pass(control, tail, dialect);
+    case.dialect_prefix = !prefix.is_empty();
+    case.dialect_via = inp.pick(&[
+        DialectVia::Path,
+        DialectVia::Path,
+        DialectVia::PathSlash,
+        DialectVia::Extension,
+        DialectVia::ExtensionOverPath,
+    ]);
+    let anthropic = inp.byte();
+    case.anthropic_version = anthropic & 1 != 0;
+    case.anthropic_beta = anthropic & 2 != 0;
+    for r in case.routes.iter_mut().chain(case.policy_routes.iter_mut()) {
+        let variant = inp.below(9);
+        let bits = inp.byte() & ALL_DIALECT_BITS;
+        match (variant, r.endpoint) {
+            (0, _) => {}
+            (3, _) => r.endpoint = EndpointKind::AnthropicHost,
+            (4, _) => r.endpoint = EndpointKind::OpenAiHost,
+            (_, EndpointKind::None) => {}
+            (1 | 2, _) => r.anthropic = true,
+            (5, _) => r.serves = Some(bits),
+            (6, _) => r.shares_state = true,
+            (7, _) => {
+                r.anthropic = true;
+                r.shares_state = true;
+            }
+            _ => r.serves = Some(bits | dialect_bit(dialect)),
+        }
+    }
+    case
+}
+
+/// `data` with a dialect prefix picking `dialect` (an existing prefix's
+/// first byte replaced): the same input read as that dialect.
+pub fn with_dialect(data: &[u8], dialect: Dialect) -> Vec<u8> {
+    let mut out = match data.first() {
+        Some(&0xFE) => data.to_vec(),
+        _ => {
+            let mut out = vec![0xFE];
+            out.resize(1 + DIALECT_PREFIX, 0);
+            out.extend_from_slice(data);
+            out
+        }
+    };
+    if out.len() < 2 {
+        out.resize(1 + DIALECT_PREFIX, 0);
+    }
+    out[1] = dialect_index(dialect) as u8;
+    out
+}
+
+/// The control and tail read as `dialect`.
+fn decode_pass(control: &[u8], tail: &[u8], dialect: Dialect) -> Case {
     let mut inp = Input {
         control,
         at: 0,
         pool: tail,
         pool_at: 0,
+        dialect,
     };
     let (body_mode, body) = match inp.below(4) {
         0 | 3 => ("raw", tail.to_vec()),
@@ -1106,6 +1984,11 @@ pub fn decode(data: &[u8]) -> Case {
         custom_credential,
         summary_exhaustion,
         policy_routes,
+        dialect,
+        dialect_via: DialectVia::Path,
+        anthropic_version: false,
+        anthropic_beta: false,
+        dialect_prefix: false,
     }
 }
 
@@ -1238,6 +2121,7 @@ struct UpstreamState {
 fn upstream(
     answers: Arc<Vec<AnswerSpec>>,
     state: Arc<Mutex<UpstreamState>>,
+    dialect: Dialect,
 ) -> impl tower::Service<
     Request<ReplayBody>,
     Response = Response<ScriptBody>,
@@ -1272,7 +2156,7 @@ fn upstream(
                 kind: AnswerKind::Http {
                     status: 200,
                     headers: vec![("content-type", "application/json".into())],
-                    body: Blob(completion("fuzz/served", "ok")),
+                    body: Blob(default_answer(dialect)),
                     frames: Frames {
                         sizes: Vec::new(),
                         ending: Ending::Clean,
@@ -1348,17 +2232,21 @@ impl<'de> Deserialize<'de> for Members {
 /// before `models`); for an endpoint that is not OpenRouter, every
 /// `provider`, `models`, `route` and `transforms` of the caller removed,
 /// except that a `provider` / `models` the route sets stays; everything else
-/// unchanged and in order.
+/// unchanged and in order. Embeddings never get the route's `models` (two
+/// models' vectors would be mixed): there the caller's stays on OpenRouter
+/// and goes elsewhere.
 pub fn expected_members(
     caller: &[(String, Value)],
     route: &Route,
     strips_openrouter_keys: bool,
+    dialect: Dialect,
 ) -> Vec<(String, Value)> {
     let provider = route
         .provider
         .as_ref()
         .map(|p| serde_json::to_value(p).unwrap_or_else(|e| panic!("engine fuzz harness: prefs: {e}")));
-    let models = (!route.native_fallbacks.is_empty()).then(|| Value::from(route.native_fallbacks.to_vec()));
+    let models = (!route.native_fallbacks.is_empty() && dialect != Dialect::Embeddings)
+        .then(|| Value::from(route.native_fallbacks.to_vec()));
     let has = |key: &str| caller.iter().any(|(k, _)| k == key);
     let mut out = Vec::new();
     if let (Some(p), false) = (&provider, has("provider")) {
@@ -1439,6 +2327,46 @@ fn sse_parse(bytes: &[u8]) -> (Vec<Vec<u8>>, Option<Vec<u8>>, bool) {
 /// dispatched it.
 type EventAt = (usize, Vec<u8>);
 
+/// An event an SSE parser dispatched: its type (`event:` field; `None`:
+/// the default, `message`) and its data.
+pub type NamedEvent = (Option<Vec<u8>>, Vec<u8>);
+
+/// The events an SSE parser sees in `bytes`, each with its type.
+pub fn sse_events_named(bytes: &[u8]) -> Vec<NamedEvent> {
+    let mut events = Vec::new();
+    let mut data: Option<Vec<u8>> = None;
+    let mut name: Option<Vec<u8>> = None;
+    let mut i = 0;
+    let mut line_start = 0;
+    while i < bytes.len() {
+        let end = match bytes[i] {
+            b'\n' => i + 1,
+            b'\r' if bytes.get(i + 1) == Some(&b'\n') => i + 2,
+            b'\r' => i + 1,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let line = &bytes[line_start..i];
+        if line.is_empty() {
+            // A blank line dispatches (when there is data) and resets the type.
+            let n = name.take();
+            if let Some(d) = data.take() {
+                events.push((n, d));
+            }
+        } else if let Some(v) = line.strip_prefix(b"event:") {
+            name = Some(v.strip_prefix(b" ").unwrap_or(v).to_vec());
+        } else {
+            let mut ignored = Vec::new();
+            sse_line(line, &mut data, &mut ignored);
+        }
+        i = end;
+        line_start = end;
+    }
+    events
+}
+
 /// [`sse_parse`], each event with its offset.
 fn sse_parse_at(bytes: &[u8]) -> (Vec<EventAt>, Option<Vec<u8>>, bool) {
     let mut events = Vec::new();
@@ -1490,6 +2418,246 @@ fn first_content_at(bytes: &[u8]) -> Option<usize> {
         content.then_some(at)
     })
 }
+
+/// What an event stream of Responses or Messages says, as the wire format
+/// reads (the event shapes below are those of the APIs' references; an
+/// event that does not fit them makes the stream untidy, and the checks
+/// that need to know how a client reads it are skipped).
+#[derive(Debug, Default, Clone)]
+pub struct StreamFacts {
+    /// Every event is `[DONE]` or an object of its API's event shape, none
+    /// past the layer's event limit.
+    pub tidy: bool,
+    /// It ends properly: `response.completed` / `response.incomplete`, or
+    /// `message_stop` after a `message_delta` with a `stop_reason` (and no
+    /// error after it).
+    pub whole: bool,
+    /// It holds an error event of the upstream (`error`, `response.failed`).
+    pub error_event: bool,
+    /// The first event that is not surely preamble (see [`preamble`]) is an
+    /// error event, or there is none: no content came before an error, and
+    /// the layer must not commit to the stream (the API docs' commit point).
+    pub no_content_before_error: bool,
+    pub continues: Continues,
+}
+
+/// The Responses event fields the API gives types to.
+#[derive(serde::Deserialize)]
+struct ResponsesEventShape {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    sequence_number: Option<u64>,
+    #[serde(default)]
+    response: Option<ResponseHeadShape>,
+    #[serde(default)]
+    delta: Option<Value>,
+    #[serde(default)]
+    text: Option<Value>,
+    #[serde(default)]
+    arguments: Option<Value>,
+    #[serde(default)]
+    item: Option<Value>,
+    #[serde(default)]
+    part: Option<Value>,
+    #[serde(default)]
+    code: Option<Value>,
+    #[serde(default)]
+    message: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct ResponseHeadShape {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    error: Option<Value>,
+    #[serde(default)]
+    usage: Option<UsageShape>,
+}
+
+#[derive(serde::Deserialize)]
+struct UsageShape {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    total_tokens: Option<u64>,
+}
+
+/// The Messages event fields the API gives types to.
+#[derive(serde::Deserialize)]
+struct MessagesEventShape {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    message: Option<MessageHeadShape>,
+    #[serde(default)]
+    content_block: Option<Value>,
+    #[serde(default)]
+    delta: Option<MessagesDeltaShape>,
+    #[serde(default)]
+    usage: Option<UsageShape>,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(serde::Deserialize)]
+struct MessageHeadShape {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    usage: Option<UsageShape>,
+}
+
+#[derive(serde::Deserialize)]
+struct MessagesDeltaShape {
+    #[serde(default)]
+    stop_reason: Option<String>,
+}
+
+/// An event that surely carries no output, by the API references (issue
+/// 15's commit point): Responses `response.created`, `.in_progress`,
+/// `.queued`, an `output_item.added` / `content_part.added` with nothing in
+/// it; Messages `message_start`, `ping`, an empty text `content_block_start`.
+pub fn preamble(dialect: Dialect, v: &Value) -> bool {
+    let empty_str = |v: &Value| v.is_null() || v == "";
+    let kind = v["type"].as_str().unwrap_or_default();
+    match dialect {
+        Dialect::Responses => match kind {
+            "response.created" | "response.in_progress" | "response.queued" => true,
+            "response.output_item.added" | "response.content_part.added" => {
+                let x = if kind == "response.output_item.added" {
+                    &v["item"]
+                } else {
+                    &v["part"]
+                };
+                x.is_object()
+                    && empty_str(&x["text"])
+                    && empty_str(&x["arguments"])
+                    && empty_str(&x["refusal"])
+                    && (x["content"].is_null() || x["content"] == serde_json::json!([]))
+            }
+            _ => false,
+        },
+        Dialect::Messages => match kind {
+            "message_start" | "ping" => true,
+            "content_block_start" => {
+                let b = &v["content_block"];
+                b["type"] == "text" && b["text"] == "" && b.as_object().is_some_and(|o| o.len() == 2)
+            }
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Reads a Responses or Messages stream as its API's clients do.
+pub fn stream_facts(dialect: Dialect, bytes: &[u8]) -> StreamFacts {
+    let mut facts = StreamFacts {
+        tidy: !has_bare_cr(bytes),
+        no_content_before_error: true,
+        ..StreamFacts::default()
+    };
+    // Still only preamble events so far.
+    let mut before_content = true;
+    // Messages: the stop reason of the last `message_delta` (or "error").
+    let mut stop: Option<String> = None;
+    for data in sse_events(bytes) {
+        if data.len() > MAX_EVENT_BYTES {
+            facts.tidy = false;
+            continue;
+        }
+        if before_content {
+            let v: Value = serde_json::from_slice(&data).unwrap_or(Value::Null);
+            let kind = v["type"].as_str().unwrap_or_default();
+            if !preamble(dialect, &v) {
+                before_content = false;
+                facts.no_content_before_error =
+                    kind == "error" || (dialect == Dialect::Responses && kind == "response.failed");
+            }
+        }
+        if data.trim_ascii() == b"[DONE]" {
+            continue;
+        }
+        match dialect {
+            Dialect::Responses => {
+                let Ok(ev) = serde_json::from_slice::<ResponsesEventShape>(&data) else {
+                    facts.tidy = false;
+                    continue;
+                };
+                let _ = (
+                    &ev.delta,
+                    &ev.text,
+                    &ev.arguments,
+                    &ev.item,
+                    &ev.part,
+                    &ev.code,
+                    &ev.message,
+                );
+                if let Some(n) = ev.sequence_number {
+                    facts.continues.sequence = Some(n);
+                }
+                if let Some(head) = &ev.response {
+                    if facts.continues.response_id.is_none() {
+                        facts.continues.response_id = head.id.clone();
+                    }
+                    let _ = (&head.model, &head.status, &head.error);
+                    let _ = head
+                        .usage
+                        .as_ref()
+                        .map(|u| (u.input_tokens, u.output_tokens, u.total_tokens));
+                }
+                match ev.kind.as_deref() {
+                    Some("response.completed" | "response.incomplete") => facts.whole = true,
+                    Some("response.failed" | "error") => facts.error_event = true,
+                    _ => {}
+                }
+            }
+            Dialect::Messages => {
+                let Ok(ev) = serde_json::from_slice::<MessagesEventShape>(&data) else {
+                    facts.tidy = false;
+                    continue;
+                };
+                let _ = (&ev.content_block, &ev.usage, &ev.error);
+                let _ = ev
+                    .message
+                    .as_ref()
+                    .map(|m| (&m.model, m.usage.as_ref().map(|u| u.total_tokens)));
+                match ev.kind.as_deref() {
+                    Some("message_delta") => {
+                        if let Some(r) = ev.delta.and_then(|d| d.stop_reason) {
+                            stop = Some(r);
+                        }
+                    }
+                    // Each `message_stop` judges the stream anew.
+                    Some("message_stop") => facts.whole = stop.as_deref().is_some_and(|r| r != "error"),
+                    Some("error") => {
+                        facts.error_event = true;
+                        stop = Some("error".into());
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+    // Bytes after the last blank line: an event a client never dispatches,
+    // but the layer reads at the end of the body.
+    let (_, pending, partial) = sse_parse(bytes);
+    if pending.is_some() || partial {
+        facts.tidy = false;
+    }
+    facts
+}
+
+/// The layer's bound on one event.
+const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 /// A bare CR (not before a LF): an SSE line end the layer's reader does not
 /// split on.
@@ -1547,10 +2715,176 @@ fn strip_separator(extra: &[u8]) -> &[u8] {
     rest
 }
 
+/// The codes of a broken committed stream's terminal event.
+pub const BREAK_CODES: [&str; 4] = [
+    "stream_broken",
+    "stream_stalled",
+    "stream_truncated",
+    "stream_event_too_large",
+];
+
 /// Checks that `extra` (what the caller got after the upstream's bytes
 /// `upstream`) is exactly one error chunk in the crate's shape, standing
 /// alone as an SSE event. Returns the chunk's `error.code`.
 pub fn check_error_chunk(upstream: &[u8], extra: &[u8]) -> Result<String, String> {
+    check_terminal_event(Dialect::Chat, upstream, extra, None)
+}
+
+/// What the harness knows of a stream the layer tracked to its end: the
+/// last `sequence_number` and the first `response.id` (Responses).
+#[derive(Debug, Clone, Default)]
+pub struct Continues {
+    pub sequence: Option<u64>,
+    pub response_id: Option<String>,
+}
+
+/// [`check_error_chunk`] for `dialect`: the one terminal event a broken
+/// committed stream gets — chat (and embeddings): a `chat.completion.chunk`
+/// with `finish_reason: "error"`; completions: a `text_completion` chunk;
+/// Responses: `event: response.failed` with a whole failed `response`
+/// (continuing `continues` when given); Messages: `event: error` with
+/// `{"type":"error","error":{"type":"api_error","message":"<code>: ..."}}`.
+/// Returns the code.
+pub fn check_terminal_event(
+    dialect: Dialect,
+    upstream: &[u8],
+    extra: &[u8],
+    continues: Option<&Continues>,
+) -> Result<String, String> {
+    let rest = strip_separator(extra);
+    if sse_tail(upstream).0 && rest.len() == extra.len() {
+        return Err("the upstream's bytes end mid-line and the terminal event does not start on a new line".into());
+    }
+    let name: Option<&str> = match dialect {
+        Dialect::Responses => Some("response.failed"),
+        Dialect::Messages => Some("error"),
+        _ => None,
+    };
+    let Some(name) = name else {
+        return match dialect {
+            Dialect::Completions => check_completions_chunk(upstream, extra),
+            _ => check_chat_chunk(upstream, extra),
+        };
+    };
+    let json = rest
+        .strip_prefix(format!("event: {name}\n").as_bytes())
+        .and_then(|r| r.strip_prefix(b"data: "))
+        .and_then(|r| r.strip_suffix(b"\n\n"))
+        .ok_or_else(|| {
+            format!(
+                "not one `event: {name}\\ndata: ...\\n\\n` event: {:?}",
+                String::from_utf8_lossy(extra)
+            )
+        })?;
+    if json.contains(&b'\n') || json.contains(&b'\r') {
+        return Err(format!("more than one line: {:?}", String::from_utf8_lossy(extra)));
+    }
+    let v: Value = serde_json::from_slice(json).map_err(|e| format!("the terminal event is not JSON: {e}"))?;
+    let code = match dialect {
+        Dialect::Responses => {
+            let r = &v["response"];
+            let code = r["error"]["code"].as_str().unwrap_or_default().to_owned();
+            let ok = v["type"] == "response.failed"
+                && v["sequence_number"].is_u64()
+                && r["object"] == "response"
+                && r["status"] == "failed"
+                && r["id"].is_string()
+                && r["model"].is_string()
+                && r["output"] == serde_json::json!([])
+                && r["error"]["message"].is_string()
+                && BREAK_CODES.contains(&code.as_str());
+            if !ok {
+                return Err(format!("not a response.failed event in OpenAI's shape: {v}"));
+            }
+            if let Some(c) = continues {
+                let want_seq = c.sequence.map_or(0, |n| n.saturating_add(1));
+                let want_id = c.response_id.as_deref().unwrap_or("resp_llm_fallback_error");
+                if v["sequence_number"] != want_seq || r["id"] != want_id {
+                    return Err(format!(
+                        "the response.failed event does not continue the stream (sequence_number {want_seq}, id {want_id:?}): {v}"
+                    ));
+                }
+            }
+            code
+        }
+        _ => {
+            let message = v["error"]["message"].as_str().unwrap_or_default();
+            let code = BREAK_CODES
+                .iter()
+                .find(|c| message.starts_with(&format!("{c}: ")))
+                .map(|c| c.to_string());
+            let ok = v["type"] == "error"
+                && v["error"]["type"] == "api_error"
+                && v.as_object().is_some_and(|o| o.len() == 2)
+                && code.is_some();
+            match (ok, code) {
+                (true, Some(code)) => code,
+                _ => return Err(format!("not an Anthropic error event: {v}")),
+            }
+        }
+    };
+    let mut all = upstream.to_vec();
+    all.extend_from_slice(extra);
+    let events = sse_events_named(&all);
+    let last = events.last();
+    if last.map(|(n, d)| (n.as_deref(), d.as_slice())) != Some((Some(name.as_bytes()), json)) {
+        return Err(format!(
+            "an SSE parser does not see the terminal event as its own last `{name}` event (it sees {:?})",
+            last.map(|(n, d)| (
+                n.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()),
+                String::from_utf8_lossy(d).into_owned()
+            ))
+        ));
+    }
+    Ok(code)
+}
+
+/// A legacy completions stream's terminal chunk.
+fn check_completions_chunk(upstream: &[u8], extra: &[u8]) -> Result<String, String> {
+    let rest = strip_separator(extra);
+    let json = rest
+        .strip_prefix(b"data: ")
+        .and_then(|r| r.strip_suffix(b"\n\n"))
+        .ok_or_else(|| format!("not one `data: ...\\n\\n` event: {:?}", String::from_utf8_lossy(extra)))?;
+    if json.contains(&b'\n') || json.contains(&b'\r') {
+        return Err(format!("more than one line: {:?}", String::from_utf8_lossy(extra)));
+    }
+    let v: Value = serde_json::from_slice(json).map_err(|e| format!("the error chunk is not JSON: {e}"))?;
+    let ok = v["id"] == "llm-fallback-error"
+        && v["object"] == "text_completion"
+        && v["model"].is_string()
+        && v["error"]["code"].as_str().is_some_and(|c| BREAK_CODES.contains(&c))
+        && v["error"]["message"].is_string()
+        && v["choices"][0]["finish_reason"] == "error"
+        && v["choices"][0]["text"] == ""
+        && v["choices"].as_array().is_some_and(|c| c.len() == 1);
+    if !ok {
+        return Err(format!("not a text_completion error chunk: {v}"));
+    }
+    last_default_event(upstream, extra, json)?;
+    Ok(v["error"]["code"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The terminal chunk is the last event an SSE client sees, of the default
+/// type.
+fn last_default_event(upstream: &[u8], extra: &[u8], json: &[u8]) -> Result<(), String> {
+    let mut all = upstream.to_vec();
+    all.extend_from_slice(extra);
+    let events = sse_events_named(&all);
+    match events.last() {
+        Some((None, d)) if d == json => Ok(()),
+        last => Err(format!(
+            "an SSE parser does not see the error chunk as its own last event (it sees {:?})",
+            last.map(|(n, d)| (
+                n.as_ref().map(|n| String::from_utf8_lossy(n).into_owned()),
+                String::from_utf8_lossy(d).into_owned()
+            ))
+        )),
+    }
+}
+
+/// The chat completions chunk (also embeddings', which do not stream).
+fn check_chat_chunk(upstream: &[u8], extra: &[u8]) -> Result<String, String> {
     // A separator first: a line's end and a blank line, or just the blank
     // line; the SSE parse below says whether it was the right one.
     let rest = strip_separator(extra);
@@ -1585,6 +2919,7 @@ pub fn check_error_chunk(upstream: &[u8], extra: &[u8]) -> Result<String, String
             events.last().map(|e| String::from_utf8_lossy(e).into_owned())
         ));
     }
+    last_default_event(upstream, extra, json)?;
     Ok(v["error"]["code"].as_str().unwrap_or_default().to_owned())
 }
 
@@ -1604,6 +2939,9 @@ pub struct Summary {
     pub hung: bool,
     /// The `error.code` of a refused request.
     pub rejection: Option<String>,
+    /// Attempts skipped because the endpoint does not serve the dialect or
+    /// holds no state of a stateful request.
+    pub skipped: usize,
 }
 
 thread_local! {
@@ -1644,7 +2982,16 @@ macro_rules! violated {
 
 fn build_route(spec: &RouteSpec) -> Route {
     let mut route = Route::new(spec.model.clone());
-    if let Some(e) = spec.endpoint.build() {
+    if let Some(mut e) = spec.endpoint.build() {
+        if spec.anthropic {
+            e = e.anthropic(true);
+        }
+        if let Some(bits) = spec.serves {
+            e = e.dialects(Dialect::ALL.into_iter().filter(|d| bits & dialect_bit(*d) != 0));
+        }
+        if spec.shares_state {
+            e = e.shares_state(true);
+        }
         route = route.endpoint(e);
     }
     if let Some(p) = spec.provider.build() {
@@ -1728,6 +3075,15 @@ impl Chains {
         ))
     }
 
+    /// The spec of route `index` of the chain named `chain`.
+    fn spec_of(&self, chain: &str, index: usize) -> Option<&RouteSpec> {
+        let built = match (&self.policy, chain) {
+            (Some(p), "policy") => p,
+            _ => &self.default,
+        };
+        built.specs.get(index)
+    }
+
     fn names_request(&self, name: &str) -> bool {
         name == "default" || (name == "policy" && self.policy.is_some())
     }
@@ -1765,11 +3121,23 @@ async fn drive(case: &Case) -> Summary {
         layer = layer.credential_header(HeaderName::from_static(CUSTOM_CREDENTIAL));
     }
     let state = Arc::new(Mutex::new(UpstreamState::default()));
-    let svc = tower::ServiceBuilder::new()
-        .layer(layer.layer())
-        .service(upstream(Arc::new(case.answers.clone()), state.clone()));
+    let svc = tower::ServiceBuilder::new().layer(layer.layer()).service(upstream(
+        Arc::new(case.answers.clone()),
+        state.clone(),
+        case.dialect,
+    ));
 
-    let mut req = Request::post("http://caller.example/api/v1/chat/completions");
+    let (path, extension) = case.dialect_via.request(case.dialect);
+    let mut req = Request::post(format!("http://caller.example{path}"));
+    if let Some(d) = extension {
+        req = req.extension(d);
+    }
+    if case.anthropic_version {
+        req = req.header("anthropic-version", CALLER_ANTHROPIC_VERSION);
+    }
+    if case.anthropic_beta {
+        req = req.header("anthropic-beta", "fuzz-beta-2025");
+    }
     for &i in &case.credentials {
         let name = CREDENTIALS[i];
         req = req.header(name, format!("{MARKER}{name}"));
@@ -1869,6 +3237,17 @@ fn check(
 
     // 2. Refused requests reach nothing; what serde_json accepts is accepted.
     let verdict = body_verdict(&case.body.0);
+    let dialect = case.dialect;
+    // A stateful Responses request: known when serde_json reads the body.
+    let stateful = match &verdict {
+        BodyVerdict::Accept(members) => Some(
+            dialect == Dialect::Responses
+                && members
+                    .iter()
+                    .any(|(k, v)| matches!(k.as_str(), "previous_response_id" | "conversation") && !v.is_null()),
+        ),
+        _ => None,
+    };
     if report.resolution() == Resolution::Rejected {
         if !received.is_empty() {
             violated!(
@@ -1887,9 +3266,44 @@ fn check(
                 Blob(got.clone())
             );
         }
+        if let Err(why) = check_error_json(dialect, &got, None) {
+            violated!(
+                case,
+                2,
+                "the layer's own {} is not {dialect}'s error JSON: {why}",
+                parts.status
+            );
+        }
         summary.rejection = serde_json::from_slice::<Value>(&got)
             .ok()
             .and_then(|v| v["error"]["code"].as_str().map(str::to_owned));
+        // No route fits: every route of the chain was skipped, each for a
+        // reason the harness agrees with (its endpoint does not serve the
+        // dialect, or holds no state of a stateful request).
+        if summary.rejection.as_deref() == Some("no_route_fits") {
+            if report.attempts().is_empty() {
+                violated!(case, 2, "no_route_fits without an attempt in the report");
+            }
+            for a in report.attempts() {
+                let spec = chains.spec_of(a.chain(), a.index());
+                let want = spec.and_then(|s| s.unfit(dialect, stateful.unwrap_or(false)));
+                let got_reason = a.skip_reason().map(|r| r.as_str());
+                let agrees = a.outcome() == Outcome::Skipped
+                    && got_reason.is_some()
+                    && (got_reason == want || (stateful.is_none() && got_reason == Some("stateful")));
+                if !agrees {
+                    violated!(
+                        case,
+                        2,
+                        "no_route_fits, but attempt {} ({:?}) was {:?} for {:?}; the harness says {want:?}",
+                        a.index(),
+                        a.model(),
+                        a.outcome(),
+                        got_reason
+                    );
+                }
+            }
+        }
     }
     let limit = case.max_body_bytes.unwrap_or(32 * 1024 * 1024);
     let plain_request = case.caller_frames.ending == Ending::Clean
@@ -1898,7 +3312,9 @@ fn check(
         && (!case.allow_chain_header || case.chain_header.is_none_or(|c| chains.names_request(c)));
     match (&verdict, report.resolution()) {
         (BodyVerdict::Accept(_), Resolution::Rejected)
-            if plain_request && (fixed(SCANNER_KEEPS_ESCAPE_CARRY) || !dense_gear_risk(&case.body.0)) =>
+            if plain_request
+                && summary.rejection.as_deref() != Some("no_route_fits")
+                && (fixed(SCANNER_KEEPS_ESCAPE_CARRY) || !dense_gear_risk(&case.body.0)) =>
         {
             violated!(
                 case,
@@ -1926,6 +3342,21 @@ fn check(
                 attempt.index()
             );
         };
+        // A route whose endpoint does not serve the dialect, or holds no
+        // state of a stateful request, is never sent to.
+        if let Some(why) = spec.unfit(dialect, stateful.unwrap_or(false)) {
+            violated!(
+                case,
+                3,
+                "attempt {} went to route {:?} (endpoint {:?}, serves {:?}, shares state {}), which a {dialect} request{} may not reach: {why}",
+                attempt.index(),
+                &route.model,
+                spec.endpoint,
+                spec.serves,
+                spec.shares_state,
+                if stateful == Some(true) { " (stateful)" } else { "" }
+            );
+        }
         if attempt.model() != route.model {
             violated!(
                 case,
@@ -1952,7 +3383,7 @@ fn check(
             _ => None,
         };
         if let Some(caller) = checkable {
-            let want = expected_members(caller, route, spec.endpoint.strips_openrouter_keys());
+            let want = expected_members(caller, route, spec.endpoint.strips_openrouter_keys(), dialect);
             match serde_json::from_slice::<Members>(&r.body) {
                 Ok(Members(sent)) if sent == want => summary.checked_bodies += 1,
                 Ok(Members(sent)) => violated!(
@@ -1998,7 +3429,7 @@ fn check(
         match route.endpoint.as_ref() {
             Some(_) => {
                 summary.endpoint_requests += 1;
-                let want_uri = format!("{}/chat/completions", spec.endpoint.base().trim_end_matches('/'));
+                let want_uri = format!("{}{}", spec.endpoint.base().trim_end_matches('/'), dialect.path());
                 if r.head.uri.to_string() != want_uri {
                     violated!(
                         case,
@@ -2011,8 +3442,47 @@ fn check(
                 if headers.contains_key("host") {
                     violated!(case, 4, "the caller's Host reached another endpoint");
                 }
+                // Anthropic's own API takes a Messages request's key as
+                // `x-api-key`, with an `anthropic-version`; every other
+                // request to an endpoint its key as `Authorization: Bearer`.
+                let anthropic = dialect == Dialect::Messages && spec.anthropic_api();
+                let api_key = headers.get_all("x-api-key").iter().collect::<Vec<_>>();
+                let want_key = (anthropic && spec.endpoint.keyed()).then_some(KEY);
+                let key_ok = match want_key {
+                    Some(w) => api_key.len() == 1 && api_key[0] == w,
+                    None => api_key.is_empty(),
+                };
+                if !key_ok {
+                    violated!(
+                        case,
+                        4,
+                        "attempt {} ({dialect}) to endpoint {:?} (anthropic {}) carries x-api-key {:?}, expected {:?}",
+                        attempt.index(),
+                        spec.endpoint,
+                        spec.anthropic,
+                        api_key,
+                        want_key
+                    );
+                }
+                let version = headers.get_all("anthropic-version").iter().collect::<Vec<_>>();
+                let want_version = match (anthropic, case.anthropic_version) {
+                    (_, true) => Some(CALLER_ANTHROPIC_VERSION),
+                    (true, false) => Some("2023-06-01"),
+                    (false, false) => None,
+                };
+                if version != want_version.into_iter().collect::<Vec<_>>() {
+                    violated!(
+                        case,
+                        4,
+                        "attempt {} ({dialect}) to endpoint {:?} carries anthropic-version {:?}, expected {:?}",
+                        attempt.index(),
+                        spec.endpoint,
+                        version,
+                        want_version
+                    );
+                }
                 let auth = headers.get_all("authorization").iter().collect::<Vec<_>>();
-                let want_auth = spec.endpoint.keyed().then(|| format!("Bearer {KEY}"));
+                let want_auth = (spec.endpoint.keyed() && !anthropic).then(|| format!("Bearer {KEY}"));
                 let auth_ok = match &want_auth {
                     Some(w) => auth.len() == 1 && auth[0] == w.as_str(),
                     None => auth.is_empty(),
@@ -2056,13 +3526,65 @@ fn check(
                 if case.host && headers.get("host").is_none_or(|h| h != "caller.example") {
                     violated!(case, 4, "the caller's Host did not reach the caller's upstream");
                 }
+                let version = headers.get_all("anthropic-version").iter().collect::<Vec<_>>();
+                let want_version = case.anthropic_version.then_some(CALLER_ANTHROPIC_VERSION);
+                if version != want_version.into_iter().collect::<Vec<_>>() {
+                    violated!(
+                        case,
+                        4,
+                        "the caller's anthropic-version changed on its own upstream: {version:?}"
+                    );
+                }
+                let (want_path, _) = case.dialect_via.request(dialect);
+                if r.head.uri.path() != want_path {
+                    violated!(
+                        case,
+                        4,
+                        "attempt {} to the caller's own upstream went to {}, not the caller's {want_path}",
+                        attempt.index(),
+                        r.head.uri
+                    );
+                }
             }
         }
         if headers.get("x-fuzz-plain").is_none_or(|v| v != "kept") {
             violated!(case, 4, "an ordinary caller header was dropped");
         }
+        if case.anthropic_beta && headers.get("anthropic-beta").is_none_or(|v| v != "fuzz-beta-2025") {
+            violated!(case, 4, "the caller's anthropic-beta was dropped");
+        }
         if headers.contains_key("x-fallback-chain") || headers.contains_key("x-fallback-drill") {
             violated!(case, 4, "x-fallback-chain or x-fallback-drill was forwarded");
+        }
+    }
+
+    summary.skipped = report
+        .attempts()
+        .iter()
+        .filter(|a| {
+            a.skip_reason()
+                .is_some_and(|r| matches!(r.as_str(), "dialect" | "stateful"))
+        })
+        .count();
+    // Every attempt skipped for the dialect or for state is a route the
+    // harness says is unfit so.
+    for a in report.attempts() {
+        let Some(reason) = a.skip_reason().map(|r| r.as_str()) else {
+            continue;
+        };
+        if !matches!(reason, "dialect" | "stateful") {
+            continue;
+        }
+        let spec = chains.spec_of(a.chain(), a.index());
+        let want = spec.and_then(|s| s.unfit(dialect, stateful.unwrap_or(true)));
+        if want != Some(reason) {
+            violated!(
+                case,
+                3,
+                "attempt {} ({:?}) was skipped for {reason:?}; the harness says {want:?} (stateful {stateful:?})",
+                a.index(),
+                a.model()
+            );
         }
     }
 
@@ -2173,9 +3695,66 @@ fn check(
                     let known = (!fixed(CHUNK_AFTER_PENDING_EVENT) && pending_event)
                         || (!fixed(CHUNK_AFTER_PARTIAL_LINE) && partial_line && yielded.ended)
                         || (!fixed(FORCED_COMMIT_TRACKED) && forced);
-                    // 5b. A stream that ended cleanly after `[DONE]` is
-                    // complete: nothing is added to it.
-                    let done = sse_events(&yielded.bytes).iter().any(|e| e.trim_ascii() == b"[DONE]");
+                    // 5b. A stream that ended cleanly after `[DONE]` (Responses:
+                    // `response.completed`/`.incomplete`; Messages:
+                    // `message_stop` after a stop reason) is complete:
+                    // nothing is added to it.
+                    let facts = matches!(dialect, Dialect::Responses | Dialect::Messages)
+                        .then(|| stream_facts(dialect, &yielded.bytes));
+                    let done = match &facts {
+                        None => sse_events(&yielded.bytes).iter().any(|e| e.trim_ascii() == b"[DONE]"),
+                        Some(f) => f.tidy && f.whole,
+                    };
+                    // 5d. Preamble events are no commit, and an error event
+                    // before any content is a failed attempt: such a stream
+                    // is never committed (unless the layer held more than
+                    // `max_response_bytes` before it decided).
+                    if let Some(f) = facts.as_ref() {
+                        if f.tidy && f.no_content_before_error && case.max_response_bytes.is_none() {
+                            violated!(
+                                case,
+                                5,
+                                "a {dialect} stream was committed though no event before its first error (or its end) carries output\n  upstream sent {:?}",
+                                Blob(yielded.bytes.clone())
+                            );
+                        }
+                    }
+                    // 5e. A terminal event the upstream left undispatched at
+                    // its end is no terminal event for the caller's client.
+                    if let Some(f) = facts.as_ref() {
+                        if yielded.ended
+                            && !yielded.failed
+                            && extra.is_empty()
+                            && !f.whole
+                            && !f.error_event
+                            && fixed(PENDING_TERMINAL_EVENT_REACHES_CLIENT)
+                        {
+                            let mut closed = yielded.bytes.clone();
+                            closed.extend_from_slice(b"\n\n");
+                            let closed = stream_facts(dialect, &closed);
+                            if closed.tidy && closed.whole {
+                                violated!(
+                                    case,
+                                    5,
+                                    "a {dialect} stream's terminal event was never dispatched (no blank line after it) and the caller got nothing added: its client sees no end\n  upstream sent {:?}",
+                                    Blob(yielded.bytes.clone())
+                                );
+                            }
+                        }
+                    }
+                    // 5c. One that ended cleanly without its terminal event
+                    // (and without an error event of the upstream's, its own
+                    // terminal) is not complete: the caller must be told.
+                    if let Some(f) = facts.as_ref().filter(|f| f.tidy && !f.whole && !f.error_event) {
+                        if yielded.ended && !yielded.failed && extra.is_empty() {
+                            violated!(
+                                case,
+                                5,
+                                "a {dialect} stream ended without its terminal event and the caller got nothing added\n  upstream sent {:?} ({f:?})",
+                                Blob(yielded.bytes.clone())
+                            );
+                        }
+                    }
                     if done
                         && yielded.ended
                         && !yielded.failed
@@ -2186,16 +3765,22 @@ fn check(
                         violated!(
                             case,
                             5,
-                            "a stream that sent [DONE] and ended got an error chunk\n  upstream sent {:?}\n  then the caller got {:?}",
+                            "a whole {dialect} stream got an error chunk\n  upstream sent {:?}\n  then the caller got {:?}",
                             Blob(yielded.bytes.clone()),
                             Blob(extra.to_vec())
                         );
                     }
                     if !extra.is_empty() {
                         // Known (see the gate): only the chunk's own shape is checked.
+                        // A Responses stream read whole by the layer and the
+                        // harness: the event continues its numbering and id.
+                        let continues = facts
+                            .as_ref()
+                            .filter(|f| f.tidy && dialect == Dialect::Responses)
+                            .map(|f| &f.continues);
                         let checked = match known {
-                            true => check_error_chunk(b"", strip_separator(extra)),
-                            false => check_error_chunk(&yielded.bytes, extra),
+                            true => check_terminal_event(dialect, b"", strip_separator(extra), None),
+                            false => check_terminal_event(dialect, &yielded.bytes, extra, continues),
                         };
                         match checked {
                             Ok(code) => summary.error_chunk = Some(code),
@@ -2234,13 +3819,8 @@ fn check(
             if !matches!(parts.status.as_u16(), 502 | 504) {
                 violated!(case, 5, "an exhausted chain answered {}", parts.status);
             }
-            if serde_json::from_slice::<Value>(&got).map_or(true, |v| !v["error"].is_object()) {
-                violated!(
-                    case,
-                    5,
-                    "the exhaustion answer is not OpenAI error JSON: {:?}",
-                    Blob(got.clone())
-                );
+            if let Err(why) = check_error_json(dialect, &got, Some(report.attempts().len())) {
+                violated!(case, 5, "the exhaustion answer is not {dialect}'s error JSON: {why}");
             }
             // 6. The summary says nothing the upstreams or the transport said.
             if case.summary_exhaustion {
@@ -2266,6 +3846,43 @@ fn check(
         _ => {}
     }
     summary
+}
+
+/// Checks that `body` is `dialect`'s error JSON (Anthropic's for Messages,
+/// OpenAI's for the others), and, for an exhaustion answer (`attempts`
+/// given), that its `metadata.attempts` names every attempt.
+pub fn check_error_json(dialect: Dialect, body: &[u8], attempts: Option<usize>) -> Result<(), String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON ({e}): {:?}", Blob(body.to_vec())))?;
+    let error = &v["error"];
+    let ok = match dialect {
+        Dialect::Messages => {
+            v["type"] == "error"
+                && error["type"].as_str().is_some_and(|t| {
+                    [
+                        "invalid_request_error",
+                        "request_too_large",
+                        "api_error",
+                        "timeout_error",
+                        "overloaded_error",
+                    ]
+                    .contains(&t)
+                })
+                && error["message"].is_string()
+        }
+        _ => error["message"].is_string() && error["type"].is_string() && error.get("code").is_some(),
+    };
+    if !ok {
+        return Err(format!("not {dialect}'s error shape: {v}"));
+    }
+    if let Some(n) = attempts {
+        let named = error["metadata"]["attempts"].as_array().map(Vec::len);
+        if named != Some(n) {
+            return Err(format!(
+                "metadata.attempts names {named:?} attempts, the report {n}: {v}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What upstreams and transports say in this harness; a summary exhaustion
