@@ -847,13 +847,24 @@ where
                         )
                     }
                     Poll::Ready(None) => {
+                        // What a client needs to dispatch an event the
+                        // upstream left open (its last line break or blank
+                        // line missing), read before `finish` dispatches that
+                        // event for the tracker: a client's parser drops an
+                        // event never dispatched, so a terminal event left
+                        // open would end the stream silently for it.
+                        let open = this.tracker.separator();
                         this.tracker.finish();
                         if this.tracker.complete() {
                             if let Some(f) = this.finisher.take() {
                                 f.finish(Ending::Complete, this.tracker);
                             }
-                            *this.ended = true;
-                            return Poll::Ready(None);
+                            if open.is_empty() {
+                                *this.ended = true;
+                                return Poll::Ready(None);
+                            }
+                            *this.tail = Some(Bytes::from_static(open));
+                            continue;
                         }
                         if let Some(e) = this.tracker.error.clone() {
                             // The upstream already sent its own error chunk.

@@ -840,8 +840,9 @@ fn write_dialect_seeds() {
 }
 
 /// A Responses stream whose `response.completed` has no blank line after it
-/// (see `PENDING_TERMINAL_EVENT_REACHES_CLIENT`): the layer calls it whole
-/// and adds nothing; an SSE client never sees the event. Open.
+/// (see `PENDING_TERMINAL_EVENT_REACHES_CLIENT`): the layer called it whole
+/// and added nothing, so an SSE client never saw the event. Fixed: the
+/// layer ends the open event.
 #[test]
 fn found_pending_terminal_event_never_dispatched() {
     use serde_json::json;

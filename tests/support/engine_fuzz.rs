@@ -121,6 +121,22 @@ pub const FORCED_COMMIT_TRACKED: bool = true;
 /// hedged cases are not checked for it.
 pub const SERVED_ATTEMPT_AFTER_HEDGE: bool = true;
 
+/// How many leading bytes of `extra` (what the caller got after the
+/// upstream's bytes) only close an event the upstream left open at a clean
+/// end: `\n` or `\n\n` that make the stream end with a blank line.
+fn closing_separator(upstream: &[u8], extra: &[u8], clean_end: bool) -> usize {
+    let ends_event = upstream.ends_with(b"\n\n") || upstream.ends_with(b"\r\n\r\n") || upstream.ends_with(b"\n\r\n");
+    if !clean_end || upstream.is_empty() || ends_event {
+        return 0;
+    }
+    for sep in [&b"\n\n"[..], b"\n"] {
+        if extra == sep && [upstream, sep].concat().ends_with(b"\n\n") {
+            return sep.len();
+        }
+    }
+    0
+}
+
 /// A Responses or Messages stream whose terminal event
 /// (`response.completed`, `message_stop`) the upstream sent without the
 /// blank line that dispatches it, then ended cleanly, reaches the caller as
@@ -131,9 +147,10 @@ pub const SERVED_ATTEMPT_AFTER_HEDGE: bool = true;
 /// let the client see the upstream's event, nor a terminal event of its
 /// own. The WHATWG SSE rules (and the OpenAI and Anthropic SDKs' decoders)
 /// drop an undispatched event at the end. Found by hand while writing the
-/// dialect checks (`found_pending_terminal_event_never_dispatched`); open.
-/// While this is false, such streams are not checked for it.
-pub const PENDING_TERMINAL_EVENT_REACHES_CLIENT: bool = false;
+/// dialect checks (`found_pending_terminal_event_never_dispatched`) and by
+/// this target; fixed on `main`: the layer ends the event the upstream left
+/// open (`CommittedStream`, the line break or blank line a client needs).
+pub const PENDING_TERMINAL_EVENT_REACHES_CLIENT: bool = true;
 
 /// The scanner accepts every object serde_json accepts. Found by this
 /// target (and fixed on `main` in 0153f8f): the dense-escape gear
@@ -3688,9 +3705,16 @@ fn check(
                         violated!(case, 5, "the caller's stream does not start with the upstream's bytes:\n  got {:?}\n  upstream {:?}",
                             String::from_utf8_lossy(&got), String::from_utf8_lossy(&yielded.bytes));
                     };
-                    let (partial_line, pending_event) = sse_tail(&yielded.bytes);
+                    // An event the upstream left open at a clean end is
+                    // closed for the caller's client (the line break or
+                    // blank line it lacked): those bytes end the upstream's
+                    // event and are judged with it, not as the layer's own.
+                    let closed = closing_separator(&yielded.bytes, extra, yielded.ended && !yielded.failed);
+                    let upstream = [&yielded.bytes[..], &extra[..closed]].concat();
+                    let extra = &extra[closed..];
+                    let (partial_line, pending_event) = sse_tail(&upstream);
                     let forced = case.max_response_bytes.is_some_and(|max| {
-                        has_bare_cr(&yielded.bytes) || first_content_at(&yielded.bytes).is_none_or(|at| at > max)
+                        has_bare_cr(&upstream) || first_content_at(&upstream).is_none_or(|at| at > max)
                     });
                     let known = (!fixed(CHUNK_AFTER_PENDING_EVENT) && pending_event)
                         || (!fixed(CHUNK_AFTER_PARTIAL_LINE) && partial_line && yielded.ended)
@@ -3700,9 +3724,9 @@ fn check(
                     // `message_stop` after a stop reason) is complete:
                     // nothing is added to it.
                     let facts = matches!(dialect, Dialect::Responses | Dialect::Messages)
-                        .then(|| stream_facts(dialect, &yielded.bytes));
+                        .then(|| stream_facts(dialect, &upstream));
                     let done = match &facts {
-                        None => sse_events(&yielded.bytes).iter().any(|e| e.trim_ascii() == b"[DONE]"),
+                        None => sse_events(&upstream).iter().any(|e| e.trim_ascii() == b"[DONE]"),
                         Some(f) => f.tidy && f.whole,
                     };
                     // 5d. Preamble events are no commit, and an error event
@@ -3715,7 +3739,7 @@ fn check(
                                 case,
                                 5,
                                 "a {dialect} stream was committed though no event before its first error (or its end) carries output\n  upstream sent {:?}",
-                                Blob(yielded.bytes.clone())
+                                Blob(upstream.clone())
                             );
                         }
                     }
@@ -3729,7 +3753,7 @@ fn check(
                             && !f.error_event
                             && fixed(PENDING_TERMINAL_EVENT_REACHES_CLIENT)
                         {
-                            let mut closed = yielded.bytes.clone();
+                            let mut closed = upstream.clone();
                             closed.extend_from_slice(b"\n\n");
                             let closed = stream_facts(dialect, &closed);
                             if closed.tidy && closed.whole {
@@ -3737,7 +3761,7 @@ fn check(
                                     case,
                                     5,
                                     "a {dialect} stream's terminal event was never dispatched (no blank line after it) and the caller got nothing added: its client sees no end\n  upstream sent {:?}",
-                                    Blob(yielded.bytes.clone())
+                                    Blob(upstream.clone())
                                 );
                             }
                         }
@@ -3751,14 +3775,14 @@ fn check(
                                 case,
                                 5,
                                 "a {dialect} stream ended without its terminal event and the caller got nothing added\n  upstream sent {:?} ({f:?})",
-                                Blob(yielded.bytes.clone())
+                                Blob(upstream.clone())
                             );
                         }
                     }
                     if done
                         && yielded.ended
                         && !yielded.failed
-                        && !has_bare_cr(&yielded.bytes)
+                        && !has_bare_cr(&upstream)
                         && !extra.is_empty()
                         && !known
                     {
@@ -3766,7 +3790,7 @@ fn check(
                             case,
                             5,
                             "a whole {dialect} stream got an error chunk\n  upstream sent {:?}\n  then the caller got {:?}",
-                            Blob(yielded.bytes.clone()),
+                            Blob(upstream.clone()),
                             Blob(extra.to_vec())
                         );
                     }
@@ -3780,7 +3804,7 @@ fn check(
                             .map(|f| &f.continues);
                         let checked = match known {
                             true => check_terminal_event(dialect, b"", strip_separator(extra), None),
-                            false => check_terminal_event(dialect, &yielded.bytes, extra, continues),
+                            false => check_terminal_event(dialect, &upstream, extra, continues),
                         };
                         match checked {
                             Ok(code) => summary.error_chunk = Some(code),
@@ -3788,7 +3812,7 @@ fn check(
                                 case,
                                 5,
                                 "after the upstream's bytes: {why}\n  upstream sent {:?}\n  then the caller got {:?}",
-                                Blob(yielded.bytes.clone()),
+                                Blob(upstream.clone()),
                                 Blob(extra.to_vec())
                             ),
                         }
