@@ -272,7 +272,7 @@ pub use policy::{DefaultPolicy, Policy};
 pub use report::{
     AttemptRecord, ExhaustionBody, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError, Usage,
 };
-pub use route::{Attempt, Route};
+pub use route::{Attempt, OverrideError, Overrides, Route};
 pub use stream::StreamReport;
 
 /// The boxed error type used where errors of different sources meet.
