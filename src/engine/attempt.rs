@@ -3,12 +3,13 @@
 
 use crate::dialect::Dialect;
 use crate::hop::Hop;
-use crate::json::scan::{self, ValueKind};
+use crate::json::scan;
 use crate::json::{BadEdits, Edit, ReplayBody};
 use crate::request::{removals, MemberSpan, RequestIndex};
 use crate::Attempt;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Request};
+use std::borrow::Cow;
 
 /// Anthropic's key header and API version header.
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -131,7 +132,7 @@ fn with_overrides(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<Repla
         after: at,
         len: body.len(),
     };
-    let mut edits: Vec<Edit> = Vec::with_capacity(hop.overrides.len() + 6);
+    let mut edits = EditList::default();
     // Which overrides (bit i: `hop.overrides[i]`) the body has; at most
     // `Overrides::MAX` = 64 of them.
     let mut found = 0u64;
@@ -145,14 +146,19 @@ fn with_overrides(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<Repla
     if body.get(pos) != Some(&b'}') {
         loop {
             let key_start = pos;
-            let key_end = match scan::scan_value(body, key_start) {
-                Ok((end, ValueKind::String)) => end,
-                _ => return Err(bad(key_start)),
+            if body.get(key_start) != Some(&b'"') {
+                return Err(bad(key_start));
+            }
+            let (key_end, escaped) = skim_string(body, key_start).ok_or_else(|| bad(key_start))?;
+            // The index checked every key; only an escaped one needs decoding.
+            let key: Cow<'_, [u8]> = match escaped {
+                false => Cow::Borrowed(body.get(key_start + 1..key_end - 1).ok_or_else(|| bad(key_start))?),
+                true => body
+                    .get(key_start..key_end)
+                    .and_then(|literal| scan::decode_string(literal).ok())
+                    .map(|k| Cow::Owned(k.into_owned().into_bytes()))
+                    .ok_or_else(|| bad(key_start))?,
             };
-            let key = body
-                .get(key_start..key_end)
-                .and_then(|literal| scan::decode_string(literal).ok())
-                .ok_or_else(|| bad(key_start))?;
             pos = skip_ws(body, key_end);
             if body.get(pos) != Some(&b':') {
                 return Err(bad(pos));
@@ -160,10 +166,13 @@ fn with_overrides(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<Repla
             let value_start = skip_ws(body, pos + 1);
             let value_end = match known.iter().flatten().find(|r| r.start == value_start) {
                 Some(r) => r.end,
+                None if body.get(value_start) == Some(&b'"') => {
+                    skim_string(body, value_start).ok_or_else(|| bad(value_start))?.0
+                }
                 None => scan::scan_value(body, value_start).map_err(|_| bad(value_start))?.0,
             };
             let value = value_start..value_end;
-            let remove = match key.as_bytes() {
+            let remove = match &*key {
                 b"model" => {
                     if body.get(value.clone()) != Some(&hop.model_json[..]) {
                         edits.push(Edit {
@@ -265,9 +274,54 @@ fn with_overrides(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<Repla
     if let (Some(json), false) = (fallbacks, has_models) {
         insert(&member_bytes("models", json));
     }
+    let edits = edits.as_mut_slice();
     // Stable: insertions at `{` keep their order, before a removal there.
     edits.sort_by_key(|e| (e.range.start, e.range.end));
-    ReplayBody::rewrite(body, &edits)
+    ReplayBody::rewrite(body, edits)
+}
+
+/// Edits kept on the stack up to [`EditList::INLINE`] (the model, a few
+/// overrides and strips), on the heap past it (a caller's key repeated
+/// many times: each copy is edited).
+// Large on purpose: it lives on the stack of one attempt's rewrite.
+#[allow(clippy::large_enum_variant)]
+enum EditList {
+    Inline([Edit; EditList::INLINE], usize),
+    Heap(Vec<Edit>),
+}
+
+impl EditList {
+    const INLINE: usize = 12;
+
+    fn push(&mut self, edit: Edit) {
+        match self {
+            EditList::Inline(list, len) => match list.get_mut(*len) {
+                Some(slot) => {
+                    *slot = edit;
+                    *len += 1;
+                }
+                None => {
+                    let mut heap: Vec<Edit> = list.iter_mut().map(std::mem::take).collect();
+                    heap.push(edit);
+                    *self = EditList::Heap(heap);
+                }
+            },
+            EditList::Heap(list) => list.push(edit),
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [Edit] {
+        match self {
+            EditList::Inline(list, len) => list.get_mut(..*len).unwrap_or_default(),
+            EditList::Heap(list) => list,
+        }
+    }
+}
+
+impl Default for EditList {
+    fn default() -> Self {
+        EditList::Inline(Default::default(), 0)
+    }
 }
 
 /// `"key":json,`
@@ -279,6 +333,23 @@ fn member_bytes(key: &str, json: &Bytes) -> Bytes {
     m.extend_from_slice(json);
     m.extend_from_slice(b",");
     m.freeze()
+}
+
+/// One past the closing quote of the string whose `"` is at `start`, and
+/// whether it has escapes. For a body the index has validated.
+fn skim_string(body: &[u8], start: usize) -> Option<(usize, bool)> {
+    let mut pos = start + 1;
+    let mut escaped = false;
+    loop {
+        pos += memchr::memchr2(b'"', b'\\', body.get(pos..)?)?;
+        match body.get(pos) {
+            Some(b'"') => return Some((pos + 1, escaped)),
+            _ => {
+                escaped = true;
+                pos += 2;
+            }
+        }
+    }
 }
 
 fn skip_ws(body: &[u8], mut pos: usize) -> usize {
