@@ -10,13 +10,20 @@
 //! top level, find the one `model`, skip everything nested, and build the
 //! `ReplayBody` that is sent (which shares the caller's buffer). After the
 //! groups, a table gives the speed-up and the scan rate in GB/s.
+//!
+//! `unchanged`, `model` (= `llm_fallback`) and `model_override` price the
+//! edits themselves, in the same run: a route whose model is the caller's
+//! (no edit), a model rewrite, and a model rewrite plus one override
+//! (`max_tokens` replaced, [`Route::set`](llm_fallback::Route::set)). The
+//! second table gives the model edit (`model - unchanged`) and the override
+//! edit (`model_override - model`).
 
 #[path = "support/bodies.rs"]
 mod bodies;
 #[path = "support/summary.rs"]
 mod summary;
 
-use bodies::{chat_body, escape_density, naive_rewrite, Flavour, NEW_MODEL, SIZES};
+use bodies::{chat_body, escape_density, naive_rewrite, Flavour, NEW_MODEL, REQUESTED_MODEL, SIZES};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -48,6 +55,15 @@ fn bench(c: &mut Criterion) {
             let route = llm_fallback::__private::Compiled::new(llm_fallback::Route::new(NEW_MODEL));
             group.bench_with_input(BenchmarkId::new("llm_fallback", name), &body, |b, body| {
                 b.iter(|| llm_fallback::__private::rewrite_for(black_box(body), black_box(&route)).unwrap())
+            });
+            let unchanged = llm_fallback::__private::Compiled::new(llm_fallback::Route::new(REQUESTED_MODEL));
+            group.bench_with_input(BenchmarkId::new("unchanged", name), &body, |b, body| {
+                b.iter(|| llm_fallback::__private::rewrite_for(black_box(body), black_box(&unchanged)).unwrap())
+            });
+            let with_override =
+                llm_fallback::__private::Compiled::new(llm_fallback::Route::new(NEW_MODEL).set("max_tokens", 512));
+            group.bench_with_input(BenchmarkId::new("model_override", name), &body, |b, body| {
+                b.iter(|| llm_fallback::__private::rewrite_for(black_box(body), black_box(&with_override)).unwrap())
             });
             group.bench_with_input(BenchmarkId::new("serde_json_value", name), &body, |b, body| {
                 b.iter(|| naive_rewrite(black_box(body), black_box(NEW_MODEL)))
@@ -104,6 +120,32 @@ fn summary(since: SystemTime) {
     }
 }
 
+/// What the model edit and one override edit add to a rewrite.
+fn edit_summary(since: SystemTime) {
+    println!("\nedit costs (mean times of this run)");
+    println!("| body | size | unchanged | model | model + override | model edit | override edit |\n|---|---|---|---|---|---|---|");
+    for flavour in FLAVOURS {
+        for (name, _) in SIZES {
+            let group = group_name(flavour);
+            let mean = |id| summary::mean_ns(since, &group, id, name);
+            let (Some(none), Some(model), Some(over)) =
+                (mean("unchanged"), mean("llm_fallback"), mean("model_override"))
+            else {
+                continue;
+            };
+            println!(
+                "| {} | {name} | {} | {} | {} | {:+.0} ns | {:+.0} ns |",
+                flavour.name(),
+                summary::time(none),
+                summary::time(model),
+                summary::time(over),
+                model - none,
+                over - model
+            );
+        }
+    }
+}
+
 fn main() {
     let since = SystemTime::now();
     let mut c = Criterion::default().configure_from_args();
@@ -111,5 +153,6 @@ fn main() {
     c.final_summary();
     if summary::measuring() {
         summary(since);
+        edit_summary(since);
     }
 }

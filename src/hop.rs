@@ -32,6 +32,8 @@ pub(crate) struct Hop {
     /// The caller's `models` is never sent (a caller's own chain, which
     /// the layer runs itself).
     pub(crate) drop_models: bool,
+    /// The route's overrides, encoded once ([`Route::set`]).
+    pub(crate) overrides: Box<[HopOverride]>,
     /// Metric handles for this hop's model, registered once per recorder.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::RouteMetrics,
@@ -56,6 +58,7 @@ impl Hop {
             price: route.effective_price(),
             health_key,
             drop_models: false,
+            overrides: route.overrides.iter().map(|(k, v)| HopOverride::new(k, v)).collect(),
             model,
             #[cfg(feature = "metrics")]
             metrics: Default::default(),
@@ -92,9 +95,33 @@ impl Hop {
             || r.endpoint.as_ref().is_some_and(|e| !e.serves(crate::Dialect::Chat))
     }
 
+    /// The output limit this hop's attempts send for a request that asks
+    /// for `requested`: the caller's, unless the route overrides the
+    /// dialect's limit key (then the override's number; `None` when it
+    /// removes the key or sets something else than a number).
+    pub(crate) fn output_tokens(&self, dialect: crate::Dialect, requested: Option<u64>) -> Option<u64> {
+        let keys: &[&[u8]] = match dialect {
+            crate::Dialect::Chat => &[b"max_tokens", b"max_completion_tokens"],
+            crate::Dialect::Responses => &[b"max_output_tokens"],
+            crate::Dialect::Messages | crate::Dialect::Completions => &[b"max_tokens"],
+            _ => &[],
+        };
+        match self.overrides.iter().find(|o| keys.contains(&&*o.key)) {
+            Some(o) => o.tokens,
+            None => requested,
+        }
+    }
+
     /// Why this hop cannot serve a request with `needs`, if it cannot.
+    ///
+    /// The output limit checked is the one sent ([`Hop::output_tokens`]).
     pub(crate) fn unfit(&self, needs: &Needs) -> Option<SkipReason> {
         let r = &self.route;
+        let mut sent = *needs;
+        if !self.overrides.is_empty() {
+            sent.max_output_tokens = self.output_tokens(needs.dialect, needs.max_output_tokens);
+        }
+        let needs = &sent;
         if let Some(e) = &r.endpoint {
             if !e.serves(needs.dialect) {
                 return Some(SkipReason::Dialect { dialect: needs.dialect });
@@ -120,6 +147,42 @@ impl Hop {
         match (r.max_output_tokens, needs.max_output_tokens) {
             (Some(limit), Some(requested)) if requested > limit => Some(SkipReason::MaxOutput { requested, limit }),
             _ => None,
+        }
+    }
+}
+
+/// One override of a route, as attempts send it.
+pub(crate) struct HopOverride {
+    /// The key, as the request's decoded keys are compared with it.
+    pub(crate) key: Box<[u8]>,
+    /// The new value's JSON, replacing the caller's; `None`: the key is removed.
+    pub(crate) value: Option<Bytes>,
+    /// `"key":value,` inserted after the body's `{` when the caller has no such key.
+    pub(crate) member: Option<Bytes>,
+    /// The value as an output limit, when it is a non-negative number.
+    pub(crate) tokens: Option<u64>,
+}
+
+impl HopOverride {
+    fn new(key: &str, value: Option<&serde_json::Value>) -> Self {
+        let value_json = value.map(|v| Bytes::from(v.to_string()));
+        let member = value_json.as_ref().map(|json| {
+            let key_json = crate::json::scan::encode_string(key);
+            let mut m = Vec::with_capacity(key_json.len() + json.len() + 2);
+            m.extend_from_slice(&key_json);
+            m.push(b':');
+            m.extend_from_slice(json);
+            m.push(b',');
+            Bytes::from(m)
+        });
+        HopOverride {
+            key: key.as_bytes().into(),
+            tokens: value
+                .and_then(serde_json::Value::as_f64)
+                .filter(|v| *v >= 0.0)
+                .map(|v| v as u64),
+            value: value_json,
+            member,
         }
     }
 }

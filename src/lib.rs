@@ -154,6 +154,15 @@
 //! explicit picks, the caller's list, the model and the request's needs
 //! choose a chain is in [`ChainSet`]'s docs.
 //!
+//! # Per-route overrides
+//!
+//! A route may set or remove top-level keys of its attempts' bodies
+//! ([`Route::set`], [`Route::remove`], like Portkey's `override_params`):
+//! `max_tokens`, `temperature`, `reasoning`, `service_tier`, for any API
+//! shape. They are edits of the caller's bytes like the model's, so the
+//! prompt is still never copied; the keys the layer owns are refused when
+//! the route is built ([`Overrides::OWNED_KEYS`]).
+//!
 //! # When everything fails
 //!
 //! The caller gets **one synthesized answer**, whatever the last failure was
@@ -272,7 +281,7 @@ pub use policy::{DefaultPolicy, Policy};
 pub use report::{
     AttemptRecord, ExhaustionBody, FallbackReport, Outcome, Resolution, UpstreamAttempt, UpstreamError, Usage,
 };
-pub use route::{Attempt, Route};
+pub use route::{Attempt, OverrideError, Overrides, Route};
 pub use stream::StreamReport;
 
 /// The boxed error type used where errors of different sources meet.

@@ -60,6 +60,9 @@ pub struct Route {
     pub price: Option<Price>,
     /// Start the next route beside this one after this long ([`Route::hedge_after`]).
     pub hedge_after: Option<Duration>,
+    /// Top-level keys this route sets or removes in its attempts' bodies
+    /// ([`Route::set`], [`Route::remove`]).
+    pub overrides: Overrides,
 }
 
 impl Route {
@@ -185,6 +188,81 @@ impl Route {
         self
     }
 
+    /// Sets the top-level `key` of this route's request bodies to `value`,
+    /// like Portkey's `override_params`: `max_tokens` for a model with a
+    /// smaller limit, a lower `temperature`, a `reasoning` effort, a
+    /// `service_tier`. A key the request has is replaced, one it lacks is
+    /// inserted; a later `set` or [`remove`](Route::remove) of the same key
+    /// wins. The value is encoded once, when the chain is built; each
+    /// attempt's body is still the caller's bytes with a few spans replaced
+    /// (the prompt is never copied or re-serialized).
+    ///
+    /// Keys are compared with the request's decoded keys, so an escaped
+    /// spelling (`"max\u005ftokens"`) is the same key. The route's output
+    /// limit checks ([`max_output_tokens`](Route::max_output_tokens),
+    /// [`context_window`](Route::context_window)) see an overridden output
+    /// limit (`max_tokens`, `max_completion_tokens`, Responses
+    /// `max_output_tokens`), since that is what is sent; every other need
+    /// (tools, media, the prompt's size) is read from the caller's body.
+    ///
+    /// ```
+    /// use llm_fallback::Route;
+    /// use serde_json::json;
+    ///
+    /// let route = Route::new("anthropic/claude-3.5-haiku")
+    ///     .set("max_tokens", 512)
+    ///     .set("reasoning", json!({ "effort": "low" }))
+    ///     .remove("logprobs");
+    /// assert_eq!(route.overrides.get("max_tokens"), Some(Some(&json!(512))));
+    /// assert_eq!(route.overrides.get("logprobs"), Some(None));
+    /// assert_eq!(route.overrides.get("temperature"), None);
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// If `key` is one the layer owns ([`Overrides::OWNED_KEYS`]: `model`,
+    /// `stream`, and OpenRouter's `models`, `provider`, `route`,
+    /// `transforms`, which the layer sets or strips per route), or the
+    /// route already has [`Overrides::MAX`] keys. [`try_set`](Route::try_set)
+    /// returns the error instead; a config file's errors name the key path.
+    #[track_caller]
+    pub fn set(self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        match self.try_set(key, value) {
+            Ok(route) => route,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Removes the top-level `key` from this route's request bodies (a
+    /// request without it is sent as it is). Same rules as [`Route::set`].
+    ///
+    /// # Panics
+    ///
+    /// As [`Route::set`]; [`try_remove`](Route::try_remove) returns the error.
+    #[track_caller]
+    pub fn remove(self, key: impl Into<String>) -> Self {
+        match self.try_remove(key) {
+            Ok(route) => route,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Route::set`], refusing a key the layer owns with an error.
+    pub fn try_set(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Result<Self, OverrideError> {
+        self.overrides.put(key.into(), Some(value.into()))?;
+        Ok(self)
+    }
+
+    /// [`Route::remove`], refusing a key the layer owns with an error.
+    pub fn try_remove(mut self, key: impl Into<String>) -> Result<Self, OverrideError> {
+        self.overrides.put(key.into(), None)?;
+        Ok(self)
+    }
+
     /// The price price guards see: the declared one, else free for a model
     /// id ending in `:free`, else unknown.
     ///
@@ -199,6 +277,136 @@ impl Route {
             .or_else(|| self.model.ends_with(":free").then_some(Price::FREE))
     }
 }
+
+/// The top-level keys a [`Route`] sets or removes in its attempts' bodies
+/// ([`Route::set`], [`Route::remove`]), in the order they were first given.
+///
+/// Its `Debug` output names the keys only: values can be anything a body
+/// carries.
+#[derive(Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct Overrides {
+    /// `(key, Some(value))` to set, `(key, None)` to remove; keys unique.
+    list: Vec<(String, Option<serde_json::Value>)>,
+}
+
+impl Overrides {
+    /// Keys the layer owns, refused as overrides: `model` (the route's
+    /// model), `stream` (read to choose how the answer is handled), and
+    /// OpenRouter's `models`, `provider`, `route` and `transforms` (set from
+    /// [`Route::native_fallbacks`] and [`Route::provider`] for OpenRouter,
+    /// stripped for other APIs).
+    pub const OWNED_KEYS: [&'static str; 6] = ["model", "stream", "models", "provider", "route", "transforms"];
+
+    /// Most keys one route may override.
+    pub const MAX: usize = 64;
+
+    /// No overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the route overrides nothing.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// How many keys the route overrides.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// `Some(Some(value))` for a key set, `Some(None)` for a key removed,
+    /// `None` for a key left as the caller sent it.
+    pub fn get(&self, key: &str) -> Option<Option<&serde_json::Value>> {
+        self.list.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_ref())
+    }
+
+    /// Each key with its value (`None`: removed), in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&serde_json::Value>)> {
+        self.list.iter().map(|(k, v)| (k.as_str(), v.as_ref()))
+    }
+
+    /// Why `key` cannot be overridden, if it cannot.
+    pub fn check_key(key: &str) -> Result<(), OverrideError> {
+        match Self::OWNED_KEYS.contains(&key) {
+            true => Err(OverrideError {
+                key: key.to_owned(),
+                kind: OverrideErrorKind::Owned,
+            }),
+            false => Ok(()),
+        }
+    }
+
+    fn put(&mut self, key: String, value: Option<serde_json::Value>) -> Result<(), OverrideError> {
+        Self::check_key(&key)?;
+        if let Some(slot) = self.list.iter_mut().find(|(k, _)| *k == key) {
+            slot.1 = value;
+            return Ok(());
+        }
+        if self.list.len() >= Self::MAX {
+            return Err(OverrideError {
+                key,
+                kind: OverrideErrorKind::TooMany,
+            });
+        }
+        self.list.push((key, value));
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Keys only: a value may be anything a request body carries.
+        let mut map = f.debug_map();
+        for (k, v) in &self.list {
+            map.entry(k, &if v.is_some() { "set" } else { "removed" });
+        }
+        map.finish()
+    }
+}
+
+/// A key [`Route::try_set`] or [`Route::try_remove`] refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OverrideError {
+    key: String,
+    kind: OverrideErrorKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OverrideErrorKind {
+    Owned,
+    TooMany,
+}
+
+impl OverrideError {
+    /// The key refused.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl std::fmt::Display for OverrideError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            OverrideErrorKind::Owned => write!(
+                f,
+                "the top-level key {:?} cannot be overridden: the layer sets it for each route \
+                 (the keys it owns: model, stream, models, provider, route, transforms)",
+                self.key
+            ),
+            OverrideErrorKind::TooMany => write!(
+                f,
+                "too many overrides: a route overrides at most {} keys ({:?} is one more)",
+                Overrides::MAX,
+                self.key
+            ),
+        }
+    }
+}
+
+impl std::error::Error for OverrideError {}
 
 /// The hop a request is serving, inserted into each attempt's request
 /// extensions so layers inside the fallback (retry, tracing, metrics) can

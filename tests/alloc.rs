@@ -115,13 +115,59 @@ fn a_rewrite_allocates_the_new_model_and_nothing_proportional_to_the_body() {
     }
 }
 
+/// A route with one override of each kind on `chat_body`: `max_tokens`
+/// replaced, `service_tier` inserted, `user` removed.
+fn with_overrides(model: &str) -> Route {
+    Route::new(model)
+        .set("max_tokens", 512)
+        .set("service_tier", "flex")
+        .remove("user")
+}
+
+#[test]
+fn overrides_allocate_nothing_proportional_to_the_body() {
+    for flavour in [Flavour::Prose, Flavour::EscapeDense] {
+        let mut seen = None;
+        for (name, size) in SIZES {
+            let body = Bytes::from(chat_body(flavour, size));
+            drop(body.clone());
+            let route = llm_fallback::__private::Compiled::new(with_overrides(NEW_MODEL));
+            let (bytes, sent) = allocated_by(|| {
+                let replay = llm_fallback::__private::rewrite_for(&body, &route).unwrap();
+                send(replay)
+            });
+            // `"max_tokens":1024` -> 512, `"service_tier":"flex",` in, `,"user":"user-7f3a"` out.
+            let want = body.len() - REQUESTED_MODEL.len() + NEW_MODEL.len() - 1 + 22 - 19;
+            assert_eq!(sent, want, "{} {name}", flavour.name());
+            println!(
+                "{} {name}: one rewrite with 3 overrides allocated {bytes} bytes",
+                flavour.name()
+            );
+            // The index's decoded model and the edit list (a few words per
+            // edit), the same for every size.
+            assert!(
+                bytes <= REQUESTED_MODEL.len() + 512 + SLACK,
+                "{} {name}: {bytes} bytes",
+                flavour.name()
+            );
+            assert_eq!(
+                *seen.get_or_insert(bytes),
+                bytes,
+                "{} {name}: allocation grew with the body",
+                flavour.name()
+            );
+        }
+    }
+}
+
 /// Bytes one request through the layer allocates, inner service included.
 fn per_request(rt: &tokio::runtime::Runtime, body: &Bytes, fail_first: usize) -> usize {
-    let chain = Chain::new([
-        Route::new("a/primary"),
-        Route::new("b/secondary"),
-        Route::new(NEW_MODEL),
-    ]);
+    per_request_on(rt, body, fail_first, |m| Route::new(m))
+}
+
+/// [`per_request`] with routes made by `route`.
+fn per_request_on(rt: &tokio::runtime::Runtime, body: &Bytes, fail_first: usize, route: fn(&str) -> Route) -> usize {
+    let chain = Chain::new([route("a/primary"), route("b/secondary"), route(NEW_MODEL)]);
     let svc = FallbackLayer::new(chain).layer(instant::Instant::new(fail_first));
     // Warm up (lazy statics, tracing callsites) before counting.
     rt.block_on(async { instant::drain(svc.clone().oneshot(instant::request(body)).await.unwrap()).await });
@@ -154,5 +200,33 @@ fn the_layer_allocates_the_same_for_1_kib_and_8_mib() {
             // own work) stays small, far from a copy of any body.
             assert!(large < 64 << 10, "{large} bytes allocated for one request");
         }
+    }
+}
+
+#[test]
+fn the_layer_with_overrides_allocates_the_same_for_1_kib_and_8_mib() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for fail_first in [0, 2] {
+        let small = per_request_on(
+            &rt,
+            &Bytes::from(chat_body(Flavour::Prose, 1 << 10)),
+            fail_first,
+            with_overrides,
+        );
+        let large = per_request_on(
+            &rt,
+            &Bytes::from(chat_body(Flavour::EscapeDense, 8 << 20)),
+            fail_first,
+            with_overrides,
+        );
+        println!("{fail_first} failures, with overrides: 1 KiB body {small} bytes allocated, 8 MiB body {large}");
+        assert!(
+            large <= small + 1024,
+            "with {fail_first} failures: 8 MiB {large} bytes, 1 KiB {small}"
+        );
+        assert!(large < 64 << 10, "{large} bytes allocated for one request");
     }
 }

@@ -185,6 +185,17 @@ fn build_route(config: &Config, key: &str, r: &RouteConfig) -> Result<Route, Con
     if let Some(p) = r.price {
         route = route.price(Price::per_million(p.prompt, p.completion));
     }
+    // Checked by `validate_overrides` first; the errors name the key path.
+    for (k, v) in &r.set {
+        route = route
+            .try_set(k.as_str(), v.clone())
+            .map_err(|e| ConfigError::new(format!("{key}.set.{k}"), e.to_string()))?;
+    }
+    for (i, k) in r.remove.iter().enumerate() {
+        route = route
+            .try_remove(k.as_str())
+            .map_err(|e| ConfigError::new(format!("{key}.remove[{i}]"), e.to_string()))?;
+    }
     Ok(route)
 }
 
@@ -322,6 +333,7 @@ fn validate_chain(config: &Config, key: &str, chain: &ChainConfig) -> Result<(),
         if r.hedge_after.is_some() {
             needs_hedging(config, &format!("{key}.hedge_after"))?;
         }
+        validate_overrides(&key, r)?;
         if let Some(e) = &r.endpoint {
             Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(&key, err))?;
             if e.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
@@ -331,6 +343,38 @@ fn validate_chain(config: &Config, key: &str, chain: &ChainConfig) -> Result<(),
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// A route's `set` and `remove` at `key`: no key the layer owns, none both
+/// set and removed, no `null` (TOML has none; `remove` the key instead), at
+/// most [`Overrides::MAX`](crate::Overrides::MAX) keys.
+fn validate_overrides(key: &str, r: &RouteConfig) -> Result<(), ConfigError> {
+    for (k, v) in &r.set {
+        let path = format!("{key}.set.{k}");
+        crate::Overrides::check_key(k).map_err(|e| ConfigError::new(path.as_str(), e.to_string()))?;
+        no_null(&path, v)?;
+    }
+    for (i, k) in r.remove.iter().enumerate() {
+        let path = format!("{key}.remove[{i}]");
+        crate::Overrides::check_key(k).map_err(|e| ConfigError::new(path.as_str(), e.to_string()))?;
+        if r.set.contains_key(k) {
+            return Err(ConfigError::new(
+                path,
+                format!("{k:?} is also in `set`; expected each key either set or removed"),
+            ));
+        }
+    }
+    if r.set.len() + r.remove.len() > crate::Overrides::MAX {
+        return Err(ConfigError::new(
+            format!("{key}.set"),
+            format!(
+                "{} keys set or removed; expected at most {}",
+                r.set.len() + r.remove.len(),
+                crate::Overrides::MAX
+            ),
+        ));
     }
     Ok(())
 }

@@ -76,7 +76,7 @@
 //! | `[hedging]` | [`HedgeBudget`](crate::health::HedgeBudget): `ratio`, `window`; needed by `hedge_after` |
 //! | `[drills]` | [`Drills`](crate::health::Drills): `fraction`, `allow_header` |
 //! | `[chains.NAME]` | a [`Chain`](crate::Chain): `deadline`, `price_guard`, `hedge_after`, `routes`; `default` is required |
-//! | `[[chains.NAME.routes]]` | a [`Route`](crate::Route): `model`, `label`, `timeout`, `first_token_timeout`, `idle_timeout`, `hedge_after`, `provider`, `native_fallbacks`, `openrouter_metadata`, `endpoint`, `capabilities`, `context_window`, `max_output_tokens`, `price` |
+//! | `[[chains.NAME.routes]]` | a [`Route`](crate::Route): `model`, `label`, `timeout`, `first_token_timeout`, `idle_timeout`, `hedge_after`, `provider`, `native_fallbacks`, `openrouter_metadata`, `endpoint`, `capabilities`, `context_window`, `max_output_tokens`, `price`, `set`, `remove` |
 //! | `[gateway]` | settings of a server in front of the layer, read by that server with [`Config::gateway`] (the example gateway, `examples/gateway.rs`, documents its keys); the library does not read them |
 //!
 //! Durations are strings with a unit: `"30s"`, `"250ms"`, `"1.5s"`, `"2m"`,
@@ -392,6 +392,14 @@ pub struct RouteConfig {
     /// The model's price, for price guards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<PriceConfig>,
+    /// Top-level keys set in the route's request bodies, replaced or
+    /// inserted ([`Route::set`](crate::Route::set)): `set = { max_tokens = 512 }`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, serde_json::Value>,
+    /// Top-level keys removed from the route's request bodies
+    /// ([`Route::remove`](crate::Route::remove)): `remove = ["logprobs"]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 impl RouteConfig {
