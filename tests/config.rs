@@ -503,6 +503,7 @@ fn keys_from_example() -> BTreeSet<String> {
         // A model's own routes have the keys of a chain's (checked there).
         let leaf = prefix.ends_with(".provider")
             || prefix.ends_with(".price_guard")
+            || prefix.ends_with(".set")
             || (prefix.starts_with("models.") && prefix.ends_with(".routes"));
         match value {
             toml::Value::Table(t) if !leaf => {
