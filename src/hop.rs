@@ -29,6 +29,11 @@ pub(crate) struct Hop {
     pub(crate) price: Option<Price>,
     /// The key route health is kept under: the model, plus the endpoint.
     pub(crate) health_key: Arc<str>,
+    /// The deployment this hop is, and its key's name, when the route has
+    /// deployments or several keys (see [`crate::deployment`]).
+    pub(crate) deployment: Option<Arc<str>>,
+    pub(crate) deployment_header: Option<HeaderValue>,
+    pub(crate) key: Option<Arc<str>>,
     /// The caller's `models` is never sent (a caller's own chain, which
     /// the layer runs itself).
     pub(crate) drop_models: bool,
@@ -42,11 +47,35 @@ impl Hop {
     /// cap (see [`Hop::split`]).
     pub(crate) fn new(route: Route) -> Self {
         let model: Arc<str> = Arc::from(route.model.as_str());
-        let health_key = match &route.endpoint {
-            Some(e) => format!("{}@{}", route.model, e.base_url()).into(),
-            None => model.clone(),
+        let unit = route.unit.as_ref();
+        let deployment = unit.and_then(|u| u.deployment.clone());
+        let key = unit.and_then(|u| u.key.clone());
+        let health_key = match (&route.endpoint, &deployment, &key) {
+            (Some(e), None, None) => format!("{}@{}", route.model, e.base_url()).into(),
+            (None, None, None) => model.clone(),
+            // Each deployment and key fails alone.
+            (e, d, k) => {
+                let mut text = route.model.clone();
+                if let Some(e) = e {
+                    text.push('@');
+                    text.push_str(e.base_url());
+                }
+                if let Some(d) = d {
+                    text.push('#');
+                    text.push_str(d);
+                }
+                if let Some(k) = k {
+                    text.push_str("[key ");
+                    text.push_str(k);
+                    text.push(']');
+                }
+                text.into()
+            }
         };
         Hop {
+            deployment_header: deployment.as_deref().and_then(header_value),
+            deployment,
+            key,
             model_json: crate::json::scan::encode_string(&route.model),
             model_header: header_value(&route.model),
             label: route.label.as_deref().map(Arc::from),
@@ -63,9 +92,71 @@ impl Hop {
         }
     }
 
+    /// Compiles a route into the routes the chain tries: one per
+    /// deployment and key (see [`crate::deployment`]), each with its native
+    /// group split to fit OpenRouter's cap ([`Hop::split_native`]).
+    pub(crate) fn split(mut route: Route) -> Vec<Route> {
+        let deployments = std::mem::take(&mut route.deployments);
+        let has_keys = route.endpoint.as_ref().is_some_and(|e| e.keys.len() > 1)
+            || deployments
+                .iter()
+                .any(|d| d.endpoint.as_ref().is_some_and(|e| e.keys.len() > 1));
+        if route.unit.is_some() || (deployments.is_empty() && !has_keys) {
+            // Today's path (or a route compiled already).
+            return Hop::split_native(route);
+        }
+        // (deployment, weight, routes of each key)
+        let mut members: Vec<(Option<Arc<str>>, u32, Vec<(Option<Arc<str>>, Route)>)> = Vec::new();
+        let mut add = |name: Option<Arc<str>>, weight: u32, r: Route| {
+            let keyed = match r.endpoint.as_ref().and_then(|e| e.split_keys()) {
+                Some(keys) => keys
+                    .into_iter()
+                    .flat_map(|(key, endpoint)| {
+                        let mut one = r.clone();
+                        one.endpoint = Some(endpoint);
+                        Hop::split_native(one).into_iter().map(move |part| (Some(key.clone()), part))
+                    })
+                    .collect(),
+                None => Hop::split_native(r).into_iter().map(|part| (None, part)).collect(),
+            };
+            members.push((name, weight, keyed));
+        };
+        if deployments.is_empty() {
+            add(None, 1, route.clone());
+        }
+        for d in deployments {
+            let mut r = route.clone();
+            if let Some(e) = d.endpoint {
+                r.endpoint = Some(e);
+            }
+            if let Some(p) = d.provider {
+                r.provider = Some(p);
+            }
+            add(Some(Arc::from(d.name.as_str())), d.weight, r);
+        }
+        let shape: Vec<(usize, u32)> = members.iter().map(|(_, w, rs)| (rs.len(), *w)).collect();
+        let group = Arc::new(crate::deployment::Group::new(route.balance, route.balance_seed, &shape));
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(group.units());
+        for (member, (name, _, routes)) in members.into_iter().enumerate() {
+            for (key, mut r) in routes {
+                r.unit = Some(crate::deployment::Unit {
+                    group: group.clone(),
+                    member,
+                    offset,
+                    deployment: name.clone(),
+                    key,
+                });
+                offset += 1;
+                out.push(r);
+            }
+        }
+        out
+    }
+
     /// Splits a native group longer than OpenRouter's cap into routes that
     /// each fit: `a` + `[b, c, d]`, then `e` + `[f]`, with `route`'s settings.
-    pub(crate) fn split(route: Route) -> Vec<Route> {
+    fn split_native(route: Route) -> Vec<Route> {
         if route.native_fallbacks.len() <= MAX_NATIVE_FALLBACKS {
             return vec![route];
         }

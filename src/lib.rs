@@ -240,6 +240,7 @@ mod chain;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+pub mod deployment;
 mod dialect;
 mod engine;
 mod future;
@@ -264,6 +265,7 @@ pub use body::ResponseBody;
 pub use builder::FallbackBuilder;
 pub use capability::{Capabilities, Needs, Price, PriceGuard, SkipReason, BYTES_PER_TOKEN};
 pub use chain::{CallerChains, Chain, ChainName, ChainSet, ModelTarget, UnknownModel};
+pub use deployment::{Balance, Deployment};
 pub use dialect::Dialect;
 pub use future::ResponseFuture;
 pub use json::ReplayBody;
