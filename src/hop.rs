@@ -53,22 +53,19 @@ impl Hop {
         let health_key = match (&route.endpoint, &deployment, &key) {
             (Some(e), None, None) => format!("{}@{}", route.model, e.base_url()).into(),
             (None, None, None) => model.clone(),
-            // Each deployment and key fails alone.
+            // Each deployment and key fails alone: `m@base (eu, key KEY_A)`
+            // (after the URL, nothing `redact` would cut as a query or fragment).
             (e, d, k) => {
                 let mut text = route.model.clone();
                 if let Some(e) = e {
                     text.push('@');
                     text.push_str(e.base_url());
                 }
-                if let Some(d) = d {
-                    text.push('#');
-                    text.push_str(d);
-                }
-                if let Some(k) = k {
-                    text.push_str("[key ");
-                    text.push_str(k);
-                    text.push(']');
-                }
+                let key = k.as_deref().map(|k| format!("key {k}"));
+                let tags: Vec<&str> = d.as_deref().into_iter().chain(key.as_deref()).collect();
+                text.push_str(" (");
+                text.push_str(&tags.join(", "));
+                text.push(')');
                 text.into()
             }
         };
@@ -105,8 +102,7 @@ impl Hop {
             // Today's path (or a route compiled already).
             return Hop::split_native(route);
         }
-        // (deployment, weight, routes of each key)
-        let mut members: Vec<(Option<Arc<str>>, u32, Vec<(Option<Arc<str>>, Route)>)> = Vec::new();
+        let mut members: Vec<Member> = Vec::new();
         let mut add = |name: Option<Arc<str>>, weight: u32, r: Route| {
             let keyed = match r.endpoint.as_ref().and_then(|e| e.split_keys()) {
                 Some(keys) => keys
@@ -114,7 +110,9 @@ impl Hop {
                     .flat_map(|(key, endpoint)| {
                         let mut one = r.clone();
                         one.endpoint = Some(endpoint);
-                        Hop::split_native(one).into_iter().map(move |part| (Some(key.clone()), part))
+                        Hop::split_native(one)
+                            .into_iter()
+                            .map(move |part| (Some(key.clone()), part))
                     })
                     .collect(),
                 None => Hop::split_native(r).into_iter().map(|part| (None, part)).collect(),
@@ -215,6 +213,10 @@ impl Hop {
     }
 }
 
+/// A deployment being compiled: its name, weight, and its routes, one per
+/// key (named) and native part.
+type Member = (Option<Arc<str>>, u32, Vec<(Option<Arc<str>>, Route)>);
+
 impl std::fmt::Debug for Hop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Everything else is derived from the route.
@@ -251,6 +253,69 @@ mod tests {
             &*Hop::new(Route::new("m/x").endpoint(endpoint)).health_key,
             "m/x@https://api.example.com/v1"
         );
+    }
+
+    #[test]
+    fn deployments_and_keys_compile_to_hops_with_their_own_health() {
+        use crate::Deployment;
+        std::env::set_var("LLM_FALLBACK_HOP_TEST_K1", "sk-1");
+        std::env::set_var("LLM_FALLBACK_HOP_TEST_K2", "sk-2");
+        let pool = crate::native::Endpoint::new("https://pool.example/v1")
+            .unwrap()
+            .api_key_envs(["LLM_FALLBACK_HOP_TEST_K1", "LLM_FALLBACK_HOP_TEST_K2"])
+            .unwrap();
+        let chain = Chain::new([
+            Route::new("m")
+                .native_fallbacks(["n"])
+                .deployments([Deployment::new("eu"), Deployment::new("pool").endpoint(pool)]),
+            Route::new("z"),
+        ]);
+        let keys: Vec<_> = chain
+            .hops()
+            .iter()
+            .map(|h| {
+                (
+                    &*h.health_key,
+                    h.deployment.as_deref(),
+                    h.key.as_deref(),
+                    h.route.unit.as_ref().map(|u| u.offset),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("m (eu)", Some("eu"), None, Some(0)),
+                (
+                    "m@https://pool.example/v1 (pool, key LLM_FALLBACK_HOP_TEST_K1)",
+                    Some("pool"),
+                    Some("LLM_FALLBACK_HOP_TEST_K1"),
+                    Some(1)
+                ),
+                (
+                    "m@https://pool.example/v1 (pool, key LLM_FALLBACK_HOP_TEST_K2)",
+                    Some("pool"),
+                    Some("LLM_FALLBACK_HOP_TEST_K2"),
+                    Some(2)
+                ),
+                ("z", None, None, None),
+            ]
+        );
+        // Each key's hop sends only its key; native groups stay with every hop.
+        let auth = |i: usize| {
+            chain.hops()[i]
+                .route
+                .endpoint
+                .as_ref()
+                .unwrap()
+                .authorization
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(auth(1), "Bearer sk-1");
+        assert_eq!(auth(2), "Bearer sk-2");
+        assert!(chain.hops()[..3].iter().all(|h| h.fallbacks_json.is_some()));
+        assert_eq!(chain.hops()[0].deployment_header.as_ref().unwrap(), "eu");
     }
 
     #[test]

@@ -419,10 +419,16 @@ fn validate_deployments(key: &str, r: &RouteConfig) -> Result<(), ConfigError> {
                 "the deployment's name is empty; expected one such as \"azure-eu\"",
             ));
         }
-        if r.deployments.get(..j).is_some_and(|before| before.iter().any(|o| o.name == d.name)) {
+        if r.deployments
+            .get(..j)
+            .is_some_and(|before| before.iter().any(|o| o.name == d.name))
+        {
             return Err(ConfigError::new(
                 format!("{at}.name"),
-                format!("another deployment of the route is called {:?}; expected each name once", d.name),
+                format!(
+                    "another deployment of the route is called {:?}; expected each name once",
+                    d.name
+                ),
             ));
         }
         if let Some(e) = &d.endpoint {

@@ -602,7 +602,10 @@ mod tests {
                         first_len,
                     };
                     let mut seen: Vec<usize> = (3..3 + len).map(|p| g.map(p).unwrap()).collect();
-                    assert_eq!(seen[..first_len], (3 + first..3 + first + first_len).collect::<Vec<_>>()[..]);
+                    assert_eq!(
+                        seen[..first_len],
+                        (3 + first..3 + first + first_len).collect::<Vec<_>>()[..]
+                    );
                     seen.sort_unstable();
                     assert_eq!(seen, (3..3 + len).collect::<Vec<_>>());
                     assert_eq!(g.map(2), None);

@@ -56,6 +56,8 @@ pub(super) struct Trip<'s, S, P> {
 }
 
 /// What [`Trip::board`] found to do.
+// Returned once per launch and consumed at once (see `Settled`).
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Board<'s, F> {
     /// An attempt sent, and when the next route starts beside it if it has
     /// no answer by then.
