@@ -16,6 +16,28 @@
 //! picked in `poll_ready`; here the deployments are rewrites of one request
 //! to one inner service, and the choice is an order to fall back along, so
 //! the algorithm is followed rather than the types reused.
+//!
+//! ```
+//! use llm_fallback::{Balance, Chain, Deployment, Route};
+//! use llm_fallback::native::Endpoint;
+//!
+//! # std::env::set_var("OPENAI_KEY_A", "sk-a"); std::env::set_var("OPENAI_KEY_B", "sk-b");
+//! # std::env::set_var("AZURE_KEY", "az");
+//! let openai = Endpoint::new("https://api.openai.com/v1")?.api_key_envs(["OPENAI_KEY_A", "OPENAI_KEY_B"])?;
+//! let azure = Endpoint::new("https://my-azure-proxy.example/v1")?.api_key_env("AZURE_KEY")?;
+//! let chain = Chain::new([
+//!     Route::new("gpt-4o")
+//!         .deployments([
+//!             Deployment::new("openai").endpoint(openai).weight(3),
+//!             Deployment::new("azure").endpoint(azure).weight(1),
+//!         ])
+//!         .balance(Balance::Weighted), // or Balance::LeastLatency
+//!     Route::new("claude-3-5-sonnet-latest"),
+//! ]);
+//! // One route per deployment and key: openai's two keys, azure, then the next route.
+//! assert_eq!(chain.routes().len(), 4);
+//! # Ok::<(), llm_fallback::native::EndpointError>(())
+//! ```
 
 use crate::native::{Endpoint, ProviderPrefs};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -308,6 +308,15 @@ pub mod __private {
         }
     }
 
+    /// The deployment the first route of `chain` starts with for one
+    /// request at `now`, as the plan chooses it (`None` when it has no
+    /// deployments; the plan is handed the time it already read). For the
+    /// deployment-choice bench.
+    pub fn choose_deployment(chain: &crate::Chain, now: tokio::time::Instant) -> Option<usize> {
+        let unit = chain.hops().first()?.route.unit.as_ref()?;
+        Some(unit.group.choose(now))
+    }
+
     /// The name of the chain `chains` picks for a request asking for
     /// `model` (no explicit pick, no `models`, no needs), as the layer picks
     /// it; `None` when the model is refused. For the model-choice bench.
