@@ -375,6 +375,44 @@ async fn a_429_on_one_key_moves_to_the_next_key_and_the_route_holds() {
 }
 
 #[tokio::test]
+async fn a_failure_that_is_no_rate_limit_passes_the_endpoints_other_keys_by() {
+    let (svc, log) = upstream(|s| {
+        if s.model == "z" {
+            (200, Duration::ZERO)
+        } else {
+            (503, Duration::ZERO)
+        }
+    });
+    let layer = FallbackLayer::new(Chain::new([
+        Route::new("m").endpoint(keyed_endpoint()),
+        Route::new("z"),
+    ]));
+    let (parts, report) = send(&layer, &svc).await;
+    assert_eq!(parts.status, 200);
+    let tried: Vec<_> = report
+        .attempts()
+        .iter()
+        .map(|a| {
+            (
+                a.model(),
+                a.key_name(),
+                a.outcome(),
+                a.skip_reason().map(|r| r.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tried,
+        [
+            ("m", Some(KEY_A), Outcome::HttpError, None),
+            ("m", Some(KEY_B), Outcome::Skipped, Some("endpoint_failed")),
+            ("z", None, Outcome::Served, None),
+        ]
+    );
+    assert_eq!(log.lock().unwrap().len(), 2, "the dead endpoint is asked once");
+}
+
+#[tokio::test]
 async fn keys_of_a_deployment_follow_it() {
     let (svc, log) = upstream(|s| match s.auth.strip_prefix("Bearer ") {
         Some(SECRET_A) => (429, Duration::ZERO),

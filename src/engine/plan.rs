@@ -42,6 +42,9 @@ pub(super) struct Plan<'c> {
     cooled: usize,
     /// The route's deployments the cursor is in, once one was chosen first.
     group: Option<GroupCursor>,
+    /// A key of this deployment (hop index of its group's start, member)
+    /// failed other than by a rate limit: its other keys are passed by.
+    failed_endpoint: Option<(usize, usize)>,
 }
 
 /// The order of one route's deployments for this request: the chosen one's
@@ -132,6 +135,7 @@ impl<'c> Plan<'c> {
             open_share: 1.0,
             cooled: 0,
             group: None,
+            failed_endpoint: None,
         }
     }
 
@@ -274,9 +278,24 @@ impl<'c> Plan<'c> {
         })
     }
 
+    /// An attempt on `hop` (at `index`) failed; `rate_limited` when by a
+    /// `429` or with a `Retry-After`. A key's other failures (a 5xx, a
+    /// timeout, a dead connection) are its endpoint's: the deployment's
+    /// other keys would meet the same, so they are passed by.
+    pub(super) fn failed(&mut self, index: usize, hop: &Hop, rate_limited: bool) {
+        if let (Some(u), false) = (hop.route.unit.as_ref().filter(|u| u.key.is_some()), rate_limited) {
+            self.failed_endpoint = index.checked_sub(u.offset).map(|start| (start, u.member));
+        }
+    }
+
     /// Why `route` (at `index`) is not worth sending, for reasons known
     /// without asking anyone.
     fn skip_reason(&self, index: usize, hop: &Hop) -> Option<SkipReason> {
+        if let (Some(u), Some(failed)) = (hop.route.unit.as_ref(), self.failed_endpoint) {
+            if u.key.is_some() && index.checked_sub(u.offset) == Some(failed.0) && u.member == failed.1 {
+                return Some(SkipReason::EndpointFailed);
+            }
+        }
         let drilled = self.drill && Self::is_primary(index, hop) && Arc::ptr_eq(self.chain_name, self.first_chain);
         drilled
             .then_some(SkipReason::Drill)
@@ -320,6 +339,7 @@ impl<'c> Plan<'c> {
                 (self.chain_name, self.chain) = (name, chain);
                 self.next = 0;
                 self.group = None;
+                self.failed_endpoint = None;
                 Some(name)
             }
         }

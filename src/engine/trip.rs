@@ -308,6 +308,9 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
         flight.settle_health(shared, key_rate_limit(hop, record.status, verdict.health));
         if record.outcome.is_failure() {
             tracing::warn!(parent: &flight.span, attempt = %record, "llm fallback attempt failed");
+            let rate_limited =
+                record.status == Some(http::StatusCode::TOO_MANY_REQUESTS) || record.retry_after.is_some();
+            self.plan.failed(flight.i, hop, rate_limited);
         }
         let from = self.plan.chain_name();
         if let Some(to) = self.plan.learn(hop, &verdict) {
