@@ -12,6 +12,14 @@
 //! cargo bench --bench overhead
 //! ```
 //!
+//! On a loaded machine the whole-request times swing by microseconds; count
+//! instructions instead (`OVERHEAD_PROFILE`, see [`profile`]), e.g. with
+//! 1000 and 2000 requests and the difference divided by 1000:
+//!
+//! ```text
+//! OVERHEAD_PROFILE=weighted OVERHEAD_REQUESTS=2000 valgrind --tool=callgrind target/release/deps/overhead-*
+//! ```
+//!
 //! The inner service reads the whole request body (frame by frame, no copy)
 //! and answers a fixed completion, so the difference is what the layer adds:
 //! buffering the body, indexing it, one `ReplayBody` and request per
@@ -245,7 +253,38 @@ fn deployment_summary(since: SystemTime) {
     }
 }
 
+/// `OVERHEAD_PROFILE=<happy|weighted|least_latency>`: only send
+/// `OVERHEAD_REQUESTS` (default 2000) 1 KiB requests through that stack,
+/// for an instruction counter (`valgrind --tool=callgrind`), which a loaded
+/// machine does not disturb as it does wall time.
+fn profile(name: &str) {
+    let chain = match name {
+        "happy" => chain(),
+        "weighted" => deployed_chain(Balance::Weighted),
+        "least_latency" => deployed_chain(Balance::LeastLatency),
+        other => panic!("OVERHEAD_PROFILE={other}: expected happy, weighted or least_latency"),
+    };
+    let n: usize = std::env::var("OVERHEAD_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = Bytes::from(chat_body(Flavour::Prose, 1 << 10));
+    let svc = FallbackLayer::new(chain).layer(Instant::new(0));
+    rt.block_on(async {
+        for _ in 0..n {
+            drain(svc.clone().oneshot(request(&body)).await.unwrap()).await;
+        }
+    });
+}
+
 fn main() {
+    if let Ok(name) = std::env::var("OVERHEAD_PROFILE") {
+        return profile(&name);
+    }
     let since = SystemTime::now();
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
