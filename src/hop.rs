@@ -93,13 +93,17 @@ impl Hop {
     /// deployment and key (see [`crate::deployment`]), each with its native
     /// group split to fit OpenRouter's cap ([`Hop::split_native`]).
     pub(crate) fn split(mut route: Route) -> Vec<Route> {
+        // A route compiled already (taken from `Chain::routes` into another
+        // chain, or a caller chain's template) is a plain route there: its
+        // place in the old chain's deployments means nothing in the new one.
+        route.unit = None;
         let deployments = std::mem::take(&mut route.deployments);
         let has_keys = route.endpoint.as_ref().is_some_and(|e| e.keys.len() > 1)
             || deployments
                 .iter()
                 .any(|d| d.endpoint.as_ref().is_some_and(|e| e.keys.len() > 1));
-        if route.unit.is_some() || (deployments.is_empty() && !has_keys) {
-            // Today's path (or a route compiled already).
+        if deployments.is_empty() && !has_keys {
+            // Today's path.
             return Hop::split_native(route);
         }
         let mut members: Vec<Member> = Vec::new();

@@ -170,7 +170,9 @@ impl Route {
     /// [`Attempt::deployment`] name the deployment.
     ///
     /// [`Chain::routes`](crate::Chain::routes) lists one route per
-    /// deployment and key, in the order given.
+    /// deployment and key, in the order given. Put into another chain
+    /// (or used as a caller chain's template), such a route is a plain
+    /// route with that deployment's endpoint, provider and key.
     ///
     /// ```
     /// use llm_fallback::{Balance, Chain, Deployment, Route};

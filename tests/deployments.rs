@@ -272,6 +272,34 @@ async fn each_deployment_cools_down_alone() {
     assert_eq!(log.lock().unwrap().len(), 1);
 }
 
+#[tokio::test]
+async fn a_caller_chain_from_a_default_route_with_deployments_keeps_its_order() {
+    let (svc, log) = upstream(|s| {
+        if s.model == "y" {
+            (200, Duration::ZERO)
+        } else {
+            (503, Duration::ZERO)
+        }
+    });
+    let primary = Route::new("m")
+        .deployments([
+            Deployment::new("a").endpoint(endpoint("a.test")).weight(0),
+            Deployment::new("b").endpoint(endpoint("b.test")),
+        ])
+        .balance_seed(3);
+    let layer = FallbackLayer::builder(Chain::new([primary]))
+        .caller_chains(llm_fallback::CallerChains::new())
+        .layer();
+    let body = serde_json::json!({"model": "x", "models": ["x", "y"], "messages": [{"role": "user", "content": "hi"}]});
+    let resp = layer.layer(svc).oneshot(post(CALLER, body.to_string())).await.unwrap();
+    let (parts, _) = body_bytes(resp).await;
+    let report = common::report(&parts);
+    let tried: Vec<_> = report.attempts().iter().map(|a| (a.model(), a.deployment())).collect();
+    // The caller's order, each once; the template's endpoint for both.
+    assert_eq!(tried, [("x", None), ("y", None)]);
+    assert_eq!(log.lock().unwrap().len(), 2);
+}
+
 // ===== keys =====
 
 const KEY_A: &str = "LLM_FALLBACK_TEST_DEPLOY_KEY_A";
