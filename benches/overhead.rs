@@ -4,10 +4,20 @@
 //! the third route serves; and the happy path with the chain picked by the
 //! requested model among 32 model keys (`fallback_by_model`) against the
 //! single-chain path (`fallback_happy`), the first part of issue 17's
-//! 300 ns budget.
+//! 300 ns budget; and the happy path with the primary route's three
+//! deployments chosen by weight (`fallback_weighted`) or by peak-EWMA with
+//! two random choices (`fallback_least_latency`), the second part.
 //!
 //! ```text
 //! cargo bench --bench overhead
+//! ```
+//!
+//! On a loaded machine the whole-request times swing by microseconds; count
+//! instructions instead (`OVERHEAD_PROFILE`, see [`profile`]), e.g. with
+//! 1000 and 2000 requests and the difference divided by 1000:
+//!
+//! ```text
+//! OVERHEAD_PROFILE=weighted OVERHEAD_REQUESTS=2000 valgrind --tool=callgrind target/release/deps/overhead-*
 //! ```
 //!
 //! The inner service reads the whole request body (frame by frame, no copy)
@@ -27,18 +37,38 @@ use bodies::{chat_body, Flavour, REQUESTED_MODEL};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use instant::{drain, request, Instant};
-use llm_fallback::{Chain, ChainSet, FallbackLayer, Route};
+use llm_fallback::{Balance, Chain, ChainSet, Deployment, FallbackLayer, Route};
 use std::time::SystemTime;
 use tower::{Layer, ServiceExt};
 
 const GROUP: &str = "layer_overhead";
 const PICK_GROUP: &str = "chain_pick";
 const PICK_PARAMETER: &str = "32_keys";
+const DEPLOY_GROUP: &str = "deployment_choice";
+const DEPLOY_PARAMETER: &str = "3_deployments";
 const SIZES: [(&str, usize); 2] = [("1KiB", 1 << 10), ("1MiB", 1 << 20)];
 
 fn chain() -> Chain {
     Chain::new([
         Route::new("a/primary"),
+        Route::new("b/secondary"),
+        Route::new("c/budget"),
+    ])
+}
+
+/// [`chain`] with its primary as three deployments of one model, chosen
+/// by `balance` (names only: no endpoint or provider edit, so the
+/// difference is the choice and its bookkeeping).
+fn deployed_chain(balance: Balance) -> Chain {
+    Chain::new([
+        Route::new("a/primary")
+            .deployments([
+                Deployment::new("one").weight(2),
+                Deployment::new("two"),
+                Deployment::new("three"),
+            ])
+            .balance(balance)
+            .balance_seed(1),
         Route::new("b/secondary"),
         Route::new("c/budget"),
     ])
@@ -88,6 +118,18 @@ fn bench(c: &mut Criterion) {
                 async move { drain(svc.oneshot(request(body)).await.unwrap()).await }
             })
         });
+        for (function, balance) in [
+            ("fallback_weighted", Balance::Weighted),
+            ("fallback_least_latency", Balance::LeastLatency),
+        ] {
+            group.bench_with_input(BenchmarkId::new(function, name), &body, |b, body| {
+                let svc = FallbackLayer::new(deployed_chain(balance)).layer(Instant::new(0));
+                b.to_async(&rt).iter(|| {
+                    let svc = svc.clone();
+                    async move { drain(svc.oneshot(request(body)).await.unwrap()).await }
+                })
+            });
+        }
         group.bench_with_input(BenchmarkId::new("fallback_two_failures", name), &body, |b, body| {
             let svc = FallbackLayer::new(chain()).layer(Instant::new(2));
             b.to_async(&rt).iter(|| {
@@ -110,6 +152,21 @@ fn bench(c: &mut Criterion) {
     for (function, set) in [("single_chain", &single), ("by_model", &keyed)] {
         group.bench_with_input(BenchmarkId::new(function, PICK_PARAMETER), set, |b, set| {
             b.iter(|| llm_fallback::__private::pick_chain(std::hint::black_box(set), REQUESTED_MODEL))
+        });
+    }
+    group.finish();
+
+    // The deployment choice alone (the plan's one call per request that
+    // enters a route with deployments), by weight and by peak-EWMA.
+    let mut group = c.benchmark_group(DEPLOY_GROUP);
+    for (function, balance) in [
+        ("weighted", Balance::Weighted),
+        ("least_latency", Balance::LeastLatency),
+    ] {
+        let chain = deployed_chain(balance);
+        group.bench_with_input(BenchmarkId::new(function, DEPLOY_PARAMETER), &chain, |b, chain| {
+            let now = tokio::time::Instant::now();
+            b.iter(|| llm_fallback::__private::choose_deployment(std::hint::black_box(chain), now))
         });
     }
     group.finish();
@@ -162,12 +219,78 @@ fn summary(since: SystemTime) {
     }
 }
 
+/// The deployment rows: each choice against the single-hop path.
+fn deployment_summary(since: SystemTime) {
+    println!("\ndeployments chosen (3 in the primary route) against the single-hop path, same run");
+    println!("| body | fallback, happy | weighted | added | least latency | added |");
+    println!("|---|---|---|---|---|---|");
+    for (name, _) in SIZES {
+        let get = |f: &str| summary::mean_ns(since, GROUP, f, name);
+        let (Some(happy), Some(weighted), Some(latency)) = (
+            get("fallback_happy"),
+            get("fallback_weighted"),
+            get("fallback_least_latency"),
+        ) else {
+            continue;
+        };
+        let signed = |d: f64| format!("{}{}", if d < 0.0 { "-" } else { "+" }, summary::time(d.abs()));
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            summary::time(happy),
+            summary::time(weighted),
+            signed(weighted - happy),
+            summary::time(latency),
+            signed(latency - happy),
+        );
+    }
+    let get = |f: &str| summary::mean_ns(since, DEPLOY_GROUP, f, DEPLOY_PARAMETER);
+    if let (Some(w), Some(l)) = (get("weighted"), get("least_latency")) {
+        println!(
+            "| the choice alone | | {} | | {} | |",
+            summary::time(w),
+            summary::time(l)
+        );
+    }
+}
+
+/// `OVERHEAD_PROFILE=<happy|weighted|least_latency>`: only send
+/// `OVERHEAD_REQUESTS` (default 2000) 1 KiB requests through that stack,
+/// for an instruction counter (`valgrind --tool=callgrind`), which a loaded
+/// machine does not disturb as it does wall time.
+fn profile(name: &str) {
+    let chain = match name {
+        "happy" => chain(),
+        "weighted" => deployed_chain(Balance::Weighted),
+        "least_latency" => deployed_chain(Balance::LeastLatency),
+        other => panic!("OVERHEAD_PROFILE={other}: expected happy, weighted or least_latency"),
+    };
+    let n: usize = std::env::var("OVERHEAD_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = Bytes::from(chat_body(Flavour::Prose, 1 << 10));
+    let svc = FallbackLayer::new(chain).layer(Instant::new(0));
+    rt.block_on(async {
+        for _ in 0..n {
+            drain(svc.clone().oneshot(request(&body)).await.unwrap()).await;
+        }
+    });
+}
+
 fn main() {
+    if let Ok(name) = std::env::var("OVERHEAD_PROFILE") {
+        return profile(&name);
+    }
     let since = SystemTime::now();
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     c.final_summary();
     if summary::measuring() {
         summary(since);
+        deployment_summary(since);
     }
 }

@@ -248,6 +248,10 @@ pub enum SkipReason {
     /// it is not sent to a route on another endpoint (see
     /// [`Endpoint::shares_state`](crate::native::Endpoint::shares_state)).
     Stateful,
+    /// Another key of the same endpoint just failed in a way another key
+    /// cannot mend (not a rate limit): the endpoint, not the key, is at
+    /// fault (see [`Endpoint::api_key_envs`](crate::native::Endpoint::api_key_envs)).
+    EndpointFailed,
 }
 
 impl fmt::Display for SkipReason {
@@ -273,6 +277,7 @@ impl fmt::Display for SkipReason {
             SkipReason::Stateful => {
                 f.write_str("stateful request (previous_response_id or conversation) not sent to another endpoint")
             }
+            SkipReason::EndpointFailed => f.write_str("another key of this endpoint failed, not rate-limited"),
         }
     }
 }
@@ -290,6 +295,7 @@ impl SkipReason {
             SkipReason::Drill => "drill",
             SkipReason::Dialect { .. } => "dialect",
             SkipReason::Stateful => "stateful",
+            SkipReason::EndpointFailed => "endpoint_failed",
         }
     }
 }

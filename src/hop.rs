@@ -29,6 +29,11 @@ pub(crate) struct Hop {
     pub(crate) price: Option<Price>,
     /// The key route health is kept under: the model, plus the endpoint.
     pub(crate) health_key: Arc<str>,
+    /// The deployment this hop is, and its key's name, when the route has
+    /// deployments or several keys (see [`crate::deployment`]).
+    pub(crate) deployment: Option<Arc<str>>,
+    pub(crate) deployment_header: Option<HeaderValue>,
+    pub(crate) key: Option<Arc<str>>,
     /// The caller's `models` is never sent (a caller's own chain, which
     /// the layer runs itself).
     pub(crate) drop_models: bool,
@@ -44,11 +49,32 @@ impl Hop {
     /// cap (see [`Hop::split`]).
     pub(crate) fn new(route: Route) -> Self {
         let model: Arc<str> = Arc::from(route.model.as_str());
-        let health_key = match &route.endpoint {
-            Some(e) => format!("{}@{}", route.model, e.base_url()).into(),
-            None => model.clone(),
+        let unit = route.unit.as_ref();
+        let deployment = unit.and_then(|u| u.deployment.clone());
+        let key = unit.and_then(|u| u.key.clone());
+        let health_key = match (&route.endpoint, &deployment, &key) {
+            (Some(e), None, None) => format!("{}@{}", route.model, e.base_url()).into(),
+            (None, None, None) => model.clone(),
+            // Each deployment and key fails alone: `m@base (eu, key KEY_A)`
+            // (after the URL, nothing `redact` would cut as a query or fragment).
+            (e, d, k) => {
+                let mut text = route.model.clone();
+                if let Some(e) = e {
+                    text.push('@');
+                    text.push_str(e.base_url());
+                }
+                let key = k.as_deref().map(|k| format!("key {k}"));
+                let tags: Vec<&str> = d.as_deref().into_iter().chain(key.as_deref()).collect();
+                text.push_str(" (");
+                text.push_str(&tags.join(", "));
+                text.push(')');
+                text.into()
+            }
         };
         Hop {
+            deployment_header: deployment.as_deref().and_then(header_value),
+            deployment,
+            key,
             model_json: crate::json::scan::encode_string(&route.model),
             model_header: header_value(&route.model),
             label: route.label.as_deref().map(Arc::from),
@@ -66,9 +92,76 @@ impl Hop {
         }
     }
 
+    /// Compiles a route into the routes the chain tries: one per
+    /// deployment and key (see [`crate::deployment`]), each with its native
+    /// group split to fit OpenRouter's cap ([`Hop::split_native`]).
+    pub(crate) fn split(mut route: Route) -> Vec<Route> {
+        // A route compiled already (taken from `Chain::routes` into another
+        // chain, or a caller chain's template) is a plain route there: its
+        // place in the old chain's deployments means nothing in the new one.
+        route.unit = None;
+        let deployments = std::mem::take(&mut route.deployments);
+        let has_keys = route.endpoint.as_ref().is_some_and(|e| e.keys.len() > 1)
+            || deployments
+                .iter()
+                .any(|d| d.endpoint.as_ref().is_some_and(|e| e.keys.len() > 1));
+        if deployments.is_empty() && !has_keys {
+            // Today's path.
+            return Hop::split_native(route);
+        }
+        let mut members: Vec<Member> = Vec::new();
+        let mut add = |name: Option<Arc<str>>, weight: u32, r: Route| {
+            let keyed = match r.endpoint.as_ref().and_then(|e| e.split_keys()) {
+                Some(keys) => keys
+                    .into_iter()
+                    .flat_map(|(key, endpoint)| {
+                        let mut one = r.clone();
+                        one.endpoint = Some(endpoint);
+                        Hop::split_native(one)
+                            .into_iter()
+                            .map(move |part| (Some(key.clone()), part))
+                    })
+                    .collect(),
+                None => Hop::split_native(r).into_iter().map(|part| (None, part)).collect(),
+            };
+            members.push((name, weight, keyed));
+        };
+        if deployments.is_empty() {
+            add(None, 1, route.clone());
+        }
+        for d in deployments {
+            let mut r = route.clone();
+            if let Some(e) = d.endpoint {
+                r.endpoint = Some(e);
+            }
+            if let Some(p) = d.provider {
+                r.provider = Some(p);
+            }
+            add(Some(Arc::from(d.name.as_str())), d.weight, r);
+        }
+        let shape: Vec<(usize, u32)> = members.iter().map(|(_, w, rs)| (rs.len(), *w)).collect();
+        let group = Arc::new(crate::deployment::Group::new(route.balance, route.balance_seed, &shape));
+        let mut offset = 0;
+        let mut out = Vec::with_capacity(group.units());
+        for (member, (name, _, routes)) in members.into_iter().enumerate() {
+            for (key, mut r) in routes {
+                r.unit = Some(crate::deployment::Unit {
+                    group: group.clone(),
+                    member,
+                    offset,
+                    deployment: name.clone(),
+                    key,
+                });
+                offset += 1;
+                out.push(r);
+            }
+        }
+        out
+    }
+
     /// Splits a native group longer than OpenRouter's cap into routes that
     /// each fit: `a` + `[b, c, d]`, then `e` + `[f]`, with `route`'s settings.
-    pub(crate) fn split(route: Route) -> Vec<Route> {
+    fn split_native(route: Route) -> Vec<Route> {
         if route.native_fallbacks.len() <= MAX_NATIVE_FALLBACKS {
             return vec![route];
         }
@@ -186,6 +279,9 @@ impl HopOverride {
         }
     }
 }
+/// A deployment being compiled: its name, weight, and its routes, one per
+/// key (named) and native part.
+type Member = (Option<Arc<str>>, u32, Vec<(Option<Arc<str>>, Route)>);
 
 impl std::fmt::Debug for Hop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,6 +319,69 @@ mod tests {
             &*Hop::new(Route::new("m/x").endpoint(endpoint)).health_key,
             "m/x@https://api.example.com/v1"
         );
+    }
+
+    #[test]
+    fn deployments_and_keys_compile_to_hops_with_their_own_health() {
+        use crate::Deployment;
+        std::env::set_var("LLM_FALLBACK_HOP_TEST_K1", "sk-1");
+        std::env::set_var("LLM_FALLBACK_HOP_TEST_K2", "sk-2");
+        let pool = crate::native::Endpoint::new("https://pool.example/v1")
+            .unwrap()
+            .api_key_envs(["LLM_FALLBACK_HOP_TEST_K1", "LLM_FALLBACK_HOP_TEST_K2"])
+            .unwrap();
+        let chain = Chain::new([
+            Route::new("m")
+                .native_fallbacks(["n"])
+                .deployments([Deployment::new("eu"), Deployment::new("pool").endpoint(pool)]),
+            Route::new("z"),
+        ]);
+        let keys: Vec<_> = chain
+            .hops()
+            .iter()
+            .map(|h| {
+                (
+                    &*h.health_key,
+                    h.deployment.as_deref(),
+                    h.key.as_deref(),
+                    h.route.unit.as_ref().map(|u| u.offset),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("m (eu)", Some("eu"), None, Some(0)),
+                (
+                    "m@https://pool.example/v1 (pool, key LLM_FALLBACK_HOP_TEST_K1)",
+                    Some("pool"),
+                    Some("LLM_FALLBACK_HOP_TEST_K1"),
+                    Some(1)
+                ),
+                (
+                    "m@https://pool.example/v1 (pool, key LLM_FALLBACK_HOP_TEST_K2)",
+                    Some("pool"),
+                    Some("LLM_FALLBACK_HOP_TEST_K2"),
+                    Some(2)
+                ),
+                ("z", None, None, None),
+            ]
+        );
+        // Each key's hop sends only its key; native groups stay with every hop.
+        let auth = |i: usize| {
+            chain.hops()[i]
+                .route
+                .endpoint
+                .as_ref()
+                .unwrap()
+                .authorization
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(auth(1), "Bearer sk-1");
+        assert_eq!(auth(2), "Bearer sk-2");
+        assert!(chain.hops()[..3].iter().all(|h| h.fallbacks_json.is_some()));
+        assert_eq!(chain.hops()[0].deployment_header.as_ref().unwrap(), "eu");
     }
 
     #[test]

@@ -249,6 +249,7 @@ mod chain;
 #[cfg(feature = "config")]
 #[cfg_attr(docsrs, doc(cfg(feature = "config")))]
 pub mod config;
+pub mod deployment;
 mod dialect;
 mod engine;
 mod future;
@@ -273,6 +274,7 @@ pub use body::ResponseBody;
 pub use builder::FallbackBuilder;
 pub use capability::{Capabilities, Needs, Price, PriceGuard, SkipReason, BYTES_PER_TOKEN};
 pub use chain::{CallerChains, Chain, ChainName, ChainSet, ModelTarget, UnknownModel};
+pub use deployment::{Balance, Deployment};
 pub use dialect::Dialect;
 pub use future::ResponseFuture;
 pub use json::ReplayBody;
@@ -313,6 +315,15 @@ pub mod __private {
         pub fn model(&self) -> &str {
             &self.0.model
         }
+    }
+
+    /// The deployment the first route of `chain` starts with for one
+    /// request at `now`, as the plan chooses it (`None` when it has no
+    /// deployments; the plan is handed the time it already read). For the
+    /// deployment-choice bench.
+    pub fn choose_deployment(chain: &crate::Chain, now: tokio::time::Instant) -> Option<usize> {
+        let unit = chain.hops().first()?.route.unit.as_ref()?;
+        Some(unit.group.choose(now))
     }
 
     /// The name of the chain `chains` picks for a request asking for

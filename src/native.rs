@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Uri};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// OpenRouter's `provider` object: which providers may serve a model, in
 /// which order, under which constraints.
@@ -206,6 +207,10 @@ pub struct Endpoint {
     pub(crate) authorization: Option<HeaderValue>,
     /// The key alone, for `x-api-key`.
     pub(crate) api_key: Option<HeaderValue>,
+    /// Every key, when [`Endpoint::api_key_envs`] gave several; the fields
+    /// above hold the one in use (the first, until a route compiles one hop
+    /// per key).
+    pub(crate) keys: Vec<ApiKey>,
     pub(crate) openrouter: bool,
     pub(crate) anthropic: bool,
     /// Served dialects, a bit per [`Dialect::index_of`].
@@ -260,6 +265,7 @@ impl Endpoint {
             key_var: None,
             authorization: None,
             api_key: None,
+            keys: Vec::new(),
             openrouter,
             anthropic,
             dialects,
@@ -316,18 +322,81 @@ impl Endpoint {
 
     /// Reads the API key from the environment variable `name` now.
     pub fn api_key_env(mut self, name: impl Into<String>) -> Result<Self, EndpointError> {
-        let name: String = name.into();
-        let key = std::env::var(&name).map_err(|_| EndpointError::MissingKey { variable: name.clone() })?;
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", key.trim()))
-            .map_err(|_| EndpointError::InvalidKey { variable: name.clone() })?;
-        value.set_sensitive(true);
-        let mut bare =
-            HeaderValue::from_str(key.trim()).map_err(|_| EndpointError::InvalidKey { variable: name.clone() })?;
-        bare.set_sensitive(true);
-        self.authorization = Some(value);
-        self.api_key = Some(bare);
-        self.key_var = Some(name);
+        let key = ApiKey::from_env(name.into())?;
+        self.keys.clear();
+        Ok(self.use_key(key))
+    }
+
+    /// Reads several API keys of the same account or project pool from these
+    /// environment variables now. The route's attempts use the first; a key
+    /// answered with `429` (or a `Retry-After`) cools down alone, and the
+    /// next one is used, on the same route, before the chain moves on. Each
+    /// key is named by its variable in reports, spans and health keys; its
+    /// value appears nowhere.
+    ///
+    /// ```
+    /// use llm_fallback::native::Endpoint;
+    ///
+    /// # std::env::set_var("POOL_KEY_A", "sk-a");
+    /// # std::env::set_var("POOL_KEY_B", "sk-b");
+    /// let pool = Endpoint::new("https://api.openai.com/v1")?.api_key_envs(["POOL_KEY_A", "POOL_KEY_B"])?;
+    /// assert_eq!(pool.key_vars().collect::<Vec<_>>(), ["POOL_KEY_A", "POOL_KEY_B"]);
+    /// assert!(!format!("{pool:?}").contains("sk-a"));
+    /// # Ok::<(), llm_fallback::native::EndpointError>(())
+    /// ```
+    pub fn api_key_envs<I, S>(mut self, names: I) -> Result<Self, EndpointError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let keys = names
+            .into_iter()
+            .map(|n| ApiKey::from_env(n.into()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = keys.first().cloned() else {
+            return Ok(self);
+        };
+        self = self.use_key(first);
+        if keys.len() > 1 {
+            self.keys = keys;
+        } else {
+            self.keys.clear();
+        }
         Ok(self)
+    }
+
+    /// The names of the variables the endpoint's keys came from, in order.
+    pub fn key_vars(&self) -> impl Iterator<Item = &str> {
+        let (many, one): (&[ApiKey], _) = if self.keys.len() > 1 {
+            (&self.keys, None)
+        } else {
+            (&[], self.key_var.as_deref())
+        };
+        many.iter().map(|k| k.var.as_str()).chain(one)
+    }
+
+    /// Sets `key` as the one the attempts send.
+    fn use_key(mut self, key: ApiKey) -> Self {
+        self.authorization = Some(key.authorization);
+        self.api_key = Some(key.bare);
+        self.key_var = Some(key.var);
+        self
+    }
+
+    /// One endpoint per key, each named by its variable, when there are
+    /// several; else `None`.
+    pub(crate) fn split_keys(&self) -> Option<Vec<(Arc<str>, Endpoint)>> {
+        if self.keys.len() < 2 {
+            return None;
+        }
+        let mut base = self.clone();
+        base.keys = Vec::new();
+        Some(
+            self.keys
+                .iter()
+                .map(|k| (Arc::from(k.var.as_str()), base.clone().use_key(k.clone())))
+                .collect(),
+        )
     }
 
     /// Says whether this endpoint speaks OpenRouter's extensions (`provider`,
@@ -349,9 +418,42 @@ impl fmt::Debug for Endpoint {
         f.debug_struct("Endpoint")
             .field("base", &self.base)
             .field("key_var", &self.key_var)
+            .field("keys", &self.keys.len().max(usize::from(self.key_var.is_some())))
             .field("openrouter", &self.openrouter)
             .field("anthropic", &self.anthropic)
             .finish_non_exhaustive()
+    }
+}
+
+/// One API key, read from its variable: the header values are sensitive
+/// and never printed.
+#[derive(Clone)]
+pub(crate) struct ApiKey {
+    pub(crate) var: String,
+    authorization: HeaderValue,
+    bare: HeaderValue,
+}
+
+impl ApiKey {
+    fn from_env(var: String) -> Result<Self, EndpointError> {
+        let key = std::env::var(&var).map_err(|_| EndpointError::MissingKey { variable: var.clone() })?;
+        let mut authorization = HeaderValue::from_str(&format!("Bearer {}", key.trim()))
+            .map_err(|_| EndpointError::InvalidKey { variable: var.clone() })?;
+        authorization.set_sensitive(true);
+        let mut bare =
+            HeaderValue::from_str(key.trim()).map_err(|_| EndpointError::InvalidKey { variable: var.clone() })?;
+        bare.set_sensitive(true);
+        Ok(ApiKey {
+            var,
+            authorization,
+            bare,
+        })
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey").field("var", &self.var).finish_non_exhaustive()
     }
 }
 

@@ -182,6 +182,8 @@ pub struct AttemptRecord {
     pub(crate) chain: Arc<str>,
     pub(crate) model: Arc<str>,
     pub(crate) label: Option<Arc<str>>,
+    pub(crate) deployment: Option<Arc<str>>,
+    pub(crate) key: Option<Arc<str>>,
     pub(crate) outcome: Outcome,
     pub(crate) status: Option<StatusCode>,
     pub(crate) error: Option<UpstreamError>,
@@ -211,6 +213,8 @@ impl AttemptRecord {
             chain: chain.clone(),
             model: route.model.clone(),
             label: route.label.clone(),
+            deployment: route.deployment.clone(),
+            key: route.key.clone(),
             outcome,
             status: None,
             error: None,
@@ -245,6 +249,17 @@ impl AttemptRecord {
     /// The route's label, if any.
     pub fn label(&self) -> Option<&str> {
         self.label.as_deref()
+    }
+
+    /// The [deployment](crate::Route::deployments) of the route, if it has deployments.
+    pub fn deployment(&self) -> Option<&str> {
+        self.deployment.as_deref()
+    }
+
+    /// The environment variable of the API key sent, when the endpoint
+    /// holds [several](crate::native::Endpoint::api_key_envs). Never the key.
+    pub fn key_name(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// How the attempt ended.
@@ -345,6 +360,12 @@ impl AttemptRecord {
         write!(f, "{}", self.model)?;
         if let Some(l) = &self.label {
             write!(f, " ({l})")?;
+        }
+        if let Some(d) = &self.deployment {
+            write!(f, " on {d}")?;
+        }
+        if let Some(k) = &self.key {
+            write!(f, " with key {k}")?;
         }
         f.write_str(": ")?;
         match self.outcome {
@@ -490,6 +511,11 @@ impl FallbackReport {
     /// The label of the route that answered, if it has one.
     pub fn served_label(&self) -> Option<&str> {
         self.served_attempt().and_then(AttemptRecord::label)
+    }
+
+    /// The [deployment](crate::Route::deployments) that answered, if its route has deployments.
+    pub fn served_deployment(&self) -> Option<&str> {
+        self.served_attempt().and_then(AttemptRecord::deployment)
     }
 
     /// The provider the upstream named in its body (`"provider"`), if any.

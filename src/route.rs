@@ -1,6 +1,7 @@
 //! Routes: which model to try, and how long to give it.
 
 use crate::capability::{Capabilities, Price};
+use crate::deployment::{Balance, Deployment};
 use crate::native::{Endpoint, ProviderPrefs};
 use std::{sync::Arc, time::Duration};
 
@@ -63,6 +64,16 @@ pub struct Route {
     /// Top-level keys this route sets or removes in its attempts' bodies
     /// ([`Route::set`], [`Route::remove`]).
     pub overrides: Overrides,
+    // ----- deployments (issue 17, points 3 and 4) -----
+    /// Copies of this route's model tried before the next route ([`Route::deployments`]).
+    pub deployments: Vec<Deployment>,
+    /// How the deployment tried first is chosen ([`Route::balance`]).
+    pub balance: Balance,
+    /// Seeds the choice of deployments, for reproducible runs ([`Route::balance_seed`]).
+    pub balance_seed: Option<u64>,
+    /// Set on the routes a route with deployments or several keys
+    /// compiled into: which deployment and key each one is.
+    pub(crate) unit: Option<crate::deployment::Unit>,
 }
 
 impl Route {
@@ -148,6 +159,61 @@ impl Route {
     /// [`FallbackBuilder::hedging`](crate::FallbackBuilder::hedging) (the budget).
     pub fn hedge_after(mut self, after: Duration) -> Self {
         self.hedge_after = Some(after);
+        self
+    }
+
+    /// Several deployments of this route's model (other endpoints, keys or
+    /// `provider.order`s, see [`Deployment`]), tried before the chain moves
+    /// on: per request one is chosen first by [`Route::balance`], the others
+    /// follow in the order given, then the next route. Each deployment (and
+    /// each key of an endpoint with [several](Endpoint::api_key_envs)) has
+    /// its own health, so one cools down alone. The report
+    /// ([`AttemptRecord::deployment`](crate::AttemptRecord::deployment)),
+    /// the `x-fallback-deployment` header, the attempt's span and
+    /// [`Attempt::deployment`] name the deployment.
+    ///
+    /// [`Chain::routes`](crate::Chain::routes) lists one route per
+    /// deployment and key, in the order given. Put into another chain
+    /// (or used as a caller chain's template), such a route is a plain
+    /// route with that deployment's endpoint, provider and key.
+    ///
+    /// ```
+    /// use llm_fallback::{Balance, Chain, Deployment, Route};
+    /// use llm_fallback::native::ProviderPrefs;
+    ///
+    /// let by = |p: &str| {
+    ///     let mut prefs = ProviderPrefs::default();
+    ///     prefs.order = Some(vec![p.into()]);
+    ///     Deployment::new(p).provider(prefs)
+    /// };
+    /// let chain = Chain::new([
+    ///     Route::new("openai/gpt-4o")
+    ///         .deployments([by("OpenAI"), by("Azure")])
+    ///         .balance(Balance::LeastLatency),
+    ///     Route::new("anthropic/claude-3.5-sonnet"),
+    /// ]);
+    /// assert_eq!(chain.routes().len(), 3);
+    /// ```
+    pub fn deployments<I>(mut self, deployments: I) -> Self
+    where
+        I: IntoIterator<Item = Deployment>,
+    {
+        self.deployments = deployments.into_iter().collect();
+        self
+    }
+
+    /// How the deployment tried first is chosen: by weight (the default)
+    /// or by latency (see [`Balance`]).
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// Seeds the generator that chooses among deployments (by default a
+    /// random seed): with a seed, the same sequence of requests picks the
+    /// same deployments (within one process, requests one at a time).
+    pub fn balance_seed(mut self, seed: u64) -> Self {
+        self.balance_seed = Some(seed);
         self
     }
 
@@ -431,6 +497,8 @@ pub struct Attempt {
     pub(crate) model: Arc<str>,
     pub(crate) label: Option<Arc<str>>,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) deployment: Option<Arc<str>>,
+    pub(crate) key: Option<Arc<str>>,
 }
 
 impl Attempt {
@@ -454,6 +522,19 @@ impl Attempt {
     /// The route's label, if any.
     pub fn label(&self) -> Option<&str> {
         self.label.as_deref()
+    }
+
+    /// The [deployment](Route::deployments) this attempt goes to, if the
+    /// route has deployments.
+    pub fn deployment(&self) -> Option<&str> {
+        self.deployment.as_deref()
+    }
+
+    /// The name of the environment variable of the API key this attempt
+    /// sends, when its endpoint holds [several](Endpoint::api_key_envs).
+    /// Never the key.
+    pub fn key_name(&self) -> Option<&str> {
+        self.key.as_deref()
     }
 
     /// The time this attempt has: the route's timeout, shortened to what is

@@ -440,7 +440,7 @@ fn accepted_keys(text_with_zzz: &str) -> Vec<String> {
 /// Every leaf key path the config types accept, in the README's notation.
 fn keys_from_types() -> BTreeSet<String> {
     let route = "[[chains.default.routes]]\nmodel = \"a/b\"\n";
-    let probes: [(&str, String); 11] = [
+    let probes: [(&str, String); 13] = [
         ("", format!("zzz = 1\n{route}")),
         ("policy.", format!("[policy]\nzzz = 1\n{route}")),
         ("health.", format!("[health]\nzzz = 1\n{route}")),
@@ -451,6 +451,14 @@ fn keys_from_types() -> BTreeSet<String> {
         (
             "chains.<name>.routes[].endpoint.",
             format!("{route}endpoint = {{ base_url = \"http://x\", zzz = 1 }}\n"),
+        ),
+        (
+            "chains.<name>.routes[].deployments[].",
+            format!("{route}deployments = [{{ name = \"d\", zzz = 1 }}]\n"),
+        ),
+        (
+            "chains.<name>.routes[].deployments[].endpoint.",
+            format!("{route}deployments = [{{ name = \"d\", endpoint = {{ base_url = \"http://x\", zzz = 1 }} }}]\n"),
         ),
         ("models.<name>.", format!("[models.m]\nzzz = 1\n{route}")),
         ("caller_chains.", format!("[caller_chains]\nzzz = 1\n{route}")),

@@ -1,10 +1,13 @@
 //! Checking a [`Config`] and turning it into a [`FallbackBuilder`].
 
-use super::{ChainConfig, Config, ConfigError, ConfigPolicy, HedgingConfig, PriceGuardConfig, RouteConfig};
+use super::{
+    BalanceConfig, ChainConfig, Config, ConfigError, ConfigPolicy, EndpointConfig, HedgingConfig, PriceGuardConfig,
+    RouteConfig,
+};
 use crate::health::{Breaker, Cooldowns, Drills, HedgeBudget};
 use crate::native::{Endpoint, EndpointError};
 use crate::CallerChains;
-use crate::{Chain, ChainSet, FallbackBuilder, Price, PriceGuard, Route};
+use crate::{Balance, Chain, ChainSet, Deployment, FallbackBuilder, Price, PriceGuard, Route};
 use std::time::Duration;
 
 impl FallbackBuilder<ConfigPolicy> {
@@ -160,18 +163,34 @@ fn build_route(config: &Config, key: &str, r: &RouteConfig) -> Result<Route, Con
         route = route.openrouter_metadata(true);
     }
     if let Some(e) = &r.endpoint {
-        let mut endpoint = Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(key, err))?;
-        if let Some(var) = &e.api_key_env {
-            // Checked here first so the error names the file and the key.
-            config.require_env_var(&format!("{key}.endpoint.api_key_env"), var)?;
-            endpoint = endpoint
-                .api_key_env(var.as_str())
-                .map_err(|err| endpoint_error(key, err))?;
+        route = route.endpoint(build_endpoint(config, &format!("{key}.endpoint"), e)?);
+    }
+    if !r.deployments.is_empty() {
+        let mut deployments = Vec::with_capacity(r.deployments.len());
+        for (j, d) in r.deployments.iter().enumerate() {
+            let at = format!("{key}.deployments[{j}]");
+            let mut out = Deployment::new(d.name.as_str());
+            if let Some(e) = &d.endpoint {
+                out = out.endpoint(build_endpoint(config, &format!("{at}.endpoint"), e)?);
+            }
+            if let Some(p) = &d.provider {
+                out = out.provider(p.clone());
+            }
+            if let Some(w) = d.weight {
+                out = out.weight(w);
+            }
+            deployments.push(out);
         }
-        if let Some(yes) = e.openrouter {
-            endpoint = endpoint.openrouter(yes);
-        }
-        route = route.endpoint(endpoint);
+        route = route.deployments(deployments);
+    }
+    if let Some(b) = r.balance {
+        route = route.balance(match b {
+            BalanceConfig::Weighted => Balance::Weighted,
+            BalanceConfig::LeastLatency => Balance::LeastLatency,
+        });
+    }
+    if let Some(seed) = r.balance_seed {
+        route = route.balance_seed(seed);
     }
     if let Some(caps) = r.capabilities {
         route = route.capabilities(caps);
@@ -199,17 +218,43 @@ fn build_route(config: &Config, key: &str, r: &RouteConfig) -> Result<Route, Con
     Ok(route)
 }
 
-fn endpoint_error(route_key: &str, err: EndpointError) -> ConfigError {
+/// The endpoint at key path `at` (`chains.default.routes[1].endpoint`),
+/// its key variables read now.
+fn build_endpoint(config: &Config, at: &str, e: &EndpointConfig) -> Result<Endpoint, ConfigError> {
+    let mut endpoint = Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(at, err))?;
+    if let Some(var) = &e.api_key_env {
+        // Checked here first so the error names the file and the key.
+        config.require_env_var(&format!("{at}.api_key_env"), var)?;
+        endpoint = endpoint
+            .api_key_env(var.as_str())
+            .map_err(|err| endpoint_error(at, err))?;
+    }
+    if !e.api_key_envs.is_empty() {
+        for (k, var) in e.api_key_envs.iter().enumerate() {
+            config.require_env_var(&format!("{at}.api_key_envs[{k}]"), var)?;
+        }
+        endpoint = endpoint
+            .api_key_envs(e.api_key_envs.iter().map(String::as_str))
+            .map_err(|err| endpoint_error(at, err))?;
+    }
+    if let Some(yes) = e.openrouter {
+        endpoint = endpoint.openrouter(yes);
+    }
+    Ok(endpoint)
+}
+
+/// An endpoint's error at key path `at`.
+fn endpoint_error(at: &str, err: EndpointError) -> ConfigError {
     match err {
         EndpointError::InvalidUrl { url, reason } => ConfigError::new(
-            format!("{route_key}.endpoint.base_url"),
+            format!("{at}.base_url"),
             format!("invalid URL {url:?} ({reason}); expected an API base such as \"https://api.openai.com/v1\""),
         ),
         EndpointError::InvalidKey { variable } => ConfigError::new(
-            format!("{route_key}.endpoint.api_key_env"),
+            format!("{at}.api_key_env"),
             format!("the key in the environment variable {variable} has characters that cannot be sent in a header"),
         ),
-        other => ConfigError::new(format!("{route_key}.endpoint"), other.to_string()),
+        other => ConfigError::new(at, other.to_string()),
     }
 }
 
@@ -335,13 +380,71 @@ fn validate_chain(config: &Config, key: &str, chain: &ChainConfig) -> Result<(),
         }
         validate_overrides(&key, r)?;
         if let Some(e) = &r.endpoint {
-            Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(&key, err))?;
-            if e.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                return Err(ConfigError::new(
-                    format!("{key}.endpoint.api_key_env"),
-                    "empty; expected the name of an environment variable such as \"OPENAI_API_KEY\"",
-                ));
-            }
+            validate_endpoint(&format!("{key}.endpoint"), e)?;
+        }
+        validate_deployments(&key, r)?;
+    }
+    Ok(())
+}
+
+/// The checks of an endpoint at key path `at`.
+fn validate_endpoint(at: &str, e: &EndpointConfig) -> Result<(), ConfigError> {
+    Endpoint::new(e.base_url.as_str()).map_err(|err| endpoint_error(at, err))?;
+    let empty = "empty; expected the name of an environment variable such as \"OPENAI_API_KEY\"";
+    if e.api_key_env.as_deref().is_some_and(|v| v.trim().is_empty()) {
+        return Err(ConfigError::new(format!("{at}.api_key_env"), empty));
+    }
+    if e.api_key_env.is_some() && !e.api_key_envs.is_empty() {
+        return Err(ConfigError::new(
+            format!("{at}.api_key_envs"),
+            "set with api_key_env; expected one of them (api_key_envs = [\"KEY_A\", \"KEY_B\"] for several keys)",
+        ));
+    }
+    for (k, var) in e.api_key_envs.iter().enumerate() {
+        if var.trim().is_empty() {
+            return Err(ConfigError::new(format!("{at}.api_key_envs[{k}]"), empty));
+        }
+        if e.api_key_envs.get(..k).is_some_and(|before| before.contains(var)) {
+            return Err(ConfigError::new(
+                format!("{at}.api_key_envs[{k}]"),
+                format!("{var} is listed twice; expected each key's variable once"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The checks of a route's deployments (the route at key path `key`).
+fn validate_deployments(key: &str, r: &RouteConfig) -> Result<(), ConfigError> {
+    if r.deployments.is_empty() && (r.balance.is_some() || r.balance_seed.is_some()) {
+        let what = if r.balance.is_some() { "balance" } else { "balance_seed" };
+        return Err(ConfigError::new(
+            format!("{key}.{what}"),
+            "the route has no deployments to balance; expected [[...routes.deployments]] entries",
+        ));
+    }
+    for (j, d) in r.deployments.iter().enumerate() {
+        let at = format!("{key}.deployments[{j}]");
+        if d.name.trim().is_empty() {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                "the deployment's name is empty; expected one such as \"azure-eu\"",
+            ));
+        }
+        if r.deployments
+            .get(..j)
+            .is_some_and(|before| before.iter().any(|o| o.name == d.name))
+        {
+            return Err(ConfigError::new(
+                format!("{at}.name"),
+                format!(
+                    "another deployment of the route is called {:?}; expected each name once",
+                    d.name
+                ),
+            ));
+        }
+        if let Some(e) = &d.endpoint {
+            validate_endpoint(&format!("{at}.endpoint"), e)?;
         }
     }
     Ok(())

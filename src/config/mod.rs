@@ -76,7 +76,8 @@
 //! | `[hedging]` | [`HedgeBudget`](crate::health::HedgeBudget): `ratio`, `window`; needed by `hedge_after` |
 //! | `[drills]` | [`Drills`](crate::health::Drills): `fraction`, `allow_header` |
 //! | `[chains.NAME]` | a [`Chain`](crate::Chain): `deadline`, `price_guard`, `hedge_after`, `routes`; `default` is required |
-//! | `[[chains.NAME.routes]]` | a [`Route`](crate::Route): `model`, `label`, `timeout`, `first_token_timeout`, `idle_timeout`, `hedge_after`, `provider`, `native_fallbacks`, `openrouter_metadata`, `endpoint`, `capabilities`, `context_window`, `max_output_tokens`, `price`, `set`, `remove` |
+//! | `[[chains.NAME.routes]]` | a [`Route`](crate::Route): `model`, `label`, `timeout`, `first_token_timeout`, `idle_timeout`, `hedge_after`, `provider`, `native_fallbacks`, `openrouter_metadata`, `endpoint` (`base_url`, `api_key_env` or `api_key_envs`, `openrouter`), `capabilities`, `context_window`, `max_output_tokens`, `price`, `set`, `remove`, `deployments`, `balance`, `balance_seed` |
+//! | `[[chains.NAME.routes.deployments]]` | a [`Deployment`](crate::Deployment) ([`DeploymentConfig`]): `name`, `endpoint`, `provider`, `weight` |
 //! | `[gateway]` | settings of a server in front of the layer, read by that server with [`Config::gateway`] (the example gateway, `examples/gateway.rs`, documents its keys); the library does not read them |
 //!
 //! Durations are strings with a unit: `"30s"`, `"250ms"`, `"1.5s"`, `"2m"`,
@@ -400,6 +401,54 @@ pub struct RouteConfig {
     /// ([`Route::remove`](crate::Route::remove)): `remove = ["logprobs"]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub remove: Vec<String>,
+    /// [`Route::deployments`](crate::Route::deployments): copies of the model tried before the next route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deployments: Vec<DeploymentConfig>,
+    /// [`Route::balance`](crate::Route::balance): `"weighted"` (the default) or `"least_latency"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance: Option<BalanceConfig>,
+    /// [`Route::balance_seed`](crate::Route::balance_seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_seed: Option<u64>,
+}
+
+/// `[[chains.NAME.routes.deployments]]`: one [`Deployment`](crate::Deployment).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct DeploymentConfig {
+    /// Names the deployment in reports, headers, spans and health.
+    pub name: String,
+    /// Where its attempts go, else the route's endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointConfig>,
+    /// Its OpenRouter `provider` object, else the route's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<ProviderPrefs>,
+    /// Its share under `balance = "weighted"` (default 1; 0 is a standby).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl DeploymentConfig {
+    /// A deployment named `name` with nothing else set.
+    pub fn new(name: impl Into<String>) -> Self {
+        DeploymentConfig {
+            name: name.into(),
+            ..DeploymentConfig::default()
+        }
+    }
+}
+
+/// `balance`: how a route's deployments are chosen ([`Balance`](crate::Balance)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BalanceConfig {
+    /// [`Balance::Weighted`](crate::Balance::Weighted).
+    Weighted,
+    /// [`Balance::LeastLatency`](crate::Balance::LeastLatency).
+    LeastLatency,
 }
 
 impl RouteConfig {
@@ -422,6 +471,10 @@ pub struct EndpointConfig {
     /// The environment variable holding the API key (never the key itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key_env: Option<String>,
+    /// Several keys' variables, used in order, the next after a `429`
+    /// ([`Endpoint::api_key_envs`](crate::native::Endpoint::api_key_envs)); instead of `api_key_env`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_key_envs: Vec<String>,
     /// Whether the endpoint speaks OpenRouter's extensions (default: detected from the host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openrouter: Option<bool>,

@@ -2,7 +2,7 @@
 //! the report, a refusal of the request, or the one exhaustion answer.
 
 use super::flights::{Answer, Looked};
-use super::{X_FALLBACK_ATTEMPTS, X_FALLBACK_LABEL, X_FALLBACK_MODEL};
+use super::{X_FALLBACK_ATTEMPTS, X_FALLBACK_DEPLOYMENT, X_FALLBACK_LABEL, X_FALLBACK_MODEL};
 use crate::body::ResponseBody;
 use crate::dialect::{Dialect, ErrorBody};
 use crate::hop::Hop;
@@ -30,6 +30,11 @@ pub(super) fn finish<B>(
     set_header(headers, X_FALLBACK_MODEL, report.served_model(), model);
     let label = hop.and_then(|r| Some((r.label.as_deref()?, r.label_header.as_ref()?)));
     set_header(headers, X_FALLBACK_LABEL, report.served_label().unwrap_or(""), label);
+    // Only routes with deployments say one; others leave the header as it was.
+    if let Some(served) = report.served_deployment() {
+        let prebuilt = hop.and_then(|r| Some((r.deployment.as_deref()?, r.deployment_header.as_ref()?)));
+        set_header(headers, X_FALLBACK_DEPLOYMENT, served, prebuilt);
+    }
     let sent = report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
     let sent = crate::report::digit(sent).map_or_else(|| HeaderValue::from(sent), HeaderValue::from_static);
     headers.insert(X_FALLBACK_ATTEMPTS, sent);
@@ -147,8 +152,8 @@ pub(super) fn exhausted<B>(
         .iter()
         .map(|a| {
             let e = a.upstream_error();
-            if body == ExhaustionBody::Summary {
-                return json!({
+            let mut entry = if body == ExhaustionBody::Summary {
+                json!({
                     "model": a.model(),
                     "label": a.label(),
                     "chain": a.chain(),
@@ -157,9 +162,9 @@ pub(super) fn exhausted<B>(
                     "error_type": a.error_type().and_then(crate::report::plain_identifier),
                     "skip_reason": a.skip_reason().map(ToString::to_string),
                     "elapsed_ms": a.elapsed().as_millis() as u64,
-                });
-            }
-            json!({
+                })
+            } else {
+                json!({
                 "model": a.model(),
                 "label": a.label(),
                 "chain": a.chain(),
@@ -171,7 +176,19 @@ pub(super) fn exhausted<B>(
                 "raw": e.and_then(|e| e.raw()),
                 "skip_reason": a.skip_reason().map(ToString::to_string),
                 "elapsed_ms": a.elapsed().as_millis() as u64,
-            })
+                })
+            };
+            // Named only for routes with deployments or several keys (a
+            // key by its variable, never its value).
+            if let Some(obj) = entry.as_object_mut() {
+                if let Some(d) = a.deployment() {
+                    obj.insert("deployment".into(), d.into());
+                }
+                if let Some(k) = a.key_name() {
+                    obj.insert("key".into(), k.into());
+                }
+            }
+            entry
         })
         .collect();
     let deadline = exhausted.report().resolution() == Resolution::DeadlineExceeded;

@@ -69,6 +69,9 @@ pub(super) struct Flight<'r, F> {
     /// Boxed before it is wrapped in its span, so the large attempt future
     /// is moved once, into its box.
     pub(super) fut: F,
+    /// Counts the attempt against its deployment's latency, when its
+    /// route balances deployments by latency.
+    pub(super) load: Option<crate::deployment::InFlight>,
 }
 
 impl<F> Flight<'_, F> {

@@ -54,6 +54,8 @@ pub(crate) const X_FALLBACK_MODEL: HeaderName = HeaderName::from_static("x-fallb
 pub(crate) const X_FALLBACK_ATTEMPTS: HeaderName = HeaderName::from_static("x-fallback-attempts");
 /// Response header carrying the serving route's label.
 pub(crate) const X_FALLBACK_LABEL: HeaderName = HeaderName::from_static("x-fallback-label");
+/// Response header naming the serving route's deployment, when it has deployments.
+pub(crate) const X_FALLBACK_DEPLOYMENT: HeaderName = HeaderName::from_static("x-fallback-deployment");
 
 /// Request header naming the chain to use; removed before forwarding.
 const X_FALLBACK_CHAIN: HeaderName = HeaderName::from_static("x-fallback-chain");

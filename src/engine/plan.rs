@@ -40,6 +40,40 @@ pub(super) struct Plan<'c> {
     /// health store's), and how many of this chain's were.
     open_share: f64,
     cooled: usize,
+    /// The route's deployments the cursor is in, once one was chosen first.
+    group: Option<GroupCursor>,
+    /// A key of this deployment (hop index of its group's start, member)
+    /// failed other than by a rate limit: its other keys are passed by.
+    failed_endpoint: Option<(usize, usize)>,
+}
+
+/// The order of one route's deployments for this request: the chosen one's
+/// hops first, then the others' in declared order. Positions are the
+/// cursor's; what they map to are hop indexes.
+#[derive(Clone, Copy, Debug)]
+struct GroupCursor {
+    start: usize,
+    len: usize,
+    /// The chosen deployment's hops, as offset and count within the group.
+    first: usize,
+    first_len: usize,
+}
+
+impl GroupCursor {
+    /// The hop index at cursor position `pos`, if it is in the group.
+    fn map(&self, pos: usize) -> Option<usize> {
+        let k = pos.checked_sub(self.start).filter(|k| *k < self.len)?;
+        Some(
+            self.start
+                + if k < self.first_len {
+                    self.first + k
+                } else if k - self.first_len < self.first {
+                    k - self.first_len
+                } else {
+                    k
+                },
+        )
+    }
 }
 
 /// What the plan says to do next.
@@ -100,7 +134,37 @@ impl<'c> Plan<'c> {
             sent: 0,
             open_share: 1.0,
             cooled: 0,
+            group: None,
+            failed_endpoint: None,
         }
+    }
+
+    /// The hop index at cursor position `pos`: itself, unless `pos` is in a
+    /// route's deployments, whose order is chosen when the cursor enters them.
+    fn hop_at(&mut self, pos: usize, now: Instant) -> usize {
+        if let Some(i) = self.group.and_then(|g| g.map(pos)) {
+            return i;
+        }
+        let unit = self.chain.hops().get(pos).and_then(|h| h.route.unit.as_ref());
+        match unit {
+            Some(u) if u.offset == 0 && u.group.units() > 1 => {
+                let (first, first_len) = u.group.span(u.group.choose(now));
+                let g = GroupCursor {
+                    start: pos,
+                    len: u.group.units(),
+                    first,
+                    first_len,
+                };
+                self.group = Some(g);
+                g.map(pos).unwrap_or(pos)
+            }
+            _ => pos,
+        }
+    }
+
+    /// The hop at `index` is (a deployment of) the chain's first route.
+    fn is_primary(index: usize, hop: &Hop) -> bool {
+        index == 0 || hop.route.unit.as_ref().is_some_and(|u| u.offset == index)
     }
 
     /// Skips at most `share` of the chain's routes as cooling (at least
@@ -155,10 +219,15 @@ impl<'c> Plan<'c> {
         admit: Option<&mut dyn FnMut(&Hop) -> Admission>,
     ) -> Step<'c> {
         let hops = self.chain.hops();
-        let (index, hop, forced) = match hops.get(self.next) {
+        let at = if self.next < hops.len() {
+            self.hop_at(self.next, now)
+        } else {
+            self.next
+        };
+        let (index, hop, forced) = match hops.get(at) {
             Some(hop) => {
                 self.next += 1;
-                (self.next - 1, hop, false)
+                (at, hop, false)
             }
             // Nothing was sent and every skip was a cooldown: try the route
             // that recovers first rather than fail untried.
@@ -209,10 +278,25 @@ impl<'c> Plan<'c> {
         })
     }
 
+    /// An attempt on `hop` (at `index`) failed; `rate_limited` when by a
+    /// `429` or with a `Retry-After`. A key's other failures (a 5xx, a
+    /// timeout, a dead connection) are its endpoint's: the deployment's
+    /// other keys would meet the same, so they are passed by.
+    pub(super) fn failed(&mut self, index: usize, hop: &Hop, rate_limited: bool) {
+        if let (Some(u), false) = (hop.route.unit.as_ref().filter(|u| u.key.is_some()), rate_limited) {
+            self.failed_endpoint = index.checked_sub(u.offset).map(|start| (start, u.member));
+        }
+    }
+
     /// Why `route` (at `index`) is not worth sending, for reasons known
     /// without asking anyone.
     fn skip_reason(&self, index: usize, hop: &Hop) -> Option<SkipReason> {
-        let drilled = self.drill && index == 0 && Arc::ptr_eq(self.chain_name, self.first_chain);
+        if let (Some(u), Some(failed)) = (hop.route.unit.as_ref(), self.failed_endpoint) {
+            if u.key.is_some() && index.checked_sub(u.offset) == Some(failed.0) && u.member == failed.1 {
+                return Some(SkipReason::EndpointFailed);
+            }
+        }
+        let drilled = self.drill && Self::is_primary(index, hop) && Arc::ptr_eq(self.chain_name, self.first_chain);
         drilled
             .then_some(SkipReason::Drill)
             .or_else(|| self.needs.as_ref().and_then(|n| hop.unfit(n)))
@@ -222,7 +306,7 @@ impl<'c> Plan<'c> {
             })
             .or_else(|| {
                 let cap = self.cap?;
-                let primary_exempt = index == 0 && self.guard == Some(PriceGuard::NotAbovePrimary);
+                let primary_exempt = Self::is_primary(index, hop) && self.guard == Some(PriceGuard::NotAbovePrimary);
                 match hop.price {
                     _ if primary_exempt => None,
                     Some(p) if p.within(cap) => None,
@@ -254,6 +338,8 @@ impl<'c> Plan<'c> {
                 self.cooled = 0;
                 (self.chain_name, self.chain) = (name, chain);
                 self.next = 0;
+                self.group = None;
+                self.failed_endpoint = None;
                 Some(name)
             }
         }
@@ -489,5 +575,63 @@ mod tests {
         assert_eq!(plan.learn(hop.hop, &verdict(Reroute::ContentPolicy)), None);
         assert!(matches!(plan.next(Instant::now(), false, None), Step::Launch(_)));
         assert!(matches!(plan.next(Instant::now(), false, None), Step::Done));
+    }
+
+    #[test]
+    fn a_routes_deployments_go_chosen_first_then_in_order_then_the_next_route() {
+        use crate::Deployment;
+        let chains = ChainSet::new(Chain::new([
+            Route::new("m")
+                .deployments([
+                    Deployment::new("a").weight(0),
+                    Deployment::new("b").weight(0),
+                    Deployment::new("c").weight(1),
+                ])
+                .balance_seed(1),
+            Route::new("z"),
+        ]));
+        let (name, chain) = chains.select(None, None).unwrap();
+        let mut plan = Plan::new(&chains, name, chain, false, None, None);
+        let steps = walk(&mut plan, Instant::now(), open);
+        // Only `c` has weight: it goes first, then `a`, `b`, then the next route.
+        let order: Vec<usize> = steps.iter().map(|(i, _)| *i).collect();
+        assert_eq!(order, [2, 0, 1, 3]);
+        // The drill passes the whole primary route by.
+        let mut plan = Plan::new(&chains, name, chain, true, None, None);
+        let steps = walk(&mut plan, Instant::now(), open);
+        assert_eq!(
+            steps,
+            [
+                (2, "drill".into()),
+                (0, "drill".into()),
+                (1, "drill".into()),
+                (3, "launch".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn group_cursor_maps_every_position_once() {
+        for len in 1..6 {
+            for first in 0..len {
+                for first_len in 1..=(len - first) {
+                    let g = GroupCursor {
+                        start: 3,
+                        len,
+                        first,
+                        first_len,
+                    };
+                    let mut seen: Vec<usize> = (3..3 + len).map(|p| g.map(p).unwrap()).collect();
+                    assert_eq!(
+                        seen[..first_len],
+                        (3 + first..3 + first + first_len).collect::<Vec<_>>()[..]
+                    );
+                    seen.sort_unstable();
+                    assert_eq!(seen, (3..3 + len).collect::<Vec<_>>());
+                    assert_eq!(g.map(2), None);
+                    assert_eq!(g.map(3 + len), None);
+                }
+            }
+        }
     }
 }

@@ -11,7 +11,7 @@ use super::attempt::{attempt_body, attempt_request};
 use super::flights::{fly, Answer, Flight, Flights, Landing, ProbeGuard};
 use super::plan::{Plan, Step};
 use super::prepare::Prepared;
-use super::verdict::judge;
+use super::verdict::{judge, Learned};
 use super::Shared;
 use crate::body::ResponseBody;
 use crate::capability::SkipReason;
@@ -56,6 +56,8 @@ pub(super) struct Trip<'s, S, P> {
 }
 
 /// What [`Trip::board`] found to do.
+// Returned once per launch and consumed at once (see `Settled`).
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Board<'s, F> {
     /// An attempt sent, and when the next route starts beside it if it has
     /// no answer by then.
@@ -175,6 +177,8 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 model: hop.model.clone(),
                 label: hop.label.clone(),
                 timeout: limit,
+                deployment: hop.deployment.clone(),
+                key: hop.key.clone(),
             };
             let replay = match attempt_body(&self.body, &self.index, hop) {
                 Ok(replay) => replay,
@@ -210,7 +214,19 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 fallback.outcome = Empty,
                 fallback.latency_ms = Empty,
                 error.type = Empty,
+                fallback.deployment = Empty,
+                fallback.key = Empty,
             );
+            if !span.is_disabled() {
+                // Recorded only when the route has deployments or several
+                // keys; a key by its variable's name, never its value.
+                if let Some(d) = &hop.deployment {
+                    span.record("fallback.deployment", &**d);
+                }
+                if let Some(k) = &hop.key {
+                    span.record("fallback.key", &**k);
+                }
+            }
             let (svc, must_poll) = match (self.spare.take(), &self.template) {
                 (Some(pair), _) => pair,
                 // A hedge: a clone of the caller's service, polled ready first.
@@ -243,7 +259,9 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 self.dialect,
             ))
             .instrument(quiet(&span));
+            let load = hop.route.unit.as_ref().and_then(|u| u.group.track(u.member, now));
             let flight = Flight {
+                load,
                 i,
                 chain,
                 position: launch.position,
@@ -277,14 +295,22 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     {
         let shared = self.shared;
         self.spare = Some((svc, true));
+        let mut flight = flight;
+        if let Some(load) = flight.load.take() {
+            // Latency to the answer (a stream's first token), success or not.
+            load.land(Instant::now());
+        }
         let (verdict, answer, record) = judge(&*shared.policy, &flight, result);
         let action = verdict.action;
         let hop = flight.hop;
         flight.record_span(&record);
         crate::metrics::attempt(hop, record.outcome, record.elapsed);
-        flight.settle_health(shared, verdict.health);
+        flight.settle_health(shared, key_rate_limit(hop, record.status, verdict.health));
         if record.outcome.is_failure() {
             tracing::warn!(parent: &flight.span, attempt = %record, "llm fallback attempt failed");
+            let rate_limited =
+                record.status == Some(http::StatusCode::TOO_MANY_REQUESTS) || record.retry_after.is_some();
+            self.plan.failed(flight.i, hop, rate_limited);
         }
         let from = self.plan.chain_name();
         if let Some(to) = self.plan.learn(hop, &verdict) {
@@ -399,6 +425,26 @@ fn attempt_limit(hop: &Hop, stream: bool, remaining: Option<Duration>) -> (Optio
         (Some(t), _) => (Some(t), false),
         (None, Some(r)) => (Some(r), true),
         (None, None) => (None, false),
+    }
+}
+
+/// How long a key answered with a bare `429` cools down (LiteLLM's default
+/// cooldown): a rate limit is the key's, so the next key is used at once
+/// rather than after the store's usual run of failures.
+pub(crate) const KEY_RATE_LIMIT_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// What health learns of an attempt: a `429` without `Retry-After` on one
+/// of an endpoint's several keys cools that key at once.
+fn key_rate_limit(hop: &Hop, status: Option<http::StatusCode>, learned: Learned) -> Learned {
+    match learned {
+        Learned::Failure { retry_after: None }
+            if hop.key.is_some() && status == Some(http::StatusCode::TOO_MANY_REQUESTS) =>
+        {
+            Learned::Failure {
+                retry_after: Some(KEY_RATE_LIMIT_COOLDOWN),
+            }
+        }
+        other => other,
     }
 }
 
