@@ -22,6 +22,7 @@ struct Seen {
     auth: String,
     model: String,
     order: Option<String>,
+    max_tokens: Option<u64>,
 }
 
 /// What it answers: a status and how long it takes.
@@ -51,6 +52,7 @@ fn upstream(script: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> (Upstrea
                 auth,
                 model: json["model"].as_str().unwrap_or_default().to_owned(),
                 order: json["provider"]["order"][0].as_str().map(str::to_owned),
+                max_tokens: json["max_tokens"].as_u64(),
             };
             let (status, latency) = script(&seen);
             log.lock().unwrap().push(seen.clone());
@@ -576,4 +578,24 @@ model = "z"
             assert!(got.contains(expected), "{text}\n  got: {got}\n  expected: {expected}");
         }
     }
+}
+
+/// A route's overrides go with each of its deployments.
+#[tokio::test]
+async fn every_deployment_sends_the_routes_overrides() {
+    let (svc, log) = upstream(|s| match s.host.as_str() {
+        "a.test" => (503, Duration::ZERO),
+        _ => (200, Duration::ZERO),
+    });
+    let chain = Chain::new([Route::new("m").set("max_tokens", serde_json::json!(77)).deployments([
+        Deployment::new("a").endpoint(endpoint("a.test")),
+        Deployment::new("b").endpoint(endpoint("b.test")).weight(0),
+    ])]);
+    let (parts, _) = send(&FallbackLayer::new(chain), &svc).await;
+    assert_eq!(parts.status, 200);
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter().map(|s| (s.host.as_str(), s.max_tokens)).collect::<Vec<_>>(),
+        [("a.test", Some(77)), ("b.test", Some(77))]
+    );
 }
