@@ -103,8 +103,10 @@ impl Chain {
         self.hops.iter().any(Hop::has_limits)
     }
 
-    /// The routes, in the order they are tried (a long native group split
-    /// in several, see [`Route::native_fallbacks`]).
+    /// The routes, in the order they are tried: a long native group split
+    /// in several (see [`Route::native_fallbacks`]), and a route with
+    /// deployments or several keys as one route per deployment and key,
+    /// side by side (see [`Route::deployments`]).
     pub fn routes(&self) -> &[Route] {
         &self.routes
     }
