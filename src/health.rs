@@ -418,8 +418,7 @@ impl Cooldowns {
         match event {
             HealthEvent::Success => {
                 let Some(h) = routes.get_mut(key) else {
-                    if let Some(b) = self.breaker {
-                        let h = routes.entry(key.to_owned()).or_default();
+                    if let (Some(b), Some(h)) = (self.breaker, slot(&mut routes, key, now)) {
                         h.tally.add(b.window, now, false);
                     }
                     return Change::Succeeded;
@@ -447,7 +446,9 @@ impl Cooldowns {
                 _ => Change::None,
             },
             HealthEvent::Failure { retry_after } => {
-                let h = routes.entry(key.to_owned()).or_default();
+                let Some(h) = slot(&mut routes, key, now) else {
+                    return Change::None;
+                };
                 h.consecutive = h.consecutive.saturating_add(1);
                 let rate = self.breaker.is_some_and(|b| {
                     let (requests, failures) = h.tally.add(b.window, now, true);
@@ -486,7 +487,7 @@ impl Cooldowns {
             return None;
         }
         let mut routes = self.lock();
-        let h = routes.entry(key.to_owned()).or_default();
+        let h = slot(&mut routes, key, now)?;
         if h.until.is_some() {
             return None;
         }
@@ -499,7 +500,9 @@ impl Cooldowns {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn adopt(&self, key: &str, until: Instant, ejections: u32) -> bool {
         let mut routes = self.lock();
-        let h = routes.entry(key.to_owned()).or_default();
+        let Some(h) = slot(&mut routes, key, Instant::now()) else {
+            return false;
+        };
         h.ejections = h.ejections.max(ejections);
         h.consecutive = 0;
         if h.until.is_some_and(|u| u >= until) {
@@ -552,6 +555,26 @@ impl Cooldowns {
         );
         cool
     }
+}
+
+/// The most routes [`Cooldowns`] remembers. Health keys come from the
+/// chains, but also from what callers choose where the layer lets them
+/// (a model passed through, a caller's `models` list): the map must not
+/// grow with them.
+const MAX_ROUTES: usize = 65_536;
+
+/// `key`'s entry, made when missing. A full map first forgets every route
+/// with nothing to remember that matters (not cooling, not probing: a
+/// failure count or a breaker window); `None` when it is still full, and
+/// the event is not recorded.
+fn slot<'m>(routes: &'m mut HashMap<String, RouteHealth>, key: &str, now: Instant) -> Option<&'m mut RouteHealth> {
+    if routes.len() >= MAX_ROUTES && !routes.contains_key(key) {
+        routes.retain(|_, h| h.probing || h.until.is_some_and(|u| now < u));
+        if routes.len() >= MAX_ROUTES {
+            return None;
+        }
+    }
+    Some(routes.entry(key.to_owned()).or_default())
 }
 
 impl HealthStore for Cooldowns {
@@ -734,6 +757,30 @@ fn far_future(now: Instant) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_routes_remembered_stay_bounded_whatever_the_keys() {
+        // One failure each on more keys than the map holds (a caller who
+        // picks model names): the map stays bounded, cooling routes stay.
+        let fail = HealthEvent::Failure { retry_after: None };
+        let t0 = Instant::now();
+        let c = Cooldowns::new().failures(3);
+        for i in 0..MAX_ROUTES + 1000 {
+            c.record(&format!("caller-model-{i}"), fail, t0);
+        }
+        assert!(c.lock().len() <= MAX_ROUTES);
+        let c = Cooldowns::new().failures(1).base(Duration::from_secs(60));
+        for i in 0..MAX_ROUTES + 1000 {
+            c.record(&format!("caller-model-{i}"), fail, t0);
+        }
+        // Full of cooling routes: new keys are not recorded, old ones stay.
+        assert_eq!(c.lock().len(), MAX_ROUTES);
+        assert!(matches!(c.admit("caller-model-0", t0), Admission::Cooling { .. }));
+        assert_eq!(
+            c.admit(&format!("caller-model-{}", MAX_ROUTES + 1), t0),
+            Admission::Open
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn cooldown_probe_and_recovery() {
