@@ -242,6 +242,39 @@ impl<P> FallbackBuilder<P> {
     }
 }
 
+#[cfg(feature = "async-openai")]
+impl<P> FallbackBuilder<P> {
+    /// The async-openai HTTP service with these settings (feature
+    /// `async-openai`), sending each attempt with `client`: give it to
+    /// `async_openai::Client::with_http_service`. See
+    /// [`async_openai::FallbackService`](crate::async_openai::FallbackService).
+    ///
+    /// ```
+    /// use llm_fallback::{Chain, FallbackBuilder, Route};
+    ///
+    /// # let _ = rustls::crypto::ring::default_provider().install_default();
+    /// let service = FallbackBuilder::new(Chain::new([Route::new("openai/gpt-4o"), Route::new("openai/gpt-4o-mini")]))
+    ///     .on_report(|report| tracing::info!(model = report.served_model(), "served"))
+    ///     .async_openai(reqwest::Client::new());
+    /// let client = async_openai::Client::new().with_http_service(service);
+    /// # let _ = client;
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "async-openai")))]
+    pub fn async_openai(
+        self,
+        client: ::reqwest::Client,
+    ) -> crate::async_openai::FallbackService<::async_openai::middleware::ReqwestService, P> {
+        crate::async_openai::FallbackService::from_builder(self, client)
+    }
+}
+
+impl<P> FallbackBuilder<P> {
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) fn into_shared(self) -> Shared<P> {
+        self.shared
+    }
+}
+
 impl<P> From<FallbackBuilder<P>> for FallbackLayer<P> {
     fn from(builder: FallbackBuilder<P>) -> Self {
         builder.layer()
