@@ -32,9 +32,7 @@ const MOCK_SECONDARY: &str = "openai/gpt-4o";
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     // This example's reqwest has rustls without a built-in crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -72,7 +70,13 @@ async fn main() -> Result<(), BoxError> {
                 server.url()
             );
             let base = server.base_url();
-            (base, "sk-or-mock".to_owned(), MOCK_PRIMARY, MOCK_SECONDARY, Some(server))
+            (
+                base,
+                "sk-or-mock".to_owned(),
+                MOCK_PRIMARY,
+                MOCK_SECONDARY,
+                Some(server),
+            )
         }
     };
 
@@ -108,7 +112,11 @@ async fn main() -> Result<(), BoxError> {
         Ok(answer) => println!(
             "answer from {}: {}",
             answer.model,
-            answer.choices.first().and_then(|c| c.message.content.as_deref()).unwrap_or("")
+            answer
+                .choices
+                .first()
+                .and_then(|c| c.message.content.as_deref())
+                .unwrap_or("")
         ),
         Err(e) => println!("error: {e}"),
     }

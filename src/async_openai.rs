@@ -69,9 +69,9 @@ use tower_service::Service;
 /// [`on_report`](FallbackBuilder::on_report) hook to log which model served.
 ///
 /// Requests the engine does not replay go to the inner service unchanged:
-/// anything but a `POST` to a chat, Responses, Messages, embeddings or
-/// completions path, and a request whose body is a stream (a multipart
-/// upload).
+/// anything but a `POST` with a buffered body to a chat, Responses,
+/// embeddings or completions path (a `GET`, a multipart upload, the
+/// Assistants API's `/threads/{id}/messages`).
 ///
 /// # async-openai's retry
 ///
@@ -238,10 +238,12 @@ where
 }
 
 /// The API paths the engine replays (as [`Dialect::from_path`](crate::Dialect::from_path)
-/// reads them), for a `POST` with a buffered body.
+/// reads them), for a `POST` with a buffered body. Not `/messages`:
+/// async-openai sends no Anthropic request, and its Assistants API posts to
+/// `/threads/{id}/messages`.
 fn replayable(req: &Request) -> bool {
-    const PATHS: [&str; 4] = ["/completions", "/responses", "/messages", "/embeddings"];
-    if req.method() != Method::POST || req.body().is_some_and(|b| b.as_bytes().is_none()) {
+    const PATHS: [&str; 3] = ["/completions", "/responses", "/embeddings"];
+    if req.method() != Method::POST || req.body().is_none_or(|b| b.as_bytes().is_none()) {
         return false;
     }
     let path = req.url().path();

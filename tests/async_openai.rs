@@ -408,6 +408,35 @@ async fn other_requests_pass_through_to_the_inner_service() {
     assert_eq!(reports.len(), 0, "no report for a request the engine did not see");
 }
 
+#[tokio::test]
+async fn a_post_to_another_api_passes_through_unchanged() {
+    use tower::ServiceExt;
+
+    let mock = mock(Reply::ok(), Reply::ok()).await;
+    let reports = Reports::default();
+    let service = FallbackBuilder::new(two_routes())
+        .on_report(reports.hook())
+        .async_openai(http());
+    // The Assistants API's path ends in `/messages`, and its body has no
+    // model: it is not an Anthropic Messages request to replay.
+    let url = format!("{}/threads/t1/messages", mock.base_url());
+    let client = http();
+    let factory = async_openai::middleware::HttpRequestFactory::new(move || {
+        let req = client
+            .post(&url)
+            .body(r#"{"role":"user","content":"hi"}"#)
+            .build()
+            .map_err(OpenAIError::Reqwest);
+        async move { req }
+    });
+    let resp = timeout(BOUND, service.oneshot(factory)).await.unwrap().unwrap();
+    assert!(
+        resp.headers().get("x-fallback-attempts").is_none(),
+        "not answered by the engine"
+    );
+    assert_eq!(reports.len(), 0);
+}
+
 // ===== the hook on the other fronts =====
 
 #[tokio::test]
