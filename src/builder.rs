@@ -181,6 +181,41 @@ impl<P> FallbackBuilder<P> {
         self
     }
 
+    /// Calls `hook` once per request with its final
+    /// [`FallbackReport`](crate::FallbackReport): which model served, every
+    /// attempt, the resolution. A typed client (async-openai, a
+    /// `reqwest_middleware` client reading JSON) never sees the response's
+    /// headers or extensions; this is how it logs which model served.
+    ///
+    /// It runs for every request, on every front built from these settings
+    /// (the tower layer, the reqwest middleware, the async-openai adapter):
+    /// when the answer is ready for a buffered response, an exhausted chain or
+    /// a refused request, and for a stream when its body ends (completed,
+    /// broken, stalled or dropped by the caller, the same report
+    /// [`StreamReport::finished`](crate::StreamReport::finished) resolves to,
+    /// before it resolves). Never twice for one request. The report holds no
+    /// header, key or body, only models, statuses and the upstreams' error
+    /// texts. The hook runs on the request's task: keep it short (log, count,
+    /// send to a channel). A second call replaces the first hook.
+    ///
+    /// ```
+    /// use llm_fallback::{Chain, FallbackLayer, FallbackReport, Route};
+    ///
+    /// let layer = FallbackLayer::builder(Chain::new([Route::new("openai/gpt-4o")]))
+    ///     .on_report(|report: &FallbackReport| {
+    ///         tracing::info!(model = report.served_model(), attempts = report.attempts().len(), "served");
+    ///     })
+    ///     .layer();
+    /// # let _ = layer;
+    /// ```
+    pub fn on_report<F>(mut self, hook: F) -> Self
+    where
+        F: Fn(&crate::FallbackReport) + Send + Sync + 'static,
+    {
+        self.shared.on_report = Some(Arc::new(hook));
+        self
+    }
+
     /// The tower layer with these settings.
     pub fn layer(self) -> FallbackLayer<P> {
         FallbackLayer::from_shared(self.shared)
@@ -204,6 +239,39 @@ impl<P> FallbackBuilder<P> {
     #[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
     pub fn middleware(self) -> crate::FallbackMiddleware<P> {
         crate::FallbackMiddleware::from_shared(self.shared)
+    }
+}
+
+#[cfg(feature = "async-openai")]
+impl<P> FallbackBuilder<P> {
+    /// The async-openai HTTP service with these settings (feature
+    /// `async-openai`), sending each attempt with `client`: give it to
+    /// `async_openai::Client::with_http_service`. See
+    /// [`async_openai::FallbackService`](crate::async_openai::FallbackService).
+    ///
+    /// ```
+    /// use llm_fallback::{Chain, FallbackBuilder, Route};
+    ///
+    /// # let _ = rustls::crypto::ring::default_provider().install_default();
+    /// let service = FallbackBuilder::new(Chain::new([Route::new("openai/gpt-4o"), Route::new("openai/gpt-4o-mini")]))
+    ///     .on_report(|report| tracing::info!(model = report.served_model(), "served"))
+    ///     .async_openai(reqwest::Client::new());
+    /// let client = async_openai::Client::new().with_http_service(service);
+    /// # let _ = client;
+    /// ```
+    #[cfg_attr(docsrs, doc(cfg(feature = "async-openai")))]
+    pub fn async_openai(
+        self,
+        client: ::reqwest::Client,
+    ) -> crate::async_openai::FallbackService<::async_openai::middleware::ReqwestService, P> {
+        crate::async_openai::FallbackService::from_builder(self, client)
+    }
+}
+
+impl<P> FallbackBuilder<P> {
+    #[cfg_attr(not(feature = "async-openai"), allow(dead_code))]
+    pub(crate) fn into_shared(self) -> Shared<P> {
+        self.shared
     }
 }
 
@@ -235,6 +303,7 @@ impl<P> fmt::Debug for FallbackBuilder<P> {
             .field("policy", &std::any::type_name::<P>())
             .field("max_body_bytes", &self.shared.max_body_bytes)
             .field("max_response_bytes", &self.shared.max_response_bytes)
+            .field("on_report", &self.shared.on_report.is_some())
             .finish()
     }
 }

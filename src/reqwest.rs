@@ -229,6 +229,9 @@ impl<P> fmt::Debug for FallbackMiddleware<P> {
 impl<P: Policy> Middleware for FallbackMiddleware<P> {
     async fn handle(&self, req: Request, extensions: &mut Extensions, next: Next<'_>) -> Result<Response> {
         if req.body().is_some_and(|b| b.as_bytes().is_none()) {
+            if let Some(hook) = &self.shared.on_report {
+                hook(&crate::FallbackReport::rejected(std::time::Duration::ZERO));
+            }
             return Err(Error::middleware(StreamingBodyError(())));
         }
         let url = req.url().clone();

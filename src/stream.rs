@@ -24,6 +24,7 @@ use std::fmt;
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -635,6 +636,24 @@ pub(crate) fn malformed(data: &[u8], typed: &str) -> String {
 #[derive(Clone)]
 pub struct StreamReport {
     rx: watch::Receiver<Option<FallbackReport>>,
+    hook: Arc<Mutex<HookSlot>>,
+}
+
+/// The builder's `on_report` hook: called once per request with the final
+/// report.
+pub(crate) type ReportHook = Arc<dyn Fn(&FallbackReport) + Send + Sync>;
+
+/// Where a stream's report hook waits for the stream's end. Whichever of
+/// the hook and the end comes second calls it, so it runs exactly once.
+enum HookSlot {
+    /// Neither the hook nor the end yet.
+    Waiting,
+    /// The hook, waiting for the end.
+    Hook(ReportHook),
+    /// The stream ended before a hook was given: the report is sent.
+    Ended,
+    /// The hook was called.
+    Fired,
 }
 
 impl StreamReport {
@@ -650,6 +669,23 @@ impl StreamReport {
     /// The final report, if the stream has ended.
     pub fn get(&self) -> Option<FallbackReport> {
         self.rx.borrow().clone()
+    }
+
+    /// Calls `hook` with the final report when the stream ends (now, if it
+    /// has), once; a second hook is ignored.
+    pub(crate) fn on_end(&self, hook: ReportHook) {
+        let mut slot = self.hook.lock().unwrap_or_else(PoisonError::into_inner);
+        match std::mem::replace(&mut *slot, HookSlot::Fired) {
+            HookSlot::Waiting => *slot = HookSlot::Hook(hook),
+            HookSlot::Ended => {
+                drop(slot);
+                // Sent before the slot said `Ended`.
+                if let Some(report) = self.rx.borrow().as_ref() {
+                    hook(report);
+                }
+            }
+            other => *slot = other,
+        }
     }
 }
 
@@ -674,6 +710,7 @@ struct Finisher {
     report: FallbackReport,
     started: Instant,
     tx: watch::Sender<Option<FallbackReport>>,
+    hook: Arc<Mutex<HookSlot>>,
 }
 
 impl Finisher {
@@ -711,7 +748,25 @@ impl Finisher {
                 }
             }
         }
-        self.tx.send_replace(Some(report));
+        let mut slot = self.hook.lock().unwrap_or_else(PoisonError::into_inner);
+        match std::mem::replace(&mut *slot, HookSlot::Fired) {
+            HookSlot::Hook(hook) => {
+                drop(slot);
+                // Before the report is sent, so whoever awaits
+                // `StreamReport::finished` sees the hook's effects.
+                hook(&report);
+                self.tx.send_replace(Some(report));
+            }
+            HookSlot::Waiting => {
+                // Sent while the slot is held, so a hook given later finds it.
+                self.tx.send_replace(Some(report));
+                *slot = HookSlot::Ended;
+            }
+            other => {
+                *slot = other;
+                self.tx.send_replace(Some(report));
+            }
+        }
     }
 }
 
@@ -736,7 +791,15 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(mut f) = this.finisher.take() {
-                f.send(Ending::Abandoned, this.tracker);
+                // A client that stops reading at the proper end (`[DONE]`,
+                // `response.completed`), as async-openai does, got the whole
+                // answer: only the body's own end is left unread.
+                let ending = if this.tracker.complete() {
+                    Ending::Complete
+                } else {
+                    Ending::Abandoned
+                };
+                f.send(ending, this.tracker);
             }
         }
     }
@@ -754,6 +817,7 @@ impl<B> CommittedStream<B> {
         started: Instant,
     ) -> (Self, StreamReport) {
         let (tx, rx) = watch::channel(None);
+        let hook = Arc::new(Mutex::new(HookSlot::Waiting));
         let sleep = idle.map(|d| Box::pin(tokio::time::sleep(d)));
         let body = CommittedStream {
             held,
@@ -763,9 +827,14 @@ impl<B> CommittedStream<B> {
             sleep,
             tail: None,
             ended: false,
-            finisher: Some(Finisher { report, started, tx }),
+            finisher: Some(Finisher {
+                report,
+                started,
+                tx,
+                hook: hook.clone(),
+            }),
         };
-        (body, StreamReport { rx })
+        (body, StreamReport { rx, hook })
     }
 }
 

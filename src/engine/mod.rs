@@ -38,6 +38,7 @@ use crate::health::{DrillConfig, HealthStore, HedgeBudget};
 use crate::json::ReplayBody;
 use crate::policy::Policy;
 use crate::report::{ExhaustionBody, FallbackReport};
+use crate::stream::{ReportHook, StreamReport};
 use crate::{BoxError, ChainSet};
 use bytes::Bytes;
 use http::{HeaderName, Request, Response};
@@ -86,6 +87,8 @@ pub(crate) struct Shared<P> {
     pub(crate) credential_headers: Arc<[HeaderName]>,
     /// Request counters' handles, shared by clones.
     pub(crate) request_metrics: Arc<crate::metrics::RequestMetrics>,
+    /// Called once per request with the final report (`on_report`).
+    pub(crate) on_report: Option<ReportHook>,
 }
 
 impl<P> Shared<P> {
@@ -103,6 +106,7 @@ impl<P> Shared<P> {
             exhaustion_body: ExhaustionBody::Full,
             credential_headers: Arc::from(crate::native::CREDENTIAL_HEADERS.as_slice()),
             request_metrics: Arc::default(),
+            on_report: None,
         }
     }
 
@@ -143,6 +147,7 @@ impl<P> Shared<P> {
             exhaustion_body: self.exhaustion_body,
             credential_headers: self.credential_headers.clone(),
             request_metrics: self.request_metrics.clone(),
+            on_report: self.on_report.clone(),
         }
     }
 }
@@ -234,6 +239,17 @@ where
         span.record("fallback.resolution", report.resolution.as_str());
         if !report.served_model().is_empty() {
             span.record("gen_ai.response.model", report.served_model());
+        }
+    }
+    if let Some(hook) = &shared.on_report {
+        // A stream's report is final when its body ends.
+        match resp.extensions().get::<StreamReport>() {
+            Some(stream) => stream.on_end(hook.clone()),
+            None => {
+                if let Some(report) = resp.extensions().get::<FallbackReport>() {
+                    hook(report);
+                }
+            }
         }
     }
     resp
