@@ -345,22 +345,10 @@ impl SseTracker {
             self.done = true;
             return self.commit();
         }
-        // Before commit the chunk decides: it must be UTF-8 JSON as a
-        // client's parser takes it (serde_json, building nothing); after it
-        // a malformed chunk is the client's to see and is skipped.
-        let checked = self.committed || valid_json(data);
-        let chunk = match ChunkFacts::read(data, self.model.is_none(), self.provider.is_none()).filter(|_| checked) {
-            Some(c) => c,
-            None if !self.committed => {
-                return Signal::Error(UpstreamError {
-                    message: Some(format!(
-                        "malformed stream chunk before the first token: {}",
-                        chunk_error(data)
-                    )),
-                    ..UpstreamError::default()
-                })
-            }
-            None => return Signal::None,
+        let read = ChunkFacts::read(data, self.model.is_none(), self.provider.is_none());
+        let chunk = match self.accept(data, read, "chunk before the first token", CHAT_TYPED) {
+            Ok(c) => c,
+            Err(signal) => return signal,
         };
         if self.model.is_none() {
             self.model = chunk.model;
@@ -396,6 +384,27 @@ impl SseTracker {
             self.commit()
         } else {
             Signal::None
+        }
+    }
+
+    /// What a dialect's reader made of one event's `data` (`None`: not an
+    /// object of its shape, a member read of the wrong type), as the
+    /// tracker takes it. Before commit the event decides the attempt, so it
+    /// must also be UTF-8 JSON as a client's parser takes it (serde_json,
+    /// building nothing), and a refusal is the attempt's error, naming
+    /// `what` and the members `typed`; after commit a malformed event is the
+    /// client's to see and is skipped (`Err(Signal::None)`).
+    // The error is the attempt's `Signal`, returned once per event to the
+    // reader that returns it on: boxing it would cost more than it saves.
+    #[allow(clippy::result_large_err)]
+    pub(crate) fn accept<E>(&self, data: &[u8], read: Option<E>, what: &str, typed: &str) -> Result<E, Signal> {
+        match read.filter(|_| self.committed || valid_json(data)) {
+            Some(event) => Ok(event),
+            None if self.committed => Err(Signal::None),
+            None => Err(Signal::Error(UpstreamError {
+                message: Some(format!("malformed stream {what}: {}", malformed(data, typed))),
+                ..UpstreamError::default()
+            })),
         }
     }
 
@@ -589,23 +598,17 @@ fn error_at(data: &[u8], span: Range<usize>) -> UpstreamError {
         .unwrap_or_default()
 }
 
-/// `data` is UTF-8 and one JSON value.
-pub(crate) fn valid_json(data: &[u8]) -> bool {
-    std::str::from_utf8(data).is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
-}
+/// The members a chat chunk's reader types ([`SseTracker::accept`]).
+const CHAT_TYPED: &str = "model, provider, usage, choices or a choice's finish_reason, delta, text";
 
-/// Why a chunk before commit is refused, for the report: serde_json's
-/// message when it is not JSON, else that a member has the wrong type.
-fn chunk_error(data: &[u8]) -> String {
-    malformed(
-        data,
-        "model, provider, usage, choices or a choice's finish_reason, delta, text",
-    )
+/// `data` is UTF-8 and one JSON value.
+fn valid_json(data: &[u8]) -> bool {
+    std::str::from_utf8(data).is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
 }
 
 /// Why an event before commit is refused: serde_json's message when it is
 /// not JSON, else that one of `typed` (the members read) has the wrong type.
-pub(crate) fn malformed(data: &[u8], typed: &str) -> String {
+fn malformed(data: &[u8], typed: &str) -> String {
     match std::str::from_utf8(data).map(serde_json::from_str::<serde::de::IgnoredAny>) {
         Err(e) => format!("not UTF-8: {e}"),
         Ok(Err(e)) => e.to_string(),

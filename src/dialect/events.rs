@@ -4,7 +4,7 @@
 //! decoded only when kept; nothing else is built.
 //!
 //! Before commit an event decides the attempt, so it must also be JSON as a
-//! client's parser takes it ([`crate::stream::valid_json`]); after commit a
+//! client's parser takes it ([`SseTracker::accept`](crate::stream::SseTracker::accept)); after commit a
 //! malformed event is the client's to see and is skipped.
 
 use crate::json::scan::{self, Member, ValueKind};

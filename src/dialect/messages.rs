@@ -157,19 +157,14 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
     if data.trim_ascii() == b"[DONE]" {
         return Signal::None;
     }
-    let checked = t.committed || crate::stream::valid_json(data);
-    let ev = match Event::read(data, t).filter(|_| checked) {
-        Some(e) => e,
-        None if !t.committed => {
-            return Signal::Error(UpstreamError {
-                message: Some(format!(
-                    "malformed stream event before the first content: {}",
-                    crate::stream::malformed(data, "type, message and its model, usage, delta.stop_reason")
-                )),
-                ..UpstreamError::default()
-            })
-        }
-        None => return Signal::None,
+    let ev = match t.accept(
+        data,
+        Event::read(data, t),
+        "event before the first content",
+        "type, message and its model, usage, delta.stop_reason",
+    ) {
+        Ok(e) => e,
+        Err(signal) => return signal,
     };
     match ev.kind.as_deref().unwrap_or("") {
         "message_start" => {

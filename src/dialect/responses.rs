@@ -164,19 +164,14 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
         // Not OpenAI's, but some proxies send it: accepted, and no end.
         return Signal::None;
     }
-    let checked = t.committed || crate::stream::valid_json(data);
-    let ev = match Event::read(data, t).filter(|_| checked) {
-        Some(e) => e,
-        None if !t.committed => {
-            return Signal::Error(UpstreamError {
-                message: Some(format!(
-                    "malformed stream event before the first output: {}",
-                    crate::stream::malformed(data, "type, sequence_number, response and its id, model, status, usage")
-                )),
-                ..UpstreamError::default()
-            })
-        }
-        None => return Signal::None,
+    let ev = match t.accept(
+        data,
+        Event::read(data, t),
+        "event before the first output",
+        "type, sequence_number, response and its id, model, status, usage",
+    ) {
+        Ok(e) => e,
+        Err(signal) => return signal,
     };
     if let Some(n) = ev.sequence_number {
         t.sequence = Some(n);
