@@ -786,28 +786,3 @@ async fn an_anthropic_prompt_too_long_moves_to_a_larger_window() {
         Some(SkipReason::NotLargerWindow { .. })
     ));
 }
-
-#[tokio::test(start_paused = true)]
-async fn spans_name_the_dialects_operation() {
-    for (d, operation) in [
-        (MockDialect::Embeddings, "embeddings"),
-        (MockDialect::Completions, "text_completion"),
-        (MockDialect::Responses, "chat"),
-    ] {
-        let upstream = MockUpstream::new().model(A, Reply::ok());
-        // Register the layer's callsites on this thread first: the other
-        // tests of this binary run on threads with no subscriber, and one
-        // registering a callsite while this one installs its subscriber could
-        // cache "never" for it (tests/tracing.rs runs alone for this reason).
-        send(&upstream, d, false).await;
-        let (out, guard) = Captured::install(tracing::Level::TRACE);
-        send(&upstream, d, false).await;
-        drop(guard);
-        let text = out.text();
-        let named = [
-            format!("gen_ai.operation.name=\"{operation}\""),
-            format!("gen_ai.operation.name={operation}"),
-        ];
-        assert!(named.iter().any(|n| text.contains(n.as_str())), "{d:?}: {text}");
-    }
-}
