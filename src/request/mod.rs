@@ -27,6 +27,9 @@ pub(crate) struct RequestIndex {
     pub(crate) models: Option<MemberSpan>,
     pub(crate) route: Option<MemberSpan>,
     pub(crate) transforms: Option<MemberSpan>,
+    /// Span of a top-level string `user` value, quotes included (what a
+    /// sticky session may be keyed by).
+    pub(crate) user: Option<Range<usize>>,
     /// Spans the capability checks read.
     pub(crate) needs: NeedSpans,
 }
@@ -174,6 +177,7 @@ fn index(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, Bad
     let mut prev_value_end = None;
     let mut last_recorded: Option<usize> = None;
     let mut needs = NeedSpans::default();
+    let mut user = None;
     let mut media_scan = MediaScan::for_dialect(dialect);
     let mut on_string = |open: usize, end: usize| media_scan.on_string(body, open, end);
     let watch = match media {
@@ -216,6 +220,7 @@ fn index(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, Bad
             b"stream" => stream = Some(m.kind == ValueKind::True),
             b"tools" => needs.tools = Some((m.value.clone(), m.kind)),
             b"tool_choice" => needs.tool_choice = Some(m.value.clone()),
+            b"user" if m.kind == ValueKind::String => user = Some(m.value.clone()),
             _ if dialect != Dialect::Chat => dialect_member(dialect, &m, &mut needs),
             b"messages" => needs.messages = Some(m.value.clone()),
             b"functions" => needs.functions = Some((m.value.clone(), m.kind)),
@@ -276,6 +281,7 @@ fn index(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, Bad
         models,
         route,
         transforms,
+        user,
         needs,
     })
 }
@@ -318,6 +324,16 @@ mod tests {
             out.replace_range(r, "");
         }
         out
+    }
+
+    #[test]
+    fn finds_a_top_level_string_user_only() {
+        let body = br#"{"model":"a","messages":[{"user":"x"}],"user":"u-1"}"#;
+        let idx = index_request(body).unwrap();
+        assert_eq!(&body[idx.user.clone().unwrap()], br#""u-1""#);
+        for body in [&br#"{"model":"a","user":7}"#[..], br#"{"model":"a","messages":[{"user":"x"}]}"#] {
+            assert_eq!(index_request(body).unwrap().user, None);
+        }
     }
 
     #[test]
