@@ -153,6 +153,28 @@ impl<P> FallbackBuilder<P> {
         self
     }
 
+    /// Turns on sticky sessions (see [`affinity`](crate::affinity)): a
+    /// session's requests go first to the [deployment](crate::Deployment)
+    /// of a route that served its last request, for the affinity's TTL, so
+    /// the provider's prompt cache keeps hitting. After a failure there the
+    /// request falls back as usual and the deployment that serves is the
+    /// new pin. Only routes with deployments are affected. Off by default.
+    ///
+    /// ```
+    /// use llm_fallback::affinity::Affinity;
+    /// use llm_fallback::{Chain, Deployment, FallbackLayer, Route};
+    ///
+    /// let chain = Chain::new([Route::new("gpt-4o").deployments([Deployment::new("a"), Deployment::new("b")])]);
+    /// let layer = FallbackLayer::builder(chain)
+    ///     .affinity(Affinity::header(http::HeaderName::from_static("x-session-id")))
+    ///     .layer();
+    /// # let _ = layer;
+    /// ```
+    pub fn affinity(mut self, affinity: crate::affinity::Affinity) -> Self {
+        self.shared.affinity = Some(affinity);
+        self
+    }
+
     /// What the `502`/`504` body says when every route failed (default
     /// [`ExhaustionBody::Full`]). Use [`ExhaustionBody::Summary`] when the
     /// callers are not your own code: transport errors can name internal
@@ -304,6 +326,7 @@ impl<P> fmt::Debug for FallbackBuilder<P> {
             .field("max_body_bytes", &self.shared.max_body_bytes)
             .field("max_response_bytes", &self.shared.max_response_bytes)
             .field("on_report", &self.shared.on_report.is_some())
+            .field("affinity", &self.shared.affinity)
             .finish()
     }
 }

@@ -142,6 +142,9 @@ pub(crate) struct Group {
     total_weight: u64,
     /// Hops in the group.
     units: usize,
+    /// The route's model and deployment names, hashed: what sticky
+    /// sessions key their pins on this route by.
+    identity: u64,
 }
 
 /// One deployment within its group.
@@ -178,7 +181,19 @@ impl std::fmt::Debug for Unit {
 
 impl Group {
     /// A group of members of `lens` hops each, with `weights`.
+    #[cfg(test)]
     pub(crate) fn new(balance: Balance, seed: Option<u64>, lens_and_weights: &[(usize, u32)]) -> Self {
+        Self::with_identity(balance, seed, lens_and_weights, 0)
+    }
+
+    /// [`Group::new`] for the route whose deployments hash to `identity`
+    /// ([`crate::affinity::route_identity`]).
+    pub(crate) fn with_identity(
+        balance: Balance,
+        seed: Option<u64>,
+        lens_and_weights: &[(usize, u32)],
+        identity: u64,
+    ) -> Self {
         let mut start = 0;
         let mut cumulative = 0u64;
         let members = lens_and_weights
@@ -201,11 +216,22 @@ impl Group {
             members,
             total_weight: cumulative,
             units: start,
+            identity,
         }
     }
 
     pub(crate) fn units(&self) -> usize {
         self.units
+    }
+
+    /// Deployments in the group.
+    pub(crate) fn members(&self) -> usize {
+        self.members.len()
+    }
+
+    /// The key of `session`'s pin on this route.
+    pub(crate) fn session_key(&self, session: u64) -> crate::affinity::SessionKey {
+        crate::affinity::SessionKey::on(session, self.identity)
     }
 
     /// The next number of the group's generator: SplitMix64 over an atomic

@@ -140,7 +140,13 @@ impl Hop {
             add(Some(Arc::from(d.name.as_str())), d.weight, r);
         }
         let shape: Vec<(usize, u32)> = members.iter().map(|(_, w, rs)| (rs.len(), *w)).collect();
-        let group = Arc::new(crate::deployment::Group::new(route.balance, route.balance_seed, &shape));
+        let identity = crate::affinity::route_identity(&route.model, members.iter().map(|(name, ..)| name.as_deref()));
+        let group = Arc::new(crate::deployment::Group::with_identity(
+            route.balance,
+            route.balance_seed,
+            &shape,
+            identity,
+        ));
         let mut offset = 0;
         let mut out = Vec::with_capacity(group.units());
         for (member, (name, _, routes)) in members.into_iter().enumerate() {

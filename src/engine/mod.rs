@@ -89,6 +89,8 @@ pub(crate) struct Shared<P> {
     pub(crate) request_metrics: Arc<crate::metrics::RequestMetrics>,
     /// Called once per request with the final report (`on_report`).
     pub(crate) on_report: Option<ReportHook>,
+    /// Sticky sessions, when on.
+    pub(crate) affinity: Option<crate::affinity::Affinity>,
 }
 
 impl<P> Shared<P> {
@@ -107,6 +109,7 @@ impl<P> Shared<P> {
             credential_headers: Arc::from(crate::native::CREDENTIAL_HEADERS.as_slice()),
             request_metrics: Arc::default(),
             on_report: None,
+            affinity: None,
         }
     }
 
@@ -148,6 +151,7 @@ impl<P> Shared<P> {
             credential_headers: self.credential_headers.clone(),
             request_metrics: self.request_metrics.clone(),
             on_report: self.on_report.clone(),
+            affinity: self.affinity.clone(),
         }
     }
 }

@@ -7,7 +7,9 @@
 //! plain values (see the tests below).
 
 use super::verdict::{Reroute, Verdict};
+use crate::affinity::Affinity;
 use crate::capability::{Needs, Price, PriceGuard, SkipReason};
+use crate::deployment::Group;
 use crate::health::Admission;
 use crate::hop::Hop;
 use crate::{Chain, ChainSet};
@@ -45,6 +47,22 @@ pub(super) struct Plan<'c> {
     /// A key of this deployment (hop index of its group's start, member)
     /// failed other than by a rate limit: its other keys are passed by.
     failed_endpoint: Option<(usize, usize)>,
+    /// The request's sticky session, when it has one.
+    pins: Option<Pins<'c>>,
+}
+
+/// A request's sticky session: where its pins are and its hash.
+#[derive(Clone, Copy)]
+pub(super) struct Pins<'c> {
+    affinity: &'c Affinity,
+    session: u64,
+}
+
+impl std::fmt::Debug for Pins<'_> {
+    // The session's hash is not shown: it names a caller.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pins").finish_non_exhaustive()
+    }
 }
 
 /// The order of one route's deployments for this request: the chosen one's
@@ -136,6 +154,38 @@ impl<'c> Plan<'c> {
             cooled: 0,
             group: None,
             failed_endpoint: None,
+            pins: None,
+        }
+    }
+
+    /// Sends `session`'s requests to the deployments it is pinned to first,
+    /// and pins it to the deployments that serve it.
+    pub(super) fn sticky(mut self, affinity: Option<&'c Affinity>, session: Option<u64>) -> Self {
+        self.pins = affinity
+            .zip(session)
+            .map(|(affinity, session)| Pins { affinity, session });
+        self
+    }
+
+    /// The deployment of `group` the session is pinned to, if any.
+    fn pinned(&self, group: &Group, now: Instant) -> Option<usize> {
+        let pins = self.pins.filter(|_| group.members() > 1)?;
+        let member = pins.affinity.store_ref().get(group.session_key(pins.session), now)? as usize;
+        (member < group.members()).then_some(member)
+    }
+
+    /// `hop` served the request at `now`: its deployment is the session's
+    /// pin on its route (a new pin, or the old one for another TTL).
+    pub(super) fn served(&self, hop: &Hop, now: Instant) {
+        let (Some(pins), Some(u)) = (self.pins, hop.route.unit.as_ref()) else {
+            return;
+        };
+        if u.group.members() > 1 {
+            let key = u.group.session_key(pins.session);
+            let member = u32::try_from(u.member).unwrap_or(u32::MAX);
+            pins.affinity
+                .store_ref()
+                .pin(key, member, now, pins.affinity.time_to_live());
         }
     }
 
@@ -148,7 +198,8 @@ impl<'c> Plan<'c> {
         let unit = self.chain.hops().get(pos).and_then(|h| h.route.unit.as_ref());
         match unit {
             Some(u) if u.offset == 0 && u.group.units() > 1 => {
-                let (first, first_len) = u.group.span(u.group.choose(now));
+                let first = self.pinned(&u.group, now).unwrap_or_else(|| u.group.choose(now));
+                let (first, first_len) = u.group.span(first);
                 let g = GroupCursor {
                     start: pos,
                     len: u.group.units(),
@@ -608,6 +659,47 @@ mod tests {
                 (3, "launch".into())
             ]
         );
+    }
+
+    #[test]
+    fn a_sticky_session_starts_at_its_pin_and_is_pinned_where_it_is_served() {
+        use crate::affinity::Affinity;
+        use crate::Deployment;
+        let chains = ChainSet::new(Chain::new([
+            Route::new("m")
+                .deployments([
+                    Deployment::new("a"),
+                    Deployment::new("b").weight(0),
+                    Deployment::new("c").weight(0),
+                ])
+                .balance_seed(1),
+            Route::new("z"),
+        ]));
+        let (name, chain) = chains.select(None, None).unwrap();
+        let affinity = Affinity::user();
+        let order = |session: Option<u64>| {
+            let mut plan = Plan::new(&chains, name, chain, false, None, None).sticky(Some(&affinity), session);
+            walk(&mut plan, Instant::now(), open)
+                .iter()
+                .map(|(i, _)| *i)
+                .collect::<Vec<_>>()
+        };
+        // Unpinned: the only weighted deployment first.
+        assert_eq!(order(Some(7)), [0, 1, 2, 3]);
+        // Served by `c`: the session starts there, then the others in order.
+        let plan = Plan::new(&chains, name, chain, false, None, None).sticky(Some(&affinity), Some(7));
+        plan.served(&chain.hops()[2], Instant::now());
+        assert_eq!(order(Some(7)), [2, 0, 1, 3]);
+        assert_eq!(order(Some(8)), [0, 1, 2, 3], "another session is not pinned");
+        assert_eq!(order(None), [0, 1, 2, 3], "a request without a session is not pinned");
+        // A route without deployments pins nothing.
+        plan.served(&chain.hops()[3], Instant::now());
+        assert_eq!(order(Some(7)), [2, 0, 1, 3]);
+        // Its pin lasts its TTL.
+        let later = Instant::now() + affinity.time_to_live();
+        let mut plan = Plan::new(&chains, name, chain, false, None, None).sticky(Some(&affinity), Some(7));
+        let steps: Vec<usize> = walk(&mut plan, later, open).iter().map(|(i, _)| *i).collect();
+        assert_eq!(steps, [0, 1, 2, 3]);
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub(super) struct Prepared<'s> {
     pub(super) drill: bool,
     /// The request's API shape.
     pub(super) dialect: Dialect,
+    /// The hash of the request's session, when sticky sessions are on and
+    /// it names one.
+    pub(super) session: Option<u64>,
 }
 
 /// The caller's headers an attempt never carries: framing (each attempt
@@ -202,6 +205,10 @@ where
         .is_some_and(|(name, _)| &**name == crate::ChainSet::PASS_THROUGH);
     let drill = drill && !passed_through;
     report.drill = drill;
+    let session = shared
+        .affinity
+        .as_ref()
+        .and_then(|a| a.session(&parts.headers, &body, &index));
     Ok(Prepared {
         parts,
         body,
@@ -215,5 +222,6 @@ where
         guard,
         drill,
         dialect,
+        session,
     })
 }

@@ -97,7 +97,8 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     pub(super) fn new(shared: &'s Shared<P>, prepared: Prepared<'s>, svc: S, started: Instant) -> Self {
         let p = prepared;
         let plan = Plan::new(&shared.chains, p.chain_name, p.chain, p.drill, p.needs, p.guard)
-            .max_open_share(shared.health.as_ref().map_or(1.0, |h| h.max_open_share()));
+            .max_open_share(shared.health.as_ref().map_or(1.0, |h| h.max_open_share()))
+            .sticky(shared.affinity.as_ref(), p.session);
         if plan.guard_inactive() {
             tracing::warn!("llm fallback price guard inactive: the primary's price is unknown");
         }
@@ -347,6 +348,9 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                     Resolution::Stopped
                 };
                 crate::metrics::committed(hop, self.started.elapsed());
+                if action == Action::Accept {
+                    self.plan.served(hop, Instant::now());
+                }
                 Settled::Won(Winner {
                     answer,
                     hop,

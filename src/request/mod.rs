@@ -331,7 +331,10 @@ mod tests {
         let body = br#"{"model":"a","messages":[{"user":"x"}],"user":"u-1"}"#;
         let idx = index_request(body).unwrap();
         assert_eq!(&body[idx.user.clone().unwrap()], br#""u-1""#);
-        for body in [&br#"{"model":"a","user":7}"#[..], br#"{"model":"a","messages":[{"user":"x"}]}"#] {
+        for body in [
+            &br#"{"model":"a","user":7}"#[..],
+            br#"{"model":"a","messages":[{"user":"x"}]}"#,
+        ] {
             assert_eq!(index_request(body).unwrap().user, None);
         }
     }
