@@ -87,8 +87,8 @@ async fn send(layer: &FallbackLayer, svc: &Upstream, session: Option<&str>) -> (
     send_req(layer, svc, request(session, chat("m"))).await
 }
 
-async fn send_req(
-    layer: &FallbackLayer,
+async fn send_req<P: llm_fallback::Policy>(
+    layer: &FallbackLayer<P>,
     svc: &Upstream,
     req: Request<http_body_util::Full<bytes::Bytes>>,
 ) -> (String, Vec<Outcome>) {
@@ -328,4 +328,41 @@ async fn a_custom_store_is_asked_once_per_request_and_only_for_routes_with_deplo
         .layer();
     send(&plain, &svc, Some("s")).await;
     assert_eq!((store.gets.load(Relaxed), store.pins.load(Relaxed)), (4, 4));
+}
+
+#[cfg(feature = "config")]
+#[tokio::test]
+async fn the_config_turns_sticky_sessions_on() {
+    let text = r#"
+[affinity]
+key = "user"
+ttl = "1m"
+capacity = 10
+
+[[chains.default.routes]]
+model = "m"
+balance_seed = 1
+
+[[chains.default.routes.deployments]]
+name = "a"
+endpoint = { base_url = "http://a.test/v1" }
+
+[[chains.default.routes.deployments]]
+name = "b"
+endpoint = { base_url = "http://b.test/v1" }
+weight = 0
+"#;
+    let config = llm_fallback::config::Config::from_toml_str(text).unwrap();
+    let layer = llm_fallback::FallbackBuilder::from_config(&config).unwrap().layer();
+    let down = no_faults();
+    let svc = upstream(down.clone());
+    let with_user = |user: &str| {
+        let body = serde_json::json!({"model": "m", "user": user, "messages": [{"role": "user", "content": "hi"}]});
+        request(None, body.to_string())
+    };
+    down.lock().unwrap().insert("a.test".into());
+    assert_eq!(send_req(&layer, &svc, with_user("u")).await.0, "b");
+    down.lock().unwrap().clear();
+    assert_eq!(send_req(&layer, &svc, with_user("u")).await.0, "b", "pinned");
+    assert_eq!(send_req(&layer, &svc, with_user("v")).await.0, "a");
 }

@@ -209,6 +209,24 @@ fn other_mistakes_are_named_too() {
             "expected a size in bytes",
         ),
         ("max_body_bytes = 0", "max_body_bytes", "expected a size above zero"),
+        (
+            "[affinity]\nkey = \"cookie\"",
+            "affinity.key",
+            "expected \"header:NAME\", \"user\"",
+        ),
+        (
+            "[affinity]\nkey = \"header:bad name\"",
+            "affinity.key",
+            "is not a header name",
+        ),
+        ("[affinity]\nkey = \"leading_messages:0\"", "affinity.key", "at least 1"),
+        (
+            "[affinity]\nkey = \"user:x\"",
+            "affinity.key",
+            "expected \"header:NAME\"",
+        ),
+        ("[affinity]\ncapacity = 0", "affinity.capacity", "at least 1 session"),
+        ("[affinity]\nttl = \"0s\"", "affinity.ttl", "expected a duration"),
     ];
     for (text, key, says) in top {
         let err = toml_err(&format!("{text}\n{}", route_with("")));
@@ -440,7 +458,7 @@ fn accepted_keys(text_with_zzz: &str) -> Vec<String> {
 /// Every leaf key path the config types accept, in the README's notation.
 fn keys_from_types() -> BTreeSet<String> {
     let route = "[[chains.default.routes]]\nmodel = \"a/b\"\n";
-    let probes: [(&str, String); 13] = [
+    let probes: [(&str, String); 14] = [
         ("", format!("zzz = 1\n{route}")),
         ("policy.", format!("[policy]\nzzz = 1\n{route}")),
         ("health.", format!("[health]\nzzz = 1\n{route}")),
@@ -462,6 +480,7 @@ fn keys_from_types() -> BTreeSet<String> {
         ),
         ("models.<name>.", format!("[models.m]\nzzz = 1\n{route}")),
         ("caller_chains.", format!("[caller_chains]\nzzz = 1\n{route}")),
+        ("affinity.", format!("[affinity]\nzzz = 1\n{route}")),
         (
             "chains.<name>.routes[].price.",
             format!("{route}price = {{ prompt = 1.0, completion = 1.0, zzz = 1 }}\n"),

@@ -1,8 +1,8 @@
 //! Checking a [`Config`] and turning it into a [`FallbackBuilder`].
 
 use super::{
-    BalanceConfig, ChainConfig, Config, ConfigError, ConfigPolicy, EndpointConfig, HedgingConfig, PriceGuardConfig,
-    RouteConfig,
+    AffinityConfig, BalanceConfig, ChainConfig, Config, ConfigError, ConfigPolicy, EndpointConfig, HedgingConfig,
+    PriceGuardConfig, RouteConfig,
 };
 use crate::health::{Breaker, Cooldowns, Drills, HedgeBudget};
 use crate::native::{Endpoint, EndpointError};
@@ -93,6 +93,9 @@ impl FallbackBuilder<ConfigPolicy> {
                 h.ratio.unwrap_or(HedgingConfig::DEFAULT_RATIO),
                 h.window.unwrap_or(HedgingConfig::DEFAULT_WINDOW),
             ));
+        }
+        if let Some(a) = &config.affinity {
+            builder = builder.affinity(affinity(a).map_err(|e| config.locate(e))?);
         }
         if let Some(d) = &config.drills {
             builder = builder.drills(Drills::fraction(d.fraction).allow_header(d.allow_header.unwrap_or(false)));
@@ -333,6 +336,9 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
                 }
             }
         }
+    }
+    if let Some(a) = &config.affinity {
+        affinity(a)?;
     }
     if let Some(c) = &config.caller_chains {
         if c.max_models == Some(0) {
@@ -597,6 +603,57 @@ fn no_null(key: &str, value: &serde_json::Value) -> Result<(), ConfigError> {
             .enumerate()
             .try_for_each(|(i, v)| no_null(&format!("{key}[{i}]"), v)),
         _ => Ok(()),
+    }
+}
+
+/// The [`Affinity`](crate::affinity::Affinity) of an `[affinity]` section.
+fn affinity(a: &AffinityConfig) -> Result<crate::affinity::Affinity, ConfigError> {
+    use crate::affinity::{Affinity, MemoryAffinity};
+    const EXPECTED: &str = "expected \"header:NAME\", \"user\" or \"leading_messages:N\"";
+    let key = a.key.as_deref().unwrap_or("header").trim();
+    let (kind, arg) = match key.split_once(':') {
+        Some((kind, arg)) => (kind.trim(), Some(arg.trim())),
+        None => (key, None),
+    };
+    let mut affinity = match (kind, arg) {
+        ("header", name) => {
+            let name = name.unwrap_or(AffinityConfig::DEFAULT_HEADER);
+            let name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                ConfigError::new(
+                    "affinity.key",
+                    format!("{name:?} is not a header name; expected one such as \"header:x-session-id\""),
+                )
+            })?;
+            Affinity::header(name)
+        }
+        ("user", None) => Affinity::user(),
+        ("leading_messages", n) => match n.map(str::parse::<usize>) {
+            None => Affinity::leading_messages(AffinityConfig::DEFAULT_MESSAGES),
+            Some(Ok(n)) if n > 0 => Affinity::leading_messages(n),
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "affinity.key",
+                    format!(
+                    "{key:?}: the count is not a whole number of at least 1; expected such as \"leading_messages:2\""
+                ),
+                ))
+            }
+        },
+        _ => return Err(ConfigError::new("affinity.key", format!("{key:?}; {EXPECTED}"))),
+    };
+    if let Some(ttl) = a.ttl {
+        if ttl.is_zero() {
+            return Err(ConfigError::new(
+                "affinity.ttl",
+                "0; expected a duration such as \"5m\"",
+            ));
+        }
+        affinity = affinity.ttl(ttl);
+    }
+    match a.capacity {
+        Some(0) => Err(ConfigError::new("affinity.capacity", "0; expected at least 1 session")),
+        Some(n) => Ok(affinity.store(MemoryAffinity::with_capacity(n))),
+        None => Ok(affinity),
     }
 }
 

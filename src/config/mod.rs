@@ -166,6 +166,10 @@ pub struct Config {
     /// means on (see [`CallerChains`](crate::CallerChains)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caller_chains: Option<CallerChainsConfig>,
+    /// `[affinity]`: sticky sessions; present means on (see
+    /// [`affinity`](crate::affinity)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<AffinityConfig>,
     /// `[models.NAME]`: model names and aliases callers ask for, each with
     /// its chain ([`ChainSet::model`](crate::ChainSet::model)).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -189,6 +193,7 @@ impl PartialEq for Config {
             && self.allow_chain_header == other.allow_chain_header
             && self.unknown_model == other.unknown_model
             && self.caller_chains == other.caller_chains
+            && self.affinity == other.affinity
             && self.models == other.models
             && self.exhaustion_body == other.exhaustion_body
             && self.credential_headers == other.credential_headers
@@ -594,6 +599,39 @@ impl HedgingConfig {
     pub const DEFAULT_RATIO: f64 = 0.1;
     /// Default of `window`.
     pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+}
+
+/// `[affinity]`: sticky sessions ([`Affinity`](crate::affinity::Affinity)).
+/// Present means on.
+///
+/// ```toml
+/// [affinity]
+/// key = "header:x-session-id" # or "user", "leading_messages:2"
+/// ttl = "5m"                  # default 5 min
+/// capacity = 100000           # sessions kept in memory (default 100,000)
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AffinityConfig {
+    /// What names a session: `"header:NAME"` (`"header"` alone:
+    /// `x-session-id`, the default), `"user"` (the body's `user`), or
+    /// `"leading_messages:N"` (`"leading_messages"` alone: 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// How long a pin lasts after the session's last served request.
+    #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Duration>,
+    /// The most sessions kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<usize>,
+}
+
+impl AffinityConfig {
+    /// The header `key = "header"` reads.
+    pub const DEFAULT_HEADER: &'static str = "x-session-id";
+    /// The leading messages `key = "leading_messages"` hashes.
+    pub const DEFAULT_MESSAGES: usize = 2;
 }
 
 /// `[drills]`: skip the primary of some requests on purpose
