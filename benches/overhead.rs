@@ -6,7 +6,13 @@
 //! single-chain path (`fallback_happy`), the first part of issue 17's
 //! 300 ns budget; and the happy path with the primary route's three
 //! deployments chosen by weight (`fallback_weighted`) or by peak-EWMA with
-//! two random choices (`fallback_least_latency`), the second part.
+//! two random choices (`fallback_least_latency`), the second part; and all
+//! three at once (`fallback_routed`, `fallback_routed_latency`): the chain
+//! picked by model among 32 keys, its primary's deployment chosen, and a
+//! sticky session (by an `x-session-id` header, 1,024 sessions in turn)
+//! looked up and pinned — the whole of the 300 ns budget. The `sticky`
+//! group times the sticky part alone (session hash, lookup, choice, pin)
+//! against the choice without it, by header and by the leading messages.
 //!
 //! ```text
 //! cargo bench --bench overhead
@@ -37,7 +43,8 @@ use bodies::{chat_body, Flavour, REQUESTED_MODEL};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use instant::{drain, request, Instant};
-use llm_fallback::{Balance, Chain, ChainSet, Deployment, FallbackLayer, Route};
+use llm_fallback::affinity::Affinity;
+use llm_fallback::{Balance, Chain, ChainSet, Deployment, FallbackBuilder, FallbackLayer, Route};
 use std::time::SystemTime;
 use tower::{Layer, ServiceExt};
 
@@ -46,6 +53,9 @@ const PICK_GROUP: &str = "chain_pick";
 const PICK_PARAMETER: &str = "32_keys";
 const DEPLOY_GROUP: &str = "deployment_choice";
 const DEPLOY_PARAMETER: &str = "3_deployments";
+const STICKY_GROUP: &str = "sticky";
+const SESSIONS: usize = 1024;
+const SESSION: http::HeaderName = http::HeaderName::from_static("x-session-id");
 const SIZES: [(&str, usize); 2] = [("1KiB", 1 << 10), ("1MiB", 1 << 20)];
 
 fn chain() -> Chain {
@@ -85,6 +95,34 @@ fn keyed_chains() -> ChainSet {
         set = set.model(format!("vendor-{i}/model-{i}"), format!("chain-{}", i % 16).as_str());
     }
     set.model(REQUESTED_MODEL, chain())
+}
+
+/// [`keyed_chains`] with the requested model's chain [`deployed_chain`].
+fn keyed_deployed_chains(balance: Balance) -> ChainSet {
+    let mut set = ChainSet::new(Chain::new([Route::new("z/default")]));
+    for i in 0..16 {
+        set = set.chain(format!("chain-{i}"), Chain::new([Route::new(format!("v{i}/m"))]));
+    }
+    for i in 0..31 {
+        set = set.model(format!("vendor-{i}/model-{i}"), format!("chain-{}", i % 16).as_str());
+    }
+    set.model(REQUESTED_MODEL, deployed_chain(balance))
+}
+
+/// The layer of the `fallback_routed` arms: model keys, deployments and
+/// sticky sessions by header.
+fn routed(balance: Balance) -> llm_fallback::FallbackService<Instant> {
+    FallbackBuilder::with_chains(keyed_deployed_chains(balance))
+        .affinity(Affinity::header(SESSION))
+        .layer()
+        .layer(Instant::new(0))
+}
+
+/// `SESSIONS` session ids, taken in turn.
+fn sessions() -> Vec<http::HeaderValue> {
+    (0..SESSIONS)
+        .map(|i| http::HeaderValue::from_str(&format!("session-{i:08x}")).unwrap())
+        .collect()
 }
 
 fn bench(c: &mut Criterion) {
@@ -130,6 +168,37 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+        // The happy path with the routed arms' session header (which it
+        // ignores): their baseline, so the header's own cost is not counted.
+        group.bench_with_input(BenchmarkId::new("fallback_happy_session", name), &body, |b, body| {
+            let svc = FallbackLayer::new(chain()).layer(Instant::new(0));
+            let ids = sessions();
+            let mut turn = 0usize;
+            b.to_async(&rt).iter(|| {
+                let svc = svc.clone();
+                let mut req = request(body);
+                turn = (turn + 1) % SESSIONS;
+                req.headers_mut().insert(SESSION, ids[turn].clone());
+                async move { drain(svc.oneshot(req).await.unwrap()).await }
+            })
+        });
+        for (function, balance) in [
+            ("fallback_routed", Balance::Weighted),
+            ("fallback_routed_latency", Balance::LeastLatency),
+        ] {
+            group.bench_with_input(BenchmarkId::new(function, name), &body, |b, body| {
+                let svc = routed(balance);
+                let ids = sessions();
+                let mut turn = 0usize;
+                b.to_async(&rt).iter(|| {
+                    let svc = svc.clone();
+                    let mut req = request(body);
+                    turn = (turn + 1) % SESSIONS;
+                    req.headers_mut().insert(SESSION, ids[turn].clone());
+                    async move { drain(svc.oneshot(req).await.unwrap()).await }
+                })
+            });
+        }
         group.bench_with_input(BenchmarkId::new("fallback_two_failures", name), &body, |b, body| {
             let svc = FallbackLayer::new(chain()).layer(Instant::new(2));
             b.to_async(&rt).iter(|| {
@@ -169,6 +238,41 @@ fn bench(c: &mut Criterion) {
             b.iter(|| llm_fallback::__private::choose_deployment(std::hint::black_box(chain), now))
         });
     }
+    group.finish();
+
+    // The sticky part alone: session hash, pin lookup, choice and pin, by
+    // header (1,024 sessions in turn) and by the leading two messages of a
+    // 1 KiB body, against the weighted choice without it.
+    let mut group = c.benchmark_group(STICKY_GROUP);
+    let chain = deployed_chain(Balance::Weighted);
+    let now = tokio::time::Instant::now();
+    group.bench_function("weighted_choice", |b| {
+        b.iter(|| llm_fallback::__private::choose_deployment(std::hint::black_box(&chain), now))
+    });
+    let body = llm_fallback::__private::index_body(Bytes::from(chat_body(Flavour::Prose, 1 << 10))).unwrap();
+    let by_header = Affinity::header(SESSION);
+    let headers: Vec<http::HeaderMap> = sessions()
+        .into_iter()
+        .map(|v| {
+            let mut h = http::HeaderMap::new();
+            h.insert(SESSION, v);
+            h
+        })
+        .collect();
+    group.bench_function("by_header", |b| {
+        let mut turn = 0usize;
+        b.iter(|| {
+            turn = (turn + 1) % SESSIONS;
+            llm_fallback::__private::sticky_choice(&by_header, &chain, &headers[turn], &body, now)
+        })
+    });
+    let by_messages = Affinity::leading_messages(2);
+    let empty = http::HeaderMap::new();
+    group.bench_function("by_leading_messages", |b| {
+        b.iter(|| {
+            llm_fallback::__private::sticky_choice(&by_messages, &chain, &empty, std::hint::black_box(&body), now)
+        })
+    });
     group.finish();
 }
 
@@ -253,17 +357,52 @@ fn deployment_summary(since: SystemTime) {
     }
 }
 
-/// `OVERHEAD_PROFILE=<happy|weighted|least_latency>`: only send
+/// The issue 17 budget: model keys, a deployment and a sticky pin at once,
+/// against the single-chain path.
+fn routing_summary(since: SystemTime) {
+    println!("\nchain by model + deployment + sticky pin against the single-chain path, same run (budget 300 ns);");
+    println!("both carry the same x-session-id header, which the single-chain path ignores");
+    println!("| body | fallback, happy | routed, weighted | added | routed, least latency | added |");
+    println!("|---|---|---|---|---|---|");
+    let signed = |d: f64| format!("{}{}", if d < 0.0 { "-" } else { "+" }, summary::time(d.abs()));
+    for (name, _) in SIZES {
+        let get = |f: &str| summary::mean_ns(since, GROUP, f, name);
+        let (Some(happy), Some(weighted), Some(latency)) = (
+            get("fallback_happy_session"),
+            get("fallback_routed"),
+            get("fallback_routed_latency"),
+        ) else {
+            continue;
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            summary::time(happy),
+            summary::time(weighted),
+            signed(weighted - happy),
+            summary::time(latency),
+            signed(latency - happy),
+        );
+    }
+    let get = |f: &str| summary::mean_ns(since, STICKY_GROUP, f, "");
+    if let (Some(plain), Some(header), Some(messages)) =
+        (get("weighted_choice"), get("by_header"), get("by_leading_messages"))
+    {
+        println!(
+            "\nsticky part alone: weighted choice {}, with a pin by header {} ({}), by the leading messages of 1 KiB {} ({})",
+            summary::time(plain),
+            summary::time(header),
+            signed(header - plain),
+            summary::time(messages),
+            signed(messages - plain),
+        );
+    }
+}
+
+/// `OVERHEAD_PROFILE=<happy|happy_session|weighted|least_latency|routed|routed_latency>`: only send
 /// `OVERHEAD_REQUESTS` (default 2000) 1 KiB requests through that stack,
 /// for an instruction counter (`valgrind --tool=callgrind`), which a loaded
 /// machine does not disturb as it does wall time.
 fn profile(name: &str) {
-    let chain = match name {
-        "happy" => chain(),
-        "weighted" => deployed_chain(Balance::Weighted),
-        "least_latency" => deployed_chain(Balance::LeastLatency),
-        other => panic!("OVERHEAD_PROFILE={other}: expected happy, weighted or least_latency"),
-    };
     let n: usize = std::env::var("OVERHEAD_REQUESTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -273,6 +412,32 @@ fn profile(name: &str) {
         .build()
         .unwrap();
     let body = Bytes::from(chat_body(Flavour::Prose, 1 << 10));
+    let sessioned = match name {
+        "routed" => Some(Some(Balance::Weighted)),
+        "routed_latency" => Some(Some(Balance::LeastLatency)),
+        "happy_session" => Some(None),
+        _ => None,
+    };
+    if let Some(balance) = sessioned {
+        let svc = match balance {
+            Some(balance) => tower::util::BoxCloneService::new(routed(balance)),
+            None => tower::util::BoxCloneService::new(FallbackLayer::new(chain()).layer(Instant::new(0))),
+        };
+        let ids = sessions();
+        return rt.block_on(async {
+            for i in 0..n {
+                let mut req = request(&body);
+                req.headers_mut().insert(SESSION, ids[i % SESSIONS].clone());
+                drain(svc.clone().oneshot(req).await.unwrap()).await;
+            }
+        });
+    }
+    let chain = match name {
+        "happy" => chain(),
+        "weighted" => deployed_chain(Balance::Weighted),
+        "least_latency" => deployed_chain(Balance::LeastLatency),
+        other => panic!("OVERHEAD_PROFILE={other}: expected happy, happy_session, weighted, least_latency, routed or routed_latency"),
+    };
     let svc = FallbackLayer::new(chain).layer(Instant::new(0));
     rt.block_on(async {
         for _ in 0..n {
@@ -292,5 +457,6 @@ fn main() {
     if summary::measuring() {
         summary(since);
         deployment_summary(since);
+        routing_summary(since);
     }
 }

@@ -7,6 +7,8 @@
 //! out one after the other in the chain. For each request the plan picks
 //! which deployment goes first; the others follow in declared order, then
 //! the chain moves on to the next route. Each hop keeps its own health.
+//! With [sticky sessions](crate::affinity), the deployment a session is
+//! pinned to goes first instead of the balanced choice.
 //!
 //! Least-latency choice follows `tower::balance::p2c` with
 //! `tower::load::PeakEwma` (itself from Finagle): two deployments are drawn

@@ -330,6 +330,42 @@ pub mod __private {
         Some(unit.group.choose(now))
     }
 
+    /// A chat body with its request index, as the layer holds it.
+    #[derive(Debug)]
+    pub struct IndexedBody(bytes::Bytes, crate::request::RequestIndex);
+
+    /// Indexes `body` as a chat request (`None` when the layer would refuse it).
+    pub fn index_body(body: bytes::Bytes) -> Option<IndexedBody> {
+        let index = crate::request::index_request(&body).ok()?;
+        Some(IndexedBody(body, index))
+    }
+
+    /// What sticky sessions add to one request on `chain`'s primary route
+    /// (with deployments): the session's hash from `headers` and `body`,
+    /// its pin looked up, the deployment chosen (the pin, else by the
+    /// route's balance), and the pin written as when that deployment
+    /// serves. For the sticky-session bench.
+    pub fn sticky_choice(
+        affinity: &crate::affinity::Affinity,
+        chain: &crate::Chain,
+        headers: &http::HeaderMap,
+        body: &IndexedBody,
+        now: tokio::time::Instant,
+    ) -> Option<usize> {
+        let (body, index) = (&body.0[..], &body.1);
+        let unit = chain.hops().first()?.route.unit.as_ref()?;
+        let session = affinity.session(headers, body, index)?;
+        let key = unit.group.session_key(session);
+        let store = affinity.store_ref();
+        let member = store
+            .get(key, now)
+            .map(|m| m as usize)
+            .filter(|m| *m < unit.group.members())
+            .unwrap_or_else(|| unit.group.choose(now));
+        store.pin(key, member as u32, now, affinity.time_to_live());
+        Some(member)
+    }
+
     /// The name of the chain `chains` picks for a request asking for
     /// `model` (no explicit pick, no `models`, no needs), as the layer picks
     /// it; `None` when the model is refused. For the model-choice bench.
