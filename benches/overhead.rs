@@ -398,7 +398,7 @@ fn routing_summary(since: SystemTime) {
     }
 }
 
-/// `OVERHEAD_PROFILE=<happy|happy_session|weighted|least_latency|routed|routed_latency>`: only send
+/// `OVERHEAD_PROFILE=<happy|happy_session|weighted|least_latency|routed|routed_unpinned|routed_latency|sticky_messages>`: only send
 /// `OVERHEAD_REQUESTS` (default 2000) 1 KiB requests through that stack,
 /// for an instruction counter (`valgrind --tool=callgrind`), which a loaded
 /// machine does not disturb as it does wall time.
@@ -412,14 +412,34 @@ fn profile(name: &str) {
         .build()
         .unwrap();
     let body = Bytes::from(chat_body(Flavour::Prose, 1 << 10));
+    if name == "sticky_messages" {
+        // The sticky part alone, by the leading messages of a 1 KiB body.
+        let chain = deployed_chain(Balance::Weighted);
+        let body = llm_fallback::__private::index_body(body).unwrap();
+        let affinity = Affinity::leading_messages(2);
+        let (headers, now) = (http::HeaderMap::new(), tokio::time::Instant::now());
+        for _ in 0..n {
+            std::hint::black_box(llm_fallback::__private::sticky_choice(
+                &affinity, &chain, &headers, &body, now,
+            ));
+        }
+        return;
+    }
     let sessioned = match name {
         "routed" => Some(Some(Balance::Weighted)),
         "routed_latency" => Some(Some(Balance::LeastLatency)),
         "happy_session" => Some(None),
+        "routed_unpinned" => Some(Some(Balance::Weighted)),
         _ => None,
     };
     if let Some(balance) = sessioned {
         let svc = match balance {
+            // Model keys and deployments without sticky sessions: what the pin adds to them.
+            Some(balance) if name == "routed_unpinned" => tower::util::BoxCloneService::new(
+                FallbackBuilder::with_chains(keyed_deployed_chains(balance))
+                    .layer()
+                    .layer(Instant::new(0)),
+            ),
             Some(balance) => tower::util::BoxCloneService::new(routed(balance)),
             None => tower::util::BoxCloneService::new(FallbackLayer::new(chain()).layer(Instant::new(0))),
         };
@@ -436,7 +456,7 @@ fn profile(name: &str) {
         "happy" => chain(),
         "weighted" => deployed_chain(Balance::Weighted),
         "least_latency" => deployed_chain(Balance::LeastLatency),
-        other => panic!("OVERHEAD_PROFILE={other}: expected happy, happy_session, weighted, least_latency, routed or routed_latency"),
+        other => panic!("OVERHEAD_PROFILE={other}: expected happy, happy_session, weighted, least_latency, routed, routed_unpinned, routed_latency or sticky_messages"),
     };
     let svc = FallbackLayer::new(chain).layer(Instant::new(0));
     rt.block_on(async {

@@ -65,7 +65,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 /// How many sessions a [`MemoryAffinity::new`] holds.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
-/// The seed of the session hash: fixed, so replicas hash a session alike.
+/// The seed of the route identity hash: fixed, so replicas agree.
 const SEED: u64 = 0x6c6c_6d2d_6661_6c6c; // "llm-fall"
 
 /// What names a request's session (see the [module docs](self)).
@@ -193,60 +193,54 @@ impl fmt::Debug for Affinity {
 }
 
 fn hash(bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64_with_seed(bytes, SEED)
+    xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
 /// The hash of the system prompt and the first `n` elements of the
 /// messages (or Responses `input`), or `None` when the request has none.
+/// Each part is hashed as sent, in one pass (a client serializes a
+/// conversation's turns alike).
 fn leading(body: &[u8], index: &RequestIndex, n: usize) -> Option<u64> {
     let needs = &index.needs;
-    let system = needs.system.clone().and_then(|s| body.get(s));
+    let system = needs.system.clone().and_then(|s| body.get(s)).map(hash);
     let messages = needs
         .messages
         .clone()
         .or_else(|| needs.input.clone())
-        .and_then(|m| body.get(m));
-    if system.is_none() && messages.is_none() {
-        return None;
+        .and_then(|m| body.get(m))
+        .map(|m| hash(leading_elements(m, n)));
+    match (system, messages) {
+        (None, None) => None,
+        (s, m) => Some(SessionKey::on(s.unwrap_or(0), m.unwrap_or(0)).0),
     }
-    let mut h = xxhash_rust::xxh3::Xxh3::with_seed(SEED);
-    // Lengths keep `system` and the messages apart.
-    if let Some(s) = system {
-        h.update(&(s.len() as u64).to_le_bytes());
-        h.update(s);
-    }
-    if let Some(m) = messages {
-        leading_elements(m, n, |element| {
-            h.update(&(element.len() as u64).to_le_bytes());
-            h.update(element);
-        });
-    }
-    Some(h.digest())
 }
 
-/// Hands `each` the first `n` elements of `value` when it is an array
-/// (the whitespace between them left out), else all of it. The body was
-/// checked as JSON by the index; what does not scan is handed on whole.
-fn leading_elements(value: &[u8], n: usize, mut each: impl FnMut(&[u8])) {
+/// `value` from its first element to the end of its `n`th when it is an
+/// array, else all of it. The body was checked as JSON by the index; an
+/// element that does not scan ends the part at the end of `value`.
+fn leading_elements(value: &[u8], n: usize) -> &[u8] {
     if value.first() != Some(&b'[') {
-        return each(value);
+        return value;
     }
-    let mut pos = 1;
+    let start = skip_ws(value, 1);
+    let mut pos = start;
+    let mut end = start;
     for _ in 0..n {
-        pos = skip_ws(value, pos);
         if value.get(pos) == Some(&b']') {
-            return;
+            break;
         }
-        let Ok((end, _)) = crate::json::scan::scan_value(value, pos) else {
-            return each(value.get(pos..).unwrap_or_default());
+        let Ok((element_end, _)) = crate::json::scan::scan_value(value, pos) else {
+            end = value.len();
+            break;
         };
-        each(value.get(pos..end).unwrap_or_default());
+        end = element_end;
         pos = skip_ws(value, end);
         if value.get(pos) != Some(&b',') {
-            return;
+            break;
         }
-        pos += 1;
+        pos = skip_ws(value, pos + 1);
     }
+    value.get(start..end).unwrap_or(value)
 }
 
 fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {
@@ -471,7 +465,7 @@ mod tests {
     fn leading_messages_stay_the_same_while_a_conversation_grows() {
         let a = Affinity::leading_messages(2);
         let turn1 = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"hi"}]}"#;
-        let turn2 = br#"{"model":"m","messages":[{"role":"system","content":"s"}, {"role":"user","content":"hi"},{"role":"assistant","content":"yo"},{"role":"user","content":"more"}],"temperature":1}"#;
+        let turn2 = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"hi"},{"role":"assistant","content":"yo"},{"role":"user","content":"more"}],"temperature":1}"#;
         let other = br#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":"bye"}]}"#;
         let h = HeaderMap::new();
         let s = |b: &[u8]| a.session(&h, b, &index(b, Dialect::Chat));
@@ -529,16 +523,12 @@ mod tests {
 
     #[test]
     fn leading_elements_cut_after_n() {
-        let cut = |v: &[u8], n| {
-            let mut out = Vec::new();
-            leading_elements(v, n, |e| out.push(String::from_utf8_lossy(e).into_owned()));
-            out
-        };
-        assert_eq!(cut(b"[1, 2 ,3]", 2), ["1", "2"]);
-        assert_eq!(cut(b"[ 1 ]", 5), ["1"]);
-        assert_eq!(cut(b"[]", 1), Vec::<String>::new());
-        assert_eq!(cut(br#""s""#, 1), [r#""s""#]);
-        assert_eq!(cut(b"[1,x", 3), ["1", "x"], "what does not scan: handed on whole");
+        let cut = |v: &'static [u8], n| String::from_utf8_lossy(leading_elements(v, n)).into_owned();
+        assert_eq!(cut(b"[1, 2 ,3]", 2), "1, 2");
+        assert_eq!(cut(b"[ 1 ]", 5), "1");
+        assert_eq!(cut(b"[]", 1), "");
+        assert_eq!(cut(br#""s""#, 1), r#""s""#);
+        assert_eq!(cut(b"[1,x", 3), "1,x", "what does not scan: to the end");
     }
 
     #[test]
