@@ -25,7 +25,7 @@ use async_openai::middleware::ReqwestService;
 use async_openai::types::chat::{
     ChatCompletionRequestUserMessageArgs, CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
 };
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, BenchmarkId, Criterion};
 use llm_fallback::async_openai::FallbackService;
 use llm_fallback::{Chain, Route};
 use llm_fallback_mock::{MockServer, MockUpstream, Reply};
@@ -191,5 +191,41 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// `AOAI_PROFILE=<plain|fallback>`: only send `AOAI_REQUESTS` (default
+/// 1000) 2 KiB chat requests through that client, for an instruction
+/// counter, e.g. `AOAI_PROFILE=fallback AOAI_REQUESTS=2000 valgrind
+/// --tool=callgrind target/release/deps/async_openai-*` (per request: the
+/// difference of two counts over the difference of their requests).
+fn profile(name: &str) {
+    let n: usize = std::env::var("AOAI_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt
+        .block_on(MockServer::start(MockUpstream::new().model(SERVED, Reply::ok())))
+        .unwrap();
+    let (client, req) = match name {
+        "plain" => (plain(&server), request(2 * 1024, SERVED)),
+        "fallback" => (fallback(&server), request(2 * 1024, "caller/model")),
+        other => panic!("AOAI_PROFILE={other}: expected plain or fallback"),
+    };
+    rt.block_on(async {
+        for _ in 0..n {
+            send(&client, &req, &server).await;
+        }
+    });
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(name) = std::env::var("AOAI_PROFILE") {
+        return profile(&name);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
