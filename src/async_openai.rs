@@ -220,7 +220,12 @@ where
             // Moves method, headers, body and extensions; the buffered body
             // is polled as one `Bytes` sharing async-openai's buffer.
             let req = http::Request::<::reqwest::Body>::try_from(req).map_err(OpenAIError::Reqwest)?;
-            let resp = engine::run(shared, Upstream { inner }, req).await;
+            // An attempt to the caller's own URL reuses its parsed `Url`.
+            let caller = Arc::new(CallerUrl {
+                uri: req.uri().clone(),
+                url: url.clone(),
+            });
+            let resp = engine::run(shared, Upstream { inner, caller }, req).await;
             let (mut parts, body) = resp.into_parts();
             // The serving upstream's URL, or the request's for an answer the
             // engine wrote.
@@ -279,6 +284,13 @@ struct ServedUrl(Url);
 #[derive(Clone)]
 struct Upstream<S> {
     inner: S,
+    caller: Arc<CallerUrl>,
+}
+
+/// The caller's URL, as the engine sees it and as reqwest parsed it.
+struct CallerUrl {
+    uri: http::Uri,
+    url: Url,
 }
 
 /// What one attempt's factory builds its requests from: the attempt's
@@ -286,12 +298,26 @@ struct Upstream<S> {
 struct AttemptRequest {
     parts: http::request::Parts,
     body: ReplayBody,
+    /// The caller's `Url`, when the attempt goes there (no endpoint switch).
+    url: Option<Url>,
 }
 
 impl AttemptRequest {
     fn build(&self) -> Result<Request, OpenAIError> {
-        let req = http::Request::from_parts(self.parts.clone(), ::reqwest::Body::wrap(self.body.clone()));
-        Request::try_from(req).map_err(OpenAIError::Reqwest)
+        let body = ::reqwest::Body::wrap(self.body.clone());
+        let Some(url) = &self.url else {
+            // Another endpoint: its URI is parsed once per build, as
+            // reqwest converts any `http::Request`.
+            let req = http::Request::from_parts(self.parts.clone(), body);
+            return Request::try_from(req).map_err(OpenAIError::Reqwest);
+        };
+        // The same fields `Request::try_from` moves, without parsing the
+        // URL again. (A reqwest request's extensions are reqwest's own.)
+        let mut req = Request::new(self.parts.method.clone(), url.clone());
+        *req.headers_mut() = self.parts.headers.clone();
+        *req.version_mut() = self.parts.version;
+        *req.body_mut() = Some(body);
+        Ok(req)
     }
 }
 
@@ -312,16 +338,21 @@ where
         // `oneshot` waits for the clone's readiness.
         let inner = self.inner.clone();
         let (parts, body) = req.into_parts();
-        let attempt = Arc::new(AttemptRequest { parts, body });
+        let url = (parts.uri == self.caller.uri).then(|| self.caller.url.clone());
+        let attempt = Arc::new(AttemptRequest { parts, body, url });
+        let caller = self.caller.clone();
         let factory = HttpRequestFactory::new(move || {
             let built = attempt.build();
             async move { built }
         });
         Box::pin(async move {
             let resp = inner.oneshot(factory).await?;
-            let url = ServedUrl(resp.url().clone());
+            // The caller's URL is the answer's without one (see `call`).
+            let served = (resp.url() != &caller.url).then(|| ServedUrl(resp.url().clone()));
             let mut resp = http::Response::<::reqwest::Body>::from(resp);
-            resp.extensions_mut().insert(url);
+            if let Some(url) = served {
+                resp.extensions_mut().insert(url);
+            }
             Ok(resp)
         })
     }

@@ -120,6 +120,40 @@ fn models_tried(mock: &MockServer) -> Vec<String> {
 // ===== the adapter =====
 
 #[tokio::test]
+async fn a_fallback_on_another_endpoint_gets_that_endpoints_url_and_key() {
+    // The caller's URL is reused for attempts that go there; a route on
+    // another endpoint is sent to its own URL with its own key.
+    let caller = mock(down(), Reply::ok()).await;
+    let other = mock(Reply::ok(), Reply::ok().content("from the other endpoint")).await;
+    std::env::set_var("LLM_FALLBACK_AOAI_TEST_KEY", "sk-other-endpoint");
+    let endpoint = llm_fallback::native::Endpoint::new(other.base_url())
+        .unwrap()
+        .api_key_env("LLM_FALLBACK_AOAI_TEST_KEY")
+        .unwrap();
+    let chain = Chain::new([Route::new(PRIMARY), Route::new(SECONDARY).endpoint(endpoint)]);
+    let (client, reports) = client_with(&caller, chain);
+    let answer = timeout(BOUND, client.chat().create(ask(PRIMARY)))
+        .await
+        .unwrap()
+        .expect("served by the other endpoint");
+    assert_eq!(
+        answer.choices[0].message.content.as_deref(),
+        Some("from the other endpoint")
+    );
+    assert_eq!(models_tried(&caller), [PRIMARY]);
+    let sent = other.upstream().requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].uri.path(), "/api/v1/chat/completions");
+    assert_eq!(sent[0].headers["authorization"], "Bearer sk-other-endpoint");
+    assert_eq!(sent[0].json()["model"], SECONDARY);
+    assert_eq!(reports.one().served_model(), SECONDARY);
+    // The caller's own attempt kept its URL and key.
+    let first = &caller.upstream().requests()[0];
+    assert_eq!(first.uri.path(), "/api/v1/chat/completions");
+    assert_eq!(first.headers["authorization"], "Bearer sk-test-secret");
+}
+
+#[tokio::test]
 async fn a_failing_primary_is_served_by_the_secondary() {
     let mock = mock(down(), Reply::ok().content("Hello from the secondary")).await;
     let (client, reports) = client(&mock);
