@@ -293,6 +293,16 @@ struct CallerUrl {
     url: Url,
 }
 
+/// `a` and `b` are the same URI as written (the engine leaves the caller's
+/// as it is unless a route sends it elsewhere). `Uri`'s own `==` compares
+/// the authority without regard to case, byte by byte: dearer, and not
+/// needed to know that the engine kept the caller's.
+fn same_target(a: &http::Uri, b: &http::Uri) -> bool {
+    a.scheme_str() == b.scheme_str()
+        && a.authority().map(|x| x.as_str()) == b.authority().map(|x| x.as_str())
+        && a.path_and_query().map(|x| x.as_str()) == b.path_and_query().map(|x| x.as_str())
+}
+
 /// What one attempt's factory builds its requests from: the attempt's
 /// head, and its body (whose clones share the caller's buffer).
 struct AttemptRequest {
@@ -338,7 +348,7 @@ where
         // `oneshot` waits for the clone's readiness.
         let inner = self.inner.clone();
         let (parts, body) = req.into_parts();
-        let url = (parts.uri == self.caller.uri).then(|| self.caller.url.clone());
+        let url = same_target(&parts.uri, &self.caller.uri).then(|| self.caller.url.clone());
         let attempt = Arc::new(AttemptRequest { parts, body, url });
         let caller = self.caller.clone();
         let factory = HttpRequestFactory::new(move || {
