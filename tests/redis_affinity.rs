@@ -466,6 +466,64 @@ async fn redis_killed_mid_run_keeps_local_pins_delays_no_request_and_sharing_res
 }
 
 #[tokio::test]
+async fn a_killed_subscription_is_made_again_and_pings_keep_a_live_one() {
+    let Some(server) = RedisServer::start() else { return };
+    let p = prefix();
+    let a = store(&server, &p);
+    // Without fetches: what B learns, it learns on the channel.
+    let b = Arc::new(
+        RedisAffinity::builder(server.url())
+            .key_prefix(&p)
+            .timeout(ms(500))
+            .retry_interval(ms(40)) // pings every second
+            .fetch_on_miss(false)
+            .build()
+            .unwrap(),
+    );
+    connected(&a).await;
+    connected(&b).await;
+    // Pings (about three of them) do not take a live subscription down.
+    tokio::time::sleep(ms(3_300)).await;
+    assert!(b.connected());
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(stats.contains("cmdstat_ping:calls="), "the subscription was pinged: {stats}");
+    a.pin(SessionKey::from_u64(1), 1, Instant::now(), TTL);
+    assert!(a.sync().await);
+    assert!(b.sync().await);
+    assert_eq!(b.get(SessionKey::from_u64(1), Instant::now()), Some(1));
+
+    // Redis drops every subscriber's connection.
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(killed >= 2, "{killed}");
+    let mut learned = false;
+    for i in 2..100u64 {
+        let k = SessionKey::from_u64(i);
+        a.pin(k, 0, Instant::now(), TTL);
+        a.sync().await;
+        b.sync().await;
+        if b.get(k, Instant::now()) == Some(0) {
+            learned = true;
+            break;
+        }
+        tokio::time::sleep(ms(20)).await;
+    }
+    assert!(learned, "B subscribed again by itself");
+    assert!(a.connected() && b.connected());
+}
+
+#[tokio::test]
 async fn the_local_table_stays_within_its_capacity_whatever_the_fleet_publishes() {
     let Some(server) = RedisServer::start() else { return };
     let p = prefix();

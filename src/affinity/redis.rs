@@ -5,7 +5,7 @@
 
 use super::{AffinityStore, KeyIsHash, SessionKey, DEFAULT_CAPACITY};
 use futures_core::Stream;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubStream};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
@@ -29,6 +29,14 @@ const VERSION: u8 = 1;
 const HEADER: usize = 1 + 8 + 8;
 /// One pin in a published batch: key, deployment, TTL ms, sequence.
 const RECORD: usize = 8 + 4 + 8 + 4;
+/// How often the subscription is pinged (25 retry intervals, 1–5 s), so
+/// one that went silent (a peer gone without a reset) is noticed and made
+/// again.
+fn keepalive(retry: Duration) -> Duration {
+    retry
+        .saturating_mul(25)
+        .clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
 
 /// Sticky-session pins shared by every process that names the same Redis
 /// and key prefix, feature `redis`.
@@ -233,7 +241,8 @@ impl RedisAffinityBuilder {
     }
 
     /// How often a replica that lost Redis tries again (default 200 ms, at
-    /// least 10 ms).
+    /// least 10 ms). Its subscription is pinged every 25 of these (1 to
+    /// 5 s), so one that went silent is noticed too.
     pub fn retry_interval(mut self, d: Duration) -> Self {
         self.retry = d.max(Duration::from_millis(10));
         self
@@ -288,6 +297,8 @@ impl RedisAffinityBuilder {
             config,
             con: None,
             sub: None,
+            sink: None,
+            next_ping: Instant::now(),
             timeout: self.timeout,
             retry: self.retry,
             next_retry: Instant::now(),
@@ -635,6 +646,10 @@ struct Task {
     con: Option<ConnectionManager>,
     /// The subscription to the channel; `None` while Redis is down.
     sub: Option<PubSubStream>,
+    /// Its connection's other half, to ping it.
+    sink: Option<PubSubSink>,
+    /// When to ping the subscription next.
+    next_ping: Instant,
     timeout: Duration,
     retry: Duration,
     /// When to try to subscribe again.
@@ -665,8 +680,7 @@ impl Task {
             match event {
                 Event::Message(Some(msg)) => self.received(&inner, msg.get_payload_bytes()),
                 Event::Message(None) => {
-                    self.sub = None;
-                    self.next_retry = Instant::now() + self.retry;
+                    self.unsubscribed();
                     self.outcome(&inner, Err("the subscription was closed".into()));
                 }
                 Event::Ops(None) => return, // the store was dropped
@@ -684,6 +698,8 @@ impl Task {
                     let now = Instant::now();
                     if self.sub.is_none() && now >= self.next_retry {
                         self.subscribe().await;
+                    } else if now >= self.next_ping {
+                        self.keepalive(&inner).await;
                     }
                     self.expire_waiters(Instant::now());
                 }
@@ -691,12 +707,34 @@ impl Task {
         }
     }
 
-    /// When the loop must wake without a message or op: the next retry, or
-    /// the first sync deadline.
+    /// When the loop must wake without a message or op: the next retry
+    /// (or ping), or the first sync deadline.
     fn wake(&self) -> Instant {
-        let far = Instant::now() + Duration::from_secs(3600);
-        let retry = if self.sub.is_none() { self.next_retry } else { far };
-        self.waiters.iter().map(|w| w.1).fold(retry, Instant::min)
+        let next = if self.sub.is_none() {
+            self.next_retry
+        } else {
+            self.next_ping
+        };
+        self.waiters.iter().map(|w| w.1).fold(next, Instant::min)
+    }
+
+    /// Pings the subscription's connection; silent or failed, it is made
+    /// again at the next retry.
+    async fn keepalive(&mut self, inner: &Inner) {
+        self.next_ping = Instant::now() + keepalive(self.retry);
+        let Some(sink) = self.sink.as_mut() else { return };
+        let ping = tokio::time::timeout(self.timeout, sink.ping::<redis::Value>()).await;
+        if !matches!(ping, Ok(Ok(_))) {
+            self.unsubscribed();
+            self.outcome(inner, Err("the subscription did not answer a ping".into()));
+        }
+    }
+
+    /// The subscription is gone: made again at the next retry.
+    fn unsubscribed(&mut self) {
+        self.sub = None;
+        self.sink = None;
+        self.next_retry = Instant::now() + self.retry;
     }
 
     /// The next message, op or timer; messages and ops take turns going
@@ -878,6 +916,7 @@ impl Task {
 
     async fn try_subscribe(&mut self) -> Result<(), String> {
         self.sub = None;
+        self.sink = None;
         self.con().await?;
         let mut pubsub = match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
             Ok(Ok(p)) => p,
@@ -885,7 +924,10 @@ impl Task {
             Err(_) => return Err("connect timed out".into()),
         };
         self.bounded(pubsub.subscribe(&self.channel)).await?;
-        self.sub = Some(pubsub.into_on_message());
+        let (sink, stream) = pubsub.split();
+        self.sub = Some(stream);
+        self.sink = Some(sink);
+        self.next_ping = Instant::now() + keepalive(self.retry);
         Ok(())
     }
 
@@ -916,8 +958,7 @@ impl Task {
                 inner.connected.store(false, Ordering::Relaxed);
                 // A command failed: the subscription may be as stale.
                 if self.sub.is_some() {
-                    self.sub = None;
-                    self.next_retry = Instant::now() + self.retry;
+                    self.unsubscribed();
                 }
                 for (_, _, reply) in self.waiters.drain(..) {
                     let _ = reply.send(false);
