@@ -79,7 +79,10 @@ fn keepalive(retry: Duration) -> Duration {
 /// transaction, so the store wants a plain (not cluster) Redis.
 ///
 /// Redis down or slow: every replica goes on with its local pins (logged
-/// once), pins made meanwhile stay local, and sharing resumes by itself:
+/// once; with the `metrics` feature the gauge
+/// `llm_fallback_affinity_store_connected` drops to 0 and
+/// `llm_fallback_affinity_store_errors_total` counts), pins made meanwhile
+/// stay local, and sharing resumes by itself:
 /// once it is back, each session's next pin is published again, so a Redis
 /// that restarted empty, and replicas that missed messages meanwhile, are
 /// refilled as sessions are served.
@@ -426,6 +429,12 @@ impl fmt::Debug for RedisAffinity {
 }
 
 impl Inner {
+    fn set_connected(&self, yes: bool) {
+        self.connected.store(yes, Ordering::Relaxed);
+        #[cfg(feature = "metrics")]
+        metrics::gauge!("llm_fallback_affinity_store_connected").set(if yes { 1.0 } else { 0.0 });
+    }
+
     fn send(&self, op: Op) -> bool {
         let sent = self.ops.try_send(op).is_ok();
         if !sent {
@@ -943,10 +952,12 @@ impl Task {
                     self.down_logged = false;
                     let back = u64::try_from(inner.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
                     inner.back.store(back, Ordering::Relaxed);
-                    inner.connected.store(true, Ordering::Relaxed);
+                    inner.set_connected(true);
                 }
             }
             Err(why) => {
+                #[cfg(feature = "metrics")]
+                metrics::counter!("llm_fallback_affinity_store_errors_total").increment(1);
                 if inner.connected.load(Ordering::Relaxed) || !self.down_logged {
                     tracing::warn!(
                         prefix = %self.prefix,
@@ -955,7 +966,7 @@ impl Task {
                     );
                     self.down_logged = true;
                 }
-                inner.connected.store(false, Ordering::Relaxed);
+                inner.set_connected(false);
                 // A command failed: the subscription may be as stale.
                 if self.sub.is_some() {
                     self.unsubscribed();
