@@ -492,7 +492,10 @@ async fn a_killed_subscription_is_made_again_and_pings_keep_a_live_one() {
         .query_async(&mut con)
         .await
         .unwrap();
-    assert!(stats.contains("cmdstat_ping:calls="), "the subscription was pinged: {stats}");
+    assert!(
+        stats.contains("cmdstat_ping:calls="),
+        "the subscription was pinged: {stats}"
+    );
     a.pin(SessionKey::from_u64(1), 1, Instant::now(), TTL);
     assert!(a.sync().await);
     assert!(b.sync().await);
