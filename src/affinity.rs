@@ -579,3 +579,8 @@ mod tests {
         assert_eq!(store.get(SessionKey::on(999_999, 1), now), Some((999_999 % 3) as u32));
     }
 }
+
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisAffinity, RedisAffinityBuilder, RedisAffinityError};
