@@ -178,7 +178,8 @@ fn profile(spec: &str) {
     let (Some(arm), Some(flavour), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
         panic!("REWRITE_PROFILE={spec}: expected <arm>:<flavour>:<size>");
     };
-    let route = arm_route(arm).unwrap_or_else(|| panic!("REWRITE_PROFILE: arm {arm:?}: unchanged, model or model_override"));
+    let route =
+        arm_route(arm).unwrap_or_else(|| panic!("REWRITE_PROFILE: arm {arm:?}: unchanged, model or model_override"));
     let flavour = FLAVOURS
         .into_iter()
         .find(|f| f.name() == flavour)
