@@ -17,6 +17,21 @@
 //! (`max_tokens` replaced, [`Route::set`](llm_fallback::Route::set)). The
 //! second table gives the model edit (`model - unchanged`) and the override
 //! edit (`model_override - model`).
+//!
+//! For an instruction counter (a loaded machine disturbs wall time, not
+//! instructions), `REWRITE_PROFILE=<arm>:<flavour>:<size>` runs only
+//! `REWRITE_COUNT` (default 1000) rewrites of one arm (`unchanged`,
+//! `model`, `model_override`) on one body (`prose` / `escape_dense`,
+//! `1KiB` ...). Per rewrite = the difference of two counts over the
+//! difference of their `REWRITE_COUNT`s:
+//!
+//! ```text
+//! B=$(ls -t target/release/deps/rewrite-* | grep -v '\.d$' | head -1)
+//! for n in 1000 2000; do
+//!   REWRITE_PROFILE=model_override:prose:1KiB REWRITE_COUNT=$n \
+//!     valgrind --tool=callgrind --callgrind-out-file=/dev/null $B 2>&1 | grep refs
+//! done
+//! ```
 
 #[path = "support/bodies.rs"]
 mod bodies;
@@ -146,7 +161,50 @@ fn edit_summary(since: SystemTime) {
     }
 }
 
+/// The route of each arm (see the module docs).
+fn arm_route(arm: &str) -> Option<llm_fallback::Route> {
+    Some(match arm {
+        "unchanged" => llm_fallback::Route::new(REQUESTED_MODEL),
+        "model" => llm_fallback::Route::new(NEW_MODEL),
+        "model_override" => llm_fallback::Route::new(NEW_MODEL).set("max_tokens", 512),
+        _ => return None,
+    })
+}
+
+/// `REWRITE_PROFILE=<arm>:<flavour>:<size>`: `REWRITE_COUNT` rewrites of
+/// one arm and nothing else, for `valgrind --tool=callgrind`.
+fn profile(spec: &str) {
+    let mut parts = spec.split(':');
+    let (Some(arm), Some(flavour), Some(size)) = (parts.next(), parts.next(), parts.next()) else {
+        panic!("REWRITE_PROFILE={spec}: expected <arm>:<flavour>:<size>");
+    };
+    let route =
+        arm_route(arm).unwrap_or_else(|| panic!("REWRITE_PROFILE: arm {arm:?}: unchanged, model or model_override"));
+    let flavour = FLAVOURS
+        .into_iter()
+        .find(|f| f.name() == flavour)
+        .unwrap_or_else(|| panic!("REWRITE_PROFILE: flavour {flavour:?}: prose or escape_dense"));
+    let (_, size) = SIZES
+        .into_iter()
+        .find(|(name, _)| *name == size)
+        .unwrap_or_else(|| panic!("REWRITE_PROFILE: size {size:?}: 1KiB, 64KiB, 1MiB or 8MiB"));
+    let n: usize = std::env::var("REWRITE_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let body = Bytes::from(chat_body(flavour, size));
+    let route = llm_fallback::__private::Compiled::new(route);
+    for _ in 0..n {
+        drop(black_box(
+            llm_fallback::__private::rewrite_for(black_box(&body), black_box(&route)).unwrap(),
+        ));
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("REWRITE_PROFILE") {
+        return profile(&spec);
+    }
     let since = SystemTime::now();
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);

@@ -216,6 +216,11 @@ pub struct ChainSet {
     /// Report names of the chains made per request.
     pass_through_name: Arc<str>,
     caller_name: Arc<str>,
+    /// Every key some route of the set (or the caller chains' template)
+    /// overrides: the request index records their members, so the
+    /// overrides are edited without a second walk over the body. Kept up
+    /// to date by every method that adds a chain.
+    record_keys: Arc<crate::request::RecordKeys>,
 }
 
 /// Where a model key points.
@@ -260,7 +265,40 @@ impl ChainSet {
             caller: None,
             pass_through_name: Arc::from(Self::PASS_THROUGH),
             caller_name: Arc::from(Self::CALLER),
+            record_keys: Arc::default(),
         }
+        .with_record_keys()
+    }
+
+    /// The keys the request index records for the set's overrides.
+    pub(crate) fn record_keys(&self) -> &Arc<crate::request::RecordKeys> {
+        &self.record_keys
+    }
+
+    /// Gathers [`ChainSet::record_keys`] again, after a chain came in.
+    fn with_record_keys(mut self) -> Self {
+        self.refresh_record_keys();
+        self
+    }
+
+    fn refresh_record_keys(&mut self) {
+        let inline = self.models.values().filter_map(|slot| match slot {
+            ModelSlot::Inline(_, chain) => Some(chain),
+            _ => None,
+        });
+        let hops = std::iter::once(&self.default)
+            .chain(self.named.iter().map(|(_, c)| c))
+            .chain(inline)
+            .flat_map(|c| c.hops().iter())
+            .flat_map(|h| h.overrides.iter().map(|o| &*o.key));
+        // A caller chain's routes are copies of its template (else of the
+        // default chain's first route, counted above).
+        let template = self
+            .caller
+            .iter()
+            .filter_map(|c| c.template.as_ref())
+            .flat_map(|t| t.overrides.iter().map(|(k, _)| k.as_bytes()));
+        self.record_keys = Arc::new(crate::request::RecordKeys::new(hops.chain(template)));
     }
 
     /// Serves requests whose `model` is `model` (a model id or an alias
@@ -286,7 +324,7 @@ impl ChainSet {
             ModelTarget::Inline(chain) => ModelSlot::Inline(Arc::from(model.as_str()), chain),
         };
         self.models.insert(model.into_boxed_str(), slot);
-        self
+        self.with_record_keys()
     }
 
     /// What a request whose `model` names no chain gets (see
@@ -318,6 +356,7 @@ impl ChainSet {
     /// Takes the caller's `models` lists (set by the builder).
     pub(crate) fn set_caller_chains(&mut self, caller: Option<CallerChains>) {
         self.caller = caller.map(Arc::new);
+        self.refresh_record_keys();
     }
 
     /// Adds (or replaces) the chain called `name`; `"default"` replaces the
@@ -326,13 +365,13 @@ impl ChainSet {
         let name: String = name.into();
         if name == Self::DEFAULT {
             self.default = chain;
-            return self;
+            return self.with_record_keys();
         }
         match self.named.iter_mut().find(|(n, _)| **n == *name) {
             Some(slot) => slot.1 = chain,
             None => self.named.push((name.into(), chain)),
         }
-        self
+        self.with_record_keys()
     }
 
     /// After an attempt fails on a moderation or content-policy block, the
@@ -809,3 +848,39 @@ impl From<Chain> for ChainSet {
 /// is always honoured.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainName(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_index_records_the_keys_of_every_chain_that_may_serve() {
+        let keys = |set: &ChainSet| {
+            let mut k: Vec<String> = (0..)
+                .map_while(|i| set.record_keys().key(i))
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .collect();
+            k.sort();
+            k
+        };
+        let set = ChainSet::new(Chain::new([Route::new("a")]));
+        assert!(set.record_keys().is_empty());
+        let mut set = set
+            .chain(
+                "b",
+                Chain::new([Route::new("b").set("seed", 1), Route::new("c").remove("user")]),
+            )
+            .model("m", Chain::new([Route::new("m").set("top_p", 1)]))
+            .chain(
+                ChainSet::DEFAULT,
+                Chain::new([Route::new("a").set("seed", 2).set("n", 1)]),
+            );
+        assert_eq!(keys(&set), ["n", "seed", "top_p", "user"]);
+        // A caller chain's routes are its template's copies.
+        set.set_caller_chains(Some(CallerChains::new().template(Route::new("t").remove("logprobs"))));
+        assert_eq!(keys(&set), ["logprobs", "n", "seed", "top_p", "user"]);
+        // A replaced chain's keys go with it.
+        let set = set.chain("b", Chain::new([Route::new("b")]));
+        assert_eq!(keys(&set), ["logprobs", "n", "seed", "top_p"]);
+    }
+}

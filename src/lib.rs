@@ -307,12 +307,15 @@ pub mod __private {
     /// A route compiled as [`Chain::new`](crate::Chain::new) compiles it, so
     /// a bench measures the rewrite and not the compiling.
     #[derive(Debug)]
-    pub struct Compiled(Hop);
+    pub struct Compiled(Hop, std::sync::Arc<crate::request::RecordKeys>);
 
     impl Compiled {
-        /// Compiles `route` (its native fallbacks must fit one attempt).
+        /// Compiles `route` (its native fallbacks must fit one attempt),
+        /// with the keys an index records for its overrides.
         pub fn new(route: Route) -> Self {
-            Compiled(Hop::new(route))
+            let hop = Hop::new(route);
+            let keys = crate::request::RecordKeys::new(hop.overrides.iter().map(|o| &*o.key));
+            Compiled(hop, std::sync::Arc::new(keys))
         }
 
         /// The model id it sends.
@@ -397,7 +400,19 @@ pub mod __private {
     /// Indexes `body` like the layer does and builds the body the layer
     /// would send to `route`; `Err` carries the message of the `400` the
     /// layer would send.
+    ///
+    /// The index records the members of the route's override keys, as the
+    /// layer's does for the keys of its chains.
     pub fn rewrite_for(body: &bytes::Bytes, route: &Compiled) -> Result<ReplayBody, String> {
+        let index =
+            crate::request::index_recording(crate::Dialect::Chat, body, false, &route.1).map_err(|bad| bad.message)?;
+        crate::engine::attempt_body(body, &index, &route.0).map_err(|e| e.to_string())
+    }
+
+    /// [`rewrite_for`] with an index that recorded nothing: the overrides'
+    /// keys are found by a walk over the body (what a route the index was
+    /// not told of gets). For the property tests, which check both agree.
+    pub fn rewrite_walking(body: &bytes::Bytes, route: &Compiled) -> Result<ReplayBody, String> {
         let index = crate::request::index_request(body).map_err(|bad| bad.message)?;
         crate::engine::attempt_body(body, &index, &route.0).map_err(|e| e.to_string())
     }

@@ -578,11 +578,14 @@ proptest! {
             want.retain(|k, _| !OPENROUTER.contains(&k.as_str()));
         }
         let route = llm_fallback::__private::Compiled::new(route);
-        let replay = llm_fallback::__private::rewrite_for(&body, &route).unwrap();
-        let sent = collect(replay);
-        let got: Map<String, Value> = serde_json::from_slice(&sent)
-            .unwrap_or_else(|e| panic!("mangled ({e}): {}", String::from_utf8_lossy(&sent)));
-        prop_assert_eq!(got, want);
+        // From the members the index recorded (as the layer does), and by
+        // the walk (a route the index was not told of).
+        for rewrite in [llm_fallback::__private::rewrite_for, llm_fallback::__private::rewrite_walking] {
+            let sent = collect(rewrite(&body, &route).unwrap());
+            let got: Map<String, Value> = serde_json::from_slice(&sent)
+                .unwrap_or_else(|e| panic!("mangled ({e}): {}", String::from_utf8_lossy(&sent)));
+            prop_assert_eq!(&got, &want);
+        }
     }
 }
 

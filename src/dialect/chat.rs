@@ -6,16 +6,13 @@
 use super::ErrorBody;
 use crate::capability::Needs;
 use crate::inspect::BodyFacts;
-use crate::request::{index_request, index_request_with_media, BadRequest, RequestIndex};
+use crate::request::{index_recording, BadRequest, RecordKeys, RequestIndex};
 use crate::stream::SseTracker;
 use bytes::Bytes;
 use serde_json::json;
 
-pub(super) fn index(body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
-    match media {
-        true => index_request_with_media(body),
-        false => index_request(body),
-    }
+pub(super) fn index(body: &[u8], media: bool, record: &std::sync::Arc<RecordKeys>) -> Result<RequestIndex, BadRequest> {
+    index_recording(super::Dialect::Chat, body, media, record)
 }
 
 /// Tools, image and audio parts, `json_schema`, prompt size and `max_tokens`.

@@ -150,11 +150,17 @@ impl Dialect {
     }
 
     /// Indexes the request body's top-level keys (and, with `media`, the
-    /// media parts the capability checks count), or refuses it.
-    pub(crate) fn index(self, body: &[u8], media: bool) -> Result<RequestIndex, BadRequest> {
+    /// media parts the capability checks count; the members of `record`,
+    /// the routes' override keys), or refuses it.
+    pub(crate) fn index(
+        self,
+        body: &[u8],
+        media: bool,
+        record: &std::sync::Arc<crate::request::RecordKeys>,
+    ) -> Result<RequestIndex, BadRequest> {
         match self {
-            Dialect::Chat => chat::index(body, media),
-            d => crate::request::index_dialect(body, media, d),
+            Dialect::Chat => chat::index(body, media, record),
+            d => crate::request::index_recording(d, body, media, record),
         }
     }
 

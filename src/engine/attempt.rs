@@ -2,10 +2,10 @@
 //! copy), and the caller's request head for the route's endpoint.
 
 use crate::dialect::Dialect;
-use crate::hop::Hop;
+use crate::hop::{Hop, HopOverride};
 use crate::json::scan;
 use crate::json::{BadEdits, Edit, ReplayBody};
-use crate::request::{removals, MemberSpan, RequestIndex};
+use crate::request::{removals_merged, MemberSpan, Recorded, RequestIndex};
 use crate::Attempt;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, Request};
@@ -19,17 +19,26 @@ const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version
 const X_OPENROUTER_METADATA: HeaderName = HeaderName::from_static("x-openrouter-metadata");
 
 /// The caller's body for `route`: its model, its `provider` and `models`
-/// when it sets them (replacing the caller's or inserted first), and without
-/// the OpenRouter-only keys when its endpoint is not OpenRouter. Everything
+/// when it sets them (replacing the caller's or inserted first), its
+/// overrides ([`Route::set`](crate::Route::set)), and without the
+/// OpenRouter-only keys when its endpoint is not OpenRouter. Everything
 /// else is the caller's bytes, shared, not copied.
 ///
-/// A route with overrides ([`Route::set`](crate::Route::set)) takes
-/// [`with_overrides`], which does all of this and its own edits in one walk
-/// over the top-level members.
+/// The overrides are edited from the members the index recorded for the
+/// set's override keys ([`Recorded`]): each recorded member of a key the
+/// route overrides is replaced or cut out (every copy of a repeated key),
+/// and a key it sets that the body lacks goes in after the `{`, each its
+/// own part. A run of adjacent removed members (cut keys and stripped
+/// OpenRouter members together) goes with one comma, as [`removals`] cuts
+/// them. An index that recorded nothing, or not every key of this route
+/// (a route the set did not know of), leaves the overrides to
+/// [`walk_overrides`], which sends the same bytes.
 pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<ReplayBody, BadEdits> {
-    if !hop.overrides.is_empty() {
-        return with_overrides(body, index, hop);
-    }
+    let recorded = match (hop.overrides.is_empty(), &index.recorded) {
+        (true, _) => None,
+        (false, Some(recorded)) => Some(recorded),
+        (false, None) => return walk_overrides(body, index, hop),
+    };
     let mut edits = Edits::default();
     let mut insert = BytesMut::new();
     // OpenRouter takes `models` on every dialect but embeddings (where two
@@ -44,7 +53,10 @@ pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Res
         ("models", fallbacks, index.models),
     ] {
         match (ours, theirs) {
-            (Some(json), Some(span)) => edits.push(span.value_start..span.value_end, json.clone())?,
+            (Some(json), Some(span)) => edits.push(Edit {
+                range: span.value_start..span.value_end,
+                replacement: json.clone(),
+            }),
             (Some(json), None) => {
                 insert.extend_from_slice(b"\"");
                 insert.extend_from_slice(key.as_bytes());
@@ -55,15 +67,55 @@ pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Res
             (None, _) => {}
         }
     }
+    let at = index.object_start + 1;
     if !insert.is_empty() {
-        let at = index.object_start + 1;
-        edits.push(at..at, insert.freeze())?;
+        edits.push(Edit {
+            range: at..at,
+            replacement: insert.freeze(),
+        });
     }
     if body.get(index.model.clone()) != Some(&hop.model_json[..]) {
-        edits.push(index.model.clone(), hop.model_json.clone())?;
+        edits.push(Edit {
+            range: index.model.clone(),
+            replacement: hop.model_json.clone(),
+        });
+    }
+    // Some override removes a key the body has.
+    let mut removed = false;
+    if let Some(recorded) = recorded {
+        // Which overrides (bit i: `hop.overrides[i]`) the body has; at
+        // most `Overrides::MAX` = 64 of them.
+        let mut found = 0u64;
+        for (slot, value) in recorded.values() {
+            if let Some((i, o)) = overridden(recorded, hop, slot) {
+                found |= 1u64.checked_shl(i as u32).unwrap_or(0);
+                match &o.value {
+                    Some(json) => edits.push(Edit {
+                        range: value,
+                        replacement: json.clone(),
+                    }),
+                    None => removed = true,
+                }
+            }
+        }
+        for (i, o) in hop.overrides.iter().enumerate() {
+            if found & 1u64.checked_shl(i as u32).unwrap_or(0) == 0 {
+                if recorded.keys.slot(&o.key).is_none() {
+                    // Not looked for: whether the body has it is unknown.
+                    return walk_overrides(body, index, hop);
+                }
+                // What the body lacks goes in after its `{`.
+                if let Some(member) = &o.member {
+                    edits.push(Edit {
+                        range: at..at,
+                        replacement: member.clone(),
+                    });
+                }
+            }
+        }
     }
     let foreign = hop.route.endpoint.as_ref().is_some_and(|e| !e.openrouter);
-    if foreign || (hop.drop_models && index.models.is_some()) {
+    if removed || foreign || (hop.drop_models && index.models.is_some()) {
         // Other APIs refuse OpenRouter's extensions; the route's own
         // `provider`/`models` are kept (setting them says the endpoint wants them).
         // A caller's own chain never sends its `models`: the layer runs it.
@@ -73,7 +125,9 @@ pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Res
             index
                 .provider
                 .filter(|_| foreign && hop.provider_json.as_ref().is_none()),
-            index.models.filter(|_| fallbacks.is_none()),
+            index
+                .models
+                .filter(|_| fallbacks.is_none() && (foreign || hop.drop_models)),
             index.route.filter(|_| foreign),
             index.transforms.filter(|_| foreign),
         ]
@@ -87,16 +141,33 @@ pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Res
         }
         let gone = gone.get_mut(..n).unwrap_or_default();
         gone.sort_unstable_by_key(|m| m.value_start);
-        for range in removals(gone) {
-            edits.push(range, Bytes::new())?;
+        let cut = recorded
+            .into_iter()
+            .flat_map(|r| r.members(body))
+            .filter(|(slot, _)| {
+                recorded
+                    .is_some_and(|r| matches!(overridden(r, hop, *slot), Some((_, HopOverride { value: None, .. }))))
+            })
+            .map(|(_, span)| span);
+        for range in removals_merged(gone, cut) {
+            edits.push(Edit {
+                range,
+                replacement: Bytes::new(),
+            });
         }
     }
     edits.apply(body)
 }
 
-/// [`attempt_body`] for a route with overrides: one walk over the body's
-/// top-level members (which the index has validated) finds the keys to
-/// replace or remove. The members the index knows (`messages`, `input`,
+/// The override of `hop` (its position and itself) that a member
+/// `recorded` under `slot` names, if any.
+fn overridden<'h>(recorded: &Recorded, hop: &'h Hop, slot: usize) -> Option<(usize, &'h HopOverride)> {
+    let key = recorded.keys.key(slot)?;
+    hop.overrides.iter().enumerate().find(|(_, o)| *o.key == *key)
+}
+
+/// [`with_overrides`] by one walk over the body's top-level members (which
+/// the index has validated), finding the keys to replace or remove. The members the index knows (`messages`, `input`,
 /// `tools`, ... : the prompt) are jumped over by their recorded spans, so
 /// the walk reads only the small members' bytes, never the prompt's.
 ///
@@ -104,7 +175,7 @@ pub(crate) fn attempt_body(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Res
 /// copy); a removed run of adjacent members goes with one comma, as
 /// [`removals`] cuts them. The edits are the caller's bytes' spans and the
 /// values encoded when the route was compiled: nothing is copied.
-fn with_overrides(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<ReplayBody, BadEdits> {
+fn walk_overrides(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<ReplayBody, BadEdits> {
     let fallbacks = hop
         .fallbacks_json
         .as_ref()
@@ -132,7 +203,7 @@ fn with_overrides(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<Repla
         after: at,
         len: body.len(),
     };
-    let mut edits = EditList::default();
+    let mut edits = WalkEdits::default();
     // Which overrides (bit i: `hop.overrides[i]`) the body has; at most
     // `Overrides::MAX` = 64 of them.
     let mut found = 0u64;
@@ -280,19 +351,38 @@ fn with_overrides(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<Repla
     ReplayBody::rewrite(body, edits)
 }
 
-/// Edits kept on the stack up to [`EditList::INLINE`] (the model, a few
-/// overrides and strips), on the heap past it (a caller's key repeated
-/// many times: each copy is edited).
+/// Edits kept on the stack up to `N` (the model, a few overrides and
+/// strips), on the heap past it (a caller's key repeated many times: each
+/// copy is edited).
+///
+/// The slots past the last edit hold empty static `Bytes` (nothing to
+/// free), so only the edits pushed are dropped: a drop of every slot
+/// would cost an indirect call each.
 // Large on purpose: it lives on the stack of one attempt's rewrite.
 #[allow(clippy::large_enum_variant)]
-enum EditList {
-    Inline([Edit; EditList::INLINE], usize),
+enum EditList<const N: usize> {
+    Inline(std::mem::ManuallyDrop<[Edit; N]>, usize),
     Heap(Vec<Edit>),
 }
 
-impl EditList {
-    const INLINE: usize = 12;
+impl<const N: usize> Drop for EditList<N> {
+    fn drop(&mut self) {
+        if let EditList::Inline(list, len) = self {
+            for edit in list.get_mut(..*len).unwrap_or_default() {
+                drop(std::mem::take(edit));
+            }
+        }
+    }
+}
 
+/// The walk's list: the model, strips and up to ~10 overrides in place.
+type WalkEdits = EditList<12>;
+/// [`attempt_body`]'s list: the model, `provider`, `models`, OpenRouter's
+/// strips and a few overrides in place.
+type Edits = EditList<8>;
+
+impl<const N: usize> EditList<N> {
+    #[inline]
     fn push(&mut self, edit: Edit) {
         match self {
             EditList::Inline(list, len) => match list.get_mut(*len) {
@@ -300,13 +390,24 @@ impl EditList {
                     *slot = edit;
                     *len += 1;
                 }
-                None => {
-                    let mut heap: Vec<Edit> = list.iter_mut().map(std::mem::take).collect();
-                    heap.push(edit);
-                    *self = EditList::Heap(heap);
-                }
+                None => self.spill(edit),
             },
             EditList::Heap(list) => list.push(edit),
+        }
+    }
+
+    /// The list moves to the heap, with `edit`.
+    #[cold]
+    fn spill(&mut self, edit: Edit) {
+        if let EditList::Inline(list, len) = self {
+            let mut heap: Vec<Edit> = list
+                .get_mut(..*len)
+                .unwrap_or_default()
+                .iter_mut()
+                .map(std::mem::take)
+                .collect();
+            heap.push(edit);
+            *self = EditList::Heap(heap);
         }
     }
 
@@ -316,11 +417,22 @@ impl EditList {
             EditList::Heap(list) => list,
         }
     }
+
+    /// The body with the edits (which never overlap), or the body itself.
+    fn apply(mut self, body: &Bytes) -> Result<ReplayBody, BadEdits> {
+        let edits = self.as_mut_slice();
+        if edits.is_empty() {
+            return Ok(ReplayBody::new(body.clone()));
+        }
+        // Insertions at `{` (any order) go before a removal there.
+        edits.sort_unstable_by_key(|e| (e.range.start, e.range.end));
+        ReplayBody::rewrite(body, edits)
+    }
 }
 
-impl Default for EditList {
+impl<const N: usize> Default for EditList<N> {
     fn default() -> Self {
-        EditList::Inline(Default::default(), 0)
+        EditList::Inline(std::mem::ManuallyDrop::new(std::array::from_fn(|_| Edit::default())), 0)
     }
 }
 
@@ -357,40 +469,6 @@ fn skip_ws(body: &[u8], mut pos: usize) -> usize {
         pos += 1;
     }
     pos
-}
-
-/// The edits of one attempt's body, kept on the stack: at most the
-/// `provider` and `models` replacements, one insertion, the model and four
-/// removals.
-#[derive(Default)]
-struct Edits {
-    list: [Edit; 8],
-    len: usize,
-}
-
-impl Edits {
-    fn push(&mut self, range: std::ops::Range<usize>, replacement: Bytes) -> Result<(), BadEdits> {
-        let Some(slot) = self.list.get_mut(self.len) else {
-            // Cannot happen (the bound above is exact); refuse rather than panic.
-            return Err(BadEdits {
-                range,
-                after: self.len,
-                len: 0,
-            });
-        };
-        *slot = Edit { range, replacement };
-        self.len += 1;
-        Ok(())
-    }
-
-    fn apply(mut self, body: &Bytes) -> Result<ReplayBody, BadEdits> {
-        let edits = self.list.get_mut(..self.len).unwrap_or_default();
-        if edits.is_empty() {
-            return Ok(ReplayBody::new(body.clone()));
-        }
-        edits.sort_unstable_by_key(|e| (e.range.start, e.range.end));
-        ReplayBody::rewrite(body, edits)
-    }
 }
 
 pub(super) fn attempt_request(
@@ -449,4 +527,75 @@ pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     crate::inspect::truncate(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::{index_recording, index_request, RecordKeys};
+    use crate::Route;
+    use std::sync::Arc;
+
+    fn collect(mut body: ReplayBody) -> Vec<u8> {
+        use http_body::Body;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        while let std::task::Poll::Ready(Some(frame)) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+            out.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        out
+    }
+
+    fn sent(body: &str, keys: &[&str], route: Route) -> serde_json::Value {
+        let body = Bytes::from(body.to_owned());
+        let keys = Arc::new(RecordKeys::new(keys.iter().map(|k| k.as_bytes())));
+        let index = index_recording(Dialect::Chat, &body, false, &keys).unwrap();
+        let hop = Hop::new(route);
+        let out = collect(attempt_body(&body, &index, &hop).unwrap());
+        serde_json::from_slice(&out).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+    }
+
+    #[test]
+    fn a_route_whose_keys_were_not_all_recorded_is_walked() {
+        let body = r#"{"model":"a","seed":1,"n":2,"top_p":0.5}"#;
+        let route = || Route::new("b").set("seed", 9).remove("n").set("top_p", 1);
+        let want = serde_json::json!({"model": "b", "seed": 9, "top_p": 1});
+        // Every key recorded, some, none, or an index that recorded nothing.
+        for keys in [&["seed", "n", "top_p"][..], &["seed", "n", "x"], &["seed"], &["x"]] {
+            assert_eq!(sent(body, keys, route()), want, "{keys:?}");
+        }
+        let bytes = Bytes::from(body);
+        let index = index_request(&bytes).unwrap();
+        assert!(index.recorded.is_none());
+        let out = collect(attempt_body(&bytes, &index, &Hop::new(route())).unwrap());
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&out).unwrap(), want);
+    }
+
+    #[test]
+    fn recorded_overrides_and_openrouter_members_share_the_edits() {
+        let endpoint = crate::native::Endpoint::new("https://api.openai.com/v1").unwrap();
+        // Removed keys beside stripped ones, at the start, the end and in runs.
+        let body = r#"{"logprobs":true,"provider":{"order":["x"]},"model":"m","seed":1,"route":"fallback","user":"u","messages":[],"transforms":[]}"#;
+        let route = Route::new("b")
+            .endpoint(endpoint)
+            .remove("logprobs")
+            .remove("seed")
+            .remove("user")
+            .set("store", false);
+        let keys = ["logprobs", "seed", "user", "store"];
+        assert_eq!(
+            sent(body, &keys, route),
+            serde_json::json!({"model": "b", "messages": [], "store": false})
+        );
+        // On OpenRouter the route's own provider and models go in beside.
+        let route = Route::new("b")
+            .provider(serde_json::from_value(serde_json::json!({"order": ["A"]})).unwrap())
+            .native_fallbacks(["c"])
+            .set("n", 1)
+            .set("top_p", 0.9);
+        assert_eq!(
+            sent(r#"{"model":"m","n":2,"messages":[]}"#, &["n", "top_p"], route),
+            serde_json::json!({"model": "b", "n": 1, "top_p": 0.9, "messages": [], "provider": {"order": ["A"]}, "models": ["c"]})
+        );
+    }
 }

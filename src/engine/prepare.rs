@@ -121,7 +121,7 @@ where
         }
     };
     // Media parts are counted only when something reads needs.
-    let mut index = match dialect.index(&body, shared.reads_needs) {
+    let mut index = match dialect.index(&body, shared.reads_needs, shared.chains.record_keys()) {
         Ok(i) => i,
         Err(bad) => return Err(reject(dialect, StatusCode::BAD_REQUEST, &bad, started)),
     };

@@ -4,6 +4,7 @@
 use crate::dialect::Dialect;
 use crate::json::scan::{self, ScanFail, ValueKind};
 use std::ops::Range;
+use std::sync::Arc;
 
 mod needs;
 
@@ -32,6 +33,216 @@ pub(crate) struct RequestIndex {
     pub(crate) user: Option<Range<usize>>,
     /// Spans the capability checks read.
     pub(crate) needs: NeedSpans,
+    /// The members of the keys the index was asked to record (the routes'
+    /// overrides), when it was asked.
+    pub(crate) recorded: Option<Recorded>,
+}
+
+/// The top-level keys whose members the index records, so a route's
+/// overrides are edited from their spans without a second walk over the
+/// body: the keys every route of a [`ChainSet`](crate::ChainSet) overrides,
+/// gathered once when the set is built.
+#[derive(Debug, Default)]
+pub(crate) struct RecordKeys {
+    /// Unique, in the order first given.
+    keys: Vec<Box<[u8]>>,
+    /// Bit `n` set: some key is `n` bytes long (bit 63: 63 or longer), so
+    /// most keys of a body are told apart by their length alone.
+    lens: u64,
+}
+
+impl RecordKeys {
+    /// The set of `keys` (repeats count once).
+    pub(crate) fn new<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut set = RecordKeys::default();
+        for key in keys {
+            if set.slot(key).is_none() {
+                set.lens |= len_bit(key.len());
+                set.keys.push(key.into());
+            }
+        }
+        set
+    }
+
+    /// No keys: the index records nothing.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Position of `key` in the set.
+    pub(crate) fn slot(&self, key: &[u8]) -> Option<usize> {
+        if self.lens & len_bit(key.len()) == 0 {
+            return None;
+        }
+        self.keys.iter().position(|k| **k == *key)
+    }
+
+    /// The key at `slot`.
+    pub(crate) fn key(&self, slot: usize) -> Option<&[u8]> {
+        self.keys.get(slot).map(|k| &**k)
+    }
+}
+
+fn len_bit(len: usize) -> u64 {
+    1u64 << len.min(63)
+}
+
+/// What the index recorded for [`RecordKeys`].
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    /// The keys it looked for: a key of the set with no member here is
+    /// not in the body.
+    pub(crate) keys: Arc<RecordKeys>,
+    /// Each member with one of those keys (every copy of a repeated key),
+    /// in the body's order: the first few in place (what a request carries
+    /// without a heap allocation), the rest (a key repeated) beside.
+    inline: [Entry; Recorded::INLINE],
+    len: usize,
+    spill: Vec<Entry>,
+}
+
+/// One recorded member: its key's slot in [`Recorded::keys`] and where it
+/// sits, in offsets of 32 bits (a body of 4 GiB or more is not recorded),
+/// so a few fit in the index.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    slot: u32,
+    key_start: u32,
+    value_start: u32,
+    value_end: u32,
+    /// 0: none, the first member (no value ends at 0).
+    prev_value_end: u32,
+}
+
+impl Entry {
+    /// Its [`MemberSpan`]; the next key's start (a removal at the start of
+    /// the object needs it) is read from the few bytes after the value:
+    /// whitespace, a comma, whitespace.
+    fn span(&self, body: &[u8]) -> MemberSpan {
+        let value_end = self.value_end as usize;
+        let comma = skip_ws(body, value_end);
+        let next_key_start = (body.get(comma) == Some(&b',')).then(|| skip_ws(body, comma + 1));
+        MemberSpan {
+            key_start: self.key_start as usize,
+            value_start: self.value_start as usize,
+            value_end,
+            prev_value_end: (self.prev_value_end != 0).then_some(self.prev_value_end as usize),
+            next_key_start,
+        }
+    }
+}
+
+fn skip_ws(body: &[u8], mut pos: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = body.get(pos) {
+        pos += 1;
+    }
+    pos
+}
+
+impl Recorded {
+    const INLINE: usize = 2;
+
+    /// The members recorded, in the body's order: each key's slot in
+    /// [`Recorded::keys`] and where the member sits.
+    /// The members recorded, in the body's order: each key's slot in
+    /// [`Recorded::keys`] and the member's value.
+    pub(crate) fn values(&self) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
+        self.inline
+            .get(..self.len)
+            .unwrap_or_default()
+            .iter()
+            .chain(&self.spill)
+            .map(|e| (e.slot as usize, e.value_start as usize..e.value_end as usize))
+    }
+
+    /// [`Recorded::values`] with where each member sits among its
+    /// neighbours (`body` is the body indexed).
+    pub(crate) fn members<'a>(&'a self, body: &'a [u8]) -> impl Iterator<Item = (usize, MemberSpan)> + 'a {
+        self.inline
+            .get(..self.len)
+            .unwrap_or_default()
+            .iter()
+            .chain(&self.spill)
+            .map(move |e| (e.slot as usize, e.span(body)))
+    }
+}
+
+/// How the index records members: not at all (a layer without overrides:
+/// compiled away), or for a [`RecordKeys`].
+trait Recorder {
+    /// A top-level member, seen in order; `span` is only built for one
+    /// that is recorded.
+    fn member(&mut self, key: &[u8], span: impl FnOnce() -> MemberSpan);
+    fn finish(self) -> Option<Recorded>;
+}
+
+struct NoRecord;
+
+impl Recorder for NoRecord {
+    #[inline(always)]
+    fn member(&mut self, _: &[u8], _: impl FnOnce() -> MemberSpan) {}
+
+    #[inline(always)]
+    fn finish(self) -> Option<Recorded> {
+        None
+    }
+}
+
+struct Recording {
+    /// [`RecordKeys::lens`], at hand.
+    lens: u64,
+    recorded: Recorded,
+}
+
+impl Recording {
+    /// For a body shorter than 4 GiB (its offsets fit an [`Entry`]).
+    fn new(keys: &Arc<RecordKeys>) -> Self {
+        Recording {
+            lens: keys.lens,
+            recorded: Recorded {
+                keys: keys.clone(),
+                inline: Default::default(),
+                len: 0,
+                spill: Vec::new(),
+            },
+        }
+    }
+
+    #[cold]
+    fn record(&mut self, key: &[u8], span: MemberSpan) {
+        let Some(slot) = self.recorded.keys.slot(key) else {
+            return;
+        };
+        // Lossless: the body is shorter than 4 GiB, and so is every offset.
+        let entry = Entry {
+            slot: slot as u32,
+            key_start: span.key_start as u32,
+            value_start: span.value_start as u32,
+            value_end: span.value_end as u32,
+            prev_value_end: span.prev_value_end.unwrap_or(0) as u32,
+        };
+        let r = &mut self.recorded;
+        match r.inline.get_mut(r.len) {
+            Some(free) => {
+                *free = entry;
+                r.len += 1;
+            }
+            None => r.spill.push(entry),
+        }
+    }
+}
+
+impl Recorder for Recording {
+    #[inline(always)]
+    fn member(&mut self, key: &[u8], span: impl FnOnce() -> MemberSpan) {
+        if self.lens & len_bit(key.len()) != 0 {
+            self.record(key, span());
+        }
+    }
+
+    fn finish(self) -> Option<Recorded> {
+        Some(self.recorded)
+    }
 }
 
 /// Where the members that say what a request needs sit.
@@ -63,8 +274,6 @@ pub(crate) struct NeedSpans {
 /// replaced or cut out without leaving a stray comma.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct MemberSpan {
-    /// Position among the object's members, from 0.
-    ordinal: usize,
     key_start: usize,
     pub(crate) value_start: usize,
     pub(crate) value_end: usize,
@@ -74,20 +283,30 @@ pub(crate) struct MemberSpan {
     next_key_start: Option<usize>,
 }
 
-/// Byte ranges that remove `members` (sorted by position) from the object.
+/// Byte ranges that remove the members of `a` and of `b` (each sorted by
+/// position, no member in both) from the object.
 ///
-/// A run of adjacent members goes with the comma before it, or — for a run
-/// at the start of the object — with the comma after it, so what stays is
-/// valid JSON. Runs never overlap.
-pub(crate) fn removals(members: &[MemberSpan]) -> impl Iterator<Item = Range<usize>> + '_ {
-    let mut i = 0;
+/// A run of adjacent members (a run may mix `a`'s and `b`'s) goes with the
+/// comma before it, or — for a run at the start of the object — with the
+/// comma after it, so what stays is valid JSON. Runs never overlap.
+pub(crate) fn removals_merged<'a>(
+    a: &'a [MemberSpan],
+    b: impl Iterator<Item = MemberSpan> + 'a,
+) -> impl Iterator<Item = Range<usize>> + 'a {
+    let mut a = a.iter().copied().peekable();
+    let mut b = b.peekable();
+    let mut members = std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if y.value_start < x.value_start => b.next(),
+        (Some(_), _) => a.next(),
+        (None, _) => b.next(),
+    })
+    .peekable();
     std::iter::from_fn(move || {
-        let first = *members.get(i)?;
+        let first = members.next()?;
         let mut last = first;
-        i += 1;
-        while let Some(next) = members.get(i).filter(|m| m.ordinal == last.ordinal + 1) {
-            last = *next;
-            i += 1;
+        // Adjacent: the next member's previous value is this one's.
+        while let Some(next) = members.next_if(|m| m.prev_value_end == Some(last.value_end)) {
+            last = next;
         }
         Some(match (first.prev_value_end, last.next_key_start) {
             (Some(prev_end), _) => prev_end..last.value_end,
@@ -123,18 +342,29 @@ const SINGLE_KEYS: &[&str] = &["model", "models", "provider", "stream", "route",
 const OPENROUTER_KEYS: [&str; 4] = ["provider", "models", "route", "transforms"];
 
 pub(crate) fn index_request(body: &[u8]) -> Result<RequestIndex, BadRequest> {
-    index(body, false, Dialect::Chat)
+    index(body, false, Dialect::Chat, NoRecord)
 }
 
 /// [`index_request`], also reading the media parts of `messages` in the same
 /// pass (for the capability checks).
 pub(crate) fn index_request_with_media(body: &[u8]) -> Result<RequestIndex, BadRequest> {
-    index(body, true, Dialect::Chat)
+    index(body, true, Dialect::Chat, NoRecord)
 }
 
-/// Indexes a request body of `dialect` (its own keys for needs).
-pub(crate) fn index_dialect(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, BadRequest> {
-    index(body, media, dialect)
+/// Indexes a request body of `dialect` (its own keys for needs), also
+/// recording the members of `keys` (see [`RecordKeys`]; nothing when it
+/// is empty) in the same pass.
+#[inline]
+pub(crate) fn index_recording(
+    dialect: Dialect,
+    body: &[u8],
+    media: bool,
+    keys: &Arc<RecordKeys>,
+) -> Result<RequestIndex, BadRequest> {
+    match keys.is_empty() || u32::try_from(body.len()).is_err() {
+        true => index(body, media, dialect, NoRecord),
+        false => index(body, media, dialect, Recording::new(keys)),
+    }
 }
 
 /// The member whose strings the media scan reads.
@@ -168,12 +398,11 @@ fn dialect_member(dialect: Dialect, m: &scan::Member<'_>, needs: &mut NeedSpans)
     }
 }
 
-fn index(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, BadRequest> {
+fn index(body: &[u8], media: bool, dialect: Dialect, mut record: impl Recorder) -> Result<RequestIndex, BadRequest> {
     let mut model: Option<(Range<usize>, ValueKind)> = None;
     let mut stream = None;
     let mut seen = [false; SINGLE_KEYS.len()];
     let mut openrouter: [Option<MemberSpan>; 4] = [None; 4];
-    let mut ordinal = 0usize;
     let mut prev_value_end = None;
     let mut last_recorded: Option<usize> = None;
     let mut needs = NeedSpans::default();
@@ -190,9 +419,15 @@ fn index(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, Bad
                 span.next_key_start = Some(m.key_span.start);
             }
         }
+        record.member(&m.key, || MemberSpan {
+            key_start: m.key_span.start,
+            value_start: m.value.start,
+            value_end: m.value.end,
+            prev_value_end,
+            next_key_start: None,
+        });
         if let Some(k) = OPENROUTER_KEYS.iter().position(|k| k.as_bytes() == &*m.key) {
             openrouter[k] = Some(MemberSpan {
-                ordinal,
                 key_start: m.key_span.start,
                 value_start: m.value.start,
                 value_end: m.value.end,
@@ -201,7 +436,6 @@ fn index(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, Bad
             });
             last_recorded = Some(k);
         }
-        ordinal += 1;
         prev_value_end = Some(m.value.end);
         if let Some(i) = SINGLE_KEYS.iter().position(|k| k.as_bytes() == &*m.key) {
             if std::mem::replace(&mut seen[i], true) {
@@ -283,6 +517,7 @@ fn index(body: &[u8], media: bool, dialect: Dialect) -> Result<RequestIndex, Bad
         transforms,
         user,
         needs,
+        recorded: record.finish(),
     })
 }
 
@@ -318,12 +553,86 @@ mod tests {
             .filter(|(_, k)| keys.contains(k))
             .filter_map(|(s, _)| s)
             .collect();
-        spans.sort_by_key(|s| s.ordinal);
+        spans.sort_by_key(|s| s.value_start);
         let mut out = body.to_owned();
-        for r in removals(&spans).collect::<Vec<_>>().into_iter().rev() {
+        for r in removals_merged(&spans, std::iter::empty())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+        {
             out.replace_range(r, "");
         }
         out
+    }
+
+    fn recording(body: &[u8], keys: &[&str]) -> RequestIndex {
+        let keys = Arc::new(RecordKeys::new(keys.iter().map(|k| k.as_bytes())));
+        index_recording(Dialect::Chat, body, false, &keys).unwrap()
+    }
+
+    #[test]
+    fn records_every_copy_of_the_keys_asked_for_and_nothing_else() {
+        // Escaped spellings are the same key; nested keys are not members.
+        let body = br#"{"n":1, "model":"a","max_tokens":5,"messages":[{"n":2}],"max\u005ftokens" : 6 ,"seed":7}"#;
+        let idx = recording(body, &["max_tokens", "n", "top_p"]);
+        let rec = idx.recorded.as_ref().unwrap();
+        let got: Vec<(&[u8], &[u8])> = rec
+            .values()
+            .map(|(slot, v)| (rec.keys.key(slot).unwrap(), &body[v]))
+            .collect();
+        assert_eq!(
+            got,
+            [(&b"n"[..], &b"1"[..]), (b"max_tokens", b"5"), (b"max_tokens", b"6")]
+        );
+        // Where each sits: the first has no value before it, and the next
+        // key's start is found past the spaces and the comma.
+        let spans: Vec<MemberSpan> = rec.members(body).map(|(_, m)| m).collect();
+        assert_eq!(spans[0].prev_value_end, None);
+        assert_eq!(spans[0].next_key_start, Some(8));
+        assert_eq!(spans[2].prev_value_end, Some(spans[2].key_start - 1));
+        // Nothing recorded without keys, nor by the plain index.
+        assert!(recording(body, &[]).recorded.is_none());
+        assert!(index_request(body).unwrap().recorded.is_none());
+        // More copies than fit in place.
+        let many = format!(
+            r#"{{"model":"a",{}}}"#,
+            (0..9).map(|i| format!(r#""n":{i}"#)).collect::<Vec<_>>().join(",")
+        );
+        let idx = recording(many.as_bytes(), &["n"]);
+        let values: Vec<&[u8]> = idx
+            .recorded
+            .as_ref()
+            .unwrap()
+            .values()
+            .map(|(_, v)| &many.as_bytes()[v])
+            .collect();
+        let want: Vec<String> = (0..9).map(|i| i.to_string()).collect();
+        assert_eq!(values, want.iter().map(|s| s.as_bytes()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn recorded_and_known_members_are_cut_out_together() {
+        // A recorded member beside OpenRouter's: one run, one comma.
+        let cases = [
+            (r#"{"seed":1,"provider":{},"model":"a"}"#, r#"{"model":"a"}"#),
+            (
+                r#"{"model":"a","provider":{}, "seed" : 1 ,"n":2}"#,
+                r#"{"model":"a" ,"n":2}"#,
+            ),
+            (r#"{"seed":1,"model":"a","provider":{}}"#, r#"{"model":"a"}"#),
+            (r#"{ "seed" : 1 , "provider" : {} , "model":"a"}"#, r#"{ "model":"a"}"#),
+        ];
+        for (input, expected) in cases {
+            let body = input.as_bytes();
+            let idx = recording(body, &["seed"]);
+            let known = [idx.provider.unwrap()];
+            let cut = idx.recorded.as_ref().unwrap().members(body).map(|(_, m)| m);
+            let mut out = input.to_owned();
+            for r in removals_merged(&known, cut).collect::<Vec<_>>().into_iter().rev() {
+                out.replace_range(r, "");
+            }
+            assert_eq!(out, expected, "{input}");
+        }
     }
 
     #[test]
