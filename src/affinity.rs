@@ -458,7 +458,7 @@ mod tests {
     use crate::dialect::Dialect;
 
     fn index(body: &[u8], dialect: Dialect) -> RequestIndex {
-        dialect.index(body, false).unwrap()
+        dialect.index(body, false, &Default::default()).unwrap()
     }
 
     #[test]
