@@ -227,6 +227,16 @@ fn other_mistakes_are_named_too() {
         ),
         ("[affinity]\ncapacity = 0", "affinity.capacity", "at least 1 session"),
         ("[affinity]\nttl = \"0s\"", "affinity.ttl", "expected a duration"),
+        (
+            "[affinity]\nstore = \"http://x\"",
+            "affinity.store",
+            "expected \"memory\" or a redis:// URL",
+        ),
+        (
+            "[affinity]\nkey_prefix = \"a b\"",
+            "affinity.key_prefix",
+            "expected a name",
+        ),
     ];
     for (text, key, says) in top {
         let err = toml_err(&format!("{text}\n{}", route_with("")));

@@ -554,3 +554,64 @@ async fn the_local_table_stays_within_its_capacity_whatever_the_fleet_publishes(
     // The latest are there.
     assert_eq!(b.get(SessionKey::from_u64(39_999), Instant::now()), Some(1));
 }
+
+#[cfg(feature = "config")]
+#[tokio::test]
+async fn the_config_shares_pins_through_redis() {
+    let Some(server) = RedisServer::start() else { return };
+    let p = prefix();
+    let text = format!(
+        r#"
+[affinity]
+key = "header:x-session-id"
+store = "{url}"
+key_prefix = "{p}"
+
+[[chains.default.routes]]
+model = "m"
+balance_seed = 3
+
+[[chains.default.routes.deployments]]
+name = "x"
+endpoint = {{ base_url = "http://x.test/v1" }}
+
+[[chains.default.routes.deployments]]
+name = "y"
+endpoint = {{ base_url = "http://y.test/v1" }}
+"#,
+        url = server.url()
+    );
+    let config = llm_fallback::config::Config::from_toml_str(&text).unwrap();
+    let a = llm_fallback::FallbackBuilder::from_config(&config).unwrap().layer();
+    // Replica B: a store of its own under the same prefix, x weighing all.
+    let sb = store(&server, &p);
+    connected(&sb).await;
+    let b = layer(1, 0, sticky(&sb));
+
+    // On A, x fails: the session is served and pinned on y, and A's store
+    // writes the pin to Redis.
+    let up_a = upstream(Arc::new(Mutex::new(HashSet::from(["x.test".to_owned()]))));
+    let resp = a.layer(up_a).oneshot(request("conversation-9")).await.unwrap();
+    let (parts, _) = body_bytes(resp).await;
+    assert_eq!(parts.headers["x-fallback-deployment"], "y");
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let mut written = false;
+    for _ in 0..200 {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{p}:pin:*"))
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+    assert!(written, "the config's store wrote the pin to redis");
+    // Its publication went out with the key (one MULTI): B has it after a sync.
+    assert!(sb.sync().await);
+    let (served, outcomes) = send(&b, &upstream(Arc::default()), "conversation-9").await;
+    assert_eq!((served.as_str(), outcomes), ("y", vec![Outcome::Served]));
+}

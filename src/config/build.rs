@@ -95,7 +95,7 @@ impl FallbackBuilder<ConfigPolicy> {
             ));
         }
         if let Some(a) = &config.affinity {
-            builder = builder.affinity(affinity(a).map_err(|e| config.locate(e))?);
+            builder = builder.affinity(affinity(a, true).map_err(|e| config.locate(e))?);
         }
         if let Some(d) = &config.drills {
             builder = builder.drills(Drills::fraction(d.fraction).allow_header(d.allow_header.unwrap_or(false)));
@@ -338,7 +338,8 @@ pub(super) fn validate(config: &Config) -> Result<(), ConfigError> {
         }
     }
     if let Some(a) = &config.affinity {
-        affinity(a)?;
+        // Checked without connecting to a store.
+        affinity(a, false)?;
     }
     if let Some(c) = &config.caller_chains {
         if c.max_models == Some(0) {
@@ -606,8 +607,9 @@ fn no_null(key: &str, value: &serde_json::Value) -> Result<(), ConfigError> {
     }
 }
 
-/// The [`Affinity`](crate::affinity::Affinity) of an `[affinity]` section.
-fn affinity(a: &AffinityConfig) -> Result<crate::affinity::Affinity, ConfigError> {
+/// The [`Affinity`](crate::affinity::Affinity) of an `[affinity]` section;
+/// with `connect`, its Redis store (if it names one) is built and started.
+fn affinity(a: &AffinityConfig, connect: bool) -> Result<crate::affinity::Affinity, ConfigError> {
     use crate::affinity::{Affinity, MemoryAffinity};
     const EXPECTED: &str = "expected \"header:NAME\", \"user\" or \"leading_messages:N\"";
     let key = a.key.as_deref().unwrap_or("header").trim();
@@ -650,10 +652,54 @@ fn affinity(a: &AffinityConfig) -> Result<crate::affinity::Affinity, ConfigError
         }
         affinity = affinity.ttl(ttl);
     }
-    match a.capacity {
-        Some(0) => Err(ConfigError::new("affinity.capacity", "0; expected at least 1 session")),
-        Some(n) => Ok(affinity.store(MemoryAffinity::with_capacity(n))),
-        None => Ok(affinity),
+    if a.capacity == Some(0) {
+        return Err(ConfigError::new("affinity.capacity", "0; expected at least 1 session"));
+    }
+    if a.key_prefix
+        .as_deref()
+        .is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace))
+    {
+        return Err(ConfigError::new(
+            "affinity.key_prefix",
+            "empty or with whitespace; expected a name such as \"my-gateway\"",
+        ));
+    }
+    let Some(url) = a.redis_url() else {
+        return Ok(match a.capacity {
+            Some(n) => affinity.store(MemoryAffinity::with_capacity(n)),
+            None => affinity,
+        });
+    };
+    if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
+        return Err(ConfigError::new(
+            "affinity.store",
+            "expected \"memory\" or a redis:// URL, such as \"redis://127.0.0.1:6379/0\"",
+        ));
+    }
+    #[cfg(feature = "redis")]
+    {
+        if !connect {
+            return Ok(affinity);
+        }
+        let mut store = crate::affinity::RedisAffinity::builder(url);
+        if let Some(p) = &a.key_prefix {
+            store = store.key_prefix(p.as_str());
+        }
+        if let Some(n) = a.capacity {
+            store = store.capacity(n);
+        }
+        let store = store
+            .build()
+            .map_err(|e| ConfigError::new("affinity.store", e.to_string()))?;
+        Ok(affinity.store(store))
+    }
+    #[cfg(not(feature = "redis"))]
+    {
+        let _ = (connect, affinity);
+        Err(ConfigError::new(
+            "affinity.store",
+            "a redis:// store needs llm-fallback's `redis` feature; expected \"memory\" without it",
+        ))
     }
 }
 

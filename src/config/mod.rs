@@ -609,6 +609,8 @@ impl HedgingConfig {
 /// key = "header:x-session-id" # or "user", "leading_messages:2"
 /// ttl = "5m"                  # default 5 min
 /// capacity = 100000           # sessions kept in memory (default 100,000)
+/// store = "memory"            # or "redis://127.0.0.1:6379/0" (feature `redis`)
+/// key_prefix = "llm-fallback" # the Redis keys' prefix
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -622,12 +624,30 @@ pub struct AffinityConfig {
     /// How long a pin lasts after the session's last served request.
     #[serde(default, with = "units::opt_duration", skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Duration>,
-    /// The most sessions kept.
+    /// The most sessions kept (in this process; with a Redis store, in
+    /// each replica's local table).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<usize>,
+    /// Where pins are kept: `"memory"` (the default) or a
+    /// `redis://host:port/db` URL shared by a fleet
+    /// ([`RedisAffinity`](crate::affinity), feature `redis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    /// Prefix of the Redis keys and channel (default `llm-fallback`):
+    /// replicas that share pins use the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
 }
 
 impl AffinityConfig {
+    /// The `store` value that keeps pins in memory.
+    pub const MEMORY: &'static str = "memory";
+
+    /// The Redis URL of `store`, if it names one.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.store.as_deref().filter(|s| *s != Self::MEMORY)
+    }
+
     /// The header `key = "header"` reads.
     pub const DEFAULT_HEADER: &'static str = "x-session-id";
     /// The leading messages `key = "leading_messages"` hashes.
