@@ -18,12 +18,7 @@ use tokio::time::Instant;
 
 /// Sets the report's headers and extension. `route` is the one that
 /// served: its prebuilt header values are used when they say the same.
-pub(super) fn finish<B>(
-    mut resp: Response<B>,
-    mut report: FallbackReport,
-    started: Instant,
-    hop: Option<&Hop>,
-) -> Response<B> {
+pub(super) fn finish<B>(resp: &mut Response<B>, mut report: FallbackReport, started: Instant, hop: Option<&Hop>) {
     report.elapsed = started.elapsed();
     let headers = resp.headers_mut();
     let model = hop.and_then(|r| Some((&*r.model, r.model_header.as_ref()?)));
@@ -39,7 +34,6 @@ pub(super) fn finish<B>(
     let sent = crate::report::digit(sent).map_or_else(|| HeaderValue::from(sent), HeaderValue::from_static);
     headers.insert(X_FALLBACK_ATTEMPTS, sent);
     resp.extensions_mut().insert(report);
-    resp
 }
 
 /// Sets `name` to `value`, or removes it when `value` is empty or not a
@@ -88,8 +82,9 @@ pub(super) fn reject<B>(
         param: bad.param,
         message: &bad.message,
     };
-    let resp = error_response(dialect, status, error, None);
-    finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
+    let mut resp = error_response(dialect, status, error, None);
+    finish(&mut resp, FallbackReport::rejected(Duration::ZERO), started, None);
+    resp
 }
 
 /// A bug of the crate met while building an attempt: a `500` in OpenAI
@@ -103,8 +98,9 @@ pub(super) fn internal_error<B>(dialect: Dialect, bad: &BadEdits, started: Insta
         param: None,
         message: &message,
     };
-    let resp = error_response(dialect, StatusCode::INTERNAL_SERVER_ERROR, error, None);
-    finish(resp, FallbackReport::rejected(Duration::ZERO), started, None)
+    let mut resp = error_response(dialect, StatusCode::INTERNAL_SERVER_ERROR, error, None);
+    finish(&mut resp, FallbackReport::rejected(Duration::ZERO), started, None);
+    resp
 }
 
 pub(super) fn too_large<B>(dialect: Dialect, limit: usize, started: Instant) -> Response<ResponseBody<B>> {
@@ -213,7 +209,8 @@ pub(super) fn exhausted<B>(
             .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
     }
     let report = exhausted.report().clone();
-    finish(resp, report, started, None)
+    finish(&mut resp, report, started, None);
+    resp
 }
 
 /// The response of the attempt that answered (served, or stopped on), with
@@ -248,7 +245,8 @@ where
             (ResponseBody::stream(body), Some(handle))
         }
     };
-    let mut resp = finish(Response::from_parts(parts, body), report, started, Some(hop));
+    let mut resp = Response::from_parts(parts, body);
+    finish(&mut resp, report, started, Some(hop));
     if let Some(handle) = handle {
         resp.extensions_mut().insert(handle);
     }

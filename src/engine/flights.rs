@@ -46,35 +46,46 @@ pub(super) struct Answer<RB> {
 /// error (`None`: it ran out of time).
 pub(super) type Landing<S, RB> = (S, Option<Result<Answer<RB>, BoxError>>);
 
-/// One attempt in flight.
-pub(super) struct Flight<'r, F> {
-    /// The route's index in its chain, and the chain.
-    pub(super) i: usize,
-    pub(super) chain: &'r Arc<str>,
-    /// Its position among every route the request could go through
-    /// (counting the chains it left).
-    pub(super) position: usize,
-    pub(super) hop: &'r Hop,
-    pub(super) attempt: Attempt,
-    pub(super) span: tracing::Span,
-    pub(super) started: Instant,
-    pub(super) by_deadline: bool,
-    /// Started beside another attempt.
-    pub(super) hedge: bool,
-    /// This attempt is its route's half-open probe.
-    pub(super) probe: Option<ProbeGuard>,
-    /// Set once the attempt has committed (a non-streaming response head,
-    /// or a stream's first content), which rules out hedging it.
-    pub(super) head: Arc<std::sync::atomic::AtomicBool>,
-    /// Boxed before it is wrapped in its span, so the large attempt future
-    /// is moved once, into its box.
-    pub(super) fut: F,
-    /// Counts the attempt against its deployment's latency, when its
-    /// route balances deployments by latency.
-    pub(super) load: Option<crate::deployment::InFlight>,
+pin_project_lite::pin_project! {
+    /// One attempt in flight: what the engine knows of it and its future,
+    /// built once in one box ([`Flying`]) so neither is moved again (the
+    /// future is ~2.4 KB) and what carries it between the engine's parts is
+    /// a pointer.
+    pub(super) struct Flight<'r, F> {
+        // The route's index in its chain, and the chain.
+        pub(super) i: usize,
+        pub(super) chain: &'r Arc<str>,
+        // Its position among every route the request could go through
+        // (counting the chains it left).
+        pub(super) position: usize,
+        pub(super) hop: &'r Hop,
+        pub(super) attempt: Attempt,
+        pub(super) span: tracing::Span,
+        pub(super) started: Instant,
+        pub(super) by_deadline: bool,
+        // Started beside another attempt.
+        pub(super) hedge: bool,
+        // This attempt is its route's half-open probe.
+        pub(super) probe: Option<ProbeGuard>,
+        // Set once the attempt has committed (a non-streaming response head,
+        // or a stream's first content), which rules out hedging it.
+        pub(super) head: Arc<std::sync::atomic::AtomicBool>,
+        // Counts the attempt against its deployment's latency, when its
+        // route balances deployments by latency.
+        pub(super) load: Option<crate::deployment::InFlight>,
+        // The span each poll of `fut` enters: `span`, or none when nobody
+        // listens ([`quiet`](super::trip::quiet)).
+        pub(super) poll_span: tracing::Span,
+        // The attempt's future ([`fly`]).
+        #[pin]
+        pub(super) fut: F,
+    }
 }
 
-impl<F> Flight<'_, F> {
+/// A [`Flight`] in its box.
+pub(super) type Flying<'r, F> = Pin<Box<Flight<'r, F>>>;
+
+impl<'r, F> Flight<'r, F> {
     /// Records how the attempt ended on its span. Recording into a span
     /// nobody listens to still costs a call per field (and a `log` check
     /// when tracing's `log` feature is on), so a disabled one is skipped.
@@ -94,13 +105,13 @@ impl<F> Flight<'_, F> {
     }
 
     /// The record of an attempt dropped because another one won.
-    pub(super) fn cancelled(self) -> AttemptRecord {
-        let mut record = AttemptRecord::new(self.chain, self.i, self.hop, Outcome::Cancelled);
-        record.hedged = self.hedge;
-        record.elapsed = self.started.elapsed();
-        crate::metrics::attempt(self.hop, Outcome::Cancelled, record.elapsed);
-        // Dropping `self` drops the attempt's future (closing its connection)
-        // and releases a probe it held.
+    pub(super) fn cancelled(flight: Flying<'r, F>) -> AttemptRecord {
+        let mut record = AttemptRecord::new(flight.chain, flight.i, flight.hop, Outcome::Cancelled);
+        record.hedged = flight.hedge;
+        record.elapsed = flight.started.elapsed();
+        crate::metrics::attempt(flight.hop, Outcome::Cancelled, record.elapsed);
+        // Dropping the flight drops the attempt's future (closing its
+        // connection) and releases a probe it held.
         record
     }
 
@@ -305,44 +316,66 @@ where
 /// The engine's loop awaits [`Flights::land`] and nothing else, so this is
 /// the only place the attempts' futures are polled.
 pub(super) struct Flights<'r, F> {
-    list: Vec<Flight<'r, F>>,
+    /// The attempts in launch order, as a list would hold them: the first
+    /// inline (a request has one in the air but when it hedges, so it
+    /// allocates no list), the others after it. `more` is empty whenever
+    /// `first` is.
+    first: Option<Flying<'r, F>>,
+    more: Vec<Flying<'r, F>>,
     /// When it fires with no attempt committed, the next route starts beside
     /// the ones in the air.
     hedge_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What [`Flights::land`] brought.
-// Matched as soon as it is returned, never stored: boxing the flight would
-// cost an allocation per attempt for nothing.
+// Matched as soon as it is returned, never stored.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Landed<'r, F, O> {
     /// An attempt finished (answered, failed or timed out).
-    Attempt(Flight<'r, F>, O),
+    Attempt(Flying<'r, F>, O),
     /// The hedge timer fired first.
     HedgeTimer,
 }
 
 impl<'r, F, O> Flights<'r, F>
 where
-    F: Future<Output = O> + Unpin,
+    F: Future<Output = O>,
 {
     pub(super) fn new() -> Self {
         Flights {
-            list: Vec::new(),
+            first: None,
+            more: Vec::new(),
             hedge_timer: None,
         }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.first.is_none()
     }
 
     pub(super) fn len(&self) -> usize {
-        self.list.len()
+        usize::from(self.first.is_some()) + self.more.len()
     }
 
-    pub(super) fn push(&mut self, flight: Flight<'r, F>) {
-        self.list.push(flight);
+    pub(super) fn push(&mut self, flight: Flying<'r, F>) {
+        match self.first {
+            None => self.first = Some(flight),
+            Some(_) => self.more.push(flight),
+        }
+    }
+
+    /// Takes the `k`th attempt out as `Vec::swap_remove` would: the last
+    /// one takes its place.
+    fn swap_remove(&mut self, k: usize) -> Option<Flying<'r, F>> {
+        match k.checked_sub(1) {
+            None => {
+                let taken = self.first.take();
+                self.first = self.more.pop();
+                taken
+            }
+            Some(j) if j < self.more.len() => Some(self.more.swap_remove(j)),
+            Some(_) => None,
+        }
     }
 
     /// The hedge timer fired and no attempt in the air has committed (a
@@ -355,8 +388,9 @@ where
             return false;
         }
         let committed = self
-            .list
+            .first
             .iter()
+            .chain(&self.more)
             .any(|f| f.head.load(std::sync::atomic::Ordering::Acquire));
         if committed {
             self.hedge_timer = None;
@@ -389,29 +423,37 @@ where
     /// it, so it never waits then: the engine only lands what it launched,
     /// and an empty set answers `HedgeTimer` at once instead of hanging.
     pub(super) async fn land(&mut self) -> Landed<'r, F, O> {
-        let (list, timer) = (&mut self.list, &mut self.hedge_timer);
-        std::future::poll_fn(|cx| {
-            for (k, f) in list.iter_mut().enumerate() {
-                if let std::task::Poll::Ready(out) = Pin::new(&mut f.fut).poll(cx) {
+        let (first, more, timer) = (&mut self.first, &mut self.more, &mut self.hedge_timer);
+        let landed = std::future::poll_fn(|cx| {
+            for (k, f) in first.iter_mut().chain(more.iter_mut()).enumerate() {
+                let f = f.as_mut().project();
+                let _in_span = f.poll_span.enter();
+                if let std::task::Poll::Ready(out) = f.fut.poll(cx) {
                     return std::task::Poll::Ready(Some((k, out)));
                 }
             }
             match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
                 Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(None),
-                None if list.is_empty() => std::task::Poll::Ready(None),
+                None if first.is_none() => std::task::Poll::Ready(None),
                 _ => std::task::Poll::Pending,
             }
         })
-        .await
-        .map_or(Landed::HedgeTimer, |(k, out)| {
-            Landed::Attempt(self.list.swap_remove(k), out)
-        })
+        .await;
+        match landed.and_then(|(k, out)| Some((self.swap_remove(k)?, out))) {
+            Some((flight, out)) => Landed::Attempt(flight, out),
+            // Cannot happen with an attempt landed: the one polled is there.
+            None => Landed::HedgeTimer,
+        }
     }
 
     /// Drops every attempt still in the air (closing their connections,
     /// releasing their probes), with their records.
     pub(super) fn cancel_all(&mut self) -> impl Iterator<Item = AttemptRecord> + '_ {
         self.hedge_timer = None;
-        self.list.drain(..).map(Flight::cancelled)
+        self.first
+            .take()
+            .into_iter()
+            .chain(self.more.drain(..))
+            .map(Flight::cancelled)
     }
 }

@@ -208,10 +208,9 @@ where
                 }
             }
             // Wait for the first attempt to finish, or for the hedge timer.
-            let (flight, landed) = match flights.land().await {
-                Landed::Attempt(flight, out) => (flight, out),
+            let Landed::Attempt(flight, landed) = flights.land().await else {
                 // The hedge timer fired: launch beside the one in flight.
-                Landed::HedgeTimer => continue,
+                continue;
             };
             match trip.settle(flight, landed, &mut flights) {
                 Settled::Won(winner) => return trip.serve(winner),

@@ -95,26 +95,26 @@ impl Verdict {
 pub(super) fn judge<P: Policy, F, RB>(
     policy: &P,
     flight: &Flight<'_, F>,
-    result: Option<Result<Answer<RB>, BoxError>>,
-) -> (Verdict, Option<Answer<RB>>, AttemptRecord) {
+    result: &Option<Result<Answer<RB>, BoxError>>,
+) -> (Verdict, AttemptRecord) {
     let hop = flight.hop;
     let attempt = &flight.attempt;
     let mut record = AttemptRecord::new(flight.chain, flight.i, hop, Outcome::Timeout);
     record.hedged = flight.hedge;
     record.elapsed = flight.started.elapsed();
-    let (action, answer) = match result {
+    let (action, answered) = match result {
         None => {
             record.outcome = if flight.by_deadline {
                 Outcome::DeadlineExceeded
             } else {
                 Outcome::Timeout
             };
-            (policy.classify(attempt, &Observed::Timeout), None)
+            (policy.classify(attempt, &Observed::Timeout), false)
         }
         Some(Err(e)) => {
             record.outcome = Outcome::Transport;
-            record.transport = Some(error_chain(&*e));
-            (policy.classify(attempt, &Observed::Error(&*e)), None)
+            record.transport = Some(error_chain(&**e));
+            (policy.classify(attempt, &Observed::Error(&**e)), false)
         }
         Some(Ok(answer)) => {
             let body = match &answer.body {
@@ -153,10 +153,10 @@ pub(super) fn judge<P: Policy, F, RB>(
                 Action::Fallback if answer.parts.status.is_success() => Outcome::ErrorInBody,
                 Action::Fallback => Outcome::HttpError,
             };
-            (action, Some(answer))
+            (action, true)
         }
     };
-    (Verdict::new(action, answer.is_some(), &record), answer, record)
+    (Verdict::new(action, answered, &record), record)
 }
 
 #[cfg(test)]
