@@ -21,14 +21,28 @@ use tokio::time::Instant;
 pub(super) fn finish<B>(resp: &mut Response<B>, mut report: FallbackReport, started: Instant, hop: Option<&Hop>) {
     report.elapsed = started.elapsed();
     let headers = resp.headers_mut();
+    // Which of ours the answer already has (an upstream may set them): one
+    // pass over its few names, so a header it lacks is not looked up (a
+    // hash of the name) only to be found absent.
+    let (mut has_model, mut has_label) = (false, false);
+    for name in headers.keys() {
+        has_model |= *name == X_FALLBACK_MODEL;
+        has_label |= *name == X_FALLBACK_LABEL;
+    }
     let model = hop.and_then(|r| Some((&*r.model, r.model_header.as_ref()?)));
-    set_header(headers, X_FALLBACK_MODEL, report.served_model(), model);
+    set_header(headers, X_FALLBACK_MODEL, report.served_model(), model, has_model);
     let label = hop.and_then(|r| Some((r.label.as_deref()?, r.label_header.as_ref()?)));
-    set_header(headers, X_FALLBACK_LABEL, report.served_label().unwrap_or(""), label);
+    set_header(
+        headers,
+        X_FALLBACK_LABEL,
+        report.served_label().unwrap_or(""),
+        label,
+        has_label,
+    );
     // Only routes with deployments say one; others leave the header as it was.
     if let Some(served) = report.served_deployment() {
         let prebuilt = hop.and_then(|r| Some((r.deployment.as_deref()?, r.deployment_header.as_ref()?)));
-        set_header(headers, X_FALLBACK_DEPLOYMENT, served, prebuilt);
+        set_header(headers, X_FALLBACK_DEPLOYMENT, served, prebuilt, true);
     }
     let sent = report.attempts.iter().filter(|a| a.outcome.was_sent()).count();
     let sent = crate::report::digit(sent).map_or_else(|| HeaderValue::from(sent), HeaderValue::from_static);
@@ -37,9 +51,15 @@ pub(super) fn finish<B>(resp: &mut Response<B>, mut report: FallbackReport, star
 }
 
 /// Sets `name` to `value`, or removes it when `value` is empty or not a
-/// header value. `prebuilt` is some text already made a header value, used
-/// when it is `value`.
-fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str, prebuilt: Option<(&str, &HeaderValue)>) {
+/// header value (`present`: the map may have it). `prebuilt` is some text
+/// already made a header value, used when it is `value`.
+fn set_header(
+    headers: &mut HeaderMap,
+    name: HeaderName,
+    value: &str,
+    prebuilt: Option<(&str, &HeaderValue)>,
+    present: bool,
+) {
     let v = match prebuilt {
         Some((text, v)) if text == value => Some(v.clone()),
         _ => crate::hop::header_value(value),
@@ -48,9 +68,10 @@ fn set_header(headers: &mut HeaderMap, name: HeaderName, value: &str, prebuilt: 
         Some(v) => {
             headers.insert(name, v);
         }
-        None => {
+        None if present => {
             headers.remove(name);
         }
+        None => {}
     }
 }
 
@@ -231,7 +252,9 @@ where
     report.served_model = Some(facts.model.unwrap_or_else(|| hop.model.to_string()));
     report.provider = facts.provider;
     report.usage = facts.usage;
-    span.record("gen_ai.response.model", report.served_model());
+    if !span.is_disabled() {
+        span.record("gen_ai.response.model", report.served_model());
+    }
     let mut parts = answer.parts;
     let (body, handle) = match answer.body {
         Looked::Full(b) => (ResponseBody::full(b), None),

@@ -43,15 +43,20 @@ pub(super) struct Answer<RB> {
 }
 
 /// What a flight brings back: the service, and the attempt's answer or
-/// error (`None`: it ran out of time).
-pub(super) type Landing<S, RB> = (S, Option<Result<Answer<RB>, BoxError>>);
+/// error (`None`: it ran out of time). It stays in the flight's box
+/// ([`Flight::landed`]) until the attempt is settled and, if it won, served.
+pub(super) struct Landing<S, RB> {
+    /// Taken for the next attempt when the flight is settled.
+    pub(super) svc: Option<S>,
+    pub(super) result: Option<Result<Answer<RB>, BoxError>>,
+}
 
 pin_project_lite::pin_project! {
     /// One attempt in flight: what the engine knows of it and its future,
     /// built once in one box ([`Flying`]) so neither is moved again (the
     /// future is ~2.4 KB) and what carries it between the engine's parts is
     /// a pointer.
-    pub(super) struct Flight<'r, F> {
+    pub(super) struct Flight<'r, F: Future> {
         // The route's index in its chain, and the chain.
         pub(super) i: usize,
         pub(super) chain: &'r Arc<str>,
@@ -79,13 +84,16 @@ pin_project_lite::pin_project! {
         // The attempt's future ([`fly`]).
         #[pin]
         pub(super) fut: F,
+        // What the future brought, once it has landed: written here by
+        // [`Flights::land`], read in place by the verdict and the answer.
+        pub(super) landed: Option<F::Output>,
     }
 }
 
 /// A [`Flight`] in its box.
 pub(super) type Flying<'r, F> = Pin<Box<Flight<'r, F>>>;
 
-impl<'r, F> Flight<'r, F> {
+impl<'r, F: Future> Flight<'r, F> {
     /// Records how the attempt ended on its span. Recording into a span
     /// nobody listens to still costs a call per field (and a `log` check
     /// when tracing's `log` feature is on), so a disabled one is skipped.
@@ -183,7 +191,10 @@ where
         Some(l) => tokio::time::timeout(l, call).await.ok(),
         None => Some(call.await),
     };
-    (svc, out)
+    Landing {
+        svc: Some(svc),
+        result: out,
+    }
 }
 
 /// Sends one attempt and, unless it is an event stream, buffers its body so
@@ -315,7 +326,7 @@ where
 ///
 /// The engine's loop awaits [`Flights::land`] and nothing else, so this is
 /// the only place the attempts' futures are polled.
-pub(super) struct Flights<'r, F> {
+pub(super) struct Flights<'r, F: Future> {
     /// The attempts in launch order, as a list would hold them: the first
     /// inline (a request has one in the air but when it hedges, so it
     /// allocates no list), the others after it. `more` is empty whenever
@@ -330,17 +341,15 @@ pub(super) struct Flights<'r, F> {
 /// What [`Flights::land`] brought.
 // Matched as soon as it is returned, never stored.
 #[allow(clippy::large_enum_variant)]
-pub(super) enum Landed<'r, F, O> {
-    /// An attempt finished (answered, failed or timed out).
-    Attempt(Flying<'r, F>, O),
+pub(super) enum Landed<'r, F: Future> {
+    /// An attempt finished (answered, failed or timed out): what it brought
+    /// is in its [`Flight::landed`].
+    Attempt(Flying<'r, F>),
     /// The hedge timer fired first.
     HedgeTimer,
 }
 
-impl<'r, F, O> Flights<'r, F>
-where
-    F: Future<Output = O>,
-{
+impl<'r, F: Future> Flights<'r, F> {
     pub(super) fn new() -> Self {
         Flights {
             first: None,
@@ -422,14 +431,16 @@ where
     /// attempt in the air and no timer armed there would be nothing to wake
     /// it, so it never waits then: the engine only lands what it launched,
     /// and an empty set answers `HedgeTimer` at once instead of hanging.
-    pub(super) async fn land(&mut self) -> Landed<'r, F, O> {
+    pub(super) async fn land(&mut self) -> Landed<'r, F> {
         let (first, more, timer) = (&mut self.first, &mut self.more, &mut self.hedge_timer);
         let landed = std::future::poll_fn(|cx| {
             for (k, f) in first.iter_mut().chain(more.iter_mut()).enumerate() {
                 let f = f.as_mut().project();
-                let _in_span = f.poll_span.enter();
+                let in_span = f.poll_span.enter();
                 if let std::task::Poll::Ready(out) = f.fut.poll(cx) {
-                    return std::task::Poll::Ready(Some((k, out)));
+                    drop(in_span);
+                    *f.landed = Some(out);
+                    return std::task::Poll::Ready(Some(k));
                 }
             }
             match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
@@ -439,8 +450,8 @@ where
             }
         })
         .await;
-        match landed.and_then(|(k, out)| Some((self.swap_remove(k)?, out))) {
-            Some((flight, out)) => Landed::Attempt(flight, out),
+        match landed.and_then(|k| self.swap_remove(k)) {
+            Some(flight) => Landed::Attempt(flight),
             // Cannot happen with an attempt landed: the one polled is there.
             None => Landed::HedgeTimer,
         }

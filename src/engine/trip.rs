@@ -8,7 +8,7 @@
 
 use super::answer::{exhausted, served};
 use super::attempt::{attempt_body, attempt_request};
-use super::flights::{fly, Answer, Flight, Flights, Flying, Landing, ProbeGuard};
+use super::flights::{fly, Flight, Flights, Flying, Landing, ProbeGuard};
 use super::plan::{Plan, Step};
 use super::prepare::Prepared;
 use super::verdict::{judge, Learned};
@@ -56,9 +56,7 @@ pub(super) struct Trip<'s, S, P> {
 }
 
 /// What [`Trip::board`] found to do.
-// Returned once per launch and consumed at once (see `Settled`).
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Board<'s, F> {
+pub(super) enum Board<'s, F: Future> {
     /// An attempt sent, and when the next route starts beside it if it has
     /// no answer by then.
     Flying(Flying<'s, F>, Option<Instant>),
@@ -73,23 +71,19 @@ pub(super) enum Board<'s, F> {
 }
 
 /// What [`Trip::settle`] decided.
-// Returned once per landing and consumed at once (see `Board`).
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Settled<'s, RB> {
+pub(super) enum Settled<'s, F: Future> {
     /// This attempt's answer is the caller's ([`Trip::serve`]).
-    Won(Winner<'s, RB>),
+    Won(Winner<'s, F>),
     /// The chain ends here (a stop without an answer).
     Ended,
     /// On to the next attempt (or the one still in flight).
     Onward,
 }
 
-/// The attempt whose answer the caller gets.
-pub(super) struct Winner<'s, RB> {
-    answer: Answer<RB>,
-    hop: &'s Hop,
-    span: tracing::Span,
-    position: usize,
+/// The attempt whose answer the caller gets: its flight, the answer still
+/// in it (so it is not moved on its way to the caller).
+pub(super) struct Winner<'s, F: Future> {
+    flight: Flying<'s, F>,
 }
 
 impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
@@ -146,7 +140,10 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 Some(_) => Some(&mut admit),
                 None => None,
             };
-            let launch = match self.plan.next(Instant::now(), in_air > 0, admit) {
+            // One reading of the clock per route considered (it is a call
+            // into the runtime's clock each time).
+            let now = Instant::now();
+            let launch = match self.plan.next(now, in_air > 0, admit) {
                 Step::Launch(launch) => launch,
                 Step::Skip { index, hop, reason } => {
                     skip(&mut self.report, self.plan.chain_name(), index, hop, reason);
@@ -165,7 +162,6 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 (Some(health), true) => Some(ProbeGuard::new(health.clone(), hop)),
                 _ => None,
             };
-            let now = Instant::now();
             let remaining = self.deadline.map(|d| d.saturating_duration_since(now));
             if remaining == Some(Duration::ZERO) {
                 if in_air > 0 {
@@ -278,6 +274,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                     self.dialect,
                 ),
                 head,
+                landed: None,
             });
             return Board::Flying(flight, hedge_at);
         }
@@ -286,24 +283,25 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     /// Acts on an attempt that landed: its one verdict goes to health, the
     /// plan, metrics and the report; an acceptable answer (or a stop with
     /// one) is the caller's, and cancels the others in flight.
-    pub(super) fn settle<F, RB>(
-        &mut self,
-        mut flight: Flying<'s, F>,
-        (svc, result): Landing<S, RB>,
-        flights: &mut Flights<'s, F>,
-    ) -> Settled<'s, RB>
+    pub(super) fn settle<F, RB>(&mut self, mut flight: Flying<'s, F>, flights: &mut Flights<'s, F>) -> Settled<'s, F>
     where
-        F: Future,
+        F: Future<Output = Landing<S, RB>>,
         RB: Body<Data = Bytes> + Unpin,
         RB::Error: Into<BoxError>,
     {
         let shared = self.shared;
-        self.spare = Some((svc, true));
-        if let Some(load) = flight.as_mut().project().load.take() {
-            // Latency to the answer (a stream's first token), success or not.
-            load.land(Instant::now());
+        let landed = flight.as_mut().project();
+        if let Some(svc) = landed.landed.as_mut().and_then(|l| l.svc.take()) {
+            self.spare = Some((svc, true));
         }
-        let (verdict, record) = judge(&*shared.policy, &flight, &result);
+        // When the attempt landed, for its record, its deployment's latency
+        // and the time to commit.
+        let now = Instant::now();
+        if let Some(load) = landed.load.take() {
+            // Latency to the answer (a stream's first token), success or not.
+            load.land(now);
+        }
+        let (verdict, record) = judge(&*shared.policy, &flight, now);
         let action = verdict.action;
         let hop = flight.hop;
         flight.record_span(&record);
@@ -336,8 +334,15 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
         let hedge_won = flight.hedge && record.outcome == Outcome::Served;
         self.report.attempts.push(record);
 
-        match (action, result) {
-            (Action::Accept | Action::Stop, Some(Ok(answer))) => {
+        let answered = matches!(
+            flight.landed,
+            Some(Landing {
+                result: Some(Ok(_)),
+                ..
+            })
+        );
+        match (action, answered) {
+            (Action::Accept | Action::Stop, true) => {
                 // The first acceptable answer wins: the others are dropped
                 // (their connections released) and reported as cancelled.
                 self.report.attempts.extend(flights.cancel_all());
@@ -349,17 +354,12 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 } else {
                     Resolution::Stopped
                 };
-                crate::metrics::committed(hop, self.started.elapsed());
-                Settled::Won(Winner {
-                    answer,
-                    hop,
-                    span: flight.span.clone(),
-                    position: flight.position,
-                })
+                crate::metrics::committed(hop, now.saturating_duration_since(self.started));
+                Settled::Won(Winner { flight })
             }
             // Accepting a timeout or an error makes no sense; stopping on
             // one ends the chain with the exhaustion answer.
-            (Action::Stop, None) => {
+            (Action::Stop, false) => {
                 self.report.attempts.extend(flights.cancel_all());
                 let last_sent = self.report.attempts.iter().rev().find(|a| a.outcome.was_sent());
                 if last_sent.map(AttemptRecord::outcome) == Some(Outcome::DeadlineExceeded) {
@@ -379,20 +379,30 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     }
 
     /// The caller's answer from the attempt that won.
-    pub(super) fn serve<RB>(self, won: Winner<'s, RB>) -> Response<ResponseBody<RB>>
+    pub(super) fn serve<F, RB>(self, won: Winner<'s, F>) -> Response<ResponseBody<RB>>
     where
+        F: Future<Output = Landing<S, RB>>,
         RB: Body<Data = Bytes> + Unpin,
         RB::Error: Into<BoxError>,
     {
+        let mut flight = won.flight;
+        let answer = match flight.as_mut().project().landed.take() {
+            Some(Landing {
+                result: Some(Ok(answer)),
+                ..
+            }) => answer,
+            // Cannot happen: `settle` names a winner only with an answer.
+            _ => return self.exhausted(),
+        };
         let shared = self.shared;
         crate::metrics::request(
             &shared.request_metrics,
             self.report.resolution,
-            Some(won.position),
+            Some(flight.position),
             self.drill,
             self.dialect,
         );
-        served(won.answer, self.report, won.hop, &won.span, self.started)
+        served(answer, self.report, flight.hop, &flight.span, self.started)
     }
 
     /// The answer when no attempt served: every route is named.
