@@ -236,9 +236,11 @@ pub(super) fn exhausted<B>(
 
 /// The response of the attempt that answered (served, or stopped on), with
 /// the report: a buffered body as read, a larger one passed on, or a
-/// committed stream that ends with an error chunk if it breaks.
+/// committed stream that ends with an error chunk if it breaks. The answer
+/// is taken from where it lies (its flight's box) piece by piece, rather
+/// than moved whole (~0.4 KB) to get here.
 pub(super) fn served<RB>(
-    answer: Answer<RB>,
+    answer: &mut Answer<RB>,
     mut report: FallbackReport,
     hop: &Hop,
     span: &tracing::Span,
@@ -248,15 +250,15 @@ where
     RB: http_body::Body<Data = Bytes> + Unpin,
     RB::Error: Into<crate::BoxError>,
 {
-    let facts = answer.facts;
-    report.served_model = Some(facts.model.unwrap_or_else(|| hop.model.to_string()));
-    report.provider = facts.provider;
-    report.usage = facts.usage;
+    let facts = &mut answer.facts;
+    report.served_model = Some(facts.model.take().unwrap_or_else(|| hop.model.to_string()));
+    report.provider = facts.provider.take();
+    report.usage = facts.usage.take();
     if !span.is_disabled() {
         span.record("gen_ai.response.model", report.served_model());
     }
-    let mut parts = answer.parts;
-    let (body, handle) = match answer.body {
+    let mut parts = std::mem::replace(&mut answer.parts, Response::new(()).into_parts().0);
+    let (body, handle) = match std::mem::replace(&mut answer.body, Looked::Full(Bytes::new())) {
         Looked::Full(b) => (ResponseBody::full(b), None),
         Looked::Overflow(head, rb) => (ResponseBody::inner(Some(head), rb), None),
         Looked::Committed(held, rb, tracker) => {

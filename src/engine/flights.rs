@@ -73,8 +73,9 @@ pin_project_lite::pin_project! {
         // This attempt is its route's half-open probe.
         pub(super) probe: Option<ProbeGuard>,
         // Set once the attempt has committed (a non-streaming response head,
-        // or a stream's first content), which rules out hedging it.
-        pub(super) head: Arc<std::sync::atomic::AtomicBool>,
+        // or a stream's first content), which rules out hedging it. Only
+        // with hedging on: nothing else reads it.
+        pub(super) head: Option<Arc<std::sync::atomic::AtomicBool>>,
         // Counts the attempt against its deployment's latency, when its
         // route balances deployments by latency.
         pub(super) load: Option<crate::deployment::InFlight>,
@@ -177,7 +178,7 @@ pub(super) async fn fly<S, RB>(
     request: Request<ReplayBody>,
     max_response_bytes: usize,
     limit: Option<Duration>,
-    head: Arc<std::sync::atomic::AtomicBool>,
+    head: Option<Arc<std::sync::atomic::AtomicBool>>,
     dialect: Dialect,
 ) -> Landing<S, RB>
 where
@@ -186,7 +187,14 @@ where
     RB: Body<Data = Bytes> + Unpin,
     RB::Error: Into<BoxError>,
 {
-    let call = send(&mut svc, poll_ready, request, max_response_bytes, &head, dialect);
+    let call = send(
+        &mut svc,
+        poll_ready,
+        request,
+        max_response_bytes,
+        head.as_deref(),
+        dialect,
+    );
     let out = match limit {
         Some(l) => tokio::time::timeout(l, call).await.ok(),
         None => Some(call.await),
@@ -204,7 +212,7 @@ async fn send<S, RB>(
     poll_ready: bool,
     request: Request<ReplayBody>,
     max_response_bytes: usize,
-    head: &std::sync::atomic::AtomicBool,
+    head: Option<&std::sync::atomic::AtomicBool>,
     dialect: Dialect,
 ) -> Result<Answer<RB>, BoxError>
 where
@@ -224,7 +232,9 @@ where
         // A stream commits at its first content, not at its head.
         return until_first_token(parts, rb, max_response_bytes, dialect).await;
     }
-    head.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(head) = head {
+        head.store(true, std::sync::atomic::Ordering::Release);
+    }
     match collect_bounded(&mut rb, max_response_bytes).await {
         Ok(bytes) => {
             let facts = dialect.inspect(&bytes);
@@ -396,11 +406,11 @@ impl<'r, F: Future> Flights<'r, F> {
         if !fired {
             return false;
         }
-        let committed = self
-            .first
-            .iter()
-            .chain(&self.more)
-            .any(|f| f.head.load(std::sync::atomic::Ordering::Acquire));
+        let committed = self.first.iter().chain(&self.more).any(|f| {
+            f.head
+                .as_ref()
+                .is_some_and(|h| h.load(std::sync::atomic::Ordering::Acquire))
+        });
         if committed {
             self.hedge_timer = None;
         }

@@ -248,7 +248,8 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                     .filter(|at| self.deadline.is_none_or(|d| *at < d)),
                 _ => None,
             };
-            let head = Arc::new(AtomicBool::new(false));
+            // Read only to decide on a hedge: no allocation without hedging.
+            let head = shared.hedge_budget.as_ref().map(|_| Arc::new(AtomicBool::new(false)));
             let load = hop.route.unit.as_ref().and_then(|u| u.group.track(u.member, now));
             // Built in its box, where it stays until it lands.
             let flight = Box::pin(Flight {
@@ -386,23 +387,25 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
         RB::Error: Into<BoxError>,
     {
         let mut flight = won.flight;
-        let answer = match flight.as_mut().project().landed.take() {
-            Some(Landing {
-                result: Some(Ok(answer)),
-                ..
-            }) => answer,
+        let f = flight.as_mut().project();
+        let (hop, position, span) = (*f.hop, *f.position, &*f.span);
+        let Some(Landing {
+            result: Some(Ok(answer)),
+            ..
+        }) = f.landed
+        else {
             // Cannot happen: `settle` names a winner only with an answer.
-            _ => return self.exhausted(),
+            return self.exhausted();
         };
         let shared = self.shared;
         crate::metrics::request(
             &shared.request_metrics,
             self.report.resolution,
-            Some(flight.position),
+            Some(position),
             self.drill,
             self.dialect,
         );
-        served(answer, self.report, flight.hop, &flight.span, self.started)
+        served(answer, self.report, hop, span, self.started)
     }
 
     /// The answer when no attempt served: every route is named.
