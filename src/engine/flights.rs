@@ -478,3 +478,99 @@ impl<'r, F: Future> Flights<'r, F> {
             .map(Flight::cancelled)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Route;
+
+    fn flight<'r>(chain: &'r Arc<str>, hop: &'r Hop, i: usize) -> Flying<'r, std::future::Ready<usize>> {
+        Box::pin(Flight {
+            i,
+            chain,
+            position: i,
+            hop,
+            attempt: Attempt {
+                chain: chain.clone(),
+                index: i,
+                model: hop.model.clone(),
+                label: None,
+                timeout: None,
+                deployment: None,
+                key: None,
+            },
+            span: tracing::Span::none(),
+            started: Instant::now(),
+            by_deadline: false,
+            hedge: i > 0,
+            probe: None,
+            head: None,
+            load: None,
+            poll_span: tracing::Span::none(),
+            fut: std::future::ready(i),
+            landed: None,
+        })
+    }
+
+    /// The first flight held inline and the others in a list behave as one
+    /// list would: `swap_remove` moves the last into the gap, in every order
+    /// of removal and with flights pushed in between.
+    #[test]
+    fn the_inline_first_flight_keeps_the_order_of_a_list() {
+        let chain: Arc<str> = Arc::from("default");
+        let hop = Hop::new(Route::new("m"));
+        for removals in [[0, 0, 0], [1, 0, 0], [2, 1, 0], [0, 1, 0], [1, 1, 0], [2, 0, 0]] {
+            let mut flights = Flights::new();
+            let mut list: Vec<usize> = Vec::new();
+            let mut next = 0;
+            for k in removals {
+                // Fill up to three, as hedges would, then land the `k`th.
+                while list.len() < 3 {
+                    flights.push(flight(&chain, &hop, next));
+                    list.push(next);
+                    next += 1;
+                }
+                assert_eq!(flights.len(), list.len());
+                let k = k.min(list.len() - 1);
+                let taken = flights.swap_remove(k).map(|f| f.i);
+                assert_eq!(taken, Some(list.swap_remove(k)), "{removals:?}");
+                assert_eq!(ids_of(&flights), list, "{removals:?}");
+            }
+            while !list.is_empty() {
+                assert_eq!(flights.swap_remove(0).map(|f| f.i), Some(list.swap_remove(0)));
+                assert_eq!(ids_of(&flights), list);
+            }
+            assert!(flights.is_empty());
+            assert_eq!(flights.len(), 0);
+            assert!(flights.swap_remove(0).is_none() && flights.swap_remove(1).is_none());
+        }
+    }
+
+    /// An attempt's answer is left in its flight's box, where the verdict and
+    /// the caller's answer read it.
+    #[tokio::test]
+    async fn a_landed_flight_holds_what_its_future_brought() {
+        let chain: Arc<str> = Arc::from("default");
+        let hop = Hop::new(Route::new("m"));
+        let mut flights = Flights::new();
+        flights.push(flight(&chain, &hop, 0));
+        flights.push(flight(&chain, &hop, 1));
+        let Landed::Attempt(first) = flights.land().await else {
+            panic!("the first flight is ready")
+        };
+        assert_eq!((first.i, first.landed), (0, Some(0)));
+        // The one left took the first place.
+        assert_eq!(ids_of(&flights), vec![1]);
+        let Landed::Attempt(second) = flights.land().await else {
+            panic!("the second flight is ready")
+        };
+        assert_eq!((second.i, second.landed), (1, Some(1)));
+        assert!(flights.is_empty());
+        // Nothing in the air and no timer: `land` answers at once.
+        assert!(matches!(flights.land().await, Landed::HedgeTimer));
+    }
+
+    fn ids_of(f: &Flights<'_, std::future::Ready<usize>>) -> Vec<usize> {
+        f.first.iter().chain(&f.more).map(|f| f.i).collect()
+    }
+}
