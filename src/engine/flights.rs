@@ -43,38 +43,58 @@ pub(super) struct Answer<RB> {
 }
 
 /// What a flight brings back: the service, and the attempt's answer or
-/// error (`None`: it ran out of time).
-pub(super) type Landing<S, RB> = (S, Option<Result<Answer<RB>, BoxError>>);
-
-/// One attempt in flight.
-pub(super) struct Flight<'r, F> {
-    /// The route's index in its chain, and the chain.
-    pub(super) i: usize,
-    pub(super) chain: &'r Arc<str>,
-    /// Its position among every route the request could go through
-    /// (counting the chains it left).
-    pub(super) position: usize,
-    pub(super) hop: &'r Hop,
-    pub(super) attempt: Attempt,
-    pub(super) span: tracing::Span,
-    pub(super) started: Instant,
-    pub(super) by_deadline: bool,
-    /// Started beside another attempt.
-    pub(super) hedge: bool,
-    /// This attempt is its route's half-open probe.
-    pub(super) probe: Option<ProbeGuard>,
-    /// Set once the attempt has committed (a non-streaming response head,
-    /// or a stream's first content), which rules out hedging it.
-    pub(super) head: Arc<std::sync::atomic::AtomicBool>,
-    /// Boxed before it is wrapped in its span, so the large attempt future
-    /// is moved once, into its box.
-    pub(super) fut: F,
-    /// Counts the attempt against its deployment's latency, when its
-    /// route balances deployments by latency.
-    pub(super) load: Option<crate::deployment::InFlight>,
+/// error (`None`: it ran out of time). It stays in the flight's box
+/// ([`Flight::landed`]) until the attempt is settled and, if it won, served.
+pub(super) struct Landing<S, RB> {
+    /// Taken for the next attempt when the flight is settled.
+    pub(super) svc: Option<S>,
+    pub(super) result: Option<Result<Answer<RB>, BoxError>>,
 }
 
-impl<F> Flight<'_, F> {
+pin_project_lite::pin_project! {
+    /// One attempt in flight: what the engine knows of it and its future,
+    /// built once in one box ([`Flying`]) so neither is moved again (the
+    /// future is ~2.4 KB) and what carries it between the engine's parts is
+    /// a pointer.
+    pub(super) struct Flight<'r, F: Future> {
+        // The route's index in its chain, and the chain.
+        pub(super) i: usize,
+        pub(super) chain: &'r Arc<str>,
+        // Its position among every route the request could go through
+        // (counting the chains it left).
+        pub(super) position: usize,
+        pub(super) hop: &'r Hop,
+        pub(super) attempt: Attempt,
+        pub(super) span: tracing::Span,
+        pub(super) started: Instant,
+        pub(super) by_deadline: bool,
+        // Started beside another attempt.
+        pub(super) hedge: bool,
+        // This attempt is its route's half-open probe.
+        pub(super) probe: Option<ProbeGuard>,
+        // Set once the attempt has committed (a non-streaming response head,
+        // or a stream's first content), which rules out hedging it. Only
+        // with hedging on: nothing else reads it.
+        pub(super) head: Option<Arc<std::sync::atomic::AtomicBool>>,
+        // Counts the attempt against its deployment's latency, when its
+        // route balances deployments by latency.
+        pub(super) load: Option<crate::deployment::InFlight>,
+        // The span each poll of `fut` enters: `span`, or none when nobody
+        // listens ([`quiet`](super::trip::quiet)).
+        pub(super) poll_span: tracing::Span,
+        // The attempt's future ([`fly`]).
+        #[pin]
+        pub(super) fut: F,
+        // What the future brought, once it has landed: written here by
+        // [`Flights::land`], read in place by the verdict and the answer.
+        pub(super) landed: Option<F::Output>,
+    }
+}
+
+/// A [`Flight`] in its box.
+pub(super) type Flying<'r, F> = Pin<Box<Flight<'r, F>>>;
+
+impl<'r, F: Future> Flight<'r, F> {
     /// Records how the attempt ended on its span. Recording into a span
     /// nobody listens to still costs a call per field (and a `log` check
     /// when tracing's `log` feature is on), so a disabled one is skipped.
@@ -94,13 +114,13 @@ impl<F> Flight<'_, F> {
     }
 
     /// The record of an attempt dropped because another one won.
-    pub(super) fn cancelled(self) -> AttemptRecord {
-        let mut record = AttemptRecord::new(self.chain, self.i, self.hop, Outcome::Cancelled);
-        record.hedged = self.hedge;
-        record.elapsed = self.started.elapsed();
-        crate::metrics::attempt(self.hop, Outcome::Cancelled, record.elapsed);
-        // Dropping `self` drops the attempt's future (closing its connection)
-        // and releases a probe it held.
+    pub(super) fn cancelled(flight: Flying<'r, F>) -> AttemptRecord {
+        let mut record = AttemptRecord::new(flight.chain, flight.i, flight.hop, Outcome::Cancelled);
+        record.hedged = flight.hedge;
+        record.elapsed = flight.started.elapsed();
+        crate::metrics::attempt(flight.hop, Outcome::Cancelled, record.elapsed);
+        // Dropping the flight drops the attempt's future (closing its
+        // connection) and releases a probe it held.
         record
     }
 
@@ -158,7 +178,7 @@ pub(super) async fn fly<S, RB>(
     request: Request<ReplayBody>,
     max_response_bytes: usize,
     limit: Option<Duration>,
-    head: Arc<std::sync::atomic::AtomicBool>,
+    head: Option<Arc<std::sync::atomic::AtomicBool>>,
     dialect: Dialect,
 ) -> Landing<S, RB>
 where
@@ -167,12 +187,22 @@ where
     RB: Body<Data = Bytes> + Unpin,
     RB::Error: Into<BoxError>,
 {
-    let call = send(&mut svc, poll_ready, request, max_response_bytes, &head, dialect);
+    let call = send(
+        &mut svc,
+        poll_ready,
+        request,
+        max_response_bytes,
+        head.as_deref(),
+        dialect,
+    );
     let out = match limit {
         Some(l) => tokio::time::timeout(l, call).await.ok(),
         None => Some(call.await),
     };
-    (svc, out)
+    Landing {
+        svc: Some(svc),
+        result: out,
+    }
 }
 
 /// Sends one attempt and, unless it is an event stream, buffers its body so
@@ -182,7 +212,7 @@ async fn send<S, RB>(
     poll_ready: bool,
     request: Request<ReplayBody>,
     max_response_bytes: usize,
-    head: &std::sync::atomic::AtomicBool,
+    head: Option<&std::sync::atomic::AtomicBool>,
     dialect: Dialect,
 ) -> Result<Answer<RB>, BoxError>
 where
@@ -202,7 +232,9 @@ where
         // A stream commits at its first content, not at its head.
         return until_first_token(parts, rb, max_response_bytes, dialect).await;
     }
-    head.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(head) = head {
+        head.store(true, std::sync::atomic::Ordering::Release);
+    }
     match collect_bounded(&mut rb, max_response_bytes).await {
         Ok(bytes) => {
             let facts = dialect.inspect(&bytes);
@@ -304,45 +336,65 @@ where
 ///
 /// The engine's loop awaits [`Flights::land`] and nothing else, so this is
 /// the only place the attempts' futures are polled.
-pub(super) struct Flights<'r, F> {
-    list: Vec<Flight<'r, F>>,
+pub(super) struct Flights<'r, F: Future> {
+    /// The attempts in launch order, as a list would hold them: the first
+    /// inline (a request has one in the air but when it hedges, so it
+    /// allocates no list), the others after it. `more` is empty whenever
+    /// `first` is.
+    first: Option<Flying<'r, F>>,
+    more: Vec<Flying<'r, F>>,
     /// When it fires with no attempt committed, the next route starts beside
     /// the ones in the air.
     hedge_timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// What [`Flights::land`] brought.
-// Matched as soon as it is returned, never stored: boxing the flight would
-// cost an allocation per attempt for nothing.
+// Matched as soon as it is returned, never stored.
 #[allow(clippy::large_enum_variant)]
-pub(super) enum Landed<'r, F, O> {
-    /// An attempt finished (answered, failed or timed out).
-    Attempt(Flight<'r, F>, O),
+pub(super) enum Landed<'r, F: Future> {
+    /// An attempt finished (answered, failed or timed out): what it brought
+    /// is in its [`Flight::landed`].
+    Attempt(Flying<'r, F>),
     /// The hedge timer fired first.
     HedgeTimer,
 }
 
-impl<'r, F, O> Flights<'r, F>
-where
-    F: Future<Output = O> + Unpin,
-{
+impl<'r, F: Future> Flights<'r, F> {
     pub(super) fn new() -> Self {
         Flights {
-            list: Vec::new(),
+            first: None,
+            more: Vec::new(),
             hedge_timer: None,
         }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.first.is_none()
     }
 
     pub(super) fn len(&self) -> usize {
-        self.list.len()
+        usize::from(self.first.is_some()) + self.more.len()
     }
 
-    pub(super) fn push(&mut self, flight: Flight<'r, F>) {
-        self.list.push(flight);
+    pub(super) fn push(&mut self, flight: Flying<'r, F>) {
+        match self.first {
+            None => self.first = Some(flight),
+            Some(_) => self.more.push(flight),
+        }
+    }
+
+    /// Takes the `k`th attempt out as `Vec::swap_remove` would: the last
+    /// one takes its place.
+    fn swap_remove(&mut self, k: usize) -> Option<Flying<'r, F>> {
+        match k.checked_sub(1) {
+            None => {
+                let taken = self.first.take();
+                self.first = self.more.pop();
+                taken
+            }
+            Some(j) if j < self.more.len() => Some(self.more.swap_remove(j)),
+            Some(_) => None,
+        }
     }
 
     /// The hedge timer fired and no attempt in the air has committed (a
@@ -354,10 +406,11 @@ where
         if !fired {
             return false;
         }
-        let committed = self
-            .list
-            .iter()
-            .any(|f| f.head.load(std::sync::atomic::Ordering::Acquire));
+        let committed = self.first.iter().chain(&self.more).any(|f| {
+            f.head
+                .as_ref()
+                .is_some_and(|h| h.load(std::sync::atomic::Ordering::Acquire))
+        });
         if committed {
             self.hedge_timer = None;
         }
@@ -388,30 +441,136 @@ where
     /// attempt in the air and no timer armed there would be nothing to wake
     /// it, so it never waits then: the engine only lands what it launched,
     /// and an empty set answers `HedgeTimer` at once instead of hanging.
-    pub(super) async fn land(&mut self) -> Landed<'r, F, O> {
-        let (list, timer) = (&mut self.list, &mut self.hedge_timer);
-        std::future::poll_fn(|cx| {
-            for (k, f) in list.iter_mut().enumerate() {
-                if let std::task::Poll::Ready(out) = Pin::new(&mut f.fut).poll(cx) {
-                    return std::task::Poll::Ready(Some((k, out)));
+    pub(super) async fn land(&mut self) -> Landed<'r, F> {
+        let (first, more, timer) = (&mut self.first, &mut self.more, &mut self.hedge_timer);
+        let landed = std::future::poll_fn(|cx| {
+            for (k, f) in first.iter_mut().chain(more.iter_mut()).enumerate() {
+                let f = f.as_mut().project();
+                let in_span = f.poll_span.enter();
+                if let std::task::Poll::Ready(out) = f.fut.poll(cx) {
+                    drop(in_span);
+                    *f.landed = Some(out);
+                    return std::task::Poll::Ready(Some(k));
                 }
             }
             match timer.as_mut().map(|t| t.as_mut().poll(cx)) {
                 Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(None),
-                None if list.is_empty() => std::task::Poll::Ready(None),
+                None if first.is_none() => std::task::Poll::Ready(None),
                 _ => std::task::Poll::Pending,
             }
         })
-        .await
-        .map_or(Landed::HedgeTimer, |(k, out)| {
-            Landed::Attempt(self.list.swap_remove(k), out)
-        })
+        .await;
+        match landed.and_then(|k| self.swap_remove(k)) {
+            Some(flight) => Landed::Attempt(flight),
+            // Cannot happen with an attempt landed: the one polled is there.
+            None => Landed::HedgeTimer,
+        }
     }
 
     /// Drops every attempt still in the air (closing their connections,
     /// releasing their probes), with their records.
     pub(super) fn cancel_all(&mut self) -> impl Iterator<Item = AttemptRecord> + '_ {
         self.hedge_timer = None;
-        self.list.drain(..).map(Flight::cancelled)
+        self.first
+            .take()
+            .into_iter()
+            .chain(self.more.drain(..))
+            .map(Flight::cancelled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Route;
+
+    fn flight<'r>(chain: &'r Arc<str>, hop: &'r Hop, i: usize) -> Flying<'r, std::future::Ready<usize>> {
+        Box::pin(Flight {
+            i,
+            chain,
+            position: i,
+            hop,
+            attempt: Attempt {
+                chain: chain.clone(),
+                index: i,
+                model: hop.model.clone(),
+                label: None,
+                timeout: None,
+                deployment: None,
+                key: None,
+            },
+            span: tracing::Span::none(),
+            started: Instant::now(),
+            by_deadline: false,
+            hedge: i > 0,
+            probe: None,
+            head: None,
+            load: None,
+            poll_span: tracing::Span::none(),
+            fut: std::future::ready(i),
+            landed: None,
+        })
+    }
+
+    /// The first flight held inline and the others in a list behave as one
+    /// list would: `swap_remove` moves the last into the gap, in every order
+    /// of removal and with flights pushed in between.
+    #[test]
+    fn the_inline_first_flight_keeps_the_order_of_a_list() {
+        let chain: Arc<str> = Arc::from("default");
+        let hop = Hop::new(Route::new("m"));
+        for removals in [[0, 0, 0], [1, 0, 0], [2, 1, 0], [0, 1, 0], [1, 1, 0], [2, 0, 0]] {
+            let mut flights = Flights::new();
+            let mut list: Vec<usize> = Vec::new();
+            let mut next = 0;
+            for k in removals {
+                // Fill up to three, as hedges would, then land the `k`th.
+                while list.len() < 3 {
+                    flights.push(flight(&chain, &hop, next));
+                    list.push(next);
+                    next += 1;
+                }
+                assert_eq!(flights.len(), list.len());
+                let k = k.min(list.len() - 1);
+                let taken = flights.swap_remove(k).map(|f| f.i);
+                assert_eq!(taken, Some(list.swap_remove(k)), "{removals:?}");
+                assert_eq!(ids_of(&flights), list, "{removals:?}");
+            }
+            while !list.is_empty() {
+                assert_eq!(flights.swap_remove(0).map(|f| f.i), Some(list.swap_remove(0)));
+                assert_eq!(ids_of(&flights), list);
+            }
+            assert!(flights.is_empty());
+            assert_eq!(flights.len(), 0);
+            assert!(flights.swap_remove(0).is_none() && flights.swap_remove(1).is_none());
+        }
+    }
+
+    /// An attempt's answer is left in its flight's box, where the verdict and
+    /// the caller's answer read it.
+    #[tokio::test]
+    async fn a_landed_flight_holds_what_its_future_brought() {
+        let chain: Arc<str> = Arc::from("default");
+        let hop = Hop::new(Route::new("m"));
+        let mut flights = Flights::new();
+        flights.push(flight(&chain, &hop, 0));
+        flights.push(flight(&chain, &hop, 1));
+        let Landed::Attempt(first) = flights.land().await else {
+            panic!("the first flight is ready")
+        };
+        assert_eq!((first.i, first.landed), (0, Some(0)));
+        // The one left took the first place.
+        assert_eq!(ids_of(&flights), vec![1]);
+        let Landed::Attempt(second) = flights.land().await else {
+            panic!("the second flight is ready")
+        };
+        assert_eq!((second.i, second.landed), (1, Some(1)));
+        assert!(flights.is_empty());
+        // Nothing in the air and no timer: `land` answers at once.
+        assert!(matches!(flights.land().await, Landed::HedgeTimer));
+    }
+
+    fn ids_of(f: &Flights<'_, std::future::Ready<usize>>) -> Vec<usize> {
+        f.first.iter().chain(&f.more).map(|f| f.i).collect()
     }
 }

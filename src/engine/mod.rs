@@ -212,12 +212,11 @@ where
                 }
             }
             // Wait for the first attempt to finish, or for the hedge timer.
-            let (flight, landed) = match flights.land().await {
-                Landed::Attempt(flight, out) => (flight, out),
+            let Landed::Attempt(flight) = flights.land().await else {
                 // The hedge timer fired: launch beside the one in flight.
-                Landed::HedgeTimer => continue,
+                continue;
             };
-            match trip.settle(flight, landed, &mut flights) {
+            match trip.settle(flight, &mut flights) {
                 Settled::Won(winner) => return trip.serve(winner),
                 Settled::Ended => break,
                 Settled::Onward => {}
@@ -234,11 +233,12 @@ where
         work.as_mut().poll(cx)
     })
     .await;
-    if let Some(report) = resp
-        .extensions()
-        .get::<FallbackReport>()
-        .filter(|_| !span.is_disabled())
-    {
+    // The span is asked first: the lookup costs a hash of the type.
+    let recorded = match span.is_disabled() {
+        true => None,
+        false => resp.extensions().get::<FallbackReport>(),
+    };
+    if let Some(report) = recorded {
         span.record("fallback.attempts", report.attempts.len());
         span.record("fallback.resolution", report.resolution.as_str());
         if !report.served_model().is_empty() {

@@ -8,13 +8,14 @@
 //! status a policy falls back on counts as the route's failure.
 
 use super::attempt::error_chain;
-use super::flights::{Answer, Flight, Looked};
+use super::flights::{Flight, Landing, Looked};
 use crate::inspect::BodyFacts;
 use crate::native;
 use crate::policy::{is_content_block, Action, Observed, Policy, ResponseInfo};
 use crate::report::{AttemptRecord, Outcome, UpstreamError};
-use crate::BoxError;
+use std::future::Future;
 use std::time::Duration;
+use tokio::time::Instant;
 
 /// What one attempt means for the request and for its route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,30 +92,30 @@ impl Verdict {
 }
 
 /// What a finished attempt means (the policy's action and all that follows
-/// from it), and its record.
-pub(super) fn judge<P: Policy, F, RB>(
-    policy: &P,
-    flight: &Flight<'_, F>,
-    result: Option<Result<Answer<RB>, BoxError>>,
-) -> (Verdict, Option<Answer<RB>>, AttemptRecord) {
+/// from it), and its record; it landed at `now`.
+pub(super) fn judge<P: Policy, F, S, RB>(policy: &P, flight: &Flight<'_, F>, now: Instant) -> (Verdict, AttemptRecord)
+where
+    F: Future<Output = Landing<S, RB>>,
+{
+    let result = flight.landed.as_ref().and_then(|l| l.result.as_ref());
     let hop = flight.hop;
     let attempt = &flight.attempt;
     let mut record = AttemptRecord::new(flight.chain, flight.i, hop, Outcome::Timeout);
     record.hedged = flight.hedge;
-    record.elapsed = flight.started.elapsed();
-    let (action, answer) = match result {
+    record.elapsed = now.saturating_duration_since(flight.started);
+    let (action, answered) = match result {
         None => {
             record.outcome = if flight.by_deadline {
                 Outcome::DeadlineExceeded
             } else {
                 Outcome::Timeout
             };
-            (policy.classify(attempt, &Observed::Timeout), None)
+            (policy.classify(attempt, &Observed::Timeout), false)
         }
         Some(Err(e)) => {
             record.outcome = Outcome::Transport;
-            record.transport = Some(error_chain(&*e));
-            (policy.classify(attempt, &Observed::Error(&*e)), None)
+            record.transport = Some(error_chain(&**e));
+            (policy.classify(attempt, &Observed::Error(&**e)), false)
         }
         Some(Ok(answer)) => {
             let body = match &answer.body {
@@ -153,10 +154,10 @@ pub(super) fn judge<P: Policy, F, RB>(
                 Action::Fallback if answer.parts.status.is_success() => Outcome::ErrorInBody,
                 Action::Fallback => Outcome::HttpError,
             };
-            (action, Some(answer))
+            (action, true)
         }
     };
-    (Verdict::new(action, answer.is_some(), &record), answer, record)
+    (Verdict::new(action, answered, &record), record)
 }
 
 #[cfg(test)]
