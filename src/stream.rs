@@ -345,6 +345,17 @@ impl SseTracker {
             self.done = true;
             return self.commit();
         }
+        if self.committed && self.quiet_chunk(data) {
+            // After commit a chunk that names nothing the tracker keeps
+            // changes nothing (its content commits nothing more): it is not
+            // read.
+            return Signal::None;
+        }
+        self.read_chunk(data)
+    }
+
+    /// Reads a chat or legacy-completions chunk in full.
+    fn read_chunk(&mut self, data: &[u8]) -> Signal {
         let read = ChunkFacts::read(data, self.model.is_none(), self.provider.is_none());
         let chunk = match self.accept(data, read, "chunk before the first token", CHAT_TYPED) {
             Ok(c) => c,
@@ -385,6 +396,43 @@ impl SseTracker {
         } else {
             Signal::None
         }
+    }
+
+    /// After commit, a chat or legacy-completions chunk whose reading would
+    /// change nothing: every member it might hold that the tracker keeps
+    /// (`finish_reason`, `usage`, `error`, and `model` or `provider` while
+    /// none is known) is absent or `null`, found without reading the JSON.
+    /// Each name is looked for by its bytes and its closing quote (a key the
+    /// scanner reports has them, unless it has a `\u` escape, which sends
+    /// the chunk to the full read); a key is followed by `:`, so a match that
+    /// is not is no key, and one inside a string only makes the chunk read
+    /// in full.
+    fn quiet_chunk(&self, data: &[u8]) -> bool {
+        use memchr::memmem::Finder;
+        use std::sync::LazyLock;
+        static FINISH: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"finish_reason\""));
+        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"usage\""));
+        static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error\""));
+        static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"model\""));
+        static PROVIDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"provider\""));
+        let absent_or_null = |name: &Finder<'_>| {
+            name.find_iter(data).all(|at| {
+                let after = data
+                    .get(at + name.needle().len()..)
+                    .unwrap_or_default()
+                    .trim_ascii_start();
+                match after.strip_prefix(b":") {
+                    Some(value) => value.trim_ascii_start().starts_with(b"null"),
+                    None => true,
+                }
+            })
+        };
+        absent_or_null(&FINISH)
+            && absent_or_null(&USAGE)
+            && absent_or_null(&ERROR)
+            && (self.model.is_some() || absent_or_null(&MODEL))
+            && (self.provider.is_some() || absent_or_null(&PROVIDER))
+            && !crate::dialect::has_unicode_escape(data)
     }
 
     /// What a dialect's reader made of one event's `data` (`None`: not an
@@ -1082,6 +1130,25 @@ mod tests {
     }
 
     #[test]
+    fn after_commit_an_escaped_key_is_still_read() {
+        // The quick check after commit finds the members it looks for by
+        // their bytes; a key with a `\u` escape is read in full.
+        let mut t = SseTracker::default();
+        assert_eq!(t.feed(token("m", "a").as_bytes()), Signal::Commit);
+        t.feed(token("m", "b").as_bytes());
+        assert!(!t.complete());
+        t.feed(b"data: {\"choices\":[{\"delta\":{},\"finish\\u005freason\":\"stop\"}]}\n\n");
+        assert!(t.complete());
+        t.feed(b"data: {\"choices\":[],\"\\u0075sage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n");
+        assert_eq!(t.usage.as_ref().map(|u| u.total_tokens), Some(3));
+        // Spaced out, or after a `null` of the same name: still seen.
+        let mut t = SseTracker::default();
+        t.feed(token("m", "a").as_bytes());
+        t.feed(b"data: {\"choices\":[{\"finish_reason\":null},{\"finish_reason\" :\t\"length\"}]}\n\n");
+        assert_eq!(t.finish_reason.as_deref(), Some("length"));
+    }
+
+    #[test]
     fn an_event_without_its_blank_line_is_read_at_the_end() {
         let mut t = SseTracker::default();
         assert_eq!(t.feed(b"data: [DONE]"), Signal::None);
@@ -1454,7 +1521,61 @@ mod chunk_oracle {
             })
     }
 
+    /// `data` with, at random, a key written with a `\u` escape (the same
+    /// key once decoded).
+    fn escape_a_key(data: Vec<u8>, pick: u8) -> Vec<u8> {
+        let key: &[u8] = match pick % 4 {
+            0 => b"\"finish_reason\"",
+            1 => b"\"usage\"",
+            2 => b"\"model\"",
+            _ => return data,
+        };
+        match data.windows(key.len()).position(|w| w == key) {
+            // `"m\u006f…"`: the second byte of the name escaped.
+            Some(at) => [
+                &data[..at + 2],
+                b"\\u00",
+                format!("{:02x}", key[2]).as_bytes(),
+                &data[at + 3..],
+            ]
+            .concat(),
+            None => data,
+        }
+    }
+
     proptest! {
+        /// After commit a chunk the quick check passes over is one whose
+        /// full reading changes nothing the tracker keeps.
+        #[test]
+        fn a_committed_chunk_skipped_unread_is_one_that_changes_nothing(
+            value in chunk(),
+            pick in any::<u8>(),
+            known in any::<bool>(),
+            whole in any::<bool>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut data = escape_a_key(serde_json::to_vec(&value).unwrap(), pick);
+            if !whole {
+                let at = cut.index(data.len());
+                data.truncate(at);
+            }
+            let tracker = || {
+                let mut t = SseTracker::default();
+                t.force_commit();
+                if known {
+                    t.model = Some("m/0".into());
+                    t.provider = Some("P".into());
+                }
+                t
+            };
+            let (mut quick, mut full) = (tracker(), tracker());
+            let a = quick.event(&data);
+            let b = full.read_chunk(&data);
+            prop_assert_eq!(a, b);
+            let state = |t: &SseTracker| format!("{:?} {:?} {:?} {:?} {:?} {}", t.model, t.provider, t.finish_reason, t.usage, t.error, t.complete());
+            prop_assert_eq!(state(&quick), state(&full), "{}", String::from_utf8_lossy(&data));
+        }
+
         #[test]
         fn the_scanner_reads_a_chunk_as_serde_json_did(value in chunk(), cut in any::<prop::sample::Index>(), whole in any::<bool>()) {
             let mut data = serde_json::to_vec(&value).unwrap();
