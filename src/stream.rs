@@ -473,7 +473,9 @@ impl SseTracker {
 fn extend_bounded(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
     let need = buf.len().saturating_add(bytes.len());
     if need > buf.capacity() {
-        let target = buf.capacity().saturating_mul(2).min(cap).max(need);
+        // At least 1 KiB at once: most events fit, without a few
+        // reallocations while a new stream's first ones are read.
+        let target = buf.capacity().saturating_mul(2).max(1024).min(cap).max(need);
         buf.reserve_exact(target - buf.len());
     }
     buf.extend_from_slice(bytes);
@@ -765,12 +767,9 @@ struct Finisher {
 }
 
 impl Finisher {
-    fn finish(mut self, ending: Ending, tracker: &SseTracker) {
-        self.send(ending, tracker);
-    }
-
-    fn send(&mut self, ending: Ending, tracker: &SseTracker) {
-        let mut report = self.report.clone();
+    /// Sends the report (moved, not cloned: a finisher sends once).
+    fn finish(self, ending: Ending, tracker: &SseTracker) {
+        let mut report = self.report;
         report.usage = tracker.usage.clone().or(report.usage);
         report.elapsed = self.started.elapsed();
         // The attempt that answered (hedges it beat are recorded after it).
@@ -841,7 +840,7 @@ pin_project! {
     impl<B> PinnedDrop for CommittedStream<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(mut f) = this.finisher.take() {
+            if let Some(f) = this.finisher.take() {
                 // A client that stops reading at the proper end (`[DONE]`,
                 // `response.completed`), as async-openai does, got the whole
                 // answer: only the body's own end is left unread.
@@ -850,7 +849,7 @@ pin_project! {
                 } else {
                     Ending::Abandoned
                 };
-                f.send(ending, this.tracker);
+                f.finish(ending, this.tracker);
             }
         }
     }
