@@ -651,9 +651,10 @@ fn error_at(data: &[u8], span: Range<usize>) -> UpstreamError {
 /// The members a chat chunk's reader types ([`SseTracker::accept`]).
 const CHAT_TYPED: &str = "model, provider, usage, choices or a choice's finish_reason, delta, text";
 
-/// `data` is UTF-8 and one JSON value.
+/// `data` is UTF-8 and one JSON value, as serde_json takes it (a client's
+/// parser), checked without building anything ([`crate::json::valid`]).
 fn valid_json(data: &[u8]) -> bool {
-    std::str::from_utf8(data).is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+    crate::json::valid::valid(data)
 }
 
 /// Why an event before commit is refused: serde_json's message when it is
