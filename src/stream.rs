@@ -345,6 +345,17 @@ impl SseTracker {
             self.done = true;
             return self.commit();
         }
+        if self.committed && self.quiet_chunk(data) {
+            // After commit a chunk that names nothing the tracker keeps
+            // changes nothing (its content commits nothing more): it is not
+            // read.
+            return Signal::None;
+        }
+        self.read_chunk(data)
+    }
+
+    /// Reads a chat or legacy-completions chunk in full.
+    fn read_chunk(&mut self, data: &[u8]) -> Signal {
         let read = ChunkFacts::read(data, self.model.is_none(), self.provider.is_none());
         let chunk = match self.accept(data, read, "chunk before the first token", CHAT_TYPED) {
             Ok(c) => c,
@@ -387,6 +398,43 @@ impl SseTracker {
         }
     }
 
+    /// After commit, a chat or legacy-completions chunk whose reading would
+    /// change nothing: every member it might hold that the tracker keeps
+    /// (`finish_reason`, `usage`, `error`, and `model` or `provider` while
+    /// none is known) is absent or `null`, found without reading the JSON.
+    /// Each name is looked for by its bytes and its closing quote (a key the
+    /// scanner reports has them, unless it has a `\u` escape, which sends
+    /// the chunk to the full read); a key is followed by `:`, so a match that
+    /// is not is no key, and one inside a string only makes the chunk read
+    /// in full.
+    fn quiet_chunk(&self, data: &[u8]) -> bool {
+        use memchr::memmem::Finder;
+        use std::sync::LazyLock;
+        static FINISH: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"finish_reason\""));
+        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"usage\""));
+        static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error\""));
+        static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"model\""));
+        static PROVIDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"provider\""));
+        let absent_or_null = |name: &Finder<'_>| {
+            name.find_iter(data).all(|at| {
+                let after = data
+                    .get(at + name.needle().len()..)
+                    .unwrap_or_default()
+                    .trim_ascii_start();
+                match after.strip_prefix(b":") {
+                    Some(value) => value.trim_ascii_start().starts_with(b"null"),
+                    None => true,
+                }
+            })
+        };
+        absent_or_null(&FINISH)
+            && absent_or_null(&USAGE)
+            && absent_or_null(&ERROR)
+            && (self.model.is_some() || absent_or_null(&MODEL))
+            && (self.provider.is_some() || absent_or_null(&PROVIDER))
+            && !crate::dialect::has_unicode_escape(data)
+    }
+
     /// What a dialect's reader made of one event's `data` (`None`: not an
     /// object of its shape, a member read of the wrong type), as the
     /// tracker takes it. Before commit the event decides the attempt, so it
@@ -425,7 +473,9 @@ impl SseTracker {
 fn extend_bounded(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) {
     let need = buf.len().saturating_add(bytes.len());
     if need > buf.capacity() {
-        let target = buf.capacity().saturating_mul(2).min(cap).max(need);
+        // At least 1 KiB at once: most events fit, without a few
+        // reallocations while a new stream's first ones are read.
+        let target = buf.capacity().saturating_mul(2).max(1024).min(cap).max(need);
         buf.reserve_exact(target - buf.len());
     }
     buf.extend_from_slice(bytes);
@@ -601,9 +651,10 @@ fn error_at(data: &[u8], span: Range<usize>) -> UpstreamError {
 /// The members a chat chunk's reader types ([`SseTracker::accept`]).
 const CHAT_TYPED: &str = "model, provider, usage, choices or a choice's finish_reason, delta, text";
 
-/// `data` is UTF-8 and one JSON value.
+/// `data` is UTF-8 and one JSON value, as serde_json takes it (a client's
+/// parser), checked without building anything ([`crate::json::valid`]).
 fn valid_json(data: &[u8]) -> bool {
-    std::str::from_utf8(data).is_ok_and(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+    crate::json::valid::valid(data)
 }
 
 /// Why an event before commit is refused: serde_json's message when it is
@@ -717,12 +768,9 @@ struct Finisher {
 }
 
 impl Finisher {
-    fn finish(mut self, ending: Ending, tracker: &SseTracker) {
-        self.send(ending, tracker);
-    }
-
-    fn send(&mut self, ending: Ending, tracker: &SseTracker) {
-        let mut report = self.report.clone();
+    /// Sends the report (moved, not cloned: a finisher sends once).
+    fn finish(self, ending: Ending, tracker: &SseTracker) {
+        let mut report = self.report;
         report.usage = tracker.usage.clone().or(report.usage);
         report.elapsed = self.started.elapsed();
         // The attempt that answered (hedges it beat are recorded after it).
@@ -793,7 +841,7 @@ pin_project! {
     impl<B> PinnedDrop for CommittedStream<B> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if let Some(mut f) = this.finisher.take() {
+            if let Some(f) = this.finisher.take() {
                 // A client that stops reading at the proper end (`[DONE]`,
                 // `response.completed`), as async-openai does, got the whole
                 // answer: only the body's own end is left unread.
@@ -802,7 +850,7 @@ pin_project! {
                 } else {
                     Ending::Abandoned
                 };
-                f.send(ending, this.tracker);
+                f.finish(ending, this.tracker);
             }
         }
     }
@@ -1079,6 +1127,25 @@ mod tests {
             b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2,\"total_tokens\":5}}\n\n",
         );
         assert_eq!(t.usage.as_ref().map(|u| u.total_tokens), Some(5));
+    }
+
+    #[test]
+    fn after_commit_an_escaped_key_is_still_read() {
+        // The quick check after commit finds the members it looks for by
+        // their bytes; a key with a `\u` escape is read in full.
+        let mut t = SseTracker::default();
+        assert_eq!(t.feed(token("m", "a").as_bytes()), Signal::Commit);
+        t.feed(token("m", "b").as_bytes());
+        assert!(!t.complete());
+        t.feed(b"data: {\"choices\":[{\"delta\":{},\"finish\\u005freason\":\"stop\"}]}\n\n");
+        assert!(t.complete());
+        t.feed(b"data: {\"choices\":[],\"\\u0075sage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\n");
+        assert_eq!(t.usage.as_ref().map(|u| u.total_tokens), Some(3));
+        // Spaced out, or after a `null` of the same name: still seen.
+        let mut t = SseTracker::default();
+        t.feed(token("m", "a").as_bytes());
+        t.feed(b"data: {\"choices\":[{\"finish_reason\":null},{\"finish_reason\" :\t\"length\"}]}\n\n");
+        assert_eq!(t.finish_reason.as_deref(), Some("length"));
     }
 
     #[test]
@@ -1454,7 +1521,61 @@ mod chunk_oracle {
             })
     }
 
+    /// `data` with, at random, a key written with a `\u` escape (the same
+    /// key once decoded).
+    fn escape_a_key(data: Vec<u8>, pick: u8) -> Vec<u8> {
+        let key: &[u8] = match pick % 4 {
+            0 => b"\"finish_reason\"",
+            1 => b"\"usage\"",
+            2 => b"\"model\"",
+            _ => return data,
+        };
+        match data.windows(key.len()).position(|w| w == key) {
+            // `"m\u006f…"`: the second byte of the name escaped.
+            Some(at) => [
+                &data[..at + 2],
+                b"\\u00",
+                format!("{:02x}", key[2]).as_bytes(),
+                &data[at + 3..],
+            ]
+            .concat(),
+            None => data,
+        }
+    }
+
     proptest! {
+        /// After commit a chunk the quick check passes over is one whose
+        /// full reading changes nothing the tracker keeps.
+        #[test]
+        fn a_committed_chunk_skipped_unread_is_one_that_changes_nothing(
+            value in chunk(),
+            pick in any::<u8>(),
+            known in any::<bool>(),
+            whole in any::<bool>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let mut data = escape_a_key(serde_json::to_vec(&value).unwrap(), pick);
+            if !whole {
+                let at = cut.index(data.len());
+                data.truncate(at);
+            }
+            let tracker = || {
+                let mut t = SseTracker::default();
+                t.force_commit();
+                if known {
+                    t.model = Some("m/0".into());
+                    t.provider = Some("P".into());
+                }
+                t
+            };
+            let (mut quick, mut full) = (tracker(), tracker());
+            let a = quick.event(&data);
+            let b = full.read_chunk(&data);
+            prop_assert_eq!(a, b);
+            let state = |t: &SseTracker| format!("{:?} {:?} {:?} {:?} {:?} {}", t.model, t.provider, t.finish_reason, t.usage, t.error, t.complete());
+            prop_assert_eq!(state(&quick), state(&full), "{}", String::from_utf8_lossy(&data));
+        }
+
         #[test]
         fn the_scanner_reads_a_chunk_as_serde_json_did(value in chunk(), cut in any::<prop::sample::Index>(), whole in any::<bool>()) {
             let mut data = serde_json::to_vec(&value).unwrap();

@@ -8,17 +8,34 @@
 //! malformed event is the client's to see and is skipped.
 
 use crate::json::scan::{self, Member, ValueKind};
+use std::borrow::Cow;
 use std::ops::Range;
 
-/// The members of the object `data` (or the one at `start`), one by one.
-/// `false` when it does not scan or `on_member` refused one (a known member
-/// of the wrong type).
-pub(super) fn members(data: &[u8], start: Option<usize>, mut on_member: impl FnMut(&Member<'_>) -> bool) -> bool {
-    let mut call = |m: Member<'_>| if on_member(&m) { Ok(()) } else { Err(()) };
-    match start {
-        None => scan::scan_object(data, &mut call).is_ok(),
-        Some(at) => scan::scan_object_at(data, at, &mut call).is_ok(),
-    }
+/// The members of the top-level object `data`, one by one, offering each
+/// object or array value to `nested` first ([`scan::Watch::Nested`]): an
+/// event's nested objects are read in its one pass. `false` when it does
+/// not scan or `on_member` refused one (a known member of the wrong type).
+pub(super) fn members_nested(
+    data: &[u8],
+    nested: &mut scan::NestedRead<'_>,
+    mut on_member: impl FnMut(&Member<'_>) -> bool,
+) -> bool {
+    scan::scan_object_watching(data, scan::Watch::Nested(nested), |m| {
+        if on_member(&m) {
+            Ok(())
+        } else {
+            Err(())
+        }
+    })
+    .is_ok()
+}
+
+/// Reads the object at `at` member by member and returns one
+/// past its end, or `None` when it does not scan (the caller's scan then
+/// skims it as usual, and sees what `on_member` saw up to there).
+pub(super) fn nested_object(data: &[u8], at: usize, on_member: impl FnMut(&Member<'_>) -> bool) -> Option<usize> {
+    let mut on_member = on_member;
+    scan::scan_object_at(data, at, |m| if on_member(&m) { Ok(()) } else { Err(()) }).ok()
 }
 
 /// A value that holds something: a non-empty string, array or object, a
@@ -44,6 +61,15 @@ pub(super) fn text(data: &[u8], m: &Member<'_>) -> Result<Option<String>, ()> {
         ValueKind::String => scan::decode_string(&data[m.value.clone()])
             .map(|s| Some(s.into_owned()))
             .map_err(drop),
+        _ => Err(()),
+    }
+}
+
+/// [`text`], borrowed from `data` unless the string has escapes.
+pub(super) fn text_ref<'a>(data: &'a [u8], m: &Member<'_>) -> Result<Option<Cow<'a, str>>, ()> {
+    match m.kind {
+        ValueKind::Null => Ok(None),
+        ValueKind::String => scan::decode_string(&data[m.value.clone()]).map(Some).map_err(drop),
         _ => Err(()),
     }
 }

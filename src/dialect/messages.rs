@@ -21,12 +21,15 @@ use super::responses::ResponsesUsage;
 use super::ErrorBody;
 use crate::capability::Needs;
 use crate::inspect::{error_from_value, BodyFacts};
+use crate::json::scan::ScanError;
 use crate::json::scan::ValueKind;
 use crate::report::UpstreamError;
 use crate::request::RequestIndex;
 use crate::stream::{Signal, SseTracker};
 use bytes::Bytes;
 use serde_json::{json, Value};
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::ops::Range;
 
 /// The `anthropic-version` an attempt to Anthropic's own API carries when
@@ -72,13 +75,14 @@ pub(super) fn error_body(error: ErrorBody<'_>, metadata: Option<Value>) -> Bytes
 
 /// What matters of one Messages event, read by the scanner.
 #[derive(Default)]
-struct Event {
-    kind: Option<String>,
+struct Event<'a> {
+    kind: Option<Cow<'a, str>>,
     /// `message_start`'s `message`: its model (while the tracker lacks one)
     /// and usage.
     model: Option<String>,
     head_usage: Option<ResponsesUsage>,
-    /// `content_block_start`'s block already holds something.
+    /// `content_block_start`'s block already holds something (not looked
+    /// for after commit, when it decides nothing).
     block_filled: bool,
     /// `message_delta`'s `delta.stop_reason`.
     stop_reason: Option<String>,
@@ -86,20 +90,118 @@ struct Event {
     error: Option<Range<usize>>,
 }
 
-impl Event {
+/// What an event's `message` says (`None` inside [`Nested`]: it does not
+/// read as one).
+#[derive(Default)]
+struct Head {
+    model: Option<String>,
+    usage: Option<ResponsesUsage>,
+}
+
+/// The nested objects of one event, each as the last of its key read it in
+/// the event's pass, taken by that member's callback.
+#[derive(Default)]
+struct Nested {
+    message: Option<Option<Head>>,
+    /// `delta`'s `stop_reason` (`None` inside: a `stop_reason` of the wrong
+    /// type, or no scan).
+    delta: Option<Option<Option<String>>>,
+    block_filled: bool,
+}
+
+impl<'a> Event<'a> {
     /// `None` when `data` is not an object or a member read has the wrong
-    /// type (as a typed client would refuse it).
-    fn read(data: &[u8], t: &SseTracker) -> Option<Event> {
+    /// type (as a typed client would refuse it). The `message` and `delta`
+    /// objects (and before commit a `content_block`) are read in the
+    /// event's one pass, not skimmed and then walked again.
+    fn read(data: &'a [u8], t: &SseTracker) -> Option<Event<'a>> {
+        let nested = RefCell::new(Nested::default());
+        let mut read_nested = |key: &[u8], at: usize| -> Option<Result<usize, ScanError>> {
+            if data.get(at) != Some(&b'{') {
+                return None;
+            }
+            let mut n = nested.borrow_mut();
+            match key {
+                b"message" => {
+                    let mut head = Head::default();
+                    let mut usage = None;
+                    let mut typed = true;
+                    let end = events::nested_object(data, at, |m| {
+                        typed = match &*m.key {
+                            b"model" if t.model.is_none() => events::text(data, m).map(|v| head.model = v).is_ok(),
+                            b"model" => events::valid_text(data, m),
+                            b"usage" => events::object(m).map(|v| usage = v).is_ok(),
+                            _ => true,
+                        };
+                        typed
+                    });
+                    n.message = Some(match (end, events::usage(data, usage)) {
+                        (Some(_), Ok(usage)) if typed => Some(Head { usage, ..head }),
+                        _ => None,
+                    });
+                    end.map(Ok)
+                }
+                b"delta" => {
+                    let mut stop_reason = None;
+                    let mut typed = true;
+                    let end = events::nested_object(data, at, |m| {
+                        if &*m.key == b"stop_reason" {
+                            typed = events::text(data, m).map(|v| stop_reason = v).is_ok();
+                        }
+                        typed
+                    });
+                    n.delta = Some(end.filter(|_| typed).map(|_| stop_reason));
+                    end.map(Ok)
+                }
+                b"content_block" if !t.committed => {
+                    let (mut tool, mut filled) = (false, false);
+                    let end = events::nested_object(data, at, |m| {
+                        match &*m.key {
+                            b"type" => tool |= events::is_text(data, m, "tool_use"),
+                            b"text" | b"thinking" | b"data" => {
+                                filled |= m.kind == ValueKind::String && events::filled(data, m)
+                            }
+                            _ => {}
+                        }
+                        true
+                    });
+                    n.block_filled = tool || filled;
+                    end.map(Ok)
+                }
+                _ => None,
+            }
+        };
         let mut ev = Event::default();
+        // `Some(None)`: the last one read was refused.
         let (mut message, mut delta, mut usage) = (None, None, None);
-        let read = events::members(data, None, |m| match &*m.key {
-            b"type" => events::text(data, m).map(|k| ev.kind = k).is_ok(),
-            b"message" => events::object(m).map(|v| message = v).is_ok(),
+        let read = events::members_nested(data, &mut read_nested, |m| match &*m.key {
+            b"type" => events::text_ref(data, m).map(|k| ev.kind = k).is_ok(),
+            b"message" => match m.kind {
+                ValueKind::Null => {
+                    message = None;
+                    true
+                }
+                ValueKind::Object => {
+                    message = nested.borrow_mut().message.take();
+                    true
+                }
+                _ => false,
+            },
             b"content_block" => {
-                ev.block_filled = m.kind == ValueKind::Object && block_filled(data, m.value.start);
+                ev.block_filled = m.kind == ValueKind::Object && std::mem::take(&mut nested.borrow_mut().block_filled);
                 true
             }
-            b"delta" => events::object(m).map(|v| delta = v).is_ok(),
+            b"delta" => match m.kind {
+                ValueKind::Null => {
+                    delta = None;
+                    true
+                }
+                ValueKind::Object => {
+                    delta = nested.borrow_mut().delta.take();
+                    true
+                }
+                _ => false,
+            },
             b"usage" => events::object(m).map(|v| usage = v).is_ok(),
             b"error" => {
                 ev.error = Some(m.value.clone());
@@ -111,50 +213,24 @@ impl Event {
             return None;
         }
         ev.usage = events::usage(data, usage).ok()?;
-        if let Some(span) = message {
-            let mut usage = None;
-            let read = events::members(data, Some(span.start), |m| match &*m.key {
-                b"model" if t.model.is_none() => events::text(data, m).map(|v| ev.model = v).is_ok(),
-                b"model" => events::valid_text(data, m),
-                b"usage" => events::object(m).map(|v| usage = v).is_ok(),
-                _ => true,
-            });
-            ev.head_usage = events::usage(data, usage).ok()?;
-            if !read {
-                return None;
-            }
+        if let Some(head) = message {
+            let head = head?;
+            ev.model = head.model;
+            ev.head_usage = head.usage;
         }
-        if let Some(span) = delta {
-            let read = events::members(data, Some(span.start), |m| match &*m.key {
-                b"stop_reason" => events::text(data, m).map(|v| ev.stop_reason = v).is_ok(),
-                _ => true,
-            });
-            if !read {
-                return None;
-            }
+        if let Some(stop_reason) = delta {
+            ev.stop_reason = stop_reason?;
         }
         Some(ev)
     }
 }
 
-/// The content block at `start` already holds something: a tool call (its
-/// name), or text or thinking already in it.
-fn block_filled(data: &[u8], start: usize) -> bool {
-    let (mut tool, mut filled) = (false, false);
-    events::members(data, Some(start), |m| {
-        match &*m.key {
-            b"type" => tool |= events::is_text(data, m, "tool_use"),
-            b"text" | b"thinking" | b"data" => filled |= m.kind == ValueKind::String && events::filled(data, m),
-            _ => {}
-        }
-        true
-    });
-    tool || filled
-}
-
 /// Judges one event of a Messages stream.
 pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
     if data.trim_ascii() == b"[DONE]" {
+        return Signal::None;
+    }
+    if t.committed && quiet(data) {
         return Signal::None;
     }
     let ev = match t.accept(
@@ -220,6 +296,20 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
         // `ping`, `content_block_stop`, and whatever comes next.
         _ => Signal::None,
     }
+}
+
+/// After commit, an event whose reading would change nothing: its `type`
+/// cannot be `message_start`, `message_delta`, `message_stop` or `error`
+/// (the only ones that record anything once committed; a content block's
+/// events and `ping` do not), since none of those words is in its bytes and
+/// it has no `\u` escape that could spell one. Most of a stream's events
+/// are content deltas, and they are not read.
+fn quiet(data: &[u8]) -> bool {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static MESSAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"message_"));
+    static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error"));
+    MESSAGE.find(data).is_none() && ERROR.find(data).is_none() && !super::has_unicode_escape(data)
 }
 
 /// `event: error` in Anthropic's shape; the message starts with the cause.
@@ -317,5 +407,30 @@ mod tests {
         assert_eq!(v["error"]["type"], "api_error");
         assert_eq!(v["error"]["message"], "all failed");
         assert_eq!(v["error"]["metadata"]["attempts"], json!([]));
+    }
+
+    #[test]
+    fn after_commit_an_escaped_type_is_still_read() {
+        // The quick check after commit looks for the words of the types
+        // that record something; a `\u` escape could spell one unseen, so
+        // such an event is read in full.
+        let mut t = SseTracker::for_dialect(Dialect::Messages);
+        let delta = named(
+            "content_block_delta",
+            json!({"index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+        );
+        assert_eq!(t.feed(&delta), Signal::Commit);
+        assert_eq!(t.feed(&delta), Signal::None);
+        t.feed(b"event: message_delta\ndata: {\"type\":\"message\\u005fdelta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":2}}\n\n");
+        assert_eq!(t.finish_reason.as_deref(), Some("end_turn"));
+        assert_eq!(t.usage.as_ref().map(|u| u.completion_tokens), Some(2));
+        assert!(!t.complete());
+        t.feed(b"event: message_stop\ndata: {\"type\":\"m\\u0065ssage_stop\"}\n\n");
+        assert!(t.complete());
+        // An error after commit is kept however it is spelled.
+        let mut t = SseTracker::for_dialect(Dialect::Messages);
+        t.feed(&delta);
+        t.feed(b"event: error\ndata: {\"type\":\"\\u0065rror\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n");
+        assert!(t.error.is_some());
     }
 }

@@ -265,6 +265,14 @@ pub(crate) fn proper_end(dialect: Dialect) -> &'static str {
     }
 }
 
+/// `data` may hold a `\u` escape (it has a backslash followed by `u`): a
+/// key or string whose bytes are not its text. The quick checks that skip
+/// reading an event after commit look for names by their bytes, so an event
+/// with one is read in full.
+pub(crate) fn has_unicode_escape(data: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', data).any(|at| data.get(at + 1) == Some(&b'u'))
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 fn unix_now() -> u64 {
     std::time::SystemTime::now()

@@ -23,12 +23,15 @@
 use super::events;
 use crate::capability::Needs;
 use crate::inspect::{error_from_value, BodyFacts};
+use crate::json::scan::ScanError;
 use crate::json::scan::ValueKind;
 use crate::report::{UpstreamError, Usage};
 use crate::request::RequestIndex;
 use crate::stream::{Signal, SseTracker};
 use serde::Deserialize;
 use serde_json::json;
+use std::borrow::Cow;
+use std::cell::Cell;
 use std::ops::Range;
 
 /// Tools, image/audio/file input items, a `text.format` JSON schema,
@@ -44,11 +47,12 @@ pub(super) fn inspect(body: &[u8]) -> BodyFacts {
 
 /// What matters of one Responses event, read by the scanner.
 #[derive(Default)]
-struct Event {
-    kind: Option<String>,
+struct Event<'a> {
+    kind: Option<Cow<'a, str>>,
     sequence_number: Option<u64>,
     /// A `delta`, `text` or `arguments` that holds something, or an `item`
-    /// or `part` that already carries output.
+    /// or `part` that already carries output (not looked for after commit,
+    /// when it decides nothing).
     output: bool,
     response: Option<Head>,
     code: Option<Range<usize>>,
@@ -65,31 +69,68 @@ struct Head {
     usage: Option<ResponsesUsage>,
 }
 
-impl Event {
+impl<'a> Event<'a> {
     /// `None` when `data` is not an object or a member read has the wrong
     /// type (as a typed client would refuse it). `id` and `model` are
-    /// decoded only while the tracker lacks them.
-    fn read(data: &[u8], t: &SseTracker) -> Option<Event> {
+    /// decoded only while the tracker lacks them. The `response` object
+    /// (and before commit an `item` or `part`) is read in the event's one
+    /// pass, not skimmed and then walked again.
+    fn read(data: &'a [u8], t: &SseTracker) -> Option<Event<'a>> {
         let mut ev = Event::default();
         let mut response = None;
-        let read = events::members(data, None, |m| match &*m.key {
-            b"type" => events::text(data, m).map(|k| ev.kind = k).is_ok(),
-            b"sequence_number" => events::unsigned(data, m).map(|n| ev.sequence_number = n).is_ok(),
+        // The `response` object just read (`None` inside: it does not read
+        // as a head), taken by its member below; the last one counts.
+        let pending: Cell<Option<Option<Head>>> = Cell::new(None);
+        let output = Cell::new(false);
+        let mut nested = |key: &[u8], at: usize| -> Option<Result<usize, ScanError>> {
+            match key {
+                b"response" if data.get(at) == Some(&b'{') => {
+                    let (end, head) = read_head(data, at, t);
+                    pending.set(Some(head));
+                    end.map(Ok)
+                }
+                b"item" | b"part" if !t.committed && data.get(at) == Some(&b'{') => {
+                    let mut found = false;
+                    let end = events::nested_object(data, at, |m| {
+                        if matches!(&*m.key, b"text" | b"arguments" | b"content" | b"refusal") {
+                            found |= events::filled(data, m);
+                        }
+                        true
+                    });
+                    output.set(output.get() | found);
+                    end.map(Ok)
+                }
+                _ => None,
+            }
+        };
+        let mut kind = None;
+        let mut sequence_number = None;
+        let mut filled = false;
+        let (mut code, mut message) = (None, None);
+        let read = events::members_nested(data, &mut nested, |m| match &*m.key {
+            b"type" => events::text_ref(data, m).map(|k| kind = k).is_ok(),
+            b"sequence_number" => events::unsigned(data, m).map(|n| sequence_number = n).is_ok(),
             b"delta" | b"text" | b"arguments" => {
-                ev.output |= events::filled(data, m);
+                filled |= events::filled(data, m);
                 true
             }
-            b"item" | b"part" => {
-                ev.output |= m.kind == ValueKind::Object && carries_output(data, m.value.start);
-                true
-            }
-            b"response" => events::object(m).map(|r| response = r).is_ok(),
+            b"response" => match m.kind {
+                ValueKind::Null => {
+                    response = None;
+                    true
+                }
+                ValueKind::Object => {
+                    response = pending.take();
+                    true
+                }
+                _ => false,
+            },
             b"code" => {
-                ev.code = Some(m.value.clone());
+                code = Some(m.value.clone());
                 true
             }
             b"message" => {
-                ev.message = Some(m.value.clone());
+                message = Some(m.value.clone());
                 true
             }
             _ => true,
@@ -97,28 +138,44 @@ impl Event {
         if !read {
             return None;
         }
-        if let Some(span) = response {
-            let mut head = Head::default();
-            let mut usage = None;
-            let read = events::members(data, Some(span.start), |m| match &*m.key {
-                b"id" if t.response_id.is_none() => events::text(data, m).map(|v| head.id = v).is_ok(),
-                b"model" if t.model.is_none() => events::text(data, m).map(|v| head.model = v).is_ok(),
-                b"id" | b"model" => events::valid_text(data, m),
-                b"status" => events::text(data, m).map(|v| head.status = v).is_ok(),
-                b"error" => {
-                    head.error = Some(m.value.clone());
-                    true
-                }
-                b"usage" => events::object(m).map(|u| usage = u).is_ok(),
-                _ => true,
-            });
-            head.usage = events::usage(data, usage).ok()?;
-            if !read {
-                return None;
-            }
-            ev.response = Some(head);
+        ev.kind = kind;
+        ev.sequence_number = sequence_number;
+        ev.output = filled || output.get();
+        ev.code = code;
+        ev.message = message;
+        if let Some(head) = response {
+            ev.response = Some(head?);
         }
         Some(ev)
+    }
+}
+
+/// The event's `response` object at `at`: one past its end (`None` when it
+/// does not scan), and its head (`None` when it does not read as one: a
+/// member of the wrong type, or no scan).
+fn read_head(data: &[u8], at: usize, t: &SseTracker) -> (Option<usize>, Option<Head>) {
+    let mut head = Head::default();
+    let mut usage = None;
+    let mut typed = true;
+    let end = events::nested_object(data, at, |m| {
+        typed = match &*m.key {
+            b"id" if t.response_id.is_none() => events::text(data, m).map(|v| head.id = v).is_ok(),
+            b"model" if t.model.is_none() => events::text(data, m).map(|v| head.model = v).is_ok(),
+            b"id" | b"model" => events::valid_text(data, m),
+            b"status" => events::text(data, m).map(|v| head.status = v).is_ok(),
+            b"error" => {
+                head.error = Some(m.value.clone());
+                true
+            }
+            b"usage" => events::object(m).map(|u| usage = u).is_ok(),
+            _ => true,
+        };
+        typed
+    });
+    let usage = events::usage(data, usage);
+    match (end, usage) {
+        (Some(end), Ok(usage)) if typed => (Some(end), Some(Head { usage, ..head })),
+        (end, _) => (end, None),
     }
 }
 
@@ -143,19 +200,6 @@ impl ResponsesUsage {
             total_tokens: self.total_tokens.unwrap_or(prompt.saturating_add(completion)),
         }
     }
-}
-
-/// The output item or content part at `start` already carries output:
-/// text, arguments, content parts or a refusal.
-fn carries_output(data: &[u8], start: usize) -> bool {
-    let mut output = false;
-    events::members(data, Some(start), |m| {
-        if matches!(&*m.key, b"text" | b"arguments" | b"content" | b"refusal") {
-            output |= events::filled(data, m);
-        }
-        true
-    });
-    output
 }
 
 /// Judges one event of a Responses stream.

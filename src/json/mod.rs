@@ -6,6 +6,7 @@
 mod replay;
 pub(crate) mod scan;
 mod simd;
+pub(crate) mod valid;
 
 pub use replay::ReplayBody;
 pub(crate) use replay::{BadEdits, Edit};

@@ -165,7 +165,17 @@ pub(crate) enum Watch<'w> {
     /// returns one past its end (see [`scan_array_at`]); the scanner does
     /// not skip it. Any other value is scanned as usual.
     Value(&'w str, &'w mut dyn FnMut(usize) -> Result<usize, ScanError>),
+    /// Offered every object or array value with its (decoded) key, from its
+    /// `{` or `[`: `Some` when it read the value itself (one past its end,
+    /// or why it does not scan), `None` to leave it to the scanner. A
+    /// stream event's nested objects are read this way in the event's one
+    /// pass instead of skipped and then walked again.
+    Nested(&'w mut NestedRead<'w>),
 }
+
+/// The reader of [`Watch::Nested`]: given a member's decoded key and the
+/// offset of its `{` or `[`, one past the value's end if it read it.
+pub(crate) type NestedRead<'a> = dyn FnMut(&[u8], usize) -> Option<Result<usize, ScanError>> + 'a;
 
 /// [`scan_object`], and reads the value of the key `watch` names in the
 /// same pass.
@@ -271,6 +281,17 @@ fn scan_members<'a, const STRICT: bool, E>(
                 (Watch::Value(name, read), Some(b'[')) if name.as_bytes() == &*key => {
                     (read(value_start)?, ValueKind::Array)
                 }
+                (Watch::Nested(read), Some(&open @ (b'[' | b'{'))) => match read(&key, value_start) {
+                    Some(end) => (
+                        end?,
+                        if open == b'[' {
+                            ValueKind::Array
+                        } else {
+                            ValueKind::Object
+                        },
+                    ),
+                    None => scan_value(input, value_start)?,
+                },
                 (_, Some(b'"')) if !STRICT => (string_end(input, value_start)?, ValueKind::String),
                 _ => scan_value(input, value_start)?,
             };
