@@ -28,7 +28,7 @@ pin_project! {
     enum Kind<B> {
         Full { data: Option<Bytes> },
         Inner { head: Option<Bytes>, #[pin] body: B },
-        Stream { #[pin] body: CommittedStream<B> },
+        Stream { body: std::pin::Pin<Box<CommittedStream<B>>> },
     }
 }
 
@@ -43,7 +43,7 @@ impl<B> ResponseBody<B> {
 
     pub(crate) fn stream(body: CommittedStream<B>) -> Self {
         ResponseBody {
-            kind: Kind::Stream { body },
+            kind: Kind::Stream { body: Box::pin(body) },
         }
     }
 
@@ -89,7 +89,7 @@ where
                 Some(h) => Poll::Ready(Some(Ok(Frame::data(h)))),
                 None => body.poll_frame(cx),
             },
-            KindProj::Stream { body } => body.poll_frame(cx),
+            KindProj::Stream { body } => body.as_mut().poll_frame(cx),
         }
     }
 
