@@ -26,6 +26,13 @@
 //! OVERHEAD_PROFILE=weighted OVERHEAD_REQUESTS=2000 valgrind --tool=callgrind target/release/deps/overhead-*
 //! ```
 //!
+//! For the whole-request differences of the routed stacks, alternating
+//! batches are steadier than criterion's arms run one after another:
+//!
+//! ```text
+//! OVERHEAD_INTERLEAVED=1 cargo bench --bench overhead
+//! ```
+//!
 //! The inner service reads the whole request body (frame by frame, no copy)
 //! and answers a fixed completion, so the difference is what the layer adds:
 //! buffering the body, indexing it, one `ReplayBody` and request per
@@ -172,6 +179,22 @@ fn bench(c: &mut Criterion) {
         // ignores): their baseline, so the header's own cost is not counted.
         group.bench_with_input(BenchmarkId::new("fallback_happy_session", name), &body, |b, body| {
             let svc = FallbackLayer::new(chain()).layer(Instant::new(0));
+            let ids = sessions();
+            let mut turn = 0usize;
+            b.to_async(&rt).iter(|| {
+                let svc = svc.clone();
+                let mut req = request(body);
+                turn = (turn + 1) % SESSIONS;
+                req.headers_mut().insert(SESSION, ids[turn].clone());
+                async move { drain(svc.oneshot(req).await.unwrap()).await }
+            })
+        });
+        // Model keys and weighted deployments without the pin: what the pin
+        // adds to them.
+        group.bench_with_input(BenchmarkId::new("fallback_routed_unpinned", name), &body, |b, body| {
+            let svc = FallbackBuilder::with_chains(keyed_deployed_chains(Balance::Weighted))
+                .layer()
+                .layer(Instant::new(0));
             let ids = sessions();
             let mut turn = 0usize;
             b.to_async(&rt).iter(|| {
@@ -466,9 +489,75 @@ fn profile(name: &str) {
     });
 }
 
+/// `OVERHEAD_INTERLEAVED=1`: the routed stacks against the single-chain
+/// path by alternating batches (40 rounds of 2,000 sequential 1 KiB
+/// requests per stack, the fastest batch of each kept), so a drift of the
+/// machine during the run moves every stack alike — which criterion's
+/// one-arm-after-another runs do not give for differences of a few hundred
+/// nanoseconds in ~8 µs.
+fn interleaved() {
+    type Svc = tower::util::BoxCloneService<
+        http::Request<http_body_util::Full<Bytes>>,
+        http::Response<llm_fallback::ResponseBody<http_body_util::Full<Bytes>>>,
+        std::convert::Infallible,
+    >;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let body = Bytes::from(chat_body(Flavour::Prose, 1 << 10));
+    let ids = sessions();
+    let stacks: Vec<(&str, Svc)> = vec![
+        (
+            "single chain (with the header)",
+            Svc::new(FallbackLayer::new(chain()).layer(Instant::new(0))),
+        ),
+        (
+            "model keys + weighted deployments",
+            Svc::new(
+                FallbackBuilder::with_chains(keyed_deployed_chains(Balance::Weighted))
+                    .layer()
+                    .layer(Instant::new(0)),
+            ),
+        ),
+        (
+            "model keys + weighted + sticky pin",
+            Svc::new(routed(Balance::Weighted)),
+        ),
+        (
+            "model keys + least latency + sticky pin",
+            Svc::new(routed(Balance::LeastLatency)),
+        ),
+    ];
+    const BATCH: usize = 2000;
+    let mut best = vec![f64::INFINITY; stacks.len()];
+    for _ in 0..40 {
+        for (i, (_, svc)) in stacks.iter().enumerate() {
+            let start = std::time::Instant::now();
+            rt.block_on(async {
+                for n in 0..BATCH {
+                    let mut req = request(&body);
+                    req.headers_mut().insert(SESSION, ids[n % SESSIONS].clone());
+                    drain(svc.clone().oneshot(req).await.unwrap()).await;
+                }
+            });
+            best[i] = best[i].min(start.elapsed().as_nanos() as f64 / BATCH as f64);
+        }
+    }
+    println!("interleaved batches, fastest of 40 per stack, 1 KiB, ns per request (budget: +300 ns)");
+    println!("| stack | per request | added |");
+    println!("|---|---:|---:|");
+    for (i, (name, _)) in stacks.iter().enumerate() {
+        println!("| {name} | {:.0} | {:+.0} |", best[i], best[i] - best[0]);
+    }
+}
+
 fn main() {
     if let Ok(name) = std::env::var("OVERHEAD_PROFILE") {
         return profile(&name);
+    }
+    if std::env::var_os("OVERHEAD_INTERLEAVED").is_some() {
+        return interleaved();
     }
     let since = SystemTime::now();
     let mut c = Criterion::default().configure_from_args();
