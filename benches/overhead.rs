@@ -175,42 +175,26 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
-        // The happy path with the routed arms' session header (which it
-        // ignores): their baseline, so the header's own cost is not counted.
-        group.bench_with_input(BenchmarkId::new("fallback_happy_session", name), &body, |b, body| {
-            let svc = FallbackLayer::new(chain()).layer(Instant::new(0));
-            let ids = sessions();
-            let mut turn = 0usize;
-            b.to_async(&rt).iter(|| {
-                let svc = svc.clone();
-                let mut req = request(body);
-                turn = (turn + 1) % SESSIONS;
-                req.headers_mut().insert(SESSION, ids[turn].clone());
-                async move { drain(svc.oneshot(req).await.unwrap()).await }
-            })
-        });
-        // Model keys and weighted deployments without the pin: what the pin
-        // adds to them.
-        group.bench_with_input(BenchmarkId::new("fallback_routed_unpinned", name), &body, |b, body| {
-            let svc = FallbackBuilder::with_chains(keyed_deployed_chains(Balance::Weighted))
-                .layer()
-                .layer(Instant::new(0));
-            let ids = sessions();
-            let mut turn = 0usize;
-            b.to_async(&rt).iter(|| {
-                let svc = svc.clone();
-                let mut req = request(body);
-                turn = (turn + 1) % SESSIONS;
-                req.headers_mut().insert(SESSION, ids[turn].clone());
-                async move { drain(svc.oneshot(req).await.unwrap()).await }
-            })
-        });
-        for (function, balance) in [
-            ("fallback_routed", Balance::Weighted),
-            ("fallback_routed_latency", Balance::LeastLatency),
-        ] {
+        // The routed stacks, each request with the next of `SESSIONS`
+        // session headers; their baseline is the happy path with the same
+        // header (which it ignores), so the header's own cost is not counted,
+        // and the stack without the pin says what the pin adds.
+        let stacks: [(&str, llm_fallback::FallbackService<Instant>); 4] = [
+            (
+                "fallback_happy_session",
+                FallbackLayer::new(chain()).layer(Instant::new(0)),
+            ),
+            (
+                "fallback_routed_unpinned",
+                FallbackBuilder::with_chains(keyed_deployed_chains(Balance::Weighted))
+                    .layer()
+                    .layer(Instant::new(0)),
+            ),
+            ("fallback_routed", routed(Balance::Weighted)),
+            ("fallback_routed_latency", routed(Balance::LeastLatency)),
+        ];
+        for (function, svc) in stacks {
             group.bench_with_input(BenchmarkId::new(function, name), &body, |b, body| {
-                let svc = routed(balance);
                 let ids = sessions();
                 let mut turn = 0usize;
                 b.to_async(&rt).iter(|| {

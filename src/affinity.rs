@@ -328,7 +328,7 @@ pub trait AffinityStore: Send + Sync + 'static {
 /// that came back) holding up to its capacity of sessions, each a few dozen
 /// bytes. An expired pin is never returned and is dropped when read.
 pub struct MemoryAffinity {
-    cache: quick_cache::sync::Cache<u64, Pinned, quick_cache::UnitWeighter, KeyIsHash>,
+    cache: PinTable<Pinned>,
     capacity: usize,
 }
 
@@ -336,6 +336,20 @@ pub struct MemoryAffinity {
 struct Pinned {
     deployment: u32,
     until: Instant,
+}
+
+/// A table of pins of at most `capacity` sessions, keyed by session key.
+type PinTable<V> = quick_cache::sync::Cache<u64, V, quick_cache::UnitWeighter, KeyIsHash>;
+
+/// An empty [`PinTable`] for `capacity` sessions.
+fn pin_table<V: Clone>(capacity: usize) -> PinTable<V> {
+    quick_cache::sync::Cache::with(
+        capacity,
+        capacity as u64,
+        quick_cache::UnitWeighter,
+        KeyIsHash,
+        Default::default(),
+    )
 }
 
 /// Session keys are hashes already: the cache uses them as they are.
@@ -376,13 +390,7 @@ impl MemoryAffinity {
     pub fn with_capacity(capacity: usize) -> Self {
         let capacity = capacity.max(1);
         MemoryAffinity {
-            cache: quick_cache::sync::Cache::with(
-                capacity,
-                capacity as u64,
-                quick_cache::UnitWeighter,
-                KeyIsHash,
-                Default::default(),
-            ),
+            cache: pin_table(capacity),
             capacity,
         }
     }

@@ -235,7 +235,7 @@ fn other_mistakes_are_named_too() {
         (
             "[affinity]\nkey_prefix = \"a b\"",
             "affinity.key_prefix",
-            "expected a name",
+            "expected a word",
         ),
     ];
     for (text, key, says) in top {

@@ -3,7 +3,7 @@
 //!
 //! (The store's documentation is on [`RedisAffinity`].)
 
-use super::{AffinityStore, KeyIsHash, SessionKey, DEFAULT_CAPACITY};
+use super::{AffinityStore, SessionKey, DEFAULT_CAPACITY};
 use futures_core::Stream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
 use std::collections::HashSet;
@@ -120,7 +120,7 @@ pub struct RedisAffinity {
 }
 
 struct Inner {
-    cache: quick_cache::sync::Cache<u64, Entry, quick_cache::UnitWeighter, KeyIsHash>,
+    cache: super::PinTable<Entry>,
     capacity: usize,
     prefix: String,
     /// This instance's id in what it publishes.
@@ -273,13 +273,7 @@ impl RedisAffinityBuilder {
         let (ops, rx) = mpsc::channel(QUEUE);
         let capacity = self.capacity;
         let inner = Arc::new(Inner {
-            cache: quick_cache::sync::Cache::with(
-                capacity,
-                capacity as u64,
-                quick_cache::UnitWeighter,
-                KeyIsHash,
-                Default::default(),
-            ),
+            cache: super::pin_table(capacity),
             capacity,
             prefix: self.prefix,
             replica: replica_id(),

@@ -545,23 +545,7 @@ fn validate_rest(config: &Config) -> Result<(), ConfigError> {
         }
         share("health.breaker_failure_ratio", h.breaker_failure_ratio)?;
         share("health.max_open_share", h.max_open_share)?;
-        if let Some(url) = h.redis_url() {
-            if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
-                return Err(ConfigError::new(
-                    "health.store",
-                    "expected \"memory\" or a redis:// URL, such as \"redis://127.0.0.1:6379/0\"",
-                ));
-            }
-        }
-        if h.key_prefix
-            .as_deref()
-            .is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace))
-        {
-            return Err(ConfigError::new(
-                "health.key_prefix",
-                "empty or with spaces; expected a word such as \"my-gateway\"",
-            ));
-        }
+        redis_store("health", h.redis_url(), h.key_prefix.as_deref())?;
     }
     if let Some(h) = &config.hedging {
         share("hedging.ratio", h.ratio)?;
@@ -655,27 +639,13 @@ fn affinity(a: &AffinityConfig, connect: bool) -> Result<crate::affinity::Affini
     if a.capacity == Some(0) {
         return Err(ConfigError::new("affinity.capacity", "0; expected at least 1 session"));
     }
-    if a.key_prefix
-        .as_deref()
-        .is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace))
-    {
-        return Err(ConfigError::new(
-            "affinity.key_prefix",
-            "empty or with whitespace; expected a name such as \"my-gateway\"",
-        ));
-    }
+    redis_store("affinity", a.redis_url(), a.key_prefix.as_deref())?;
     let Some(url) = a.redis_url() else {
         return Ok(match a.capacity {
             Some(n) => affinity.store(MemoryAffinity::with_capacity(n)),
             None => affinity,
         });
     };
-    if !(url.starts_with("redis://") || url.starts_with("redis+unix://") || url.starts_with("unix://")) {
-        return Err(ConfigError::new(
-            "affinity.store",
-            "expected \"memory\" or a redis:// URL, such as \"redis://127.0.0.1:6379/0\"",
-        ));
-    }
     #[cfg(feature = "redis")]
     {
         if !connect {
@@ -701,6 +671,24 @@ fn affinity(a: &AffinityConfig, connect: bool) -> Result<crate::affinity::Affini
             "a redis:// store needs llm-fallback's `redis` feature; expected \"memory\" without it",
         ))
     }
+}
+
+/// The checks of a section's `store` (its Redis URL, if any) and
+/// `key_prefix`, named under `section`.
+fn redis_store(section: &str, url: Option<&str>, prefix: Option<&str>) -> Result<(), ConfigError> {
+    if url.is_some_and(|u| !(u.starts_with("redis://") || u.starts_with("redis+unix://") || u.starts_with("unix://"))) {
+        return Err(ConfigError::new(
+            format!("{section}.store"),
+            "expected \"memory\" or a redis:// URL, such as \"redis://127.0.0.1:6379/0\"",
+        ));
+    }
+    if prefix.is_some_and(|p| p.is_empty() || p.contains(char::is_whitespace)) {
+        return Err(ConfigError::new(
+            format!("{section}.key_prefix"),
+            "empty or with spaces; expected a word such as \"my-gateway\"",
+        ));
+    }
+    Ok(())
 }
 
 fn credential_header(i: usize, name: &str) -> Result<http::HeaderName, ConfigError> {
