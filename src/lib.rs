@@ -265,6 +265,8 @@ mod layer;
 mod metrics;
 pub mod native;
 pub mod policy;
+#[cfg(feature = "redis")]
+mod redis_task;
 mod report;
 mod request;
 #[cfg(feature = "reqwest")]

@@ -262,14 +262,10 @@ impl RedisAffinityBuilder {
     /// Checks the URL and starts the background task (which connects, and
     /// reconnects, by itself: Redis need not be up yet).
     pub fn build(self) -> Result<RedisAffinity, RedisAffinityError> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| RedisAffinityError {
-            kind: ErrorKind::Url(url_problem(&e)),
+        let client = crate::redis_task::client(&self.url).map_err(|why| RedisAffinityError {
+            kind: ErrorKind::Url(why),
         })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(self.retry);
+        let config = crate::redis_task::manager_config(self.timeout, self.retry);
         let (ops, rx) = mpsc::channel(QUEUE);
         let capacity = self.capacity;
         let inner = Arc::new(Inner {
@@ -305,36 +301,10 @@ impl RedisAffinityBuilder {
             down_logged: false,
             ever_connected: false,
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(task.run(rx))),
-            // Built outside a runtime (a config loaded before one starts):
-            // the task gets a thread and a small runtime of its own.
-            Err(_) => {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| RedisAffinityError {
-                        kind: ErrorKind::Runtime(e.kind().to_string()),
-                    })?;
-                std::thread::Builder::new()
-                    .name("llm-fallback-redis-pins".into())
-                    .spawn(move || runtime.block_on(task.run(rx)))
-                    .map_err(|e| RedisAffinityError {
-                        kind: ErrorKind::Runtime(e.kind().to_string()),
-                    })?;
-            }
-        }
+        crate::redis_task::spawn("llm-fallback-redis-pins", task.run(rx)).map_err(|why| RedisAffinityError {
+            kind: ErrorKind::Runtime(why),
+        })?;
         Ok(RedisAffinity { inner })
-    }
-}
-
-/// What is wrong with a URL, in words that never quote it.
-fn url_problem(e: &redis::RedisError) -> String {
-    match e.kind() {
-        redis::ErrorKind::InvalidClientConfig => {
-            "not a redis:// URL, or a feature it needs (TLS, unix sockets) is off".into()
-        }
-        _ => "it does not parse".into(),
     }
 }
 

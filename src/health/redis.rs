@@ -206,14 +206,10 @@ impl RedisHealthBuilder {
     /// Checks the URL and starts the background task (which connects, and
     /// reconnects, by itself: Redis need not be up yet).
     pub fn build(self) -> Result<RedisHealth, RedisHealthError> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| RedisHealthError {
-            kind: ErrorKind::Url(url_problem(&e)),
+        let client = crate::redis_task::client(&self.url).map_err(|why| RedisHealthError {
+            kind: ErrorKind::Url(why),
         })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(self.poll_interval);
+        let config = crate::redis_task::manager_config(self.timeout, self.poll_interval);
         let (ops, rx) = mpsc::channel(4096);
         static INSTANCES: AtomicU64 = AtomicU64::new(0);
         let started = std::time::SystemTime::now()
@@ -245,36 +241,10 @@ impl RedisHealthBuilder {
             down_logged: false,
             ever_connected: false,
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => drop(runtime.spawn(task.run(rx))),
-            // Built outside a runtime (a config loaded before one starts):
-            // the task gets a thread and a small runtime of its own.
-            Err(_) => {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| RedisHealthError {
-                        kind: ErrorKind::Runtime(e.kind().to_string()),
-                    })?;
-                std::thread::Builder::new()
-                    .name("llm-fallback-redis".into())
-                    .spawn(move || runtime.block_on(task.run(rx)))
-                    .map_err(|e| RedisHealthError {
-                        kind: ErrorKind::Runtime(e.kind().to_string()),
-                    })?;
-            }
-        }
+        crate::redis_task::spawn("llm-fallback-redis", task.run(rx)).map_err(|why| RedisHealthError {
+            kind: ErrorKind::Runtime(why),
+        })?;
         Ok(RedisHealth { inner })
-    }
-}
-
-/// What is wrong with a URL, in words that never quote it.
-fn url_problem(e: &redis::RedisError) -> String {
-    match e.kind() {
-        redis::ErrorKind::InvalidClientConfig => {
-            "not a redis:// URL, or a feature it needs (TLS, unix sockets) is off".into()
-        }
-        _ => "it does not parse".into(),
     }
 }
 
