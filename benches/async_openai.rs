@@ -29,53 +29,13 @@ use criterion::{criterion_group, BenchmarkId, Criterion};
 use llm_fallback::async_openai::FallbackService;
 use llm_fallback::{Chain, Route};
 use llm_fallback_mock::{MockServer, MockUpstream, Reply};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 const SERVED: &str = "openai/gpt-4o";
 
-// ===== counting allocator (as tests/alloc.rs) =====
-
-struct Counting;
-
-thread_local! {
-    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count(bytes: usize) {
-    let _ = ALLOCATED.try_with(|a| a.set(a.get() + bytes));
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; counting touches
-// only a const-initialized thread-local `Cell`, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocated() -> usize {
-    ALLOCATED.with(Cell::get)
-}
+#[path = "../tests/support/counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::allocated;
 
 // ===== the clients =====
 

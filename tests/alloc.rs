@@ -11,58 +11,18 @@ use bodies::{chat_body, Flavour, NEW_MODEL, REQUESTED_MODEL, SIZES};
 use bytes::Bytes;
 use http_body::Body;
 use llm_fallback::{Chain, FallbackLayer, Route};
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tower::{Layer, ServiceExt};
 
-// ===== counting allocator =====
-
-/// Counts the bytes requested by the current thread (a thread-local, so the
-/// test harness's other threads do not disturb a measurement).
-struct Counting;
-
-thread_local! {
-    static ALLOCATED: Cell<usize> = const { Cell::new(0) };
-}
-
-fn count(bytes: usize) {
-    // `try_with`: the allocator also runs while thread-locals are torn down.
-    let _ = ALLOCATED.try_with(|a| a.set(a.get() + bytes));
-}
-
-// SAFETY: every call is forwarded to `System` unchanged; counting touches
-// only a const-initialized thread-local `Cell`, which never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        System.alloc(layout)
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count(layout.size());
-        System.alloc_zeroed(layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+#[path = "support/counting_alloc.rs"]
+mod counting_alloc;
 
 /// Bytes allocated by this thread while `f` runs.
 fn allocated_by<T>(f: impl FnOnce() -> T) -> (usize, T) {
-    let before = ALLOCATED.with(Cell::get);
+    let before = counting_alloc::allocated();
     let out = f();
-    (ALLOCATED.with(Cell::get) - before, out)
+    (counting_alloc::allocated() - before, out)
 }
 
 struct NoWake;
