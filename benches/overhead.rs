@@ -309,13 +309,11 @@ fn summary(since: SystemTime) {
     for (name, _) in SIZES {
         let get = |f: &str| summary::mean_ns(since, GROUP, f, name);
         if let (Some(happy), Some(by_model)) = (get("fallback_happy"), get("fallback_by_model")) {
-            let added = by_model - happy;
-            let sign = if added < 0.0 { "-" } else { "+" };
             println!(
-                "| {name} | {} | {} | {sign}{} |",
+                "| {name} | {} | {} | {} |",
                 summary::time(happy),
                 summary::time(by_model),
-                summary::time(added.abs()),
+                signed(by_model - happy),
             );
         }
     }
@@ -330,30 +328,36 @@ fn summary(since: SystemTime) {
     }
 }
 
+/// `d` nanoseconds with its sign.
+fn signed(d: f64) -> String {
+    format!("{}{}", if d < 0.0 { "-" } else { "+" }, summary::time(d.abs()))
+}
+
+/// One row per body size: `base`'s time, then each of `arms` with what it
+/// adds to `base`.
+fn rows_against(since: SystemTime, base: &str, arms: [&str; 2]) {
+    for (name, _) in SIZES {
+        let get = |f: &str| summary::mean_ns(since, GROUP, f, name);
+        let (Some(base), Some(a), Some(b)) = (get(base), get(arms[0]), get(arms[1])) else {
+            continue;
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            summary::time(base),
+            summary::time(a),
+            signed(a - base),
+            summary::time(b),
+            signed(b - base),
+        );
+    }
+}
+
 /// The deployment rows: each choice against the single-hop path.
 fn deployment_summary(since: SystemTime) {
     println!("\ndeployments chosen (3 in the primary route) against the single-hop path, same run");
     println!("| body | fallback, happy | weighted | added | least latency | added |");
     println!("|---|---|---|---|---|---|");
-    for (name, _) in SIZES {
-        let get = |f: &str| summary::mean_ns(since, GROUP, f, name);
-        let (Some(happy), Some(weighted), Some(latency)) = (
-            get("fallback_happy"),
-            get("fallback_weighted"),
-            get("fallback_least_latency"),
-        ) else {
-            continue;
-        };
-        let signed = |d: f64| format!("{}{}", if d < 0.0 { "-" } else { "+" }, summary::time(d.abs()));
-        println!(
-            "| {name} | {} | {} | {} | {} | {} |",
-            summary::time(happy),
-            summary::time(weighted),
-            signed(weighted - happy),
-            summary::time(latency),
-            signed(latency - happy),
-        );
-    }
+    rows_against(since, "fallback_happy", ["fallback_weighted", "fallback_least_latency"]);
     let get = |f: &str| summary::mean_ns(since, DEPLOY_GROUP, f, DEPLOY_PARAMETER);
     if let (Some(w), Some(l)) = (get("weighted"), get("least_latency")) {
         println!(
@@ -371,25 +375,11 @@ fn routing_summary(since: SystemTime) {
     println!("both carry the same x-session-id header, which the single-chain path ignores");
     println!("| body | fallback, happy | routed, weighted | added | routed, least latency | added |");
     println!("|---|---|---|---|---|---|");
-    let signed = |d: f64| format!("{}{}", if d < 0.0 { "-" } else { "+" }, summary::time(d.abs()));
-    for (name, _) in SIZES {
-        let get = |f: &str| summary::mean_ns(since, GROUP, f, name);
-        let (Some(happy), Some(weighted), Some(latency)) = (
-            get("fallback_happy_session"),
-            get("fallback_routed"),
-            get("fallback_routed_latency"),
-        ) else {
-            continue;
-        };
-        println!(
-            "| {name} | {} | {} | {} | {} | {} |",
-            summary::time(happy),
-            summary::time(weighted),
-            signed(weighted - happy),
-            summary::time(latency),
-            signed(latency - happy),
-        );
-    }
+    rows_against(
+        since,
+        "fallback_happy_session",
+        ["fallback_routed", "fallback_routed_latency"],
+    );
     let get = |f: &str| summary::mean_ns(since, STICKY_GROUP, f, "");
     if let (Some(plain), Some(header), Some(messages)) =
         (get("weighted_choice"), get("by_header"), get("by_leading_messages"))
