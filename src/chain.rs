@@ -115,6 +115,14 @@ impl Chain {
     pub(crate) fn hops(&self) -> &[Hop] {
         &self.hops
     }
+
+    /// Some route of the chain chooses among deployments (what a sticky
+    /// session pins).
+    pub(crate) fn balances(&self) -> bool {
+        self.hops
+            .iter()
+            .any(|h| h.route.unit.as_ref().is_some_and(|u| u.group.members() > 1))
+    }
 }
 
 impl std::fmt::Debug for Chain {
@@ -852,6 +860,23 @@ pub struct ChainName(pub String);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_chain_balances_when_a_route_has_two_deployments() {
+        use crate::native::Endpoint;
+        use crate::Deployment;
+        std::env::set_var("LLM_FALLBACK_CHAIN_TEST_A", "a");
+        std::env::set_var("LLM_FALLBACK_CHAIN_TEST_B", "b");
+        let keys = Endpoint::new("http://keys.test/v1")
+            .unwrap()
+            .api_key_envs(["LLM_FALLBACK_CHAIN_TEST_A", "LLM_FALLBACK_CHAIN_TEST_B"])
+            .unwrap();
+        assert!(!Chain::new([Route::new("a"), Route::new("b")]).balances());
+        // Several keys of one deployment: nothing to choose between.
+        assert!(!Chain::new([Route::new("a").endpoint(keys)]).balances());
+        let two = Route::new("m").deployments([Deployment::new("x"), Deployment::new("y")]);
+        assert!(Chain::new([Route::new("a"), two]).balances());
+    }
 
     #[test]
     fn the_index_records_the_keys_of_every_chain_that_may_serve() {

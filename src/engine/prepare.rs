@@ -205,9 +205,14 @@ where
         .is_some_and(|(name, _)| &**name == crate::ChainSet::PASS_THROUGH);
     let drill = drill && !passed_through;
     report.drill = drill;
+    // A session is only read (a header looked up, a prompt hashed) when
+    // the request may reach deployments to pin.
+    let pins_something =
+        || chain_used.balances() || shared.chains.content_policy_chain().is_some_and(|(_, c)| c.balances());
     let session = shared
         .affinity
         .as_ref()
+        .filter(|_| pins_something())
         .and_then(|a| a.session(&parts.headers, &body, &index));
     Ok(Prepared {
         parts,
