@@ -230,7 +230,7 @@ fn the_chunk_check_bites() {
 /// `ENGINE_FUZZ_FILE=path cargo test --test fuzz_regressions replay_one -- --ignored --nocapture`:
 /// decodes one input, writes its caller body to `path.body`, and runs it.
 #[test]
-#[ignore]
+#[ignore = "a tool: replays the fuzz input named by ENGINE_FUZZ_FILE; every minimized input is replayed by the tests above"]
 fn replay_one() {
     let path = std::env::var("ENGINE_FUZZ_FILE").expect("ENGINE_FUZZ_FILE");
     let data = std::fs::read(&path).unwrap();
@@ -788,7 +788,7 @@ fn stateful_requests_and_anthropic_keys() {
 /// stream, a buffered answer served, an exhausted chain, a route skipped
 /// for the dialect or for state, a request to an endpoint.
 #[test]
-#[ignore]
+#[ignore = "a tool: rewrites fuzz/seeds/engine in the source tree; run by hand when the input format changes"]
 fn write_dialect_seeds() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/engine");
     let mut state = 0x2545_f491_4f6c_dd1du64;
