@@ -50,6 +50,7 @@
 //! # let _ = layer;
 //! ```
 
+use crate::json::scan::skip_ws;
 use crate::request::RequestIndex;
 use http::{HeaderMap, HeaderName};
 use std::fmt;
@@ -241,13 +242,6 @@ fn leading_elements(value: &[u8], n: usize) -> &[u8] {
         pos = skip_ws(value, pos + 1);
     }
     value.get(start..end).unwrap_or(value)
-}
-
-fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(pos) {
-        pos += 1;
-    }
-    pos
 }
 
 /// A session's key in an [`AffinityStore`]: the session's hash mixed with

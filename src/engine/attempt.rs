@@ -4,6 +4,7 @@
 use crate::dialect::Dialect;
 use crate::hop::{Hop, HopOverride};
 use crate::json::scan;
+use crate::json::scan::skip_ws;
 use crate::json::{BadEdits, Edit, ReplayBody};
 use crate::request::{removals_merged, MemberSpan, Recorded, RequestIndex};
 use crate::Attempt;
@@ -462,13 +463,6 @@ fn skim_string(body: &[u8], start: usize) -> Option<(usize, bool)> {
             }
         }
     }
-}
-
-fn skip_ws(body: &[u8], mut pos: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = body.get(pos) {
-        pos += 1;
-    }
-    pos
 }
 
 pub(super) fn attempt_request(

@@ -376,8 +376,10 @@ pub(crate) fn scan_array_at(
     }
 }
 
+/// The position of the first non-whitespace byte at or after `pos` (JSON's
+/// four whitespace bytes), or `input.len()`.
 #[inline]
-fn skip_ws(input: &[u8], mut pos: usize) -> usize {
+pub(crate) fn skip_ws(input: &[u8], mut pos: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = input.get(pos) {
         pos += 1;
     }

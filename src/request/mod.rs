@@ -2,6 +2,7 @@
 //! reasons a body is refused before any attempt.
 
 use crate::dialect::Dialect;
+use crate::json::scan::skip_ws;
 use crate::json::scan::{self, ScanFail, ValueKind};
 use std::ops::Range;
 use std::sync::Arc;
@@ -130,13 +131,6 @@ impl Entry {
             next_key_start,
         }
     }
-}
-
-fn skip_ws(body: &[u8], mut pos: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = body.get(pos) {
-        pos += 1;
-    }
-    pos
 }
 
 impl Recorded {
