@@ -31,7 +31,7 @@ mod verdict;
 use self::answer::internal_error;
 pub(crate) use self::attempt::attempt_body;
 use self::flights::{Flights, Landed};
-use self::prepare::prepare;
+use self::prepare::{buffer, prepare};
 use self::trip::{Board, Settled, Trip};
 use crate::body::ResponseBody;
 use crate::health::{DrillConfig, HealthStore, HedgeBudget};
@@ -176,7 +176,11 @@ where
         fallback.resolution = Empty,
     );
     let work = async {
-        let mut prepared = match prepare(&shared, req, started).await {
+        let buffered = match buffer(&shared, req, started).await {
+            Ok(buffered) => buffered,
+            Err(refused) => return refused,
+        };
+        let mut prepared = match prepare(&shared, buffered, started) {
             Ok(prepared) => prepared,
             Err(refused) => return refused,
         };

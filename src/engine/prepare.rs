@@ -70,17 +70,27 @@ fn present(headers: &http::HeaderMap) -> [bool; 5] {
     present
 }
 
-/// Prepares `req`, or answers it with its refusal (`400`/`413`).
-pub(super) async fn prepare<'s, P, B, RB>(
-    shared: &'s Shared<P>,
+/// A request's head and its whole body, read within the layer's limit.
+pub(super) struct Buffered {
+    parts: http::request::Parts,
+    body: Bytes,
+    dialect: Dialect,
+}
+
+/// Reads `req`'s body whole (the asynchronous part of preparing it), or
+/// answers it with its refusal (`400`/`413`). The rest is [`prepare`]'s,
+/// a plain function, so the large [`Prepared`] is built where the engine
+/// keeps it instead of in this future's state and then moved out of it.
+pub(super) async fn buffer<P, B, RB>(
+    shared: &Shared<P>,
     req: Request<B>,
     started: Instant,
-) -> Result<Prepared<'s>, Response<ResponseBody<RB>>>
+) -> Result<Buffered, Response<ResponseBody<RB>>>
 where
     B: Body,
     B::Error: Into<BoxError>,
 {
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     // The caller's word wins over the path.
     let dialect = match parts.extensions.get::<Dialect>() {
         Some(d) => *d,
@@ -120,6 +130,21 @@ where
             ));
         }
     };
+    Ok(Buffered { parts, body, dialect })
+}
+
+/// Prepares a buffered request, or answers it with its refusal (`400`).
+#[inline(always)]
+pub(super) fn prepare<'s, P, RB>(
+    shared: &'s Shared<P>,
+    buffered: Buffered,
+    started: Instant,
+) -> Result<Prepared<'s>, Response<ResponseBody<RB>>> {
+    let Buffered {
+        mut parts,
+        body,
+        dialect,
+    } = buffered;
     // Media parts are counted only when something reads needs.
     let mut index = match dialect.index(&body, shared.reads_needs, shared.chains.record_keys()) {
         Ok(i) => i,
