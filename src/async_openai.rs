@@ -496,55 +496,63 @@ struct AttemptRequest {
 
 impl AttemptRequest {
     fn build(&self) -> Result<Request, OpenAIError> {
-        let parts = match self.same_url {
-            // Only the fields `reqwest_request` reads.
-            true => Head::Fields(&self.parts.method, &self.parts.headers, self.parts.version),
-            false => Head::Parts(self.parts.clone()),
+        let body = ::reqwest::Body::wrap(self.body.clone());
+        let req = match self.same_url {
+            // Only the fields a request to the caller's URL takes.
+            true => {
+                let p = &self.parts;
+                to_caller(p.method.clone(), p.headers.clone(), p.version, body, &self.caller)
+            }
+            false => to_endpoint(self.parts.clone(), body)?,
         };
-        reqwest_request(parts, self.body.clone(), &self.caller, self.timeout)
+        Ok(with_timeout(req, self.timeout))
     }
 }
 
-/// An attempt's head, borrowed (its fields cloned into the request) or
-/// owned (moved into it).
-enum Head<'a> {
-    Fields(&'a Method, &'a http::HeaderMap, http::Version),
-    /// Owned parts; for the caller's URL, only method, headers and version
-    /// are read.
-    Parts(http::request::Parts),
-}
-
-/// The reqwest request for an attempt with `head` and `body`.
-fn reqwest_request(
-    head: Head<'_>,
+/// The attempt's request moving `parts` (built once, so nothing is cloned).
+fn attempt_request(
+    parts: http::request::Parts,
     body: ReplayBody,
     caller: &CallerUrl,
     timeout: Option<Duration>,
 ) -> Result<Request, OpenAIError> {
     let body = ::reqwest::Body::wrap(body);
-    let (method, headers, version) = match head {
-        Head::Fields(method, headers, version) => (method.clone(), headers.clone(), version),
-        Head::Parts(parts) if same_target(&parts.uri, &caller.uri) => (parts.method, parts.headers, parts.version),
-        Head::Parts(parts) => {
-            // Another endpoint: its URI is parsed, as reqwest converts any
-            // `http::Request`.
-            let mut req = Request::try_from(http::Request::from_parts(parts, body)).map_err(OpenAIError::Reqwest)?;
-            if let Some(timeout) = timeout {
-                *req.timeout_mut() = Some(timeout);
-            }
-            return Ok(req);
-        }
+    let req = match same_target(&parts.uri, &caller.uri) {
+        true => to_caller(parts.method, parts.headers, parts.version, body, caller),
+        false => to_endpoint(parts, body)?,
     };
-    // The same fields `Request::try_from` moves, without parsing the URL
-    // again. (A reqwest request's extensions are reqwest's own.)
+    Ok(with_timeout(req, timeout))
+}
+
+/// A request to the caller's URL: the same fields `Request::try_from`
+/// moves, without parsing the URL again. (A reqwest request's extensions
+/// are reqwest's own; its timeout is set by [`with_timeout`].)
+fn to_caller(
+    method: Method,
+    headers: http::HeaderMap,
+    version: http::Version,
+    body: ::reqwest::Body,
+    caller: &CallerUrl,
+) -> Request {
     let mut req = Request::new(method, caller.url.clone());
     *req.headers_mut() = headers;
     *req.version_mut() = version;
     *req.body_mut() = Some(body);
-    if let Some(timeout) = timeout {
-        *req.timeout_mut() = Some(timeout);
+    req
+}
+
+/// A request to another endpoint: its URI is parsed, as reqwest converts
+/// any `http::Request`.
+fn to_endpoint(parts: http::request::Parts, body: ::reqwest::Body) -> Result<Request, OpenAIError> {
+    Request::try_from(http::Request::from_parts(parts, body)).map_err(OpenAIError::Reqwest)
+}
+
+/// `req` with the caller's per-request timeout, if it set one.
+fn with_timeout(mut req: Request, timeout: Option<Duration>) -> Request {
+    if timeout.is_some() {
+        *req.timeout_mut() = timeout;
     }
-    Ok(req)
+    req
 }
 
 impl<S, F> Service<http::Request<ReplayBody>> for Upstream<S, F>
@@ -565,7 +573,7 @@ where
         let (parts, body) = req.into_parts();
         if let Some(direct) = &self.direct {
             // Built once, so the head is moved, not cloned.
-            let call = match reqwest_request(Head::Parts(parts), body, &self.caller, self.timeout) {
+            let call = match attempt_request(parts, body, &self.caller, self.timeout) {
                 Ok(req) => (direct.execute)(&direct.client, req),
                 Err(e) => return AttemptFuture::Failed { error: Some(e) },
             };
@@ -649,5 +657,59 @@ where
             resp.extensions_mut().insert(url);
         }
         Poll::Ready(Ok(resp))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn caller_urls_resolve_past_the_cache_and_a_repeat_is_the_cached_one() {
+        let uris = Uris::default();
+        let urls: Vec<Url> = (0..URI_SLOTS + 2)
+            .map(|i| Url::parse(&format!("http://127.0.0.1:{}/v1/chat/completions?x={i}", 8000 + i)).unwrap())
+            .collect();
+        for _ in 0..2 {
+            for url in &urls {
+                let caller = uris.get(url).unwrap();
+                assert_eq!(caller.url, *url);
+                assert_eq!(caller.uri, url.as_str().parse::<http::Uri>().unwrap());
+            }
+        }
+        let last = urls.last().unwrap();
+        assert!(Arc::ptr_eq(&uris.get(last).unwrap(), &uris.get(last).unwrap()));
+    }
+
+    fn json_headers(content_type: &'static str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+        headers
+    }
+
+    async fn text(body: ::reqwest::Body) -> Vec<u8> {
+        body.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_is_handed_over_buffered_and_anything_else_in_order() {
+        // Read whole by the engine: reqwest's buffered body, the same bytes.
+        let body = response_body(&json_headers("application/json"), ResponseBody::full(Bytes::from("{}")));
+        assert_eq!(body.as_bytes(), Some(&b"{}"[..]));
+        let empty = response_body(&json_headers("application/json"), ResponseBody::full(Bytes::new()));
+        assert_eq!(empty.as_bytes(), Some(&b""[..]));
+        // A head already read, then the rest: both, in order.
+        let passed = ResponseBody::inner(Some(Bytes::from("head,")), ::reqwest::Body::from("rest"));
+        let body = response_body(&json_headers("application/json"), passed);
+        assert_eq!(body.as_bytes(), None);
+        assert_eq!(text(body).await, b"head,rest");
+        // A stream is not polled here, even when it is whole.
+        let stream = response_body(
+            &json_headers("text/event-stream"),
+            ResponseBody::full(Bytes::from("data: x\n\n")),
+        );
+        assert_eq!(stream.as_bytes(), None);
+        assert_eq!(text(stream).await, b"data: x\n\n");
     }
 }
