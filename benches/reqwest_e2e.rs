@@ -15,9 +15,13 @@
 //!   copy of the body per attempt);
 //! - `fallback_one_failure`: the first route answers 503, the second serves
 //!   (two round trips; compare with twice the baseline).
+//!
+//! `REQWEST_PROFILE=<plain|fallback>` only sends `REQWEST_REQUESTS`
+//! (default 1000) 2 KiB requests through that client (`fallback`: the
+//! served-first case), for an instruction counter (see [`profile`]).
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use llm_fallback::{Chain, FallbackMiddleware, Route};
 use llm_fallback_mock::{MockServer, MockUpstream, Reply};
 use reqwest_middleware::{ClientBuilder, ClientWithMiddleware};
@@ -113,5 +117,48 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// `REQWEST_PROFILE=<plain|fallback>`: only send `REQWEST_REQUESTS`
+/// (default 1000) sequential 2 KiB requests through that client, e.g.
+/// `REQWEST_PROFILE=fallback REQWEST_REQUESTS=700 valgrind --tool=callgrind
+/// target/release/deps/reqwest_e2e-*` (per request: the difference of two
+/// counts over the difference of their requests).
+fn profile(name: &str) {
+    let n: usize = std::env::var("REQWEST_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let server = rt
+        .block_on(MockServer::start(MockUpstream::new().model(SERVED, Reply::ok())))
+        .unwrap();
+    let url = server.chat_url();
+    let (client, body) = match name {
+        "plain" => (client(None), body_of(2 * 1024, SERVED)),
+        "fallback" => (
+            client(Some(FallbackMiddleware::new(Chain::new([
+                Route::new(SERVED),
+                Route::new("x/y"),
+            ])))),
+            body_of(2 * 1024, "caller/model"),
+        ),
+        other => panic!("REQWEST_PROFILE={other}: expected plain or fallback"),
+    };
+    rt.block_on(async {
+        for _ in 0..n {
+            send(&client, &url, &body, &server).await;
+        }
+    });
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(name) = std::env::var("REQWEST_PROFILE") {
+        return profile(&name);
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

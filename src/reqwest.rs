@@ -235,14 +235,21 @@ impl<P: Policy> Middleware for FallbackMiddleware<P> {
             return Err(Error::middleware(StreamingBodyError(())));
         }
         let url = req.url().clone();
+        let timeout = req.timeout().copied();
         // Moves method, headers, body and the request's extensions (which
         // hold a per-request `.timeout()`); a buffered body is polled as one
         // `Bytes` that shares the caller's buffer.
         let req = http::Request::<::reqwest::Body>::try_from(req)?;
+        let caller = Arc::new(Caller {
+            uri: req.uri().clone(),
+            url,
+            timeout,
+        });
         let upstream = Upstream {
             next,
             extensions,
             reusable_bodies: self.reusable_bodies,
+            caller: caller.clone(),
         };
         let resp = engine::run(self.shared.clone(), upstream, req).await;
 
@@ -254,10 +261,10 @@ impl<P: Policy> Middleware for FallbackMiddleware<P> {
             }) => {
                 served.remove::<Attempt>();
                 extensions.extend(served);
-                url
+                url.unwrap_or_else(|| caller.into_url())
             }
             // An answer the engine wrote (refusal, exhaustion).
-            None => url,
+            None => caller.into_url(),
         };
         // `ResponseUrl` is private to reqwest; its response builder sets it.
         let with_url = http::Response::builder()
@@ -273,10 +280,11 @@ impl<P: Policy> Middleware for FallbackMiddleware<P> {
 }
 
 /// What the engine keeps of a served attempt for the final response: the
-/// upstream's URL and the attempt's middleware extensions.
+/// upstream's URL (when it is not the caller's) and the attempt's
+/// middleware extensions.
 #[derive(Clone)]
 struct Served {
-    url: Url,
+    url: Option<Url>,
     extensions: Extensions,
 }
 
@@ -290,6 +298,33 @@ struct Upstream<'a> {
     next: Next<'a>,
     extensions: &'a Extensions,
     reusable_bodies: bool,
+    caller: Arc<Caller>,
+}
+
+/// The caller's URL, as the engine sees it and as reqwest parsed it, and
+/// its per-request timeout: an attempt to the caller's URL reuses the
+/// parsed `Url` rather than printing and parsing its URI again.
+struct Caller {
+    uri: http::Uri,
+    url: Url,
+    timeout: Option<std::time::Duration>,
+}
+
+impl Caller {
+    /// The caller's URL, moved out when the engine has dropped its
+    /// upstream (as it has once it answered).
+    fn into_url(self: Arc<Self>) -> Url {
+        Arc::try_unwrap(self).map_or_else(|c| c.url.clone(), |c| c.url)
+    }
+}
+
+/// `a` and `b` are the same URI as written (the engine leaves the caller's
+/// as it is unless a route sends it elsewhere); `Uri`'s own `==` compares
+/// the authority without regard to case, byte by byte.
+fn same_target(a: &http::Uri, b: &http::Uri) -> bool {
+    a.scheme_str() == b.scheme_str()
+        && a.authority().map(|x| x.as_str()) == b.authority().map(|x| x.as_str())
+        && a.path_and_query().map(|x| x.as_str()) == b.path_and_query().map(|x| x.as_str())
 }
 
 type UpstreamFuture<'a> = Pin<Box<dyn Future<Output = Result<http::Response<::reqwest::Body>>> + Send + 'a>>;
@@ -310,6 +345,7 @@ impl<'a> tower_service::Service<http::Request<ReplayBody>> for Upstream<'a> {
             extensions.insert(attempt.clone());
         }
         let reusable = self.reusable_bodies;
+        let caller = self.caller.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let body = if reusable {
@@ -320,10 +356,23 @@ impl<'a> tower_service::Service<http::Request<ReplayBody>> for Upstream<'a> {
             } else {
                 ::reqwest::Body::wrap(body)
             };
-            // The URI is the caller's, or the route's endpoint.
-            let req = Request::try_from(http::Request::from_parts(parts, body))?;
+            let req = if same_target(&parts.uri, &caller.uri) {
+                // The fields `Request::try_from` moves, with the caller's
+                // parsed URL. Of a reqwest request's extensions only its
+                // timeout is read (by the client; a middleware cannot see
+                // them), and it is the caller's.
+                let mut req = Request::new(parts.method, caller.url.clone());
+                *req.headers_mut() = parts.headers;
+                *req.version_mut() = parts.version;
+                *req.body_mut() = Some(body);
+                *req.timeout_mut() = caller.timeout;
+                req
+            } else {
+                // A route's endpoint: its URI printed and parsed as a `Url`.
+                Request::try_from(http::Request::from_parts(parts, body))?
+            };
             let resp = next.run(req, &mut extensions).await?;
-            let url = resp.url().clone();
+            let url = (resp.url() != &caller.url).then(|| resp.url().clone());
             let mut resp = http::Response::<::reqwest::Body>::from(resp);
             resp.extensions_mut().insert(Served {
                 url,
