@@ -149,7 +149,16 @@ impl<P> FallbackService<ReqwestService, P> {
     /// attempt with `client`; the same as
     /// [`FallbackBuilder::async_openai`].
     pub fn from_builder(builder: FallbackBuilder<P>, client: ::reqwest::Client) -> Self {
-        let mut service = Self::with_inner(builder, ReqwestService::new(client.clone()));
+        let mut shared = builder.into_shared();
+        // Attempts go straight to `client`: no service inside reads the
+        // attempt's extension, so none is inserted.
+        shared.attempt_extension = false;
+        let mut service = FallbackService {
+            shared: Arc::new(shared),
+            inner: ReqwestService::new(client.clone()),
+            direct: None,
+            uris: Arc::default(),
+        };
         // What `ReqwestService` does with a factory (build it once, execute
         // it), done by the attempt itself: the attempt's head is moved into
         // its request rather than kept for rebuilds no one asks for.

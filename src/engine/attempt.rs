@@ -472,6 +472,7 @@ pub(super) fn attempt_request(
     hop: &Hop,
     credential_headers: &[HeaderName],
     dialect: Dialect,
+    extension: bool,
 ) -> Request<ReplayBody> {
     let len = body.len();
     let mut req = Request::from_parts(parts, body);
@@ -504,7 +505,9 @@ pub(super) fn attempt_request(
             .insert(X_OPENROUTER_METADATA, HeaderValue::from_static("enabled"));
     }
     req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    req.extensions_mut().insert(attempt);
+    if extension {
+        req.extensions_mut().insert(attempt);
+    }
     req
 }
 

@@ -91,6 +91,11 @@ pub(crate) struct Shared<P> {
     pub(crate) on_report: Option<ReportHook>,
     /// Sticky sessions, when on.
     pub(crate) affinity: Option<crate::affinity::Affinity>,
+    /// Each attempt's request carries its [`Attempt`](crate::Attempt) in
+    /// its extensions, for the services inside the layer. Off only where
+    /// nothing can read it (the async-openai adapter sending with its own
+    /// client): inserting it costs an allocation per attempt.
+    pub(crate) attempt_extension: bool,
 }
 
 impl<P> Shared<P> {
@@ -110,6 +115,7 @@ impl<P> Shared<P> {
             request_metrics: Arc::default(),
             on_report: None,
             affinity: None,
+            attempt_extension: true,
         }
     }
 
@@ -152,6 +158,7 @@ impl<P> Shared<P> {
             request_metrics: self.request_metrics.clone(),
             on_report: self.on_report.clone(),
             affinity: self.affinity.clone(),
+            attempt_extension: self.attempt_extension,
         }
     }
 }

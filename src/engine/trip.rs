@@ -202,6 +202,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 hop,
                 &shared.credential_headers,
                 self.dialect,
+                shared.attempt_extension,
             );
             let hedge = in_air > 0;
             let span = tracing::info_span!(
