@@ -237,6 +237,8 @@ struct Common {
 
 impl Common {
     /// Takes `m` when it is one of the shared members; false otherwise.
+    /// (Inlined into each scan's callback: it runs for every member.)
+    #[inline(always)]
     fn member(&mut self, facts: &mut BodyFacts, body: &[u8], m: &scan::Member<'_>) -> bool {
         match (&*m.key, m.kind) {
             (b"model", ValueKind::String) => facts.model = text(body, m),

@@ -309,7 +309,11 @@ fn scan_members<'a, const STRICT: bool, E>(
                     ),
                     None => scan_value(input, value_start)?,
                 },
+                // Strings and numbers, most scalars, are read here, not
+                // through a call to `scan_value` (which does the same).
                 (_, Some(b'"')) if !STRICT => (string_end(input, value_start)?, ValueKind::String),
+                (_, Some(b'"')) => (checked_string_end(input, value_start)?, ValueKind::String),
+                (_, Some(b'-' | b'0'..=b'9')) => (number_end(input, value_start)?, ValueKind::Number),
                 _ => scan_value(input, value_start)?,
             };
             on_member(Member {
