@@ -267,7 +267,7 @@ impl Common {
 
 /// A string member's decoded text; `None` when it does not decode.
 fn text(body: &[u8], m: &scan::Member<'_>) -> Option<String> {
-    scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
+    scan::decode_owned(body.get(m.value.clone())?).ok()
 }
 
 /// The error object (or string) `json` holds, if it parses.

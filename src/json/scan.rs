@@ -849,6 +849,22 @@ pub(crate) fn decode_string(literal: &[u8]) -> Result<Cow<'_, str>, ScanError> {
     decode_at(literal, 0)
 }
 
+/// [`decode_string`] into an owned `String`, which costs the copy either
+/// way; a short literal with nothing to decode is copied first and its
+/// UTF-8 checked in the copy, whose start is word-aligned, so the check
+/// runs a word at a time from its first byte (in the input it would go
+/// byte by byte up to an alignment).
+pub(crate) fn decode_owned(literal: &[u8]) -> Result<String, ScanError> {
+    let n = literal.len();
+    if let Some(body) = literal.get(1..n.saturating_sub(1)).filter(|b| b.len() <= 64) {
+        if literal[0] == b'"' && literal[n - 1] == b'"' && nothing_to_decode(body) {
+            return String::from_utf8(body.to_vec())
+                .map_err(|e| ScanError::new(ScanErrorKind::InvalidUtf8, 1 + e.utf8_error().valid_up_to()));
+        }
+    }
+    decode_at(literal, 0).map(Cow::into_owned)
+}
+
 /// [`decode_string`] with error offsets shifted by `base`.
 fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
     use ScanErrorKind::*;
@@ -1312,6 +1328,17 @@ pub(super) mod tests {
         for (lit, want) in bad {
             let got = decode_string(lit).unwrap_err().to_string();
             assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(lit));
+            assert_eq!(decode_owned(lit).unwrap_err().to_string(), *want);
+        }
+        for (lit, want) in ok {
+            assert_eq!(decode_owned(lit.as_bytes()).unwrap(), *want, "{lit}");
+        }
+        // Plain but not UTF-8, short and long (the general path): refused alike.
+        for lit in [
+            &b"\"ab\xe9\""[..],
+            b"\"ab\xe9cdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\"",
+        ] {
+            assert_eq!(decode_owned(lit).map(Cow::Owned), decode_string(lit), "{lit:?}");
         }
     }
 
@@ -1517,6 +1544,16 @@ pub(super) mod tests {
             }
             escaped.push('"');
             prop_assert_eq!(decode_string(escaped.as_bytes()).unwrap(), s.as_str());
+            prop_assert_eq!(decode_owned(&lit).unwrap(), s.as_str());
+            prop_assert_eq!(decode_owned(escaped.as_bytes()).unwrap(), s.as_str());
+            // Cut or damaged: the owned decode fails (or not) as the borrowed one.
+            let mut bad = lit.to_vec();
+            if bad.len() > 2 {
+                let at = 1 + escape_mask as usize % (bad.len() - 2);
+                bad[at] = 0xff;
+            }
+            prop_assert_eq!(decode_owned(&bad).map(Cow::Owned), decode_string(&bad));
+            prop_assert_eq!(decode_owned(&lit[..lit.len() - 1]).map(Cow::Owned), decode_string(&lit[..lit.len() - 1]));
         }
     }
 }
