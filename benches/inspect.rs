@@ -14,6 +14,15 @@
 //! The target is at least 5x faster than the parse. After criterion's
 //! groups, a table gives the speed-up from alternating batches of the two
 //! arms (robust to load on the other core).
+//!
+//! `INSPECT_PROFILE=N` instead reads the mock upstream's small chat answer
+//! (~330 bytes, what `benches/e2e.rs` gets back) `N` times and exits, for
+//! callgrind: per answer = (run at N2 − run at N1) / (N2 − N1).
+//!
+//! ```text
+//! cargo bench --bench inspect --no-run
+//! INSPECT_PROFILE=1000 valgrind --tool=callgrind target/release/deps/inspect-<hash>
+//! ```
 
 #[path = "support/summary.rs"]
 mod summary;
@@ -151,7 +160,26 @@ fn interleaved() {
     }
 }
 
+/// The mock upstream's answer to the e2e bench's request, byte for byte
+/// but for the id and the time.
+const MOCK_CHAT: &[u8] = br#"{"id":"gen-mock-1","provider":"MockProvider","model":"openai/gpt-4o-mini","object":"chat.completion","created":1796150000,"choices":[{"index":0,"logprobs":null,"finish_reason":"stop","native_finish_reason":"stop","message":{"role":"assistant","content":"Hello from openai/gpt-4o-mini","refusal":null}}],"usage":{"prompt_tokens":262,"completion_tokens":3,"total_tokens":265}}"#;
+
+/// `INSPECT_PROFILE=N`: the small answer `N` times, nothing else.
+fn profile(count: usize) {
+    let mut good = 0usize;
+    for _ in 0..count {
+        good += usize::from(llm_fallback::__private::inspect_answer(
+            Dialect::Chat,
+            black_box(MOCK_CHAT),
+        ));
+    }
+    assert_eq!(good, count, "the mock's answer is a good one");
+}
+
 fn main() {
+    if let Some(count) = std::env::var("INSPECT_PROFILE").ok().and_then(|n| n.parse().ok()) {
+        return profile(count);
+    }
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);
     c.final_summary();

@@ -70,16 +70,20 @@ impl BodyFacts {
         // pass (only `finish_reason` and `error` matter), not skipped and
         // then parsed again.
         let mut choices = Choices::default();
-        let mut read_choices = |start| choices.read(body, start);
-        let watch = scan::Watch::Value("choices", &mut read_choices);
-        let scanned = scan::scan_object_watching(body, watch, |m| {
+        let mut usage = None;
+        let mut read = |key: &[u8], start: usize| match (key, body.get(start)) {
+            (b"choices", Some(b'[')) => Some(choices.read(body, start)),
+            (b"usage", Some(b'{')) => Some(read_usage(body, start, USAGE_CHAT, &mut usage)),
+            _ => None,
+        };
+        let scanned = scan::scan_object_watching(body, scan::Watch::Nested(&mut read), |m| {
             common.member(&mut facts, body, &m);
             Ok::<(), ()>(())
         });
         if scanned.is_err() {
             return BodyFacts::default();
         }
-        common.finish(&mut facts, body, USAGE_CHAT);
+        common.finish(&mut facts, body, usage);
         facts.choices = choices.count;
         if let (Some(_), Some(failed)) = (facts.choices, choices.failed) {
             facts.finish_error = true;
@@ -106,7 +110,12 @@ impl BodyFacts {
         let mut facts = BodyFacts::default();
         let mut common = Common::default();
         let (mut object, mut status) = (None, None);
-        let scanned = scan::scan_object(body, |m| {
+        let mut usage = None;
+        let mut read = |key: &[u8], start: usize| {
+            (key == b"usage" && body.get(start) == Some(&b'{'))
+                .then(|| read_usage(body, start, USAGE_IN_OUT, &mut usage))
+        };
+        let scanned = scan::scan_object_watching(body, scan::Watch::Nested(&mut read), |m| {
             if !common.member(&mut facts, body, &m) {
                 match (&*m.key, m.kind) {
                     (b"object", ValueKind::String) => object = text(body, &m),
@@ -119,7 +128,7 @@ impl BodyFacts {
         if scanned.is_err() {
             return BodyFacts::default();
         }
-        common.finish(&mut facts, body, USAGE_IN_OUT);
+        common.finish(&mut facts, body, usage);
         let good_status = matches!(
             status.as_deref(),
             Some("completed" | "incomplete" | "queued" | "in_progress")
@@ -143,7 +152,12 @@ impl BodyFacts {
         let mut facts = BodyFacts::default();
         let mut common = Common::default();
         let (mut kind, mut content) = (None, false);
-        let scanned = scan::scan_object(body, |m| {
+        let mut usage = None;
+        let mut read = |key: &[u8], start: usize| {
+            (key == b"usage" && body.get(start) == Some(&b'{'))
+                .then(|| read_usage(body, start, USAGE_IN_OUT, &mut usage))
+        };
+        let scanned = scan::scan_object_watching(body, scan::Watch::Nested(&mut read), |m| {
             if !common.member(&mut facts, body, &m) {
                 match (&*m.key, m.kind) {
                     (b"type", ValueKind::String) => kind = text(body, &m),
@@ -156,7 +170,7 @@ impl BodyFacts {
         if scanned.is_err() {
             return BodyFacts::default();
         }
-        common.finish(&mut facts, body, USAGE_IN_OUT);
+        common.finish(&mut facts, body, usage);
         if facts.error.is_none() && kind.as_deref() == Some("error") {
             facts.error = Some(UpstreamError {
                 message: Some("the answer is an error (type \"error\")".into()),
@@ -174,7 +188,7 @@ impl BodyFacts {
     pub(crate) fn inspect_embeddings(body: &[u8]) -> Self {
         let mut facts = BodyFacts::default();
         let mut common = Common::default();
-        let mut data = None;
+        let (mut data, mut usage) = (None, None);
         let mut count = |start| -> Result<usize, scan::ScanError> {
             let mut n = 0usize;
             let end = scan::scan_array_at(body, start, |at| {
@@ -185,15 +199,19 @@ impl BodyFacts {
             data = Some(n);
             Ok(end)
         };
-        let watch = scan::Watch::Value("data", &mut count);
-        let scanned = scan::scan_object_watching(body, watch, |m| {
+        let mut read = |key: &[u8], start: usize| match (key, body.get(start)) {
+            (b"data", Some(b'[')) => Some(count(start)),
+            (b"usage", Some(b'{')) => Some(read_usage(body, start, USAGE_CHAT, &mut usage)),
+            _ => None,
+        };
+        let scanned = scan::scan_object_watching(body, scan::Watch::Nested(&mut read), |m| {
             common.member(&mut facts, body, &m);
             Ok::<(), ()>(())
         });
         if scanned.is_err() {
             return BodyFacts::default();
         }
-        common.finish(&mut facts, body, USAGE_CHAT);
+        common.finish(&mut facts, body, usage);
         facts.choices = data.filter(|_| facts.error.is_none());
         facts
     }
@@ -209,33 +227,36 @@ impl BodyFacts {
 /// The members every answer shape reads the same way: the served model
 /// and provider, a top-level `error` (`null` is none), `usage` and
 /// OpenRouter's metadata. Each `inspect_*` passes its members here first and
-/// reads only its own.
+/// reads only its own. (`usage` itself is read in the scan's pass, by
+/// [`read_usage`] from the scan's [`scan::Watch::Nested`].)
 #[derive(Default)]
 struct Common {
     error: Option<Range<usize>>,
-    usage: Option<Range<usize>>,
     metadata: Option<Range<usize>>,
 }
 
 impl Common {
     /// Takes `m` when it is one of the shared members; false otherwise.
+    /// (Inlined into each scan's callback: it runs for every member.)
+    #[inline(always)]
     fn member(&mut self, facts: &mut BodyFacts, body: &[u8], m: &scan::Member<'_>) -> bool {
         match (&*m.key, m.kind) {
             (b"model", ValueKind::String) => facts.model = text(body, m),
             (b"provider", ValueKind::String) => facts.provider = text(body, m),
             (b"error", ValueKind::Null) => {}
             (b"error", _) => self.error = Some(m.value.clone()),
-            (b"usage", ValueKind::Object) => self.usage = Some(m.value.clone()),
+            (b"usage", ValueKind::Object) => {}
             (b"openrouter_metadata", ValueKind::Object) => self.metadata = Some(m.value.clone()),
             _ => return false,
         }
         true
     }
 
-    /// Fills `facts` from a body that scanned whole.
-    fn finish(self, facts: &mut BodyFacts, body: &[u8], usage_keys: UsageKeys) {
+    /// Fills `facts` from a body that scanned whole; `usage` is what
+    /// [`read_usage`] made of its last object-valued `usage`.
+    fn finish(self, facts: &mut BodyFacts, body: &[u8], usage: Option<Usage>) {
         facts.json = true;
-        facts.usage = self.usage.and_then(|span| usage(&body[span], usage_keys));
+        facts.usage = usage;
         if let Some(span) = self.metadata {
             facts.upstream_attempts = upstream_attempts(&body[span]);
         }
@@ -246,7 +267,7 @@ impl Common {
 
 /// A string member's decoded text; `None` when it does not decode.
 fn text(body: &[u8], m: &scan::Member<'_>) -> Option<String> {
-    scan::decode_string(&body[m.value.clone()]).ok().map(|s| s.into_owned())
+    scan::decode_owned(body.get(m.value.clone())?).ok()
 }
 
 /// The error object (or string) `json` holds, if it parses.
@@ -325,7 +346,7 @@ impl Choices {
                 match (&*m.key, m.kind) {
                     (b"finish_reason", ValueKind::String) => {
                         // Sticky: a duplicate cannot turn an error into a success.
-                        finished_in_error |= scan::decode_string(&body[m.value]).is_ok_and(|r| r == "error");
+                        finished_in_error |= is_error(&body[m.value]);
                     }
                     (b"error", ValueKind::Null) => {}
                     (b"error", _) => error = Some(m.value),
@@ -350,43 +371,97 @@ impl Choices {
     }
 }
 
-/// The names of `usage`'s prompt, completion and total counts.
-type UsageKeys = [&'static [u8]; 3];
-const USAGE_CHAT: UsageKeys = [b"prompt_tokens", b"completion_tokens", b"total_tokens"];
-/// Responses and Messages (which has no total: it is the sum).
-const USAGE_IN_OUT: UsageKeys = [b"input_tokens", b"output_tokens", b"total_tokens"];
+/// The string literal `raw` (quotes included) decodes to `error`. Only a
+/// literal with a backslash (`"\u0065rror"`) needs decoding to tell: any
+/// other is its own text, so `"stop"` costs a compare, not a decode.
+fn is_error(raw: &[u8]) -> bool {
+    // With an escape (two bytes or more for one character) the literal is
+    // longer than `"error"`, and no longer than five `\uXXXX` in quotes.
+    raw == br#""error""#
+        || ((8..=32).contains(&raw.len())
+            && raw.contains(&b'\\')
+            && scan::decode_string(raw).is_ok_and(|r| r == "error"))
+}
 
-/// Reads `usage`'s token counts; `None` when one of them is not a
-/// non-negative integer.
-fn usage(object: &[u8], keys: UsageKeys) -> Option<Usage> {
+/// Which names `usage`'s prompt, completion and total counts go by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UsageKeys {
+    /// `prompt_tokens`, `completion_tokens`, `total_tokens`.
+    Chat,
+    /// `input_tokens`, `output_tokens`, `total_tokens`: Responses and
+    /// Messages (which has no total: it is the sum).
+    InOut,
+}
+const USAGE_CHAT: UsageKeys = UsageKeys::Chat;
+const USAGE_IN_OUT: UsageKeys = UsageKeys::InOut;
+
+/// Reads the `usage` object whose `{` is at `start`, in the pass of the
+/// scan it is a member of, and returns one past its end as skipping it
+/// would. `out` becomes its token counts, or `None` when one of them is
+/// not a non-negative integer or the object does not scan on its own
+/// (checked as strictly as the top level), which leaves the body as it is:
+/// only skipped.
+fn read_usage(body: &[u8], start: usize, keys: UsageKeys, out: &mut Option<Usage>) -> Result<usize, scan::ScanError> {
+    let mut nested = false;
+    match usage_at(body, start, keys, &mut nested) {
+        Ok((end, usage)) if !nested => {
+            *out = Some(usage);
+            Ok(end)
+        }
+        read => {
+            // The rare shapes (a count that is not one, a nested member such
+            // as `prompt_tokens_details`, bad JSON) are skipped again as the
+            // scan skips any value, so the body is judged as before, its
+            // nesting limit counted from the top level.
+            *out = read.ok().map(|(_, usage)| usage);
+            scan::scan_value(body, start).map(|(end, _)| end)
+        }
+    }
+}
+
+/// `usage`'s token counts from the object at `start`, and one past its
+/// end; `Err` when one of them is not a non-negative integer or the object
+/// does not scan. `nested` is set when a member's value is an object or
+/// an array.
+fn usage_at(body: &[u8], start: usize, keys: UsageKeys, nested: &mut bool) -> Result<(usize, Usage), ()> {
     let mut usage = Usage::default();
     let mut total = false;
-    scan::scan_object(object, |m| {
-        let key = &*m.key;
-        let slot = if key == keys[0] {
-            &mut usage.prompt_tokens
-        } else if key == keys[1] {
-            &mut usage.completion_tokens
-        } else if key == keys[2] {
-            total = true;
-            &mut usage.total_tokens
-        } else {
-            return Ok::<(), ()>(());
+    let end = scan::scan_strict_object_at(body, start, |m| {
+        *nested |= matches!(m.kind, ValueKind::Object | ValueKind::Array);
+        use UsageKeys::{Chat, InOut};
+        let slot = match (&*m.key, keys) {
+            (b"prompt_tokens", Chat) | (b"input_tokens", InOut) => &mut usage.prompt_tokens,
+            (b"completion_tokens", Chat) | (b"output_tokens", InOut) => &mut usage.completion_tokens,
+            (b"total_tokens", _) => {
+                total = true;
+                &mut usage.total_tokens
+            }
+            _ => return Ok::<(), ()>(()),
         };
-        // A JSON number (the scanner validated it) that parses as a u64 is a
-        // plain non-negative integer: a sign, fraction or exponent fails.
         if m.kind != ValueKind::Number {
             return Err(());
         }
-        let text = std::str::from_utf8(&object[m.value]).map_err(drop)?;
-        *slot = text.parse().map_err(drop)?;
+        *slot = body.get(m.value).and_then(plain_u64).ok_or(())?;
         Ok(())
     })
-    .ok()?;
-    if !total && keys[0] == USAGE_IN_OUT[0] {
+    .map_err(drop)?;
+    if !total && keys == UsageKeys::InOut {
         usage.total_tokens = usage.prompt_tokens.saturating_add(usage.completion_tokens);
     }
-    Some(usage)
+    Ok((end, usage))
+}
+
+/// A JSON number's text (validated by the scanner: no leading zero, no
+/// `+`) as a `u64`, what `str::parse` makes of it: plain digits only, so a
+/// sign, fraction or exponent, or a value past `u64::MAX`, is `None`.
+fn plain_u64(number: &[u8]) -> Option<u64> {
+    if number.is_empty() {
+        return None;
+    }
+    number.iter().try_fold(0u64, |n, &digit| {
+        let digit = digit.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Reads `openrouter_metadata.attempts`, tolerating shapes that vary.
@@ -521,6 +596,93 @@ mod tests {
         assert_eq!(usage(r#"{"total_tokens":-7}"#), None);
         assert_eq!(usage(r#"{"total_tokens":7.5}"#), None);
         assert_eq!(usage(r#"{"total_tokens":"7"}"#), None);
+    }
+
+    #[test]
+    fn usage_is_read_in_the_scans_pass_as_alone() {
+        let read = |u: &str| {
+            let body = format!(r#"{{"model":"m","usage":{u},"choices":[]}}"#);
+            let f = BodyFacts::inspect(body.as_bytes());
+            assert!(f.json, "{body}");
+            f.usage.map(|u| (u.prompt_tokens, u.completion_tokens, u.total_tokens))
+        };
+        // Nested members (OpenRouter's details), strings, escaped keys.
+        assert_eq!(
+            read(
+                r#"{"prompt_tokens":5,"prompt_tokens_details":{"cached_tokens":[1,{"x":2}]},"cost":"0.1","completion_tokens":2,"total_\u0074okens":7}"#
+            ),
+            Some((5, 2, 7))
+        );
+        assert_eq!(
+            read(r#"{ "total_tokens" : 18446744073709551615 }"#),
+            Some((0, 0, u64::MAX))
+        );
+        // Past u64, signed, a fraction, an exponent: no usage, body intact.
+        for bad in [
+            r#"{"total_tokens":18446744073709551616}"#,
+            r#"{"total_tokens":-0}"#,
+            r#"{"total_tokens":1.0}"#,
+            r#"{"total_tokens":1e2}"#,
+            r#"{"prompt_tokens":null,"total_tokens":3}"#,
+            r#"{"total_tokens":3,"prompt_tokens":"3"}"#,
+        ] {
+            assert_eq!(read(bad), None, "{bad}");
+        }
+        // Invalid only by the top level's rules (a bad escape in a string,
+        // a trailing comma): no usage, but the body still scans, as the
+        // nested value it is.
+        assert_eq!(read(r#"{"total_tokens":3,"note":"\q"}"#), None);
+        assert_eq!(read(r#"{"total_tokens":3,}"#), None);
+        // The last object-valued `usage` counts; a later non-object does not.
+        let f = BodyFacts::inspect(br#"{"usage":{"total_tokens":1},"usage":{"total_tokens":2},"usage":null}"#);
+        assert_eq!(f.usage.map(|u| u.total_tokens), Some(2));
+        let f = BodyFacts::inspect(br#"{"usage":{"total_tokens":1},"usage":{"total_tokens":-2}}"#);
+        assert!(f.json && f.usage.is_none());
+        // Cut short, or broken in a way any nested value is: not JSON.
+        for body in [
+            &br#"{"choices":[],"usage":{"total_tokens":3"#[..],
+            br#"{"choices":[],"usage":{"total_tokens":3,"x":[}}"#,
+            br#"{"choices":[],"usage":{"total_tokens":"3}"#,
+        ] {
+            let f = BodyFacts::inspect(body);
+            assert!(!f.json, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn usage_nesting_counts_from_the_top_level() {
+        // 127 levels inside a member of `usage` are one too many for the
+        // top-level skip (129 with the body and `usage`): refused, as when
+        // `usage` was only skipped, though `usage` alone would scan.
+        let deep = |n: usize| format!(r#"{{"usage":{{"x":{}{}}}}}"#, "[".repeat(n), "]".repeat(n));
+        assert!(BodyFacts::inspect(deep(126).as_bytes()).json);
+        assert!(!BodyFacts::inspect(deep(127).as_bytes()).json);
+        let alone = format!(r#"{{"x":{}{}}}"#, "[".repeat(127), "]".repeat(127));
+        assert!(scan::scan_object(alone.as_bytes(), |_| Ok::<_, ()>(())).is_ok());
+    }
+
+    #[test]
+    fn finish_reason_is_compared_as_decoded() {
+        for (reason, error) in [
+            (r#""error""#, true),
+            (r#""\u0065rror""#, true),
+            (r#""err\u006Fr""#, true),
+            (r#""\u0065\u0072\u0072\u006f\u0072""#, true),
+            (r#""errors""#, false),
+            (r#""erro""#, false),
+            (r#""\u0065rrors""#, false),
+            (r#""stop""#, false),
+            (r#""""#, false),
+            (r#""\\error""#, false),
+        ] {
+            let body = format!(r#"{{"choices":[{{"finish_reason":{reason}}}]}}"#);
+            let f = BodyFacts::inspect(body.as_bytes());
+            assert_eq!(f.finish_error, error, "{reason}");
+            assert_eq!(
+                f.finish_error,
+                serde_json::from_str::<String>(reason).unwrap() == "error"
+            );
+        }
     }
 
     #[test]
@@ -756,6 +918,7 @@ mod oracle {
                 prop::option::of(count()),
                 prop::option::of(count()),
                 prop::option::of(count()),
+                prop::option::of(scalar()),
             )),
             prop::option::of(scalar()),
             any::<bool>(),
@@ -769,12 +932,18 @@ mod oracle {
                 if let Some(c) = choices {
                     b.insert("choices".into(), c);
                 }
-                if let Some((p, c, t)) = usage {
+                if let Some((p, c, t, details)) = usage {
                     let mut u = Map::new();
                     for (k, v) in [("prompt_tokens", p), ("completion_tokens", c), ("total_tokens", t)] {
                         if let Some(v) = v {
                             u.insert(k.into(), v);
                         }
+                    }
+                    // Members nobody reads, nested ones too (OpenRouter's
+                    // details), read in the same pass.
+                    if let Some(d) = details {
+                        u.insert("prompt_tokens_details".into(), json!({"cached_tokens": d}));
+                        u.insert("cost".into(), d);
                     }
                     b.insert("usage".into(), Value::Object(u));
                 }

@@ -145,7 +145,9 @@ impl<E> From<ScanError> for ScanFail<E> {
 /// duplicate key). Returns the span of the object itself, `{` to `}`.
 ///
 /// Allocates nothing unless a key has escapes (that key is decoded into an
-/// owned string).
+/// owned string). (The engine's readers all watch a key; the tests read
+/// plain objects.)
+#[cfg(test)]
 pub(crate) fn scan_object<'a, E>(
     input: &'a [u8],
     on_member: impl FnMut(Member<'a>) -> Result<(), E>,
@@ -215,6 +217,21 @@ pub(crate) fn scan_object_at<'a, E>(
         return Err(ScanFail::Scan(ScanError::new(ScanErrorKind::NotAnObject, start)));
     }
     scan_members::<false, E>(input, start, Watch::Nothing, on_member)
+}
+
+/// [`scan_object_at`] with the top level's strictness: string values get
+/// their escapes checked, as [`scan_object`] checks them. For a nested
+/// object read in the enclosing scan's pass (an answer's `usage`) exactly
+/// as [`scan_object`] would read it alone.
+pub(crate) fn scan_strict_object_at<'a, E>(
+    input: &'a [u8],
+    start: usize,
+    on_member: impl FnMut(Member<'a>) -> Result<(), E>,
+) -> Result<usize, ScanFail<E>> {
+    if input.get(start) != Some(&b'{') {
+        return Err(ScanFail::Scan(ScanError::new(ScanErrorKind::NotAnObject, start)));
+    }
+    scan_members::<true, E>(input, start, Watch::Nothing, on_member)
 }
 
 /// The members of the object whose `{` is at `start`; returns one past its
@@ -292,7 +309,11 @@ fn scan_members<'a, const STRICT: bool, E>(
                     ),
                     None => scan_value(input, value_start)?,
                 },
+                // Strings and numbers, most scalars, are read here, not
+                // through a call to `scan_value` (which does the same).
                 (_, Some(b'"')) if !STRICT => (string_end(input, value_start)?, ValueKind::String),
+                (_, Some(b'"')) => (checked_string_end(input, value_start)?, ValueKind::String),
+                (_, Some(b'-' | b'0'..=b'9')) => (number_end(input, value_start)?, ValueKind::Number),
                 _ => scan_value(input, value_start)?,
             };
             on_member(Member {
@@ -453,6 +474,12 @@ fn number_end(input: &[u8], start: usize) -> Result<usize, ScanError> {
         Some(b'0') => p += 1,
         Some(b'1'..=b'9') => p = digits(p).0,
         _ => return invalid,
+    }
+    // An integer, as most numbers in an answer are (counts, an index, a
+    // time), followed by what may follow any number: done. (Not a fraction,
+    // an exponent or a glued byte, which the checks below would refuse.)
+    if let None | Some(b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') = input.get(p) {
+        return Ok(p);
     }
     if input.get(p) == Some(&b'.') {
         let (q, any) = digits(p + 1);
@@ -820,6 +847,22 @@ fn structural_at(input: &[u8], at: usize) -> Option<u64> {
 /// error offsets count from the literal's opening quote.
 pub(crate) fn decode_string(literal: &[u8]) -> Result<Cow<'_, str>, ScanError> {
     decode_at(literal, 0)
+}
+
+/// [`decode_string`] into an owned `String`, which costs the copy either
+/// way; a short literal with nothing to decode is copied first and its
+/// UTF-8 checked in the copy, whose start is word-aligned, so the check
+/// runs a word at a time from its first byte (in the input it would go
+/// byte by byte up to an alignment).
+pub(crate) fn decode_owned(literal: &[u8]) -> Result<String, ScanError> {
+    let n = literal.len();
+    if let Some(body) = literal.get(1..n.saturating_sub(1)).filter(|b| b.len() <= 64) {
+        if literal[0] == b'"' && literal[n - 1] == b'"' && nothing_to_decode(body) {
+            return String::from_utf8(body.to_vec())
+                .map_err(|e| ScanError::new(ScanErrorKind::InvalidUtf8, 1 + e.utf8_error().valid_up_to()));
+        }
+    }
+    decode_at(literal, 0).map(Cow::into_owned)
 }
 
 /// [`decode_string`] with error offsets shifted by `base`.
@@ -1285,6 +1328,17 @@ pub(super) mod tests {
         for (lit, want) in bad {
             let got = decode_string(lit).unwrap_err().to_string();
             assert_eq!(got, *want, "{:?}", String::from_utf8_lossy(lit));
+            assert_eq!(decode_owned(lit).unwrap_err().to_string(), *want);
+        }
+        for (lit, want) in ok {
+            assert_eq!(decode_owned(lit.as_bytes()).unwrap(), *want, "{lit}");
+        }
+        // Plain but not UTF-8, short and long (the general path): refused alike.
+        for lit in [
+            &b"\"ab\xe9\""[..],
+            b"\"ab\xe9cdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\"",
+        ] {
+            assert_eq!(decode_owned(lit).map(Cow::Owned), decode_string(lit), "{lit:?}");
         }
     }
 
@@ -1490,6 +1544,16 @@ pub(super) mod tests {
             }
             escaped.push('"');
             prop_assert_eq!(decode_string(escaped.as_bytes()).unwrap(), s.as_str());
+            prop_assert_eq!(decode_owned(&lit).unwrap(), s.as_str());
+            prop_assert_eq!(decode_owned(escaped.as_bytes()).unwrap(), s.as_str());
+            // Cut or damaged: the owned decode fails (or not) as the borrowed one.
+            let mut bad = lit.to_vec();
+            if bad.len() > 2 {
+                let at = 1 + escape_mask as usize % (bad.len() - 2);
+                bad[at] = 0xff;
+            }
+            prop_assert_eq!(decode_owned(&bad).map(Cow::Owned), decode_string(&bad));
+            prop_assert_eq!(decode_owned(&lit[..lit.len() - 1]).map(Cow::Owned), decode_string(&lit[..lit.len() - 1]));
         }
     }
 }
