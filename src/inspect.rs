@@ -14,6 +14,7 @@ use crate::report::{UpstreamAttempt, UpstreamError, Usage};
 use serde::Deserialize;
 use serde_json::Value;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// Longest upstream text (message, raw) kept in a report.
 const MAX_TEXT: usize = 1024;
@@ -22,7 +23,8 @@ const MAX_TEXT: usize = 1024;
 pub(crate) struct BodyFacts {
     /// The body is a JSON object.
     pub(crate) json: bool,
-    pub(crate) model: Option<String>,
+    /// Shared: the served model goes to the attempt's record and the report.
+    pub(crate) model: Option<Arc<str>>,
     pub(crate) provider: Option<String>,
     pub(crate) error: Option<UpstreamError>,
     /// Number of entries when `choices` is an array.
@@ -241,7 +243,7 @@ impl Common {
     #[inline(always)]
     fn member(&mut self, facts: &mut BodyFacts, body: &[u8], m: &scan::Member<'_>) -> bool {
         match (&*m.key, m.kind) {
-            (b"model", ValueKind::String) => facts.model = text(body, m),
+            (b"model", ValueKind::String) => facts.model = shared_text(body, m),
             (b"provider", ValueKind::String) => facts.provider = text(body, m),
             (b"error", ValueKind::Null) => {}
             (b"error", _) => self.error = Some(m.value.clone()),
@@ -268,6 +270,13 @@ impl Common {
 /// A string member's decoded text; `None` when it does not decode.
 fn text(body: &[u8], m: &scan::Member<'_>) -> Option<String> {
     scan::decode_owned(body.get(m.value.clone())?).ok()
+}
+
+/// [`text`], shared: one allocation for the attempt's record and the report.
+fn shared_text(body: &[u8], m: &scan::Member<'_>) -> Option<Arc<str>> {
+    scan::decode_string(body.get(m.value.clone())?)
+        .ok()
+        .map(|s| Arc::from(&*s))
 }
 
 /// The error object (or string) `json` holds, if it parses.

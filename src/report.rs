@@ -189,7 +189,7 @@ pub struct AttemptRecord {
     pub(crate) error: Option<UpstreamError>,
     pub(crate) transport: Option<String>,
     pub(crate) retry_after: Option<Duration>,
-    pub(crate) served_model: Option<String>,
+    pub(crate) served_model: Option<Arc<str>>,
     pub(crate) upstream_fell_back: bool,
     pub(crate) upstream_attempts: Vec<UpstreamAttempt>,
     pub(crate) skip_reason: Option<SkipReason>,
@@ -467,7 +467,7 @@ impl Resolution {
 #[derive(Clone, Debug)]
 pub struct FallbackReport {
     pub(crate) requested_model: Option<String>,
-    pub(crate) served_model: Option<String>,
+    pub(crate) served_model: Option<Arc<str>>,
     pub(crate) provider: Option<String>,
     pub(crate) attempts: Vec<AttemptRecord>,
     pub(crate) resolution: Resolution,

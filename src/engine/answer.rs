@@ -251,7 +251,7 @@ where
     RB::Error: Into<crate::BoxError>,
 {
     let facts = &mut answer.facts;
-    report.served_model = Some(facts.model.take().unwrap_or_else(|| hop.model.to_string()));
+    report.served_model = Some(facts.model.take().unwrap_or_else(|| hop.model.clone()));
     report.provider = facts.provider.take();
     report.usage = facts.usage.take();
     if !span.is_disabled() {

@@ -305,7 +305,7 @@ where
             held.iter().for_each(|b| body.extend_from_slice(b));
             let facts = BodyFacts {
                 json: true,
-                model: tracker.model.take(),
+                model: tracker.model.as_deref().map(Arc::from),
                 provider: tracker.provider.take(),
                 error: Some(error),
                 ..BodyFacts::default()
@@ -318,7 +318,7 @@ where
         }
         _ => {
             let facts = BodyFacts {
-                model: tracker.model.clone(),
+                model: tracker.model.as_deref().map(Arc::from),
                 provider: tracker.provider.clone(),
                 usage: tracker.usage.clone(),
                 ..BodyFacts::default()
