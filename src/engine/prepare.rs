@@ -134,6 +134,9 @@ where
 }
 
 /// Prepares a buffered request, or answers it with its refusal (`400`).
+// Inlined into `run`, which returns a refusal as it is: a box would cost
+// an allocation for nothing.
+#[allow(clippy::result_large_err)]
 #[inline(always)]
 pub(super) fn prepare<'s, P, RB>(
     shared: &'s Shared<P>,
