@@ -167,7 +167,16 @@ impl SseTracker {
         // The current event's one `data:` line while it is still in `frame`
         // (most events come whole in one frame): read there, not copied.
         let mut held = None;
-        while let Some(nl) = memchr::memchr(b'\n', &frame[pos..]) {
+        loop {
+            // A third of an event's lines are the blank line that ends it.
+            let nl = match frame.get(pos) {
+                Some(b'\n') => 0,
+                Some(_) => match memchr::memchr(b'\n', &frame[pos..]) {
+                    Some(nl) => nl,
+                    None => break,
+                },
+                None => break,
+            };
             let end = pos + nl;
             let signal = if self.partial.is_empty() {
                 self.line(frame, pos..end, Some(&mut held))
@@ -1358,6 +1367,25 @@ mod tests {
                 assert_eq!(t.finish_reason.as_deref(), Some("stop"));
                 assert_eq!(t.usage.as_ref().map(|u| u.total_tokens), Some(5));
             }
+        }
+        // Cut once anywhere: a data line read in its frame (not copied) and
+        // one the next frame ends or continues read alike.
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.as_bytes().split_at(cut);
+            let mut two = SseTracker::new(largest);
+            let first = two.feed(a);
+            let second = two.feed(b);
+            assert_eq!(
+                [first, second].iter().filter(|s| **s == Signal::Commit).count(),
+                1,
+                "cut at {cut}"
+            );
+            assert_eq!(two.finish(), Signal::None);
+            assert!(two.complete() && two.done && !two.too_large(), "cut at {cut}");
+            assert_eq!(two.model.as_deref(), Some("m/1"));
+            assert_eq!(two.provider.as_deref(), Some("P"), "cut at {cut}");
+            assert_eq!(two.finish_reason.as_deref(), Some("stop"), "cut at {cut}");
+            assert_eq!(two.usage.as_ref().map(|u| u.total_tokens), Some(5), "cut at {cut}");
         }
         // One byte less and the largest event is refused, however it is cut.
         let mut split = SseTracker::new(largest - 1);

@@ -32,7 +32,10 @@ pub(super) fn filled(data: &[u8], v: &ValueAt) -> bool {
 /// A string value decoded (`Ok(None)` for `null`); `Err` for another type
 /// or a string that does not decode.
 pub(super) fn text(data: &[u8], v: &ValueAt) -> Result<Option<String>, ()> {
-    Ok(word(data, v)?.map(|w| String::from_utf8_lossy(&w).into_owned()))
+    match word(data, v)? {
+        None => Ok(None),
+        Some(w) => String::from_utf8(w.into_owned()).map(Some).map_err(drop),
+    }
 }
 
 /// A string value's text as bytes (`Ok(None)` for `null`): borrowed from
@@ -45,7 +48,13 @@ pub(super) fn word<'a>(data: &'a [u8], v: &ValueAt) -> Result<Option<Cow<'a, [u8
         ValueKind::String => {
             let literal = data.get(v.span.clone()).ok_or(())?;
             let inner = literal.get(1..literal.len().saturating_sub(1)).ok_or(())?;
-            if memchr::memchr(b'\\', inner).is_none() {
+            // Most are short (a type, an id): looked over inline.
+            let escaped = if inner.len() <= 64 {
+                inner.iter().any(|&c| c == b'\\')
+            } else {
+                memchr::memchr(b'\\', inner).is_some()
+            };
+            if !escaped {
                 return Ok(Some(Cow::Borrowed(inner)));
             }
             match scan::decode_string(literal).map_err(drop)? {
@@ -75,13 +84,18 @@ pub(super) fn unsigned(data: &[u8], v: &ValueAt) -> Result<Option<u64>, ()> {
     match v.kind {
         ValueKind::Null => Ok(None),
         ValueKind::Number => {
+            // The reader checked it is a JSON number: only its digits, a
+            // sign, a fraction or an exponent are left to look at.
             let digits = data.get(v.span.clone()).ok_or(())?;
             if digits == b"-0" {
                 return Ok(Some(0));
             }
-            std::str::from_utf8(digits)
-                .ok()
-                .and_then(|n| n.parse().ok())
+            digits
+                .iter()
+                .try_fold(0u64, |n, &d| match d {
+                    b'0'..=b'9' => n.checked_mul(10)?.checked_add(u64::from(d - b'0')),
+                    _ => None,
+                })
                 .map(Some)
                 .ok_or(())
         }
@@ -123,7 +137,8 @@ pub(super) fn usage(r: &mut Reader<'_>, at: usize) -> Option<(usize, Option<supe
 /// The non-null value at `span` as JSON (for an error object, on the
 /// failure path).
 pub(super) fn value(data: &[u8], span: Option<Range<usize>>) -> Option<serde_json::Value> {
-    span.and_then(|span| serde_json::from_slice(&data[span]).ok())
+    span.filter(|span| data.get(span.clone()) != Some(b"null"))
+        .and_then(|span| serde_json::from_slice(&data[span]).ok())
         .filter(|v: &serde_json::Value| !v.is_null())
 }
 

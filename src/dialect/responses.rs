@@ -54,17 +54,18 @@ struct Event<'a> {
     /// or `part` that already carries output (not looked for after commit,
     /// when it decides nothing).
     output: bool,
-    response: Option<Head>,
+    response: Option<Head<'a>>,
     code: Option<Range<usize>>,
     message: Option<Range<usize>>,
 }
 
 /// What matters of an event's `response`.
 #[derive(Default)]
-struct Head {
+struct Head<'a> {
     id: Option<String>,
     model: Option<String>,
-    status: Option<String>,
+    /// As bytes: decoded only at the end of the stream.
+    status: Option<Cow<'a, [u8]>>,
     error: Option<Range<usize>>,
     usage: Option<ResponsesUsage>,
 }
@@ -122,7 +123,7 @@ impl<'a> Event<'a> {
 
 /// The event's `response` object at `at`: one past its end and its head;
 /// `None` when it is not JSON or a member has the wrong type.
-fn read_head(r: &mut Reader<'_>, at: usize, t: &SseTracker) -> Option<(usize, Head)> {
+fn read_head<'a>(r: &mut Reader<'a>, at: usize, t: &SseTracker) -> Option<(usize, Head<'a>)> {
     let data = r.bytes();
     let mut head = Head::default();
     let end = r.object(at, |r, key, at| {
@@ -136,7 +137,7 @@ fn read_head(r: &mut Reader<'_>, at: usize, t: &SseTracker) -> Option<(usize, He
             b"id" if t.response_id.is_none() => head.id = events::text(data, &v).ok()?,
             b"model" if t.model.is_none() => head.model = events::text(data, &v).ok()?,
             b"id" | b"model" => events::valid_text(data, &v).then_some(())?,
-            b"status" => head.status = events::text(data, &v).ok()?,
+            b"status" => head.status = events::word(data, &v).ok()?,
             b"error" => head.error = Some(v.span.clone()),
             _ => {}
         }
@@ -214,14 +215,11 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
         b"response.created" | b"response.in_progress" | b"response.queued" => Signal::None,
         b"response.completed" | b"response.incomplete" => {
             t.done = true;
-            t.finish_reason = Some(status.unwrap_or_else(|| {
-                if kind == b"response.completed" {
-                    "completed"
-                } else {
-                    "incomplete"
-                }
-                .to_owned()
-            }));
+            t.finish_reason = Some(match status {
+                Some(status) => String::from_utf8_lossy(&status).into_owned(),
+                None if kind == b"response.completed" => "completed".to_owned(),
+                None => "incomplete".to_owned(),
+            });
             t.commit()
         }
         b"response.failed" | b"error" => {
