@@ -397,7 +397,7 @@ impl SseTracker {
 
     /// Reads a chat or legacy-completions chunk in full.
     fn read_chunk(&mut self, data: &[u8]) -> Signal {
-        let read = ChunkFacts::read(data, self.model.is_none(), self.provider.is_none());
+        let read = ChunkFacts::read(data, self.model.is_none(), self.provider.is_none(), self.committed);
         let chunk = match self.accept(data, read, "chunk before the first token", CHAT_TYPED) {
             Ok(c) => c,
             Err(signal) => return signal,
@@ -548,11 +548,11 @@ impl ChunkFacts {
     /// number, a choice not an object, …), as a typed client would refuse
     /// it. `model` and `provider` are decoded only when asked for (the
     /// tracker keeps the first). One pass ([`Reader`]) checks and reads it.
-    fn read(data: &[u8], want_model: bool, want_provider: bool) -> Option<ChunkFacts> {
+    fn read(data: &[u8], want_model: bool, want_provider: bool, skim: bool) -> Option<ChunkFacts> {
         use crate::json::scan::ValueKind;
         let mut facts = ChunkFacts::default();
         let (mut model, mut provider, mut usage) = (None, None, None);
-        let read = Reader::read_object(data, |r, key, at| {
+        let read = Reader::read(data, skim, |r, key, at| {
             if key == b"choices" && r.byte(at) == Some(b'[') {
                 return r.array(at, |r, at| {
                     if r.byte(at) != Some(b'{') {

@@ -98,7 +98,7 @@ impl<'a> Event<'a> {
     /// the last of each key counts.
     fn read(data: &'a [u8], t: &SseTracker) -> Option<Event<'a>> {
         let mut ev = Event::default();
-        let read = Reader::read_object(data, |r, key, at| {
+        let read = Reader::read(data, t.committed, |r, key, at| {
             let object = r.byte(at) == Some(b'{');
             match key {
                 b"message" if object => {

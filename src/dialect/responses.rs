@@ -80,7 +80,7 @@ impl<'a> Event<'a> {
         let mut ev = Event::default();
         // The last `response` counts (`null`: none).
         let mut response = None;
-        let read = Reader::read_object(data, |r, key, at| {
+        let read = Reader::read(data, t.committed, |r, key, at| {
             match key {
                 b"response" if r.byte(at) == Some(b'{') => {
                     let (end, head) = read_head(r, at, t)?;

@@ -58,19 +58,38 @@ pub(crate) struct Reader<'a> {
     high: bool,
     /// The objects and arrays open around what is being read.
     depth: usize,
+    /// [`Reader::value`] skims objects and arrays as the scanner skips
+    /// nested values (brackets matched, strings jumped over), unchecked.
+    skim: bool,
 }
 
 impl<'a> Reader<'a> {
     /// `input` is UTF-8 and one JSON object (whitespace around it only),
-    /// whose members `on_member` read without refusing one (`None`).
+    /// whose members `on_member` read without refusing one (`None`):
+    /// [`Reader::read`] unskimmed.
+    #[cfg(test)]
     pub(crate) fn read_object(
         input: &'a [u8],
+        on_member: impl FnMut(&mut Reader<'a>, &[u8], usize) -> Option<usize>,
+    ) -> bool {
+        Self::read(input, false, on_member)
+    }
+
+    /// [`Reader::read_object`], or with `skim` one that checks only what it
+    /// reads member by member (the objects and arrays the callbacks leave
+    /// to [`Reader::value`] are skimmed as the scanner skips nested values:
+    /// brackets matched, strings jumped over): for an event whose validity
+    /// decides nothing (after commit), read at the scanner's speed.
+    pub(crate) fn read(
+        input: &'a [u8],
+        skim: bool,
         on_member: impl FnMut(&mut Reader<'a>, &[u8], usize) -> Option<usize>,
     ) -> bool {
         let mut r = Reader {
             b: input,
             high: false,
             depth: 0,
+            skim,
         };
         let start = ws(input, 0);
         if input.get(start) != Some(&b'{') {
@@ -177,6 +196,7 @@ impl<'a> Reader<'a> {
         };
         let end = match kind {
             ValueKind::String => string(b, at, &mut self.high)?,
+            ValueKind::Object | ValueKind::Array if self.skim => scan::scan_value(b, at).ok()?.0,
             ValueKind::Object | ValueKind::Array => value_end(b, at, &mut self.high, self.depth, MAX_DEPTH)?,
             ValueKind::True => literal(b, at, b"true")?,
             ValueKind::False => literal(b, at, b"false")?,
@@ -633,6 +653,7 @@ mod tests {
                 b: b.as_bytes(),
                 high: false,
                 depth: 0,
+                skim: false,
             };
             let walked = deep(&mut r, 0) == Some(b.len());
             assert_eq!(flat, levels <= 128, "{levels}");
@@ -670,6 +691,18 @@ mod tests {
             }
             let walked = Reader::read_object(&t, |r, _, at| deep(r, at));
             prop_assert_eq!(walked, expected, "{}", text);
+            // Skimmed, what serde_json reads is read alike (more may be).
+            if expected {
+                let mut skimmed = Vec::new();
+                let read = Reader::read(&t, true, |r, key, at| {
+                    let v = r.value(at)?;
+                    skimmed.push((key.to_vec(), v.span.clone(), v.kind));
+                    Some(v.span.end)
+                });
+                let strict: Vec<_> = members(&t).unwrap_or_default().into_iter().map(|(k, s, v)| (k.into_bytes(), s, v)).collect();
+                prop_assert!(read, "{}", text);
+                prop_assert_eq!(skimmed, strict, "{}", text);
+            }
         }
     }
 }
