@@ -48,7 +48,9 @@ pub(super) fn word<'a>(data: &'a [u8], v: &ValueAt) -> Result<Option<Cow<'a, [u8
         ValueKind::String => {
             let literal = data.get(v.span.clone()).ok_or(())?;
             let inner = literal.get(1..literal.len().saturating_sub(1)).ok_or(())?;
-            // Most are short (a type, an id): looked over inline.
+            // Most are short (a type, an id): looked over inline, where
+            // `contains` would be a `memchr` call.
+            #[allow(clippy::manual_contains)]
             let escaped = if inner.len() <= 64 {
                 inner.iter().any(|&c| c == b'\\')
             } else {
