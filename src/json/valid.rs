@@ -1,6 +1,6 @@
-//! Whether bytes are one JSON value as serde_json reads it, without
-//! building anything: the check a stream event gets before commit, and
-//! [`Reader`], which reads an event's members in that same one pass.
+//! Whether bytes are JSON as serde_json reads it, without building
+//! anything: [`Reader`] reads a stream event's members and checks the event
+//! in the same one pass.
 //!
 //! It accepts exactly what `serde_json::from_str::<IgnoredAny>` accepts
 //! after `std::str::from_utf8` (RFC 8259's grammar; whitespace is space,
@@ -40,7 +40,7 @@ pub(crate) struct ValueAt {
 }
 
 /// Reads a JSON object member by member and, in the same pass, checks it as
-/// [`valid`] does: a stream event's one read, its validity and the members
+/// serde_json takes it (this module's grammar): a stream event's one read, its validity and the members
 /// its tracker needs at once (the tracker read it twice: the scanner for
 /// the members, then this check).
 ///
