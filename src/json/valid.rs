@@ -414,6 +414,7 @@ fn stops(w: u64) -> u64 {
 /// control byte, a bad escape or no end. Sets `high` when a byte past
 /// ASCII was read (its words may run past the string: that only costs a
 /// UTF-8 check).
+#[inline(always)]
 fn string(b: &[u8], open: usize, high: &mut bool) -> Option<usize> {
     let mut i = open + 1;
     // Every word read, or-ed: its high bits say whether one was past ASCII.
