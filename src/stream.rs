@@ -14,6 +14,7 @@
 
 use crate::dialect::Dialect;
 use crate::inspect::error_from_value;
+use crate::json::valid::Reader;
 use crate::report::{FallbackReport, Outcome, Resolution, UpstreamError, Usage};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -161,25 +162,37 @@ impl SseTracker {
         if let Some(&last) = frame.last() {
             self.ends_mid_line = last != b'\n';
         }
-        let mut bytes = frame;
+        let mut pos = 0;
         let mut result = Signal::None;
-        while let Some(nl) = memchr::memchr(b'\n', bytes) {
-            let head = &bytes[..nl];
+        // The current event's one `data:` line while it is still in `frame`
+        // (most events come whole in one frame): read there, not copied.
+        let mut held = None;
+        loop {
+            // A third of an event's lines are the blank line that ends it.
+            let nl = match frame.get(pos) {
+                Some(b'\n') => 0,
+                Some(_) => match memchr::memchr(b'\n', &frame[pos..]) {
+                    Some(nl) => nl,
+                    None => break,
+                },
+                None => break,
+            };
+            let end = pos + nl;
             let signal = if self.partial.is_empty() {
-                self.line(head)
-            } else if !self.fits(self.partial.len() + head.len(), head.last().or(self.partial.last())) {
+                self.line(frame, pos..end, Some(&mut held))
+            } else if !self.fits(self.partial.len() + nl, frame[pos..end].last().or(self.partial.last())) {
                 self.refuse()
             } else {
                 let mut line = std::mem::take(&mut self.partial);
-                extend_bounded(&mut line, head, self.max_event_bytes.saturating_add(1));
-                let s = self.line(&line);
+                extend_bounded(&mut line, &frame[pos..end], self.max_event_bytes.saturating_add(1));
+                let s = self.line(&line, 0..line.len(), None);
                 if !self.too_large && line.capacity() <= KEEP_CAPACITY {
                     line.clear();
                     self.partial = line;
                 }
                 s
             };
-            bytes = &bytes[nl + 1..];
+            pos = end + 1;
             match signal {
                 Signal::None => {}
                 Signal::Commit => result = Signal::Commit,
@@ -190,6 +203,11 @@ impl SseTracker {
                 return result;
             }
         }
+        if let Some(data) = held {
+            // The event goes on in the next frame.
+            extend_bounded(&mut self.data, &frame[data], self.max_event_bytes);
+        }
+        let bytes = &frame[pos..];
         if !bytes.is_empty() {
             if !self.fits(self.partial.len() + bytes.len(), bytes.last()) {
                 self.cut_mid_line = true;
@@ -251,7 +269,7 @@ impl SseTracker {
         }
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
-            let s = self.line(&line);
+            let s = self.line(&line, 0..line.len(), None);
             if s != Signal::None {
                 return s;
             }
@@ -295,11 +313,25 @@ impl SseTracker {
         self.committed = true;
     }
 
-    fn line(&mut self, line: &[u8]) -> Signal {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+    /// The line `at` of `bytes` (its line break cut). With `held` (the line
+    /// is in the frame being fed, which outlives the call), an event's
+    /// first `data:` line is only noted there, as a range of `bytes`, and
+    /// copied to `data` only if another one follows.
+    fn line(&mut self, bytes: &[u8], at: Range<usize>, held: Option<&mut Option<Range<usize>>>) -> Signal {
+        let mut at = at;
+        if bytes[at.clone()].last() == Some(&b'\r') {
+            at.end -= 1;
+        }
+        let line = &bytes[at.clone()];
         let Some(&first) = line.first() else {
             self.event_len = 0;
-            return self.dispatch();
+            return match held.and_then(Option::take) {
+                Some(data) => {
+                    self.has_data = false;
+                    self.event(&bytes[data])
+                }
+                None => self.dispatch(),
+            };
         };
         self.event_len = self.event_len.saturating_add(line.len());
         if self.event_len > self.max_event_bytes {
@@ -308,14 +340,23 @@ impl SseTracker {
         if first == b':' {
             return Signal::None; // keep-alive comment
         }
-        if let Some(rest) = line.strip_prefix(b"data:") {
-            let rest = rest.strip_prefix(b" ").unwrap_or(rest);
-            if self.has_data {
-                // Within the event's size: each `data:` line's prefix is
-                // longer than the `\n` that joins it.
-                extend_bounded(&mut self.data, b"\n", self.max_event_bytes);
+        if line.starts_with(b"data:") {
+            let skip = if line.get(5) == Some(&b' ') { 6 } else { 5 };
+            let rest = at.start + skip..at.end;
+            match held {
+                Some(held) if !self.has_data => *held = Some(rest),
+                held => {
+                    if let Some(first) = held.and_then(Option::take) {
+                        extend_bounded(&mut self.data, &bytes[first], self.max_event_bytes);
+                    }
+                    if self.has_data {
+                        // Within the event's size: each `data:` line's prefix
+                        // is longer than the `\n` that joins it.
+                        extend_bounded(&mut self.data, b"\n", self.max_event_bytes);
+                    }
+                    extend_bounded(&mut self.data, &bytes[rest], self.max_event_bytes);
+                }
             }
-            extend_bounded(&mut self.data, rest, self.max_event_bytes);
             self.has_data = true;
         }
         Signal::None
@@ -356,7 +397,7 @@ impl SseTracker {
 
     /// Reads a chat or legacy-completions chunk in full.
     fn read_chunk(&mut self, data: &[u8]) -> Signal {
-        let read = ChunkFacts::read(data, self.model.is_none(), self.provider.is_none());
+        let read = ChunkFacts::read(data, self.model.is_none(), self.provider.is_none(), self.committed);
         let chunk = match self.accept(data, read, "chunk before the first token", CHAT_TYPED) {
             Ok(c) => c,
             Err(signal) => return signal,
@@ -435,18 +476,19 @@ impl SseTracker {
             && !crate::dialect::has_unicode_escape(data)
     }
 
-    /// What a dialect's reader made of one event's `data` (`None`: not an
-    /// object of its shape, a member read of the wrong type), as the
-    /// tracker takes it. Before commit the event decides the attempt, so it
-    /// must also be UTF-8 JSON as a client's parser takes it (serde_json,
-    /// building nothing), and a refusal is the attempt's error, naming
-    /// `what` and the members `typed`; after commit a malformed event is the
-    /// client's to see and is skipped (`Err(Signal::None)`).
+    /// What a dialect's reader made of one event's `data`, as the tracker
+    /// takes it. The readers check the event in their one pass
+    /// ([`Reader`]): `None` when it is not UTF-8 JSON as a client's parser
+    /// (serde_json) takes it, not an object of its shape, or a member read
+    /// has the wrong type. Before commit the event decides the attempt, and
+    /// a refusal is the attempt's error, naming `what` and the members
+    /// `typed`; after commit a malformed event is the client's to see and is
+    /// skipped (`Err(Signal::None)`).
     // The error is the attempt's `Signal`, returned once per event to the
     // reader that returns it on: boxing it would cost more than it saves.
     #[allow(clippy::result_large_err)]
     pub(crate) fn accept<E>(&self, data: &[u8], read: Option<E>, what: &str, typed: &str) -> Result<E, Signal> {
-        match read.filter(|_| self.committed || valid_json(data)) {
+        match read {
             Some(event) => Ok(event),
             None if self.committed => Err(Signal::None),
             None => Err(Signal::Error(UpstreamError {
@@ -501,143 +543,117 @@ struct ChunkFacts {
 }
 
 impl ChunkFacts {
-    /// `None` when the chunk is not an object of that shape: a known member
-    /// of another type (`model` a number, a choice not an object, …), as a
-    /// typed client would refuse it. `model` and `provider` are decoded
-    /// only when asked for (the tracker keeps the first).
-    fn read(data: &[u8], want_model: bool, want_provider: bool) -> Option<ChunkFacts> {
-        use crate::json::scan::{self, ValueKind};
+    /// `None` when the chunk is not JSON as serde_json takes it, or not an
+    /// object of that shape: a known member of another type (`model` a
+    /// number, a choice not an object, …), as a typed client would refuse
+    /// it. `model` and `provider` are decoded only when asked for (the
+    /// tracker keeps the first). One pass ([`Reader`]) checks and reads it.
+    fn read(data: &[u8], want_model: bool, want_provider: bool, skim: bool) -> Option<ChunkFacts> {
+        use crate::json::scan::ValueKind;
         let mut facts = ChunkFacts::default();
-        let mut choices_ok = true;
-        let mut read_choices = |start| {
-            scan::scan_array_at(data, start, |at| {
-                if data.get(at) != Some(&b'{') {
-                    choices_ok = false;
-                    return scan::scan_value(data, at).map(|(end, _)| end);
-                }
-                let mut choice = Choice::default();
-                let end = scan::scan_object_at(data, at, |m| {
-                    choice.member(data, &m);
-                    Ok::<(), std::convert::Infallible>(())
-                })
-                .map_err(|e| match e {
-                    scan::ScanFail::Scan(e) => e,
-                    scan::ScanFail::Callback(never) => match never {},
-                })?;
-                choices_ok &= choice.typed;
-                match choice.finish_reason.as_deref() {
-                    Some("error") if facts.failed.is_none() => facts.failed = Some(choice.error),
-                    Some("error") => {}
-                    Some(_) => {
-                        facts.finish_reason = choice.finish_reason;
-                        facts.content = true;
+        let (mut model, mut provider, mut usage) = (None, None, None);
+        let read = Reader::read(data, skim, |r, key, at| {
+            if key == b"choices" && r.byte(at) == Some(b'[') {
+                return r.array(at, |r, at| {
+                    if r.byte(at) != Some(b'{') {
+                        return None; // a choice that is not an object
                     }
-                    None => {}
-                }
-                facts.content |= choice.content;
-                Ok(end)
-            })
-        };
-        let mut typed = true;
-        let (mut model, mut provider, mut usage, mut error) = (None, None, None, None);
-        let scanned = scan::scan_object_watching(data, scan::Watch::Value("choices", &mut read_choices), |m| {
-            match (&*m.key, m.kind) {
+                    let mut choice = Choice::default();
+                    let end = r.object(at, |r, key, at| choice.member(r, key, at))?;
+                    match choice.finish_reason.as_deref() {
+                        Some("error") if facts.failed.is_none() => facts.failed = Some(choice.error),
+                        Some("error") => {}
+                        Some(_) => {
+                            facts.finish_reason = choice.finish_reason;
+                            facts.content = true;
+                        }
+                        None => {}
+                    }
+                    facts.content |= choice.content;
+                    Some(end)
+                });
+            }
+            let v = r.value(at)?;
+            match (key, v.kind) {
                 (b"model" | b"provider" | b"usage" | b"error" | b"choices", ValueKind::Null) => {}
-                (b"model", ValueKind::String) => model = Some(m.value),
-                (b"provider", ValueKind::String) => provider = Some(m.value),
-                (b"usage", ValueKind::Object) => usage = Some(m.value),
-                (b"error", _) => error = Some(m.value),
-                (b"choices", ValueKind::Array) => {}
-                (b"model" | b"provider" | b"usage" | b"choices", _) => typed = false,
+                (b"model", ValueKind::String) => model = Some(v.span.clone()),
+                (b"provider", ValueKind::String) => provider = Some(v.span.clone()),
+                (b"usage", ValueKind::Object) => usage = Some(v.span.clone()),
+                (b"error", _) => facts.error = Some(v.span.clone()),
+                (b"model" | b"provider" | b"usage" | b"choices", _) => return None,
                 _ => {}
             }
-            Ok::<(), ()>(())
+            Some(v.span.end)
         });
-        if scanned.is_err() || !typed || !choices_ok {
+        if !read {
             return None;
         }
         let text = |span: Option<Range<usize>>, wanted: bool| match span.filter(|_| wanted) {
             None => Ok(None),
-            Some(span) => scan::decode_string(&data[span]).map(|s| Some(s.into_owned())),
+            Some(span) => crate::json::scan::decode_string(&data[span]).map(|s| Some(s.into_owned())),
         };
-        let facts = ChunkFacts {
+        Some(ChunkFacts {
             model: text(model, want_model).ok()?,
             provider: text(provider, want_provider).ok()?,
             usage: match usage {
                 Some(span) => Some(serde_json::from_slice(&data[span]).ok()?),
                 None => None,
             },
-            error,
             ..facts
-        };
-        Some(facts)
+        })
     }
 }
 
 /// One choice of a chunk.
+#[derive(Default)]
 struct Choice {
     finish_reason: Option<String>,
     error: Option<Range<usize>>,
     content: bool,
-    /// Its known members have their types.
-    typed: bool,
-}
-
-impl Default for Choice {
-    fn default() -> Self {
-        Choice {
-            finish_reason: None,
-            error: None,
-            content: false,
-            typed: true,
-        }
-    }
 }
 
 impl Choice {
-    fn member(&mut self, data: &[u8], m: &crate::json::scan::Member<'_>) {
+    /// Reads the member `key` whose value is at `at`; one past its end
+    /// (`None`: not JSON, or a known member of the wrong type).
+    fn member(&mut self, r: &mut Reader<'_>, key: &[u8], at: usize) -> Option<usize> {
         use crate::json::scan::{self, ValueKind};
-        match (&*m.key, m.kind) {
+        let data = r.bytes();
+        if key == b"delta" && r.byte(at) == Some(b'{') {
+            // A delta carries content when any member other than `role`
+            // holds something: text, tool calls, reasoning, a refusal.
+            let mut content = false;
+            let end = r.object(at, |r, key, at| {
+                let v = r.value(at)?;
+                if key != b"role" {
+                    let inner = data
+                        .get(v.span.start + 1..v.span.end.saturating_sub(1))
+                        .unwrap_or_default();
+                    content |= match v.kind {
+                        ValueKind::Null => false,
+                        ValueKind::String => !inner.is_empty(),
+                        ValueKind::Array | ValueKind::Object => !inner.trim_ascii().is_empty(),
+                        _ => true,
+                    };
+                }
+                Some(v.span.end)
+            })?;
+            self.content |= content;
+            return Some(end);
+        }
+        let v = r.value(at)?;
+        match (key, v.kind) {
             (b"finish_reason" | b"delta" | b"text" | b"error", ValueKind::Null) => {}
-            (b"finish_reason", ValueKind::String) => match scan::decode_string(&data[m.value.clone()]) {
-                Ok(reason) => self.finish_reason = Some(reason.into_owned()),
-                Err(_) => self.typed = false,
-            },
-            (b"error", _) => self.error = Some(m.value.clone()),
+            (b"finish_reason", ValueKind::String) => {
+                self.finish_reason = Some(scan::decode_string(&data[v.span.clone()]).ok()?.into_owned())
+            }
+            (b"error", _) => self.error = Some(v.span.clone()),
             // Legacy completions carry their text here, not in a `delta`.
-            (b"text", ValueKind::String) => self.content |= m.value.len() > 2,
-            (b"delta", ValueKind::Object) => match carries_content(data, m.value.start) {
-                Some(content) => self.content |= content,
-                None => self.typed = false,
-            },
-            (b"finish_reason" | b"delta" | b"text", _) => self.typed = false,
+            (b"text", ValueKind::String) => self.content |= v.span.len() > 2,
+            (b"finish_reason" | b"delta" | b"text", _) => return None,
             _ => {}
         }
+        Some(v.span.end)
     }
-}
-
-/// A delta carries content when any member other than `role` holds
-/// something: text, tool calls, reasoning, a refusal. `None` when the
-/// object does not scan.
-fn carries_content(data: &[u8], start: usize) -> Option<bool> {
-    use crate::json::scan::{self, ValueKind};
-    let mut content = false;
-    scan::scan_object_at(data, start, |m| {
-        if &*m.key != b"role" {
-            let inner = data
-                .get(m.value.start + 1..m.value.end.saturating_sub(1))
-                .unwrap_or_default();
-            content |= match m.kind {
-                ValueKind::Null => false,
-                ValueKind::String => !inner.is_empty(),
-                ValueKind::Array | ValueKind::Object => !inner.trim_ascii().is_empty(),
-                _ => true,
-            };
-        }
-        Ok::<(), ()>(())
-    })
-    .ok()?;
-    Some(content)
 }
 
 /// The error object at `span` of a chunk (an unreadable one is still an
@@ -650,12 +666,6 @@ fn error_at(data: &[u8], span: Range<usize>) -> UpstreamError {
 
 /// The members a chat chunk's reader types ([`SseTracker::accept`]).
 const CHAT_TYPED: &str = "model, provider, usage, choices or a choice's finish_reason, delta, text";
-
-/// `data` is UTF-8 and one JSON value, as serde_json takes it (a client's
-/// parser), checked without building anything ([`crate::json::valid`]).
-fn valid_json(data: &[u8]) -> bool {
-    crate::json::valid::valid(data)
-}
 
 /// Why an event before commit is refused: serde_json's message when it is
 /// not JSON, else that one of `typed` (the members read) has the wrong type.
@@ -1357,6 +1367,25 @@ mod tests {
                 assert_eq!(t.finish_reason.as_deref(), Some("stop"));
                 assert_eq!(t.usage.as_ref().map(|u| u.total_tokens), Some(5));
             }
+        }
+        // Cut once anywhere: a data line read in its frame (not copied) and
+        // one the next frame ends or continues read alike.
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.as_bytes().split_at(cut);
+            let mut two = SseTracker::new(largest);
+            let first = two.feed(a);
+            let second = two.feed(b);
+            assert_eq!(
+                [first, second].iter().filter(|s| **s == Signal::Commit).count(),
+                1,
+                "cut at {cut}"
+            );
+            assert_eq!(two.finish(), Signal::None);
+            assert!(two.complete() && two.done && !two.too_large(), "cut at {cut}");
+            assert_eq!(two.model.as_deref(), Some("m/1"));
+            assert_eq!(two.provider.as_deref(), Some("P"), "cut at {cut}");
+            assert_eq!(two.finish_reason.as_deref(), Some("stop"), "cut at {cut}");
+            assert_eq!(two.usage.as_ref().map(|u| u.total_tokens), Some(5), "cut at {cut}");
         }
         // One byte less and the largest event is refused, however it is cut.
         let mut split = SseTracker::new(largest - 1);

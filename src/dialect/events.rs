@@ -1,51 +1,27 @@
-//! Reading one SSE event's JSON with the scanner, for the stream trackers of
-//! the dialects whose events are objects with a `type` (Responses,
-//! Messages): the members the judgement needs are found in one pass and
-//! decoded only when kept; nothing else is built.
+//! Reading one SSE event's JSON for the stream trackers of the dialects
+//! whose events are objects with a `type` (Responses, Messages): one pass
+//! of [`Reader`] checks the event as serde_json would (a client's parser)
+//! and reads the members the judgement needs; they are decoded only when
+//! kept, and nothing else is built.
 //!
-//! Before commit an event decides the attempt, so it must also be JSON as a
-//! client's parser takes it ([`SseTracker::accept`](crate::stream::SseTracker::accept)); after commit a
-//! malformed event is the client's to see and is skipped.
+//! An event that is not such JSON, or a known member of the wrong type,
+//! reads as `None`: before commit that decides the attempt
+//! ([`SseTracker::accept`](crate::stream::SseTracker::accept)); after commit
+//! a malformed event is the client's to see and is skipped.
 
-use crate::json::scan::{self, Member, ValueKind};
+use crate::json::scan::{self, ValueKind};
+use crate::json::valid::{Reader, ValueAt};
 use std::borrow::Cow;
 use std::ops::Range;
 
-/// The members of the top-level object `data`, one by one, offering each
-/// object or array value to `nested` first ([`scan::Watch::Nested`]): an
-/// event's nested objects are read in its one pass. `false` when it does
-/// not scan or `on_member` refused one (a known member of the wrong type).
-pub(super) fn members_nested(
-    data: &[u8],
-    nested: &mut scan::NestedRead<'_>,
-    mut on_member: impl FnMut(&Member<'_>) -> bool,
-) -> bool {
-    scan::scan_object_watching(data, scan::Watch::Nested(nested), |m| {
-        if on_member(&m) {
-            Ok(())
-        } else {
-            Err(())
-        }
-    })
-    .is_ok()
-}
-
-/// Reads the object at `at` member by member and returns one
-/// past its end, or `None` when it does not scan (the caller's scan then
-/// skims it as usual, and sees what `on_member` saw up to there).
-pub(super) fn nested_object(data: &[u8], at: usize, on_member: impl FnMut(&Member<'_>) -> bool) -> Option<usize> {
-    let mut on_member = on_member;
-    scan::scan_object_at(data, at, |m| if on_member(&m) { Ok(()) } else { Err(()) }).ok()
-}
-
 /// A value that holds something: a non-empty string, array or object, a
 /// number or `true` (not `null`, `false`, `""`, `[]`, `{}`).
-pub(super) fn filled(data: &[u8], m: &Member<'_>) -> bool {
+pub(super) fn filled(data: &[u8], v: &ValueAt) -> bool {
     let inner = || {
-        data.get(m.value.start + 1..m.value.end.saturating_sub(1))
+        data.get(v.span.start + 1..v.span.end.saturating_sub(1))
             .unwrap_or_default()
     };
-    match m.kind {
+    match v.kind {
         ValueKind::Null | ValueKind::False => false,
         ValueKind::String => !inner().is_empty(),
         ValueKind::Array | ValueKind::Object => !inner().trim_ascii().is_empty(),
@@ -53,82 +29,122 @@ pub(super) fn filled(data: &[u8], m: &Member<'_>) -> bool {
     }
 }
 
-/// A string member decoded (`Ok(None)` for `null`); `Err` for another type
+/// A string value decoded (`Ok(None)` for `null`); `Err` for another type
 /// or a string that does not decode.
-pub(super) fn text(data: &[u8], m: &Member<'_>) -> Result<Option<String>, ()> {
-    match m.kind {
-        ValueKind::Null => Ok(None),
-        ValueKind::String => scan::decode_string(&data[m.value.clone()])
-            .map(|s| Some(s.into_owned()))
-            .map_err(drop),
-        _ => Err(()),
-    }
-}
-
-/// [`text`], borrowed from `data` unless the string has escapes.
-pub(super) fn text_ref<'a>(data: &'a [u8], m: &Member<'_>) -> Result<Option<Cow<'a, str>>, ()> {
-    match m.kind {
-        ValueKind::Null => Ok(None),
-        ValueKind::String => scan::decode_string(&data[m.value.clone()]).map(Some).map_err(drop),
-        _ => Err(()),
-    }
-}
-
-/// The member is a string that decodes, or `null` ([`text`] without
-/// keeping it).
-pub(super) fn valid_text(data: &[u8], m: &Member<'_>) -> bool {
-    match m.kind {
-        ValueKind::Null => true,
-        ValueKind::String => scan::decode_string(&data[m.value.clone()]).is_ok(),
-        _ => false,
-    }
-}
-
-/// The member is the string `want` (escapes decoded).
-pub(super) fn is_text(data: &[u8], m: &Member<'_>, want: &str) -> bool {
-    m.kind == ValueKind::String && scan::decode_string(&data[m.value.clone()]).is_ok_and(|s| s == want)
-}
-
-/// A number member as a `u64` (`Ok(None)` for `null`); `Err` for another
-/// type or a number that is not a non-negative integer.
-pub(super) fn unsigned(data: &[u8], m: &Member<'_>) -> Result<Option<u64>, ()> {
-    match m.kind {
-        ValueKind::Null => Ok(None),
-        ValueKind::Number => std::str::from_utf8(&data[m.value.clone()])
-            .ok()
-            .and_then(|n| n.parse().ok())
-            .map(Some)
-            .ok_or(()),
-        _ => Err(()),
-    }
-}
-
-/// An object member's span (`Ok(None)` for `null`); `Err` for another type.
-pub(super) fn object(m: &Member<'_>) -> Result<Option<Range<usize>>, ()> {
-    match m.kind {
-        ValueKind::Null => Ok(None),
-        ValueKind::Object => Ok(Some(m.value.clone())),
-        _ => Err(()),
-    }
-}
-
-/// `usage` of a Responses or Messages event, read by serde from its span
-/// (one small object, in a few events).
-pub(super) fn usage(data: &[u8], span: Option<Range<usize>>) -> Result<Option<super::responses::ResponsesUsage>, ()> {
-    match span {
+pub(super) fn text(data: &[u8], v: &ValueAt) -> Result<Option<String>, ()> {
+    match word(data, v)? {
         None => Ok(None),
-        Some(span) => serde_json::from_slice(&data[span]).map(Some).map_err(drop),
+        Some(w) => String::from_utf8(w.into_owned()).map(Some).map_err(drop),
     }
+}
+
+/// A string value's text as bytes (`Ok(None)` for `null`): borrowed from
+/// `data` when it has no escape (the reader checked its bytes and, for the
+/// whole event, its UTF-8), decoded when it has; `Err` for another type or
+/// a string that does not decode (a lone surrogate).
+pub(super) fn word<'a>(data: &'a [u8], v: &ValueAt) -> Result<Option<Cow<'a, [u8]>>, ()> {
+    match v.kind {
+        ValueKind::Null => Ok(None),
+        ValueKind::String => {
+            let literal = data.get(v.span.clone()).ok_or(())?;
+            let inner = literal.get(1..literal.len().saturating_sub(1)).ok_or(())?;
+            // Most are short (a type, an id): looked over inline, where
+            // `contains` would be a `memchr` call.
+            #[allow(clippy::manual_contains)]
+            let escaped = if inner.len() <= 64 {
+                inner.iter().any(|&c| c == b'\\')
+            } else {
+                memchr::memchr(b'\\', inner).is_some()
+            };
+            if !escaped {
+                return Ok(Some(Cow::Borrowed(inner)));
+            }
+            match scan::decode_string(literal).map_err(drop)? {
+                Cow::Borrowed(s) => Ok(Some(Cow::Borrowed(s.as_bytes()))),
+                Cow::Owned(s) => Ok(Some(Cow::Owned(s.into_bytes()))),
+            }
+        }
+        _ => Err(()),
+    }
+}
+
+/// The value is a string that decodes, or `null` ([`text`] without
+/// keeping it).
+pub(super) fn valid_text(data: &[u8], v: &ValueAt) -> bool {
+    word(data, v).is_ok()
+}
+
+/// The value is the string `want` (escapes decoded).
+pub(super) fn is_text(data: &[u8], v: &ValueAt, want: &str) -> bool {
+    v.kind == ValueKind::String && word(data, v).is_ok_and(|w| w.as_deref() == Some(want.as_bytes()))
+}
+
+/// A number value as a `u64` (`Ok(None)` for `null`); `Err` for another
+/// type or a number that is not a non-negative integer (`-0` is 0, as
+/// serde_json reads it).
+pub(super) fn unsigned(data: &[u8], v: &ValueAt) -> Result<Option<u64>, ()> {
+    match v.kind {
+        ValueKind::Null => Ok(None),
+        ValueKind::Number => {
+            // The reader checked it is a JSON number: only its digits, a
+            // sign, a fraction or an exponent are left to look at.
+            let digits = data.get(v.span.clone()).ok_or(())?;
+            if digits == b"-0" {
+                return Ok(Some(0));
+            }
+            digits
+                .iter()
+                .try_fold(0u64, |n, &d| match d {
+                    b'0'..=b'9' => n.checked_mul(10)?.checked_add(u64::from(d - b'0')),
+                    _ => None,
+                })
+                .map(Some)
+                .ok_or(())
+        }
+        _ => Err(()),
+    }
+}
+
+/// `usage` of a Responses or Messages event at `at` (an object, or
+/// `null`), read in the event's pass: one past its end, and what it says;
+/// `None` when it is another type or does not read as serde read it
+/// (`input_tokens`, `output_tokens`, `total_tokens` each a `u64` or
+/// `null`, none twice).
+pub(super) fn usage(r: &mut Reader<'_>, at: usize) -> Option<(usize, Option<super::responses::ResponsesUsage>)> {
+    if r.byte(at) != Some(b'{') {
+        let v = r.value(at)?;
+        return (v.kind == ValueKind::Null).then_some((v.span.end, None));
+    }
+    let data = r.bytes();
+    let mut counts = [None; 3];
+    let mut seen = [false; 3];
+    let end = r.object(at, |r, key, at| {
+        let v = r.value(at)?;
+        let slot = match key {
+            b"input_tokens" => 0,
+            b"output_tokens" => 1,
+            b"total_tokens" => 2,
+            _ => return Some(v.span.end),
+        };
+        if std::mem::replace(&mut seen[slot], true) {
+            return None; // serde refuses a field twice
+        }
+        counts[slot] = unsigned(data, &v).ok()?;
+        Some(v.span.end)
+    })?;
+    let [input, output, total] = counts;
+    Some((end, Some(super::responses::ResponsesUsage::new(input, output, total))))
 }
 
 /// The non-null value at `span` as JSON (for an error object, on the
 /// failure path).
 pub(super) fn value(data: &[u8], span: Option<Range<usize>>) -> Option<serde_json::Value> {
-    span.and_then(|span| serde_json::from_slice(&data[span]).ok())
+    span.filter(|span| data.get(span.clone()) != Some(b"null"))
+        .and_then(|span| serde_json::from_slice(&data[span]).ok())
         .filter(|v: &serde_json::Value| !v.is_null())
 }
 
-/// The scanner readers of Responses and Messages events against the serde
+/// The one-pass readers of Responses and Messages events against the serde
 /// readers they replaced (kept here verbatim as the oracle), on random
 /// event-shaped values: the signal and everything the tracker records must
 /// agree.

@@ -21,15 +21,14 @@ use super::responses::ResponsesUsage;
 use super::ErrorBody;
 use crate::capability::Needs;
 use crate::inspect::{error_from_value, BodyFacts};
-use crate::json::scan::ScanError;
 use crate::json::scan::ValueKind;
+use crate::json::valid::Reader;
 use crate::report::UpstreamError;
 use crate::request::RequestIndex;
 use crate::stream::{Signal, SseTracker};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::ops::Range;
 
 /// The `anthropic-version` an attempt to Anthropic's own API carries when
@@ -73,10 +72,11 @@ pub(super) fn error_body(error: ErrorBody<'_>, metadata: Option<Value>) -> Bytes
     Bytes::from(serde_json::to_vec(&json!({"type": "error", "error": inner})).unwrap_or_default())
 }
 
-/// What matters of one Messages event, read by the scanner.
+/// What matters of one Messages event, read in one pass.
 #[derive(Default)]
 struct Event<'a> {
-    kind: Option<Cow<'a, str>>,
+    /// `type`, as bytes (decoded only when it has an escape).
+    kind: Option<Cow<'a, [u8]>>,
     /// `message_start`'s `message`: its model (while the tracker lacks one)
     /// and usage.
     model: Option<String>,
@@ -90,138 +90,86 @@ struct Event<'a> {
     error: Option<Range<usize>>,
 }
 
-/// What an event's `message` says (`None` inside [`Nested`]: it does not
-/// read as one).
-#[derive(Default)]
-struct Head {
-    model: Option<String>,
-    usage: Option<ResponsesUsage>,
-}
-
-/// The nested objects of one event, each as the last of its key read it in
-/// the event's pass, taken by that member's callback.
-#[derive(Default)]
-struct Nested {
-    message: Option<Option<Head>>,
-    /// `delta`'s `stop_reason` (`None` inside: a `stop_reason` of the wrong
-    /// type, or no scan).
-    delta: Option<Option<Option<String>>>,
-    block_filled: bool,
-}
-
 impl<'a> Event<'a> {
-    /// `None` when `data` is not an object or a member read has the wrong
-    /// type (as a typed client would refuse it). The `message` and `delta`
-    /// objects (and before commit a `content_block`) are read in the
-    /// event's one pass, not skimmed and then walked again.
+    /// `None` when `data` is not JSON as serde_json takes it, not an
+    /// object, or a member read has the wrong type (as a typed client would
+    /// refuse it). The `message` and `delta` objects (and before commit a
+    /// `content_block`) are read member by member in the event's one pass;
+    /// the last of each key counts.
     fn read(data: &'a [u8], t: &SseTracker) -> Option<Event<'a>> {
-        let nested = RefCell::new(Nested::default());
-        let mut read_nested = |key: &[u8], at: usize| -> Option<Result<usize, ScanError>> {
-            if data.get(at) != Some(&b'{') {
-                return None;
-            }
-            let mut n = nested.borrow_mut();
+        let mut ev = Event::default();
+        let read = Reader::read(data, t.committed, |r, key, at| {
+            let object = r.byte(at) == Some(b'{');
             match key {
-                b"message" => {
-                    let mut head = Head::default();
-                    let mut usage = None;
-                    let mut typed = true;
-                    let end = events::nested_object(data, at, |m| {
-                        typed = match &*m.key {
-                            b"model" if t.model.is_none() => events::text(data, m).map(|v| head.model = v).is_ok(),
-                            b"model" => events::valid_text(data, m),
-                            b"usage" => events::object(m).map(|v| usage = v).is_ok(),
-                            _ => true,
-                        };
-                        typed
-                    });
-                    n.message = Some(match (end, events::usage(data, usage)) {
-                        (Some(_), Ok(usage)) if typed => Some(Head { usage, ..head }),
-                        _ => None,
-                    });
-                    end.map(Ok)
-                }
-                b"delta" => {
-                    let mut stop_reason = None;
-                    let mut typed = true;
-                    let end = events::nested_object(data, at, |m| {
-                        if &*m.key == b"stop_reason" {
-                            typed = events::text(data, m).map(|v| stop_reason = v).is_ok();
+                b"message" if object => {
+                    let (mut model, mut usage) = (None, None);
+                    let end = r.object(at, |r, key, at| {
+                        if key == b"usage" {
+                            let (end, u) = events::usage(r, at)?;
+                            usage = u;
+                            return Some(end);
                         }
-                        typed
-                    });
-                    n.delta = Some(end.filter(|_| typed).map(|_| stop_reason));
-                    end.map(Ok)
+                        let v = r.value(at)?;
+                        match key {
+                            b"model" if t.model.is_none() => model = events::text(data, &v).ok()?,
+                            b"model" => events::valid_text(data, &v).then_some(())?,
+                            _ => {}
+                        }
+                        Some(v.span.end)
+                    })?;
+                    (ev.model, ev.head_usage) = (model, usage);
+                    return Some(end);
                 }
-                b"content_block" if !t.committed => {
+                b"delta" if object => {
+                    let mut stop_reason = None;
+                    let end = r.object(at, |r, key, at| {
+                        let v = r.value(at)?;
+                        if key == b"stop_reason" {
+                            stop_reason = events::text(data, &v).ok()?;
+                        }
+                        Some(v.span.end)
+                    })?;
+                    ev.stop_reason = stop_reason;
+                    return Some(end);
+                }
+                b"content_block" if object && !t.committed => {
                     let (mut tool, mut filled) = (false, false);
-                    let end = events::nested_object(data, at, |m| {
-                        match &*m.key {
-                            b"type" => tool |= events::is_text(data, m, "tool_use"),
+                    let end = r.object(at, |r, key, at| {
+                        let v = r.value(at)?;
+                        match key {
+                            b"type" => tool |= events::is_text(data, &v, "tool_use"),
                             b"text" | b"thinking" | b"data" => {
-                                filled |= m.kind == ValueKind::String && events::filled(data, m)
+                                filled |= v.kind == ValueKind::String && events::filled(data, &v)
                             }
                             _ => {}
                         }
-                        true
-                    });
-                    n.block_filled = tool || filled;
-                    end.map(Ok)
+                        Some(v.span.end)
+                    })?;
+                    ev.block_filled = tool || filled;
+                    return Some(end);
                 }
-                _ => None,
+                b"usage" => {
+                    let (end, usage) = events::usage(r, at)?;
+                    ev.usage = usage;
+                    return Some(end);
+                }
+                _ => {}
             }
-        };
-        let mut ev = Event::default();
-        // `Some(None)`: the last one read was refused.
-        let (mut message, mut delta, mut usage) = (None, None, None);
-        let read = events::members_nested(data, &mut read_nested, |m| match &*m.key {
-            b"type" => events::text_ref(data, m).map(|k| ev.kind = k).is_ok(),
-            b"message" => match m.kind {
-                ValueKind::Null => {
-                    message = None;
-                    true
-                }
-                ValueKind::Object => {
-                    message = nested.borrow_mut().message.take();
-                    true
-                }
-                _ => false,
-            },
-            b"content_block" => {
-                ev.block_filled = m.kind == ValueKind::Object && std::mem::take(&mut nested.borrow_mut().block_filled);
-                true
+            let v = r.value(at)?;
+            match key {
+                b"type" => ev.kind = events::word(data, &v).ok()?,
+                b"message" | b"delta" => match v.kind {
+                    ValueKind::Null if key == b"message" => (ev.model, ev.head_usage) = (None, None),
+                    ValueKind::Null => ev.stop_reason = None,
+                    _ => return None,
+                },
+                b"content_block" => ev.block_filled = false,
+                b"error" => ev.error = Some(v.span.clone()),
+                _ => {}
             }
-            b"delta" => match m.kind {
-                ValueKind::Null => {
-                    delta = None;
-                    true
-                }
-                ValueKind::Object => {
-                    delta = nested.borrow_mut().delta.take();
-                    true
-                }
-                _ => false,
-            },
-            b"usage" => events::object(m).map(|v| usage = v).is_ok(),
-            b"error" => {
-                ev.error = Some(m.value.clone());
-                true
-            }
-            _ => true,
+            Some(v.span.end)
         });
-        if !read {
-            return None;
-        }
-        ev.usage = events::usage(data, usage).ok()?;
-        if let Some(head) = message {
-            let head = head?;
-            ev.model = head.model;
-            ev.head_usage = head.usage;
-        }
-        if let Some(stop_reason) = delta {
-            ev.stop_reason = stop_reason?;
-        }
-        Some(ev)
+        read.then_some(ev)
     }
 }
 
@@ -242,8 +190,8 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
         Ok(e) => e,
         Err(signal) => return signal,
     };
-    match ev.kind.as_deref().unwrap_or("") {
-        "message_start" => {
+    match ev.kind.as_deref().unwrap_or_default() {
+        b"message_start" => {
             if t.model.is_none() {
                 t.model = ev.model;
             }
@@ -252,12 +200,12 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
             }
             Signal::None
         }
-        "content_block_start" => match ev.block_filled {
+        b"content_block_start" => match ev.block_filled {
             true => t.commit(),
             false => Signal::None,
         },
-        "content_block_delta" => t.commit(),
-        "message_delta" => {
+        b"content_block_delta" => t.commit(),
+        b"message_delta" => {
             if let Some(u) = ev.usage {
                 t.usage = Some(u.usage(t.usage.as_ref()));
             }
@@ -269,7 +217,7 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
                 None => Signal::None,
             }
         }
-        "message_stop" => {
+        b"message_stop" => {
             let stopped = t.finish_reason.as_deref().is_some_and(|r| r != "error");
             t.done = stopped;
             match stopped {
@@ -277,7 +225,7 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
                 false => Signal::None,
             }
         }
-        "error" => {
+        b"error" => {
             let error = match events::value(data, ev.error) {
                 Some(e) => error_from_value(&e),
                 None => UpstreamError {

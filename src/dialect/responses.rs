@@ -23,15 +23,14 @@
 use super::events;
 use crate::capability::Needs;
 use crate::inspect::{error_from_value, BodyFacts};
-use crate::json::scan::ScanError;
 use crate::json::scan::ValueKind;
+use crate::json::valid::Reader;
 use crate::report::{UpstreamError, Usage};
 use crate::request::RequestIndex;
 use crate::stream::{Signal, SseTracker};
 use serde::Deserialize;
 use serde_json::json;
 use std::borrow::Cow;
-use std::cell::Cell;
 use std::ops::Range;
 
 /// Tools, image/audio/file input items, a `text.format` JSON schema,
@@ -45,138 +44,106 @@ pub(super) fn inspect(body: &[u8]) -> BodyFacts {
     BodyFacts::inspect_responses(body)
 }
 
-/// What matters of one Responses event, read by the scanner.
+/// What matters of one Responses event, read in one pass.
 #[derive(Default)]
 struct Event<'a> {
-    kind: Option<Cow<'a, str>>,
+    /// `type`, as bytes (decoded only when it has an escape).
+    kind: Option<Cow<'a, [u8]>>,
     sequence_number: Option<u64>,
     /// A `delta`, `text` or `arguments` that holds something, or an `item`
     /// or `part` that already carries output (not looked for after commit,
     /// when it decides nothing).
     output: bool,
-    response: Option<Head>,
+    response: Option<Head<'a>>,
     code: Option<Range<usize>>,
     message: Option<Range<usize>>,
 }
 
 /// What matters of an event's `response`.
 #[derive(Default)]
-struct Head {
+struct Head<'a> {
     id: Option<String>,
     model: Option<String>,
-    status: Option<String>,
+    /// As bytes: decoded only at the end of the stream.
+    status: Option<Cow<'a, [u8]>>,
     error: Option<Range<usize>>,
     usage: Option<ResponsesUsage>,
 }
 
 impl<'a> Event<'a> {
-    /// `None` when `data` is not an object or a member read has the wrong
-    /// type (as a typed client would refuse it). `id` and `model` are
-    /// decoded only while the tracker lacks them. The `response` object
-    /// (and before commit an `item` or `part`) is read in the event's one
-    /// pass, not skimmed and then walked again.
+    /// `None` when `data` is not JSON as serde_json takes it, not an
+    /// object, or a member read has the wrong type (as a typed client would
+    /// refuse it). `id` and `model` are decoded only while the tracker lacks
+    /// them. The `response` object (and before commit an `item` or `part`)
+    /// is read member by member in the event's one pass.
     fn read(data: &'a [u8], t: &SseTracker) -> Option<Event<'a>> {
         let mut ev = Event::default();
+        // The last `response` counts (`null`: none).
         let mut response = None;
-        // The `response` object just read (`None` inside: it does not read
-        // as a head), taken by its member below; the last one counts.
-        let pending: Cell<Option<Option<Head>>> = Cell::new(None);
-        let output = Cell::new(false);
-        let mut nested = |key: &[u8], at: usize| -> Option<Result<usize, ScanError>> {
+        let read = Reader::read(data, t.committed, |r, key, at| {
             match key {
-                b"response" if data.get(at) == Some(&b'{') => {
-                    let (end, head) = read_head(data, at, t);
-                    pending.set(Some(head));
-                    end.map(Ok)
+                b"response" if r.byte(at) == Some(b'{') => {
+                    let (end, head) = read_head(r, at, t)?;
+                    response = Some(head);
+                    return Some(end);
                 }
-                b"item" | b"part" if !t.committed && data.get(at) == Some(&b'{') => {
+                b"item" | b"part" if !t.committed && r.byte(at) == Some(b'{') => {
                     let mut found = false;
-                    let end = events::nested_object(data, at, |m| {
-                        if matches!(&*m.key, b"text" | b"arguments" | b"content" | b"refusal") {
-                            found |= events::filled(data, m);
+                    let end = r.object(at, |r, key, at| {
+                        let v = r.value(at)?;
+                        if matches!(key, b"text" | b"arguments" | b"content" | b"refusal") {
+                            found |= events::filled(data, &v);
                         }
-                        true
-                    });
-                    output.set(output.get() | found);
-                    end.map(Ok)
+                        Some(v.span.end)
+                    })?;
+                    ev.output |= found;
+                    return Some(end);
                 }
-                _ => None,
+                _ => {}
             }
-        };
-        let mut kind = None;
-        let mut sequence_number = None;
-        let mut filled = false;
-        let (mut code, mut message) = (None, None);
-        let read = events::members_nested(data, &mut nested, |m| match &*m.key {
-            b"type" => events::text_ref(data, m).map(|k| kind = k).is_ok(),
-            b"sequence_number" => events::unsigned(data, m).map(|n| sequence_number = n).is_ok(),
-            b"delta" | b"text" | b"arguments" => {
-                filled |= events::filled(data, m);
-                true
+            let v = r.value(at)?;
+            match key {
+                b"type" => ev.kind = events::word(data, &v).ok()?,
+                b"sequence_number" => ev.sequence_number = events::unsigned(data, &v).ok()?,
+                b"delta" | b"text" | b"arguments" => ev.output |= events::filled(data, &v),
+                b"response" => match v.kind {
+                    ValueKind::Null => response = None,
+                    _ => return None,
+                },
+                b"code" => ev.code = Some(v.span.clone()),
+                b"message" => ev.message = Some(v.span.clone()),
+                _ => {}
             }
-            b"response" => match m.kind {
-                ValueKind::Null => {
-                    response = None;
-                    true
-                }
-                ValueKind::Object => {
-                    response = pending.take();
-                    true
-                }
-                _ => false,
-            },
-            b"code" => {
-                code = Some(m.value.clone());
-                true
-            }
-            b"message" => {
-                message = Some(m.value.clone());
-                true
-            }
-            _ => true,
+            Some(v.span.end)
         });
-        if !read {
-            return None;
-        }
-        ev.kind = kind;
-        ev.sequence_number = sequence_number;
-        ev.output = filled || output.get();
-        ev.code = code;
-        ev.message = message;
-        if let Some(head) = response {
-            ev.response = Some(head?);
-        }
-        Some(ev)
+        ev.response = response;
+        read.then_some(ev)
     }
 }
 
-/// The event's `response` object at `at`: one past its end (`None` when it
-/// does not scan), and its head (`None` when it does not read as one: a
-/// member of the wrong type, or no scan).
-fn read_head(data: &[u8], at: usize, t: &SseTracker) -> (Option<usize>, Option<Head>) {
+/// The event's `response` object at `at`: one past its end and its head;
+/// `None` when it is not JSON or a member has the wrong type.
+fn read_head<'a>(r: &mut Reader<'a>, at: usize, t: &SseTracker) -> Option<(usize, Head<'a>)> {
+    let data = r.bytes();
     let mut head = Head::default();
-    let mut usage = None;
-    let mut typed = true;
-    let end = events::nested_object(data, at, |m| {
-        typed = match &*m.key {
-            b"id" if t.response_id.is_none() => events::text(data, m).map(|v| head.id = v).is_ok(),
-            b"model" if t.model.is_none() => events::text(data, m).map(|v| head.model = v).is_ok(),
-            b"id" | b"model" => events::valid_text(data, m),
-            b"status" => events::text(data, m).map(|v| head.status = v).is_ok(),
-            b"error" => {
-                head.error = Some(m.value.clone());
-                true
-            }
-            b"usage" => events::object(m).map(|u| usage = u).is_ok(),
-            _ => true,
-        };
-        typed
-    });
-    let usage = events::usage(data, usage);
-    match (end, usage) {
-        (Some(end), Ok(usage)) if typed => (Some(end), Some(Head { usage, ..head })),
-        (end, _) => (end, None),
-    }
+    let end = r.object(at, |r, key, at| {
+        if key == b"usage" {
+            let (end, usage) = events::usage(r, at)?;
+            head.usage = usage;
+            return Some(end);
+        }
+        let v = r.value(at)?;
+        match key {
+            b"id" if t.response_id.is_none() => head.id = events::text(data, &v).ok()?,
+            b"model" if t.model.is_none() => head.model = events::text(data, &v).ok()?,
+            b"id" | b"model" => events::valid_text(data, &v).then_some(())?,
+            b"status" => head.status = events::word(data, &v).ok()?,
+            b"error" => head.error = Some(v.span.clone()),
+            _ => {}
+        }
+        Some(v.span.end)
+    })?;
+    Some((end, head))
 }
 
 /// Responses (and Messages) usage: `input_tokens`, `output_tokens`.
@@ -191,6 +158,14 @@ pub(crate) struct ResponsesUsage {
 }
 
 impl ResponsesUsage {
+    pub(crate) fn new(input_tokens: Option<u64>, output_tokens: Option<u64>, total_tokens: Option<u64>) -> Self {
+        ResponsesUsage {
+            input_tokens,
+            output_tokens,
+            total_tokens,
+        }
+    }
+
     pub(crate) fn usage(self, before: Option<&Usage>) -> Usage {
         let prompt = self.input_tokens.or(before.map(|u| u.prompt_tokens)).unwrap_or(0);
         let completion = self.output_tokens.or(before.map(|u| u.completion_tokens)).unwrap_or(0);
@@ -235,18 +210,22 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
         status = head.status;
         response_error = events::value(data, head.error);
     }
-    let kind = ev.kind.as_deref().unwrap_or("");
+    let kind = ev.kind.as_deref().unwrap_or_default();
     match kind {
-        "response.created" | "response.in_progress" | "response.queued" => Signal::None,
-        "response.completed" | "response.incomplete" => {
+        b"response.created" | b"response.in_progress" | b"response.queued" => Signal::None,
+        b"response.completed" | b"response.incomplete" => {
             t.done = true;
-            t.finish_reason = Some(status.unwrap_or_else(|| kind.trim_start_matches("response.").to_owned()));
+            t.finish_reason = Some(match status {
+                Some(status) => String::from_utf8_lossy(&status).into_owned(),
+                None if kind == b"response.completed" => "completed".to_owned(),
+                None => "incomplete".to_owned(),
+            });
             t.commit()
         }
-        "response.failed" | "error" => {
+        b"response.failed" | b"error" => {
             let error = match (response_error, kind) {
                 (Some(e), _) => error_from_value(&e),
-                (None, "error") => error_from_value(&json!({
+                (None, b"error") => error_from_value(&json!({
                     "code": events::value(data, ev.code),
                     "message": events::value(data, ev.message),
                 })),
