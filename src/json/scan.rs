@@ -163,14 +163,10 @@ pub(crate) enum Watch<'w> {
     /// key's value, as it is skipped: the capability checks read `messages`
     /// this way without a second walk over it.
     Strings(&'w str, &'w mut dyn FnMut(usize, usize)),
-    /// Reads the key's value itself when it is an array, from its `[`, and
-    /// returns one past its end (see [`scan_array_at`]); the scanner does
-    /// not skip it. Any other value is scanned as usual.
-    Value(&'w str, &'w mut dyn FnMut(usize) -> Result<usize, ScanError>),
     /// Offered every object or array value with its (decoded) key, from its
     /// `{` or `[`: `Some` when it read the value itself (one past its end,
-    /// or why it does not scan), `None` to leave it to the scanner. A
-    /// stream event's nested objects are read this way in the event's one
+    /// or why it does not scan), `None` to leave it to the scanner. An
+    /// answer's `choices` and `usage` are read this way in the body's one
     /// pass instead of skipped and then walked again.
     Nested(&'w mut NestedRead<'w>),
 }
@@ -294,9 +290,6 @@ fn scan_members<'a, const STRICT: bool, E>(
                             ValueKind::Object
                         },
                     )
-                }
-                (Watch::Value(name, read), Some(b'[')) if name.as_bytes() == &*key => {
-                    (read(value_start)?, ValueKind::Array)
                 }
                 (Watch::Nested(read), Some(&open @ (b'[' | b'{'))) => match read(&key, value_start) {
                     Some(end) => (
