@@ -505,7 +505,7 @@ struct AttemptRequest {
 
 impl AttemptRequest {
     fn build(&self) -> Result<Request, OpenAIError> {
-        let body = ::reqwest::Body::wrap(self.body.clone());
+        let body = reqwest_body(self.body.clone());
         let req = match self.same_url {
             // Only the fields a request to the caller's URL takes.
             true => {
@@ -518,6 +518,16 @@ impl AttemptRequest {
     }
 }
 
+/// An attempt's body for reqwest: an unedited one (one part) as a buffered
+/// body, which hyper writes with the head; edited ones as the zero-copy
+/// stream of their parts.
+fn reqwest_body(body: ReplayBody) -> ::reqwest::Body {
+    match body.into_single() {
+        Ok(whole) => ::reqwest::Body::from(whole),
+        Err(parts) => ::reqwest::Body::wrap(parts),
+    }
+}
+
 /// The attempt's request moving `parts` (built once, so nothing is cloned).
 fn attempt_request(
     parts: http::request::Parts,
@@ -525,7 +535,7 @@ fn attempt_request(
     caller: &CallerUrl,
     timeout: Option<Duration>,
 ) -> Result<Request, OpenAIError> {
-    let body = ::reqwest::Body::wrap(body);
+    let body = reqwest_body(body);
     let req = match same_target(&parts.uri, &caller.uri) {
         true => to_caller(parts.method, parts.headers, parts.version, body, caller),
         false => to_endpoint(parts, body)?,

@@ -121,6 +121,18 @@ impl ReplayBody {
         slot.map(std::mem::take).unwrap_or_default()
     }
 
+    /// The bytes still to send as one buffer when they are at most one part
+    /// (an unedited body, or an empty one), so a client can send them as a
+    /// buffered body rather than a stream; otherwise the body itself.
+    /// Nothing is copied either way.
+    pub(crate) fn into_single(mut self) -> Result<Bytes, Self> {
+        match self.count - self.next {
+            0 => Ok(Bytes::new()),
+            1 => Ok(self.take(self.next)),
+            _ => Err(self),
+        }
+    }
+
     /// Bytes not yet sent.
     pub fn len(&self) -> u64 {
         self.remaining
@@ -253,6 +265,24 @@ mod tests {
         assert_eq!(drain(ReplayBody::default()), (Vec::new(), 0));
         assert_eq!(drain(ReplayBody::new(Bytes::new())), (Vec::new(), 0));
         assert!(ReplayBody::default().is_end_stream());
+    }
+
+    #[test]
+    fn one_part_is_handed_over_whole() {
+        let original = Bytes::from_static(BODY.as_bytes());
+        let whole = ReplayBody::new(original.clone()).into_single().unwrap();
+        assert_eq!(whole, original);
+        // The same buffer, not a copy of it.
+        assert_eq!(whole.as_ptr(), original.as_ptr());
+        assert_eq!(ReplayBody::default().into_single().unwrap(), Bytes::new());
+        let edited = ReplayBody::rewrite(&original, &[edit(9..14, r#""x""#)]).unwrap();
+        let edited = edited.into_single().expect_err("three parts stay a body");
+        assert_eq!(drain(edited), (BODY.replace(r#""a/b""#, r#""x""#).into_bytes(), 3));
+        // A body partly sent hands over what is left.
+        let mut two = ReplayBody::rewrite(&original, &[edit(0..0, "")]).unwrap();
+        assert_eq!(two.count - two.next, 1);
+        two.next = 0;
+        assert_eq!(two.into_single().unwrap(), original);
     }
 
     #[test]
