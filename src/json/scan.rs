@@ -209,10 +209,7 @@ pub(crate) fn scan_object_at<'a, E>(
     start: usize,
     on_member: impl FnMut(Member<'a>) -> Result<(), E>,
 ) -> Result<usize, ScanFail<E>> {
-    if input.get(start) != Some(&b'{') {
-        return Err(ScanFail::Scan(ScanError::new(ScanErrorKind::NotAnObject, start)));
-    }
-    scan_members::<false, E>(input, start, Watch::Nothing, on_member)
+    scan_nested_object::<false, E>(input, start, on_member)
 }
 
 /// [`scan_object_at`] with the top level's strictness: string values get
@@ -224,10 +221,21 @@ pub(crate) fn scan_strict_object_at<'a, E>(
     start: usize,
     on_member: impl FnMut(Member<'a>) -> Result<(), E>,
 ) -> Result<usize, ScanFail<E>> {
+    scan_nested_object::<true, E>(input, start, on_member)
+}
+
+/// The object opening at `start` inside `input`, its string values checked
+/// (`STRICT`) or skimmed; one past its `}`.
+#[inline(always)]
+fn scan_nested_object<'a, const STRICT: bool, E>(
+    input: &'a [u8],
+    start: usize,
+    on_member: impl FnMut(Member<'a>) -> Result<(), E>,
+) -> Result<usize, ScanFail<E>> {
     if input.get(start) != Some(&b'{') {
         return Err(ScanFail::Scan(ScanError::new(ScanErrorKind::NotAnObject, start)));
     }
-    scan_members::<true, E>(input, start, Watch::Nothing, on_member)
+    scan_members::<STRICT, E>(input, start, Watch::Nothing, on_member)
 }
 
 /// The members of the object whose `{` is at `start`; returns one past its
@@ -394,7 +402,11 @@ pub(crate) fn scan_array_at(
 /// four whitespace bytes), or `input.len()`.
 #[inline]
 pub(crate) fn skip_ws(input: &[u8], mut pos: usize) -> usize {
-    while let Some(b' ' | b'\t' | b'\n' | b'\r') = input.get(pos) {
+    while let Some(&c) = input.get(pos) {
+        // Most bytes are past the space: one comparison for them.
+        if c > b' ' || !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
+            break;
+        }
         pos += 1;
     }
     pos

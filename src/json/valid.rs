@@ -10,7 +10,7 @@
 //! reads strings eight bytes at a time, checks UTF-8 only when a string
 //! has a byte past ASCII, and allocates only past 128 levels of nesting.
 
-use super::scan::{self, ValueKind};
+use super::scan::{self, skip_ws, ValueKind};
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -22,7 +22,7 @@ pub(crate) fn valid(input: &[u8]) -> bool {
     // Bytes past ASCII can only be inside strings (anywhere else the
     // grammar refuses them): UTF-8 is checked only when a string had one.
     let mut high = false;
-    value_end(input, ws(input, 0), &mut high, 0, usize::MAX).is_some_and(|end| ws(input, end) == input.len())
+    value_end(input, skip_ws(input, 0), &mut high, 0, usize::MAX).is_some_and(|end| skip_ws(input, end) == input.len())
         && (!high || std::str::from_utf8(input).is_ok())
 }
 
@@ -91,12 +91,12 @@ impl<'a> Reader<'a> {
             depth: 0,
             skim,
         };
-        let start = ws(input, 0);
+        let start = skip_ws(input, 0);
         if input.get(start) != Some(&b'{') {
             return false;
         }
         r.object(start, on_member)
-            .is_some_and(|end| ws(input, end) == input.len())
+            .is_some_and(|end| skip_ws(input, end) == input.len())
             && (!r.high || std::str::from_utf8(input).is_ok())
     }
 
@@ -123,7 +123,7 @@ impl<'a> Reader<'a> {
             return None;
         }
         self.depth += 1;
-        let mut i = ws(b, at + 1);
+        let mut i = skip_ws(b, at + 1);
         if b.get(i) == Some(&b'}') {
             self.depth -= 1;
             return Some(i + 1);
@@ -133,14 +133,14 @@ impl<'a> Reader<'a> {
                 return None;
             }
             let (end, key) = self.key(i)?;
-            let colon = ws(b, end);
+            let colon = skip_ws(b, end);
             if b.get(colon) != Some(&b':') {
                 return None;
             }
-            let value = ws(b, colon + 1);
-            i = ws(b, on_member(self, &key, value)?);
+            let value = skip_ws(b, colon + 1);
+            i = skip_ws(b, on_member(self, &key, value)?);
             match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
+                Some(b',') => i = skip_ws(b, i + 1),
                 Some(b'}') => {
                     self.depth -= 1;
                     return Some(i + 1);
@@ -163,15 +163,15 @@ impl<'a> Reader<'a> {
             return None;
         }
         self.depth += 1;
-        let mut i = ws(b, at + 1);
+        let mut i = skip_ws(b, at + 1);
         if b.get(i) == Some(&b']') {
             self.depth -= 1;
             return Some(i + 1);
         }
         loop {
-            i = ws(b, on_element(self, i)?);
+            i = skip_ws(b, on_element(self, i)?);
             match b.get(i) {
-                Some(b',') => i = ws(b, i + 1),
+                Some(b',') => i = skip_ws(b, i + 1),
                 Some(b']') => {
                     self.depth -= 1;
                     return Some(i + 1);
@@ -271,19 +271,6 @@ impl Stack {
     }
 }
 
-/// The first byte at or after `i` that is not JSON whitespace. Events
-/// rarely have any: a byte past the space is one comparison.
-#[inline(always)]
-fn ws(b: &[u8], mut i: usize) -> usize {
-    while let Some(&c) = b.get(i) {
-        if c > b' ' || !matches!(c, b' ' | b'\t' | b'\n' | b'\r') {
-            break;
-        }
-        i += 1;
-    }
-    i
-}
-
 /// The value at `i` (its first byte): one past its end; `None` when it is
 /// not one. `high`: a string (or the bytes read with it) had a byte past
 /// ASCII. `depth` levels are open around it, and no more than `limit` may
@@ -302,7 +289,7 @@ fn value_end(b: &[u8], mut i: usize, high: &mut bool, depth: usize, limit: usize
                 if depth.saturating_add(stack.depth) >= limit {
                     return None;
                 }
-                i = ws(b, i + 1);
+                i = skip_ws(b, i + 1);
                 if b.get(i) == Some(&(open + 2)) {
                     // `{}` or `[]` (`}` and `]` are two past their openers).
                     i += 1;
@@ -328,14 +315,14 @@ fn value_end(b: &[u8], mut i: usize, high: &mut bool, depth: usize, limit: usize
             let Some(object) = stack.top() else {
                 return Some(i);
             };
-            i = ws(b, i);
+            i = skip_ws(b, i);
             match (object, b.get(i)) {
                 (true, Some(b',')) => {
-                    i = key(b, ws(b, i + 1), high)?;
+                    i = key(b, skip_ws(b, i + 1), high)?;
                     continue 'value;
                 }
                 (false, Some(b',')) => {
-                    i = ws(b, i + 1);
+                    i = skip_ws(b, i + 1);
                     continue 'value;
                 }
                 (true, Some(b'}')) | (false, Some(b']')) => {
@@ -353,8 +340,8 @@ fn key(b: &[u8], i: usize, high: &mut bool) -> Option<usize> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
-    let j = ws(b, string(b, i, high)?);
-    (b.get(j) == Some(&b':')).then(|| ws(b, j + 1))
+    let j = skip_ws(b, string(b, i, high)?);
+    (b.get(j) == Some(&b':')).then(|| skip_ws(b, j + 1))
 }
 
 fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
