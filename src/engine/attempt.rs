@@ -346,7 +346,7 @@ fn walk_overrides(body: &Bytes, index: &RequestIndex, hop: &Hop) -> Result<Repla
     if let (Some(json), false) = (fallbacks, has_models) {
         insert(&member_bytes("models", json));
     }
-    let edits = edits.as_mut_slice();
+    let edits = edits.take_all();
     // Stable: insertions at `{` keep their order, before a removal there.
     edits.sort_by_key(|e| (e.range.start, e.range.end));
     ReplayBody::rewrite(body, edits)
@@ -412,22 +412,29 @@ impl<const N: usize> EditList<N> {
         }
     }
 
-    fn as_mut_slice(&mut self) -> &mut [Edit] {
-        match self {
-            EditList::Inline(list, len) => list.get_mut(..*len).unwrap_or_default(),
-            EditList::Heap(list) => list,
-        }
-    }
-
     /// The body with the edits (which never overlap), or the body itself.
     fn apply(mut self, body: &Bytes) -> Result<ReplayBody, BadEdits> {
-        let edits = self.as_mut_slice();
+        let edits = self.take_all();
         if edits.is_empty() {
             return Ok(ReplayBody::new(body.clone()));
         }
-        // Insertions at `{` (any order) go before a removal there.
-        edits.sort_unstable_by_key(|e| (e.range.start, e.range.end));
+        // Insertions at `{` (any order) go before a removal there. Most
+        // lists come sorted (the model, then what follows it).
+        if !edits.is_sorted_by_key(|e| (e.range.start, e.range.end)) {
+            edits.sort_unstable_by_key(|e| (e.range.start, e.range.end));
+        }
         ReplayBody::rewrite(body, edits)
+    }
+
+    /// The edits, for [`ReplayBody::rewrite`], which moves every
+    /// replacement out: the inline slots are no longer counted, so the
+    /// list's drop has nothing left to do (what is left there are empty
+    /// static `Bytes`).
+    fn take_all(&mut self) -> &mut [Edit] {
+        match self {
+            EditList::Inline(list, len) => list.get_mut(..std::mem::take(len)).unwrap_or_default(),
+            EditList::Heap(list) => list,
+        }
     }
 }
 

@@ -69,6 +69,7 @@ impl fmt::Display for BadEdits {
 
 impl ReplayBody {
     /// The whole body, unchanged.
+    #[inline]
     pub(crate) fn new(original: Bytes) -> Self {
         let mut body = Self::default();
         body.push(original);
@@ -78,21 +79,28 @@ impl ReplayBody {
     /// `original` with `edits` applied, any number of them. Edits must be
     /// sorted by `range.start`, must not overlap and must lie within
     /// `original`; otherwise nothing is built and the first bad edit is
-    /// named.
-    pub(crate) fn rewrite(original: &Bytes, edits: &[Edit]) -> Result<Self, BadEdits> {
+    /// named. Every replacement is moved out of `edits` (an empty one is
+    /// left), on success and on error alike, so the caller has none left to
+    /// drop and none is cloned.
+    pub(crate) fn rewrite(original: &Bytes, edits: &mut [Edit]) -> Result<Self, BadEdits> {
         let mut body = Self::default();
         let mut done = 0;
-        for edit in edits {
+        for i in 0..edits.len() {
+            let Some(edit) = edits.get_mut(i) else { break };
             let Range { start, end } = edit.range;
             if !(done <= start && start <= end && end <= original.len()) {
-                return Err(BadEdits {
+                let bad = BadEdits {
                     range: edit.range.clone(),
                     after: done,
                     len: original.len(),
-                });
+                };
+                for rest in edits.get_mut(i..).unwrap_or_default() {
+                    drop(std::mem::take(&mut rest.replacement));
+                }
+                return Err(bad);
             }
             body.push(original.slice(done..start));
-            body.push(edit.replacement.clone());
+            body.push(std::mem::take(&mut edit.replacement));
             done = end;
         }
         body.push(original.slice(done..));
@@ -106,7 +114,10 @@ impl ReplayBody {
         }
         self.remaining += part.len() as u64;
         match self.inline.get_mut(self.count) {
-            Some(slot) => *slot = part,
+            // The slots from `count` on were never written: each holds the
+            // empty static `Bytes` of `default`, whose drop is a no-op, so
+            // it is forgotten rather than dropped through its vtable.
+            Some(slot) => std::mem::forget(std::mem::replace(slot, part)),
             None => self.spill.push(part),
         }
         self.count += 1;
@@ -248,7 +259,7 @@ mod tests {
     #[tokio::test]
     async fn rewrites_the_model_and_collects() {
         let original = Bytes::from_static(BODY.as_bytes());
-        let body = ReplayBody::rewrite(&original, &[edit(9..14, r#""openai/gpt-4o""#)]).unwrap();
+        let body = ReplayBody::rewrite(&original, &mut [edit(9..14, r#""openai/gpt-4o""#)]).unwrap();
         let want = BODY.replace(r#""a/b""#, r#""openai/gpt-4o""#);
         assert_eq!(body.len(), want.len() as u64);
         assert_eq!(body.size_hint().exact(), Some(want.len() as u64));
@@ -262,7 +273,7 @@ mod tests {
         let original = Bytes::from_static(BODY.as_bytes());
         assert_eq!(drain(ReplayBody::new(original.clone())), (BODY.as_bytes().to_vec(), 1));
         assert_eq!(
-            drain(ReplayBody::rewrite(&original, &[]).unwrap()),
+            drain(ReplayBody::rewrite(&original, &mut []).unwrap()),
             (BODY.as_bytes().to_vec(), 1)
         );
         assert_eq!(drain(ReplayBody::default()), (Vec::new(), 0));
@@ -279,11 +290,11 @@ mod tests {
         // The same buffer, not a copy of it.
         assert_eq!(whole.as_ptr(), original.as_ptr());
         assert_eq!(ReplayBody::default().into_single().unwrap(), Bytes::new());
-        let edited = ReplayBody::rewrite(&original, &[edit(9..14, r#""x""#)]).unwrap();
+        let edited = ReplayBody::rewrite(&original, &mut [edit(9..14, r#""x""#)]).unwrap();
         let edited = edited.into_single().expect_err("three parts stay a body");
         assert_eq!(drain(edited), (BODY.replace(r#""a/b""#, r#""x""#).into_bytes(), 3));
         // A body partly sent hands over what is left.
-        let mut two = ReplayBody::rewrite(&original, &[edit(0..0, "")]).unwrap();
+        let mut two = ReplayBody::rewrite(&original, &mut [edit(0..0, "")]).unwrap();
         assert_eq!(two.count - two.next, 1);
         two.next = 0;
         assert_eq!(two.into_single().unwrap(), original);
@@ -295,7 +306,7 @@ mod tests {
         // Insert right after `{`, replace the value, append at the very end.
         let body = ReplayBody::rewrite(
             &original,
-            &[
+            &mut [
                 edit(1..1, r#""models":["x"],"#),
                 edit(9..12, r#""b""#),
                 edit(13..13, "\n"),
@@ -304,17 +315,17 @@ mod tests {
         .unwrap();
         assert_eq!(drain(body), (b"{\"models\":[\"x\"],\"model\":\"b\"}\n".to_vec(), 6));
         // Edits touching both ends leave no empty parts.
-        let body = ReplayBody::rewrite(&original, &[edit(0..1, "[{"), edit(12..13, "}]")]).unwrap();
+        let body = ReplayBody::rewrite(&original, &mut [edit(0..1, "[{"), edit(12..13, "}]")]).unwrap();
         assert_eq!(drain(body), (b"[{\"model\":\"a\"}]".to_vec(), 3));
         // Deleting everything.
         assert_eq!(
-            drain(ReplayBody::rewrite(&original, &[edit(0..13, "")]).unwrap()),
+            drain(ReplayBody::rewrite(&original, &mut [edit(0..13, "")]).unwrap()),
             (Vec::new(), 0)
         );
         // Four edits, nine parts.
         let body = ReplayBody::rewrite(
             &original,
-            &[edit(1..2, "1"), edit(3..4, "2"), edit(5..6, "3"), edit(7..8, "4")],
+            &mut [edit(1..2, "1"), edit(3..4, "2"), edit(5..6, "3"), edit(7..8, "4")],
         )
         .unwrap();
         assert_eq!(drain(body), (b"{1m2d3l4:\"a\"}".to_vec(), 9));
@@ -326,8 +337,8 @@ mod tests {
         // exact size hint are the same either way.
         let original = Bytes::from_static(b"0123456789abcdefghij");
         for n in [0, 4, 5, 9, 10, 20] {
-            let edits: Vec<Edit> = (0..n).map(|i| edit(i..i + 1, "_")).collect();
-            let body = ReplayBody::rewrite(&original, &edits).unwrap();
+            let mut edits: Vec<Edit> = (0..n).map(|i| edit(i..i + 1, "_")).collect();
+            let body = ReplayBody::rewrite(&original, &mut edits).unwrap();
             let want = format!("{}{}", "_".repeat(n), &"0123456789abcdefghij"[n..]);
             let (out, frames) = drain(body);
             assert_eq!(out, want.as_bytes(), "{n} edits");
@@ -335,7 +346,7 @@ mod tests {
             assert_eq!(frames, n + usize::from(n < 20), "{n} edits");
         }
         // Insertions and removals mixed, more than the inline parts hold.
-        let edits: Vec<Edit> = (0..12)
+        let mut edits: Vec<Edit> = (0..12)
             .map(|i| {
                 if i % 2 == 0 {
                     edit(i..i, "+")
@@ -344,14 +355,14 @@ mod tests {
                 }
             })
             .collect();
-        let (out, _) = drain(ReplayBody::rewrite(&original, &edits).unwrap());
+        let (out, _) = drain(ReplayBody::rewrite(&original, &mut edits).unwrap());
         assert_eq!(out, b"+0+2+4+6+8+acdefghij");
     }
 
     #[test]
     fn bad_edits_are_errors_not_panics() {
         let original = Bytes::from_static(b"0123456789");
-        let overlapping = ReplayBody::rewrite(&original, &[edit(2..5, "x"), edit(4..6, "y")]).unwrap_err();
+        let overlapping = ReplayBody::rewrite(&original, &mut [edit(2..5, "x"), edit(4..6, "y")]).unwrap_err();
         assert_eq!(
             overlapping,
             BadEdits {
@@ -361,14 +372,14 @@ mod tests {
             }
         );
         assert!(
-            ReplayBody::rewrite(&original, &[edit(5..12, "")]).is_err(),
+            ReplayBody::rewrite(&original, &mut [edit(5..12, "")]).is_err(),
             "past the end"
         );
         #[allow(clippy::reversed_empty_ranges)]
         let backwards = edit(6..5, "");
-        assert!(ReplayBody::rewrite(&original, &[backwards]).is_err(), "backwards");
+        assert!(ReplayBody::rewrite(&original, &mut [backwards]).is_err(), "backwards");
         assert!(
-            ReplayBody::rewrite(&original, &[edit(6..7, ""), edit(1..2, "")]).is_err(),
+            ReplayBody::rewrite(&original, &mut [edit(6..7, ""), edit(1..2, "")]).is_err(),
             "unsorted"
         );
     }
@@ -376,7 +387,7 @@ mod tests {
     #[test]
     fn clones_share_and_resume() {
         let original = Bytes::from_static(BODY.as_bytes());
-        let mut body = ReplayBody::rewrite(&original, &[edit(9..14, r#""c""#)]).unwrap();
+        let mut body = ReplayBody::rewrite(&original, &mut [edit(9..14, r#""c""#)]).unwrap();
         let waker = Arc::new(NoWake).into();
         let first = Pin::new(&mut body).poll_frame(&mut Context::from_waker(&waker));
         assert!(matches!(first, Poll::Ready(Some(Ok(_)))));
@@ -388,7 +399,7 @@ mod tests {
     #[test]
     fn debug_shows_no_content() {
         let original = Bytes::from_static(BODY.as_bytes());
-        let body = ReplayBody::rewrite(&original, &[edit(9..14, r#""openai/gpt-4o""#)]).unwrap();
+        let body = ReplayBody::rewrite(&original, &mut [edit(9..14, r#""openai/gpt-4o""#)]).unwrap();
         let shown = format!("{body:?}");
         assert_eq!(shown, format!("ReplayBody {{ len: {}, parts: 3 }}", body.len()));
         assert!(!shown.contains("secret") && !shown.contains("gpt"));
@@ -436,7 +447,7 @@ mod tests {
             prop_assert_eq!(scan::decode_string(&original[span.clone()]).unwrap(), old_model.as_str());
 
             let edit = Edit { range: span, replacement: scan::encode_string(&new_model) };
-            let (sent, _) = drain(ReplayBody::rewrite(&original, &[edit]).unwrap());
+            let (sent, _) = drain(ReplayBody::rewrite(&original, &mut [edit]).unwrap());
             let got: serde_json::Map<String, Value> = serde_json::from_slice(&sent).unwrap();
             want.insert("model".into(), Value::from(new_model));
             prop_assert_eq!(got, want);

@@ -137,8 +137,6 @@ impl Recorded {
     const INLINE: usize = 2;
 
     /// The members recorded, in the body's order: each key's slot in
-    /// [`Recorded::keys`] and where the member sits.
-    /// The members recorded, in the body's order: each key's slot in
     /// [`Recorded::keys`] and the member's value.
     pub(crate) fn values(&self) -> impl Iterator<Item = (usize, Range<usize>)> + '_ {
         self.inline
