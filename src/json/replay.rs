@@ -359,6 +359,21 @@ mod tests {
         assert_eq!(out, b"+0+2+4+6+8+acdefghij");
     }
 
+    /// `rewrite` moves every replacement out of the edits, when it builds
+    /// the body and when it refuses the list, so none is left to drop.
+    #[test]
+    fn replacements_are_moved_out_on_success_and_on_error() {
+        let original = Bytes::from_static(b"0123456789");
+        let mut good = [edit(1..2, "a"), edit(4..5, "b")];
+        let (out, _) = drain(ReplayBody::rewrite(&original, &mut good).unwrap());
+        assert_eq!(out, b"0a23b56789");
+        assert!(good.iter().all(|e| e.replacement.is_empty()));
+        // The second edit is refused: it and the one after it lose theirs too.
+        let mut bad = [edit(1..2, "a"), edit(9..20, "b"), edit(9..9, "c")];
+        assert!(ReplayBody::rewrite(&original, &mut bad).is_err());
+        assert!(bad.iter().all(|e| e.replacement.is_empty()));
+    }
+
     #[test]
     fn bad_edits_are_errors_not_panics() {
         let original = Bytes::from_static(b"0123456789");
