@@ -328,8 +328,11 @@ struct Rtt {
     ns: f64,
 }
 
+/// `d` in nanoseconds, exact below 2^53 ns (104 days): whole seconds and
+/// the nanoseconds past them, each converted alone (`as_nanos() as f64`
+/// converts a `u128`, a library call per attempt).
 fn nanos(d: Duration) -> f64 {
-    d.as_nanos() as f64
+    d.as_secs() as f64 * 1e9 + f64::from(d.subsec_nanos())
 }
 
 impl Ewma {
@@ -356,32 +359,35 @@ impl Ewma {
     /// The first measurement replaces the default.
     fn update(&self, now: Instant, rtt: Duration) -> f64 {
         let mut r = self.rtt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let rtt = nanos(rtt);
-        r.ns = match r.at {
-            None => rtt,
-            Some(_) if r.ns < rtt => rtt,
-            Some(at) => {
-                let elapsed = nanos(now.saturating_duration_since(at));
-                let decay = (-elapsed / nanos(LATENCY_DECAY)).exp();
-                r.ns * decay + rtt * (1.0 - decay)
-            }
-        };
-        r.at = Some(now);
-        r.ns
+        r.fold(now, nanos(rtt))
     }
 
     /// The estimate decayed toward zero up to `now` (tower decays on every
     /// read, so an idle slow deployment is tried again); the default until
     /// a first measurement.
     fn decayed(&self, now: Instant) -> f64 {
-        let r = self.rtt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut r = self.rtt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match r.at {
             None => r.ns,
-            Some(_) => {
-                drop(r);
-                self.update(now, Duration::ZERO)
-            }
+            Some(_) => r.fold(now, 0.0),
         }
+    }
+}
+
+impl Rtt {
+    /// [`Ewma::update`] under its lock, `rtt` in nanoseconds.
+    fn fold(&mut self, now: Instant, rtt: f64) -> f64 {
+        self.ns = match self.at {
+            None => rtt,
+            Some(_) if self.ns < rtt => rtt,
+            Some(at) => {
+                let elapsed = nanos(now.saturating_duration_since(at));
+                let decay = (-elapsed / nanos(LATENCY_DECAY)).exp();
+                self.ns * decay + rtt * (1.0 - decay)
+            }
+        };
+        self.at = Some(now);
+        self.ns
     }
 }
 
@@ -419,6 +425,19 @@ impl std::fmt::Debug for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nanoseconds_are_exact_below_two_to_the_53() {
+        for d in [
+            Duration::ZERO,
+            Duration::new(3, 5),
+            Duration::from_millis(1_234),
+            Duration::new(9_007_199, 254_740_991),
+        ] {
+            assert_eq!(nanos(d), d.as_nanos() as f64, "{d:?}");
+        }
+        assert!(nanos(Duration::MAX).is_finite());
+    }
 
     #[test]
     fn weighted_choice_follows_the_weights() {
