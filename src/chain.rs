@@ -422,11 +422,6 @@ impl ChainSet {
         self.entries().find(|(n, _)| ***n == *name)
     }
 
-    /// The default chain with its name.
-    pub(crate) fn default_entry(&self) -> (&Arc<str>, &Chain) {
-        (&self.default_name, &self.default)
-    }
-
     /// Every chain with its name, the default first.
     fn entries(&self) -> impl Iterator<Item = (&Arc<str>, &Chain)> {
         std::iter::once((&self.default_name, &self.default)).chain(self.named.iter().map(|(n, c)| (n, c)))

@@ -187,17 +187,21 @@ where
     RB: Body<Data = Bytes> + Unpin,
     RB::Error: Into<BoxError>,
 {
-    let call = send(
-        &mut svc,
-        poll_ready,
-        request,
-        max_response_bytes,
-        head.as_deref(),
-        dialect,
-    );
+    // The future is made where it is awaited (in the timeout or alone), so
+    // it is not built in one place and then moved into the other.
+    let call = || {
+        send(
+            &mut svc,
+            poll_ready,
+            request,
+            max_response_bytes,
+            head.as_deref(),
+            dialect,
+        )
+    };
     let out = match limit {
-        Some(l) => tokio::time::timeout(l, call).await.ok(),
-        None => Some(call.await),
+        Some(l) => tokio::time::timeout(l, call()).await.ok(),
+        None => Some(call().await),
     };
     Landing {
         svc: Some(svc),

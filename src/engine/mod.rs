@@ -32,7 +32,7 @@ use self::answer::internal_error;
 pub(crate) use self::attempt::attempt_body;
 use self::flights::{Flights, Landed};
 use self::prepare::{buffer, prepare};
-use self::trip::{Board, Settled, Trip};
+use self::trip::{Board, Settled};
 use crate::body::ResponseBody;
 use crate::health::{DrillConfig, HealthStore, HedgeBudget};
 use crate::json::ReplayBody;
@@ -187,17 +187,13 @@ where
             Ok(buffered) => buffered,
             Err(refused) => return refused,
         };
-        let mut prepared = match prepare(&shared, buffered, started) {
-            Ok(prepared) => prepared,
+        // A chain made for this request lives here, beside the trip.
+        let mut own = None;
+        let mut slot = None;
+        let trip = match prepare(&shared, buffered, started, svc, &mut own, &mut slot) {
+            Ok(trip) => trip,
             Err(refused) => return refused,
         };
-        // A chain made for this request lives here, beside the trip.
-        let own = prepared.own.take();
-        if let Some((name, chain)) = &own {
-            prepared.chain_name = name;
-            prepared.chain = chain;
-        }
-        let mut trip = Trip::new(&shared, prepared, svc, started);
         let mut flights = Flights::new();
         loop {
             // Launch the next route when nothing is in flight, or when the

@@ -93,10 +93,24 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     // ~1.2 KB).
     #[inline(always)]
     pub(super) fn new(shared: &'s Shared<P>, prepared: Prepared<'s>, svc: S, started: Instant) -> Self {
-        let p = prepared;
-        let plan = Plan::new(&shared.chains, p.chain_name, p.chain, p.drill, p.needs, p.guard)
+        // Taken apart field by field: a move of the whole would be a copy.
+        let Prepared {
+            parts,
+            body,
+            index,
+            report,
+            needs,
+            chain_name,
+            chain,
+            deadline,
+            guard,
+            drill,
+            dialect,
+            session,
+        } = prepared;
+        let plan = Plan::new(&shared.chains, chain_name, chain, drill, needs, guard)
             .max_open_share(shared.health.as_ref().map_or(1.0, |h| h.max_open_share()))
-            .sticky(shared.affinity.as_ref(), p.session);
+            .sticky(shared.affinity.as_ref(), session);
         if plan.guard_inactive() {
             tracing::warn!("llm fallback price guard inactive: the primary's price is unknown");
         }
@@ -108,14 +122,14 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
         Trip {
             shared,
             plan,
-            report: p.report,
-            body: p.body,
-            index: p.index,
-            deadline: p.deadline,
-            drill: p.drill,
-            dialect: p.dialect,
+            report,
+            body,
+            index,
+            deadline,
+            drill,
+            dialect,
             started,
-            caller_parts: Some(p.parts),
+            caller_parts: Some(parts),
             spare: Some((svc, false)),
             template,
         }
@@ -385,7 +399,10 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     }
 
     /// The caller's answer from the attempt that won.
-    pub(super) fn serve<F, RB>(self, won: Winner<'s, F>) -> Response<ResponseBody<RB>>
+    ///
+    /// By reference, like [`Trip::exhausted`]: the trip (~1.6 KB) is not
+    /// moved into the call; it has nothing left to do after either.
+    pub(super) fn serve<F, RB>(&mut self, won: Winner<'s, F>) -> Response<ResponseBody<RB>>
     where
         F: Future<Output = Landing<S, RB>>,
         RB: Body<Data = Bytes> + Unpin,
@@ -410,11 +427,11 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
             self.drill,
             self.dialect,
         );
-        served(answer, self.report, hop, span, self.started)
+        served(answer, self.take_report(), hop, span, self.started)
     }
 
     /// The answer when no attempt served: every route is named.
-    pub(super) fn exhausted<RB>(self) -> Response<ResponseBody<RB>> {
+    pub(super) fn exhausted<RB>(&mut self) -> Response<ResponseBody<RB>> {
         let shared = self.shared;
         crate::metrics::request(
             &shared.request_metrics,
@@ -423,7 +440,23 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
             self.drill,
             self.dialect,
         );
-        exhausted(self.dialect, self.report, shared.exhaustion_body, self.started)
+        exhausted(self.dialect, self.take_report(), shared.exhaustion_body, self.started)
+    }
+
+    /// The report, for the caller's answer (the trip keeps an empty one).
+    fn take_report(&mut self) -> FallbackReport {
+        let empty = FallbackReport {
+            requested_model: None,
+            served_model: None,
+            provider: None,
+            attempts: Vec::new(),
+            resolution: self.report.resolution,
+            usage: None,
+            chain: None,
+            drill: false,
+            elapsed: Duration::ZERO,
+        };
+        std::mem::replace(&mut self.report, empty)
     }
 
     /// The request's API shape.
