@@ -187,10 +187,10 @@ where
             Ok(buffered) => buffered,
             Err(refused) => return refused,
         };
-        // A chain made for this request lives here, beside the trip.
-        let mut own = None;
-        let mut slot = None;
-        let trip = match prepare(&shared, buffered, started, svc, &mut own, &mut slot) {
+        // What the trip borrows (the request's index, a chain made for
+        // this request) lives here, beside the trip.
+        let (mut index, mut own, mut slot) = (None, None, None);
+        let trip = match prepare(&shared, buffered, started, svc, &mut index, &mut own, &mut slot) {
             Ok(trip) => trip,
             Err(refused) => return refused,
         };

@@ -40,7 +40,7 @@ pub(super) struct Trip<'s, S, P> {
     plan: Plan<'s>,
     report: FallbackReport,
     body: Bytes,
-    index: RequestIndex,
+    index: &'s RequestIndex,
     deadline: Option<Instant>,
     drill: bool,
     dialect: Dialect,
@@ -195,7 +195,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 deployment: hop.deployment.clone(),
                 key: hop.key.clone(),
             };
-            let replay = match attempt_body(&self.body, &self.index, hop) {
+            let replay = match attempt_body(&self.body, self.index, hop) {
                 Ok(replay) => replay,
                 Err(bad) => return Board::Broken(bad),
             };
