@@ -15,7 +15,8 @@
 # both upstream calls. The same is measured for `benches/proxy_floor.rs`,
 # the least a fallback proxy does (buffer, rewrite the model, send, buffer,
 # and once more on a non-2xx): what any gateway adds on this machine. Fixed-rate runs use --latency-correction (no
-# coordinated omission).
+# coordinated omission). The last table is each proxy's CPU per answered
+# request (its process's user + system time over the run) and their ratio.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,12 +100,23 @@ body() { printf '{"model":"%s","messages":[{"role":"user","content":"Say hello i
 body anthropic/claude-3.5-sonnet >"$work/down.json"
 body openai/gpt-4o >"$work/ok.json"
 
+# CPU time (user + system, clock ticks) a process has used so far: fields
+# 14 and 15 of /proc/PID/stat, counted after the command name's parentheses.
+ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
+GW_PID=${pids[1]}
+FLOOR_PID=${pids[2]}
+
 # name url body-file extra-oha-args...
+# Also writes the gateway's and the floor's CPU ticks used during the run.
 run() {
     local name=$1 url=$2 file=$3
     shift 3
+    local gw0 fl0
+    gw0=$(ticks "$GW_PID")
+    fl0=$(ticks "$FLOOR_PID")
     oha --no-tui --output-format json -z "${SECS}s" -m POST \
         -H 'content-type: application/json' -D "$file" "$@" "$url" >"$work/$name.json"
+    echo "$(($(ticks "$GW_PID") - gw0)) $(($(ticks "$FLOOR_PID") - fl0))" >"$work/$name.cpu"
 }
 
 # One row per scenario: name | URL | body | the header it sends.
@@ -143,9 +155,10 @@ for s in "${SCENARIOS[@]}"; do
     run "${s}_max" "${URL[$s]}" "${BODY[$s]}" -H "${HDR[$s]}" -c "$MAX_CONNECTIONS"
 done
 
-SCENARIOS="${SCENARIOS[*]}" python3 - "$work" "$SECS" "$RATE_CONNECTIONS" "$MAX_CONNECTIONS" "${RATES[@]}" <<'PY'
+SCENARIOS="${SCENARIOS[*]}" CLK_TCK=$(getconf CLK_TCK) python3 - "$work" "$SECS" "$RATE_CONNECTIONS" "$MAX_CONNECTIONS" "${RATES[@]}" <<'PY'
 import json, os, sys
 work, secs, rate_c, max_c, rates = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+clk_tck = int(os.environ["CLK_TCK"])
 scenarios = os.environ["SCENARIOS"].split()  # ROWS' names, in order
 
 def load(name):
@@ -158,7 +171,16 @@ def load(name):
         "p50": lat["p50"] * 1e3,
         "p99": lat["p99"] * 1e3,
         "codes": ", ".join(f"{k}: {v}" for k, v in sorted(codes.items())),
+        "ok": codes.get("200", 0),
     }
+
+def cpu_us(name, proxy):
+    """The proxy's CPU (user + system) per 200 answer during run `name`, in µs."""
+    with open(os.path.join(work, name + ".cpu")) as f:
+        gw, floor = (int(t) for t in f.read().split())
+    ticks = gw if proxy == "gateway" else floor
+    ok = load(name)["ok"]
+    return ticks / clk_tck * 1e6 / ok if ok else float("nan")
 
 print(f"\n{secs}s per run; fixed rates with {rate_c} connections and --latency-correction; max with {max_c} connections\n")
 print("| load | path | req/s | p50 ms | p99 ms | statuses |")
@@ -177,4 +199,15 @@ for label, suffix in [(f"{r} req/s", f"_q{r}") for r in rates] + [("max", "_max"
         row = [pok["p50"] - ok["p50"], pok["p99"] - ok["p99"],
                pfb["p50"] - (ok["p50"] + down["p50"]), pfb["p99"] - (ok["p99"] + down["p99"])]
         print(f"| {label} | {proxy} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+
+print("\nCPU per answered request in the proxy's own process (/proc/PID/stat, user + system; "
+      f"{clk_tck} ticks a second), and the gateway's over the floor's:\n")
+print("| load | primary OK: gateway µs | floor µs | ratio | fallback: gateway µs | floor µs | ratio |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for label, suffix in [(f"{r} req/s", f"_q{r}") for r in rates] + [("max", "_max")]:
+    cells = []
+    for kind in ["ok", "fallback"]:
+        g, f = cpu_us(f"gateway_{kind}{suffix}", "gateway"), cpu_us(f"floor_{kind}{suffix}", "floor")
+        cells += [f"{g:.1f}", f"{f:.1f}", f"{g / f:.2f}×"]
+    print(f"| {label} | " + " | ".join(cells) + " |")
 PY
