@@ -108,7 +108,11 @@ impl<'a> ResponseInfo<'a> {
         self.facts.model.as_deref()
     }
 
-    /// `Retry-After`, when given in seconds.
+    /// How long the upstream asks to wait: `retry-after-ms` (milliseconds,
+    /// what OpenAI and Azure OpenAI send beside it), else `Retry-After` in
+    /// seconds (whole or fractional) or as an HTTP date (the time left until
+    /// then; a date already past is zero). `None` without either, or when
+    /// the value is not one of those (or too large for a [`Duration`]).
     pub fn retry_after(&self) -> Option<Duration> {
         retry_after(self.headers)
     }
@@ -123,14 +127,29 @@ pub(crate) fn is_event_stream(headers: &HeaderMap) -> bool {
     })
 }
 
+/// OpenAI's and Azure OpenAI's wait in milliseconds, sent beside `Retry-After`.
+const RETRY_AFTER_MS: http::HeaderName = http::HeaderName::from_static("retry-after-ms");
+
+/// See [`ResponseInfo::retry_after`].
 pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let value = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    if let Some(ms) = value(RETRY_AFTER_MS).and_then(|v| v.parse::<f64>().ok()) {
+        if let Ok(d) = Duration::try_from_secs_f64(ms / 1000.0) {
+            return Some(d);
+        }
+    }
+    let v = value(http::header::RETRY_AFTER)?;
     if let Ok(secs) = v.parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
     // Some providers send fractional seconds. A value too large for a
-    // `Duration` (`2e19`) is ignored, not a panic.
-    v.parse::<f64>().ok().and_then(|s| Duration::try_from_secs_f64(s).ok())
+    // `Duration` (`2e19`), negative or not a number is ignored, not a panic.
+    if let Ok(secs) = v.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).ok();
+    }
+    // An HTTP date (RFC 9110, section 10.2.3).
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
 }
 
 /// Decides what each attempt's outcome means for the chain.
@@ -351,4 +370,57 @@ fn names_model(e: &UpstreamError) -> bool {
             let t = t.to_ascii_lowercase();
             t.contains("model") && t.contains("does not exist")
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after;
+    use http::HeaderMap;
+    use std::time::{Duration, SystemTime};
+
+    fn wait(headers: &[(&'static str, &str)]) -> Option<Duration> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, value.parse().unwrap());
+        }
+        retry_after(&map)
+    }
+
+    #[test]
+    fn seconds_whole_or_fractional() {
+        assert_eq!(wait(&[("retry-after", "7")]), Some(Duration::from_secs(7)));
+        assert_eq!(wait(&[("retry-after", " 0 ")]), Some(Duration::ZERO));
+        assert_eq!(wait(&[("retry-after", "1.5")]), Some(Duration::from_millis(1500)));
+        assert_eq!(wait(&[]), None);
+        for bad in ["-3", "soon", "2e19", "NaN", ""] {
+            assert_eq!(wait(&[("retry-after", bad)]), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn milliseconds_come_first() {
+        let both = [("retry-after-ms", "250"), ("retry-after", "7")];
+        assert_eq!(wait(&both), Some(Duration::from_millis(250)));
+        assert_eq!(wait(&[("retry-after-ms", "1.5")]), Some(Duration::from_micros(1500)));
+        // A bad millisecond value leaves the seconds.
+        let bad = [("retry-after-ms", "later"), ("retry-after", "7")];
+        assert_eq!(wait(&bad), Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn an_http_date_is_the_time_left_until_it() {
+        let at = SystemTime::now() + Duration::from_secs(120);
+        let left = wait(&[("retry-after", &httpdate::fmt_http_date(at))]).unwrap();
+        // The date has whole seconds, and a moment passed since `now`.
+        assert!(
+            left > Duration::from_secs(115) && left <= Duration::from_secs(120),
+            "{left:?}"
+        );
+        assert_eq!(
+            wait(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            Some(Duration::ZERO),
+            "a date past"
+        );
+        assert_eq!(wait(&[("retry-after", "Wed, 32 Oct 2015 07:28:00 GMT")]), None);
+    }
 }

@@ -97,6 +97,36 @@ async fn retry_after_is_honoured_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn retry_after_as_an_http_date_or_in_milliseconds_is_honoured() {
+    // A date a minute ahead (whole seconds: 59 to 60 s from now), and
+    // OpenAI's `retry-after-ms`, which wins over the seconds beside it.
+    let date = httpdate::fmt_http_date(std::time::SystemTime::now() + secs(60));
+    let up = MockUpstream::new()
+        .model("a/a", Reply::status(429).header("retry-after", &date))
+        .model(
+            "b/b",
+            Reply::status(429).header("retry-after-ms", "20000").retry_after(600),
+        )
+        .model("c/c", Reply::ok());
+    let svc = FallbackLayer::builder(Chain::new([Route::new("a/a"), Route::new("b/b"), Route::new("c/c")]))
+        .cooldowns(Cooldowns::new().failures(5))
+        .layer()
+        .layer(up.clone());
+    let r = ask(&svc).await;
+    assert_eq!(r.served_model(), "c/c");
+    let waits: Vec<_> = r.attempts().iter().map(|a| a.retry_after()).collect();
+    assert!(
+        matches!(waits[0], Some(d) if d > secs(55) && d <= secs(60)),
+        "{waits:?}"
+    );
+    assert_eq!(waits[1], Some(secs(20)));
+    tokio::time::advance(secs(20)).await;
+    ask(&svc).await;
+    assert_eq!(up.request_count("a/a"), 1, "a/a cools until its date");
+    assert_eq!(up.request_count("b/b"), 2, "b/b for its 20 000 ms, not 600 s");
+}
+
+#[tokio::test(start_paused = true)]
 async fn with_every_route_cooling_the_soonest_is_tried_anyway() {
     let up = MockUpstream::new()
         .model("a/a", Reply::status(503).retry_after(60))
