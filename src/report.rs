@@ -288,7 +288,9 @@ impl AttemptRecord {
         self.transport.as_deref()
     }
 
-    /// The upstream's `Retry-After`, in seconds form, if it sent one.
+    /// How long the upstream asked to wait, when it answered with an error
+    /// status and a `Retry-After` (or `retry-after-ms`; see
+    /// [`ResponseInfo::retry_after`](crate::policy::ResponseInfo::retry_after)).
     pub fn retry_after(&self) -> Option<Duration> {
         self.retry_after
     }
