@@ -93,24 +93,12 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
     // ~1.2 KB).
     #[inline(always)]
     pub(super) fn new(shared: &'s Shared<P>, prepared: Prepared<'s>, svc: S, started: Instant) -> Self {
-        // Taken apart field by field: a move of the whole would be a copy.
-        let Prepared {
-            parts,
-            body,
-            index,
-            report,
-            needs,
-            chain_name,
-            chain,
-            deadline,
-            guard,
-            drill,
-            dialect,
-            session,
-        } = prepared;
-        let plan = Plan::new(&shared.chains, chain_name, chain, drill, needs, guard)
+        // Its fields are moved out one by one: binding the whole to another
+        // name first (`let p = prepared`) was a copy of it.
+        let p = &prepared;
+        let plan = Plan::new(&shared.chains, p.chain_name, p.chain, p.drill, p.needs, p.guard)
             .max_open_share(shared.health.as_ref().map_or(1.0, |h| h.max_open_share()))
-            .sticky(shared.affinity.as_ref(), session);
+            .sticky(shared.affinity.as_ref(), p.session);
         if plan.guard_inactive() {
             tracing::warn!("llm fallback price guard inactive: the primary's price is unknown");
         }
@@ -122,14 +110,14 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
         Trip {
             shared,
             plan,
-            report,
-            body,
-            index,
-            deadline,
-            drill,
-            dialect,
+            report: prepared.report,
+            body: prepared.body,
+            index: prepared.index,
+            deadline: prepared.deadline,
+            drill: prepared.drill,
+            dialect: prepared.dialect,
             started,
-            caller_parts: Some(parts),
+            caller_parts: Some(prepared.parts),
             spare: Some((svc, false)),
             template,
         }
