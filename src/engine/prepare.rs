@@ -131,16 +131,17 @@ where
     Ok(Buffered { parts, body, dialect })
 }
 
-/// Prepares a buffered request, or answers it with its refusal (`400`).
-// Inlined into `run`, which returns a refusal as it is: a box would cost
-// an allocation for nothing.
-#[allow(clippy::result_large_err)]
+/// Prepares a buffered request and its trip, or answers it with its
+/// refusal (`400`).
 ///
 /// `run` keeps what the trip borrows and the trip itself where they stay,
 /// and they are put there once: the request's index (~650 B) into
 /// `index`, a chain made for this request (pass-through or the caller's
 /// own) into `own`, and the trip, built at the end, into `slot`. Returned
 /// and moved instead, each would be copied two or three times on its way.
+// Inlined into `run`, which returns a refusal as it is: a box would cost
+// an allocation for nothing.
+#[allow(clippy::result_large_err)]
 #[inline(always)]
 pub(super) fn prepare<'s, 't, S: Clone, P: Policy, RB>(
     shared: &'s Shared<P>,
@@ -216,10 +217,9 @@ pub(super) fn prepare<'s, 't, S: Clone, P: Policy, RB>(
             }
             Err(bad) => return Err(reject(dialect, StatusCode::BAD_REQUEST, &bad, started)),
         };
-    let chain_used = chain;
     report.chain = Some(chain_name.clone());
-    let chain_deadline = chain_used.deadline;
-    let chain_guard = chain_used.price_guard;
+    let chain_deadline = chain.deadline;
+    let chain_guard = chain.price_guard;
     // A deadline too far to be an instant is no deadline.
     let deadline = chain_deadline.and_then(|d| started.checked_add(d));
     let guard = parts.extensions.get::<PriceGuard>().copied().or(chain_guard);
@@ -239,8 +239,7 @@ pub(super) fn prepare<'s, 't, S: Clone, P: Policy, RB>(
     report.drill = drill;
     // A session is only read (a header looked up, a prompt hashed) when
     // the request may reach deployments to pin.
-    let pins_something =
-        || chain_used.balances() || shared.chains.content_policy_chain().is_some_and(|(_, c)| c.balances());
+    let pins_something = || chain.balances() || shared.chains.content_policy_chain().is_some_and(|(_, c)| c.balances());
     let session = shared
         .affinity
         .as_ref()
