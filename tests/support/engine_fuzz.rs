@@ -3848,11 +3848,17 @@ fn check(
             }
             // 6. The summary says nothing the upstreams or the transport said.
             if case.summary_exhaustion {
+                // A model or label the caller configured may spell the text,
+                // raw or once escaped into the JSON (`"\u0011" + "27.0.0.1"`
+                // reads `127.0.0.1`).
+                let holds = |s: &str, text: &str| {
+                    s.contains(text) || serde_json::to_string(s).is_ok_and(|json| json.contains(text))
+                };
                 let named = |text: &str| {
                     let specs = case.routes.iter().chain(&case.policy_routes);
                     specs
                         .clone()
-                        .any(|r| r.model.contains(text) || r.label.is_some_and(|l| l.contains(text)))
+                        .any(|r| holds(&r.model, text) || r.label.is_some_and(|l| holds(l, text)))
                         || case.body.0.windows(text.len()).any(|w| w == text.as_bytes())
                 };
                 for text in UPSTREAM_TEXTS {
