@@ -430,20 +430,10 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
         exhausted(self.dialect, self.take_report(), shared.exhaustion_body, self.started)
     }
 
-    /// The report, for the caller's answer (the trip keeps an empty one).
+    /// The report, for the caller's answer. The trip keeps an empty one,
+    /// which nothing reads: both callers are done with it.
     fn take_report(&mut self) -> FallbackReport {
-        let empty = FallbackReport {
-            requested_model: None,
-            served_model: None,
-            provider: None,
-            attempts: Vec::new(),
-            resolution: self.report.resolution,
-            usage: None,
-            chain: None,
-            drill: false,
-            elapsed: Duration::ZERO,
-        };
-        std::mem::replace(&mut self.report, empty)
+        std::mem::replace(&mut self.report, FallbackReport::rejected(Duration::ZERO))
     }
 
     /// The request's API shape.
