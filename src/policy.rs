@@ -108,13 +108,18 @@ impl<'a> ResponseInfo<'a> {
         self.facts.model.as_deref()
     }
 
-    /// How long the upstream asks to wait: `retry-after-ms` (milliseconds,
-    /// what OpenAI and Azure OpenAI send beside it), else `Retry-After` in
-    /// seconds (whole or fractional) or as an HTTP date (the time left until
-    /// then; a date already past is zero). `None` without either, or when
-    /// the value is not one of those (or too large for a [`Duration`]).
+    /// How long the upstream asks to wait, on an answer that is not a
+    /// success: `retry-after-ms` (milliseconds, what OpenAI and Azure OpenAI
+    /// send beside it), else `Retry-After` in seconds (whole or fractional)
+    /// or as an HTTP date (the time left until then; a date already past is
+    /// zero). `None` for a `2xx` (its headers are not looked up), without
+    /// either header, or when the value is not one of those (or too large
+    /// for a [`Duration`]).
     pub fn retry_after(&self) -> Option<Duration> {
-        retry_after(self.headers)
+        match self.status.is_success() {
+            true => None,
+            false => retry_after(self.headers),
+        }
     }
 }
 
@@ -395,6 +400,22 @@ mod tests {
         for bad in ["-3", "soon", "2e19", "NaN", ""] {
             assert_eq!(wait(&[("retry-after", bad)]), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_an_answer_that_is_not_a_success_asks_to_wait() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "7".parse().unwrap());
+        let facts = crate::inspect::BodyFacts::default();
+        let info = |status: u16| super::ResponseInfo {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            headers: &headers,
+            body: None,
+            facts: &facts,
+        };
+        assert_eq!(info(429).retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(info(503).retry_after(), Some(Duration::from_secs(7)));
+        assert_eq!(info(200).retry_after(), None);
     }
 
     #[test]

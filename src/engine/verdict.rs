@@ -137,11 +137,7 @@ where
                         native::upstream_fell_back(&hop.model, &hop.route.native_fallbacks, served)
                     });
             record.upstream_attempts = answer.facts.upstream_attempts.clone();
-            // Only an error asks to wait: a good answer's headers are not
-            // looked up for it.
-            record.retry_after = (!answer.parts.status.is_success())
-                .then(|| info.retry_after())
-                .flatten();
+            record.retry_after = info.retry_after();
             record.error = answer.facts.error.clone().or_else(|| {
                 // A non-JSON error page still says something.
                 (!answer.facts.json && !answer.parts.status.is_success())
