@@ -25,6 +25,14 @@
 //! profiler: `valgrind --tool=callgrind` of the two arms, their
 //! instruction counts' difference divided by the requests, is the layer's
 //! CPU per stream without the noise of a shared machine.
+//!
+//! `STREAM_INTERLEAVED=1` times the first token as the default run does,
+//! but on one current-thread runtime (client, layer and mock on one
+//! thread, so no wake-up crosses cores) and in alternating batches: for
+//! each dialect, 40 rounds of a batch of 400 streams per arm (which arm
+//! goes first alternates), the fastest batch of each arm kept. A drift of
+//! the machine then moves both arms alike, which criterion's arms, run one
+//! after the other, do not give for a difference of a few microseconds.
 
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion};
@@ -89,6 +97,17 @@ where
     }
 }
 
+/// Polls the wait for a first token: a function of its own, so a profiler
+/// can count what runs until the first token alone (`valgrind
+/// --tool=callgrind --collect-atstart=no --toggle-collect='*first_token_poll*'`).
+#[inline(never)]
+fn first_token_poll<F: std::future::Future>(
+    wait: std::pin::Pin<&mut F>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<F::Output> {
+    wait.poll(cx)
+}
+
 /// Times `iters` first tokens, draining each stream untimed.
 async fn timed<S, B>(svc: S, url: &str, body: &'static str, iters: u64) -> Duration
 where
@@ -100,7 +119,8 @@ where
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let start = Instant::now();
-        let rest = first_token(svc.clone(), url, body).await;
+        let mut wait = std::pin::pin!(first_token(svc.clone(), url, body));
+        let rest = std::future::poll_fn(|cx| first_token_poll(wait.as_mut(), cx)).await;
         total += start.elapsed();
         drain(rest).await;
     }
@@ -152,6 +172,55 @@ fn profile(spec: &str) {
     });
 }
 
+/// `STREAM_INTERLEAVED=1`: the first token per dialect, both arms in
+/// alternating batches on one current-thread runtime; prints a table.
+fn interleaved() {
+    const ROUNDS: usize = 40;
+    const BATCH: u64 = 400;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    println!(
+        "time to the first token, current-thread runtime, fastest of {ROUNDS} alternating batches of {BATCH} streams per arm (budget: +5 µs)"
+    );
+    println!("| dialect | client alone | through the layer | added |");
+    println!("|---|---:|---:|---:|");
+    rt.block_on(async {
+        let server = MockServer::start(upstream()).await.unwrap();
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let layered = FallbackLayer::new(Chain::new([Route::new("m/1")]))
+            .layer(Client::builder(TokioExecutor::new()).build_http());
+        for dialect in DIALECTS {
+            let url = server.url_for(dialect);
+            let body = body(dialect);
+            // Warm both pools and code paths.
+            timed(client.clone(), &url, body, 50).await;
+            timed(layered.clone(), &url, body, 50).await;
+            let (mut alone, mut layer) = (f64::INFINITY, f64::INFINITY);
+            for round in 0..ROUNDS {
+                for arm in [round % 2, 1 - round % 2] {
+                    if arm == 0 {
+                        let t = timed(client.clone(), &url, body, BATCH).await;
+                        alone = alone.min(t.as_secs_f64() / BATCH as f64);
+                    } else {
+                        let t = timed(layered.clone(), &url, body, BATCH).await;
+                        layer = layer.min(t.as_secs_f64() / BATCH as f64);
+                    }
+                }
+                server.upstream().clear_requests();
+            }
+            println!(
+                "| {} | {:.2} µs | {:.2} µs | {:+.2} µs |",
+                dialect.as_str(),
+                alone * 1e6,
+                layer * 1e6,
+                (layer - alone) * 1e6
+            );
+        }
+    });
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -184,6 +253,9 @@ criterion_group!(benches, bench);
 fn main() {
     if let Ok(spec) = std::env::var("STREAM_PROFILE") {
         return profile(&spec);
+    }
+    if std::env::var_os("STREAM_INTERLEAVED").is_some() {
+        return interleaved();
     }
     benches();
     Criterion::default().configure_from_args().final_summary();
