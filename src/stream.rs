@@ -28,7 +28,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 /// What one dispatched event meant before commit.
@@ -699,8 +699,24 @@ fn malformed(data: &[u8], typed: &str) -> String {
 /// ```
 #[derive(Clone)]
 pub struct StreamReport {
-    rx: watch::Receiver<Option<FallbackReport>>,
-    hook: Arc<Mutex<HookSlot>>,
+    end: Arc<End>,
+}
+
+/// What a stream's [`StreamReport`]s and its [`Finisher`] share: one
+/// allocation per stream, a lock taken at its end and by each reader.
+struct End {
+    state: Mutex<EndState>,
+    /// Woken when the report is sent or the finisher goes away.
+    changed: Notify,
+}
+
+struct EndState {
+    /// The final report, once sent.
+    report: Option<FallbackReport>,
+    hook: HookSlot,
+    /// The finisher went away (after sending, unless a hook it called
+    /// panicked).
+    gone: bool,
 }
 
 /// The builder's `on_report` hook: called once per request with the final
@@ -720,35 +736,54 @@ enum HookSlot {
     Fired,
 }
 
+impl End {
+    fn state(&self) -> std::sync::MutexGuard<'_, EndState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 impl StreamReport {
     /// Waits for the stream to end and returns its final report.
-    pub async fn finished(mut self) -> FallbackReport {
-        // The sender always sends before it goes away, so once `wait_for`
-        // returns (ready or closed) the value is there.
-        let _ = self.rx.wait_for(Option::is_some).await.map(|_| ());
-        let report = self.rx.borrow().clone();
-        report.expect("a stream report is sent before its sender drops")
+    pub async fn finished(self) -> FallbackReport {
+        loop {
+            // Registered before the state is read, so a report sent in
+            // between still wakes this wait.
+            let changed = self.end.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let state = self.end.state();
+                if let Some(report) = &state.report {
+                    return report.clone();
+                }
+                // Only if a report hook panicked while the stream ended.
+                assert!(!state.gone, "a stream report is sent before its sender drops");
+            }
+            changed.await;
+        }
     }
 
     /// The final report, if the stream has ended.
     pub fn get(&self) -> Option<FallbackReport> {
-        self.rx.borrow().clone()
+        self.end.state().report.clone()
     }
 
     /// Calls `hook` with the final report when the stream ends (now, if it
     /// has), once; a second hook is ignored.
     pub(crate) fn on_end(&self, hook: ReportHook) {
-        let mut slot = self.hook.lock().unwrap_or_else(PoisonError::into_inner);
-        match std::mem::replace(&mut *slot, HookSlot::Fired) {
-            HookSlot::Waiting => *slot = HookSlot::Hook(hook),
+        let mut state = self.end.state();
+        match std::mem::replace(&mut state.hook, HookSlot::Fired) {
+            HookSlot::Waiting => state.hook = HookSlot::Hook(hook),
             HookSlot::Ended => {
-                drop(slot);
-                // Sent before the slot said `Ended`.
-                if let Some(report) = self.rx.borrow().as_ref() {
-                    hook(report);
+                // Sent before the slot said `Ended`; the hook runs without
+                // the lock (it may read this handle).
+                let report = state.report.clone();
+                drop(state);
+                if let Some(report) = report {
+                    hook(&report);
                 }
             }
-            other => *slot = other,
+            other => state.hook = other,
         }
     }
 }
@@ -756,7 +791,7 @@ impl StreamReport {
 impl fmt::Debug for StreamReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StreamReport")
-            .field("finished", &self.rx.borrow().is_some())
+            .field("finished", &self.end.state().report.is_some())
             .finish()
     }
 }
@@ -773,8 +808,30 @@ enum Ending {
 struct Finisher {
     report: FallbackReport,
     started: Instant,
-    tx: watch::Sender<Option<FallbackReport>>,
-    hook: Arc<Mutex<HookSlot>>,
+    end: Sender,
+}
+
+/// The finisher's side of [`End`]: says when it goes away, so a wait for a
+/// report that can no longer come does not hang.
+struct Sender(Arc<End>);
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        if state.report.is_none() {
+            state.gone = true;
+            drop(state);
+            self.0.changed.notify_waiters();
+        }
+    }
+}
+
+impl Sender {
+    /// Makes `report` the final report and wakes whoever waits for it.
+    fn send(&self, state: &mut EndState, report: FallbackReport) {
+        state.report = Some(report);
+        self.0.changed.notify_waiters();
+    }
 }
 
 impl Finisher {
@@ -809,23 +866,23 @@ impl Finisher {
                 }
             }
         }
-        let mut slot = self.hook.lock().unwrap_or_else(PoisonError::into_inner);
-        match std::mem::replace(&mut *slot, HookSlot::Fired) {
+        let mut state = self.end.0.state();
+        match std::mem::replace(&mut state.hook, HookSlot::Fired) {
             HookSlot::Hook(hook) => {
-                drop(slot);
+                drop(state);
                 // Before the report is sent, so whoever awaits
                 // `StreamReport::finished` sees the hook's effects.
                 hook(&report);
-                self.tx.send_replace(Some(report));
+                self.end.send(&mut self.end.0.state(), report);
             }
             HookSlot::Waiting => {
                 // Sent while the slot is held, so a hook given later finds it.
-                self.tx.send_replace(Some(report));
-                *slot = HookSlot::Ended;
+                self.end.send(&mut state, report);
+                state.hook = HookSlot::Ended;
             }
             other => {
-                *slot = other;
-                self.tx.send_replace(Some(report));
+                state.hook = other;
+                self.end.send(&mut state, report);
             }
         }
     }
@@ -877,8 +934,14 @@ impl<B> CommittedStream<B> {
         report: FallbackReport,
         started: Instant,
     ) -> (Self, StreamReport) {
-        let (tx, rx) = watch::channel(None);
-        let hook = Arc::new(Mutex::new(HookSlot::Waiting));
+        let end = Arc::new(End {
+            state: Mutex::new(EndState {
+                report: None,
+                hook: HookSlot::Waiting,
+                gone: false,
+            }),
+            changed: Notify::new(),
+        });
         let sleep = idle.map(|d| Box::pin(tokio::time::sleep(d)));
         let body = CommittedStream {
             held,
@@ -891,11 +954,10 @@ impl<B> CommittedStream<B> {
             finisher: Some(Finisher {
                 report,
                 started,
-                tx,
-                hook: hook.clone(),
+                end: Sender(end.clone()),
             }),
         };
-        (body, StreamReport { rx, hook })
+        (body, StreamReport { end })
     }
 }
 

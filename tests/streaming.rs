@@ -395,6 +395,32 @@ async fn a_slow_consumer_keeps_backpressure() {
 }
 
 #[tokio::test]
+async fn a_wait_begun_before_the_end_is_woken_by_it() {
+    let produced = Arc::new(AtomicUsize::new(0));
+    let svc = FallbackLayer::new(Chain::new([Route::new("m/1")]))
+        .layer(sse_service(UPSTREAM.iter().map(|s| Ok(*s)).collect(), produced));
+    let resp = svc
+        .oneshot(post("http://up/v1/chat/completions", stream_chat()))
+        .await
+        .unwrap();
+    let handle = resp.extensions().get::<StreamReport>().cloned().unwrap();
+    let waiting = tokio::spawn(handle.clone().finished());
+    // The waiter runs until it waits (one thread: it runs when this yields).
+    for _ in 0..3 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!waiting.is_finished(), "no report before the stream ends");
+    assert!(handle.get().is_none());
+    let _ = body_bytes(resp).await;
+    let report = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+        .await
+        .expect("the end wakes the wait")
+        .unwrap();
+    assert_eq!(report.resolution(), Resolution::Served);
+    assert_eq!(handle.get().unwrap().served_model(), "m/1");
+}
+
+#[tokio::test]
 async fn dropping_the_stream_resolves_the_report() {
     let produced = Arc::new(AtomicUsize::new(0));
     let svc = FallbackLayer::new(Chain::new([Route::new("m/1")]))
