@@ -78,6 +78,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -591,9 +592,11 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build::<_, ReplayBody>(https);
+    let client = UpstreamClient(Arc::new(
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build::<_, ReplayBody>(https),
+    ));
 
     let chat = ServiceBuilder::new()
         // The layer's error only comes from the client's `poll_ready`.
@@ -1126,6 +1129,30 @@ impl Upstream {
             headers.insert(header::AUTHORIZATION, auth.clone());
         }
         request
+    }
+}
+
+/// The upstream HTTP client as the layer's inner service, behind one `Arc`.
+/// The layer clones its inner service for every request (and axum clones
+/// the route's service): a bare hyper-util `Client` copies its pool handle,
+/// executor and the rustls connector's `Arc`s on each clone and drops them
+/// all again, where this is one reference count up and down.
+#[derive(Clone)]
+struct UpstreamClient(Arc<Client<HttpsConnector<HttpConnector>, ReplayBody>>);
+
+impl tower::Service<Request<ReplayBody>> for UpstreamClient {
+    type Response = Response<hyper::body::Incoming>;
+    type Error = hyper_util::client::legacy::Error;
+    type Future = hyper_util::client::legacy::ResponseFuture;
+
+    /// Always ready, like the `Client` itself: a connection is checked out
+    /// (or opened) by the request's future.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReplayBody>) -> Self::Future {
+        self.0.request(request)
     }
 }
 
