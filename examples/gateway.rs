@@ -67,7 +67,6 @@
 #![allow(dead_code)]
 
 use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::State;
 use axum::middleware::{self, Next};
 use axum::response::IntoResponse;
@@ -78,19 +77,22 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, Error as ClientError};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use llm_fallback::config::{Config, ConfigError};
+use llm_fallback::config::{Config, ConfigError, ConfigPolicy};
 use llm_fallback::native::{Endpoint, EndpointError};
-use llm_fallback::{Dialect, ExhaustionBody, FallbackBuilder, ReplayBody, UnknownModel};
+use llm_fallback::{Dialect, ExhaustionBody, FallbackBuilder, FallbackService, ReplayBody, UnknownModel};
 use llm_fallback_mock::{MockUpstream, Reply};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use pin_project_lite::pin_project;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -100,8 +102,9 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tower::ServiceBuilder;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tower::{Layer, Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -598,24 +601,15 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
             .build::<_, ReplayBody>(https),
     ));
 
-    let chat = ServiceBuilder::new()
-        // The layer's error only comes from the client's `poll_ready`.
-        .layer(HandleErrorLayer::new(|e: hyper_util::client::legacy::Error| {
-            tracing::warn!(error = %e, "the upstream client is not ready");
-            std::future::ready(error_response(
-                StatusCode::BAD_GATEWAY,
-                "server_error",
-                "upstream_unavailable",
-                "the gateway cannot reach its upstream",
-            ))
-        }))
-        .map_response(|response: Response<_>| strip_response(response).map(Body::new))
-        // Outside the fallback: once per request, not per attempt.
-        .map_request(move |request: Request<Body>| upstream.prepare(request))
-        .layer(layer)
-        .service(client);
+    let chat = Chat {
+        fallback: layer.layer(client),
+        limits: Arc::new(ChatLimits {
+            upstream,
+            slots: Arc::new(Semaphore::new(gateway.concurrency_limit().min(Semaphore::MAX_PERMITS))),
+            body_limit: gateway.body_timeout(),
+        }),
+    };
 
-    let slots = Arc::new(Semaphore::new(gateway.concurrency_limit().min(Semaphore::MAX_PERMITS)));
     let chains: Vec<String> = config.chains.keys().cloned().collect();
     let mut router = Router::new();
     for base in ["/v1", "/api/v1"] {
@@ -624,11 +618,6 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
         }
     }
     let models = models_list(config);
-    let mut router = router
-        // Route layers wrap the routes added so far, the last one outermost:
-        // a request refused at the cap gets no body deadline.
-        .route_layer(middleware::from_fn_with_state(gateway.body_timeout(), body_deadline))
-        .route_layer(middleware::from_fn_with_state(slots, cap));
     if let Some(handle) = metrics {
         router = router.route(
             "/metrics",
@@ -948,41 +937,161 @@ async fn authenticate(State(keys): State<Arc<ClientKeys>>, mut request: Request<
     }
 }
 
-// ===== limits =====
+// ===== the chat routes =====
 
-/// `503` at once past `gateway.max_concurrent_requests`. The slot is held
-/// until the response body ends, so a stream counts until its last byte
-/// (tower's `ConcurrencyLimit` would free it at the response head).
-async fn cap(State(slots): State<Arc<Semaphore>>, request: Request<Body>, next: Next) -> Response<Body> {
-    let Ok(slot) = slots.try_acquire_owned() else {
-        tracing::debug!("refused a request: gateway.max_concurrent_requests are in flight");
-        let mut response = error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            "overloaded",
-            "the gateway has as many requests in flight as it takes; retry shortly",
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
-    };
-    next.run(request)
-        .await
-        .map(|body| Body::new(Holding { body, _slot: slot }))
+/// The chat routes' service: the concurrency cap, the request body
+/// deadline, the rewrite for the upstream and the error answers around the
+/// fallback layer, in one service and one future. As separate middlewares
+/// (two axum `from_fn`, `map_request`, `map_response`, `HandleErrorLayer`)
+/// each cloned its inner service and wrapped or boxed a future on every
+/// request, since axum clones a route's service for each one; this clone is
+/// two reference counts (see [`UpstreamClient`]) and one more.
+#[derive(Clone)]
+struct Chat {
+    fallback: FallbackService<UpstreamClient, ConfigPolicy>,
+    limits: Arc<ChatLimits>,
+}
+
+/// What every chat request shares.
+struct ChatLimits {
+    upstream: Upstream,
+    /// `gateway.max_concurrent_requests` slots.
+    slots: Arc<Semaphore>,
+    /// `gateway.request_body_timeout`.
+    body_limit: Duration,
+}
+
+impl Service<Request<Body>> for Chat {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ChatFuture;
+
+    /// Always ready: the fallback service is as ready as its client, which
+    /// always is ([`UpstreamClient`]); each retry waits on its own clone.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// The cap first: past `gateway.max_concurrent_requests` a request gets
+    /// `503` at once, and a request refused there gets no body deadline.
+    /// The slot is held until the response body is dropped, so a stream
+    /// counts until its last byte (tower's `ConcurrencyLimit` would free it
+    /// at the response head).
+    fn call(&mut self, request: Request<Body>) -> ChatFuture {
+        let limits = &*self.limits;
+        let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
+            tracing::debug!("refused a request: gateway.max_concurrent_requests are in flight");
+            return ChatFuture::Answered(Some(overloaded()));
+        };
+        let expired = Arc::new(AtomicBool::new(false));
+        let request = request.map(|body| Deadline::new(body, limits.body_limit, expired.clone()));
+        // Outside the fallback: once per request, not per attempt.
+        let request = limits.upstream.prepare(request);
+        ChatFuture::Forwarded {
+            answer: self.fallback.call(request),
+            slot: Some(slot),
+            expired,
+            limit: limits.body_limit,
+        }
+    }
+}
+
+/// [`Chat`]'s future.
+enum ChatFuture {
+    /// An answer made at once (the cap's `503`).
+    Answered(Option<Response<Body>>),
+    /// The fallback at work, with the request's slot and the body
+    /// deadline's flag.
+    Forwarded {
+        answer: llm_fallback::ResponseFuture<Incoming, ClientError>,
+        slot: Option<OwnedSemaphorePermit>,
+        expired: Arc<AtomicBool>,
+        limit: Duration,
+    },
+}
+
+impl Future for ChatFuture {
+    type Output = Result<Response<Body>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (answer, slot, expired, limit) = match &mut *self {
+            ChatFuture::Answered(response) => {
+                return Poll::Ready(Ok(response.take().expect("ChatFuture polled after it completed")));
+            }
+            ChatFuture::Forwarded {
+                answer,
+                slot,
+                expired,
+                limit,
+            } => (answer, slot, expired, *limit),
+        };
+        let result = ready!(Pin::new(answer).poll(cx));
+        let _slot = slot.take().expect("ChatFuture polled after it completed");
+        let response = if expired.load(Ordering::Relaxed) {
+            // The layer answered its own 400 for an unreadable body; say what it was.
+            body_timed_out(limit).map(|body| Body::new(Holding { body, _slot }))
+        } else {
+            match result {
+                // Hop-by-hop headers off; the body boxed once, with its slot.
+                Ok(response) => strip_response(response).map(|body| Body::new(Holding { body, _slot })),
+                // The layer's error only comes from the client's readiness,
+                // which never fails; should that change, this is the answer.
+                Err(e) => {
+                    tracing::warn!(error = %e, "the upstream client is not ready");
+                    error_response(
+                        StatusCode::BAD_GATEWAY,
+                        "server_error",
+                        "upstream_unavailable",
+                        "the gateway cannot reach its upstream",
+                    )
+                    .map(|body| Body::new(Holding { body, _slot }))
+                }
+            }
+        };
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// The cap's `503`, with `Retry-After: 1`.
+fn overloaded() -> Response<Body> {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "overloaded",
+        "the gateway has as many requests in flight as it takes; retry shortly",
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// The `408` of a request body that did not arrive within `limit`; the
+/// connection is closed after it.
+fn body_timed_out(limit: Duration) -> Response<Body> {
+    let mut response = error_response(
+        StatusCode::REQUEST_TIMEOUT,
+        "invalid_request_error",
+        "request_timeout",
+        &format!("the request body did not arrive within {limit:?}"),
+    );
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// A response body holding a concurrency slot until it is dropped.
-struct Holding {
-    body: Body,
-    _slot: tokio::sync::OwnedSemaphorePermit,
+struct Holding<B> {
+    body: B,
+    _slot: OwnedSemaphorePermit,
 }
 
-impl http_body::Body for Holding {
-    type Data = Bytes;
-    type Error = axum::Error;
+impl<B: http_body::Body + Unpin> http_body::Body for Holding<B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 
@@ -996,55 +1105,49 @@ impl http_body::Body for Holding {
     }
 }
 
-/// Gives the request body `limit` from now to arrive whole; past it the
-/// caller gets `408` and the connection is closed. A deadline for the whole
-/// body, not per frame like tower-http's `RequestBodyTimeoutLayer`: a body
-/// sent a byte at a time must not hold the connection either.
-async fn body_deadline(State(limit): State<Duration>, request: Request<Body>, next: Next) -> Response<Body> {
-    let expired = Arc::new(AtomicBool::new(false));
-    let request = request.map(|body| {
-        Body::new(Deadline {
-            body,
-            sleep: Box::pin(tokio::time::sleep(limit)),
-            limit,
-            expired: expired.clone(),
-        })
-    });
-    let response = next.run(request).await;
-    if !expired.load(Ordering::Relaxed) {
-        return response;
+pin_project! {
+    /// A request body that fails once its deadline passes before its end:
+    /// `limit` from the end of the head for the whole body, not per frame
+    /// like tower-http's `RequestBodyTimeoutLayer` (a body sent a byte at a
+    /// time must not hold the connection either). Past it the caller gets
+    /// `408` ([`ChatFuture`] reads `expired`).
+    struct Deadline {
+        body: Body,
+        at: Instant,
+        // Set the first time the body is not ready: a body that is never
+        // waited for never reaches the runtime's timer.
+        #[pin]
+        sleep: Option<Sleep>,
+        limit: Duration,
+        expired: Arc<AtomicBool>,
     }
-    // The layer answered its own 400 for an unreadable body; say what it was.
-    let mut response = error_response(
-        StatusCode::REQUEST_TIMEOUT,
-        "invalid_request_error",
-        "request_timeout",
-        &format!("the request body did not arrive within {limit:?}"),
-    );
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
 }
 
-/// A request body that fails once its deadline passes before its end.
-struct Deadline {
-    body: Body,
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    limit: Duration,
-    expired: Arc<AtomicBool>,
+impl Deadline {
+    fn new(body: Body, limit: Duration, expired: Arc<AtomicBool>) -> Deadline {
+        Deadline {
+            body,
+            at: Instant::now() + limit,
+            sleep: None,
+            limit,
+            expired,
+        }
+    }
 }
 
 impl http_body::Body for Deadline {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        if let Poll::Ready(frame) = Pin::new(this.body).poll_frame(cx) {
             return Poll::Ready(frame.map(|f| f.map_err(BoxError::from)));
         }
-        ready!(this.sleep.as_mut().poll(cx));
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(*this.at)));
+        }
+        ready!(this.sleep.as_pin_mut().expect("set above").poll(cx));
         this.expired.store(true, Ordering::Relaxed);
         Poll::Ready(Some(Err(format!(
             "the request body did not arrive within {:?}",
@@ -1110,7 +1213,7 @@ impl Upstream {
         Ok(Upstream { uris, authorization })
     }
 
-    fn prepare(&self, mut request: Request<Body>) -> Request<Body> {
+    fn prepare<B>(&self, mut request: Request<B>) -> Request<B> {
         let dialect = Dialect::from_path(request.uri().path());
         if let Some((_, uri)) = self.uris.iter().find(|(d, _)| *d == dialect) {
             *request.uri_mut() = uri.clone();
@@ -1140,9 +1243,9 @@ impl Upstream {
 #[derive(Clone)]
 struct UpstreamClient(Arc<Client<HttpsConnector<HttpConnector>, ReplayBody>>);
 
-impl tower::Service<Request<ReplayBody>> for UpstreamClient {
+impl Service<Request<ReplayBody>> for UpstreamClient {
     type Response = Response<hyper::body::Incoming>;
-    type Error = hyper_util::client::legacy::Error;
+    type Error = ClientError;
     type Future = hyper_util::client::legacy::ResponseFuture;
 
     /// Always ready, like the `Client` itself: a connection is checked out
