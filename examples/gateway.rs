@@ -105,7 +105,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service, ServiceBuilder};
-use tower_http::request_id::{MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -646,16 +645,12 @@ pub fn app(config: &Config) -> Result<Router, ConfigError> {
         }),
     );
     router = router.fallback(|uri: Uri| std::future::ready(not_found(uri.path())));
-    let x_request_id = HeaderName::from_static("x-request-id");
-    Ok(router.layer(
-        ServiceBuilder::new()
-            .layer(SetRequestIdLayer::new(x_request_id.clone(), RequestIds::default()))
-            .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
-                let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok());
-                tracing::debug_span!("gateway", method = %request.method(), path = request.uri().path(), request_id = id)
-            }))
-            .layer(PropagateRequestIdLayer::new(x_request_id)),
-    ))
+    Ok(router.layer(ServiceBuilder::new().layer(RequestIds::default()).layer(
+        TraceLayer::new_for_http().make_span_with(|request: &Request<Body>| {
+            let id = request.headers().get(X_REQUEST_ID).and_then(|v| v.to_str().ok());
+            tracing::debug_span!("gateway", method = %request.method(), path = request.uri().path(), request_id = id)
+        }),
+    )))
 }
 
 /// `GET /v1/models`, in OpenAI's list shape: the model names and aliases
@@ -1291,15 +1286,103 @@ fn error_response(status: StatusCode, kind: &str, code: &str, message: &str) -> 
     (status, axum::Json(body)).into_response()
 }
 
-/// `x-request-id` values: a per-process counter (cheaper than a UUID and
-/// unique within the process); a caller's own id is kept.
+/// The request id header, set on every request and its answer.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// `x-request-id` on every request (a caller's own id is kept, else
+/// `gw-` and a per-process counter in hex: cheaper than a UUID and unique
+/// within the process) and on its answer unless the answer has one. What
+/// tower-http's `SetRequestIdLayer` and `PropagateRequestIdLayer` did, in
+/// one service: the id is written without `format!`, and it rides in the
+/// header only, not also in a `RequestId` extension of the request and the
+/// answer (nothing here reads one; each would allocate an extension map).
 #[derive(Clone, Default)]
 struct RequestIds(Arc<AtomicU64>);
 
-impl MakeRequestId for RequestIds {
-    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.0.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::try_from(format!("gw-{n:x}")).ok().map(RequestId::new)
+impl RequestIds {
+    /// `gw-` and the next number, in lowercase hex.
+    fn next(&self) -> HeaderValue {
+        let mut n = self.0.fetch_add(1, Ordering::Relaxed);
+        let mut text = *b"gw-0000000000000000";
+        let digits = (u64::BITS - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        for at in (3..3 + digits).rev() {
+            text[at] = b"0123456789abcdef"[(n & 0xf) as usize];
+            n >>= 4;
+        }
+        HeaderValue::from_bytes(&text[..3 + digits]).expect("gw- and hex digits are a header value")
+    }
+}
+
+impl<S> Layer<S> for RequestIds {
+    type Service = WithRequestId<S>;
+
+    fn layer(&self, inner: S) -> WithRequestId<S> {
+        WithRequestId {
+            inner,
+            ids: self.clone(),
+        }
+    }
+}
+
+/// A service under [`RequestIds`].
+#[derive(Clone)]
+struct WithRequestId<S> {
+    inner: S,
+    ids: RequestIds,
+}
+
+impl<S, B, RB> Service<Request<B>> for WithRequestId<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let id = match request.headers().get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.ids.next();
+                request.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        RequestIdFuture {
+            inner: self.inner.call(request),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project! {
+    /// [`WithRequestId`]'s future: the answer, with the request's id.
+    struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, RB, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            if let header::Entry::Vacant(slot) = response.headers_mut().entry(X_REQUEST_ID) {
+                slot.insert(id);
+            }
+        }
+        Poll::Ready(Ok(response))
     }
 }
 
