@@ -897,7 +897,9 @@ pin_project! {
         held: VecDeque<Bytes>,
         #[pin]
         inner: Option<B>,
-        tracker: SseTracker,
+        // Boxed since the engine looked at the stream's first events: it
+        // moves on with the body rather than being copied out of its box.
+        tracker: Box<SseTracker>,
         idle: Option<Duration>,
         sleep: Option<Pin<Box<Sleep>>>,
         tail: Option<Bytes>,
@@ -929,7 +931,7 @@ impl<B> CommittedStream<B> {
     pub(crate) fn new(
         held: VecDeque<Bytes>,
         inner: B,
-        tracker: SseTracker,
+        tracker: Box<SseTracker>,
         idle: Option<Duration>,
         report: FallbackReport,
         started: Instant,

@@ -266,7 +266,7 @@ where
             parts.headers.remove(header::CONTENT_LENGTH);
             report.elapsed = started.elapsed();
             let (body, handle) =
-                CommittedStream::new(held, rb, *tracker, hop.route.idle_timeout, report.clone(), started);
+                CommittedStream::new(held, rb, tracker, hop.route.idle_timeout, report.clone(), started);
             (ResponseBody::stream(body), Some(handle))
         }
     };
