@@ -41,9 +41,10 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn stream(body: CommittedStream<B>) -> Self {
+    /// `body` comes boxed: [`CommittedStream::new`] builds it in its box.
+    pub(crate) fn stream(body: std::pin::Pin<Box<CommittedStream<B>>>) -> Self {
         ResponseBody {
-            kind: Kind::Stream { body: Box::pin(body) },
+            kind: Kind::Stream { body },
         }
     }
 

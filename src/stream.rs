@@ -926,8 +926,9 @@ pin_project! {
 }
 
 impl<B> CommittedStream<B> {
-    /// `held` were already fed to `tracker`. Returns the body and the handle
-    /// that resolves when it ends.
+    /// `held` were already fed to `tracker`. Returns the body, built in the
+    /// box the response body keeps it in (not built and then moved there),
+    /// and the handle that resolves when it ends.
     pub(crate) fn new(
         held: VecDeque<Bytes>,
         inner: B,
@@ -935,7 +936,7 @@ impl<B> CommittedStream<B> {
         idle: Option<Duration>,
         report: FallbackReport,
         started: Instant,
-    ) -> (Self, StreamReport) {
+    ) -> (Pin<Box<Self>>, StreamReport) {
         let end = Arc::new(End {
             state: Mutex::new(EndState {
                 report: None,
@@ -945,7 +946,7 @@ impl<B> CommittedStream<B> {
             changed: Notify::new(),
         });
         let sleep = idle.map(|d| Box::pin(tokio::time::sleep(d)));
-        let body = CommittedStream {
+        let body = Box::pin(CommittedStream {
             held,
             inner: Some(inner),
             tracker,
@@ -958,7 +959,7 @@ impl<B> CommittedStream<B> {
                 started,
                 end: Sender(end.clone()),
             }),
-        };
+        });
         (body, StreamReport { end })
     }
 }
