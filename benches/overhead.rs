@@ -395,7 +395,7 @@ fn routing_summary(since: SystemTime) {
     }
 }
 
-/// `OVERHEAD_PROFILE=<happy|happy_session|weighted|least_latency|routed|routed_unpinned|routed_latency|sticky_messages>`: only send
+/// `OVERHEAD_PROFILE=<happy|fallback|happy_session|weighted|least_latency|routed|routed_unpinned|routed_latency|sticky_messages>`: only send
 /// `OVERHEAD_REQUESTS` (default 2000) 1 KiB requests through that stack,
 /// for an instruction counter (`valgrind --tool=callgrind`), which a loaded
 /// machine does not disturb as it does wall time.
@@ -450,17 +450,22 @@ fn profile(name: &str) {
         });
     }
     let chain = match name {
-        "happy" => chain(),
+        "happy" | "fallback" => chain(),
         "weighted" => deployed_chain(Balance::Weighted),
         "least_latency" => deployed_chain(Balance::LeastLatency),
-        other => panic!("OVERHEAD_PROFILE={other}: expected happy, happy_session, weighted, least_latency, routed, routed_unpinned, routed_latency or sticky_messages"),
+        other => panic!("OVERHEAD_PROFILE={other}: expected happy, fallback, happy_session, weighted, least_latency, routed, routed_unpinned, routed_latency or sticky_messages"),
     };
-    let svc = FallbackLayer::new(chain).layer(Instant::new(0));
+    // `fallback`: the primary answers OpenRouter's 503 error JSON, the
+    // secondary serves (two attempts per request).
+    let inner = Instant::new(usize::from(name == "fallback"));
+    let svc = FallbackLayer::new(chain).layer(inner.clone());
     rt.block_on(async {
         for _ in 0..n {
             drain(svc.clone().oneshot(request(&body)).await.unwrap()).await;
         }
     });
+    let per_request = inner.calls() / n.max(1);
+    assert_eq!(per_request, 1 + usize::from(name == "fallback"), "attempts per request");
 }
 
 /// `OVERHEAD_INTERLEAVED=1`: the routed stacks against the single-chain
