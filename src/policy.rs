@@ -348,12 +348,39 @@ pub(crate) const CONTEXT_LENGTH_PHRASES: &[&str] =
 /// Fragments (lowercase) of a moderation or content-policy block.
 pub(crate) const MODERATION_PHRASES: &[&str] = &["moderation", "flagged", "content policy"];
 
-/// Some of `texts` contains one of `phrases` (ASCII case ignored).
+/// Some of `texts` contains one of `phrases` (lowercase ASCII), ASCII case
+/// ignored: what `text.to_ascii_lowercase().contains(phrase)` says, without
+/// a lowercase copy of each text or a searcher built for each phrase (every
+/// failed attempt's error is read for several phrase lists).
 pub(crate) fn mentions<'a>(texts: impl IntoIterator<Item = Option<&'a str>>, phrases: &[&str]) -> bool {
-    texts.into_iter().flatten().any(|t| {
-        let t = t.to_ascii_lowercase();
-        phrases.iter().any(|p| t.contains(p))
-    })
+    texts
+        .into_iter()
+        .flatten()
+        .any(|t| phrases.iter().any(|p| contains_folded(t.as_bytes(), p.as_bytes())))
+}
+
+/// `hay` contains `needle` (lowercase ASCII) with ASCII case ignored. A
+/// match starts at an ASCII byte, so it never starts inside a multi-byte
+/// character; the bytes past ASCII compare as they are.
+fn contains_folded(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let mut from = 0;
+    while let Some(found) = hay
+        .get(from..)
+        .and_then(|h| memchr::memchr2(first, first.to_ascii_uppercase(), h))
+    {
+        let at = from + found;
+        if hay
+            .get(at + 1..at + needle.len())
+            .is_some_and(|w| w.eq_ignore_ascii_case(rest))
+        {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
 }
 
 /// A moderation or content-policy block: the error says so by type or
@@ -371,15 +398,53 @@ fn names_model(e: &UpstreamError) -> bool {
     }
     let texts = [e.message(), e.raw()];
     mentions(texts, MODEL_PHRASES)
-        || texts.into_iter().flatten().any(|t| {
-            let t = t.to_ascii_lowercase();
-            t.contains("model") && t.contains("does not exist")
-        })
+        || texts
+            .into_iter()
+            .flatten()
+            .any(|t| contains_folded(t.as_bytes(), b"model") && contains_folded(t.as_bytes(), b"does not exist"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::retry_after;
+    use super::{contains_folded, CONTEXT_LENGTH_PHRASES, MODEL_PHRASES, MODERATION_PHRASES};
+
+    #[test]
+    fn phrases_are_found_as_a_lowercase_copy_finds_them() {
+        for (hay, needle, want) in [
+            ("Maximum Context Length is 8192", "maximum context", true),
+            ("CONTEXT_LENGTH_EXCEEDED", "context_length", true),
+            ("context lengt", "context length", false),
+            ("", "flagged", false),
+            ("x", "", true),
+            ("ÄFLAGGED", "flagged", true),
+            ("flaggéd", "flagged", false),
+            ("mmmodel", "model", true),
+        ] {
+            assert_eq!(
+                contains_folded(hay.as_bytes(), needle.as_bytes()),
+                want,
+                "{hay:?} / {needle:?}"
+            );
+            assert_eq!(hay.to_ascii_lowercase().contains(needle), want, "{hay:?} / {needle:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn folded_search_agrees_with_a_lowercase_copy(hay in "(?s).{0,40}", pick in 0usize..64, len in 0usize..6) {
+            // Needles from the phrase lists, and lowercase slices of the text itself.
+            let lower = hay.to_ascii_lowercase();
+            let from_text = lower.is_ascii().then(|| {
+                let start = pick % (lower.len() + 1);
+                lower[start..(start + len).min(lower.len())].to_owned()
+            });
+            let phrases = MODEL_PHRASES.iter().chain(CONTEXT_LENGTH_PHRASES).chain(MODERATION_PHRASES);
+            for needle in phrases.map(|p| p.to_string()).chain(from_text) {
+                proptest::prop_assert_eq!(contains_folded(hay.as_bytes(), needle.as_bytes()), lower.contains(&needle));
+            }
+        }
+    }
     use http::HeaderMap;
     use std::time::{Duration, SystemTime};
 
