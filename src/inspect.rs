@@ -279,9 +279,126 @@ fn shared_text(body: &[u8], m: &scan::Member<'_>) -> Option<Arc<str>> {
         .map(|s| Arc::from(&*s))
 }
 
-/// The error object (or string) `json` holds, if it parses.
+/// The error object (or string) `json` holds, if it parses: what
+/// [`error_from_value`] makes of it, read from the bytes into the members
+/// it keeps (no `Value` tree of the whole error first; a failed attempt's
+/// error is read on every fallback).
 fn error_at(json: &[u8]) -> Option<UpstreamError> {
-    serde_json::from_slice::<Value>(json).ok().map(|v| error_from_value(&v))
+    serde_json::from_slice::<ErrorJson>(json).ok().map(|e| match e {
+        ErrorJson::Text(s) => error_from_text(s),
+        ErrorJson::Object(obj) => error_from_object(obj),
+        ErrorJson::Other(v) => error_from_value(&v),
+        ErrorJson::Unreadable => UpstreamError::default(),
+    })
+}
+
+/// An error member as [`error_at`] reads it.
+enum ErrorJson {
+    Text(String),
+    /// An object: its members as `Value`'s map keeps them (the last of a
+    /// repeated key), `metadata` read as [`ErrorObject`] reads it.
+    Object(ErrorObject),
+    /// An array (which a struct reads by position), kept as a `Value` and
+    /// read as before.
+    Other(Value),
+    /// A number, `true`, `false`, `null`, or an object whose `metadata` is
+    /// not one: no error [`ErrorObject`] can read.
+    Unreadable,
+}
+
+impl<'de> Deserialize<'de> for ErrorJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+
+        /// The members an error object keeps; any other is skipped.
+        enum Key {
+            Code,
+            Message,
+            Kind,
+            Metadata,
+            Other,
+        }
+
+        impl<'de> Deserialize<'de> for Key {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct KeyVisit;
+                impl serde::de::Visitor<'_> for KeyVisit {
+                    type Value = Key;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a member name")
+                    }
+                    fn visit_str<E>(self, key: &str) -> Result<Key, E> {
+                        Ok(match key {
+                            "code" => Key::Code,
+                            "message" => Key::Message,
+                            "type" => Key::Kind,
+                            "metadata" => Key::Metadata,
+                            _ => Key::Other,
+                        })
+                    }
+                }
+                d.deserialize_identifier(KeyVisit)
+            }
+        }
+
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = ErrorJson;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an error object or message")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<ErrorJson, E> {
+                Ok(ErrorJson::Text(s.to_owned()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<ErrorJson, E> {
+                Ok(ErrorJson::Text(s))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<ErrorJson, A::Error> {
+                let (mut code, mut message, mut kind, mut metadata) = (None, None, None, None);
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Code => code = map.next_value::<Option<Value>>()?,
+                        Key::Message => message = map.next_value::<Option<Value>>()?,
+                        Key::Kind => kind = map.next_value::<Option<Value>>()?,
+                        Key::Metadata => metadata = map.next_value::<Option<Value>>()?,
+                        Key::Other => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                let metadata = match metadata.as_ref().map(Metadata::deserialize) {
+                    None => None,
+                    Some(Ok(m)) => Some(m),
+                    Some(Err(_)) => return Ok(ErrorJson::Unreadable),
+                };
+                Ok(ErrorJson::Object(ErrorObject {
+                    code,
+                    message,
+                    kind,
+                    metadata,
+                }))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<ErrorJson, A::Error> {
+                let items = Vec::<Value>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(ErrorJson::Other(Value::Array(items)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<ErrorJson, E> {
+                Ok(ErrorJson::Unreadable)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<ErrorJson, E> {
+                Ok(ErrorJson::Unreadable)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<ErrorJson, E> {
+                Ok(ErrorJson::Unreadable)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<ErrorJson, E> {
+                Ok(ErrorJson::Unreadable)
+            }
+            fn visit_unit<E>(self) -> Result<ErrorJson, E> {
+                Ok(ErrorJson::Unreadable)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// Reads an OpenRouter (`{code, message, metadata: {error_type, provider_name,
@@ -289,14 +406,23 @@ fn error_at(json: &[u8]) -> Option<UpstreamError> {
 /// string becomes the message.
 pub(crate) fn error_from_value(v: &Value) -> UpstreamError {
     if let Some(s) = v.as_str() {
-        return UpstreamError {
-            message: Some(truncate(s.to_owned())),
-            ..UpstreamError::default()
-        };
+        return error_from_text(s.to_owned());
     }
-    let Ok(obj) = ErrorObject::deserialize(v) else {
-        return UpstreamError::default();
-    };
+    match ErrorObject::deserialize(v) {
+        Ok(obj) => error_from_object(obj),
+        Err(_) => UpstreamError::default(),
+    }
+}
+
+/// A bare string error: its message.
+fn error_from_text(s: String) -> UpstreamError {
+    UpstreamError {
+        message: Some(truncate(s)),
+        ..UpstreamError::default()
+    }
+}
+
+fn error_from_object(obj: ErrorObject) -> UpstreamError {
     let meta = obj.metadata;
     let code = obj.code.as_ref().and_then(scalar_text);
     let string_code = obj.code.as_ref().and_then(Value::as_str).map(str::to_owned);
@@ -961,6 +1087,61 @@ mod oracle {
                 }
                 (Value::Object(b), pretty)
             })
+    }
+
+    /// JSON text for an error member: objects whose keys repeat (which a
+    /// `Value` keeps last-wins) or are spelled with escapes, metadata of
+    /// every type, strings, arrays and scalars.
+    fn error_text() -> impl Strategy<Value = String> {
+        let scalar = prop_oneof![
+            Just("null".to_owned()),
+            Just("true".to_owned()),
+            Just("503".to_owned()),
+            Just("-1.5e3".to_owned()),
+            "[a-zA-Z \\\"é]{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+        ];
+        let leaf = prop_oneof![
+            4 => scalar.clone(),
+            1 => proptest::collection::vec(scalar.clone(), 0..3).prop_map(|v| format!("[{}]", v.join(","))),
+        ];
+        let meta_key = prop_oneof![
+            Just("\"error_type\""),
+            Just("\"provider_name\""),
+            Just("\"raw\""),
+            Just("\"reasons\""),
+            Just("\"flagged_input\""),
+            Just("\"other\""),
+        ];
+        let metadata = prop_oneof![
+            3 => proptest::collection::vec((meta_key, leaf.clone()), 0..4)
+                .prop_map(|m| format!("{{{}}}", m.into_iter().map(|(k, v)| format!("{k}:{v}")).collect::<Vec<_>>().join(","))),
+            1 => leaf.clone(),
+        ];
+        let key = prop_oneof![
+            Just("\"code\""),
+            Just("\"message\""),
+            Just("\"type\""),
+            Just("\"co\\u0064e\""),
+            Just("\"param\""),
+        ];
+        let member = prop_oneof![
+            4 => (key, leaf.clone()).prop_map(|(k, v)| format!("{k}:{v}")),
+            1 => metadata.prop_map(|m| format!("\"metadata\":{m}")),
+        ];
+        prop_oneof![
+            6 => proptest::collection::vec(member, 0..6).prop_map(|m| format!("{{{}}}", m.join(","))),
+            1 => leaf,
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn an_error_is_read_as_from_its_value(text in error_text()) {
+            // What the reader made of an error member before: a `Value`
+            // first, then `error_from_value`.
+            let before = serde_json::from_slice::<Value>(text.as_bytes()).ok().map(|v| error_from_value(&v));
+            prop_assert_eq!(error_at(text.as_bytes()), before, "{}", text);
+        }
     }
 
     proptest! {
