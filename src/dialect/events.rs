@@ -40,23 +40,16 @@ pub(super) fn text(data: &[u8], v: &ValueAt) -> Result<Option<String>, ()> {
 
 /// A string value's text as bytes (`Ok(None)` for `null`): borrowed from
 /// `data` when it has no escape (the reader checked its bytes and, for the
-/// whole event, its UTF-8), decoded when it has; `Err` for another type or
-/// a string that does not decode (a lone surrogate).
+/// whole event, its UTF-8, and saw whether it has one), decoded when it
+/// has; `Err` for another type or a string that does not decode (a lone
+/// surrogate).
 pub(super) fn word<'a>(data: &'a [u8], v: &ValueAt) -> Result<Option<Cow<'a, [u8]>>, ()> {
     match v.kind {
         ValueKind::Null => Ok(None),
         ValueKind::String => {
             let literal = data.get(v.span.clone()).ok_or(())?;
-            let inner = literal.get(1..literal.len().saturating_sub(1)).ok_or(())?;
-            // Most are short (a type, an id): looked over inline, where
-            // `contains` would be a `memchr` call.
-            #[allow(clippy::manual_contains)]
-            let escaped = if inner.len() <= 64 {
-                inner.iter().any(|&c| c == b'\\')
-            } else {
-                memchr::memchr(b'\\', inner).is_some()
-            };
-            if !escaped {
+            if !v.escaped {
+                let inner = literal.get(1..literal.len().saturating_sub(1)).ok_or(())?;
                 return Ok(Some(Cow::Borrowed(inner)));
             }
             match scan::decode_string(literal).map_err(drop)? {

@@ -37,6 +37,9 @@ const MAX_DEPTH: usize = 128;
 pub(crate) struct ValueAt {
     pub(crate) span: Range<usize>,
     pub(crate) kind: ValueKind,
+    /// A string with a `\` escape (the read saw it, so its text is not
+    /// looked over again); `false` for any other type.
+    pub(crate) escaped: bool,
 }
 
 /// Reads a JSON object member by member and, in the same pass, checks it as
@@ -194,8 +197,13 @@ impl<'a> Reader<'a> {
             b'n' => ValueKind::Null,
             _ => ValueKind::Number,
         };
+        let mut escaped = false;
         let end = match kind {
-            ValueKind::String => string(b, at, &mut self.high)?,
+            ValueKind::String => {
+                let (end, e) = string(b, at, &mut self.high)?;
+                escaped = e;
+                end
+            }
             ValueKind::Object | ValueKind::Array if self.skim => scan::scan_value(b, at).ok()?.0,
             ValueKind::Object | ValueKind::Array => value_end(b, at, &mut self.high, self.depth, MAX_DEPTH)?,
             ValueKind::True => literal(b, at, b"true")?,
@@ -203,7 +211,11 @@ impl<'a> Reader<'a> {
             ValueKind::Null => literal(b, at, b"null")?,
             ValueKind::Number => number(b, at)?,
         };
-        Some(ValueAt { span: at..end, kind })
+        Some(ValueAt {
+            span: at..end,
+            kind,
+            escaped,
+        })
     }
 
     /// The key opening at `at`: one past its closing quote, and its text
@@ -227,7 +239,7 @@ impl<'a> Reader<'a> {
             }
             from += 8;
         }
-        let end = string(b, at, &mut self.high)?;
+        let (end, _) = string(b, at, &mut self.high)?;
         let key = match scan::decode_string(b.get(at..end)?).ok()? {
             Cow::Borrowed(k) => Cow::Borrowed(k.as_bytes()),
             Cow::Owned(k) => Cow::Owned(k.into_bytes()),
@@ -302,7 +314,7 @@ fn value_end(b: &[u8], mut i: usize, high: &mut bool, depth: usize, limit: usize
                     continue 'value;
                 }
             }
-            b'"' => i = string(b, i, high)?,
+            b'"' => i = string(b, i, high)?.0,
             b't' => i = literal(b, i, b"true")?,
             b'f' => i = literal(b, i, b"false")?,
             b'n' => i = literal(b, i, b"null")?,
@@ -340,7 +352,7 @@ fn key(b: &[u8], i: usize, high: &mut bool) -> Option<usize> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
-    let j = skip_ws(b, string(b, i, high)?);
+    let j = skip_ws(b, string(b, i, high)?.0);
     (b.get(j) == Some(&b':')).then(|| skip_ws(b, j + 1))
 }
 
@@ -397,13 +409,14 @@ fn stops(w: u64) -> u64 {
         & HIGH
 }
 
-/// The string opening at `open`: one past its closing quote; `None` for a
-/// control byte, a bad escape or no end. Sets `high` when a byte past
-/// ASCII was read (its words may run past the string: that only costs a
-/// UTF-8 check).
+/// The string opening at `open`: one past its closing quote, and whether
+/// it has an escape; `None` for a control byte, a bad escape or no end.
+/// Sets `high` when a byte past ASCII was read (its words may run past the
+/// string: that only costs a UTF-8 check).
 #[inline(always)]
-fn string(b: &[u8], open: usize, high: &mut bool) -> Option<usize> {
+fn string(b: &[u8], open: usize, high: &mut bool) -> Option<(usize, bool)> {
     let mut i = open + 1;
+    let mut escaped = false;
     // Every word read, or-ed: its high bits say whether one was past ASCII.
     let mut seen = 0;
     let end = loop {
@@ -421,6 +434,7 @@ fn string(b: &[u8], open: usize, high: &mut bool) -> Option<usize> {
         match *b.get(i)? {
             b'"' => break i + 1,
             b'\\' => {
+                escaped = true;
                 i += match *b.get(i + 1)? {
                     b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => 2,
                     b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => 6,
@@ -435,7 +449,7 @@ fn string(b: &[u8], open: usize, high: &mut bool) -> Option<usize> {
         }
     };
     *high |= seen & HIGH != 0;
-    Some(end)
+    Some((end, escaped))
 }
 
 #[cfg(test)]
