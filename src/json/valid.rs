@@ -7,10 +7,11 @@
 //! tab, CR and LF; no control byte below 0x20 inside a string; escapes
 //! `\" \\ \/ \b \f \n \r \t` and `\u` with four hex digits, surrogates
 //! unpaired or not; any depth), tested against serde_json itself below. It
-//! reads strings eight bytes at a time, checks UTF-8 only when a string
+//! reads strings sixteen bytes at a time (SSE2, `json::simd`), checks UTF-8 only when a string
 //! has a byte past ASCII, and allocates only past 128 levels of nesting.
 
 use super::scan::{self, skip_ws, ValueKind};
+use super::simd;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -224,8 +225,22 @@ impl<'a> Reader<'a> {
     #[inline(always)]
     fn key(&mut self, at: usize) -> Option<(usize, Cow<'a, [u8]>)> {
         let b = self.b;
-        // Short plain ASCII, as almost every key is: in one pass.
+        // Short plain ASCII, as almost every key is: in one pass, sixteen
+        // bytes at a time (eight near the end of the event).
         let mut from = at + 1;
+        for _ in 0..2 {
+            let Some(block) = b.get(from..from + 16) else { break };
+            let (stops, past_ascii) = simd::string_masks(<&[u8; 16]>::try_from(block).ok()?);
+            let hits = stops | past_ascii;
+            if hits != 0 {
+                let stop = from + hits.trailing_zeros() as usize;
+                if b.get(stop) == Some(&b'"') {
+                    return Some((stop + 1, Cow::Borrowed(b.get(at + 1..stop)?)));
+                }
+                return self.escaped_key(at);
+            }
+            from += 16;
+        }
         for _ in 0..3 {
             let Some(word) = b.get(from..from + 8) else { break };
             let w = u64::from_le_bytes(<[u8; 8]>::try_from(word).ok()?);
@@ -239,6 +254,14 @@ impl<'a> Reader<'a> {
             }
             from += 8;
         }
+        self.escaped_key(at)
+    }
+
+    /// [`Reader::key`] for a key with an escape, a byte past ASCII or a
+    /// long one: read as any string, then decoded.
+    #[inline(never)]
+    fn escaped_key(&mut self, at: usize) -> Option<(usize, Cow<'a, [u8]>)> {
+        let b = self.b;
         let (end, _) = string(b, at, &mut self.high)?;
         let key = match scan::decode_string(b.get(at..end)?).ok()? {
             Cow::Borrowed(k) => Cow::Borrowed(k.as_bytes()),
@@ -419,17 +442,31 @@ fn string(b: &[u8], open: usize, high: &mut bool) -> Option<(usize, bool)> {
     let mut escaped = false;
     // Every word read, or-ed: its high bits say whether one was past ASCII.
     let mut seen = 0;
+    // Every block's bytes past ASCII, or-ed.
+    let mut past_ascii = 0;
     let end = loop {
-        // Eight bytes at a time to the first `"`, `\` or control byte.
-        while let Some(word) = b.get(i..i + 8) {
-            let w = u64::from_le_bytes(<[u8; 8]>::try_from(word).ok()?);
-            let hits = stops(w);
-            seen |= w;
-            if hits != 0 {
-                i += hits.trailing_zeros() as usize / 8;
-                break;
+        // Sixteen bytes at a time to the first `"`, `\` or control byte,
+        // then eight at a time near the end of the event.
+        'scan: {
+            while let Some(block) = b.get(i..i + 16) {
+                let (stops, high) = simd::string_masks(<&[u8; 16]>::try_from(block).ok()?);
+                past_ascii |= high;
+                if stops != 0 {
+                    i += stops.trailing_zeros() as usize;
+                    break 'scan;
+                }
+                i += 16;
             }
-            i += 8;
+            while let Some(word) = b.get(i..i + 8) {
+                let w = u64::from_le_bytes(<[u8; 8]>::try_from(word).ok()?);
+                let hits = stops(w);
+                seen |= w;
+                if hits != 0 {
+                    i += hits.trailing_zeros() as usize / 8;
+                    break 'scan;
+                }
+                i += 8;
+            }
         }
         match *b.get(i)? {
             b'"' => break i + 1,
@@ -448,7 +485,7 @@ fn string(b: &[u8], open: usize, high: &mut bool) -> Option<(usize, bool)> {
             }
         }
     };
-    *high |= seen & HIGH != 0;
+    *high |= seen & HIGH != 0 || past_ascii != 0;
     Some((end, escaped))
 }
 
