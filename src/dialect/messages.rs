@@ -91,14 +91,15 @@ struct Event<'a> {
 }
 
 impl<'a> Event<'a> {
-    /// `None` when `data` is not JSON as serde_json takes it, not an
-    /// object, or a member read has the wrong type (as a typed client would
-    /// refuse it). The `message` and `delta` objects (and before commit a
-    /// `content_block`) are read member by member in the event's one pass;
-    /// the last of each key counts.
-    fn read(data: &'a [u8], t: &SseTracker) -> Option<Event<'a>> {
-        let mut ev = Event::default();
-        let read = Reader::read(data, t.committed, |r, key, at| {
+    /// Reads `data` into this (default) event; `false` when `data` is not
+    /// JSON as serde_json takes it, not an object, or a member read has the
+    /// wrong type (as a typed client would refuse it). The `message` and
+    /// `delta` objects (and before commit a `content_block`) are read
+    /// member by member in the event's one pass; the last of each key
+    /// counts. (Read in place: the event is not moved about.)
+    fn read(&mut self, data: &'a [u8], t: &SseTracker) -> bool {
+        let ev = self;
+        Reader::read(data, t.committed, |r, key, at| {
             let object = r.byte(at) == Some(b'{');
             match key {
                 b"message" if object => {
@@ -168,8 +169,7 @@ impl<'a> Event<'a> {
                 _ => {}
             }
             Some(v.span.end)
-        });
-        read.then_some(ev)
+        })
     }
 }
 
@@ -181,15 +181,16 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
     if t.committed && quiet(data) {
         return Signal::None;
     }
-    let ev = match t.accept(
+    let mut ev = Event::default();
+    let read = ev.read(data, t).then_some(());
+    if let Err(signal) = t.accept(
         data,
-        Event::read(data, t),
+        read,
         "event before the first content",
         "type, message and its model, usage, delta.stop_reason",
     ) {
-        Ok(e) => e,
-        Err(signal) => return signal,
-    };
+        return signal;
+    }
     match ev.kind.as_deref().unwrap_or_default() {
         b"message_start" => {
             if t.model.is_none() {

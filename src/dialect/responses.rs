@@ -71,21 +71,20 @@ struct Head<'a> {
 }
 
 impl<'a> Event<'a> {
-    /// `None` when `data` is not JSON as serde_json takes it, not an
-    /// object, or a member read has the wrong type (as a typed client would
-    /// refuse it). `id` and `model` are decoded only while the tracker lacks
-    /// them. The `response` object (and before commit an `item` or `part`)
-    /// is read member by member in the event's one pass.
-    fn read(data: &'a [u8], t: &SseTracker) -> Option<Event<'a>> {
-        let mut ev = Event::default();
-        // The last `response` counts (`null`: none).
-        let mut response = None;
-        let read = Reader::read(data, t.committed, |r, key, at| {
+    /// Reads `data` into this (default) event; `false` when `data` is not
+    /// JSON as serde_json takes it, not an object, or a member read has the
+    /// wrong type (as a typed client would refuse it). `id` and `model` are
+    /// decoded only while the tracker lacks them. The `response` object
+    /// (and before commit an `item` or `part`) is read member by member in
+    /// the event's one pass, into the event where it stays (an event is a
+    /// few hundred bytes: it is not moved about).
+    fn read(&mut self, data: &'a [u8], t: &SseTracker) -> bool {
+        let ev = self;
+        Reader::read(data, t.committed, |r, key, at| {
             match key {
+                // The last `response` counts (`null`: none).
                 b"response" if r.byte(at) == Some(b'{') => {
-                    let (end, head) = read_head(r, at, t)?;
-                    response = Some(head);
-                    return Some(end);
+                    return read_head(r, at, t, ev.response.insert(Head::default()));
                 }
                 b"item" | b"part" if !t.committed && r.byte(at) == Some(b'{') => {
                     let mut found = false;
@@ -107,7 +106,7 @@ impl<'a> Event<'a> {
                 b"sequence_number" => ev.sequence_number = events::unsigned(data, &v).ok()?,
                 b"delta" | b"text" | b"arguments" => ev.output |= events::filled(data, &v),
                 b"response" => match v.kind {
-                    ValueKind::Null => response = None,
+                    ValueKind::Null => ev.response = None,
                     _ => return None,
                 },
                 b"code" => ev.code = Some(v.span.clone()),
@@ -115,18 +114,15 @@ impl<'a> Event<'a> {
                 _ => {}
             }
             Some(v.span.end)
-        });
-        ev.response = response;
-        read.then_some(ev)
+        })
     }
 }
 
-/// The event's `response` object at `at`: one past its end and its head;
-/// `None` when it is not JSON or a member has the wrong type.
-fn read_head<'a>(r: &mut Reader<'a>, at: usize, t: &SseTracker) -> Option<(usize, Head<'a>)> {
+/// The event's `response` object at `at`, read into `head`: one past its
+/// end; `None` when it is not JSON or a member has the wrong type.
+fn read_head<'a>(r: &mut Reader<'a>, at: usize, t: &SseTracker, head: &mut Head<'a>) -> Option<usize> {
     let data = r.bytes();
-    let mut head = Head::default();
-    let end = r.object(at, |r, key, at| {
+    r.object(at, |r, key, at| {
         if key == b"usage" {
             let (end, usage) = events::usage(r, at)?;
             head.usage = usage;
@@ -142,8 +138,7 @@ fn read_head<'a>(r: &mut Reader<'a>, at: usize, t: &SseTracker) -> Option<(usize
             _ => {}
         }
         Some(v.span.end)
-    })?;
-    Some((end, head))
+    })
 }
 
 /// Responses (and Messages) usage: `input_tokens`, `output_tokens`.
@@ -183,15 +178,16 @@ pub(super) fn event(t: &mut SseTracker, data: &[u8]) -> Signal {
         // Not OpenAI's, but some proxies send it: accepted, and no end.
         return Signal::None;
     }
-    let ev = match t.accept(
+    let mut ev = Event::default();
+    let read = ev.read(data, t).then_some(());
+    if let Err(signal) = t.accept(
         data,
-        Event::read(data, t),
+        read,
         "event before the first output",
         "type, sequence_number, response and its id, model, status, usage",
     ) {
-        Ok(e) => e,
-        Err(signal) => return signal,
-    };
+        return signal;
+    }
     if let Some(n) = ev.sequence_number {
         t.sequence = Some(n);
     }
