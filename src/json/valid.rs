@@ -206,10 +206,27 @@ impl<'a> Reader<'a> {
                 end
             }
             ValueKind::Object | ValueKind::Array if self.skim => scan::scan_value(b, at).ok()?.0,
-            ValueKind::Object | ValueKind::Array => value_end(b, at, &mut self.high, self.depth, MAX_DEPTH)?,
+            ValueKind::Object | ValueKind::Array => {
+                // `{}` and `[]` (an event's empty `output`, `content`,
+                // `logprobs`) without the walk, the depth checked as it
+                // checks it (`}` and `]` are two past their openers).
+                let inner = skip_ws(b, at + 1);
+                match b.get(inner) {
+                    Some(&close) if close == b.get(at)? + 2 && self.depth < MAX_DEPTH => inner + 1,
+                    _ => value_end(b, at, &mut self.high, self.depth, MAX_DEPTH)?,
+                }
+            }
             ValueKind::True => literal(b, at, b"true")?,
             ValueKind::False => literal(b, at, b"false")?,
             ValueKind::Null => literal(b, at, b"null")?,
+            // One digit and no more to the number (an index, a sequence
+            // number): it ends there, as `number` would say.
+            ValueKind::Number
+                if b.get(at).is_some_and(u8::is_ascii_digit)
+                    && !matches!(b.get(at + 1), Some(b'0'..=b'9' | b'.' | b'e' | b'E')) =>
+            {
+                at + 1
+            }
             ValueKind::Number => number(b, at)?,
         };
         Some(ValueAt {
