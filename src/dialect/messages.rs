@@ -101,31 +101,32 @@ impl<'a> Event<'a> {
         let ev = self;
         Reader::read(data, t.committed, |r, key, at| {
             let object = r.byte(at) == Some(b'{');
-            match key {
-                b"message" if object => {
+            match () {
+                _ if object && events::is(key, b"message") => {
                     let (mut model, mut usage) = (None, None);
                     let end = r.object(at, |r, key, at| {
-                        if key == b"usage" {
+                        if events::is(key, b"usage") {
                             let (end, u) = events::usage(r, at)?;
                             usage = u;
                             return Some(end);
                         }
                         let v = r.value(at)?;
-                        match key {
-                            b"model" if t.model.is_none() => model = events::text(data, &v).ok()?,
-                            b"model" => events::valid_text(data, &v).then_some(())?,
-                            _ => {}
+                        if events::is(key, b"model") {
+                            match t.model {
+                                None => model = events::text(data, &v).ok()?,
+                                Some(_) => events::valid_text(data, &v).then_some(())?,
+                            }
                         }
                         Some(v.span.end)
                     })?;
                     (ev.model, ev.head_usage) = (model, usage);
                     return Some(end);
                 }
-                b"delta" if object => {
+                _ if object && events::is(key, b"delta") => {
                     let mut stop_reason = None;
                     let end = r.object(at, |r, key, at| {
                         let v = r.value(at)?;
-                        if key == b"stop_reason" {
+                        if events::is(key, b"stop_reason") {
                             stop_reason = events::text(data, &v).ok()?;
                         }
                         Some(v.span.end)
@@ -133,13 +134,16 @@ impl<'a> Event<'a> {
                     ev.stop_reason = stop_reason;
                     return Some(end);
                 }
-                b"content_block" if object && !t.committed => {
+                _ if object && !t.committed && events::is(key, b"content_block") => {
                     let (mut tool, mut filled) = (false, false);
                     let end = r.object(at, |r, key, at| {
                         let v = r.value(at)?;
-                        match key {
-                            b"type" => tool |= events::is_text(data, &v, "tool_use"),
-                            b"text" | b"thinking" | b"data" => {
+                        match () {
+                            _ if events::is(key, b"type") => tool |= events::is_text(data, &v, "tool_use"),
+                            _ if events::is(key, b"text")
+                                || events::is(key, b"thinking")
+                                || events::is(key, b"data") =>
+                            {
                                 filled |= v.kind == ValueKind::String && events::filled(data, &v)
                             }
                             _ => {}
@@ -149,7 +153,7 @@ impl<'a> Event<'a> {
                     ev.block_filled = tool || filled;
                     return Some(end);
                 }
-                b"usage" => {
+                _ if events::is(key, b"usage") => {
                     let (end, usage) = events::usage(r, at)?;
                     ev.usage = usage;
                     return Some(end);
@@ -157,15 +161,18 @@ impl<'a> Event<'a> {
                 _ => {}
             }
             let v = r.value(at)?;
-            match key {
-                b"type" => ev.kind = events::word(data, &v).ok()?,
-                b"message" | b"delta" => match v.kind {
-                    ValueKind::Null if key == b"message" => (ev.model, ev.head_usage) = (None, None),
+            match () {
+                _ if events::is(key, b"type") => ev.kind = events::word(data, &v).ok()?,
+                _ if events::is(key, b"message") => match v.kind {
+                    ValueKind::Null => (ev.model, ev.head_usage) = (None, None),
+                    _ => return None,
+                },
+                _ if events::is(key, b"delta") => match v.kind {
                     ValueKind::Null => ev.stop_reason = None,
                     _ => return None,
                 },
-                b"content_block" => ev.block_filled = false,
-                b"error" => ev.error = Some(v.span.clone()),
+                _ if events::is(key, b"content_block") => ev.block_filled = false,
+                _ if events::is(key, b"error") => ev.error = Some(v.span.clone()),
                 _ => {}
             }
             Some(v.span.end)

@@ -81,16 +81,23 @@ impl<'a> Event<'a> {
     fn read(&mut self, data: &'a [u8], t: &SseTracker) -> bool {
         let ev = self;
         Reader::read(data, t.committed, |r, key, at| {
-            match key {
+            match () {
                 // The last `response` counts (`null`: none).
-                b"response" if r.byte(at) == Some(b'{') => {
+                _ if r.byte(at) == Some(b'{') && events::is(key, b"response") => {
                     return read_head(r, at, t, ev.response.insert(Head::default()));
                 }
-                b"item" | b"part" if !t.committed && r.byte(at) == Some(b'{') => {
+                _ if !t.committed
+                    && r.byte(at) == Some(b'{')
+                    && (events::is(key, b"item") || events::is(key, b"part")) =>
+                {
                     let mut found = false;
                     let end = r.object(at, |r, key, at| {
                         let v = r.value(at)?;
-                        if matches!(key, b"text" | b"arguments" | b"content" | b"refusal") {
+                        if events::is(key, b"text")
+                            || events::is(key, b"arguments")
+                            || events::is(key, b"content")
+                            || events::is(key, b"refusal")
+                        {
                             found |= events::filled(data, &v);
                         }
                         Some(v.span.end)
@@ -101,16 +108,18 @@ impl<'a> Event<'a> {
                 _ => {}
             }
             let v = r.value(at)?;
-            match key {
-                b"type" => ev.kind = events::word(data, &v).ok()?,
-                b"sequence_number" => ev.sequence_number = events::unsigned(data, &v).ok()?,
-                b"delta" | b"text" | b"arguments" => ev.output |= events::filled(data, &v),
-                b"response" => match v.kind {
+            match () {
+                _ if events::is(key, b"type") => ev.kind = events::word(data, &v).ok()?,
+                _ if events::is(key, b"sequence_number") => ev.sequence_number = events::unsigned(data, &v).ok()?,
+                _ if events::is(key, b"delta") || events::is(key, b"text") || events::is(key, b"arguments") => {
+                    ev.output |= events::filled(data, &v)
+                }
+                _ if events::is(key, b"response") => match v.kind {
                     ValueKind::Null => ev.response = None,
                     _ => return None,
                 },
-                b"code" => ev.code = Some(v.span.clone()),
-                b"message" => ev.message = Some(v.span.clone()),
+                _ if events::is(key, b"code") => ev.code = Some(v.span.clone()),
+                _ if events::is(key, b"message") => ev.message = Some(v.span.clone()),
                 _ => {}
             }
             Some(v.span.end)
@@ -123,18 +132,23 @@ impl<'a> Event<'a> {
 fn read_head<'a>(r: &mut Reader<'a>, at: usize, t: &SseTracker, head: &mut Head<'a>) -> Option<usize> {
     let data = r.bytes();
     r.object(at, |r, key, at| {
-        if key == b"usage" {
+        if events::is(key, b"usage") {
             let (end, usage) = events::usage(r, at)?;
             head.usage = usage;
             return Some(end);
         }
         let v = r.value(at)?;
-        match key {
-            b"id" if t.response_id.is_none() => head.id = events::text(data, &v).ok()?,
-            b"model" if t.model.is_none() => head.model = events::text(data, &v).ok()?,
-            b"id" | b"model" => events::valid_text(data, &v).then_some(())?,
-            b"status" => head.status = events::word(data, &v).ok()?,
-            b"error" => head.error = Some(v.span.clone()),
+        match () {
+            _ if events::is(key, b"id") => match t.response_id {
+                None => head.id = events::text(data, &v).ok()?,
+                Some(_) => events::valid_text(data, &v).then_some(())?,
+            },
+            _ if events::is(key, b"model") => match t.model {
+                None => head.model = events::text(data, &v).ok()?,
+                Some(_) => events::valid_text(data, &v).then_some(())?,
+            },
+            _ if events::is(key, b"status") => head.status = events::word(data, &v).ok()?,
+            _ if events::is(key, b"error") => head.error = Some(v.span.clone()),
             _ => {}
         }
         Some(v.span.end)
