@@ -394,8 +394,9 @@ async fn a_slow_consumer_keeps_backpressure() {
     }
 }
 
-#[tokio::test]
-async fn a_wait_begun_before_the_end_is_woken_by_it() {
+/// A chat stream through the layer, committed and not yet read, with its
+/// report handle.
+async fn committed_chat() -> (Response<llm_fallback::ResponseBody<Frames>>, StreamReport) {
     let produced = Arc::new(AtomicUsize::new(0));
     let svc = FallbackLayer::new(Chain::new([Route::new("m/1")]))
         .layer(sse_service(UPSTREAM.iter().map(|s| Ok(*s)).collect(), produced));
@@ -404,6 +405,12 @@ async fn a_wait_begun_before_the_end_is_woken_by_it() {
         .await
         .unwrap();
     let handle = resp.extensions().get::<StreamReport>().cloned().unwrap();
+    (resp, handle)
+}
+
+#[tokio::test]
+async fn a_wait_begun_before_the_end_is_woken_by_it() {
+    let (resp, handle) = committed_chat().await;
     let waiting = tokio::spawn(handle.clone().finished());
     // The waiter runs until it waits (one thread: it runs when this yields).
     for _ in 0..3 {
@@ -422,14 +429,7 @@ async fn a_wait_begun_before_the_end_is_woken_by_it() {
 
 #[tokio::test]
 async fn dropping_the_stream_resolves_the_report() {
-    let produced = Arc::new(AtomicUsize::new(0));
-    let svc = FallbackLayer::new(Chain::new([Route::new("m/1")]))
-        .layer(sse_service(UPSTREAM.iter().map(|s| Ok(*s)).collect(), produced));
-    let resp = svc
-        .oneshot(post("http://up/v1/chat/completions", stream_chat()))
-        .await
-        .unwrap();
-    let handle = resp.extensions().get::<StreamReport>().cloned().unwrap();
+    let (resp, handle) = committed_chat().await;
     assert!(handle.get().is_none());
     drop(resp);
     let report = handle.finished().await;
