@@ -714,8 +714,7 @@ struct EndState {
     /// The final report, once sent.
     report: Option<FallbackReport>,
     hook: HookSlot,
-    /// The finisher went away (after sending, unless a hook it called
-    /// panicked).
+    /// The finisher went away (always after sending).
     gone: bool,
 }
 
@@ -756,7 +755,9 @@ impl StreamReport {
                 if let Some(report) = &state.report {
                     return report.clone();
                 }
-                // Only if a report hook panicked while the stream ended.
+                // The finisher sends before it goes away, a report hook's
+                // panic included ([`SendOnDrop`]): `gone` with no report
+                // would be a bug of the crate.
                 assert!(!state.gone, "a stream report is sent before its sender drops");
             }
             changed.await;
@@ -826,6 +827,21 @@ impl Drop for Sender {
     }
 }
 
+/// Sends its report when dropped: after the report hook returns, or while
+/// a panic in it unwinds.
+struct SendOnDrop<'a> {
+    end: &'a Sender,
+    report: Option<FallbackReport>,
+}
+
+impl Drop for SendOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(report) = self.report.take() {
+            self.end.send(&mut self.end.0.state(), report);
+        }
+    }
+}
+
 impl Sender {
     /// Makes `report` the final report and wakes whoever waits for it.
     fn send(&self, state: &mut EndState, report: FallbackReport) {
@@ -870,10 +886,17 @@ impl Finisher {
         match std::mem::replace(&mut state.hook, HookSlot::Fired) {
             HookSlot::Hook(hook) => {
                 drop(state);
-                // Before the report is sent, so whoever awaits
-                // `StreamReport::finished` sees the hook's effects.
-                hook(&report);
-                self.end.send(&mut self.end.0.state(), report);
+                // Sent after the hook, so whoever awaits
+                // `StreamReport::finished` sees its effects, and sent by the
+                // guard's drop even if the hook panics, so no wait is left
+                // without a report.
+                let pending = SendOnDrop {
+                    end: &self.end,
+                    report: Some(report),
+                };
+                if let Some(report) = &pending.report {
+                    hook(report);
+                }
             }
             HookSlot::Waiting => {
                 // Sent while the slot is held, so a hook given later finds it.

@@ -428,6 +428,27 @@ async fn a_wait_begun_before_the_end_is_woken_by_it() {
 }
 
 #[tokio::test]
+async fn a_report_hook_that_panics_still_leaves_the_report() {
+    let produced = Arc::new(AtomicUsize::new(0));
+    let svc = FallbackLayer::builder(Chain::new([Route::new("m/1")]))
+        .on_report(|_: &FallbackReport| panic!("the user's hook fails"))
+        .layer()
+        .layer(sse_service(UPSTREAM.iter().map(|s| Ok(*s)).collect(), produced));
+    let resp = svc
+        .oneshot(post("http://up/v1/chat/completions", stream_chat()))
+        .await
+        .unwrap();
+    let handle = resp.extensions().get::<StreamReport>().cloned().unwrap();
+    // The hook runs (and panics) where the stream ends: in its reader.
+    let reader = tokio::spawn(body_bytes(resp));
+    assert!(reader.await.unwrap_err().is_panic());
+    let report = tokio::time::timeout(Duration::from_secs(10), handle.finished())
+        .await
+        .expect("the report is sent, not waited for");
+    assert_eq!(report.served_model(), "m/1");
+}
+
+#[tokio::test]
 async fn dropping_the_stream_resolves_the_report() {
     let (resp, handle) = committed_chat().await;
     assert!(handle.get().is_none());
