@@ -137,12 +137,8 @@ impl<'a> Reader<'a> {
                 return None;
             }
             let (end, key) = self.key(i)?;
-            let colon = skip_ws(b, end);
-            if b.get(colon) != Some(&b':') {
-                return None;
-            }
-            let value = skip_ws(b, colon + 1);
-            i = skip_ws(b, on_member(self, &key, value)?);
+            let value = skip_ws(b, past(b, end, b':')?);
+            i = ws_before(b, on_member(self, &key, value)?, b'}');
             match b.get(i) {
                 Some(b',') => i = skip_ws(b, i + 1),
                 Some(b'}') => {
@@ -173,7 +169,7 @@ impl<'a> Reader<'a> {
             return Some(i + 1);
         }
         loop {
-            i = skip_ws(b, on_element(self, i)?);
+            i = ws_before(b, on_element(self, i)?, b']');
             match b.get(i) {
                 Some(b',') => i = skip_ws(b, i + 1),
                 Some(b']') => {
@@ -288,6 +284,28 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// One past `want` at `at` or after whitespace there; `None` when another
+/// byte comes first. Compact JSON (what upstreams send) has no whitespace:
+/// the byte is looked at once.
+#[inline(always)]
+fn past(b: &[u8], at: usize, want: u8) -> Option<usize> {
+    if b.get(at) == Some(&want) {
+        return Some(at + 1);
+    }
+    let at = skip_ws(b, at);
+    (b.get(at) == Some(&want)).then_some(at + 1)
+}
+
+/// `at`, when it holds `,` or `close` (compact JSON), else past the
+/// whitespace there.
+#[inline(always)]
+fn ws_before(b: &[u8], at: usize, close: u8) -> usize {
+    match b.get(at) {
+        Some(&c) if c == b',' || c == close => at,
+        _ => skip_ws(b, at),
+    }
+}
+
 const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
 const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
 
@@ -392,8 +410,7 @@ fn key(b: &[u8], i: usize, high: &mut bool) -> Option<usize> {
     if b.get(i) != Some(&b'"') {
         return None;
     }
-    let j = skip_ws(b, string(b, i, high)?.0);
-    (b.get(j) == Some(&b':')).then(|| skip_ws(b, j + 1))
+    past(b, string(b, i, high)?.0, b':').map(|value| skip_ws(b, value))
 }
 
 fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
