@@ -321,6 +321,10 @@ impl ChainSet {
     /// If `chain` names no chain of the set, like
     /// [`on_content_policy`](Self::on_content_policy): a typo must not
     /// send a model's requests elsewhere.
+    #[allow(
+        clippy::panic,
+        reason = "a builder's documented panic on a configuration mistake, never on a request"
+    )]
     pub fn model(mut self, model: impl Into<String>, chain: impl Into<ModelTarget>) -> Self {
         let model: String = model.into();
         let slot = match chain.into() {

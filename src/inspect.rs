@@ -90,14 +90,15 @@ impl BodyFacts {
         if let (Some(_), Some(failed)) = (facts.choices, choices.failed) {
             facts.finish_error = true;
             if facts.error.is_none() {
-                facts.error = Some(
-                    failed
-                        .and_then(|span| error_at(&body[span]))
-                        .unwrap_or_else(|| UpstreamError {
-                            message: Some("choice finished with finish_reason \"error\"".into()),
-                            ..UpstreamError::default()
-                        }),
-                );
+                facts.error =
+                    Some(
+                        failed
+                            .and_then(|span| error_at(body.get(span)?))
+                            .unwrap_or_else(|| UpstreamError {
+                                message: Some("choice finished with finish_reason \"error\"".into()),
+                                ..UpstreamError::default()
+                            }),
+                    );
             }
         }
         facts
@@ -260,10 +261,12 @@ impl Common {
         facts.json = true;
         facts.usage = usage;
         if let Some(span) = self.metadata {
-            facts.upstream_attempts = upstream_attempts(&body[span]);
+            facts.upstream_attempts = upstream_attempts(body.get(span).unwrap_or_default());
         }
         // An error object that does not parse is still an error.
-        facts.error = self.error.map(|span| error_at(&body[span]).unwrap_or_default());
+        facts.error = self
+            .error
+            .map(|span| body.get(span).and_then(error_at).unwrap_or_default());
     }
 }
 
@@ -481,7 +484,7 @@ impl Choices {
                 match (&*m.key, m.kind) {
                     (b"finish_reason", ValueKind::String) => {
                         // Sticky: a duplicate cannot turn an error into a success.
-                        finished_in_error |= is_error(&body[m.value]);
+                        finished_in_error |= body.get(m.value).is_some_and(is_error);
                     }
                     (b"error", ValueKind::Null) => {}
                     (b"error", _) => error = Some(m.value),

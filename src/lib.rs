@@ -240,6 +240,11 @@
 // `unsafe` is denied everywhere but one module, `json::simd`, which says why.
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+// No byte of a request or an answer may reach a panic: the library
+// indexes with `get`, and has no `unwrap`, `expect` or `panic!` but the
+// few configuration-time ones a builder documents (each allowed where it
+// is, under `# Panics`). Tests may use them all (clippy.toml).
+#![warn(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod affinity;

@@ -87,7 +87,10 @@ mod cache {
             {
                 let slots = self.0.read().unwrap_or_else(PoisonError::into_inner);
                 if let Some(s) = slots.as_ref().filter(|s| s.recorder == id) {
-                    return f(s.slots[i].get_or_init(register));
+                    if let Some(slot) = s.slots.get(i) {
+                        f(slot.get_or_init(register));
+                    }
+                    return;
                 }
             }
             let mut slots = self.0.write().unwrap_or_else(PoisonError::into_inner);
@@ -98,7 +101,9 @@ mod cache {
                     slots: std::array::from_fn(|_| OnceLock::new()),
                 }),
             };
-            f(s.slots[i].get_or_init(register));
+            if let Some(slot) = s.slots.get(i) {
+                f(slot.get_or_init(register));
+            }
         }
     }
 }

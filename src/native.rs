@@ -530,12 +530,14 @@ impl fmt::Display for EndpointError {
 
 impl std::error::Error for EndpointError {}
 
-/// JSON for `models`.
+/// JSON for `models` (made when a route is built).
+#[allow(clippy::expect_used, reason = "a list of strings always serializes")]
 pub(crate) fn models_json(models: &[String]) -> Bytes {
     Bytes::from(serde_json::to_vec(models).expect("strings serialize"))
 }
 
-/// JSON for `provider`.
+/// JSON for `provider` (made when a route is built).
+#[allow(clippy::expect_used, reason = "plain data with string keys always serializes")]
 pub(crate) fn provider_json(prefs: &ProviderPrefs) -> Bytes {
     Bytes::from(serde_json::to_vec(prefs).expect("provider preferences serialize"))
 }

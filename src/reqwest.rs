@@ -267,11 +267,10 @@ impl<P: Policy> Middleware for FallbackMiddleware<P> {
             None => caller.into_url(),
         };
         // `ResponseUrl` is private to reqwest; its response builder sets it.
-        let with_url = http::Response::builder()
-            .url(url)
-            .body(())
-            .expect("an empty response always builds");
-        parts.extensions.extend(with_url.into_parts().0.extensions);
+        // An empty response with only a URL always builds.
+        if let Ok(with_url) = http::Response::builder().url(url).body(()) {
+            parts.extensions.extend(with_url.into_parts().0.extensions);
+        }
         Ok(Response::from(http::Response::from_parts(
             parts,
             ::reqwest::Body::wrap(body),

@@ -292,6 +292,10 @@ impl Route {
     /// route already has [`Overrides::MAX`] keys. [`try_set`](Route::try_set)
     /// returns the error instead; a config file's errors name the key path.
     #[track_caller]
+    #[allow(
+        clippy::panic,
+        reason = "a builder's documented panic on a configuration mistake, never on a request"
+    )]
     pub fn set(self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         match self.try_set(key, value) {
             Ok(route) => route,
@@ -306,6 +310,10 @@ impl Route {
     ///
     /// As [`Route::set`]; [`try_remove`](Route::try_remove) returns the error.
     #[track_caller]
+    #[allow(
+        clippy::panic,
+        reason = "a builder's documented panic on a configuration mistake, never on a request"
+    )]
     pub fn remove(self, key: impl Into<String>) -> Self {
         match self.try_remove(key) {
             Ok(route) => route,

@@ -171,7 +171,7 @@ impl SseTracker {
             // A third of an event's lines are the blank line that ends it.
             let nl = match frame.get(pos) {
                 Some(b'\n') => 0,
-                Some(_) => match memchr::memchr(b'\n', &frame[pos..]) {
+                Some(_) => match memchr::memchr(b'\n', frame.get(pos..).unwrap_or_default()) {
                     Some(nl) => nl,
                     None => break,
                 },
@@ -180,17 +180,8 @@ impl SseTracker {
             let end = pos + nl;
             let signal = if self.partial.is_empty() {
                 self.line(frame, pos..end, Some(&mut held))
-            } else if !self.fits(self.partial.len() + nl, frame[pos..end].last().or(self.partial.last())) {
-                self.refuse()
             } else {
-                let mut line = std::mem::take(&mut self.partial);
-                extend_bounded(&mut line, &frame[pos..end], self.max_event_bytes.saturating_add(1));
-                let s = self.line(&line, 0..line.len(), None);
-                if !self.too_large && line.capacity() <= KEEP_CAPACITY {
-                    line.clear();
-                    self.partial = line;
-                }
-                s
+                self.rest_of_line(frame.get(pos..end).unwrap_or_default())
             };
             pos = end + 1;
             match signal {
@@ -205,9 +196,13 @@ impl SseTracker {
         }
         if let Some(data) = held {
             // The event goes on in the next frame.
-            extend_bounded(&mut self.data, &frame[data], self.max_event_bytes);
+            extend_bounded(
+                &mut self.data,
+                frame.get(data).unwrap_or_default(),
+                self.max_event_bytes,
+            );
         }
-        let bytes = &frame[pos..];
+        let bytes = frame.get(pos..).unwrap_or_default();
         if !bytes.is_empty() {
             if !self.fits(self.partial.len() + bytes.len(), bytes.last()) {
                 self.cut_mid_line = true;
@@ -219,6 +214,22 @@ impl SseTracker {
             extend_bounded(&mut self.partial, bytes, self.max_event_bytes.saturating_add(1));
         }
         result
+    }
+
+    /// The end of a line whose start an earlier frame held (in `partial`).
+    #[cold]
+    fn rest_of_line(&mut self, piece: &[u8]) -> Signal {
+        if !self.fits(self.partial.len() + piece.len(), piece.last().or(self.partial.last())) {
+            return self.refuse();
+        }
+        let mut line = std::mem::take(&mut self.partial);
+        extend_bounded(&mut line, piece, self.max_event_bytes.saturating_add(1));
+        let s = self.line(&line, 0..line.len(), None);
+        if !self.too_large && line.capacity() <= KEEP_CAPACITY {
+            line.clear();
+            self.partial = line;
+        }
+        s
     }
 
     /// A line of `len` bytes (its `\r` included, `last` its last byte) fits
@@ -319,16 +330,20 @@ impl SseTracker {
     /// copied to `data` only if another one follows.
     fn line(&mut self, bytes: &[u8], at: Range<usize>, held: Option<&mut Option<Range<usize>>>) -> Signal {
         let mut at = at;
-        if bytes[at.clone()].last() == Some(&b'\r') {
-            at.end -= 1;
-        }
-        let line = &bytes[at.clone()];
+        let line = match bytes.get(at.clone()) {
+            Some([line @ .., b'\r']) => {
+                at.end -= 1;
+                line
+            }
+            Some(line) => line,
+            None => return Signal::None,
+        };
         let Some(&first) = line.first() else {
             self.event_len = 0;
             return match held.and_then(Option::take) {
                 Some(data) => {
                     self.has_data = false;
-                    self.event(&bytes[data])
+                    self.event(bytes.get(data).unwrap_or_default())
                 }
                 None => self.dispatch(),
             };
@@ -347,14 +362,22 @@ impl SseTracker {
                 Some(held) if !self.has_data => *held = Some(rest),
                 held => {
                     if let Some(first) = held.and_then(Option::take) {
-                        extend_bounded(&mut self.data, &bytes[first], self.max_event_bytes);
+                        extend_bounded(
+                            &mut self.data,
+                            bytes.get(first).unwrap_or_default(),
+                            self.max_event_bytes,
+                        );
                     }
                     if self.has_data {
                         // Within the event's size: each `data:` line's prefix
                         // is longer than the `\n` that joins it.
                         extend_bounded(&mut self.data, b"\n", self.max_event_bytes);
                     }
-                    extend_bounded(&mut self.data, &bytes[rest], self.max_event_bytes);
+                    extend_bounded(
+                        &mut self.data,
+                        bytes.get(rest).unwrap_or_default(),
+                        self.max_event_bytes,
+                    );
                 }
             }
             self.has_data = true;
@@ -589,14 +612,16 @@ impl ChunkFacts {
             return None;
         }
         let text = |span: Option<Range<usize>>, wanted: bool| match span.filter(|_| wanted) {
-            None => Ok(None),
-            Some(span) => crate::json::scan::decode_string(&data[span]).map(|s| Some(s.into_owned())),
+            None => Some(None),
+            Some(span) => crate::json::scan::decode_string(data.get(span)?)
+                .ok()
+                .map(|s| Some(s.into_owned())),
         };
         Some(ChunkFacts {
-            model: text(model, want_model).ok()?,
-            provider: text(provider, want_provider).ok()?,
+            model: text(model, want_model)?,
+            provider: text(provider, want_provider)?,
             usage: match usage {
-                Some(span) => Some(serde_json::from_slice(&data[span]).ok()?),
+                Some(span) => Some(serde_json::from_slice(data.get(span)?).ok()?),
                 None => None,
             },
             ..facts
@@ -644,7 +669,7 @@ impl Choice {
         match (key, v.kind) {
             (b"finish_reason" | b"delta" | b"text" | b"error", ValueKind::Null) => {}
             (b"finish_reason", ValueKind::String) => {
-                self.finish_reason = Some(scan::decode_string(&data[v.span.clone()]).ok()?.into_owned())
+                self.finish_reason = Some(scan::decode_string(data.get(v.span.clone())?).ok()?.into_owned())
             }
             (b"error", _) => self.error = Some(v.span.clone()),
             // Legacy completions carry their text here, not in a `delta`.
@@ -659,7 +684,7 @@ impl Choice {
 /// The error object at `span` of a chunk (an unreadable one is still an
 /// error).
 fn error_at(data: &[u8], span: Range<usize>) -> UpstreamError {
-    serde_json::from_slice::<Value>(&data[span])
+    serde_json::from_slice::<Value>(data.get(span).unwrap_or_default())
         .map(|v| error_from_value(&v))
         .unwrap_or_default()
 }

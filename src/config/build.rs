@@ -50,7 +50,9 @@ impl FallbackBuilder<ConfigPolicy> {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
         config.validate()?;
         let build = |key: &str, chain: &ChainConfig| build_chain(config, key, chain).map_err(|e| config.locate(e));
-        let default = config.chains.get(ChainSet::DEFAULT).expect("validated");
+        // `validate` refused a config without one (and said why).
+        let default =
+            (config.chains.get(ChainSet::DEFAULT)).ok_or_else(|| ConfigError::new("chains", "no `default` chain"))?;
         let mut set = ChainSet::new(build("chains.default", default)?);
         for (name, chain) in config.chains.iter().filter(|(n, _)| *n != ChainSet::DEFAULT) {
             set = set.chain(name.as_str(), build(&format!("chains.{name}"), chain)?);

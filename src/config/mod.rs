@@ -727,6 +727,7 @@ impl Config {
     }
 
     /// The config as TOML that [`Config::from_toml_str`] reads back equal.
+    #[allow(clippy::expect_used, reason = "plain data with string keys: serializing cannot fail")]
     pub fn to_toml_string(&self) -> String {
         toml::to_string(self).expect("config types always serialize to TOML")
     }

@@ -127,10 +127,13 @@ pub(super) fn usage(r: &mut Reader<'_>, at: usize) -> Option<(usize, Option<supe
             _ if is(key, b"total_tokens") => 2,
             _ => return Some(v.span.end),
         };
-        if std::mem::replace(&mut seen[slot], true) {
+        let (Some(seen), Some(count)) = (seen.get_mut(slot), counts.get_mut(slot)) else {
+            return None;
+        };
+        if std::mem::replace(seen, true) {
             return None; // serde refuses a field twice
         }
-        counts[slot] = unsigned(data, &v).ok()?;
+        *count = unsigned(data, &v).ok()?;
         Some(v.span.end)
     })?;
     let [input, output, total] = counts;
@@ -141,7 +144,7 @@ pub(super) fn usage(r: &mut Reader<'_>, at: usize) -> Option<(usize, Option<supe
 /// failure path).
 pub(super) fn value(data: &[u8], span: Option<Range<usize>>) -> Option<serde_json::Value> {
     span.filter(|span| data.get(span.clone()) != Some(b"null"))
-        .and_then(|span| serde_json::from_slice(&data[span]).ok())
+        .and_then(|span| serde_json::from_slice(data.get(span)?).ok())
         .filter(|v: &serde_json::Value| !v.is_null())
 }
 

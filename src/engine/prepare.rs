@@ -61,8 +61,8 @@ const DRILL: usize = 4;
 fn present(headers: &http::HeaderMap) -> [bool; 5] {
     let mut present = [false; 5];
     for name in headers.keys() {
-        if let Some(i) = STRIPPED.iter().position(|s| s == name) {
-            present[i] = true;
+        if let Some((_, present)) = STRIPPED.iter().zip(present.iter_mut()).find(|(s, _)| *s == name) {
+            *present = true;
         }
     }
     present

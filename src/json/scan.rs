@@ -267,7 +267,8 @@ fn scan_members<'a, const STRICT: bool, E>(
                 Some(plain) => plain,
                 None => {
                     let key_end = string_end(input, key_start)?;
-                    let key = decode_at(&input[key_start..key_end], key_start).map_err(|mut e| {
+                    let literal = input.get(key_start..key_end).unwrap_or_default();
+                    let key = decode_at(literal, key_start).map_err(|mut e| {
                         if e.kind == InvalidUtf8 {
                             e.kind = KeyNotUtf8;
                         }
@@ -355,10 +356,10 @@ fn plain_key(input: &[u8], open: usize) -> Option<(usize, Cow<'_, [u8]>)> {
         let special = not_plain(word) | (word & HIGH);
         if special != 0 {
             let at = from + special.trailing_zeros() as usize / 8;
-            if input[at] != b'"' {
+            if input.get(at) != Some(&b'"') {
                 return None;
             }
-            return Some((at + 1, Cow::Borrowed(&input[open + 1..at])));
+            return Some((at + 1, Cow::Borrowed(input.get(open + 1..at)?)));
         }
         from += 8;
     }
@@ -449,13 +450,10 @@ fn scan_value_with<const NUMBERS: bool>(input: &[u8], start: usize) -> Result<(u
 }
 
 fn literal(input: &[u8], start: usize, word: &[u8]) -> Result<usize, ScanError> {
-    let rest = &input[start..];
-    if rest.starts_with(word) {
-        Ok(start + word.len())
-    } else if word.starts_with(rest) {
-        Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()))
-    } else {
-        Err(ScanError::new(ScanErrorKind::InvalidLiteral, start))
+    match input.get(start..) {
+        Some(rest) if rest.starts_with(word) => Ok(start + word.len()),
+        Some(rest) if word.starts_with(rest) => Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len())),
+        _ => Err(ScanError::new(ScanErrorKind::InvalidLiteral, start)),
     }
 }
 
@@ -530,18 +528,19 @@ fn string_end(input: &[u8], open: usize) -> Result<usize, ScanError> {
     // Most strings (keys, roles, short values) end in the first two words:
     // that much is inlined where strings are skipped, the rest is a call.
     let i = open + 1;
-    if let Some(words) = input.get(i..i + 16) {
-        let first = quote_or_backslash(u64::from_le_bytes(words[..8].try_into().expect("8 bytes")));
+    if let Some(words) = input.get(i..i + 16).and_then(<[u8]>::first_chunk::<16>) {
+        let words16 = u128::from_le_bytes(*words);
+        let first = quote_or_backslash(words16 as u64);
         if first != 0 {
             let at = first.trailing_zeros() as usize / 8;
-            if words[at] == b'"' {
+            if words.get(at) == Some(&b'"') {
                 return Ok(i + at + 1);
             }
         } else {
-            let second = quote_or_backslash(u64::from_le_bytes(words[8..].try_into().expect("8 bytes")));
-            let at = second.trailing_zeros() as usize / 8;
-            if second != 0 && words[8 + at] == b'"' {
-                return Ok(i + 8 + at + 1);
+            let second = quote_or_backslash((words16 >> 64) as u64);
+            let at = 8 + second.trailing_zeros() as usize / 8;
+            if second != 0 && words.get(at) == Some(&b'"') {
+                return Ok(i + at + 1);
             }
         }
     }
@@ -556,7 +555,7 @@ fn string_end_far(input: &[u8], mut i: usize) -> Result<usize, ScanError> {
         // `i` is never inside an escape here, so a `\` hit starts one.
         let stop = i + INLINE;
         'words: while i < stop {
-            let Some(word) = input.get(i..i + 8) else {
+            let Some(word) = input.get(i..i + 8).and_then(<[u8]>::first_chunk::<8>) else {
                 match input.get(i) {
                     None => return Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len())),
                     Some(b'"') => return Ok(i + 1),
@@ -565,14 +564,14 @@ fn string_end_far(input: &[u8], mut i: usize) -> Result<usize, ScanError> {
                 }
                 continue;
             };
-            let mut hits = quote_or_backslash(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+            let mut hits = quote_or_backslash(u64::from_le_bytes(*word));
             loop {
                 if hits == 0 {
                     i += 8;
                     continue 'words;
                 }
                 let at = hits.trailing_zeros() as usize / 8;
-                if word[at] == b'"' {
+                if word.get(at) == Some(&b'"') {
                     return Ok(i + at + 1);
                 }
                 if at >= 6 {
@@ -590,7 +589,13 @@ fn string_end_far(input: &[u8], mut i: usize) -> Result<usize, ScanError> {
         let quote = i + found;
         // The run may start before `i`: parity of the whole run decides. It
         // cannot pass the opening quote, which is not a backslash.
-        let run = input[..quote].iter().rev().take_while(|&&b| b == b'\\').count();
+        let run = input
+            .get(..quote)
+            .into_iter()
+            .flatten()
+            .rev()
+            .take_while(|&&b| b == b'\\')
+            .count();
         if run % 2 == 0 {
             return Ok(quote + 1);
         }
@@ -659,14 +664,9 @@ impl Block {
     /// The 64 bytes from `at`; past the end of `input` it reads blanks.
     #[inline]
     fn at(input: &[u8], at: usize) -> Block {
-        match input.get(at..at + 64) {
-            Some(bytes) => Block::new(bytes.try_into().expect("64 bytes")),
-            None => {
-                let mut padded = [b' '; 64];
-                let rest = input.get(at..).unwrap_or_default();
-                padded[..rest.len()].copy_from_slice(rest);
-                Block::new(&padded)
-            }
+        match input.get(at..at + 64).and_then(<[u8]>::first_chunk::<64>) {
+            Some(bytes) => Block::new(bytes),
+            None => Block::new(&padded(input.get(at..).unwrap_or_default())),
         }
     }
 
@@ -710,25 +710,29 @@ fn checked_string_end(input: &[u8], open: usize) -> Result<usize, ScanError> {
     // Short values (a model name, a role) end in the first words: find the
     // first `"` or `\\` eight bytes at a time before paying for a call.
     let stop = from + 32;
-    while let Some(word) = input.get(from..from + 8).filter(|_| from < stop) {
-        let hits = quote_or_backslash(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+    while let Some(word) = input
+        .get(from..from + 8)
+        .and_then(<[u8]>::first_chunk::<8>)
+        .filter(|_| from < stop)
+    {
+        let hits = quote_or_backslash(u64::from_le_bytes(*word));
         if hits == 0 {
             from += 8;
             continue;
         }
         let at = from + hits.trailing_zeros() as usize / 8;
-        if input[at] == b'"' {
+        if input.get(at) == Some(&b'"') {
             return Ok(at + 1);
         }
         from = at + escape_len(input, at)?;
         break;
     }
     loop {
-        let Some(i) = memchr2(b'"', b'\\', &input[from..]) else {
+        let Some(i) = input.get(from..).and_then(|rest| memchr2(b'"', b'\\', rest)) else {
             return Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()));
         };
         let at = from + i;
-        if input[at] == b'"' {
+        if input.get(at) == Some(&b'"') {
             return Ok(at + 1);
         }
         from = at + escape_len(input, at)?;
@@ -742,7 +746,12 @@ fn escape_len(input: &[u8], at: usize) -> Result<usize, ScanError> {
         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(2),
         Some(b'u') => match input.get(at + 2..at + 6) {
             Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => Ok(6),
-            None if input[at + 2..].iter().all(u8::is_ascii_hexdigit) => {
+            None if input
+                .get(at + 2..)
+                .unwrap_or_default()
+                .iter()
+                .all(u8::is_ascii_hexdigit) =>
+            {
                 Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()))
             }
             _ => Err(ScanError::new(ScanErrorKind::InvalidEscape, at)),
@@ -837,13 +846,20 @@ fn number_run(input: &[u8], mut at: usize) -> usize {
 /// end); `None` when `at` is past the end.
 #[inline(always)]
 fn structural_at(input: &[u8], at: usize) -> Option<u64> {
-    if let Some(bytes) = input.get(at..at + 64).and_then(|b| <&[u8; 64]>::try_from(b).ok()) {
+    if let Some(bytes) = input.get(at..at + 64).and_then(<[u8]>::first_chunk::<64>) {
         return Some(super::simd::structural_mask(bytes));
     }
     let rest = input.get(at..).filter(|rest| !rest.is_empty())?;
-    let mut padded = [b' '; 64];
-    padded[..rest.len()].copy_from_slice(rest);
-    Some(super::simd::structural_mask(&padded))
+    Some(super::simd::structural_mask(&padded(rest)))
+}
+
+/// `rest` (shorter than 64 bytes) and blanks after it, as one block.
+fn padded(rest: &[u8]) -> [u8; 64] {
+    let mut block = [b' '; 64];
+    for (to, from) in block.iter_mut().zip(rest) {
+        *to = *from;
+    }
+    block
 }
 
 /// Decodes a JSON string literal (quotes included): every escape, surrogate
@@ -862,7 +878,7 @@ pub(crate) fn decode_string(literal: &[u8]) -> Result<Cow<'_, str>, ScanError> {
 pub(crate) fn decode_owned(literal: &[u8]) -> Result<String, ScanError> {
     let n = literal.len();
     if let Some(body) = literal.get(1..n.saturating_sub(1)).filter(|b| b.len() <= 64) {
-        if literal[0] == b'"' && literal[n - 1] == b'"' && nothing_to_decode(body) {
+        if literal.first() == Some(&b'"') && literal.last() == Some(&b'"') && nothing_to_decode(body) {
             return String::from_utf8(body.to_vec())
                 .map_err(|e| ScanError::new(ScanErrorKind::InvalidUtf8, 1 + e.utf8_error().valid_up_to()));
         }
@@ -873,11 +889,9 @@ pub(crate) fn decode_owned(literal: &[u8]) -> Result<String, ScanError> {
 /// [`decode_string`] with error offsets shifted by `base`.
 fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
     use ScanErrorKind::*;
-    let n = literal.len();
-    if n < 2 || literal[0] != b'"' || literal[n - 1] != b'"' {
+    let [b'"', body @ .., b'"'] = literal else {
         return Err(ScanError::new(NotAString, base));
-    }
-    let body = &literal[1..n - 1];
+    };
     let at = |i: usize| base + 1 + i;
     // Keys and model names: short, and nothing to decode. One pass, where the
     // general path below costs three (and a `memchr2` call).
@@ -898,21 +912,28 @@ fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
     let mut done = 0; // body[..done] is decoded into `out`
     let mut next = Some(first);
     while let Some(i) = next {
-        if body[i] == b'"' {
+        if body.get(i) == Some(&b'"') {
             return Err(ScanError::new(NotAString, at(i)));
         }
-        out.push_str(&text[done..i]);
+        // `done` and `i` sit at ASCII bytes (an escape's end, a `\\`).
+        out.push_str(text.get(done..i).ok_or(ScanError::new(InvalidUtf8, at(done)))?);
         let len = escape_len(body, i).map_err(|_| ScanError::new(InvalidEscape, at(i)))?;
-        let c = match body[i + 1] {
+        let escaped = body.get(i + 1).copied().ok_or(ScanError::new(InvalidEscape, at(i)))?;
+        let c = match escaped {
             b'u' => {
-                let unit = hex4(&body[i + 2..i + 6]);
+                let unit = body
+                    .get(i + 2..i + 6)
+                    .and_then(hex4)
+                    .ok_or(ScanError::new(InvalidEscape, at(i)))?;
                 match unit {
                     0xD800..=0xDBFF => {
                         // A high surrogate must be followed by `\u` + low surrogate.
                         let low = body
                             .get(i + 6..i + 12)
-                            .filter(|e| e[0] == b'\\' && e[1] == b'u' && e[2..].iter().all(u8::is_ascii_hexdigit))
-                            .map(|e| hex4(&e[2..]))
+                            .and_then(|e| match e {
+                                [b'\\', b'u', hex @ ..] => hex4(hex),
+                                _ => None,
+                            })
                             .filter(|low| (0xDC00..=0xDFFF).contains(low))
                             .ok_or(ScanError::new(LoneSurrogate, at(i)))?;
                         done = i + 12;
@@ -924,7 +945,8 @@ fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
                         char::from_u32(unit)
                     }
                 }
-                .expect("surrogates were excluded, so this is a scalar value")
+                // Surrogates were excluded: every unit left is a scalar value.
+                .ok_or(ScanError::new(LoneSurrogate, at(i)))?
             }
             short => {
                 done = i + len;
@@ -939,9 +961,12 @@ fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
             }
         };
         out.push(c);
-        next = memchr2(b'\\', b'"', &body[done..]).map(|j| done + j);
+        next = body
+            .get(done..)
+            .and_then(|rest| memchr2(b'\\', b'"', rest))
+            .map(|j| done + j);
     }
-    out.push_str(&text[done..]);
+    out.push_str(text.get(done..).ok_or(ScanError::new(InvalidUtf8, at(done)))?);
     Ok(Cow::Owned(out))
 }
 
@@ -949,9 +974,10 @@ fn decode_at(literal: &[u8], base: usize) -> Result<Cow<'_, str>, ScanError> {
 #[inline]
 fn nothing_to_decode(bytes: &[u8]) -> bool {
     let mut words = bytes.chunks_exact(8);
-    let clean = words
-        .by_ref()
-        .all(|w| not_plain(u64::from_le_bytes(w.try_into().expect("8 bytes"))) == 0);
+    let clean = words.by_ref().all(|w| {
+        w.first_chunk::<8>()
+            .is_some_and(|w| not_plain(u64::from_le_bytes(*w)) == 0)
+    });
     clean && words.remainder().iter().all(|&b| b >= 0x20 && b != b'\\' && b != b'"')
 }
 
@@ -967,10 +993,14 @@ fn not_plain(word: u64) -> u64 {
     (word.wrapping_sub(SPACES) & !word & HIGH) | quote_or_backslash(word)
 }
 
-fn hex4(hex: &[u8]) -> u32 {
-    hex.iter().fold(0, |acc, &h| {
-        acc * 16 + char::from(h).to_digit(16).expect("checked to be a hex digit")
-    })
+/// The value of four hex digits; `None` for anything else.
+fn hex4(hex: &[u8]) -> Option<u32> {
+    match hex.len() {
+        4 => hex
+            .iter()
+            .try_fold(0, |acc, &h| Some(acc * 16 + char::from(h).to_digit(16)?)),
+        _ => None,
+    }
 }
 
 /// The JSON string literal for `s`, quotes included, byte for byte as
@@ -994,16 +1024,17 @@ pub(crate) fn encode_string(s: &str) -> bytes::Bytes {
             0..=0x1f => 0,
             _ => continue,
         };
-        out.extend_from_slice(&bytes[done..i]);
+        out.extend_from_slice(bytes.get(done..i).unwrap_or_default());
         done = i + 1;
         if short == 0 {
-            let (hi, lo) = (HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]);
+            let hex = |nibble: u8| HEX.get(usize::from(nibble)).copied().unwrap_or(b'0');
+            let (hi, lo) = (hex(b >> 4), hex(b & 0xf));
             out.extend_from_slice(&[b'\\', b'u', b'0', b'0', hi, lo]);
         } else {
             out.extend_from_slice(&[b'\\', short]);
         }
     }
-    out.extend_from_slice(&bytes[done..]);
+    out.extend_from_slice(bytes.get(done..).unwrap_or_default());
     out.push(b'"');
     out.into()
 }

@@ -113,8 +113,8 @@ pub(super) fn string_masks_portable(bytes: &[u8; 16]) -> (u32, u32) {
 #[inline(always)]
 pub(super) fn structural_mask_portable(bytes: &[u8; 64]) -> u64 {
     let mut flags = [0u8; 64];
-    for k in 0..64 {
-        flags[k] = u8::from(matches!(bytes[k], b'"' | b'{' | b'}' | b'[' | b']'));
+    for (flag, b) in flags.iter_mut().zip(bytes) {
+        *flag = u8::from(matches!(b, b'"' | b'{' | b'}' | b'[' | b']'));
     }
     bits(&flags)
 }
@@ -125,9 +125,9 @@ pub(super) fn structural_mask_portable(bytes: &[u8; 64]) -> u64 {
 pub(super) fn quote_backslash_masks_portable(bytes: &[u8; 64]) -> (u64, u64) {
     let mut quote = [0u8; 64];
     let mut backslash = [0u8; 64];
-    for k in 0..64 {
-        quote[k] = u8::from(bytes[k] == b'"');
-        backslash[k] = u8::from(bytes[k] == b'\\');
+    for ((q, bs), b) in quote.iter_mut().zip(backslash.iter_mut()).zip(bytes) {
+        *q = u8::from(*b == b'"');
+        *bs = u8::from(*b == b'\\');
     }
     (bits(&quote), bits(&backslash))
 }
@@ -138,7 +138,7 @@ pub(super) fn quote_backslash_masks_portable(bytes: &[u8; 64]) -> (u64, u64) {
 fn bits(flags: &[u8; 64]) -> u64 {
     let mut mask = 0;
     for (k, word) in flags.chunks_exact(8).enumerate() {
-        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        let word = word.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w));
         mask |= (word.wrapping_mul(0x0102_0408_1020_4080) >> 56) << (8 * k);
     }
     mask

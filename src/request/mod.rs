@@ -407,7 +407,7 @@ fn index(body: &[u8], media: bool, dialect: Dialect, mut record: impl Recorder) 
     };
     let scanned = scan::scan_object_watching(body, watch, |m| {
         if let Some(k) = last_recorded.take() {
-            if let Some(span) = openrouter[k].as_mut() {
+            if let Some(Some(span)) = openrouter.get_mut(k) {
                 span.next_key_start = Some(m.key_span.start);
             }
         }
@@ -418,8 +418,12 @@ fn index(body: &[u8], media: bool, dialect: Dialect, mut record: impl Recorder) 
             prev_value_end,
             next_key_start: None,
         });
-        if let Some(k) = OPENROUTER_KEYS.iter().position(|k| k.as_bytes() == &*m.key) {
-            openrouter[k] = Some(MemberSpan {
+        if let Some((k, slot)) = OPENROUTER_KEYS
+            .iter()
+            .position(|k| k.as_bytes() == &*m.key)
+            .and_then(|k| Some((k, openrouter.get_mut(k)?)))
+        {
+            *slot = Some(MemberSpan {
                 key_start: m.key_span.start,
                 value_start: m.value.start,
                 value_end: m.value.end,
@@ -429,14 +433,17 @@ fn index(body: &[u8], media: bool, dialect: Dialect, mut record: impl Recorder) 
             last_recorded = Some(k);
         }
         prev_value_end = Some(m.value.end);
-        if let Some(i) = SINGLE_KEYS.iter().position(|k| k.as_bytes() == &*m.key) {
-            if std::mem::replace(&mut seen[i], true) {
+        if let Some((key, seen)) = SINGLE_KEYS
+            .iter()
+            .position(|k| k.as_bytes() == &*m.key)
+            .and_then(|i| Some((SINGLE_KEYS.get(i)?, seen.get_mut(i)?)))
+        {
+            if std::mem::replace(seen, true) {
                 return Err(BadRequest::new(
                     "duplicate_key",
-                    Some(SINGLE_KEYS[i]),
+                    Some(key),
                     format!(
-                        "the request body has more than one top-level {:?} key; refusing to guess which one the upstream would use",
-                        SINGLE_KEYS[i]
+                        "the request body has more than one top-level {key:?} key; refusing to guess which one the upstream would use"
                     ),
                 ));
             }
@@ -486,7 +493,7 @@ fn index(body: &[u8], media: bool, dialect: Dialect, mut record: impl Recorder) 
             ),
         ));
     }
-    let requested_model = scan::decode_string(&body[span.clone()])
+    let requested_model = scan::decode_string(body.get(span.clone()).unwrap_or_default())
         .map_err(|e| {
             BadRequest::new(
                 "invalid_json",

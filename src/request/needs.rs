@@ -18,15 +18,17 @@ pub(crate) fn detect_needs(body: &[u8], index: &RequestIndex) -> Needs {
     let n = &index.needs;
     let dialect = index.dialect;
     let mut caps = Capabilities::NONE;
+    // The index's spans are the body's own.
+    let at = |r: &std::ops::Range<usize>| body.get(r.clone()).unwrap_or_default();
     let non_empty = |span: &Option<(std::ops::Range<usize>, ValueKind)>| {
         span.as_ref().is_some_and(|(r, kind)| match kind {
-            ValueKind::Array => body[r.clone()].iter().any(|b| !b" \t\r\n[]".contains(b)),
+            ValueKind::Array => at(r).iter().any(|b| !b" \t\r\n[]".contains(b)),
             ValueKind::Null | ValueKind::False => false,
             _ => true,
         })
     };
     let tool_choice_none = n.tool_choice.as_ref().is_some_and(|r| {
-        &body[r.clone()] == b"\"none\""
+        at(r) == b"\"none\""
             // Anthropic's `{"type": "none"}`.
             || (dialect == Dialect::Messages && object_type(body, r).as_deref() == Some("none"))
     });
@@ -34,7 +36,7 @@ pub(crate) fn detect_needs(body: &[u8], index: &RequestIndex) -> Needs {
         caps |= Capabilities::TOOLS;
     }
     if let Some(r) = &n.response_format {
-        if serde_json::from_slice::<serde_json::Value>(&body[r.clone()])
+        if serde_json::from_slice::<serde_json::Value>(at(r))
             .is_ok_and(|v| v.get("type").and_then(|t| t.as_str()) == Some("json_schema"))
         {
             caps |= Capabilities::STRUCTURED_OUTPUT;
@@ -42,7 +44,7 @@ pub(crate) fn detect_needs(body: &[u8], index: &RequestIndex) -> Needs {
     }
     // Responses: `text.format.type == "json_schema"`.
     if let Some(r) = n.text.as_ref().filter(|_| dialect == Dialect::Responses) {
-        if serde_json::from_slice::<serde_json::Value>(&body[r.clone()])
+        if serde_json::from_slice::<serde_json::Value>(at(r))
             .is_ok_and(|v| v.get("format").and_then(|f| f.get("type")).and_then(|t| t.as_str()) == Some("json_schema"))
         {
             caps |= Capabilities::STRUCTURED_OUTPUT;
@@ -82,7 +84,7 @@ pub(crate) fn detect_needs(body: &[u8], index: &RequestIndex) -> Needs {
         max_output_tokens: n
             .max_tokens
             .as_ref()
-            .and_then(|r| std::str::from_utf8(&body[r.clone()]).ok()?.parse::<f64>().ok())
+            .and_then(|r| std::str::from_utf8(at(r)).ok()?.parse::<f64>().ok())
             .filter(|v| *v >= 0.0)
             .map(|v| v as u64),
     }
@@ -104,17 +106,25 @@ enum Marker {
 /// text is escaped or stands alone as some other value, so it does not count.
 fn marker(hay: &[u8], at: usize, len: usize) -> Marker {
     let ws = |b: &u8| b" \t\r\n".contains(b);
-    if at > 0 && hay[at - 1] == b'\\' {
-        return Marker::Text;
-    }
-    if hay[at + len..].iter().find(|b| !ws(b)) == Some(&b':') {
-        return Marker::Key;
-    }
-    let Some(colon) = hay[..at].iter().rposition(|b| !ws(b)).filter(|&i| hay[i] == b':') else {
+    let (Some(before), Some(after)) = (hay.get(..at), hay.get(at + len..)) else {
         return Marker::Text;
     };
-    match hay[..colon].iter().rposition(|b| !ws(b)) {
-        Some(e) if e >= 5 && &hay[e - 5..=e] == b"\"type\"" => Marker::Type,
+    if before.last() == Some(&b'\\') {
+        return Marker::Text;
+    }
+    if after.iter().find(|b| !ws(b)) == Some(&b':') {
+        return Marker::Key;
+    }
+    let Some(colon) = before
+        .iter()
+        .rposition(|b| !ws(b))
+        .filter(|&i| before.get(i) == Some(&b':'))
+    else {
+        return Marker::Text;
+    };
+    let key = before.get(..colon).unwrap_or_default();
+    match key.iter().rposition(|b| !ws(b)).and_then(|e| key.get(..=e)) {
+        Some(key) if key.ends_with(b"\"type\"") => Marker::Type,
         _ => Marker::Text,
     }
 }
@@ -148,7 +158,7 @@ impl MediaScan {
     /// Looks at one string of `messages` (`open..end`, quotes included), as
     /// the scanner passes over it: a few comparisons per string.
     pub(crate) fn on_string(&mut self, body: &[u8], open: usize, end: usize) {
-        let content = &body[open + 1..end - 1];
+        let content = body.get(open + 1..end.saturating_sub(1)).unwrap_or_default();
         let cap = match content {
             b"image_url" | b"input_image" => Capabilities::VISION,
             b"input_audio" => Capabilities::AUDIO,
@@ -161,7 +171,7 @@ impl MediaScan {
                 // text would have spaces or punctuation. Counted here, and
                 // discounted only if the request has media parts at all.
                 let base64ish = |b: &u8| b.is_ascii_alphanumeric() || b"+/=:;,.-_".contains(b);
-                if content.len() > 1024 && content[..64].iter().all(base64ish) {
+                if content.len() > 1024 && content.iter().take(64).all(base64ish) {
                     self.bytes += content.len() as u64;
                 }
                 return;
