@@ -2577,7 +2577,7 @@ pub fn preamble(dialect: Dialect, v: &Value) -> bool {
 /// Reads a Responses or Messages stream as its API's clients do.
 pub fn stream_facts(dialect: Dialect, bytes: &[u8]) -> StreamFacts {
     let mut facts = StreamFacts {
-        tidy: !has_bare_cr(bytes),
+        tidy: !has_bare_cr(bytes) && !event_over_limit(bytes),
         no_content_before_error: true,
         ..StreamFacts::default()
     };
@@ -2675,6 +2675,25 @@ pub fn stream_facts(dialect: Dialect, bytes: &[u8]) -> StreamFacts {
 
 /// The layer's bound on one event.
 const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
+
+/// Some event's lines (every field, `event:` and comments too, without
+/// their line breaks) pass [`MAX_EVENT_BYTES`]: the layer stops reading
+/// there, so what follows never reaches its tracker (a long `event:` line
+/// with little data is such an event).
+fn event_over_limit(bytes: &[u8]) -> bool {
+    let mut len = 0usize;
+    for line in bytes.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        len = match line.is_empty() {
+            true => 0,
+            false => len.saturating_add(line.len()),
+        };
+        if len > MAX_EVENT_BYTES {
+            return true;
+        }
+    }
+    false
+}
 
 /// A bare CR (not before a LF): an SSE line end the layer's reader does not
 /// split on.
