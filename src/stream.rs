@@ -15,6 +15,7 @@
 use crate::dialect::Dialect;
 use crate::inspect::error_from_value;
 use crate::json::valid::Reader;
+use crate::json::within;
 use crate::report::{FallbackReport, Outcome, Resolution, UpstreamError, Usage};
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
@@ -171,7 +172,7 @@ impl SseTracker {
             // A third of an event's lines are the blank line that ends it.
             let nl = match frame.get(pos) {
                 Some(b'\n') => 0,
-                Some(_) => match memchr::memchr(b'\n', frame.get(pos..).unwrap_or_default()) {
+                Some(_) => match memchr::memchr(b'\n', within(frame, pos..)) {
                     Some(nl) => nl,
                     None => break,
                 },
@@ -181,7 +182,7 @@ impl SseTracker {
             let signal = if self.partial.is_empty() {
                 self.line(frame, pos..end, Some(&mut held))
             } else {
-                self.rest_of_line(frame.get(pos..end).unwrap_or_default())
+                self.rest_of_line(within(frame, pos..end))
             };
             pos = end + 1;
             match signal {
@@ -196,13 +197,9 @@ impl SseTracker {
         }
         if let Some(data) = held {
             // The event goes on in the next frame.
-            extend_bounded(
-                &mut self.data,
-                frame.get(data).unwrap_or_default(),
-                self.max_event_bytes,
-            );
+            extend_bounded(&mut self.data, within(frame, data), self.max_event_bytes);
         }
-        let bytes = frame.get(pos..).unwrap_or_default();
+        let bytes = within(frame, pos..);
         if !bytes.is_empty() {
             if !self.fits(self.partial.len() + bytes.len(), bytes.last()) {
                 self.cut_mid_line = true;
@@ -343,7 +340,7 @@ impl SseTracker {
             return match held.and_then(Option::take) {
                 Some(data) => {
                     self.has_data = false;
-                    self.event(bytes.get(data).unwrap_or_default())
+                    self.event(within(bytes, data))
                 }
                 None => self.dispatch(),
             };
@@ -362,22 +359,14 @@ impl SseTracker {
                 Some(held) if !self.has_data => *held = Some(rest),
                 held => {
                     if let Some(first) = held.and_then(Option::take) {
-                        extend_bounded(
-                            &mut self.data,
-                            bytes.get(first).unwrap_or_default(),
-                            self.max_event_bytes,
-                        );
+                        extend_bounded(&mut self.data, within(bytes, first), self.max_event_bytes);
                     }
                     if self.has_data {
                         // Within the event's size: each `data:` line's prefix
                         // is longer than the `\n` that joins it.
                         extend_bounded(&mut self.data, b"\n", self.max_event_bytes);
                     }
-                    extend_bounded(
-                        &mut self.data,
-                        bytes.get(rest).unwrap_or_default(),
-                        self.max_event_bytes,
-                    );
+                    extend_bounded(&mut self.data, within(bytes, rest), self.max_event_bytes);
                 }
             }
             self.has_data = true;
@@ -684,7 +673,7 @@ impl Choice {
 /// The error object at `span` of a chunk (an unreadable one is still an
 /// error).
 fn error_at(data: &[u8], span: Range<usize>) -> UpstreamError {
-    serde_json::from_slice::<Value>(data.get(span).unwrap_or_default())
+    serde_json::from_slice::<Value>(within(data, span))
         .map(|v| error_from_value(&v))
         .unwrap_or_default()
 }

@@ -397,9 +397,13 @@ async fn a_slow_consumer_keeps_backpressure() {
 /// A chat stream through the layer, committed and not yet read, with its
 /// report handle.
 async fn committed_chat() -> (Response<llm_fallback::ResponseBody<Frames>>, StreamReport) {
+    committed_chat_through(FallbackLayer::new(Chain::new([Route::new("m/1")]))).await
+}
+
+/// [`committed_chat`] through `layer`.
+async fn committed_chat_through(layer: FallbackLayer) -> (Response<llm_fallback::ResponseBody<Frames>>, StreamReport) {
     let produced = Arc::new(AtomicUsize::new(0));
-    let svc = FallbackLayer::new(Chain::new([Route::new("m/1")]))
-        .layer(sse_service(UPSTREAM.iter().map(|s| Ok(*s)).collect(), produced));
+    let svc = layer.layer(sse_service(UPSTREAM.iter().map(|s| Ok(*s)).collect(), produced));
     let resp = svc
         .oneshot(post("http://up/v1/chat/completions", stream_chat()))
         .await
@@ -429,16 +433,10 @@ async fn a_wait_begun_before_the_end_is_woken_by_it() {
 
 #[tokio::test]
 async fn a_report_hook_that_panics_still_leaves_the_report() {
-    let produced = Arc::new(AtomicUsize::new(0));
-    let svc = FallbackLayer::builder(Chain::new([Route::new("m/1")]))
+    let layer = FallbackLayer::builder(Chain::new([Route::new("m/1")]))
         .on_report(|_: &FallbackReport| panic!("the user's hook fails"))
-        .layer()
-        .layer(sse_service(UPSTREAM.iter().map(|s| Ok(*s)).collect(), produced));
-    let resp = svc
-        .oneshot(post("http://up/v1/chat/completions", stream_chat()))
-        .await
-        .unwrap();
-    let handle = resp.extensions().get::<StreamReport>().cloned().unwrap();
+        .layer();
+    let (resp, handle) = committed_chat_through(layer).await;
     // The hook runs (and panics) where the stream ends: in its reader.
     let reader = tokio::spawn(body_bytes(resp));
     assert!(reader.await.unwrap_err().is_panic());

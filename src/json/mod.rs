@@ -10,3 +10,11 @@ pub(crate) mod valid;
 
 pub use replay::ReplayBody;
 pub(crate) use replay::{BadEdits, Edit};
+
+/// The bytes of `range` in `bytes`, or none when it is not inside them.
+/// For spans a reader of the crate took from the same bytes (always
+/// inside): slicing with `get`, where an index could panic.
+#[inline(always)]
+pub(crate) fn within<R: std::slice::SliceIndex<[u8], Output = [u8]>>(bytes: &[u8], range: R) -> &[u8] {
+    bytes.get(range).unwrap_or_default()
+}

@@ -267,7 +267,7 @@ fn scan_members<'a, const STRICT: bool, E>(
                 Some(plain) => plain,
                 None => {
                     let key_end = string_end(input, key_start)?;
-                    let literal = input.get(key_start..key_end).unwrap_or_default();
+                    let literal = super::within(input, key_start..key_end);
                     let key = decode_at(literal, key_start).map_err(|mut e| {
                         if e.kind == InvalidUtf8 {
                             e.kind = KeyNotUtf8;
@@ -666,7 +666,7 @@ impl Block {
     fn at(input: &[u8], at: usize) -> Block {
         match input.get(at..at + 64).and_then(<[u8]>::first_chunk::<64>) {
             Some(bytes) => Block::new(bytes),
-            None => Block::new(&padded(input.get(at..).unwrap_or_default())),
+            None => Block::new(&padded(super::within(input, at..))),
         }
     }
 
@@ -746,12 +746,7 @@ fn escape_len(input: &[u8], at: usize) -> Result<usize, ScanError> {
         Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(2),
         Some(b'u') => match input.get(at + 2..at + 6) {
             Some(hex) if hex.iter().all(u8::is_ascii_hexdigit) => Ok(6),
-            None if input
-                .get(at + 2..)
-                .unwrap_or_default()
-                .iter()
-                .all(u8::is_ascii_hexdigit) =>
-            {
+            None if super::within(input, at + 2..).iter().all(u8::is_ascii_hexdigit) => {
                 Err(ScanError::new(ScanErrorKind::UnexpectedEnd, input.len()))
             }
             _ => Err(ScanError::new(ScanErrorKind::InvalidEscape, at)),
@@ -1024,7 +1019,7 @@ pub(crate) fn encode_string(s: &str) -> bytes::Bytes {
             0..=0x1f => 0,
             _ => continue,
         };
-        out.extend_from_slice(bytes.get(done..i).unwrap_or_default());
+        out.extend_from_slice(super::within(bytes, done..i));
         done = i + 1;
         if short == 0 {
             let hex = |nibble: u8| HEX.get(usize::from(nibble)).copied().unwrap_or(b'0');
@@ -1034,7 +1029,7 @@ pub(crate) fn encode_string(s: &str) -> bytes::Bytes {
             out.extend_from_slice(&[b'\\', short]);
         }
     }
-    out.extend_from_slice(bytes.get(done..).unwrap_or_default());
+    out.extend_from_slice(super::within(bytes, done..));
     out.push(b'"');
     out.into()
 }

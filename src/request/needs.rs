@@ -6,6 +6,7 @@ use super::RequestIndex;
 use crate::capability::{Capabilities, Needs, BYTES_PER_TOKEN, MEDIA_PART_TOKENS};
 use crate::dialect::Dialect;
 use crate::json::scan::ValueKind;
+use crate::json::within;
 
 /// `type` of the JSON object at `span`, when it is a small one that parses.
 fn object_type(body: &[u8], span: &std::ops::Range<usize>) -> Option<String> {
@@ -19,7 +20,7 @@ pub(crate) fn detect_needs(body: &[u8], index: &RequestIndex) -> Needs {
     let dialect = index.dialect;
     let mut caps = Capabilities::NONE;
     // The index's spans are the body's own.
-    let at = |r: &std::ops::Range<usize>| body.get(r.clone()).unwrap_or_default();
+    let at = |r: &std::ops::Range<usize>| within(body, r.clone());
     let non_empty = |span: &Option<(std::ops::Range<usize>, ValueKind)>| {
         span.as_ref().is_some_and(|(r, kind)| match kind {
             ValueKind::Array => at(r).iter().any(|b| !b" \t\r\n[]".contains(b)),
@@ -122,7 +123,7 @@ fn marker(hay: &[u8], at: usize, len: usize) -> Marker {
     else {
         return Marker::Text;
     };
-    let key = before.get(..colon).unwrap_or_default();
+    let key = within(before, ..colon);
     match key.iter().rposition(|b| !ws(b)).and_then(|e| key.get(..=e)) {
         Some(key) if key.ends_with(b"\"type\"") => Marker::Type,
         _ => Marker::Text,
@@ -158,7 +159,7 @@ impl MediaScan {
     /// Looks at one string of `messages` (`open..end`, quotes included), as
     /// the scanner passes over it: a few comparisons per string.
     pub(crate) fn on_string(&mut self, body: &[u8], open: usize, end: usize) {
-        let content = body.get(open + 1..end.saturating_sub(1)).unwrap_or_default();
+        let content = within(body, open + 1..end.saturating_sub(1));
         let cap = match content {
             b"image_url" | b"input_image" => Capabilities::VISION,
             b"input_audio" => Capabilities::AUDIO,
