@@ -229,6 +229,10 @@ pub struct ChainSet {
     /// overrides are edited without a second walk over the body. Kept up
     /// to date by every method that adds a chain.
     record_keys: Arc<crate::request::RecordKeys>,
+    /// The metric labels given to models the callers name (passed
+    /// through, or in a caller's chain): bounded, shared by clones.
+    #[cfg(feature = "metrics")]
+    caller_models: Arc<crate::metrics::CallerModels>,
 }
 
 /// Where a model key points.
@@ -274,8 +278,26 @@ impl ChainSet {
             pass_through_name: Arc::from(Self::PASS_THROUGH),
             caller_name: Arc::from(Self::CALLER),
             record_keys: Arc::default(),
+            #[cfg(feature = "metrics")]
+            caller_models: Arc::default(),
         }
         .with_record_keys()
+    }
+
+    /// `chain`, made from model ids a caller chose, with its metric labels
+    /// bounded (see [`crate::metrics::CALLER_MODEL_LABELS`]).
+    fn caller_named(&self, chain: Chain) -> Chain {
+        #[cfg(feature = "metrics")]
+        let chain = {
+            let mut chain = chain;
+            if let Some(hops) = Arc::get_mut(&mut chain.hops) {
+                for hop in hops {
+                    hop.metric_model = self.caller_models.label(&hop.model);
+                }
+            }
+            chain
+        };
+        chain
     }
 
     /// The keys the request index records for the set's overrides.
@@ -526,7 +548,7 @@ impl ChainSet {
         }
         if let (Some(caller), Some(models)) = (&self.caller, models) {
             if let Some(chain) = caller.chain(self, model, models)? {
-                return Ok(Picked::Own(self.caller_name.clone(), chain));
+                return Ok(Picked::Own(self.caller_name.clone(), self.caller_named(chain)));
             }
         }
         if !self.models.is_empty() {
@@ -545,7 +567,7 @@ impl ChainSet {
         match self.unknown_model_choice() {
             UnknownModel::PassThrough => Ok(Picked::Own(
                 self.pass_through_name.clone(),
-                Chain::pass_through(model, model_json, self.default.deadline),
+                self.caller_named(Chain::pass_through(model, model_json, self.default.deadline)),
             )),
             UnknownModel::Reject => Err(BadRequest {
                 code: "model_not_found",
@@ -673,8 +695,10 @@ pub enum UnknownModel {
 /// with [`allow`](Self::allow), each entry must be on an allow-list;
 /// either way a refused list is a `400` in the dialect's error JSON naming
 /// why (`too_many_models`, `model_not_allowed` naming the entry). Each
-/// model of a caller's chain is kept apart in route health and metrics, one
-/// more reason to bound the list.
+/// model of a caller's chain is kept apart in route health, and in metrics
+/// by name for the first 64 distinct models the callers name (`other`
+/// after that, so callers cannot grow the recorder), one more reason to
+/// bound the list.
 ///
 /// ```
 /// use llm_fallback::{CallerChains, Chain, FallbackBuilder, Route};

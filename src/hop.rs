@@ -42,6 +42,10 @@ pub(crate) struct Hop {
     /// Metric handles for this hop's model, registered once per recorder.
     #[cfg(feature = "metrics")]
     pub(crate) metrics: crate::metrics::RouteMetrics,
+    /// The `model` label of its metrics: the model, or for a model a
+    /// caller named, what [`crate::metrics::CallerModels`] allows.
+    #[cfg(feature = "metrics")]
+    pub(crate) metric_model: Arc<str>,
 }
 
 impl Hop {
@@ -85,6 +89,8 @@ impl Hop {
             health_key,
             drop_models: false,
             overrides: route.overrides.iter().map(|(k, v)| HopOverride::new(k, v)).collect(),
+            #[cfg(feature = "metrics")]
+            metric_model: model.clone(),
             model,
             #[cfg(feature = "metrics")]
             metrics: Default::default(),

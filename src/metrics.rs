@@ -10,10 +10,20 @@
 //! | `llm_fallback_hedges_started_total` | counter | `model` |
 //! | `llm_fallback_hedges_won_total` | counter | `model` |
 //! | `llm_fallback_time_to_commit_seconds` | histogram | `model` |
+//!
+//! A `model` label is the route's model id. For the models a caller
+//! names itself (a model passed through, the entries of a caller's own
+//! `models` list), only the first 64 distinct ids a layer sees
+//! ([`CALLER_MODEL_LABELS`]) are labelled by name; later ones are labelled
+//! `other`. A
+//! recorder keeps every label value it was given for as long as it lives,
+//! so without that bound a caller sending a new model id with each request
+//! would grow the recorder's memory without end.
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
 use crate::report::{Outcome, Resolution};
+#[cfg(feature = "metrics")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +36,50 @@ use std::time::Duration;
 // handles. A layer used under a local recorder that is dropped and replaced
 // by another at the same address keeps recording into the first one's
 // storage; tests that swap local recorders build a layer per recorder.
+
+/// The most model ids a layer labels by name for the routes its callers
+/// name (a model passed through, a caller's own chain); later ones are
+/// labelled [`OTHER_MODEL`].
+#[cfg(feature = "metrics")]
+pub(crate) const CALLER_MODEL_LABELS: usize = 64;
+
+/// The `model` label of a caller-named model past [`CALLER_MODEL_LABELS`].
+#[cfg(feature = "metrics")]
+pub(crate) const OTHER_MODEL: &str = "other";
+
+/// The `model` label values a layer has given to caller-named models,
+/// bounded by [`CALLER_MODEL_LABELS`] (shared by the layer's clones).
+#[cfg(feature = "metrics")]
+#[derive(Default)]
+pub(crate) struct CallerModels {
+    seen: std::sync::Mutex<std::collections::HashSet<Arc<str>>>,
+    other: std::sync::OnceLock<Arc<str>>,
+}
+
+#[cfg(feature = "metrics")]
+impl CallerModels {
+    /// The label for a caller-named `model`: itself while the set has room
+    /// (or holds it already), else [`OTHER_MODEL`].
+    pub(crate) fn label(&self, model: &Arc<str>) -> Arc<str> {
+        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = seen.get(model) {
+            return known.clone();
+        }
+        if seen.len() < CALLER_MODEL_LABELS {
+            seen.insert(model.clone());
+            return model.clone();
+        }
+        drop(seen);
+        self.other.get_or_init(|| Arc::from(OTHER_MODEL)).clone()
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl std::fmt::Debug for CallerModels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallerModels").finish_non_exhaustive()
+    }
+}
 
 /// A route's metric handles, registered on first use with the recorder in
 /// effect.
@@ -114,7 +168,7 @@ pub(crate) fn attempt(route: &crate::hop::Hop, outcome: Outcome, elapsed: Durati
     route.metrics.attempts.with(
         outcome as usize,
         || {
-            let model = metrics::SharedString::from(route.model.clone());
+            let model = metrics::SharedString::from(route.metric_model.clone());
             let labels = [
                 metrics::Label::new("model", model),
                 metrics::Label::new("outcome", outcome.as_str()),
@@ -190,22 +244,22 @@ pub(crate) fn request(
 }
 
 #[inline]
-pub(crate) fn skip(model: &Arc<str>, reason: &'static str) {
+pub(crate) fn skip(route: &crate::hop::Hop, reason: &'static str) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("llm_fallback_skips_total", "model" => metrics::SharedString::from(model.clone()), "reason" => reason).increment(1);
+    metrics::counter!("llm_fallback_skips_total", "model" => metrics::SharedString::from(route.metric_model.clone()), "reason" => reason).increment(1);
 }
 
 #[inline]
-pub(crate) fn hedge_started(model: &Arc<str>) {
+pub(crate) fn hedge_started(route: &crate::hop::Hop) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("llm_fallback_hedges_started_total", "model" => metrics::SharedString::from(model.clone()))
+    metrics::counter!("llm_fallback_hedges_started_total", "model" => metrics::SharedString::from(route.metric_model.clone()))
         .increment(1);
 }
 
 #[inline]
-pub(crate) fn hedge_won(model: &Arc<str>) {
+pub(crate) fn hedge_won(route: &crate::hop::Hop) {
     #[cfg(feature = "metrics")]
-    metrics::counter!("llm_fallback_hedges_won_total", "model" => metrics::SharedString::from(model.clone()))
+    metrics::counter!("llm_fallback_hedges_won_total", "model" => metrics::SharedString::from(route.metric_model.clone()))
         .increment(1);
 }
 
@@ -215,7 +269,7 @@ pub(crate) fn committed(route: &crate::hop::Hop, elapsed: Duration) {
     route.metrics.commit.with(
         0,
         || {
-            let model = metrics::SharedString::from(route.model.clone());
+            let model = metrics::SharedString::from(route.metric_model.clone());
             metrics::histogram!("llm_fallback_time_to_commit_seconds", "model" => model)
         },
         |h| h.record(elapsed.as_secs_f64()),

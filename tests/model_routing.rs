@@ -654,3 +654,82 @@ mod config {
         assert_eq!(err.key(), "models.x.routes[0].timeout");
     }
 }
+
+// ===== metric labels of models the callers name =====
+
+/// A caller choosing a new model id with every request (passed through, or
+/// in its own chain) must not grow the metrics recorder without end: the
+/// first 64 distinct ids are labelled by name, later ones `other`, and the
+/// configured chains' models always by name.
+#[test]
+fn models_a_caller_names_label_metrics_by_name_only_up_to_a_bound() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    use std::collections::BTreeMap;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let upstream = upstream();
+            for i in 0..100 {
+                upstream.set_script(format!("pass/{i}"), Reply::ok());
+            }
+            upstream.set_script("late/a", Reply::status(503));
+            upstream.set_script("late/b", Reply::ok());
+            let layer = on(CallerChains::new()).layer();
+            let ask = |body: String| {
+                let service = layer.clone().layer(upstream.clone());
+                async move {
+                    let resp = service
+                        .oneshot(post("http://127.0.0.1:1/v1/chat/completions", body))
+                        .await
+                        .unwrap();
+                    assert_eq!(resp.status(), StatusCode::OK);
+                    report(&resp.into_parts().0).chain().map(str::to_owned)
+                }
+            };
+            for i in 0..100 {
+                assert_eq!(
+                    ask(body(&format!("pass/{i}"))).await.as_deref(),
+                    Some(ChainSet::PASS_THROUGH)
+                );
+            }
+            // Seen before the bound: still by name.
+            ask(body("pass/0")).await;
+            // A caller's chain of new ids past the bound.
+            let caller = ask(caller_body("late/a", json!(["late/a", "late/b"]))).await;
+            assert_eq!(caller.as_deref(), Some(ChainSet::CALLER));
+            // A configured chain's model.
+            ask(body("mini/m")).await;
+        });
+    });
+    let mut attempts: BTreeMap<String, u64> = BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        if key.key().name() != "llm_fallback_attempts_total" {
+            continue;
+        }
+        let model = key
+            .key()
+            .labels()
+            .find(|l| l.key() == "model")
+            .unwrap()
+            .value()
+            .to_owned();
+        let DebugValue::Counter(n) = value else {
+            panic!("a counter")
+        };
+        *attempts.entry(model).or_default() += n;
+    }
+    let by_name = |prefix: &str| attempts.keys().filter(|m| m.starts_with(prefix)).count();
+    assert_eq!(by_name("pass/"), 64, "{attempts:?}");
+    assert_eq!(attempts.get("pass/0"), Some(&2));
+    assert_eq!(attempts.get("pass/63"), Some(&1));
+    assert_eq!(attempts.get("pass/64"), None);
+    assert_eq!(by_name("late/"), 0, "{attempts:?}");
+    // pass/64..=99 and the caller chain's two attempts.
+    assert_eq!(attempts.get("other"), Some(&(36 + 2)));
+    assert_eq!(attempts.get("mini/m"), Some(&1));
+}

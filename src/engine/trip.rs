@@ -239,7 +239,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 (None, None) => return Board::Nothing,
             };
             if hedge {
-                crate::metrics::hedge_started(&hop.model);
+                crate::metrics::hedge_started(hop);
             }
             self.plan.sent();
             // Arm the hedge: if this attempt has no answer by then, the next
@@ -351,7 +351,7 @@ impl<'s, S: Clone, P: Policy> Trip<'s, S, P> {
                 // (their connections released) and reported as cancelled.
                 self.report.attempts.extend(flights.cancel_all());
                 if hedge_won {
-                    crate::metrics::hedge_won(&hop.model);
+                    crate::metrics::hedge_won(hop);
                 }
                 self.report.resolution = if action == Action::Accept {
                     Resolution::Served
@@ -493,7 +493,7 @@ pub(super) fn quiet(span: &tracing::Span) -> tracing::Span {
 /// Records a route that was not tried.
 fn skip(report: &mut FallbackReport, chain: &Arc<str>, i: usize, hop: &Hop, reason: SkipReason) {
     tracing::debug!(model = &*hop.model, reason = %reason, "llm fallback skipped a route");
-    crate::metrics::skip(&hop.model, reason.as_str());
+    crate::metrics::skip(hop, reason.as_str());
     report.attempts.push(AttemptRecord::skipped(chain, i, hop, reason));
 }
 
