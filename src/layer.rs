@@ -109,6 +109,12 @@ impl<S, P> Layer<S> for FallbackLayer<P> {
 /// Responses carry a [`FallbackReport`](crate::FallbackReport) extension and
 /// `x-fallback-model` / `x-fallback-attempts` / `x-fallback-label` headers.
 ///
+/// Every request it is given is taken as an API call (its dialect from the
+/// path, chat completions for a path that names none): mount it on the
+/// API's routes. Unlike the reqwest middleware, it does not pass other
+/// requests through; a `GET` through it is refused as a body that is not
+/// JSON.
+///
 /// Failures become responses: a refused request is a `400`/`413`, an
 /// exhausted chain a `502` (`504` past the deadline), both in OpenAI error
 /// JSON. The service's error is the inner service's, and only comes from

@@ -22,6 +22,12 @@ use std::{fmt, mem};
 /// Replays a chat-completions request down a [`Chain`] of models, as a
 /// [`reqwest_middleware`] middleware.
 ///
+/// It replays the `POST`s to an API path the engine knows (`…/chat/completions`,
+/// `…/responses`, `…/messages`, `…/embeddings`, `…/completions`; not the
+/// Assistants API's `…/threads/{id}/messages`); every other request the client sends (`GET /models`,
+/// `POST /messages/count_tokens`, a file upload) goes to the rest of the
+/// middleware chain as it is, with no report.
+///
 /// The same engine as [`FallbackLayer`](crate::FallbackLayer): the body is
 /// buffered once, only the top-level `"model"` is rewritten per attempt, and
 /// the [`Policy`], per-route timeouts, the chain's deadline, the streaming
@@ -228,6 +234,9 @@ impl<P> fmt::Debug for FallbackMiddleware<P> {
 #[async_trait::async_trait]
 impl<P: Policy> Middleware for FallbackMiddleware<P> {
     async fn handle(&self, req: Request, extensions: &mut Extensions, next: Next<'_>) -> Result<Response> {
+        if !replayed(&req) {
+            return next.run(req, extensions).await;
+        }
         if req.body().is_some_and(|b| b.as_bytes().is_none()) {
             if let Some(hook) = &self.shared.on_report {
                 hook(&crate::FallbackReport::rejected(std::time::Duration::ZERO));
@@ -276,6 +285,20 @@ impl<P: Policy> Middleware for FallbackMiddleware<P> {
             ::reqwest::Body::wrap(body),
         )))
     }
+}
+
+/// Whether the middleware runs `req` down the chain: a `POST` to a path
+/// that names an API the engine knows (as
+/// [`Dialect::from_path`](crate::Dialect::from_path) reads it). Everything
+/// else a client sends (`GET /models`, `POST /messages/count_tokens`, a
+/// file upload, the Assistants API's `POST /threads/{id}/messages`) goes to
+/// the rest of the chain untouched.
+fn replayed(req: &Request) -> bool {
+    if req.method() != http::Method::POST {
+        return false;
+    }
+    let path = req.url().path();
+    crate::Dialect::named_by_path(path).is_some() && !path.contains("/threads/")
 }
 
 /// What the engine keeps of a served attempt for the final response: the

@@ -691,3 +691,61 @@ async fn middleware_after_it_run_once_per_attempt_and_see_the_attempt() {
         "the serving attempt's extensions come back, without its Attempt"
     );
 }
+
+// ===== what the middleware does not replay =====
+
+/// A client with the middleware is used for the rest of the API too: a
+/// `GET`, a `POST` to a path that names no API the engine knows, and the
+/// Assistants API's thread messages reach the upstream once, as sent, and
+/// their answers come back as the upstream gave them (no report).
+#[tokio::test]
+async fn requests_that_are_not_api_calls_pass_through_untouched() {
+    let upstream = MockUpstream::new()
+        .model(PRIMARY, Reply::status(503))
+        .model(SECONDARY, Reply::ok());
+    let server = MockServer::start(upstream).await.unwrap();
+    let client = client(FallbackMiddleware::new(two_routes()));
+    let base = server.base_url();
+    let body = r#"{"model":"caller/model","messages":[{"role":"user","content":"hi"}]}"#;
+
+    let get = client.get(format!("{base}/models")).send().await.unwrap();
+    let count = client
+        .post(format!("{}/v1/messages/count_tokens", server.url()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let thread = client
+        .post(format!("{base}/threads/thread_1/messages"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    for resp in [&get, &count, &thread] {
+        // The mock serves none of these paths: its own 404, not a 400 of
+        // the layer's nor a chain's answer.
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{}", resp.url());
+        assert!(resp.extensions().get::<FallbackReport>().is_none());
+        assert!(resp.headers().get("x-fallback-model").is_none());
+    }
+    let seen = server.upstream().requests();
+    let paths: Vec<(&str, &str)> = seen.iter().map(|r| (r.method.as_str(), r.uri.path())).collect();
+    assert_eq!(
+        paths,
+        [
+            ("GET", "/api/v1/models"),
+            ("POST", "/v1/messages/count_tokens"),
+            ("POST", "/api/v1/threads/thread_1/messages"),
+        ]
+    );
+    // Sent as the caller wrote it: no model of the chain, no `Attempt`.
+    for r in &seen[1..] {
+        assert_eq!(r.body, body.as_bytes());
+    }
+
+    // An API call through the same client still runs the chain.
+    let resp = send(&client, &server.chat_url(), chat("caller/model")).await;
+    assert_eq!(report(&resp).served_model(), SECONDARY);
+    assert_eq!(server.upstream().request_count(PRIMARY), 1);
+}

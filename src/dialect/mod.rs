@@ -94,20 +94,28 @@ impl Dialect {
     /// The dialect of a request to `path` (a trailing `/` ignored); chat
     /// completions for a path that names none.
     pub fn from_path(path: &str) -> Self {
+        Dialect::named_by_path(path).unwrap_or(Dialect::Chat)
+    }
+
+    /// The dialect `path` names (a trailing `/` ignored), `None` for a path
+    /// that names none (`/v1/models`, `/v1/messages/count_tokens`,
+    /// `/v1/files`).
+    #[inline]
+    pub(crate) fn named_by_path(path: &str) -> Option<Self> {
         let p = path.strip_suffix('/').unwrap_or(path);
         // Chat first: the hot path costs one comparison.
         if p.ends_with("/chat/completions") {
-            Dialect::Chat
+            Some(Dialect::Chat)
         } else if p.ends_with("/responses") {
-            Dialect::Responses
+            Some(Dialect::Responses)
         } else if p.ends_with("/messages") {
-            Dialect::Messages
+            Some(Dialect::Messages)
         } else if p.ends_with("/embeddings") {
-            Dialect::Embeddings
+            Some(Dialect::Embeddings)
         } else if p.ends_with("/completions") {
-            Dialect::Completions
+            Some(Dialect::Completions)
         } else {
-            Dialect::Chat
+            None
         }
     }
 
