@@ -139,16 +139,7 @@ impl fmt::Display for StoreState {
 /// A route key fit to show or store: an endpoint's user info and query
 /// are left out (they may hold a credential).
 pub(crate) fn redact(route: &str) -> std::borrow::Cow<'_, str> {
-    let Some((model, url)) = route.split_once('@') else {
-        return route.into();
-    };
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return route.into();
-    };
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority.rsplit('@').next().unwrap_or_default();
-    format!("{model}@{scheme}://{host}{path}").into()
+    crate::redact::urls(route)
 }
 
 /// A circuit breaker by failure rate: a route whose failures reach
@@ -549,7 +540,7 @@ impl Cooldowns {
         h.until = Some(h.until.map_or(until, |u| u.max(until)));
         h.consecutive = 0;
         tracing::info!(
-            route = key,
+            route = &*redact(key),
             cooldown_ms = cool.as_millis() as u64,
             "llm fallback route cooling down"
         );

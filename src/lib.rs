@@ -270,6 +270,7 @@ mod layer;
 mod metrics;
 pub mod native;
 pub mod policy;
+mod redact;
 #[cfg(feature = "redis")]
 mod redis_task;
 mod report;

@@ -228,20 +228,52 @@ fn dialect_bits(dialects: impl IntoIterator<Item = Dialect>) -> u8 {
 impl Endpoint {
     /// An endpoint whose API base is `base_url` (like an OpenAI SDK's
     /// `base_url`: `https://api.openai.com/v1`, `https://openrouter.ai/api/v1`).
+    ///
+    /// A query in the base stays after each API path, as Azure OpenAI wants
+    /// its `api-version`. A base with user info (`https://user:key@host`) is
+    /// refused: the crate prints endpoint URLs in logs and reports (without
+    /// their query), and an HTTP client would follow a redirect with the
+    /// URL's credentials; give the key with [`api_key_env`](Self::api_key_env).
+    ///
+    /// ```
+    /// use llm_fallback::native::Endpoint;
+    ///
+    /// let azure = Endpoint::new("https://res.openai.azure.com/openai/deployments/gpt4o?api-version=2024-10-21")?;
+    /// assert_eq!(azure.base_url(), "https://res.openai.azure.com/openai/deployments/gpt4o?api-version=2024-10-21");
+    /// let refused = Endpoint::new("https://user:sk-secret@proxy.internal/v1").unwrap_err();
+    /// assert!(!refused.to_string().contains("sk-secret"));
+    /// # Ok::<(), llm_fallback::native::EndpointError>(())
+    /// ```
     pub fn new(base_url: impl Into<String>) -> Result<Self, EndpointError> {
         let base: String = base_url.into();
-        let trimmed = base.trim_end_matches('/');
-        let chat_uri: Uri = format!("{trimmed}/chat/completions")
+        let invalid = |reason: &str| EndpointError::InvalidUrl {
+            url: crate::redact::urls(&base).into_owned(),
+            reason: reason.to_owned(),
+        };
+        if base.contains('#') {
+            return Err(invalid("a base URL has no fragment"));
+        }
+        // A query (Azure's `api-version`) stays after each API path.
+        let (path, query) = match base.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (base.as_str(), None),
+        };
+        let trimmed = path.trim_end_matches('/');
+        let with_path = |api: &str| match query {
+            Some(q) => format!("{trimmed}{api}?{q}"),
+            None => format!("{trimmed}{api}"),
+        };
+        let chat_uri: Uri = with_path("/chat/completions")
             .parse()
-            .map_err(|e: http::uri::InvalidUri| EndpointError::InvalidUrl {
-                url: base.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
         if chat_uri.scheme().is_none() || chat_uri.authority().is_none() {
-            return Err(EndpointError::InvalidUrl {
-                url: base,
-                reason: "an absolute http(s) URL is needed".into(),
-            });
+            return Err(invalid("an absolute http(s) URL is needed"));
+        }
+        if chat_uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(invalid(
+                "credentials in the URL are not supported (they would be logged, and followed by redirects); \
+                 give the key with `api_key_env`",
+            ));
         }
         let host = chat_uri.host().unwrap_or_default().to_ascii_lowercase();
         let openrouter = host == "openrouter.ai" || host.ends_with(".openrouter.ai");
@@ -254,12 +286,14 @@ impl Endpoint {
         let mut uris: [Uri; 5] = Default::default();
         for (slot, d) in uris.iter_mut().zip(Dialect::ALL) {
             // The same base with another path: it parses when chat's did.
-            *slot = format!("{trimmed}{}", d.path())
-                .parse()
-                .unwrap_or_else(|_| chat_uri.clone());
+            *slot = with_path(d.path()).parse().unwrap_or_else(|_| chat_uri.clone());
         }
+        let base = match query {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_owned(),
+        };
         Ok(Endpoint {
-            base: trimmed.to_owned(),
+            base,
             chat_uri,
             uris,
             key_var: None,
@@ -416,7 +450,7 @@ impl Endpoint {
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Endpoint")
-            .field("base", &self.base)
+            .field("base", &crate::redact::urls(&self.base))
             .field("key_var", &self.key_var)
             .field("keys", &self.keys.len().max(usize::from(self.key_var.is_some())))
             .field("openrouter", &self.openrouter)
@@ -492,9 +526,10 @@ pub const CREDENTIAL_HEADERS: [HeaderName; 8] = [
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EndpointError {
-    /// The base URL does not parse as an absolute URL.
+    /// The base URL does not parse as an absolute URL, or has user info or
+    /// a fragment.
     InvalidUrl {
-        /// The URL given.
+        /// The URL given, without user info, query or fragment.
         url: String,
         /// What is wrong with it.
         reason: String,

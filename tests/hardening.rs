@@ -13,7 +13,7 @@ use llm_fallback::{
     BoxError, Chain, ChainName, ChainSet, ExhaustionBody, FallbackBuilder, FallbackLayer, Outcome, ReplayBody,
     Resolution, Route,
 };
-use llm_fallback_mock::{MockBody, MockUpstream, Reply};
+use llm_fallback_mock::{MockBody, MockServer, MockUpstream, Reply};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 use tower::util::BoxCloneService;
@@ -699,4 +699,48 @@ async fn the_served_attempt_is_found_after_a_hedge_it_beat() {
     assert_eq!(served.served_attempt().map(|a| a.model()), Some("fast/b"));
     assert_eq!(served.served_label(), Some("hedge"));
     assert_eq!(parts.headers["x-fallback-label"], "hedge");
+}
+
+// ----- endpoint URLs: a query kept, credentials refused -----
+
+/// Azure OpenAI's `api-version`: the base's query follows each API path.
+#[tokio::test]
+async fn an_endpoint_bases_query_follows_each_api_path() {
+    let server = MockServer::start(MockUpstream::new().model("gpt-4o", Reply::ok()))
+        .await
+        .unwrap();
+    let endpoint = Endpoint::new(format!("{}/api/v1/?api-version=2024-10-21", server.url())).unwrap();
+    assert_eq!(
+        endpoint.base_url(),
+        format!("{}/api/v1?api-version=2024-10-21", server.url())
+    );
+    let layer = FallbackLayer::new(Chain::new([Route::new("gpt-4o").endpoint(endpoint)]));
+    let resp = layer
+        .layer(http_client())
+        .oneshot(caller_request(chat("x")))
+        .await
+        .unwrap();
+    let (parts, v) = body_json(resp).await;
+    assert_eq!(parts.status, StatusCode::OK, "{v}");
+    let sent = server.upstream().requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].uri.path(), "/api/v1/chat/completions");
+    assert_eq!(sent[0].uri.query(), Some("api-version=2024-10-21"));
+}
+
+#[test]
+fn an_endpoint_with_credentials_in_its_url_is_refused_without_printing_them() {
+    for base in [
+        "https://user:sk-secret-1@proxy.internal/v1",
+        "https://sk-secret-1@proxy.internal/v1?key=sk-secret-2",
+        "https://proxy.internal/v1#sk-secret-1",
+    ] {
+        let err = Endpoint::new(base).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(text.contains("proxy.internal/v1"), "{text}");
+        assert!(!text.contains("sk-secret"), "{text}");
+    }
+    // A query key is allowed, and not printed by the endpoint's Debug.
+    let apim = Endpoint::new("https://apim.internal/v1?subscription-key=sk-secret-3").unwrap();
+    assert!(!format!("{apim:?}").contains("sk-secret"));
 }

@@ -749,3 +749,41 @@ async fn requests_that_are_not_api_calls_pass_through_untouched() {
     assert_eq!(report(&resp).served_model(), SECONDARY);
     assert_eq!(server.upstream().request_count(PRIMARY), 1);
 }
+
+/// A caller's URL may carry a credential (user info, an API-management
+/// key in the query). reqwest prints the URL in its errors; the layer
+/// writes transport errors into the report, its logs and the exhaustion
+/// answer, so they must come without it.
+#[tokio::test]
+async fn a_credential_in_the_callers_url_reaches_no_report_log_or_answer() {
+    let (out, guard) = common::Captured::install(tracing::Level::TRACE);
+    // A port nothing listens on: every attempt is a transport error.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let url = format!("http://user:sk-info-secret@{closed}/api/v1/chat/completions?subscription-key=sk-query-secret");
+    let resp = send(
+        &client(FallbackMiddleware::new(two_routes())),
+        &url,
+        chat("caller/model"),
+    )
+    .await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let report = report(&resp);
+    assert!(
+        report.attempts().iter().all(|a| a.outcome() == Outcome::Transport),
+        "{report}"
+    );
+    let body = resp.text().await.unwrap();
+    drop(guard);
+    // Still says where it failed.
+    assert!(
+        body.contains(&format!("http://{closed}/api/v1/chat/completions")),
+        "{body}"
+    );
+    for text in [body, report.to_string(), format!("{report:?}"), out.text()] {
+        assert!(!text.contains("sk-info-secret"), "{text}");
+        assert!(!text.contains("sk-query-secret"), "{text}");
+    }
+}

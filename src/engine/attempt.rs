@@ -530,6 +530,11 @@ pub(super) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
+    // A client's error may print the URL it was sending to, with the user
+    // info or a query key the caller put there.
+    if let std::borrow::Cow::Owned(shown) = crate::redact::urls(&text) {
+        text = shown;
+    }
     crate::inspect::truncate(text)
 }
 

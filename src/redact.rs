@@ -1,0 +1,95 @@
+//! URLs fit to show: what a URL may carry that is a credential (its user
+//! info, its query, its fragment) is left out wherever the crate writes a
+//! URL it did not make itself into a log, a report or an error.
+
+use std::borrow::Cow;
+
+/// `text` with every `scheme://…` URL in it shortened to its scheme, host
+/// and path: user info (`user:password@`), query (`?key=…`) and fragment
+/// cut. A URL ends at whitespace, a quote, `)`, `>` or `,`, as error
+/// messages write them. Text without `://` is returned as it is.
+///
+/// Every cut is at an ASCII byte, so the result is valid UTF-8 whatever
+/// the text.
+pub(crate) fn urls(text: &str) -> Cow<'_, str> {
+    if !text.contains("://") {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((before, after)) = rest.split_once("://") {
+        // The URL's start: the scheme's letters before `://`.
+        let scheme_len = before
+            .bytes()
+            .rev()
+            .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+            .count();
+        let (lead, scheme) = before
+            .split_at_checked(before.len() - scheme_len)
+            .unwrap_or((before, ""));
+        let end = after
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | ','))
+            .unwrap_or(after.len());
+        let (url, tail) = after.split_at_checked(end).unwrap_or((after, ""));
+        out.push_str(lead);
+        out.push_str(scheme);
+        out.push_str("://");
+        out.push_str(shown(url));
+        rest = tail;
+    }
+    out.push_str(rest);
+    out.into()
+}
+
+/// A URL's part after `scheme://`, without user info, query or fragment.
+fn shown(url: &str) -> &str {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    let authority_end = url.find('/').unwrap_or(url.len());
+    let authority = url.get(..authority_end).unwrap_or_default();
+    match authority.rfind('@') {
+        Some(at) => url.get(at + 1..).unwrap_or_default(),
+        None => url,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::urls;
+    use proptest::prelude::*;
+
+    #[test]
+    fn credentials_are_cut_from_every_url() {
+        assert_eq!(
+            urls("error sending request for url (http://user:s3cret@host:8080/v1/chat/completions?key=SECRET#frag)"),
+            "error sending request for url (http://host:8080/v1/chat/completions)"
+        );
+        assert_eq!(
+            urls("m@https://a:b@h/v1?api-version=1 (eu, key KEY_A)"),
+            "m@https://h/v1 (eu, key KEY_A)"
+        );
+        assert_eq!(
+            urls("two: http://x@a/p?q and https://b/q?k=v, done"),
+            "two: http://a/p and https://b/q, done"
+        );
+        // An `@` in the path is not user info.
+        assert_eq!(urls("https://h/v1/@me?x"), "https://h/v1/@me");
+        assert_eq!(urls("no url here"), "no url here");
+        assert_eq!(urls("://?a@b"), "://");
+        assert_eq!(urls("é://ü@ß?ö"), "é://ß");
+    }
+
+    proptest! {
+        #[test]
+        fn no_text_panics_and_no_query_survives(text in ".*", secret in "[a-z]{12}") {
+            let shown = urls(&text);
+            let with_secret = format!("{text} https://u:{secret}@h/p?k={secret} {text}");
+            let out = urls(&with_secret);
+            let (info, query) = (format!(":{secret}@"), format!("k={secret}"));
+            prop_assert!(!out.contains(&info), "{}", out);
+            prop_assert!(!out.contains(&query), "{}", out);
+            if !text.contains("://") {
+                prop_assert_eq!(&*shown, text.as_str());
+            }
+        }
+    }
+}
