@@ -679,15 +679,13 @@ fn models_list(config: &Config) -> serde_json::Value {
 /// under `/v1/messages` (what an Anthropic SDK reads), OpenAI's elsewhere.
 fn not_found(path: &str) -> Response<Body> {
     let message = format!("the gateway serves no {path}");
-    let anthropic = ["/v1/messages", "/api/v1/messages"].iter().any(|p| {
-        path.strip_prefix(p)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    });
-    if anthropic {
-        let body = serde_json::json!({"type": "error", "error": {"type": "not_found_error", "message": message}});
-        return (StatusCode::NOT_FOUND, axum::Json(body)).into_response();
-    }
-    error_response(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", &message)
+    error_response(
+        anthropic_path(path),
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        "not_found",
+        &message,
+    )
 }
 
 /// `/health`'s `health` member: `{"store": "connected", "cooling":
@@ -919,6 +917,7 @@ async fn authenticate(State(keys): State<Arc<ClientKeys>>, mut request: Request<
         Err(why) => {
             tracing::debug!(path = request.uri().path(), "refused a caller: {why}");
             let mut response = error_response(
+                anthropic_path(request.uri().path()),
                 StatusCode::UNAUTHORIZED,
                 "invalid_request_error",
                 "invalid_api_key",
@@ -974,9 +973,10 @@ impl Service<Request<Body>> for Chat {
     /// at the response head).
     fn call(&mut self, request: Request<Body>) -> ChatFuture {
         let limits = &*self.limits;
+        let anthropic = anthropic_path(request.uri().path());
         let Ok(slot) = limits.slots.clone().try_acquire_owned() else {
             tracing::debug!("refused a request: gateway.max_concurrent_requests are in flight");
-            return ChatFuture::Answered(Some(overloaded()));
+            return ChatFuture::Answered(Some(overloaded(anthropic)));
         };
         let expired = Arc::new(AtomicBool::new(false));
         let request = request.map(|body| Deadline::new(body, limits.body_limit, expired.clone()));
@@ -987,6 +987,7 @@ impl Service<Request<Body>> for Chat {
             slot: Some(slot),
             expired,
             limit: limits.body_limit,
+            anthropic,
         }
     }
 }
@@ -1002,6 +1003,8 @@ enum ChatFuture {
         slot: Option<OwnedSemaphorePermit>,
         expired: Arc<AtomicBool>,
         limit: Duration,
+        /// The gateway's own errors in Anthropic's shape.
+        anthropic: bool,
     },
 }
 
@@ -1009,7 +1012,7 @@ impl Future for ChatFuture {
     type Output = Result<Response<Body>, Infallible>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let (answer, slot, expired, limit) = match &mut *self {
+        let (answer, slot, expired, limit, anthropic) = match &mut *self {
             ChatFuture::Answered(response) => {
                 return Poll::Ready(Ok(response.take().expect("ChatFuture polled after it completed")));
             }
@@ -1018,13 +1021,14 @@ impl Future for ChatFuture {
                 slot,
                 expired,
                 limit,
-            } => (answer, slot, expired, *limit),
+                anthropic,
+            } => (answer, slot, expired, *limit, *anthropic),
         };
         let result = ready!(Pin::new(answer).poll(cx));
         let _slot = slot.take().expect("ChatFuture polled after it completed");
         let response = if expired.load(Ordering::Relaxed) {
             // The layer answered its own 400 for an unreadable body; say what it was.
-            body_timed_out(limit).map(|body| Body::new(Holding { body, _slot }))
+            body_timed_out(anthropic, limit).map(|body| Body::new(Holding { body, _slot }))
         } else {
             match result {
                 // Hop-by-hop headers off; the body boxed once, with its slot.
@@ -1034,6 +1038,7 @@ impl Future for ChatFuture {
                 Err(e) => {
                     tracing::warn!(error = %e, "the upstream client is not ready");
                     error_response(
+                        anthropic,
                         StatusCode::BAD_GATEWAY,
                         "server_error",
                         "upstream_unavailable",
@@ -1048,8 +1053,9 @@ impl Future for ChatFuture {
 }
 
 /// The cap's `503`, with `Retry-After: 1`.
-fn overloaded() -> Response<Body> {
+fn overloaded(anthropic: bool) -> Response<Body> {
     let mut response = error_response(
+        anthropic,
         StatusCode::SERVICE_UNAVAILABLE,
         "server_error",
         "overloaded",
@@ -1063,8 +1069,9 @@ fn overloaded() -> Response<Body> {
 
 /// The `408` of a request body that did not arrive within `limit`; the
 /// connection is closed after it.
-fn body_timed_out(limit: Duration) -> Response<Body> {
+fn body_timed_out(anthropic: bool, limit: Duration) -> Response<Body> {
     let mut response = error_response(
+        anthropic,
         StatusCode::REQUEST_TIMEOUT,
         "invalid_request_error",
         "request_timeout",
@@ -1257,10 +1264,14 @@ impl Service<Request<ReplayBody>> for UpstreamClient {
 /// Anthropic's key header: a caller's key for the gateway, never forwarded.
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
-/// Request headers never forwarded upstream.
-const DROPPED: [HeaderName; 9] = [
+/// Request headers never forwarded upstream: the caller's credentials
+/// for the gateway (its key in any of the headers SDKs send it in, its
+/// cookies) and the hop-by-hop headers.
+const DROPPED: [HeaderName; 11] = [
     header::AUTHORIZATION,
     X_API_KEY,
+    HeaderName::from_static("api-key"),
+    header::COOKIE,
     header::HOST,
     header::CONNECTION,
     header::TE,
@@ -1281,9 +1292,31 @@ fn strip_response<B>(mut response: Response<B>) -> Response<B> {
 }
 
 /// An OpenAI-style error answer.
-fn error_response(status: StatusCode, kind: &str, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+fn error_response(anthropic: bool, status: StatusCode, kind: &str, code: &str, message: &str) -> Response<Body> {
+    let body = if anthropic {
+        // Anthropic's shape and error types, as an Anthropic SDK reads them.
+        let kind = match status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
+            s if s.is_server_error() => "api_error",
+            _ => "invalid_request_error",
+        };
+        serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+    } else {
+        serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+    };
     (status, axum::Json(body)).into_response()
+}
+
+/// Whether a request to `path` is for Anthropic's Messages API (or under
+/// it, as `/v1/messages/count_tokens`), whose callers read errors in
+/// Anthropic's shape.
+fn anthropic_path(path: &str) -> bool {
+    llm_fallback::Dialect::from_path(path) == llm_fallback::Dialect::Messages
+        || ["/v1/messages/", "/api/v1/messages/"]
+            .iter()
+            .any(|p| path.starts_with(p))
 }
 
 /// The request id header, set on every request and its answer.

@@ -311,12 +311,19 @@ async fn the_upstream_gets_the_gateways_key_and_a_missing_one_is_named() {
     let (parts, _) = raw_post(
         &gw.url("/v1/chat/completions"),
         &common_body(),
-        &[("authorization", "Bearer sk-client")],
+        &[
+            ("authorization", "Bearer sk-client"),
+            ("api-key", "sk-client"),
+            ("cookie", "session=gateway-cookie"),
+        ],
     )
     .await;
     assert_eq!(parts.status, 200);
     let sent = mock.upstream().requests();
     assert_eq!(sent[0].headers["authorization"], "Bearer sk-upstream-test");
+    // Nothing else of the caller's credentials for the gateway goes on.
+    assert!(sent[0].headers.get("api-key").is_none());
+    assert!(sent[0].headers.get("cookie").is_none());
     assert_eq!(gw.shutdown().await, Drained::AllFinished);
 
     let config = Config::from_toml_str(&config_for(

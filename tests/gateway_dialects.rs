@@ -399,7 +399,7 @@ async fn an_anthropic_caller_sends_its_gateway_key_as_x_api_key() {
     )
     .await;
     assert_eq!(parts.status, 200);
-    let (parts, _) = raw(
+    let (parts, bytes) = raw(
         http::Method::POST,
         &gw.url("/v1/messages"),
         &messages_body(false),
@@ -407,6 +407,22 @@ async fn an_anthropic_caller_sends_its_gateway_key_as_x_api_key() {
     )
     .await;
     assert_eq!(parts.status, 401);
+    // In Anthropic's error shape, as its SDK reads it.
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "authentication_error", "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+    // A chat caller still gets OpenAI's.
+    let (parts, bytes) = raw(
+        http::Method::POST,
+        &gw.url("/v1/chat/completions"),
+        "{}",
+        &[("x-api-key", "sk-wrong")],
+    )
+    .await;
+    assert_eq!(parts.status, 401);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["code"], "invalid_api_key", "{v}");
     let sent = mock.upstream().requests();
     assert_eq!(sent.len(), 1);
     assert!(sent[0].headers.get("x-api-key").is_none());
