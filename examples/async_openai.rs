@@ -93,9 +93,11 @@ async fn main() -> Result<(), BoxError> {
     .deadline(Duration::from_secs(60));
 
     // The one line async-openai needs: our engine as its HTTP service.
-    let service = FallbackBuilder::new(chain)
-        .on_report(log_report)
-        .async_openai(reqwest::Client::new());
+    // (A client that follows no redirects: LLM APIs send none.)
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let service = FallbackBuilder::new(chain).on_report(log_report).async_openai(http);
     let config = OpenAIConfig::new().with_api_base(base).with_api_key(key);
     let client = async_openai::Client::with_config(config).with_http_service(service);
 

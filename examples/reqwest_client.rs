@@ -83,7 +83,12 @@ async fn main() -> Result<(), BoxError> {
     ])
     .deadline(Duration::from_secs(60));
 
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    // No redirects: LLM APIs send none, and reqwest would follow one to
+    // another host with an `x-api-key`.
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let client = reqwest_middleware::ClientBuilder::new(http)
         .with(FallbackMiddleware::new(chain))
         .build();
 

@@ -132,6 +132,11 @@ pub struct FallbackService<S = ReqwestService, P = DefaultPolicy> {
 impl FallbackService {
     /// The service trying `chain` with the default settings, sending each
     /// attempt with `client`.
+    ///
+    /// Give it a client that does not follow redirects
+    /// (`reqwest::Client::builder().redirect(reqwest::redirect::Policy::none())`):
+    /// LLM APIs do not redirect, and reqwest would follow one to another
+    /// host with an endpoint's `x-api-key` or `api-key` header.
     pub fn new(chain: Chain, client: ::reqwest::Client) -> Self {
         Self::from_builder(FallbackBuilder::new(chain), client)
     }

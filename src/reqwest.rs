@@ -22,11 +22,18 @@ use std::{fmt, mem};
 /// Replays a chat-completions request down a [`Chain`] of models, as a
 /// [`reqwest_middleware`] middleware.
 ///
-/// It replays the `POST`s to an API path the engine knows (`…/chat/completions`,
-/// `…/responses`, `…/messages`, `…/embeddings`, `…/completions`; not the
-/// Assistants API's `…/threads/{id}/messages`); every other request the client sends (`GET /models`,
+/// It replays the `POST`s to an API path the engine knows
+/// (`…/chat/completions`, `…/responses`, `…/messages`, `…/embeddings`,
+/// `…/completions`; not the Assistants API's `…/threads/{id}/messages`);
+/// every other request the client sends (`GET /models`,
 /// `POST /messages/count_tokens`, a file upload) goes to the rest of the
 /// middleware chain as it is, with no report.
+///
+/// Build the client without redirects
+/// (`redirect(reqwest::redirect::Policy::none())`): LLM APIs do not
+/// redirect, and reqwest follows a redirect to another host with every
+/// header but `Authorization` and cookies, so an endpoint's key the layer
+/// sets as `x-api-key` or `api-key` would go along.
 ///
 /// The same engine as [`FallbackLayer`](crate::FallbackLayer): the body is
 /// buffered once, only the top-level `"model"` is rewritten per attempt, and
