@@ -396,3 +396,35 @@ async fn a_frame_that_commits_and_then_passes_the_limit_is_passed_on_then_ended(
         Some("stream_event_too_large")
     );
 }
+
+/// Before its first token a stream is held, and what it holds is bounded
+/// by `max_response_bytes`. Each held frame counts at least 8 KiB (its bytes
+/// may keep hyper's whole read buffer alive), so a stream of tiny
+/// keep-alive frames is committed to after 2,048 of them at the default
+/// 16 MiB, not after 8 million; an empty frame is not held (nor counted).
+#[tokio::test]
+async fn tiny_frames_before_the_first_token_are_bounded_by_count_too() {
+    const KEEP_ALIVES: usize = 3_000;
+    let mut script: Vec<Bytes> = Vec::new();
+    for _ in 0..KEEP_ALIVES {
+        script.push(Bytes::new());
+        script.push(Bytes::from_static(b":\n"));
+    }
+    script.extend([TOKEN, FINISH, DONE].map(|s| Bytes::from_static(s.as_bytes())));
+    let seen = Seen::default();
+    let chain = Chain::new([Route::new("a/model"), Route::new("b/model")]);
+    let svc = FallbackLayer::new(chain).layer(upstream(vec![(script, seen.clone())]));
+    let resp = svc.oneshot(request()).await.unwrap();
+    // Committed (the head is the caller's) once the held frames reached the
+    // limit: 16 MiB / 8 KiB = 2,048 frames, the one that passes it the
+    // 2,049th; the rest is not yet read.
+    let produced = seen.produced();
+    assert_eq!(produced, 2 * 2_049, "frames read before commit");
+    let mut body = resp.into_body();
+    let mut keep_alives = 0;
+    while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        let data = frame.unwrap().into_data().unwrap();
+        keep_alives += usize::from(&data[..] == b":\n");
+    }
+    assert_eq!(keep_alives, KEEP_ALIVES, "every keep-alive passed on after commit");
+}

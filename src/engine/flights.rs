@@ -257,6 +257,14 @@ where
     }
 }
 
+/// What a frame held before the commit point counts as at least against
+/// the response limit: a frame's bytes may keep alive the whole read buffer
+/// they were cut from (hyper's HTTP/1 frames share it), so a stream of tiny
+/// frames (`:\n` keep-alives, each in its own chunk) would otherwise hold
+/// far more memory than it counts. With the default 16 MiB limit, 2,048
+/// frames before the first token; a real stream holds a handful.
+const HELD_FRAME_COST: usize = 8 * 1024;
+
 /// Reads an event stream up to its commit point, holding what was read.
 /// Keep-alives are held (and later passed on) but are not progress. An error
 /// chunk or the end of the stream before the first content is an answer the
@@ -273,7 +281,9 @@ where
 {
     let mut tracker = dialect.stream_tracker();
     let mut held = VecDeque::new();
-    let mut held_len = 0usize;
+    // Bytes held, and what they count against the bound (see
+    // `HELD_FRAME_COST`).
+    let (mut held_len, mut held_cost) = (0usize, 0usize);
     let signal = loop {
         match rb.frame().await {
             None => {
@@ -288,12 +298,16 @@ where
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(frame)) => {
                 let Ok(data) = frame.into_data() else { continue };
+                if data.is_empty() {
+                    continue;
+                }
                 let s = tracker.feed(&data);
                 held_len += data.len();
+                held_cost += data.len().max(HELD_FRAME_COST);
                 held.push_back(data);
                 // Holding more than the response limit would let a stream of
                 // keep-alives grow without bound: commit and pass it on.
-                if s != Signal::None || held_len > max_held_bytes {
+                if s != Signal::None || held_cost > max_held_bytes {
                     if s == Signal::None {
                         tracker.force_commit();
                         break Signal::Commit;
