@@ -300,12 +300,34 @@ impl fmt::Debug for RedisHealth {
     }
 }
 
+/// The most routes a [`RedisHealth`] tracks for the fleet (and names to
+/// Redis at each poll). Route keys also come from what callers choose
+/// where the layer lets them (a model passed through, a caller's own
+/// chain), so the map must not grow with them; real chains have tens.
+const MAX_FLEET_ROUTES: usize = 4096;
+
 impl Inner {
     fn fleet(&self) -> std::sync::MutexGuard<'_, HashMap<String, Fleet>> {
         // Each update is a few plain assignments: poison is ignored.
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
 
+/// `key`'s entry, made when missing. A full map first forgets every route
+/// with nothing pending (no probe lock held or wanted, no success to send);
+/// `None` when it is still full: the route then keeps to local health,
+/// plus the cooldowns the poll finds in the fleet's index.
+fn fleet_slot<'m>(routes: &'m mut HashMap<String, Fleet>, key: &str) -> Option<&'m mut Fleet> {
+    if routes.len() >= MAX_FLEET_ROUTES && !routes.contains_key(key) {
+        routes.retain(|_, f| f.token || f.wants_probe || f.pending_ok > 0);
+        if routes.len() >= MAX_FLEET_ROUTES {
+            return None;
+        }
+    }
+    Some(routes.entry(key.to_owned()).or_default())
+}
+
+impl Inner {
     fn send(&self, op: Op) {
         if self.ops.try_send(op).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -325,7 +347,7 @@ impl HealthStore for RedisHealth {
         {
             let mut routes = inner.fleet();
             if !routes.contains_key(key) {
-                routes.insert(key.to_owned(), Fleet::default());
+                fleet_slot(&mut routes, key);
             }
         }
         inner.local.admit_with(key, now, || {
@@ -333,7 +355,8 @@ impl HealthStore for RedisHealth {
                 return true; // Redis down: the local probe rule
             }
             let mut routes = inner.fleet();
-            let Some(f) = routes.get_mut(key) else { return false };
+            // Not tracked (the map is full): the local probe rule.
+            let Some(f) = routes.get_mut(key) else { return true };
             if std::mem::take(&mut f.token) {
                 true
             } else {
@@ -350,16 +373,8 @@ impl HealthStore for RedisHealth {
             Change::None => {}
             Change::Failed => inner.send(Op::Failed(route())),
             Change::Succeeded => {
-                let mut routes = inner.fleet();
-                match routes.get_mut(key) {
-                    Some(f) => f.pending_ok = f.pending_ok.saturating_add(1),
-                    None => drop(routes.insert(
-                        route(),
-                        Fleet {
-                            pending_ok: 1,
-                            ..Fleet::default()
-                        },
-                    )),
+                if let Some(f) = fleet_slot(&mut inner.fleet(), key) {
+                    f.pending_ok = f.pending_ok.saturating_add(1);
                 }
             }
             Change::Cooled { cool, ejections } => inner.send(Op::Cooled {
@@ -737,7 +752,9 @@ impl Task {
             }
             let fleet = {
                 let mut routes = inner.fleet();
-                let f = routes.entry(route.clone()).or_default();
+                let Some(f) = fleet_slot(&mut routes, route) else {
+                    continue;
+                };
                 if f.token && *holder != inner.replica {
                     // The lock expired unused: give it up.
                     f.token = false;
@@ -796,6 +813,29 @@ fn index(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fleet_map_stays_bounded_whatever_the_keys() {
+        // Keys callers choose (models passed through): the map forgets the
+        // routes with nothing pending and keeps the others.
+        let mut routes = HashMap::new();
+        fleet_slot(&mut routes, "kept/probe").unwrap().token = true;
+        fleet_slot(&mut routes, "kept/ok").unwrap().pending_ok = 2;
+        for i in 0..100_000 {
+            assert!(fleet_slot(&mut routes, &format!("caller/{i}")).is_some());
+            assert!(routes.len() <= MAX_FLEET_ROUTES);
+        }
+        assert!(routes["kept/probe"].token);
+        assert_eq!(routes["kept/ok"].pending_ok, 2);
+        // Full of routes that all matter: a new one is not tracked.
+        routes.clear();
+        for i in 0..MAX_FLEET_ROUTES {
+            fleet_slot(&mut routes, &format!("busy/{i}")).unwrap().wants_probe = true;
+        }
+        assert!(fleet_slot(&mut routes, "one/more").is_none());
+        assert!(fleet_slot(&mut routes, "busy/7").is_some(), "a tracked route still is");
+        assert_eq!(routes.len(), MAX_FLEET_ROUTES);
+    }
 
     #[test]
     fn keys_are_namespaced_and_carry_no_credential() {
