@@ -21,6 +21,9 @@ use tokio::time::Instant;
 const QUEUE: usize = 4096;
 /// Ops the task takes from the queue at once (one transaction of pins).
 const BATCH: usize = 256;
+/// The most subscription messages the task applies in a row before it
+/// looks at its ops again.
+const MESSAGES_PER_TURN: usize = 1024;
 /// Fetches in flight at most.
 const FETCHES: usize = 1024;
 /// The wire format's version byte.
@@ -651,7 +654,25 @@ impl Task {
             let event = self.next(&mut rx, timer).await;
             let Some(inner) = self.inner.upgrade() else { return };
             match event {
-                Event::Message(Some(msg)) => self.received(&inner, msg.get_payload_bytes()),
+                Event::Message(Some(msg)) => {
+                    self.received(&inner, msg.get_payload_bytes());
+                    // The client library queues the channel's messages
+                    // without a bound, as fast as Redis sends them: take
+                    // every one that is ready (up to a budget) before the
+                    // next op batch, which waits for a round trip, or a
+                    // busy fleet's pins would pile up in that queue.
+                    for _ in 1..MESSAGES_PER_TURN {
+                        match self.ready_message().await {
+                            Some(Some(msg)) => self.received(&inner, msg.get_payload_bytes()),
+                            Some(None) => {
+                                self.unsubscribed();
+                                self.outcome(&inner, Err("the subscription was closed".into()));
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
                 Event::Message(None) => {
                     self.unsubscribed();
                     self.outcome(&inner, Err("the subscription was closed".into()));
@@ -733,6 +754,19 @@ impl Task {
                 return Poll::Ready(Event::Timer);
             }
             Poll::Pending
+        })
+        .await
+    }
+
+    /// A message of the subscription that is ready now (`Some(None)`: the
+    /// subscription ended), or `None` when none is.
+    async fn ready_message(&mut self) -> Option<Option<redis::Msg>> {
+        let sub = self.sub.as_mut()?;
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut *sub).poll_next(cx) {
+                Poll::Ready(msg) => Some(msg),
+                Poll::Pending => None,
+            })
         })
         .await
     }
