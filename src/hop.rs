@@ -48,6 +48,24 @@ pub(crate) struct Hop {
     pub(crate) metric_model: Arc<str>,
 }
 
+/// Longest model id kept whole where the crate remembers a model beyond
+/// the request (a health key, a metric label). A caller can send any
+/// `model` (passed through, or in its own chain) up to the body limit;
+/// real ids are short.
+const MAX_KEPT_MODEL: usize = 256;
+
+/// `model` as the crate remembers it: itself, or when longer than
+/// [`MAX_KEPT_MODEL`], its first 64 bytes (to a character boundary), `…#`
+/// and a hash of the whole, so distinct ids stay distinct.
+pub(crate) fn kept_model(model: &str) -> std::borrow::Cow<'_, str> {
+    if model.len() <= MAX_KEPT_MODEL {
+        return model.into();
+    }
+    let cut = (0..=64).rev().find(|&i| model.is_char_boundary(i)).unwrap_or(0);
+    let head = model.get(..cut).unwrap_or_default();
+    format!("{head}…#{:016x}", xxhash_rust::xxh3::xxh3_64(model.as_bytes())).into()
+}
+
 impl Hop {
     /// Compiles `route`. Its native fallbacks must already fit OpenRouter's
     /// cap (see [`Hop::split`]).
@@ -56,13 +74,15 @@ impl Hop {
         let unit = route.unit.as_ref();
         let deployment = unit.and_then(|u| u.deployment.clone());
         let key = unit.and_then(|u| u.key.clone());
+        let kept = kept_model(&route.model);
         let health_key = match (&route.endpoint, &deployment, &key) {
-            (Some(e), None, None) => format!("{}@{}", route.model, e.base_url()).into(),
-            (None, None, None) => model.clone(),
+            (Some(e), None, None) => format!("{kept}@{}", e.base_url()).into(),
+            (None, None, None) if kept.len() == model.len() => model.clone(),
+            (None, None, None) => kept.as_ref().into(),
             // Each deployment and key fails alone: `m@base (eu, key KEY_A)`
             // (after the URL, nothing `redact` would cut as a query or fragment).
             (e, d, k) => {
-                let mut text = route.model.clone();
+                let mut text = kept.into_owned();
                 if let Some(e) = e {
                     text.push('@');
                     text.push_str(e.base_url());
@@ -312,6 +332,29 @@ pub(crate) fn header_value(text: &str) -> Option<HeaderValue> {
 mod tests {
     use super::*;
     use crate::Chain;
+
+    #[test]
+    fn a_long_model_is_remembered_short_and_distinct() {
+        assert_eq!(kept_model("openai/gpt-4o"), "openai/gpt-4o");
+        let exact = "m".repeat(MAX_KEPT_MODEL);
+        assert_eq!(kept_model(&exact), exact.as_str());
+        // 1 MiB of model id: 64 bytes of it, and a hash of the whole.
+        let long = format!("{}a", "m".repeat(1 << 20));
+        let other = format!("{}b", "m".repeat(1 << 20));
+        let (a, b) = (kept_model(&long), kept_model(&other));
+        assert!(a.len() <= 64 + "…#".len() + 16, "{a}");
+        assert!(a.starts_with(&"m".repeat(64)), "{a}");
+        assert_ne!(a, b);
+        // Cut at a character boundary.
+        let wide = "é".repeat(200);
+        assert!(kept_model(&wide).starts_with(&"é".repeat(32)));
+        // A route's health key is built from it.
+        let hop = Hop::new(Route::new(long.as_str()));
+        assert_eq!(&*hop.health_key, &*a);
+        assert_eq!(&*hop.model, long.as_str(), "the model sent is the caller's, whole");
+        let on = Route::new(long.as_str()).endpoint(crate::native::Endpoint::new("https://h/v1").unwrap());
+        assert_eq!(&*Hop::new(on).health_key, format!("{a}@https://h/v1"));
+    }
 
     #[test]
     fn empty_models_and_labels_make_no_header() {

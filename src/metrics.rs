@@ -58,16 +58,23 @@ pub(crate) struct CallerModels {
 
 #[cfg(feature = "metrics")]
 impl CallerModels {
-    /// The label for a caller-named `model`: itself while the set has room
-    /// (or holds it already), else [`OTHER_MODEL`].
+    /// The label for a caller-named `model`: itself (an id of more than
+    /// 256 bytes shortened, [`crate::hop::kept_model`]) while the set has
+    /// room (or holds it already), else [`OTHER_MODEL`].
     pub(crate) fn label(&self, model: &Arc<str>) -> Arc<str> {
+        // At most a few hundred bytes, whatever the caller sent.
+        let kept = crate::hop::kept_model(model);
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = seen.get(model) {
+        if let Some(known) = seen.get(&*kept) {
             return known.clone();
         }
         if seen.len() < CALLER_MODEL_LABELS {
-            seen.insert(model.clone());
-            return model.clone();
+            let label: Arc<str> = match kept {
+                std::borrow::Cow::Borrowed(_) => model.clone(),
+                std::borrow::Cow::Owned(kept) => kept.into(),
+            };
+            seen.insert(label.clone());
+            return label;
         }
         drop(seen);
         self.other.get_or_init(|| Arc::from(OTHER_MODEL)).clone()
