@@ -337,3 +337,42 @@ async fn the_breaker_never_ejects_past_its_maximum_share_of_a_chain() {
     let sent = r.attempts().iter().filter(|a| a.outcome() != Outcome::Skipped).count();
     assert_eq!(sent, 2);
 }
+
+/// A replica whose queue of changes never empties (a route failing under
+/// load) still polls: the fleet's cooldowns reach it within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_busy_sending_changes_still_learns_the_fleets_cooldowns() {
+    let Some(server) = RedisServer::start() else { return };
+    let p = prefix();
+    // Every failure of `flood/m` is one change to send (it never cools).
+    let busy = store(&server, &p, Cooldowns::new().failures(u32::MAX));
+    let other = store(&server, &p, Cooldowns::new());
+    connected(&busy).await;
+    connected(&other).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood = tokio::spawn({
+        let (busy, stop) = (busy.clone(), stop.clone());
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                for _ in 0..64 {
+                    busy.record("flood/m", HealthEvent::Failure { retry_after: None }, Instant::now());
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    // Let the queue fill.
+    tokio::time::sleep(ms(100)).await;
+    other.record(
+        "a/a",
+        HealthEvent::Failure {
+            retry_after: Some(Duration::from_secs(30)),
+        },
+        Instant::now(),
+    );
+    let learned = within(Duration::from_secs(1), || cooling_left(&busy, "a/a").is_some()).await;
+    stop.store(true, Ordering::Relaxed);
+    flood.await.unwrap();
+    let took = learned.expect("the busy replica learns the cooldown within 1 s");
+    eprintln!("cooldown reached the busy replica in {took:?}");
+}

@@ -553,20 +553,33 @@ impl Task {
                         }
                         // Down: the change stays local; the poll reconnects.
                     }
+                    // Ops that keep coming (a failing route under load)
+                    // must not put the poll off: `timeout_at` looks at the
+                    // queue before the clock.
+                    if Instant::now() >= next {
+                        self.tick(&inner, &scripts).await;
+                        next = Instant::now() + self.poll_interval;
+                    }
                 }
                 Err(_) => {
                     let Some(inner) = self.inner.upgrade() else { return };
-                    let was = inner.connected.load(Ordering::Relaxed);
-                    let done = self.poll(&inner, &scripts).await;
-                    self.outcome(&inner, done);
-                    if !was && inner.connected.load(Ordering::Relaxed) {
-                        // Back: tell the fleet what was learned meanwhile.
-                        let done = self.republish(&inner, &scripts).await;
-                        self.outcome(&inner, done);
-                    }
+                    self.tick(&inner, &scripts).await;
                     next = Instant::now() + self.poll_interval;
                 }
             }
+        }
+    }
+
+    /// The periodic poll, and after an outage the republish of what was
+    /// learned meanwhile.
+    async fn tick(&mut self, inner: &Inner, scripts: &Scripts) {
+        let was = inner.connected.load(Ordering::Relaxed);
+        let done = self.poll(inner, scripts).await;
+        self.outcome(inner, done);
+        if !was && inner.connected.load(Ordering::Relaxed) {
+            // Back: tell the fleet what was learned meanwhile.
+            let done = self.republish(inner, scripts).await;
+            self.outcome(inner, done);
         }
     }
 
