@@ -461,14 +461,21 @@ async fn the_chain_header_is_ignored_unless_allowed_and_never_forwarded() {
 
 // ----- 7. fell_back() and positions across a content-policy switch -----
 
-#[tokio::test]
-async fn fell_back_is_true_after_a_content_policy_switch() {
+/// An upstream whose `strict/m` refuses on content policy (403) and the
+/// set that then switches to the `lenient` chain.
+fn strict_then_lenient() -> (MockUpstream, ChainSet) {
     let upstream = MockUpstream::new()
         .model("strict/m", Reply::status(403))
         .model("lenient/m", Reply::ok());
     let chains = ChainSet::new(Chain::new([Route::new("strict/m"), Route::new("other/m")]))
         .chain("lenient", Chain::new([Route::new("lenient/m")]))
         .on_content_policy("lenient");
+    (upstream, chains)
+}
+
+#[tokio::test]
+async fn fell_back_is_true_after_a_content_policy_switch() {
+    let (upstream, chains) = strict_then_lenient();
     let layer = FallbackLayer::with_chains(chains);
     let (parts, answer) = ask(&layer, &upstream, caller_request(chat("x"))).await;
     assert_eq!(answer["model"], "lenient/m");
@@ -491,47 +498,17 @@ async fn fell_back_is_true_after_a_content_policy_switch() {
 
 #[test]
 fn the_metrics_position_counts_across_a_content_policy_switch() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let upstream = MockUpstream::new()
-                .model("strict/m", Reply::status(403))
-                .model("lenient/m", Reply::ok());
-            let chains = ChainSet::new(Chain::new([Route::new("strict/m"), Route::new("other/m")]))
-                .chain("lenient", Chain::new([Route::new("lenient/m")]))
-                .on_content_policy("lenient");
-            ask(
-                &FallbackLayer::with_chains(chains),
-                &upstream,
-                caller_request(chat("x")),
-            )
-            .await;
-        });
+    let snapshot = recorded(false, || async {
+        let (upstream, chains) = strict_then_lenient();
+        ask(
+            &FallbackLayer::with_chains(chains),
+            &upstream,
+            caller_request(chat("x")),
+        )
+        .await;
     });
-    let positions: Vec<(String, u64)> = snapshotter
-        .snapshot()
-        .into_vec()
+    let positions: Vec<(String, u64)> = counters_by(&snapshot, "llm_fallback_requests_total", "position")
         .into_iter()
-        .filter(|(key, _, _, _)| key.key().name() == "llm_fallback_requests_total")
-        .map(|(key, _, _, value)| {
-            let position = key
-                .key()
-                .labels()
-                .find(|l| l.key() == "position")
-                .unwrap()
-                .value()
-                .to_owned();
-            let DebugValue::Counter(n) = value else {
-                panic!("a counter")
-            };
-            (position, n)
-        })
         .collect();
     // The default chain's two routes come first: the lenient chain's first
     // route is position 2, not 0 (which would read as "the primary served").

@@ -129,31 +129,21 @@ async fn hedging_respects_the_deadline() {
 
 #[test]
 fn metrics_count_attempts_skips_hedges_and_fallback_position() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let up = MockUpstream::new()
-                .model("a/a", Reply::status(503))
-                .model("b/b", Reply::ok().latency(ms(1_000)))
-                .model("c/c", Reply::ok().latency(ms(10)));
-            let layer = FallbackLayer::builder(Chain::new([
-                Route::new("a/a"),
-                Route::new("b/b").hedge_after(ms(100)),
-                Route::new("c/c"),
-            ]))
-            .hedging(generous())
-            .layer();
-            ask(&layer, &up).await;
-        });
+    use metrics_util::debugging::DebugValue;
+    let snapshot = recorded(true, || async {
+        let up = MockUpstream::new()
+            .model("a/a", Reply::status(503))
+            .model("b/b", Reply::ok().latency(ms(1_000)))
+            .model("c/c", Reply::ok().latency(ms(10)));
+        let layer = FallbackLayer::builder(Chain::new([
+            Route::new("a/a"),
+            Route::new("b/b").hedge_after(ms(100)),
+            Route::new("c/c"),
+        ]))
+        .hedging(generous())
+        .layer();
+        ask(&layer, &up).await;
     });
-    let snapshot = snapshotter.snapshot().into_vec();
     let find = |name: &str, labels: &[(&str, &str)]| -> Option<&DebugValue> {
         snapshot.iter().find_map(|(key, _, _, value)| {
             let k = key.key();

@@ -663,66 +663,40 @@ mod config {
 /// configured chains' models always by name.
 #[test]
 fn models_a_caller_names_label_metrics_by_name_only_up_to_a_bound() {
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    use std::collections::BTreeMap;
-    let recorder = DebuggingRecorder::new();
-    let snapshotter = recorder.snapshotter();
-    metrics::with_local_recorder(&recorder, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let upstream = upstream();
-            for i in 0..100 {
-                upstream.set_script(format!("pass/{i}"), Reply::ok());
-            }
-            upstream.set_script("late/a", Reply::status(503));
-            upstream.set_script("late/b", Reply::ok());
-            let layer = on(CallerChains::new()).layer();
-            let ask = |body: String| {
-                let service = layer.clone().layer(upstream.clone());
-                async move {
-                    let resp = service
-                        .oneshot(post("http://127.0.0.1:1/v1/chat/completions", body))
-                        .await
-                        .unwrap();
-                    assert_eq!(resp.status(), StatusCode::OK);
-                    report(&resp.into_parts().0).chain().map(str::to_owned)
-                }
-            };
-            for i in 0..100 {
-                assert_eq!(
-                    ask(body(&format!("pass/{i}"))).await.as_deref(),
-                    Some(ChainSet::PASS_THROUGH)
-                );
-            }
-            // Seen before the bound: still by name.
-            ask(body("pass/0")).await;
-            // A caller's chain of new ids past the bound.
-            let caller = ask(caller_body("late/a", json!(["late/a", "late/b"]))).await;
-            assert_eq!(caller.as_deref(), Some(ChainSet::CALLER));
-            // A configured chain's model.
-            ask(body("mini/m")).await;
-        });
-    });
-    let mut attempts: BTreeMap<String, u64> = BTreeMap::new();
-    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
-        if key.key().name() != "llm_fallback_attempts_total" {
-            continue;
+    let snapshot = recorded(false, || async {
+        let upstream = upstream();
+        for i in 0..100 {
+            upstream.set_script(format!("pass/{i}"), Reply::ok());
         }
-        let model = key
-            .key()
-            .labels()
-            .find(|l| l.key() == "model")
-            .unwrap()
-            .value()
-            .to_owned();
-        let DebugValue::Counter(n) = value else {
-            panic!("a counter")
+        upstream.set_script("late/a", Reply::status(503));
+        upstream.set_script("late/b", Reply::ok());
+        let layer = on(CallerChains::new()).layer();
+        let ask = |body: String| {
+            let service = layer.clone().layer(upstream.clone());
+            async move {
+                let resp = service
+                    .oneshot(post("http://127.0.0.1:1/v1/chat/completions", body))
+                    .await
+                    .unwrap();
+                assert_eq!(resp.status(), StatusCode::OK);
+                report(&resp.into_parts().0).chain().map(str::to_owned)
+            }
         };
-        *attempts.entry(model).or_default() += n;
-    }
+        for i in 0..100 {
+            assert_eq!(
+                ask(body(&format!("pass/{i}"))).await.as_deref(),
+                Some(ChainSet::PASS_THROUGH)
+            );
+        }
+        // Seen before the bound: still by name.
+        ask(body("pass/0")).await;
+        // A caller's chain of new ids past the bound.
+        let caller = ask(caller_body("late/a", json!(["late/a", "late/b"]))).await;
+        assert_eq!(caller.as_deref(), Some(ChainSet::CALLER));
+        // A configured chain's model.
+        ask(body("mini/m")).await;
+    });
+    let attempts = counters_by(&snapshot, "llm_fallback_attempts_total", "model");
     let by_name = |prefix: &str| attempts.keys().filter(|m| m.starts_with(prefix)).count();
     assert_eq!(by_name("pass/"), 64, "{attempts:?}");
     assert_eq!(attempts.get("pass/0"), Some(&2));

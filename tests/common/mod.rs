@@ -125,3 +125,45 @@ impl std::io::Write for Captured {
         Ok(())
     }
 }
+
+/// What a metrics recorder holds, as `metrics_util`'s debugging recorder
+/// snapshots it.
+pub type Snapshot = Vec<(
+    metrics_util::CompositeKey,
+    Option<metrics::Unit>,
+    Option<metrics::SharedString>,
+    metrics_util::debugging::DebugValue,
+)>;
+
+/// Runs `test` on a current-thread runtime (its clock paused when
+/// `paused`) under a fresh local metrics recorder, and returns what was
+/// recorded.
+pub fn recorded<F: std::future::Future<Output = ()>>(paused: bool, test: impl FnOnce() -> F) -> Snapshot {
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(paused)
+            .build()
+            .unwrap()
+            .block_on(test())
+    });
+    snapshotter.snapshot().into_vec()
+}
+
+/// The counters named `name`, summed by the value of their `label`.
+pub fn counters_by(snapshot: &Snapshot, name: &str, label: &str) -> std::collections::BTreeMap<String, u64> {
+    let mut out = std::collections::BTreeMap::new();
+    for (key, _, _, value) in snapshot {
+        if key.key().name() != name {
+            continue;
+        }
+        let value_of = key.key().labels().find(|l| l.key() == label);
+        let (Some(l), metrics_util::debugging::DebugValue::Counter(n)) = (value_of, value) else {
+            panic!("{name}: a counter with a {label} label, not {key:?} {value:?}")
+        };
+        *out.entry(l.value().to_owned()).or_default() += n;
+    }
+    out
+}
