@@ -78,8 +78,7 @@ impl<P> FallbackBuilder<P> {
     /// Largest non-streaming response body buffered for inspection (default
     /// 16 MiB). A larger body is passed through unread and judged on its
     /// status alone. A stream holds at most this much before its first
-    /// token, each frame counted as at least 8 KiB (its bytes may keep its
-    /// read buffer alive); past it the stream is committed to and passed on.
+    /// token; past it the stream is committed to and passed on.
     pub fn max_response_bytes(mut self, limit: usize) -> Self {
         self.shared.max_response_bytes = limit;
         self

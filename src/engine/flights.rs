@@ -257,13 +257,17 @@ where
     }
 }
 
-/// What a frame held before the commit point counts as at least against
-/// the response limit: a frame's bytes may keep alive the whole read buffer
-/// they were cut from (hyper's HTTP/1 frames share it), so a stream of tiny
-/// frames (`:\n` keep-alives, each in its own chunk) would otherwise hold
-/// far more memory than it counts. With the default 16 MiB limit, 2,048
-/// frames before the first token; a real stream holds a handful.
-const HELD_FRAME_COST: usize = 8 * 1024;
+/// Frames held as the upstream gave them before the commit point; later
+/// small ones are copied into one buffer. A frame's bytes may keep alive
+/// the whole read buffer they were cut from (hyper's HTTP/1 frames share
+/// it), so a stream of tiny frames (`:\n` keep-alives, each in its own
+/// chunk) held as handles would keep far more memory than its bytes; a
+/// real stream commits within a handful of frames, which stay zero-copy.
+const HELD_FRAMES: usize = 64;
+
+/// A frame this large is held as it is even past [`HELD_FRAMES`]: the
+/// buffer it may keep alive is not much larger than itself.
+const HELD_AS_IS: usize = 8 * 1024;
 
 /// Reads an event stream up to its commit point, holding what was read.
 /// Keep-alives are held (and later passed on) but are not progress. An error
@@ -281,9 +285,9 @@ where
 {
     let mut tracker = dialect.stream_tracker();
     let mut held = VecDeque::new();
-    // Bytes held, and what they count against the bound (see
-    // `HELD_FRAME_COST`).
-    let (mut held_len, mut held_cost) = (0usize, 0usize);
+    let mut held_len = 0usize;
+    // Small frames past `HELD_FRAMES`, copied (see there).
+    let mut copied = BytesMut::new();
     let signal = loop {
         match rb.frame().await {
             None => {
@@ -303,11 +307,19 @@ where
                 }
                 let s = tracker.feed(&data);
                 held_len += data.len();
-                held_cost += data.len().max(HELD_FRAME_COST);
-                held.push_back(data);
+                if held.len() < HELD_FRAMES {
+                    held.push_back(data);
+                } else if data.len() < HELD_AS_IS {
+                    copied.extend_from_slice(&data);
+                } else {
+                    if !copied.is_empty() {
+                        held.push_back(copied.split().freeze());
+                    }
+                    held.push_back(data);
+                }
                 // Holding more than the response limit would let a stream of
                 // keep-alives grow without bound: commit and pass it on.
-                if s != Signal::None || held_cost > max_held_bytes {
+                if s != Signal::None || held_len > max_held_bytes {
                     if s == Signal::None {
                         tracker.force_commit();
                         break Signal::Commit;
@@ -317,6 +329,9 @@ where
             }
         }
     };
+    if !copied.is_empty() {
+        held.push_back(copied.freeze());
+    }
     match signal {
         Signal::Error(error) => {
             let mut body = BytesMut::with_capacity(held_len);

@@ -3732,13 +3732,8 @@ fn check(
                     let upstream = [&yielded.bytes[..], &extra[..closed]].concat();
                     let extra = &extra[closed..];
                     let (partial_line, pending_event) = sse_tail(&upstream);
-                    // Each frame held counts at least 8 KiB against the
-                    // limit (`HELD_FRAME_COST`): under a smaller limit any
-                    // frame held without content forces the commit.
                     let forced = case.max_response_bytes.is_some_and(|max| {
-                        has_bare_cr(&upstream)
-                            || max < 8 * 1024
-                            || first_content_at(&upstream).is_none_or(|at| at > max)
+                        has_bare_cr(&upstream) || first_content_at(&upstream).is_none_or(|at| at > max)
                     });
                     let known = (!fixed(CHUNK_AFTER_PENDING_EVENT) && pending_event)
                         || (!fixed(CHUNK_AFTER_PARTIAL_LINE) && partial_line && yielded.ended)
