@@ -258,7 +258,7 @@ where
 }
 
 /// Frames held as the upstream gave them before the commit point; later
-/// small ones are copied into one buffer. A frame's bytes may keep alive
+/// small ones are copied onto the last one held. A frame's bytes may keep alive
 /// the whole read buffer they were cut from (hyper's HTTP/1 frames share
 /// it), so a stream of tiny frames (`:\n` keep-alives, each in its own
 /// chunk) held as handles would keep far more memory than its bytes; a
@@ -268,6 +268,27 @@ const HELD_FRAMES: usize = 64;
 /// A frame this large is held as it is even past [`HELD_FRAMES`]: the
 /// buffer it may keep alive is not much larger than itself.
 const HELD_AS_IS: usize = 8 * 1024;
+
+/// Appends `data` to the last held frame: in place when that frame's
+/// buffer is the layer's alone (a frame joined before, or one its reader
+/// let go of), else into a copy of both. Each frame is copied at most once.
+#[cold]
+fn join_last(held: &mut VecDeque<Bytes>, data: &Bytes) {
+    let joined = match held.pop_back().map(Bytes::try_into_mut) {
+        Some(Ok(mut last)) => {
+            last.extend_from_slice(data);
+            last
+        }
+        Some(Err(last)) => {
+            let mut both = BytesMut::with_capacity(last.len() + data.len());
+            both.extend_from_slice(&last);
+            both.extend_from_slice(data);
+            both
+        }
+        None => BytesMut::from(&data[..]),
+    };
+    held.push_back(joined.freeze());
+}
 
 /// Reads an event stream up to its commit point, holding what was read.
 /// Keep-alives are held (and later passed on) but are not progress. An error
@@ -286,8 +307,6 @@ where
     let mut tracker = dialect.stream_tracker();
     let mut held = VecDeque::new();
     let mut held_len = 0usize;
-    // Small frames past `HELD_FRAMES`, copied (see there).
-    let mut copied = BytesMut::new();
     let signal = loop {
         match rb.frame().await {
             None => {
@@ -307,15 +326,10 @@ where
                 }
                 let s = tracker.feed(&data);
                 held_len += data.len();
-                if held.len() < HELD_FRAMES {
+                if held.len() < HELD_FRAMES || data.len() >= HELD_AS_IS {
                     held.push_back(data);
-                } else if data.len() < HELD_AS_IS {
-                    copied.extend_from_slice(&data);
                 } else {
-                    if !copied.is_empty() {
-                        held.push_back(copied.split().freeze());
-                    }
-                    held.push_back(data);
+                    join_last(&mut held, &data);
                 }
                 // Holding more than the response limit would let a stream of
                 // keep-alives grow without bound: commit and pass it on.
@@ -329,9 +343,6 @@ where
             }
         }
     };
-    if !copied.is_empty() {
-        held.push_back(copied.freeze());
-    }
     match signal {
         Signal::Error(error) => {
             let mut body = BytesMut::with_capacity(held_len);
