@@ -24,10 +24,12 @@ use std::{fmt, mem};
 ///
 /// It replays the `POST`s to an API path the engine knows
 /// (`…/chat/completions`, `…/responses`, `…/messages`, `…/embeddings`,
-/// `…/completions`; not the Assistants API's `…/threads/{id}/messages`);
-/// every other request the client sends (`GET /models`,
-/// `POST /messages/count_tokens`, a file upload) goes to the rest of the
-/// middleware chain as it is, with no report.
+/// `…/completions`; not the Assistants API's `…/threads/{id}/messages`),
+/// and any request whose middleware extensions hold a
+/// [`Dialect`](crate::Dialect) (`client.post(url).with_extension(Dialect::Chat)`,
+/// for an API behind a path of its own); every other request the client
+/// sends (`GET /models`, `POST /messages/count_tokens`, a file upload) goes
+/// to the rest of the middleware chain as it is, with no report.
 ///
 /// Build the client without redirects
 /// (`redirect(reqwest::redirect::Policy::none())`): LLM APIs do not
@@ -241,7 +243,9 @@ impl<P> fmt::Debug for FallbackMiddleware<P> {
 #[async_trait::async_trait]
 impl<P: Policy> Middleware for FallbackMiddleware<P> {
     async fn handle(&self, req: Request, extensions: &mut Extensions, next: Next<'_>) -> Result<Response> {
-        if !replayed(&req) {
+        // The caller's word (`with_extension(Dialect::…)`) wins over the path.
+        let marked = extensions.get::<crate::Dialect>().copied();
+        if marked.is_none() && !replayed(&req) {
             return next.run(req, extensions).await;
         }
         if req.body().is_some_and(|b| b.as_bytes().is_none()) {
@@ -255,7 +259,10 @@ impl<P: Policy> Middleware for FallbackMiddleware<P> {
         // Moves method, headers, body and the request's extensions (which
         // hold a per-request `.timeout()`); a buffered body is polled as one
         // `Bytes` that shares the caller's buffer.
-        let req = http::Request::<::reqwest::Body>::try_from(req)?;
+        let mut req = http::Request::<::reqwest::Body>::try_from(req)?;
+        if let Some(dialect) = marked {
+            req.extensions_mut().insert(dialect);
+        }
         let caller = Arc::new(Caller {
             uri: req.uri().clone(),
             url,

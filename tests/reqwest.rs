@@ -748,6 +748,20 @@ async fn requests_that_are_not_api_calls_pass_through_untouched() {
     let resp = send(&client, &server.chat_url(), chat("caller/model")).await;
     assert_eq!(report(&resp).served_model(), SECONDARY);
     assert_eq!(server.upstream().request_count(PRIMARY), 1);
+
+    // An API behind a path of its own, marked by the caller: replayed.
+    let resp = client
+        .post(format!("{}/my-llm-proxy", server.url()))
+        .with_extension(llm_fallback::Dialect::Chat)
+        .body(chat("caller/model"))
+        .send()
+        .await
+        .unwrap();
+    let marked = report(&resp);
+    assert_eq!(marked.attempts()[0].model(), PRIMARY, "{marked}");
+    let last = server.upstream().requests().pop().unwrap();
+    assert_eq!(last.uri.path(), "/my-llm-proxy");
+    assert_eq!(last.model.as_deref(), Some(PRIMARY), "the chain's model was sent");
 }
 
 /// A caller's URL may carry a credential (user info, an API-management
