@@ -76,7 +76,10 @@ impl Hop {
         let key = unit.and_then(|u| u.key.clone());
         let kept = kept_model(&route.model);
         let health_key = match (&route.endpoint, &deployment, &key) {
-            (Some(e), None, None) => format!("{kept}@{}", e.base_url()).into(),
+            // The base as shown (no query): the key is stored and shown
+            // as it is (Redis names routes by it), and two bases that differ
+            // only in their query are one upstream.
+            (Some(e), None, None) => format!("{kept}@{}", crate::redact::urls(e.base_url())).into(),
             (None, None, None) if kept.len() == model.len() => model.clone(),
             (None, None, None) => kept.as_ref().into(),
             // Each deployment and key fails alone: `m@base (eu, key KEY_A)`
@@ -85,7 +88,7 @@ impl Hop {
                 let mut text = kept.into_owned();
                 if let Some(e) = e {
                     text.push('@');
-                    text.push_str(e.base_url());
+                    text.push_str(&crate::redact::urls(e.base_url()));
                 }
                 let key = k.as_deref().map(|k| format!("key {k}"));
                 let tags: Vec<&str> = d.as_deref().into_iter().chain(key.as_deref()).collect();
@@ -354,6 +357,15 @@ mod tests {
         assert_eq!(&*hop.model, long.as_str(), "the model sent is the caller's, whole");
         let on = Route::new(long.as_str()).endpoint(crate::native::Endpoint::new("https://h/v1").unwrap());
         assert_eq!(&*Hop::new(on).health_key, format!("{a}@https://h/v1"));
+    }
+
+    #[test]
+    fn a_health_key_is_as_shown_without_the_bases_query() {
+        // Redis names a route by its key as shown: the two must agree.
+        let azure = crate::native::Endpoint::new("https://res/openai/deployments/d?api-version=2024-10-21").unwrap();
+        let hop = Hop::new(Route::new("gpt-4o").endpoint(azure));
+        assert_eq!(&*hop.health_key, "gpt-4o@https://res/openai/deployments/d");
+        assert_eq!(crate::health::redact(&hop.health_key), &*hop.health_key);
     }
 
     #[test]

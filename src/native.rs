@@ -247,7 +247,11 @@ impl Endpoint {
     pub fn new(base_url: impl Into<String>) -> Result<Self, EndpointError> {
         let base: String = base_url.into();
         let invalid = |reason: &str| EndpointError::InvalidUrl {
-            url: crate::redact::urls(&base).into_owned(),
+            url: match base.contains("://") {
+                true => crate::redact::urls(&base).into_owned(),
+                // No scheme: whatever is before an `@` may be user info.
+                false => base.rsplit('@').next().unwrap_or_default().to_owned(),
+            },
             reason: reason.to_owned(),
         };
         if base.contains('#') {
@@ -255,7 +259,7 @@ impl Endpoint {
         }
         // A query (Azure's `api-version`) stays after each API path.
         let (path, query) = match base.split_once('?') {
-            Some((path, query)) => (path, Some(query)),
+            Some((path, query)) => (path, Some(query).filter(|q| !q.is_empty())),
             None => (base.as_str(), None),
         };
         let trimmed = path.trim_end_matches('/');

@@ -5,9 +5,12 @@
 use std::borrow::Cow;
 
 /// `text` with every `scheme://…` URL in it shortened to its scheme, host
-/// and path: user info (`user:password@`), query (`?key=…`) and fragment
-/// cut. A URL ends at whitespace, a quote, `)`, `>` or `,`, as error
-/// messages write them. Text without `://` is returned as it is.
+/// and path: user info (`user:password@`, also of a URL nested in the
+/// path, as a proxy's `http://proxy/https://u:p@h/x`), query (`?key=…`)
+/// and fragment cut. A URL runs to whitespace, a quote or an angle
+/// bracket (user info and queries may hold `,`, `)` or `'` unencoded); a
+/// `)`, `,`, `.`, `;` or `'` that ended it in the text is kept after a cut
+/// query. Text without `://` is returned as it is.
 ///
 /// Every cut is at an ASCII byte, so the result is valid UTF-8 whatever
 /// the text.
@@ -28,22 +31,37 @@ pub(crate) fn urls(text: &str) -> Cow<'_, str> {
             .split_at_checked(before.len() - scheme_len)
             .unwrap_or((before, ""));
         let end = after
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | ','))
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '<' | '>'))
             .unwrap_or(after.len());
         let (url, tail) = after.split_at_checked(end).unwrap_or((after, ""));
         out.push_str(lead);
         out.push_str(scheme);
         out.push_str("://");
-        out.push_str(shown(url));
+        let (kept, cut) = match url.split_once(['?', '#']) {
+            Some((kept, _)) => (kept, true),
+            None => (url, false),
+        };
+        for (i, part) in kept.split("://").enumerate() {
+            if i > 0 {
+                out.push_str("://");
+            }
+            out.push_str(without_user_info(part));
+        }
+        if let Some(closing) = url
+            .chars()
+            .last()
+            .filter(|c| cut && matches!(c, ')' | ',' | '.' | ';' | '\''))
+        {
+            out.push(closing);
+        }
         rest = tail;
     }
     out.push_str(rest);
     out.into()
 }
 
-/// A URL's part after `scheme://`, without user info, query or fragment.
-fn shown(url: &str) -> &str {
-    let url = url.split(['?', '#']).next().unwrap_or_default();
+/// A URL's part after `scheme://` without the user info of its authority.
+fn without_user_info(url: &str) -> &str {
     let authority_end = url.find('/').unwrap_or(url.len());
     let authority = url.get(..authority_end).unwrap_or_default();
     match authority.rfind('@') {
@@ -71,6 +89,12 @@ mod tests {
             urls("two: http://x@a/p?q and https://b/q?k=v, done"),
             "two: http://a/p and https://b/q, done"
         );
+        // User info and queries with `,`, `)` or `'` in them.
+        assert_eq!(urls("(http://u:pa,ss)@h/x)"), "(http://h/x)");
+        assert_eq!(urls("http://h/x?k=a,b)c 'x'"), "http://h/x 'x'");
+        assert_eq!(urls("'http://u:p'w@h/x?k=v'"), "'http://h/x'");
+        // A URL nested in another's path.
+        assert_eq!(urls("http://proxy/https://u:p@h/x?k"), "http://proxy/https://h/x");
         // An `@` in the path is not user info.
         assert_eq!(urls("https://h/v1/@me?x"), "https://h/v1/@me");
         assert_eq!(urls("no url here"), "no url here");
@@ -80,7 +104,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn no_text_panics_and_no_query_survives(text in ".*", secret in "[a-z]{12}") {
+        fn no_text_panics_and_no_query_survives(text in ".*", secret in "[a-z,)'(]{1,4}[a-z]{12}") {
             let shown = urls(&text);
             let with_secret = format!("{text} https://u:{secret}@h/p?k={secret} {text}");
             let out = urls(&with_secret);

@@ -1075,7 +1075,8 @@ where
                         let e: crate::BoxError = e.into();
                         (
                             "stream_broken",
-                            format!("the upstream stream broke after it began: {e}"),
+                            // Without a URL's credentials, as every transport error.
+                            crate::redact::urls(&format!("the upstream stream broke after it began: {e}")).into_owned(),
                         )
                     }
                     Poll::Ready(None) => {

@@ -717,7 +717,16 @@ fn an_endpoint_with_credentials_in_its_url_is_refused_without_printing_them() {
         assert!(text.contains("proxy.internal/v1"), "{text}");
         assert!(!text.contains("sk-secret"), "{text}");
     }
-    // A query key is allowed, and not printed by the endpoint's Debug.
+    // Without a scheme, nothing before an `@` is printed either.
+    let err = Endpoint::new("user:sk-secret-1@proxy.internal/v1").unwrap_err();
+    assert!(!err.to_string().contains("sk-secret"), "{err}");
+    // A query key is allowed, and not printed by the endpoint's Debug nor
+    // its configuration's.
     let apim = Endpoint::new("https://apim.internal/v1?subscription-key=sk-secret-3").unwrap();
     assert!(!format!("{apim:?}").contains("sk-secret"));
+    let config = llm_fallback::config::EndpointConfig::new("https://apim.internal/v1?subscription-key=sk-secret-3");
+    assert!(!format!("{config:?}").contains("sk-secret"), "{config:?}");
+    // An empty query is none.
+    let bare = Endpoint::new("https://h/v1?").unwrap();
+    assert_eq!(bare.base_url(), "https://h/v1");
 }

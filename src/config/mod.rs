@@ -467,7 +467,8 @@ impl RouteConfig {
 }
 
 /// `endpoint`: another OpenAI-compatible API (see [`Endpoint`](crate::native::Endpoint)).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// Its `Debug` shows the base without user info or query.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct EndpointConfig {
@@ -483,6 +484,17 @@ pub struct EndpointConfig {
     /// Whether the endpoint speaks OpenRouter's extensions (default: detected from the host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub openrouter: Option<bool>,
+}
+
+impl std::fmt::Debug for EndpointConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointConfig")
+            .field("base_url", &crate::redact::urls(&self.base_url))
+            .field("api_key_env", &self.api_key_env)
+            .field("api_key_envs", &self.api_key_envs)
+            .field("openrouter", &self.openrouter)
+            .finish()
+    }
 }
 
 impl EndpointConfig {
