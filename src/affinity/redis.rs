@@ -665,18 +665,14 @@ impl Task {
                         match self.ready_message().await {
                             Some(Some(msg)) => self.received(&inner, msg.get_payload_bytes()),
                             Some(None) => {
-                                self.unsubscribed();
-                                self.outcome(&inner, Err("the subscription was closed".into()));
+                                self.closed(&inner);
                                 break;
                             }
                             None => break,
                         }
                     }
                 }
-                Event::Message(None) => {
-                    self.unsubscribed();
-                    self.outcome(&inner, Err("the subscription was closed".into()));
-                }
+                Event::Message(None) => self.closed(&inner),
                 Event::Ops(None) => return, // the store was dropped
                 Event::Ops(Some(op)) => {
                     let mut batch = vec![op];
@@ -722,6 +718,12 @@ impl Task {
             self.unsubscribed();
             self.outcome(inner, Err("the subscription did not answer a ping".into()));
         }
+    }
+
+    /// The subscription's stream ended.
+    fn closed(&mut self, inner: &Inner) {
+        self.unsubscribed();
+        self.outcome(inner, Err("the subscription was closed".into()));
     }
 
     /// The subscription is gone: made again at the next retry.

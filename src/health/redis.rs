@@ -520,14 +520,7 @@ impl Task {
                 Ok(None) => return, // the store was dropped
                 Ok(Some(Op::Sync(reply))) => {
                     let Some(inner) = self.inner.upgrade() else { return };
-                    let was = inner.connected.load(Ordering::Relaxed);
-                    let done = self.poll(&inner, &scripts).await;
-                    let ok = done.is_ok();
-                    self.outcome(&inner, done);
-                    if !was && ok {
-                        let done = self.republish(&inner, &scripts).await;
-                        self.outcome(&inner, done);
-                    }
+                    let ok = self.tick(&inner, &scripts).await;
                     let _ = reply.send(ok);
                 }
                 Ok(Some(op)) => {
@@ -570,17 +563,19 @@ impl Task {
         }
     }
 
-    /// The periodic poll, and after an outage the republish of what was
-    /// learned meanwhile.
-    async fn tick(&mut self, inner: &Inner, scripts: &Scripts) {
+    /// The poll, and after an outage the republish of what was learned
+    /// meanwhile; whether the poll succeeded.
+    async fn tick(&mut self, inner: &Inner, scripts: &Scripts) -> bool {
         let was = inner.connected.load(Ordering::Relaxed);
         let done = self.poll(inner, scripts).await;
+        let ok = done.is_ok();
         self.outcome(inner, done);
-        if !was && inner.connected.load(Ordering::Relaxed) {
+        if !was && ok {
             // Back: tell the fleet what was learned meanwhile.
             let done = self.republish(inner, scripts).await;
             self.outcome(inner, done);
         }
+        ok
     }
 
     /// Logs (once per outage) and flags a failed exchange, or a recovery.
@@ -765,9 +760,9 @@ impl Task {
             }
             let fleet = {
                 let mut routes = inner.fleet();
-                let Some(f) = fleet_slot(&mut routes, route) else {
-                    continue;
-                };
+                // Only routes this replica asks about: the fleet's index
+                // also names other replicas' (their callers' models too).
+                let Some(f) = routes.get_mut(route) else { continue };
                 if f.token && *holder != inner.replica {
                     // The lock expired unused: give it up.
                     f.token = false;
