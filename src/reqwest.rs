@@ -246,6 +246,12 @@ impl<P: Policy> Middleware for FallbackMiddleware<P> {
         // The caller's word (`with_extension(Dialect::…)`) wins over the path.
         let marked = extensions.get::<crate::Dialect>().copied();
         if marked.is_none() && !replayed(&req) {
+            if req.method() == http::Method::POST {
+                tracing::debug!(
+                    path = req.url().path(),
+                    "llm fallback: not an API path, passed through (mark it with a Dialect extension to replay it)"
+                );
+            }
             return next.run(req, extensions).await;
         }
         if req.body().is_some_and(|b| b.as_bytes().is_none()) {
@@ -312,7 +318,12 @@ fn replayed(req: &Request) -> bool {
         return false;
     }
     let path = req.url().path();
-    crate::Dialect::named_by_path(path).is_some() && !path.contains("/threads/")
+    match crate::Dialect::named_by_path(path) {
+        // The Assistants API's `…/threads/{id}/messages` is no Anthropic call.
+        Some(crate::Dialect::Messages) => !path.contains("/threads/"),
+        Some(_) => true,
+        None => false,
+    }
 }
 
 /// What the engine keeps of a served attempt for the final response: the
