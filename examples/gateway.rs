@@ -1313,8 +1313,7 @@ fn error_response(anthropic: bool, status: StatusCode, kind: &str, code: &str, m
 /// it, as `/v1/messages/count_tokens`), whose callers read errors in
 /// Anthropic's shape.
 fn anthropic_path(path: &str) -> bool {
-    // Not the Assistants API's `/v1/threads/{id}/messages`.
-    (llm_fallback::Dialect::from_path(path) == llm_fallback::Dialect::Messages && !path.contains("/threads/"))
+    llm_fallback::Dialect::from_path(path) == llm_fallback::Dialect::Messages
         || ["/v1/messages/", "/api/v1/messages/"]
             .iter()
             .any(|p| path.starts_with(p))

@@ -406,19 +406,13 @@ impl Uris {
     }
 }
 
-/// The API paths the engine replays (as [`Dialect::from_path`](crate::Dialect::from_path)
-/// reads them), for a `POST` with a buffered body. Not `/messages`:
-/// async-openai sends no Anthropic request, and its Assistants API posts to
-/// `/threads/{id}/messages`.
+/// Whether the engine replays `req`: a `POST` with a buffered body to a
+/// path that names an API ([`Dialect::from_path`](crate::Dialect::from_path)
+/// reads it), but not `/messages`: async-openai sends no Anthropic request.
 fn replayable(req: &Request) -> bool {
-    const PATHS: [&str; 3] = ["/completions", "/responses", "/embeddings"];
-    if req.method() != Method::POST || req.body().is_none_or(|b| b.as_bytes().is_none()) {
-        return false;
-    }
-    let path = req.url().path();
-    let path = path.strip_suffix('/').unwrap_or(path);
-    // `/completions` covers `/chat/completions`.
-    PATHS.iter().any(|p| path.ends_with(p))
+    req.method() == Method::POST
+        && req.body().is_some_and(|b| b.as_bytes().is_some())
+        && crate::Dialect::named_by_path(req.url().path()).is_some_and(|d| d != crate::Dialect::Messages)
 }
 
 /// A factory whose first build is `req`, already built; later builds (a

@@ -286,17 +286,14 @@ impl ChainSet {
 
     /// `chain`, made from model ids a caller chose, with its metric labels
     /// bounded (see [`crate::metrics::CALLER_MODEL_LABELS`]).
-    fn caller_named(&self, chain: Chain) -> Chain {
+    #[cfg_attr(not(feature = "metrics"), allow(unused_mut))]
+    fn caller_named(&self, mut chain: Chain) -> Chain {
         #[cfg(feature = "metrics")]
-        let chain = {
-            let mut chain = chain;
-            if let Some(hops) = Arc::get_mut(&mut chain.hops) {
-                for hop in hops {
-                    hop.metric_model = self.caller_models.label(&hop.model);
-                }
+        if let Some(hops) = Arc::get_mut(&mut chain.hops) {
+            for hop in hops {
+                hop.metric_model = self.caller_models.label(&hop.model);
             }
-            chain
-        };
+        }
         chain
     }
 

@@ -136,12 +136,6 @@ impl fmt::Display for StoreState {
     }
 }
 
-/// A route key fit to show or store: an endpoint's user info and query
-/// are left out (they may hold a credential).
-pub(crate) fn redact(route: &str) -> std::borrow::Cow<'_, str> {
-    crate::redact::urls(route)
-}
-
 /// A circuit breaker by failure rate: a route whose failures reach
 /// `failure_ratio` of at least `min_requests` attempts over a rolling
 /// `window` is ejected like one that failed `failures` times in a row (the
@@ -522,7 +516,12 @@ impl Cooldowns {
         let routes = self.lock();
         let mut out: Vec<_> = routes
             .iter()
-            .filter_map(|(k, h)| Some((redact(k).into_owned(), h.until?.saturating_duration_since(now))))
+            .filter_map(|(k, h)| {
+                Some((
+                    crate::redact::urls(k).into_owned(),
+                    h.until?.saturating_duration_since(now),
+                ))
+            })
             .collect();
         out.sort();
         out
@@ -540,7 +539,7 @@ impl Cooldowns {
         h.until = Some(h.until.map_or(until, |u| u.max(until)));
         h.consecutive = 0;
         tracing::info!(
-            route = &*redact(key),
+            route = &*crate::redact::urls(key),
             cooldown_ms = cool.as_millis() as u64,
             "llm fallback route cooling down"
         );

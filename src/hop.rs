@@ -66,6 +66,14 @@ pub(crate) fn kept_model(model: &str) -> std::borrow::Cow<'_, str> {
     format!("{head}…#{:016x}", xxhash_rust::xxh3::xxh3_64(model.as_bytes())).into()
 }
 
+/// [`kept_model`] as a shared string: `model` itself when it is kept whole.
+pub(crate) fn kept_model_arc(model: &Arc<str>) -> Arc<str> {
+    match kept_model(model) {
+        std::borrow::Cow::Borrowed(_) => model.clone(),
+        std::borrow::Cow::Owned(kept) => kept.into(),
+    }
+}
+
 impl Hop {
     /// Compiles `route`. Its native fallbacks must already fit OpenRouter's
     /// cap (see [`Hop::split`]).
@@ -74,18 +82,16 @@ impl Hop {
         let unit = route.unit.as_ref();
         let deployment = unit.and_then(|u| u.deployment.clone());
         let key = unit.and_then(|u| u.key.clone());
-        let kept = kept_model(&route.model);
         let health_key = match (&route.endpoint, &deployment, &key) {
             // The base as shown (no query): the key is stored and shown
             // as it is (Redis names routes by it), and two bases that differ
             // only in their query are one upstream.
-            (Some(e), None, None) => format!("{kept}@{}", crate::redact::urls(e.base_url())).into(),
-            (None, None, None) if kept.len() == model.len() => model.clone(),
-            (None, None, None) => kept.as_ref().into(),
+            (Some(e), None, None) => format!("{}@{}", kept_model(&model), crate::redact::urls(e.base_url())).into(),
+            (None, None, None) => kept_model_arc(&model),
             // Each deployment and key fails alone: `m@base (eu, key KEY_A)`
             // (after the URL, nothing `redact` would cut as a query or fragment).
             (e, d, k) => {
-                let mut text = kept.into_owned();
+                let mut text = kept_model(&model).into_owned();
                 if let Some(e) = e {
                     text.push('@');
                     text.push_str(&crate::redact::urls(e.base_url()));
@@ -365,7 +371,7 @@ mod tests {
         let azure = crate::native::Endpoint::new("https://res/openai/deployments/d?api-version=2024-10-21").unwrap();
         let hop = Hop::new(Route::new("gpt-4o").endpoint(azure));
         assert_eq!(&*hop.health_key, "gpt-4o@https://res/openai/deployments/d");
-        assert_eq!(crate::health::redact(&hop.health_key), &*hop.health_key);
+        assert_eq!(crate::redact::urls(&hop.health_key), &*hop.health_key);
     }
 
     #[test]

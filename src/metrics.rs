@@ -15,10 +15,9 @@
 //! names itself (a model passed through, the entries of a caller's own
 //! `models` list), only the first 64 distinct ids a layer sees
 //! ([`CALLER_MODEL_LABELS`]) are labelled by name; later ones are labelled
-//! `other`. A
-//! recorder keeps every label value it was given for as long as it lives,
-//! so without that bound a caller sending a new model id with each request
-//! would grow the recorder's memory without end.
+//! `other`. A recorder keeps every label value it was given for as long as
+//! it lives, so without that bound a caller sending a new model id with
+//! each request would grow the recorder's memory without end.
 
 #![cfg_attr(not(feature = "metrics"), allow(unused_variables))]
 
@@ -63,16 +62,12 @@ impl CallerModels {
     /// room (or holds it already), else [`OTHER_MODEL`].
     pub(crate) fn label(&self, model: &Arc<str>) -> Arc<str> {
         // At most a few hundred bytes, whatever the caller sent.
-        let kept = crate::hop::kept_model(model);
+        let label = crate::hop::kept_model_arc(model);
         let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = seen.get(&*kept) {
+        if let Some(known) = seen.get(&label) {
             return known.clone();
         }
         if seen.len() < CALLER_MODEL_LABELS {
-            let label: Arc<str> = match kept {
-                std::borrow::Cow::Borrowed(_) => model.clone(),
-                std::borrow::Cow::Owned(kept) => kept.into(),
-            };
             seen.insert(label.clone());
             return label;
         }

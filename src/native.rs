@@ -247,10 +247,11 @@ impl Endpoint {
     pub fn new(base_url: impl Into<String>) -> Result<Self, EndpointError> {
         let base: String = base_url.into();
         let invalid = |reason: &str| EndpointError::InvalidUrl {
-            url: match base.contains("://") {
-                true => crate::redact::urls(&base).into_owned(),
+            url: if base.contains("://") {
+                crate::redact::urls(&base).into_owned()
+            } else {
                 // No scheme: whatever is before an `@` may be user info.
-                false => base.rsplit('@').next().unwrap_or_default().to_owned(),
+                base.rsplit('@').next().unwrap_or_default().to_owned()
             },
             reason: reason.to_owned(),
         };

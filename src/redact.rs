@@ -70,6 +70,28 @@ fn without_user_info(url: &str) -> &str {
     }
 }
 
+/// An error as the crate keeps it (reports, logs, error chunks): `msg:
+/// source: source`, so "client error (Connect)" says what failed, its URLs
+/// shown by [`urls`], at most [`crate::inspect::truncate`]'s length.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let msg = s.to_string();
+        if !text.contains(&msg) {
+            text.push_str(": ");
+            text.push_str(&msg);
+        }
+        source = s.source();
+    }
+    // A client's error may print the URL it was sending to, with the user
+    // info or a query key the caller put there.
+    if let std::borrow::Cow::Owned(shown) = urls(&text) {
+        text = shown;
+    }
+    crate::inspect::truncate(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::urls;

@@ -317,13 +317,7 @@ fn replayed(req: &Request) -> bool {
     if req.method() != http::Method::POST {
         return false;
     }
-    let path = req.url().path();
-    match crate::Dialect::named_by_path(path) {
-        // The Assistants API's `…/threads/{id}/messages` is no Anthropic call.
-        Some(crate::Dialect::Messages) => !path.contains("/threads/"),
-        Some(_) => true,
-        None => false,
-    }
+    crate::Dialect::named_by_path(req.url().path()).is_some()
 }
 
 /// What the engine keeps of a served attempt for the final response: the

@@ -1075,8 +1075,10 @@ where
                         let e: crate::BoxError = e.into();
                         (
                             "stream_broken",
-                            // Without a URL's credentials, as every transport error.
-                            crate::redact::urls(&format!("the upstream stream broke after it began: {e}")).into_owned(),
+                            format!(
+                                "the upstream stream broke after it began: {}",
+                                crate::redact::error_chain(&*e)
+                            ),
                         )
                     }
                     Poll::Ready(None) => {

@@ -99,7 +99,7 @@ impl Dialect {
 
     /// The dialect `path` names (a trailing `/` ignored), `None` for a path
     /// that names none (`/v1/models`, `/v1/messages/count_tokens`,
-    /// `/v1/files`).
+    /// `/v1/files`, the Assistants API's `/v1/threads/{id}/messages`).
     #[inline]
     pub(crate) fn named_by_path(path: &str) -> Option<Self> {
         let p = path.strip_suffix('/').unwrap_or(path);
@@ -108,7 +108,7 @@ impl Dialect {
             Some(Dialect::Chat)
         } else if p.ends_with("/responses") {
             Some(Dialect::Responses)
-        } else if p.ends_with("/messages") {
+        } else if p.ends_with("/messages") && !p.contains("/threads/") {
             Some(Dialect::Messages)
         } else if p.ends_with("/embeddings") {
             Some(Dialect::Embeddings)

@@ -7,7 +7,6 @@
 //! so a policy that stops on a `429` does not cool the route down, and a
 //! status a policy falls back on counts as the route's failure.
 
-use super::attempt::error_chain;
 use super::flights::{Flight, Landing, Looked};
 use crate::inspect::BodyFacts;
 use crate::native;
@@ -114,7 +113,7 @@ where
         }
         Some(Err(e)) => {
             record.outcome = Outcome::Transport;
-            record.transport = Some(error_chain(&**e));
+            record.transport = Some(crate::redact::error_chain(&**e));
             (policy.classify(attempt, &Observed::Error(&**e)), false)
         }
         Some(Ok(answer)) => {

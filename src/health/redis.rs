@@ -24,7 +24,8 @@
 //!
 //! Nothing else is stored: no API key, prompt, header or body.
 
-use super::{redact, Admission, Change, Cooldowns, HealthEvent, HealthStatus, HealthStore, StoreState};
+use super::{Admission, Change, Cooldowns, HealthEvent, HealthStatus, HealthStore, StoreState};
+use crate::redact::urls;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use std::collections::HashMap;
@@ -300,6 +301,24 @@ impl fmt::Debug for RedisHealth {
     }
 }
 
+/// `key`'s entry, made when missing (the key copied only then). A full map
+/// first forgets every route with nothing pending (no probe lock held or
+/// wanted, no success to send); `None` when it is still full: the route
+/// then keeps to local health, plus the cooldowns the poll finds in the
+/// fleet's index.
+fn fleet_slot<'m>(routes: &'m mut HashMap<String, Fleet>, key: &str) -> Option<&'m mut Fleet> {
+    if routes.contains_key(key) {
+        return routes.get_mut(key);
+    }
+    if routes.len() >= MAX_FLEET_ROUTES {
+        routes.retain(|_, f| f.token || f.wants_probe || f.pending_ok > 0);
+        if routes.len() >= MAX_FLEET_ROUTES {
+            return None;
+        }
+    }
+    Some(routes.entry(key.to_owned()).or_default())
+}
+
 /// The most routes a [`RedisHealth`] tracks for the fleet (and names to
 /// Redis at each poll). Route keys also come from what callers choose
 /// where the layer lets them (a model passed through, a caller's own
@@ -311,23 +330,7 @@ impl Inner {
         // Each update is a few plain assignments: poison is ignored.
         self.routes.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-/// `key`'s entry, made when missing. A full map first forgets every route
-/// with nothing pending (no probe lock held or wanted, no success to send);
-/// `None` when it is still full: the route then keeps to local health,
-/// plus the cooldowns the poll finds in the fleet's index.
-fn fleet_slot<'m>(routes: &'m mut HashMap<String, Fleet>, key: &str) -> Option<&'m mut Fleet> {
-    if routes.len() >= MAX_FLEET_ROUTES && !routes.contains_key(key) {
-        routes.retain(|_, f| f.token || f.wants_probe || f.pending_ok > 0);
-        if routes.len() >= MAX_FLEET_ROUTES {
-            return None;
-        }
-    }
-    Some(routes.entry(key.to_owned()).or_default())
-}
-
-impl Inner {
     fn send(&self, op: Op) {
         if self.ops.try_send(op).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -344,12 +347,7 @@ impl Inner {
 impl HealthStore for RedisHealth {
     fn admit(&self, key: &str, now: Instant) -> Admission {
         let inner = &*self.inner;
-        {
-            let mut routes = inner.fleet();
-            if !routes.contains_key(key) {
-                fleet_slot(&mut routes, key);
-            }
-        }
+        fleet_slot(&mut inner.fleet(), key);
         inner.local.admit_with(key, now, || {
             if !inner.connected.load(Ordering::Relaxed) {
                 return true; // Redis down: the local probe rule
@@ -721,7 +719,7 @@ impl Task {
             .arg(millis(cool).max(1))
             .arg(ejections)
             .arg(&inner.replica)
-            .arg(&*redact(route));
+            .arg(&*urls(route));
         let _: i64 = self.bounded(call.invoke_async(con)).await?;
         Ok(())
     }
@@ -734,7 +732,7 @@ impl Task {
         let known: HashMap<String, String> = inner
             .fleet()
             .keys()
-            .map(|k| (redact(k).into_owned(), k.clone()))
+            .map(|k| (urls(k).into_owned(), k.clone()))
             .collect();
         let mut call = s.poll.key(index(&inner.prefix));
         call.arg(&inner.prefix);
@@ -809,7 +807,7 @@ fn millis(d: Duration) -> u64 {
 /// `{prefix}:{kind}:{route}`, with an endpoint's user info and query left
 /// out of the route (they may hold a credential).
 fn key(prefix: &str, kind: &str, route: &str) -> String {
-    format!("{prefix}:{kind}:{}", redact(route))
+    format!("{prefix}:{kind}:{}", urls(route))
 }
 
 /// `{prefix}:routes`: the routes that have a cooldown key, so a replica
