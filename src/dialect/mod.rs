@@ -108,8 +108,12 @@ impl Dialect {
             Some(Dialect::Chat)
         } else if p.ends_with("/responses") {
             Some(Dialect::Responses)
-        } else if p.ends_with("/messages") && !p.contains("/threads/") {
-            Some(Dialect::Messages)
+        } else if let Some(rest) = p.strip_suffix("/messages") {
+            // Not `…/threads/{id}/messages`.
+            let assistants = rest
+                .rsplit_once('/')
+                .is_some_and(|(before, _)| before.ends_with("/threads"));
+            (!assistants).then_some(Dialect::Messages)
         } else if p.ends_with("/embeddings") {
             Some(Dialect::Embeddings)
         } else if p.ends_with("/completions") {
@@ -326,10 +330,16 @@ mod tests {
             ("", Dialect::Chat),
             ("/messages", Dialect::Messages),
             ("/v1/xmessages", Dialect::Chat),
+            // The Assistants API's thread messages are no Anthropic call;
+            // a base path that merely holds `threads` is no thread.
+            ("/v1/threads/thread_1/messages", Dialect::Chat),
+            ("/threads/api/v1/messages", Dialect::Messages),
         ];
         for (path, dialect) in cases {
             assert_eq!(Dialect::from_path(path), dialect, "{path}");
         }
+        assert_eq!(Dialect::named_by_path("/v1/threads/thread_1/messages"), None);
+        assert_eq!(Dialect::named_by_path("/v1/models"), None);
         for d in Dialect::ALL {
             assert_eq!(Dialect::from_path(&format!("/v1{}", d.path())), d);
             assert_eq!(Dialect::ALL[d.index_of()], d);
